@@ -1,0 +1,286 @@
+"""One typed settings object for every Vigil process.
+
+Sources, highest priority first: explicit keyword arguments, environment variables
+(``VIGIL_`` prefix, ``__`` between nesting levels, e.g. ``VIGIL_KAFKA__BOOTSTRAP_SERVERS``),
+a TOML file (``VIGIL_CONFIG`` or ``./vigil.toml``), then the defaults below. Child
+processes (Flink job, edge service, sinks) receive the parent's settings through
+:meth:`Settings.to_env`, so a test that starts a stack on free ports hands the same
+ports to everything it launches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "VIGIL_"
+ENV_NESTED = "__"
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection and topic layout. Works for the local Tansu broker and real Kafka/Redpanda."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    telemetry_topic: str = "vigil.telemetry"
+    window_stats_topic: str = "vigil.window-stats"
+    dead_letter_topic: str = "vigil.dead-letter"
+    partitions: int = Field(8, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    # Tansu needs these to join a consumer group in seconds rather than ~23 s.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 500
+    # Tansu 0.6 accepts transactions but does not hide aborted records from read_committed
+    # consumers (measured), so locally the Flink sink runs at-least-once and the cold path
+    # de-duplicates by key. Set to exactly-once against a real Kafka cluster.
+    flink_delivery_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    extra: dict[str, str] = Field(default_factory=dict, description="extra librdkafka / Java client properties")
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) configuration shared by producers, consumers and admin."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(self.extra)
+        return conf
+
+    def java_properties(self) -> dict[str, str]:
+        """The same connection for the Java Kafka client inside Flink (``properties.*`` of the connector)."""
+        props = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            module = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule"
+                if self.sasl_mechanism == "PLAIN"
+                else "org.apache.kafka.common.security.scram.ScramLoginModule"
+            )
+            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+            props["sasl.mechanism"] = self.sasl_mechanism
+            props["sasl.jaas.config"] = (
+                f'{module} required username="{self.sasl_username or ""}" password="{password}";'
+            )
+        if self.ssl_ca_location:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = self.ssl_ca_location
+        props.update(self.extra)
+        return props
+
+
+class EdgeSettings(BaseModel):
+    """gRPC ingestion service and the validation limits it enforces."""
+
+    host: str = "127.0.0.1"
+    port: int = 15051
+    max_workers: int = 16
+    max_points_per_batch: int = Field(20_000, ge=1)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_future_skew_s: float = Field(60.0, ge=0)
+    # Gateways buffer up to an hour on disk through outages; accept a little more than that.
+    max_past_age_s: float = Field(2 * 3600.0, ge=0)
+    equipment_id_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+    # Optional registry (CSV with an equipment_id column): when set, unknown ids are rejected.
+    equipment_registry: Path | None = None
+    compression: Literal["gzip", "deflate", "none"] = "gzip"
+    # Where the gateway client keeps unsent batches while the edge service is unreachable.
+    gateway_buffer_dir: Path | None = None
+    gateway_buffer_max_age_s: float = 3600.0
+
+
+class WindowSettings(BaseModel):
+    """Event-time tumbling windows computed by the Flink job."""
+
+    size_ms: int = Field(5000, ge=100)
+    # Bounded out-of-orderness of the watermark; records later than this are dead-lettered.
+    allowed_lateness_ms: int = Field(10_000, ge=0)
+    source_idle_timeout_ms: int = Field(15_000, ge=0)
+
+
+class FlinkSettings(BaseModel):
+    """How ``vigil job submit`` runs jobs."""
+
+    parallelism: int = Field(2, ge=1)
+    checkpoint_interval_ms: int = Field(5000, ge=200)
+    rest_port: int = 18081
+    consumer_group: str = "vigil-window-stats"
+    # Kafka connector jars are extracted here by scripts/setup.sh (see vigil.flink_jars).
+    jars_dir: Path | None = None
+
+
+class ClickHouseSettings(BaseModel):
+    """Cold path. Points at the local chDB-backed server by default, or at any real ClickHouse."""
+
+    host: str = "127.0.0.1"
+    port: int = 18123
+    username: str = "vigil"
+    password: SecretStr = SecretStr("vigil")
+    database: str = "vigil"
+    secure: bool = False
+    window_ttl_days: int = Field(400, ge=1)
+    raw_ttl_days: int = Field(30, ge=1)
+    insert_batch_rows: int = Field(50_000, ge=1)
+    flush_interval_s: float = Field(0.5, gt=0)
+
+
+class PrometheusSettings(BaseModel):
+    """Hot path servers: Pushgateway, Prometheus and Alertmanager."""
+
+    host: str = "127.0.0.1"
+    prometheus_port: int = 19090
+    pushgateway_port: int = 19091
+    alertmanager_port: int = 19093
+    scrape_interval_s: int = Field(5, ge=1)
+    push_interval_s: float = Field(5.0, gt=0)
+    # Window statistics exported as gauges. Each adds one series per (machine, sensor):
+    # at 10,000 machines x 10 sensors, two stats are already 200K series.
+    exported_stats: list[Literal["avg", "stddev", "min", "max", "count"]] = ["avg", "stddev"]
+    # A machine that has not reported for this long disappears from the Pushgateway
+    # (it never expires series by itself); the dead-man alert fires long before.
+    series_ttl_s: float = Field(900.0, gt=0)
+
+    @property
+    def pushgateway_url(self) -> str:
+        return f"http://{self.host}:{self.pushgateway_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://{self.host}:{self.alertmanager_port}"
+
+
+class SimulatorSettings(BaseModel):
+    """Fleet simulator defaults (overridable per run on the command line)."""
+
+    machines: int = Field(1000, ge=1)
+    sites: int = Field(4, ge=1)
+    batch_interval_s: float = Field(5.0, gt=0)
+    samples_per_sensor: int = Field(10, ge=1)
+    seed: int = 7
+    fault_rate_per_machine_hour: float = Field(0.5, ge=0)
+    ground_truth_path: Path | None = None
+    # Concurrent gRPC streams the simulator opens to the edge service.
+    streams: int = Field(8, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything configurable in Vigil, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = PROJECT_ROOT / ".vigil"
+    kafka: KafkaSettings = KafkaSettings()
+    edge: EdgeSettings = EdgeSettings()
+    window: WindowSettings = WindowSettings()
+    flink: FlinkSettings = FlinkSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> Settings:
+        if self.window.size_ms % 1000 and 1000 % self.window.size_ms:
+            raise ValueError("window.size_ms must divide or be a multiple of 1000 ms")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        path = Path(config) if config else Path.cwd() / "vigil.toml"
+        if config and not path.is_file():
+            raise FileNotFoundError(f"VIGIL_CONFIG points at {path}, which does not exist")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # -- paths derived from data_dir ---------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "flink" / "checkpoints"
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.flink.jars_dir or (self.data_dir / "jars")
+
+    @property
+    def ground_truth_path(self) -> Path:
+        return self.simulator.ground_truth_path or (self.data_dir / "ground_truth.jsonl")
+
+    @property
+    def gateway_buffer_dir(self) -> Path:
+        return self.edge.gateway_buffer_dir or (self.data_dir / "gateway-buffer")
+
+    def to_env(self) -> dict[str, str]:
+        """Flatten into ``VIGIL_*`` variables so a child process rebuilds exactly these settings."""
+        env: dict[str, str] = {}
+
+        def walk(parts: tuple[str, ...], value: Any) -> None:
+            if isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk((*parts, name), getattr(value, name))
+                return
+            if value is None:
+                return
+            key = ENV_PREFIX + ENV_NESTED.join(parts).upper()
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[key] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+        walk((), self)
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (built once from env and config file)."""
+    return Settings()
