@@ -1,0 +1,175 @@
+"""Kafka plumbing shared by the edge service, the sinks and the tools.
+
+Everything here builds on :meth:`KafkaSettings.client_config`, so the same code talks to the
+local Tansu broker and to a real Kafka/Redpanda cluster with SASL/TLS.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from vigil.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def topic_names(settings: KafkaSettings) -> list[str]:
+    return [settings.telemetry_topic, settings.window_stats_topic, settings.dead_letter_topic]
+
+
+def ensure_topics(settings: KafkaSettings, timeout: float = 30.0, topics: list[str] | None = None) -> None:
+    """Create Vigil's topics (partitioned, with retention) if they do not exist yet."""
+    admin = AdminClient(settings.client_config())
+    wanted = topics or topic_names(settings)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise RuntimeError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}. "
+            "Start the local stack with `vigil stack up` or set VIGIL_KAFKA__BOOTSTRAP_SERVERS."
+        ) from exc
+    missing = [
+        NewTopic(
+            name,
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            config={"retention.ms": str(settings.retention_ms), "cleanup.policy": "delete"},
+        )
+        for name in wanted
+        if name not in existing
+    ]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            log.info("created topic %s (%d partitions)", name, settings.partitions)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise RuntimeError(f"could not create topic {name!r}: {exc}") from exc
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> Producer:
+    """Idempotent producer (acks=all): a retried send never duplicates or reorders a record."""
+    conf = settings.client_config() | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+        "message.max.bytes": 8 * 1024 * 1024,
+    }
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def make_consumer(settings: KafkaSettings, group_id: str, **overrides: Any) -> Consumer:
+    """Manual-commit consumer: callers commit only after their side effect succeeded."""
+    conf = settings.client_config() | {
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "isolation.level": "read_committed",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+    }
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def consume_batches(
+    consumer: Consumer,
+    topics: list[str],
+    stop: threading.Event,
+    max_messages: int = 5000,
+    timeout_s: float = 0.5,
+) -> Iterator[list[Message]]:
+    """Yield lists of good messages until ``stop`` is set.
+
+    An empty list is yielded on timeout so callers can flush on time. Transient errors are
+    logged; fatal ones raise.
+    """
+    consumer.subscribe(topics)
+    while not stop.is_set():
+        messages = consumer.consume(max_messages, timeout_s)
+        good: list[Message] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            elif error.fatal():
+                raise KafkaException(error)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka consumer error on %s: %s", message.topic(), error)
+        yield good
+
+
+def dead_letter_value(
+    source: str,
+    reason: str,
+    detail: str,
+    equipment_id: str = "",
+    payload_bytes: bytes | None = None,
+    payload: object | None = None,
+) -> bytes:
+    """The dead-letter record: why it was rejected, and the original payload so nothing is lost."""
+    record: dict[str, Any] = {
+        "source": source,
+        "reason": reason,
+        "detail": detail,
+        "equipment_id": equipment_id,
+        "received_at_ms": int(time.time() * 1000),
+    }
+    if payload_bytes is not None:
+        record["payload_b64"] = base64.b64encode(payload_bytes).decode("ascii")
+    if payload is not None:
+        record["payload"] = payload
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class DeadLetterWriter:
+    """Writes rejected input to the dead-letter topic with its reason."""
+
+    def __init__(self, producer: Producer, settings: KafkaSettings, source: str) -> None:
+        self._producer = producer
+        self._topic = settings.dead_letter_topic
+        self._source = source
+        self.written = 0
+
+    def write(
+        self,
+        reason: str,
+        detail: str,
+        equipment_id: str = "",
+        payload_bytes: bytes | None = None,
+        payload: object | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        value = dead_letter_value(self._source, reason, detail, equipment_id, payload_bytes, payload)
+        kwargs: dict[str, Any] = {"key": equipment_id.encode(), "value": value}
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
+        while True:
+            try:
+                self._producer.produce(self._topic, **kwargs)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+        self.written += 1
+
+    def flush(self, timeout: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise RuntimeError(f"{remaining} dead-letter records not acknowledged by Kafka in {timeout}s")

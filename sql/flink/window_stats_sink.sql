@@ -1,0 +1,26 @@
+-- Window statistics, one record per (machine, sensor, window), for the hot and the cold path.
+CREATE TABLE window_stats_out (
+    equipment_id STRING,
+    site STRING,
+    equipment_type STRING,
+    sensor STRING,
+    unit STRING,
+    window_start_ms BIGINT,
+    window_end_ms BIGINT,
+    `count` BIGINT,
+    `avg` DOUBLE,
+    `stddev` DOUBLE,
+    `min` DOUBLE,
+    `max` DOUBLE,
+    emitted_at_ms BIGINT
+) WITH (
+    'connector' = 'kafka',
+    'topic' = '{window_stats_topic}',
+    {kafka_properties}
+    'key.format' = 'raw',
+    'key.fields' = 'equipment_id',
+    'value.format' = 'json',
+    'value.fields-include' = 'ALL',
+    'sink.delivery-guarantee' = '{delivery_guarantee}',
+    'sink.transactional-id-prefix' = '{consumer_group}-window-stats'
+)
