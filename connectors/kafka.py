@@ -42,7 +42,13 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0, topics: list[s
             name,
             num_partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            config={"retention.ms": str(settings.retention_ms), "cleanup.policy": "delete"},
+            # Batches of a busy machine and dead letters carrying whole rejected requests exceed the
+            # usual 1 MiB default; allow up to 8 MiB like the producer does.
+            config={
+                "retention.ms": str(settings.retention_ms),
+                "cleanup.policy": "delete",
+                "max.message.bytes": str(8 * 1024 * 1024),
+            },
         )
         for name in wanted
         if name not in existing

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import yaml
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
 from vigil.flink_jars import connector_jars
@@ -18,6 +19,7 @@ from vigil.settings import PROJECT_ROOT, Settings
 log = logging.getLogger(__name__)
 
 SQL_DIR = PROJECT_ROOT / "sql" / "flink"
+LOCAL_CONF = PROJECT_ROOT / "flink-conf" / "local" / "config.yaml"
 
 # Milliseconds since the epoch at the moment a row is produced. Flink evaluates CURRENT_TIMESTAMP
 # once per record, so both halves come from the same instant (TIMESTAMPDIFF in ms overflows INT).
@@ -71,7 +73,16 @@ def create_table_env(settings: Settings, job_name: str, resume: bool = True) -> 
     settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     jars = ";".join(path.resolve().as_uri() for path in connector_jars(settings.jars_dir))
     existing = config.get("pipeline.jars", "")
-    options = {
+    options: dict[str, str] = {}
+    if settings.flink.target == "local":
+        # In-process MiniCluster: take the repo's local profile and expose the REST API/web UI.
+        options |= {key: str(value) for key, value in yaml.safe_load(LOCAL_CONF.read_text()).items()}
+        options |= {
+            "rest.port": str(settings.flink.rest_port),
+            "rest.address": "127.0.0.1",
+            "rest.bind-address": "127.0.0.1",
+        }
+    options |= {
         "pipeline.name": job_name,
         "pipeline.jars": f"{existing};{jars}" if existing else jars,
         "parallelism.default": str(settings.flink.parallelism),

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from vigil.settings import KafkaSettings
+from vigil.settings import (
+    ClickHouseSettings,
+    EdgeSettings,
+    FlinkSettings,
+    KafkaSettings,
+    PrometheusSettings,
+    Settings,
+    WindowSettings,
+)
+from vigil.stack.services import INFRA, PIPELINE, Stack
 
 
 def free_port() -> int:
@@ -54,3 +63,31 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSe
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def stack_test_settings(data_dir: Path) -> Settings:
+    """Settings for a private stack: free ports everywhere, short lateness so windows close fast."""
+    return Settings(
+        data_dir=data_dir,
+        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", partitions=2),
+        edge=EdgeSettings(port=free_port(), metrics_port=free_port()),
+        window=WindowSettings(allowed_lateness_ms=2000, source_idle_timeout_ms=3000),
+        flink=FlinkSettings(rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000),
+        clickhouse=ClickHouseSettings(port=free_port(), flush_interval_s=0.2),
+        prometheus=PrometheusSettings(
+            prometheus_port=free_port(), pushgateway_port=free_port(), alertmanager_port=free_port(),
+            scrape_interval_s=1, push_interval_s=1.0,
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def pipeline_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The whole local stack and pipeline (edge, Flink job, sinks) on free ports, once per session."""
+    settings = stack_test_settings(tmp_path_factory.mktemp("stack"))
+    stack = Stack(settings)
+    try:
+        stack.up(INFRA + PIPELINE)
+        yield stack
+    finally:
+        stack.down()

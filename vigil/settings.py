@@ -52,6 +52,8 @@ class KafkaSettings(BaseModel):
     # de-duplicates by key. Set to exactly-once against a real Kafka cluster.
     flink_delivery_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
     extra: dict[str, str] = Field(default_factory=dict, description="extra librdkafka / Java client properties")
+    # Storage of the local Tansu broker: memory (fast, gone on restart) or e.g. postgres://user@host/db.
+    local_storage_engine: str = "memory://tansu/"
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) configuration shared by producers, consumers and admin."""
@@ -104,9 +106,13 @@ class EdgeSettings(BaseModel):
     # Optional registry (CSV with an equipment_id column): when set, unknown ids are rejected.
     equipment_registry: Path | None = None
     compression: Literal["gzip", "deflate", "none"] = "gzip"
+    # Prometheus /metrics of the edge service (0 disables the HTTP endpoint).
+    metrics_port: int = 15052
     # Where the gateway client keeps unsent batches while the edge service is unreachable.
     gateway_buffer_dir: Path | None = None
     gateway_buffer_max_age_s: float = 3600.0
+    # gRPC deadline of one gateway send (stream) before it counts as unreachable and buffers.
+    gateway_deadline_s: float = Field(30.0, gt=0)
 
 
 class WindowSettings(BaseModel):
@@ -114,13 +120,15 @@ class WindowSettings(BaseModel):
 
     size_ms: int = Field(5000, ge=100)
     # Bounded out-of-orderness of the watermark; records later than this are dead-lettered.
-    allowed_lateness_ms: int = Field(10_000, ge=0)
+    allowed_lateness_ms: int = Field(6_000, ge=0)
     source_idle_timeout_ms: int = Field(15_000, ge=0)
 
 
 class FlinkSettings(BaseModel):
     """How ``vigil job submit`` runs jobs."""
 
+    # Where a job runs: in this process (PyFlink local mode) or on the standalone cluster (flink run).
+    target: Literal["local", "cluster"] = "local"
     parallelism: int = Field(2, ge=1)
     checkpoint_interval_ms: int = Field(5000, ge=200)
     rest_port: int = 18081
@@ -142,6 +150,8 @@ class ClickHouseSettings(BaseModel):
     raw_ttl_days: int = Field(30, ge=1)
     insert_batch_rows: int = Field(50_000, ge=1)
     flush_interval_s: float = Field(0.5, gt=0)
+    # Kafka consumer group of the window-stats -> ClickHouse sink (its committed offsets = what is stored).
+    sink_consumer_group: str = "vigil-clickhouse-sink"
 
 
 class PrometheusSettings(BaseModel):
@@ -159,6 +169,14 @@ class PrometheusSettings(BaseModel):
     # A machine that has not reported for this long disappears from the Pushgateway
     # (it never expires series by itself); the dead-man alert fires long before.
     series_ttl_s: float = Field(900.0, gt=0)
+    # Alertmanager's default receiver posts here (generic webhook); None = alerts are only shown, not sent.
+    alert_webhook_url: str | None = None
+    # VigilPipelineStalled fires when no machine has produced a newer window for this long.
+    pipeline_stall_after_s: int = Field(60, ge=1)
+    # Dead-man: VigilMachineSilent fires for a machine whose last window ended longer ago than this.
+    machine_silent_after_s: int = Field(120, ge=1)
+    # Prometheus TSDB retention (the cold path in ClickHouse keeps the long history).
+    retention: str = "7d"
 
     @property
     def pushgateway_url(self) -> str:
@@ -171,6 +189,13 @@ class PrometheusSettings(BaseModel):
     @property
     def alertmanager_url(self) -> str:
         return f"http://{self.host}:{self.alertmanager_port}"
+
+
+class ConsoleSettings(BaseModel):
+    """The Streamlit analyst console."""
+
+    host: str = "127.0.0.1"
+    port: int = 18501
 
 
 class SimulatorSettings(BaseModel):
@@ -205,6 +230,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -1,0 +1,1 @@
+"""Fleet simulator: realistic, labelled telemetry for many machines (see fleet.Fleet and runner.run_simulation)."""

@@ -1,0 +1,24 @@
+# The two commands of the README:
+#   make demo   set everything up and run the main job end to end (stack, simulator, jobs) with live figures
+#   make test   set everything up and run the test suite (what CI runs)
+.PHONY: setup demo test lint bench stack-down
+
+MACHINES ?= 1000
+DURATION ?=
+DEMO_ARGS = --machines $(MACHINES) $(if $(DURATION),--duration $(DURATION),)
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/vigil demo $(DEMO_ARGS)
+
+test: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -ra
+
+bench: setup
+	.venv/bin/vigil bench throughput
+
+stack-down:
+	.venv/bin/vigil stack down

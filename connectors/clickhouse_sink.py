@@ -1,0 +1,256 @@
+"""Window statistics from Kafka into ClickHouse (the cold path).
+
+At-least-once by construction: Kafka offsets are committed only after ClickHouse accepted the
+insert holding those records (and after any malformed ones reached the dead-letter topic). A
+crash or retry can therefore insert a window twice; the ReplacingMergeTree table keyed by
+(equipment_id, sensor, window_start) makes that invisible through ``FINAL`` / the
+``window_stats_latest`` view.
+
+Run: ``python -m connectors.clickhouse_sink`` (until SIGTERM/SIGINT).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow.compute as pc
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from connectors.clickhouse import (
+    MALFORMED_REASON,
+    ClickHouseUnavailable,
+    apply_schema,
+    insert_window_stats,
+    make_client,
+    window_stats_to_arrow,
+)
+from connectors.kafka import DeadLetterWriter, consume_batches, ensure_topics, make_consumer, make_producer
+from vigil.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_SOURCE = "clickhouse-sink"
+_UNKNOWN_TABLE_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE: someone dropped the schema
+_MAX_BACKOFF_S = 30.0
+_MAX_POLL_MESSAGES = 10_000
+_FINAL_FLUSH_TIMEOUT_S = 10.0
+
+
+@dataclass
+class SinkStats:
+    """Counters other threads may read (via :meth:`ClickHouseSink.stats`)."""
+
+    rows_written: int = 0
+    batches: int = 0
+    malformed: int = 0
+    errors: int = 0
+    last_insert_latency_s: float = 0.0
+    # Wall clock from the newest window's emitted_at to the moment the insert returned.
+    last_emit_to_visible_s: float = 0.0
+    last_error: str = ""
+    last_flush_at: float = 0.0
+
+
+class ClickHouseSink:
+    """Consumes ``window_stats_topic`` and writes it to ClickHouse in Arrow batches."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stats = SinkStats()
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+
+    # -- counters --------------------------------------------------------------------------------
+    def stats(self) -> SinkStats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return SinkStats(**asdict(self._stats))
+
+    def _count(self, **changes: Any) -> None:
+        with self._lock:
+            for name, value in changes.items():
+                if name in ("rows_written", "batches", "malformed", "errors"):
+                    setattr(self._stats, name, getattr(self._stats, name) + value)
+                else:
+                    setattr(self._stats, name, value)
+
+    # -- main loop -------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Consume, batch and insert until ``stop`` is set; flushes what it holds before returning."""
+        ch = self.settings.clickhouse
+        kafka = self.settings.kafka
+        ensure_topics(kafka)
+        self._client = self._connect(stop)
+        if self._client is None:
+            return
+        producer = make_producer(kafka)
+        dead_letters = DeadLetterWriter(producer, kafka, source=DEAD_LETTER_SOURCE)
+        consumer = make_consumer(kafka, ch.sink_consumer_group)
+        pending: list[Message] = []
+        first_pending_at = 0.0
+        poll_timeout = min(0.1, ch.flush_interval_s)
+        log.info(
+            "ClickHouse sink: %s -> %s:%d/%s (group %s, batch %d rows or %.2fs)",
+            kafka.window_stats_topic, ch.host, ch.port, ch.database, ch.sink_consumer_group,
+            ch.insert_batch_rows, ch.flush_interval_s,
+        )  # fmt: skip
+        try:
+            batches = consume_batches(
+                consumer,
+                [kafka.window_stats_topic],
+                stop,
+                max_messages=min(ch.insert_batch_rows, _MAX_POLL_MESSAGES),
+                timeout_s=poll_timeout,
+            )
+            for batch in batches:
+                if batch and not pending:
+                    first_pending_at = time.monotonic()
+                pending.extend(batch)
+                # Flush when full, when the oldest record waited long enough, or as soon as the
+                # topic goes quiet (a window burst has fully arrived): prompt visibility.
+                due = pending and (
+                    len(pending) >= ch.insert_batch_rows
+                    or time.monotonic() - first_pending_at >= ch.flush_interval_s
+                    or not batch
+                )
+                if due and self._flush(pending, consumer, dead_letters, stop):
+                    pending = []
+            if pending:
+                self._flush(pending, consumer, dead_letters, stop, final=True)
+        finally:
+            consumer.close()
+            producer.flush(10)
+            self._client.close()
+            log.info("ClickHouse sink stopped: %s", self.stats())
+
+    def _connect(self, stop: threading.Event) -> Client | None:
+        """Connect and apply the schema, retrying while ClickHouse is not up yet."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                client = make_client(self.settings.clickhouse)
+                apply_schema(client, self.settings.clickhouse)
+                return client
+            except (ClickHouseUnavailable, DriverError) as exc:
+                self._count(errors=1, last_error=str(exc))
+                log.error("ClickHouse not ready (retrying in %.1fs): %s", backoff, exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        return None
+
+    def _flush(
+        self,
+        messages: list[Message],
+        consumer: Consumer,
+        dead_letters: DeadLetterWriter,
+        stop: threading.Event,
+        final: bool = False,
+    ) -> bool:
+        """Insert ``messages``, dead-letter the malformed ones, then commit their offsets.
+
+        Returns False (nothing committed) only if ``stop`` was set while ClickHouse kept failing;
+        the records are then read again by the next run.
+        """
+        values = [m.value() or b"" for m in messages]
+        table, malformed = window_stats_to_arrow(values)
+        for bad in malformed:
+            key = messages[bad.index].key()
+            dead_letters.write(
+                MALFORMED_REASON,
+                bad.detail,
+                equipment_id=key.decode("utf-8", "replace") if key else "",
+                payload_bytes=bad.value,
+            )
+        if malformed:
+            dead_letters.flush()  # the dead letters must be durable before we commit past them
+            self._count(malformed=len(malformed))
+            log.warning("dead-lettered %d malformed window-stats records", len(malformed))
+
+        backoff = 0.25
+        # On shutdown keep trying briefly, then leave the rest to the next run (nothing committed).
+        give_up_at = time.monotonic() + _FINAL_FLUSH_TIMEOUT_S
+        while True:
+            started = time.monotonic()
+            try:
+                written = insert_window_stats(self._client, table)  # type: ignore[arg-type]
+                break
+            except Exception as exc:  # every failure is retried; nothing is committed meanwhile
+                self._count(errors=1, last_error=str(exc))
+                code = getattr(exc, "code", None)
+                log.error(
+                    "ClickHouse insert of %d rows failed (retrying in %.2fs, offsets not committed): %s",
+                    table.num_rows, backoff, exc,
+                )  # fmt: skip
+                if code in _UNKNOWN_TABLE_CODES:
+                    try:
+                        apply_schema(self._client, self.settings.clickhouse)  # type: ignore[arg-type]
+                    except Exception as schema_exc:
+                        log.error("re-applying the ClickHouse schema failed: %s", schema_exc)
+                if final:
+                    if time.monotonic() + backoff > give_up_at:
+                        log.error("giving up on %d rows at shutdown; they will be re-read", table.num_rows)
+                        return False
+                    time.sleep(backoff)
+                elif stop.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        latency = time.monotonic() - started
+        emit_lag = 0.0
+        if table.num_rows:
+            newest = pc.max(table.column("emitted_at")).value / 1000.0
+            emit_lag = max(0.0, time.time() - newest)
+        self._commit(consumer, messages)
+        self._count(
+            rows_written=written,
+            batches=1,
+            last_insert_latency_s=latency,
+            last_emit_to_visible_s=emit_lag,
+            last_flush_at=time.time(),
+        )
+        log.debug("inserted %d rows in %.1f ms", written, latency * 1000)
+        return True
+
+    def _commit(self, consumer: Consumer, messages: list[Message]) -> None:
+        """Commit the next offset of every partition in ``messages``."""
+        next_offsets: dict[tuple[str, int], int] = {}
+        for m in messages:
+            key = (m.topic(), m.partition())
+            next_offsets[key] = max(next_offsets.get(key, 0), m.offset() + 1)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # E.g. a rebalance moved the partition: its new owner re-reads and re-inserts these
+            # rows, which the ReplacingMergeTree de-duplicates.
+            self._count(errors=1, last_error=str(exc))
+            log.warning("offset commit failed (rows are stored; a re-read will be de-duplicated): %s", exc)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, flushing and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        ClickHouseSink(Settings()).run(stop)
+    except (RuntimeError, KafkaException) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

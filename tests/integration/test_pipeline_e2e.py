@@ -1,0 +1,244 @@
+"""The whole spine on real servers: simulator -> gRPC edge -> Kafka -> Flink -> ClickHouse + Pushgateway/Prometheus.
+
+The simulated fleet's batches are known before they are sent, so every window statistic the
+pipeline produces is checked against numpy over the same samples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import grpc
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+import requests
+from confluent_kafka import Consumer
+
+from connectors.clickhouse import make_client
+from edge.gateway import GatewayClient
+from edge.proto import telemetry_pb2, telemetry_pb2_grpc
+from edge.simulator.fleet import Fleet
+from vigil.stack.services import Stack
+
+pytestmark = pytest.mark.integration
+
+MACHINES = 6
+DATA_TICKS = 8
+FLUSH_TICKS = 3  # later data that moves the watermark past the checked windows
+
+
+def samples_frame(batches: list[telemetry_pb2.ReadingBatch]) -> pd.DataFrame:
+    frames = [
+        pd.DataFrame({
+            "equipment_id": batch.equipment_id,
+            "sensor": series.sensor,
+            "ts": np.asarray(series.timestamps_ms, dtype=np.int64),
+            "v": np.asarray(series.values, dtype=np.float64),
+        })
+        for batch in batches
+        for series in batch.sensors
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def expected_windows(samples: pd.DataFrame, size_ms: int) -> pd.DataFrame:
+    samples = samples.assign(window_start_ms=samples.ts - samples.ts % size_ms)
+    grouped = samples.groupby(["equipment_id", "sensor", "window_start_ms"]).v
+    return grouped.agg(
+        count="count", avg="mean", stddev=lambda v: float(np.std(v.to_numpy())), min="min", max="max"
+    ).reset_index()
+
+
+def poll(check, timeout: float, what: str, interval: float = 0.5):
+    """Call ``check`` until it returns something other than None/False (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last is not None and last is not False:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last result: {last!r}")
+
+
+def read_dead_letters(stack: Stack, predicate, timeout: float) -> list[dict]:
+    kafka = stack.settings.kafka
+    consumer = Consumer(kafka.client_config() | {
+        "group.id": f"test-dlq-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
+        "session.timeout.ms": kafka.session_timeout_ms, "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
+    })
+    consumer.subscribe([kafka.dead_letter_topic])
+    found: list[dict] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not predicate(found):
+            for message in consumer.consume(500, 1.0):
+                if message.error() is None:
+                    found.append(orjson.loads(message.value()))
+    finally:
+        consumer.close()
+    return found
+
+
+@pytest.fixture(scope="module")
+def streamed(pipeline_stack: Stack):
+    """Stream a seeded fleet through the edge service; return the samples sent."""
+    settings = pipeline_stack.settings
+    fleet = Fleet(MACHINES, sites=2, seed=11, fault_rate_per_machine_hour=0.0)
+    size = settings.window.size_ms
+    interval = fleet.interval_ms
+    first_end = (int(time.time() * 1000) // size) * size - (DATA_TICKS + FLUSH_TICKS + 2) * interval
+    data: list[telemetry_pb2.ReadingBatch] = []
+    with GatewayClient(settings, gateway_id=f"e2e-{uuid.uuid4().hex[:6]}") as client:
+        for tick in range(DATA_TICKS + FLUSH_TICKS):
+            batches = fleet.tick(first_end + tick * interval)
+            ack = client.send(batches)
+            assert ack is not None, "edge service unreachable"
+            assert ack.rejected_batches == 0, list(ack.rejections)
+            assert ack.accepted_batches == len(batches)
+            if tick < DATA_TICKS:
+                data.extend(batches)
+    last_data_end = first_end + (DATA_TICKS - 1) * interval
+    samples = samples_frame(data)
+    expected = expected_windows(samples, size)
+    # Only windows wholly covered by the data ticks (the first and last may be partial).
+    first_full = first_end - interval + size
+    expected = expected[(expected.window_start_ms >= first_full) & (expected.window_start_ms + size <= last_data_end)]
+    return expected, first_full, last_data_end
+
+
+def test_window_statistics_in_clickhouse_are_exact(pipeline_stack: Stack, streamed) -> None:
+    expected, first_full, last_end = streamed
+    client = make_client(pipeline_stack.settings.clickhouse)
+    query = (
+        "SELECT equipment_id, sensor, toUnixTimestamp64Milli(window_start) AS window_start_ms, count, avg, stddev, "
+        "min, max FROM window_stats FINAL WHERE window_start >= fromUnixTimestamp64Milli({a:Int64}) "
+        "AND window_end <= fromUnixTimestamp64Milli({b:Int64})"
+    )
+    params = {"a": first_full, "b": last_end}
+
+    def rows():
+        frame = client.query_df(query, parameters=params)
+        return frame if len(frame) >= len(expected) else None
+
+    got = poll(rows, 120, f"{len(expected)} window rows in ClickHouse")
+    assert len(got) == len(expected), "one row per (machine, sensor, window), no more"
+    merged = expected.merge(got, on=["equipment_id", "sensor", "window_start_ms"], suffixes=("", "_ch"))
+    assert len(merged) == len(expected)
+    assert (merged["count"] == merged["count_ch"]).all()
+    for stat in ("avg", "stddev", "min", "max"):
+        np.testing.assert_allclose(merged[f"{stat}_ch"], merged[stat], rtol=1e-9, atol=1e-9, err_msg=stat)
+    assert expected["count"].sum() == got["count"].sum()
+
+
+def test_latest_windows_reach_pushgateway_and_prometheus(pipeline_stack: Stack, streamed) -> None:
+    expected, _, _ = streamed
+    settings = pipeline_stack.settings
+    row = expected.iloc[len(expected) // 2]
+    equipment, sensor = row.equipment_id, row.sensor
+    client = make_client(settings.clickhouse)
+
+    def latest_pushed():
+        text = requests.get(f"{settings.prometheus.pushgateway_url}/metrics", timeout=5).text
+        prefix = "vigil_window_avg{"
+        for line in text.splitlines():
+            if line.startswith(prefix) and f'equipment_id="{equipment}"' in line and f'sensor="{sensor}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    pushed = poll(latest_pushed, 60, f"vigil_window_avg for {equipment}/{sensor} in the Pushgateway")
+    newest = client.query(
+        "SELECT avg FROM window_stats FINAL WHERE equipment_id = {e:String} AND sensor = {s:String} "
+        "ORDER BY window_start DESC LIMIT 1",
+        parameters={"e": equipment, "s": sensor},
+    ).result_rows[0][0]
+    assert math.isclose(pushed, newest, rel_tol=1e-9)
+
+    def scraped():
+        response = requests.get(
+            f"{settings.prometheus.prometheus_url}/api/v1/query",
+            params={"query": f'vigil_window_avg{{equipment_id="{equipment}",sensor="{sensor}"}}'},
+            timeout=5,
+        ).json()
+        result = response["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def scraped_matches():
+        value = scraped()
+        return value if value is not None and math.isclose(value, pushed, rel_tol=1e-9) else None
+
+    value = poll(scraped_matches, 60, "Prometheus to scrape the pushed value")
+    assert math.isclose(value, pushed, rel_tol=1e-9)
+
+
+def test_bad_batches_get_clear_errors_and_reach_the_dead_letter_topic(pipeline_stack: Stack) -> None:
+    settings = pipeline_stack.settings
+    now = int(time.time() * 1000)
+    tag = uuid.uuid4().hex[:6]
+
+    def batch(equipment_id: str, ts: list[int], values: list[float]) -> telemetry_pb2.ReadingBatch:
+        return telemetry_pb2.ReadingBatch(
+            equipment_id=equipment_id, site="site-1", equipment_type="pump", gateway_id="test", sequence=1,
+            sent_at_ms=now,
+            sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts, values=values)],
+        )
+
+    cases = {
+        "nan_or_inf": batch(f"bad-nan-{tag}", [now - 100], [float("nan")]),
+        "timestamp_in_future": batch(f"bad-future-{tag}", [now + 3_600_000], [1.0]),
+        "timestamp_too_old": batch(f"bad-old-{tag}", [now - 30 * 86_400_000], [1.0]),
+        "empty_equipment_id": batch("", [now - 100], [1.0]),
+    }
+    channel = grpc.insecure_channel(f"{settings.edge.host}:{settings.edge.port}")
+    stub = telemetry_pb2_grpc.IngestionStub(channel)
+    for reason, bad in cases.items():
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Ingest(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reason
+        assert err.value.details(), reason
+    raw = channel.unary_unary("/vigil.edge.v1.Ingestion/Ingest", request_serializer=None,
+                              response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as err:
+        raw(b"\xff\xff\xff-not-a-protobuf-" + tag.encode(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    wanted = set(cases) | {"malformed_protobuf"}
+
+    def ours(letters: list[dict]) -> set[str]:
+        return {
+            r["reason"] for r in letters
+            if tag in r.get("equipment_id", "") or tag.encode().hex() in r.get("payload_b64", "")
+            or (r["reason"] in ("empty_equipment_id", "malformed_protobuf"))
+        }
+
+    letters = read_dead_letters(pipeline_stack, lambda found: wanted <= ours(found), 60)
+    assert wanted <= ours(letters)
+    for record in letters:
+        assert record["detail"], record
+
+
+def test_records_for_closed_windows_are_dead_lettered_not_dropped(pipeline_stack: Stack, streamed) -> None:
+    _, first_full, _ = streamed
+    settings = pipeline_stack.settings
+    late_id = f"late-{uuid.uuid4().hex[:6]}"
+    late = telemetry_pb2.ReadingBatch(
+        equipment_id=late_id, site="site-1", equipment_type="pump", gateway_id="test", sequence=1,
+        sent_at_ms=int(time.time() * 1000),
+        sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=[first_full + 10],
+                                            values=[42.0])],
+    )
+    with GatewayClient(settings, gateway_id=f"late-{uuid.uuid4().hex[:6]}") as client:
+        ack = client.send([late])
+    assert ack is not None and ack.accepted_batches == 1
+    letters = read_dead_letters(
+        pipeline_stack, lambda found: any(r.get("equipment_id") == late_id for r in found), 90
+    )
+    record = next(r for r in letters if r.get("equipment_id") == late_id)
+    assert record["reason"] == "late_record"
+    assert record["source"] == "flink"
+    payload = orjson.loads(record["payload"])
+    assert payload["sensors"][0]["v"] == [42.0]

@@ -1,0 +1,159 @@
+"""Every edge reason code, with a detail that names what is wrong; a valid batch passes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import validation as v
+from edge.proto import telemetry_pb2
+from vigil.settings import EdgeSettings
+
+NOW = 1_750_000_000_000
+
+
+def make_batch(equipment_id: str = "pump-001", sensors: int = 3, samples: int = 10) -> telemetry_pb2.ReadingBatch:
+    batch = telemetry_pb2.ReadingBatch(
+        equipment_id=equipment_id, site="site-a", equipment_type="pump", gateway_id="gw", sequence=1
+    )
+    for s in range(sensors):
+        series = batch.sensors.add(sensor=f"sensor_{s}", unit="degC")
+        series.timestamps_ms.extend(NOW - 5000 + 500 * i for i in range(samples))
+        series.values.extend(float(s * 100 + i) + 0.1 for i in range(samples))
+    return batch
+
+
+@pytest.fixture
+def validator() -> v.BatchValidator:
+    return v.BatchValidator(EdgeSettings())
+
+
+def check(validator: v.BatchValidator, batch: telemetry_pb2.ReadingBatch) -> v.Validation:
+    return validator.validate(batch, now_ms=NOW)
+
+
+def test_valid_batch_passes_with_exact_arrays(validator: v.BatchValidator) -> None:
+    batch = make_batch()
+    result = check(validator, batch)
+    assert result.ok, result.detail
+    assert result.points == 30
+    assert [a.sensor for a in result.arrays] == ["sensor_0", "sensor_1", "sensor_2"]
+    assert result.arrays[1].ts.dtype == np.int64 and result.arrays[1].v.dtype == np.float64
+    assert result.arrays[1].v.tolist() == list(batch.sensors[1].values)
+    assert result.arrays[1].ts.tolist() == list(batch.sensors[1].timestamps_ms)
+
+
+def test_empty_equipment_id(validator: v.BatchValidator) -> None:
+    result = check(validator, make_batch(equipment_id=""))
+    assert result.reason == v.EMPTY_EQUIPMENT_ID and "empty" in result.detail
+
+
+@pytest.mark.parametrize("bad_id", ["-starts-with-dash", "has space", "x" * 65, "pump/1", "pump-1\n"])
+def test_invalid_equipment_id(validator: v.BatchValidator, bad_id: str) -> None:
+    result = check(validator, make_batch(equipment_id=bad_id))
+    assert result.reason == v.INVALID_EQUIPMENT_ID
+    assert "does not match the pattern" in result.detail
+
+
+def test_unknown_equipment_only_with_registry(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.csv"
+    registry.write_text("equipment_id,site\npump-001,site-a\npump-002,site-a\n")
+    validator = v.BatchValidator(EdgeSettings(equipment_registry=registry))
+    assert check(validator, make_batch("pump-002")).ok
+    result = check(validator, make_batch("pump-999"))
+    assert result.reason == v.UNKNOWN_EQUIPMENT
+    assert "'pump-999'" in result.detail and str(registry) in result.detail
+    # Without a registry any well-formed id is accepted.
+    assert check(v.BatchValidator(EdgeSettings()), make_batch("pump-999")).ok
+
+
+def test_registry_without_equipment_id_column_is_a_clear_error(tmp_path: Path) -> None:
+    registry = tmp_path / "bad.csv"
+    registry.write_text("machine,site\npump-001,site-a\n")
+    with pytest.raises(ValueError, match="no 'equipment_id' column"):
+        v.BatchValidator(EdgeSettings(equipment_registry=registry))
+
+
+def test_no_sensors_and_no_points(validator: v.BatchValidator) -> None:
+    result = check(validator, make_batch(sensors=0))
+    assert result.reason == v.NO_READINGS and "no sensor series" in result.detail
+    result = check(validator, make_batch(sensors=2, samples=0))
+    assert result.reason == v.NO_READINGS and "no samples" in result.detail
+
+
+def test_length_mismatch(validator: v.BatchValidator) -> None:
+    batch = make_batch()
+    batch.sensors[2].values.append(1.0)
+    result = check(validator, batch)
+    assert result.reason == v.LENGTH_MISMATCH
+    assert result.detail.startswith("sensor 'sensor_2' has 10 timestamps but 11 values")
+
+
+def test_empty_sensor_name(validator: v.BatchValidator) -> None:
+    batch = make_batch()
+    batch.sensors[1].sensor = ""
+    result = check(validator, batch)
+    assert result.reason == v.EMPTY_SENSOR_NAME and "sensors[1]" in result.detail
+
+
+def test_duplicate_sensor(validator: v.BatchValidator) -> None:
+    batch = make_batch()
+    batch.sensors[2].sensor = "sensor_0"
+    result = check(validator, batch)
+    assert result.reason == v.DUPLICATE_SENSOR and "'sensor_0'" in result.detail
+
+
+@pytest.mark.parametrize(("bad", "shown"), [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "-inf")])
+def test_nan_or_inf_names_sensor_and_index(validator: v.BatchValidator, bad: float, shown: str) -> None:
+    batch = make_batch()
+    batch.sensors[1].values[3] = bad
+    result = check(validator, batch)
+    assert result.reason == v.NAN_OR_INF
+    assert result.detail == f"sensor 'sensor_1' value[3] is {shown}"
+
+
+def test_timestamp_in_future(validator: v.BatchValidator) -> None:
+    batch = make_batch()
+    batch.sensors[0].timestamps_ms[7] = NOW + 61_000
+    result = check(validator, batch)
+    assert result.reason == v.TIMESTAMP_IN_FUTURE
+    assert "sensor 'sensor_0' timestamp[7]" in result.detail and "61.0 s ahead" in result.detail
+    # Exactly at the skew limit is still fine.
+    batch.sensors[0].timestamps_ms[7] = NOW + 60_000
+    assert check(validator, batch).ok
+
+
+def test_timestamp_too_old(validator: v.BatchValidator) -> None:
+    batch = make_batch()
+    batch.sensors[2].timestamps_ms[0] = NOW - 2 * 3600 * 1000 - 1
+    result = check(validator, batch)
+    assert result.reason == v.TIMESTAMP_TOO_OLD
+    assert "sensor 'sensor_2' timestamp[0]" in result.detail and "limit 7200 s" in result.detail
+
+
+def test_oversized_batch() -> None:
+    validator = v.BatchValidator(EdgeSettings(max_points_per_batch=29))
+    result = check(validator, make_batch(sensors=3, samples=10))
+    assert result.reason == v.OVERSIZED_BATCH
+    assert "30 points" in result.detail and "max_points_per_batch=29" in result.detail
+    assert v.BatchValidator(EdgeSettings(max_points_per_batch=30)).validate(make_batch(), NOW).ok
+
+
+def test_first_problem_wins(validator: v.BatchValidator) -> None:
+    """The equipment id is checked before the samples: only the first problem is reported."""
+    batch = make_batch(equipment_id="")
+    batch.sensors[0].values[0] = math.nan
+    assert check(validator, batch).reason == v.EMPTY_EQUIPMENT_ID
+
+
+def test_every_reason_code_is_exercised() -> None:
+    """Guard: a new reason code needs a test here (malformed_protobuf is tested in the service)."""
+    tested = {
+        v.EMPTY_EQUIPMENT_ID, v.INVALID_EQUIPMENT_ID, v.UNKNOWN_EQUIPMENT, v.NO_READINGS, v.LENGTH_MISMATCH,
+        v.EMPTY_SENSOR_NAME, v.DUPLICATE_SENSOR, v.NAN_OR_INF, v.TIMESTAMP_IN_FUTURE, v.TIMESTAMP_TOO_OLD,
+        v.OVERSIZED_BATCH, v.MALFORMED_PROTOBUF,
+    }  # fmt: skip
+    assert tested == set(v.REASON_CODES)

