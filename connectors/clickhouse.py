@@ -31,7 +31,6 @@ MALFORMED_REASON = "malformed_window_stats"
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _AUTH_CODES = {192, 193, 194, 516}  # UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD, AUTHENTICATION_FAILED
-_UNKNOWN_DATABASE = 81
 
 # The window-stats JSON contract, as parsed. Every field is required.
 WINDOW_STATS_JSON_SCHEMA = pa.schema(
@@ -110,14 +109,7 @@ def make_client(settings: ClickHouseSettings, **kwargs: object) -> Client:
         **kwargs,
     }
     try:
-        try:
-            return clickhouse_connect.get_client(database=settings.database, **params)
-        except DatabaseError as exc:
-            if getattr(exc, "code", None) != _UNKNOWN_DATABASE:
-                raise
-            client = clickhouse_connect.get_client(**params)
-            client.database = settings.database  # created by apply_schema
-            return client
+        client = clickhouse_connect.get_client(**params)
     except OperationalError as exc:
         raise ClickHouseUnavailable(
             f"cannot reach ClickHouse at {where}: {exc}. Start the local stack with `vigil stack up`, "
@@ -130,6 +122,10 @@ def make_client(settings: ClickHouseSettings, **kwargs: object) -> Client:
                 "VIGIL_CLICKHOUSE__USERNAME / VIGIL_CLICKHOUSE__PASSWORD."
             ) from exc
         raise
+    # Set after connecting rather than passed to get_client, which fails while the database does
+    # not exist yet (apply_schema creates it); queries then run in it as usual.
+    client.database = settings.database
+    return client
 
 
 def schema_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:

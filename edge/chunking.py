@@ -3,6 +3,10 @@
 Every record holds the samples of ONE machine in ONE tumbling window (``window_start = ts - ts %
 size_ms``), all sensors of that window together. Flink can then assign a whole record to a
 single window, and a late record never straddles two windows.
+
+``event_time_ms`` is the record's NEWEST sample: the watermark then follows the newest data a
+machine has reported, so a window closes one batch interval sooner than with the oldest sample,
+and the record still lands in the right window (every sample of it is in that window).
 """
 
 from __future__ import annotations
@@ -61,8 +65,8 @@ def batch_to_records(
             if lo == hi:
                 continue
             chunk_ts = ts[lo:hi]
-            first = int(chunk_ts.min())
-            event_time = first if event_time is None or first < event_time else event_time
+            newest = int(chunk_ts.max())
+            event_time = newest if event_time is None or newest > event_time else event_time
             sensors.append({"sensor": series.sensor, "unit": series.unit, "ts": chunk_ts, "v": v[lo:hi]})
         record = head | {
             "chunk_start_ms": window_start,

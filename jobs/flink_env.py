@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
-from vigil.flink_jars import connector_jars
+from vigil.flink_jars import job_jars
 from vigil.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -46,18 +46,48 @@ def kafka_properties_sql(settings: Settings) -> str:
     return "\n    ".join(lines)
 
 
+def kafka_source_options(settings: Settings) -> str:
+    """WITH options of the telemetry source: Kafka, resuming from the job's committed offsets."""
+    kafka = settings.kafka
+    return f"""'connector' = 'kafka',
+    'topic' = '{_sql_escape(kafka.telemetry_topic)}',
+    {kafka_properties_sql(settings)}
+    'properties.group.id' = '{_sql_escape(settings.flink.consumer_group)}',
+    'properties.auto.offset.reset' = 'earliest',
+    'properties.session.timeout.ms' = '{kafka.session_timeout_ms}',
+    'properties.heartbeat.interval.ms' = '{kafka.heartbeat_interval_ms}',
+    'scan.startup.mode' = 'group-offsets',
+    'format' = 'json',
+    'json.fail-on-missing-field' = 'false',
+    'json.ignore-parse-errors' = 'false'"""
+
+
+def kafka_sink_options(settings: Settings, topic: str, transactional_suffix: str) -> str:
+    """WITH options of a JSON Kafka sink keyed by equipment id."""
+    prefix = f"{settings.flink.consumer_group}-{transactional_suffix}"
+    return f"""'connector' = 'kafka',
+    'topic' = '{_sql_escape(topic)}',
+    {kafka_properties_sql(settings)}
+    'key.format' = 'raw',
+    'key.fields' = 'equipment_id',
+    'value.format' = 'json',
+    'value.fields-include' = 'ALL',
+    'sink.delivery-guarantee' = '{settings.kafka.flink_delivery_guarantee}',
+    'sink.transactional-id-prefix' = '{_sql_escape(prefix)}'"""
+
+
+KAFKA_METADATA_COLUMNS = """kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+    kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,"""
+
+
 def render_sql(name: str, settings: Settings, **extra: object) -> str:
     """Fill a template from sql/flink/ with values from the settings (the only source of names)."""
     window = settings.window
     params: dict[str, object] = {
-        "telemetry_topic": settings.kafka.telemetry_topic,
-        "window_stats_topic": settings.kafka.window_stats_topic,
-        "dead_letter_topic": settings.kafka.dead_letter_topic,
-        "kafka_properties": kafka_properties_sql(settings),
-        "consumer_group": settings.flink.consumer_group,
-        "session_timeout_ms": settings.kafka.session_timeout_ms,
-        "heartbeat_interval_ms": settings.kafka.heartbeat_interval_ms,
-        "delivery_guarantee": settings.kafka.flink_delivery_guarantee,
+        "source_options": kafka_source_options(settings),
+        "source_metadata_columns": KAFKA_METADATA_COLUMNS,
+        "window_stats_sink_options": kafka_sink_options(settings, settings.kafka.window_stats_topic, "window-stats"),
+        "dead_letter_sink_options": kafka_sink_options(settings, settings.kafka.dead_letter_topic, "late"),
         "window_size_ms": window.size_ms,
         "window_size_s": _seconds(window.size_ms),
         "lateness_s": _seconds(window.allowed_lateness_ms),
@@ -71,7 +101,7 @@ def create_table_env(settings: Settings, job_name: str, resume: bool = True) -> 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = env.get_config()
     settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    jars = ";".join(path.resolve().as_uri() for path in connector_jars(settings.jars_dir))
+    jars = ";".join(path.resolve().as_uri() for path in job_jars(settings.jars_dir))
     existing = config.get("pipeline.jars", "")
     options: dict[str, str] = {}
     if settings.flink.target == "local":

@@ -20,7 +20,7 @@ from jobs.flink_env import create_table_env, render_sql
 from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-window-stats"
-DDL = ("telemetry_source", "window_stats_sink", "dead_letter_sink", "classify_lateness", "samples_on_time")
+DDL = ("functions", "telemetry_source", "window_stats_sink", "dead_letter_sink", "classify_lateness", "samples_on_time")
 INSERTS = ("window_stats", "late_records")
 
 

@@ -56,8 +56,9 @@ class BenchResult:
 class UsageSampler:
     """Peak RSS and CPU time of each stack process (with children, e.g. the job's JVM)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], alone: frozenset[str] = frozenset()) -> None:
         self.pids = pids
+        self.alone = alone  # measured without children (the bench process is the stack's parent)
         self.usage = {name: ProcessUsage() for name in pids}
         self._start_cpu: dict[str, float] = {}
         self._stop = threading.Event()
@@ -66,6 +67,8 @@ class UsageSampler:
     def _tree(self, pid: int) -> list[psutil.Process]:
         try:
             root = psutil.Process(pid)
+            if pid in {self.pids[name] for name in self.alone}:
+                return [root]
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
@@ -137,7 +140,8 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
         daemon=True,
     )
     simulator.start()
-    sampler = UsageSampler(pids | {"simulator (bench process)": psutil.Process().pid})
+    bench = "simulator + gateway clients (bench process)"
+    sampler = UsageSampler(pids | {bench: psutil.Process().pid}, alone=frozenset({bench}))
     title = f"bench: {machines:,} machines"
     with Live(monitor.table(title), console=console, refresh_per_second=1) as live:
         end_warmup = time.monotonic() + WARMUP_S

@@ -18,6 +18,8 @@ from pathlib import Path
 WHEEL_REQUIREMENT = "shigawire-apache-flink-libraries==2.0.0.post1"
 WHEEL_SHA256 = "aaa65537d3f0c0ff279185d8243024f0efd95788ba044bf249ba0f40b69289cd"
 JARS = ("flink-connector-kafka.jar", "kafka-clients.jar")
+UDF_SOURCES = Path(__file__).resolve().parents[1] / "udfs" / "java"
+UDF_JAR = "vigil-udfs.jar"
 
 
 def connector_jars(jars_dir: Path) -> list[Path]:
@@ -26,6 +28,38 @@ def connector_jars(jars_dir: Path) -> list[Path]:
     if not all(path.is_file() for path in paths):
         install_connector_jars(jars_dir)
     return paths
+
+
+def job_jars(jars_dir: Path) -> list[Path]:
+    """Every jar a Vigil job adds to ``pipeline.jars``: the Kafka connector and our Java UDFs."""
+    return [*connector_jars(jars_dir), udf_jar(jars_dir)]
+
+
+def udf_jar(jars_dir: Path) -> Path:
+    """Compile udfs/java (JVM-side aggregate functions) into a jar, again whenever a source changed."""
+    target = jars_dir / UDF_JAR
+    sources = sorted(UDF_SOURCES.rglob("*.java"))
+    if target.is_file() and all(src.stat().st_mtime <= target.stat().st_mtime for src in sources):
+        return target
+    import pyflink
+
+    classpath = str(Path(pyflink.__file__).parent / "lib" / "*")
+    jars_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["javac", "--release", "17", "-cp", classpath, "-d", tmp, *map(str, sources)]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError as exc:
+            raise RuntimeError("javac not found: install a JDK 17 (apt-get install openjdk-17-jdk-headless)") from exc
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the Java UDFs failed:\n{result.stderr}")
+        partial = target.with_suffix(".tmp")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nCreated-By: vigil\n")
+            for path in sorted(Path(tmp).rglob("*.class")):
+                archive.write(path, path.relative_to(tmp).as_posix())
+        partial.replace(target)
+    return target
 
 
 def install_connector_jars(jars_dir: Path) -> list[Path]:
@@ -55,7 +89,7 @@ def install_connector_jars(jars_dir: Path) -> list[Path]:
 def main() -> None:
     from vigil.settings import get_settings
 
-    for path in connector_jars(get_settings().jars_dir):
+    for path in job_jars(get_settings().jars_dir):
         print(path)
 
 

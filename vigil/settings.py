@@ -119,8 +119,10 @@ class WindowSettings(BaseModel):
     """Event-time tumbling windows computed by the Flink job."""
 
     size_ms: int = Field(5000, ge=100)
-    # Bounded out-of-orderness of the watermark; records later than this are dead-lettered.
-    allowed_lateness_ms: int = Field(6_000, ge=0)
+    # Bounded out-of-orderness of the watermark: how much later than the newest record of its Kafka
+    # partition a machine's data may arrive (delivery jitter, gateway clock skew) before its window
+    # has closed; later records are dead-lettered. Every ms here is a ms of alert latency.
+    allowed_lateness_ms: int = Field(3_000, ge=0)
     source_idle_timeout_ms: int = Field(15_000, ge=0)
 
 

@@ -7,13 +7,5 @@ CREATE TABLE late_dead_letter (
     received_at_ms BIGINT,
     payload STRING
 ) WITH (
-    'connector' = 'kafka',
-    'topic' = '{dead_letter_topic}',
-    {kafka_properties}
-    'key.format' = 'raw',
-    'key.fields' = 'equipment_id',
-    'value.format' = 'json',
-    'value.fields-include' = 'ALL',
-    'sink.delivery-guarantee' = '{delivery_guarantee}',
-    'sink.transactional-id-prefix' = '{consumer_group}-late'
+    {dead_letter_sink_options}
 )

@@ -1,5 +1,5 @@
 -- 5-second tumbling windows per machine and sensor, computed in the JVM from raw samples.
--- Variance uses sums of squares; GREATEST guards the tiny negative values rounding can give.
+-- Standard deviation by Welford/Chan in the JVM (udfs/java), exact even when the mean dwarfs the spread.
 INSERT INTO window_stats_out
 SELECT
     equipment_id,
@@ -11,7 +11,7 @@ SELECT
     MIN(chunk_start_ms) + {window_size_ms} AS window_end_ms,
     COUNT(*) AS `count`,
     AVG(v) AS `avg`,
-    SQRT(GREATEST((SUM(v * v) - SUM(v) * SUM(v) / COUNT(*)) / COUNT(*), 0.0)) AS `stddev`,
+    STDDEV_POP_EXACT(v) AS `stddev`,
     MIN(v) AS `min`,
     MAX(v) AS `max`,
     {now_ms_expr} AS emitted_at_ms

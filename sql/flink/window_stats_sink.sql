@@ -14,13 +14,5 @@ CREATE TABLE window_stats_out (
     `max` DOUBLE,
     emitted_at_ms BIGINT
 ) WITH (
-    'connector' = 'kafka',
-    'topic' = '{window_stats_topic}',
-    {kafka_properties}
-    'key.format' = 'raw',
-    'key.fields' = 'equipment_id',
-    'value.format' = 'json',
-    'value.fields-include' = 'ALL',
-    'sink.delivery-guarantee' = '{delivery_guarantee}',
-    'sink.transactional-id-prefix' = '{consumer_group}-window-stats'
+    {window_stats_sink_options}
 )

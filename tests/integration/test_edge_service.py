@@ -140,7 +140,7 @@ def test_valid_batches_via_unary_and_stream_land_as_contract_records(edge: Setti
             "gw-test",
         )
         assert record["chunk_start_ms"] % size == 0
-        assert record["event_time_ms"] == min(min(s["ts"]) for s in record["sensors"])
+        assert record["event_time_ms"] == max(max(s["ts"]) for s in record["sensors"])
         for s in record["sensors"]:
             assert s["unit"] == "bar"
             assert all(t - t % size == record["chunk_start_ms"] for t in s["ts"])

@@ -904,7 +904,7 @@ def start_clickhouse_server_process(
         "--host", ch.host, "--port", str(ch.port), "--data-path", str(data_path),
     ]  # fmt: skip
     with log_path.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://{ch.host}:{ch.port}/ping"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
