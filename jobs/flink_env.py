@@ -7,13 +7,15 @@ session time zone, and Kafka connection properties rendered from the one setting
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 import yaml
+from pyflink.common import Configuration
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
-from vigil.flink_jars import job_jars
+from vigil.flink_jars import UDF_SOURCES, job_jars
 from vigil.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,23 @@ NOW_MS_EXPR = (
 )
 
 
+def plan_fingerprint(statements: list[str]) -> str:
+    """Identity of a job's plan: its rendered SQL plus the Java UDF sources it calls.
+
+    Flink cannot restore window state written by a different plan (it fails on every restart
+    with a StateMigrationException), so checkpoints are kept per fingerprint.
+    """
+    digest = hashlib.sha256()
+    for statement in statements:
+        digest.update(statement.encode())
+    for source in sorted(UDF_SOURCES.rglob("*.java")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     """The newest completed checkpoint (a ``chk-N`` folder holding ``_metadata``), if any."""
-    done = [meta.parent for meta in checkpoints_dir.glob("*/chk-*/_metadata")]
+    done = [meta.parent for meta in checkpoints_dir.rglob("chk-*/_metadata")]
     if not done:
         return None
     return max(done, key=lambda path: path.stat().st_mtime)
@@ -97,12 +113,18 @@ def render_sql(name: str, settings: Settings, **extra: object) -> str:
     return (SQL_DIR / f"{name}.sql").read_text().format(**params)
 
 
-def create_table_env(settings: Settings, job_name: str, resume: bool = True) -> TableEnvironment:
+def create_table_env(
+    settings: Settings, job_name: str, statements: list[str], resume: bool = True
+) -> TableEnvironment:
+    """A streaming environment whose checkpoints live under ``<checkpoints>/<job>/<plan fingerprint>``."""
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = env.get_config()
-    settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    jars = ";".join(path.resolve().as_uri() for path in job_jars(settings.jars_dir))
-    existing = config.get("pipeline.jars", "")
+    checkpoints = settings.checkpoints_dir / job_name / plan_fingerprint(statements)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    # Append, never overwrite: under `flink run` pipeline.jars already holds flink-python's jar.
+    existing = Configuration.parse_list_value(config.get("pipeline.jars", ""))
+    ours = [path.resolve().as_uri() for path in job_jars(settings.jars_dir)]
+    jars = ";".join([*existing, *(uri for uri in ours if uri not in existing)])
     options: dict[str, str] = {}
     if settings.flink.target == "local":
         # In-process MiniCluster: take the repo's local profile and expose the REST API/web UI.
@@ -114,20 +136,27 @@ def create_table_env(settings: Settings, job_name: str, resume: bool = True) -> 
         }
     options |= {
         "pipeline.name": job_name,
-        "pipeline.jars": f"{existing};{jars}" if existing else jars,
+        "pipeline.jars": jars,
         "parallelism.default": str(settings.flink.parallelism),
         "table.local-time-zone": "UTC",
         "execution.checkpointing.interval": f"{settings.flink.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
-        "execution.checkpointing.dir": settings.checkpoints_dir.resolve().as_uri(),
+        "execution.checkpointing.dir": checkpoints.resolve().as_uri(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "3",
         "state.backend.type": "hashmap",
         "table.exec.source.idle-timeout": f"{settings.window.source_idle_timeout_ms} ms",
     }
-    if resume and (checkpoint := latest_checkpoint(settings.checkpoints_dir)) is not None:
+    if resume and (checkpoint := latest_checkpoint(checkpoints)) is not None:
         log.info("resuming from checkpoint %s", checkpoint)
         options["execution.state-recovery.path"] = checkpoint.resolve().as_uri()
+    elif resume and latest_checkpoint(settings.checkpoints_dir / job_name) is not None:
+        log.warning(
+            "the job's plan changed since its last checkpoint (SQL, settings or UDFs), so its window state "
+            "cannot be restored: starting without state from the committed Kafka offsets. Windows that were "
+            "open at the switch may be incomplete; older checkpoints stay in %s",
+            settings.checkpoints_dir / job_name,
+        )
     for key, value in options.items():
         config.set(key, value)
     return env

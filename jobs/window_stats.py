@@ -24,14 +24,20 @@ DDL = ("functions", "telemetry_source", "window_stats_sink", "dead_letter_sink",
 INSERTS = ("window_stats", "late_records")
 
 
+def statements(settings: Settings) -> tuple[list[str], list[str]]:
+    """The job as SQL: DDL (functions, tables, views) and the INSERTs that run together."""
+    return [render_sql(name, settings) for name in DDL], [render_sql(name, settings) for name in INSERTS]
+
+
 def build(env: TableEnvironment, settings: Settings):
     """Register tables and views, and return the statement set holding both INSERTs."""
-    for name in DDL:
-        env.execute_sql(render_sql(name, settings))
-    statements = env.create_statement_set()
-    for name in INSERTS:
-        statements.add_insert_sql(render_sql(name, settings))
-    return statements
+    ddl, inserts = statements(settings)
+    for statement in ddl:
+        env.execute_sql(statement)
+    statement_set = env.create_statement_set()
+    for statement in inserts:
+        statement_set.add_insert_sql(statement)
+    return statement_set
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,16 +47,18 @@ def main(argv: list[str] | None = None) -> None:
     args, _ = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    env = create_table_env(settings, JOB_NAME, resume=not args.no_resume)
-    statements = build(env, settings)
+    ddl, inserts = statements(settings)
+    env = create_table_env(settings, JOB_NAME, ddl + inserts, resume=not args.no_resume)
+    statement_set = build(env, settings)
     if args.explain:
-        print(statements.explain())
+        print(statement_set.explain())
         return
-    result = statements.execute()
+    result = statement_set.execute()
     client = result.get_job_client()
     if client is not None:
         logging.getLogger(JOB_NAME).info("submitted job %s", client.get_job_id())
-    result.wait()
+    if env.get_config().get("execution.attached", "true").lower() != "false":
+        result.wait()  # local mode and attached `flink run`: live as long as the job
 
 
 if __name__ == "__main__":

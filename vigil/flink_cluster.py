@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 
 from vigil.settings import PROJECT_ROOT, Settings
 
@@ -30,6 +31,11 @@ def conf_dir(settings: Settings) -> Path:
     return settings.data_dir / "flink" / "conf"
 
 
+def _bundled_java_opts() -> str:
+    bundled = yaml.safe_load((flink_home() / "conf" / "config.yaml").read_text())
+    return bundled["env"]["java"]["opts"]["all"]
+
+
 def render_cluster_conf(settings: Settings) -> Path:
     target = conf_dir(settings)
     target.mkdir(parents=True, exist_ok=True)
@@ -40,8 +46,12 @@ def render_cluster_conf(settings: Settings) -> Path:
         checkpoint_interval_ms=settings.flink.checkpoint_interval_ms,
         checkpoints_uri=settings.checkpoints_dir.resolve().as_uri(),
         python=sys.executable,
+        java_opts=_bundled_java_opts(),
     )
     (target / "config.yaml").write_text(text)
+    # start-cluster.sh starts "localhost" workers directly (no ssh).
+    (target / "masters").write_text(f"localhost:{settings.flink.rest_port}\n")
+    (target / "workers").write_text("localhost\n")
     log4j = flink_home() / "conf" / "log4j.properties"
     if log4j.is_file():
         (target / "log4j.properties").write_text(log4j.read_text())
@@ -56,6 +66,8 @@ def _cluster_env(settings: Settings) -> dict[str, str]:
         "FLINK_HOME": str(flink_home()),
         "FLINK_CONF_DIR": str(conf_dir(settings)),
         "FLINK_LOG_DIR": str(log_dir),
+        # Pid files per data dir, so stop-cluster.sh stops this cluster and no other.
+        "FLINK_PID_DIR": str(settings.run_dir / "flink"),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
     }
 
@@ -64,18 +76,24 @@ def rest_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.flink.rest_port}"
 
 
-def cluster_running(settings: Settings) -> bool:
+def _overview(settings: Settings) -> dict | None:
     try:
-        overview = requests.get(f"{rest_url(settings)}/overview", timeout=1).json()
+        return requests.get(f"{rest_url(settings)}/overview", timeout=1).json()
     except (requests.RequestException, ValueError):
-        return False
-    return overview.get("taskmanagers", 0) > 0
+        return None
+
+
+def cluster_running(settings: Settings) -> bool:
+    overview = _overview(settings)
+    return bool(overview) and overview.get("taskmanagers", 0) > 0
 
 
 def start_cluster(settings: Settings, timeout_s: float = 90.0) -> str:
     """Start JobManager and TaskManager (idempotent) and wait until a TaskManager registered."""
     if cluster_running(settings):
         return rest_url(settings)
+    if _overview(settings) is not None:  # a JobManager without TaskManagers: restart it cleanly
+        stop_cluster(settings)
     render_cluster_conf(settings)
     script = flink_home() / "bin" / "start-cluster.sh"
     result = subprocess.run(["bash", str(script)], env=_cluster_env(settings), capture_output=True, text=True)

@@ -1,0 +1,35 @@
+"""Checkpoint bookkeeping of the Flink jobs: resume only state the current plan can read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jobs.flink_env import latest_checkpoint, plan_fingerprint
+from jobs.window_stats import statements
+from vigil.settings import Settings, WindowSettings
+
+
+def _checkpoint(root: Path, job_id: str, n: int, mtime: float, complete: bool = True) -> Path:
+    path = root / job_id / f"chk-{n}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / "_metadata").write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_latest_complete_checkpoint_wins(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    _checkpoint(tmp_path, "job-a", 3, 1000)
+    newest = _checkpoint(tmp_path, "job-b", 1, 2000)
+    _checkpoint(tmp_path, "job-b", 2, 3000, complete=False)  # still being written: never resumed
+    assert latest_checkpoint(tmp_path) == newest
+
+
+def test_plan_fingerprint_follows_the_sql_the_job_runs() -> None:
+    base = Settings()
+    same = plan_fingerprint(sum(statements(base), []))
+    assert same == plan_fingerprint(sum(statements(Settings()), []))
+    wider = base.model_copy(update={"window": WindowSettings(size_ms=10_000)})
+    assert plan_fingerprint(sum(statements(wider), [])) != same
