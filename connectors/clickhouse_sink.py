@@ -12,7 +12,6 @@ Run: ``python -m connectors.clickhouse_sink`` (until SIGTERM/SIGINT).
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from connectors.clickhouse import (
 )
 from connectors.kafka import DeadLetterWriter, consume_batches, ensure_topics, make_consumer, make_producer
 from vigil.settings import Settings
+from vigil.signals import stop_event_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -236,14 +236,7 @@ class ClickHouseSink:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, flushing and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals()
     try:
         ClickHouseSink(Settings()).run(stop)
     except (RuntimeError, KafkaException) as exc:

@@ -30,7 +30,6 @@ import base64
 import io
 import logging
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,8 +46,10 @@ from confluent_kafka import KafkaError, KafkaException
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from connectors.contracts import WINDOW_STATS_JSON_SCHEMA, WINDOW_STATS_LABELS, WINDOW_STATS_VALUES
 from connectors.kafka import consume_batches, make_consumer
 from vigil.settings import Settings, get_settings
+from vigil.signals import stop_event_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,11 @@ WINDOW_JOB = "vigil_window_stats"
 SINK_JOB = "vigil_pushgateway_sink"
 HTTP_TIMEOUT = (2.0, 10.0)  # connect, read (seconds)
 
-_STATS = ("avg", "stddev", "min", "max", "count")
-_STRINGS = ("equipment_id", "site", "equipment_type", "sensor", "unit")
+_STATS = WINDOW_STATS_VALUES
+_STRINGS = WINDOW_STATS_LABELS
+# The contract's fields this sink needs; every statistic as float64 (a gauge value).
 _SCHEMA = pa.schema(
-    [(name, pa.string()) for name in _STRINGS]
-    + [("window_start_ms", pa.int64()), ("window_end_ms", pa.int64())]
+    [WINDOW_STATS_JSON_SCHEMA.field(name) for name in (*_STRINGS, "window_start_ms", "window_end_ms")]
     + [(stat, pa.float64()) for stat in _STATS]
 )
 _STATE_COLUMNS = [*_STRINGS, "window_end_ms", *_STATS, "series_labels", "machine_labels"]
@@ -436,9 +437,7 @@ class PushgatewaySink:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event_on_signals()
     settings = get_settings()
     log.info("pushing %s -> %s every %.1f s", settings.kafka.window_stats_topic,
              settings.prometheus.pushgateway_url, settings.prometheus.push_interval_s)

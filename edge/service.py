@@ -22,7 +22,6 @@ Run: ``python -m edge.service`` (until SIGTERM/SIGINT). Metrics: Prometheus text
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from edge import validation as v
 from edge.chunking import batch_to_records
 from edge.proto import telemetry_pb2
 from vigil.settings import Settings, get_settings
+from vigil.signals import stop_event_on_signals
 
 log = logging.getLogger("edge.service")
 
@@ -338,9 +338,7 @@ def serve(settings: Settings | None = None, create_topics: bool = True) -> tuple
 def main() -> None:
     """``python -m edge.service``: run until SIGTERM/SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: (log.info("signal %d, shutting down", signum), stop.set()))
+    stop = stop_event_on_signals()
     _, shutdown = serve(get_settings())
     stop.wait()
     shutdown()

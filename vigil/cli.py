@@ -35,8 +35,8 @@ def _with_samples(samples_per_sensor: int | None):
 
 SamplesOption = Annotated[
     int | None,
-    typer.Option(help="samples per sensor in each 5-s batch (10 = 2 Hz; 70 = the seed's ~100K points/s "
-                      "per 1,000 machines)"),
+    typer.Option(help="samples per sensor in each 5-s batch (default from settings: 70 = the seed's "
+                      "~100K points/s per 1,000 machines; 10 = 2 Hz)"),
 ]
 
 
