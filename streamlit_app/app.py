@@ -44,7 +44,7 @@ def fleet() -> None:
         "FROM window_stats WHERE window_start >= now64(3) - INTERVAL 1 MINUTE "
         "GROUP BY site, equipment_type ORDER BY site, equipment_type"
     )
-    st.dataframe(by_site, use_container_width=True, hide_index=True)
+    st.dataframe(by_site, width="stretch", hide_index=True)
 
 
 fleet()

@@ -9,12 +9,16 @@ Every spec is built from one :class:`Settings`, so a test stack on free ports is
 
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 from pathlib import Path
 
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.stack import prometheus_configs
 from vigil.stack.process import ProcessManager, ServiceSpec, ServiceStatus
+
+log = logging.getLogger(__name__)
 
 INFRA = ("kafka", "clickhouse", "pushgateway", "prometheus", "alertmanager")
 PIPELINE = ("edge", "window-stats-job", "clickhouse-sink", "pushgateway-sink")
@@ -155,6 +159,8 @@ class Stack:
         specs = self.specs()
         statuses = []
         for name in names:
+            if name == "kafka" and self.processes.pid("kafka") is None:
+                self._forget_offsets_of_a_lost_log()
             status = self.processes.start(specs[name])
             statuses.append(status)
             if on_started:
@@ -168,6 +174,19 @@ class Stack:
 
                 apply_schema(make_client(self.settings.clickhouse), self.settings.clickhouse)
         return statuses
+
+    def _forget_offsets_of_a_lost_log(self) -> None:
+        """A fresh in-memory broker starts with empty topics: checkpointed Kafka offsets point past their end.
+
+        Restoring them would leave the job waiting for offsets that will never exist, so the job's
+        checkpoints go with the broker's memory. With durable broker storage they are kept.
+        """
+        if not self.settings.kafka.local_storage_engine.startswith("memory:"):
+            return
+        checkpoints = self.settings.checkpoints_dir
+        if checkpoints.exists() and any(checkpoints.iterdir()):
+            log.warning("the in-memory Kafka broker starts empty: discarding Flink checkpoints in %s", checkpoints)
+            shutil.rmtree(checkpoints)
 
     def down(self, names: tuple[str, ...] = CONSOLE + PIPELINE + INFRA) -> list[str]:
         """Stop in reverse dependency order; returns the names that were running."""
