@@ -24,15 +24,23 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 
-def _with_samples(samples_per_sensor: int | None):
-    """Settings with the simulator's samples per sensor per batch overridden (None keeps the setting)."""
+def _with_samples(samples_per_sensor: int | None, fault_rate: float | None = None):
+    """Settings with the simulator's load and fault rate overridden (None keeps the setting)."""
     settings = get_settings()
-    if samples_per_sensor is None:
+    update: dict[str, object] = {}
+    if samples_per_sensor is not None:
+        update["samples_per_sensor"] = samples_per_sensor
+    if fault_rate is not None:
+        update["fault_rate_per_machine_hour"] = fault_rate
+    if not update:
         return settings
-    simulator = settings.simulator.model_copy(update={"samples_per_sensor": samples_per_sensor})
-    return settings.model_copy(update={"simulator": simulator})
+    return settings.model_copy(update={"simulator": settings.simulator.model_copy(update=update)})
 
 
+FaultRateOption = Annotated[
+    float | None,
+    typer.Option(help="random labelled faults per machine-hour (ground truth: <data_dir>/ground_truth.jsonl)"),
+]
 SamplesOption = Annotated[
     int | None,
     typer.Option(help="samples per sensor in each 5-s batch (default from settings: 70 = the seed's "
@@ -102,12 +110,13 @@ def demo(
     duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
     stop_after: Annotated[bool, typer.Option(help="stop the pipeline processes when the demo ends")] = False,
     samples_per_sensor: SamplesOption = None,
+    fault_rate: FaultRateOption = None,
 ) -> None:
     """Start the stack and pipeline, stream a simulated fleet through it, and show live figures."""
     from vigil.demo import run_demo
 
     try:
-        run_demo(_with_samples(samples_per_sensor), machines=machines, duration_s=duration,
+        run_demo(_with_samples(samples_per_sensor, fault_rate), machines=machines, duration_s=duration,
                  stop_after=stop_after, console=console)
     except RuntimeError as exc:
         _fail(str(exc))
@@ -133,12 +142,13 @@ def simulate(
     fast: Annotated[bool, typer.Option(help="generate consecutive ticks as fast as possible")] = False,
     target: Annotated[str | None, typer.Option(help="edge service host:port (default from settings)")] = None,
     samples_per_sensor: SamplesOption = None,
+    fault_rate: FaultRateOption = None,
 ) -> None:
     """Stream a simulated fleet to the edge service through gateway clients."""
     from vigil.demo import run_simulator_with_progress
 
-    run_simulator_with_progress(_with_samples(samples_per_sensor), machines, duration, realtime=not fast, target=target,
-                                console=console)
+    run_simulator_with_progress(_with_samples(samples_per_sensor, fault_rate), machines, duration,
+                                realtime=not fast, target=target, console=console)
 
 
 @job_app.command("submit")

@@ -30,7 +30,8 @@ def start_simulator(settings: Settings, machines: int, duration_s: float | None,
     from edge.simulator.runner import run_simulation
 
     def on_tick(stats) -> None:
-        monitor.record_sent(stats.batches, stats.points, errors=stats.send_errors, rejected=stats.rejected_batches)
+        monitor.record_sent(stats.batches, stats.points, errors=stats.send_errors, rejected=stats.rejected_batches,
+                            faults_active=stats.faults_active)
 
     def run() -> None:
         run_simulation(
@@ -75,7 +76,7 @@ def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_a
         f"stack up: Kafka {settings.kafka.bootstrap_servers}, ClickHouse http://{settings.clickhouse.host}:"
         f"{settings.clickhouse.port}, Prometheus {settings.prometheus.prometheus_url}, Flink UI "
         f"http://127.0.0.1:{settings.flink.rest_port}, console http://{settings.console.host}:"
-        f"{settings.console.port}"
+        f"{settings.console.port}\ninjected faults are labelled in {settings.ground_truth_path}"
     )
     monitor = PipelineMonitor(settings)
     monitor.start()

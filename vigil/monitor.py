@@ -57,6 +57,7 @@ class PipelineMonitor:
         self.dead_letter_reasons: dict[str, int] = {}
         self.send_errors = 0
         self.rejected = 0
+        self.faults_active = 0
         self.last_window_end_ms = 0
         self.emit_lag_s: deque[float] = deque(maxlen=5000)  # window end -> emitted by Flink
         self.clickhouse_rows: int | None = None
@@ -76,11 +77,14 @@ class PipelineMonitor:
         for thread in self._threads:
             thread.join(5)
 
-    def record_sent(self, batches: int, points: int, errors: int = 0, rejected: int = 0) -> None:
+    def record_sent(self, batches: int, points: int, errors: int = 0, rejected: int = 0,
+                    faults_active: int | None = None) -> None:
         self.batches_in.add(batches)
         self.points_in.add(points)
         self.send_errors += errors
         self.rejected += rejected
+        if faults_active is not None:
+            self.faults_active = faults_active
 
     def _watch_topics(self) -> None:
         kafka = self.settings.kafka
@@ -133,7 +137,9 @@ class PipelineMonitor:
         emit = sorted(self.emit_lag_s)
         p50 = f"{emit[len(emit) // 2]:.1f} s" if emit else "-"
         table.add_row("points/s in (gRPC)", f"{self.points_in.per_second():,.0f}")
-        table.add_row("batches sent / send errors", f"{self.batches_in.total:,} / {self.send_errors:,}")
+        table.add_row("batches sent / send errors / rejected",
+                      f"{self.batches_in.total:,} / {self.send_errors:,} / {self.rejected:,}")
+        table.add_row("injected faults active (labelled)", f"{self.faults_active:,}")
         table.add_row("windows/s out (Flink)", f"{self.windows_out.per_second():,.0f}")
         table.add_row("windows out (total)", f"{self.windows_out.total:,}")
         table.add_row("window lag (now - newest window end)", f"{lag:.1f} s" if lag is not None else "-")
