@@ -107,15 +107,9 @@ def run_simulator_with_progress(settings: Settings, machines: int, duration_s: f
 
 
 def print_dead_letters(settings: Settings, limit: int, timeout_s: float, console: Console) -> None:
-    from confluent_kafka import Consumer
+    from connectors.kafka import make_consumer
 
-    consumer = Consumer(settings.kafka.client_config() | {
-        "group.id": f"vigil-dlq-reader-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "session.timeout.ms": settings.kafka.session_timeout_ms,
-        "heartbeat.interval.ms": settings.kafka.heartbeat_interval_ms,
-    })
+    consumer = make_consumer(settings.kafka, f"vigil-dlq-reader-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([settings.kafka.dead_letter_topic])
     shown = 0
     deadline = time.monotonic() + timeout_s

@@ -16,9 +16,9 @@ import orjson
 import pandas as pd
 import pytest
 import requests
-from confluent_kafka import Consumer
 
 from connectors.clickhouse import make_client
+from connectors.kafka import make_consumer
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.simulator.fleet import Fleet
@@ -67,10 +67,7 @@ def poll(check, timeout: float, what: str, interval: float = 0.5):
 
 def read_dead_letters(stack: Stack, predicate, timeout: float) -> list[dict]:
     kafka = stack.settings.kafka
-    consumer = Consumer(kafka.client_config() | {
-        "group.id": f"test-dlq-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
-        "session.timeout.ms": kafka.session_timeout_ms, "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
-    })
+    consumer = make_consumer(kafka, f"test-dlq-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([kafka.dead_letter_topic])
     found: list[dict] = []
     deadline = time.monotonic() + timeout
@@ -117,9 +114,10 @@ def test_window_statistics_in_clickhouse_are_exact(pipeline_stack: Stack, stream
     query = (
         "SELECT equipment_id, sensor, toUnixTimestamp64Milli(window_start) AS window_start_ms, count, avg, stddev, "
         "min, max FROM window_stats FINAL WHERE window_start >= fromUnixTimestamp64Milli({a:Int64}) "
-        "AND window_end <= fromUnixTimestamp64Milli({b:Int64})"
+        "AND window_end <= fromUnixTimestamp64Milli({b:Int64}) AND equipment_id IN {ids:Array(String)}"
     )
-    params = {"a": first_full, "b": last_end}
+    # Only this fleet's machines: other tests write windows of their own into the same table.
+    params = {"a": first_full, "b": last_end, "ids": sorted(expected.equipment_id.unique())}
 
     def rows():
         frame = client.query_df(query, parameters=params)

@@ -12,9 +12,8 @@ import uuid
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import Consumer
 
-from connectors.kafka import ensure_topics
+from connectors.kafka import ensure_topics, make_consumer
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2
 from tests.conftest import free_port
@@ -51,10 +50,7 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
             ack = client.send([batch])
         assert ack is not None and ack.accepted_batches == 1
 
-        consumer = Consumer(settings.kafka.client_config() | {
-            "group.id": f"reader-{tag}", "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000, "heartbeat.interval.ms": 500,
-        })
+        consumer = make_consumer(settings.kafka, f"reader-{tag}")
         consumer.subscribe([settings.kafka.window_stats_topic])
         windows: dict[int, dict] = {}
         deadline = time.monotonic() + 120
