@@ -90,6 +90,7 @@ def streamed(pipeline_stack: Stack):
     interval = fleet.interval_ms
     first_end = (int(time.time() * 1000) // size) * size - (DATA_TICKS + FLUSH_TICKS + 2) * interval
     data: list[telemetry_pb2.ReadingBatch] = []
+    sent: list[telemetry_pb2.ReadingBatch] = []
     with GatewayClient(settings, gateway_id=f"e2e-{uuid.uuid4().hex[:6]}") as client:
         for tick in range(DATA_TICKS + FLUSH_TICKS):
             batches = fleet.tick(first_end + tick * interval)
@@ -97,6 +98,7 @@ def streamed(pipeline_stack: Stack):
             assert ack is not None, "edge service unreachable"
             assert ack.rejected_batches == 0, list(ack.rejections)
             assert ack.accepted_batches == len(batches)
+            sent.extend(batches)
             if tick < DATA_TICKS:
                 data.extend(batches)
     last_data_end = first_end + (DATA_TICKS - 1) * interval
@@ -105,11 +107,12 @@ def streamed(pipeline_stack: Stack):
     # Only windows wholly covered by the data ticks (the first and last may be partial).
     first_full = first_end - interval + size
     expected = expected[(expected.window_start_ms >= first_full) & (expected.window_start_ms + size <= last_data_end)]
-    return expected, first_full, last_data_end
+    every_window = expected_windows(samples_frame(sent), size)
+    return expected, first_full, last_data_end, every_window
 
 
 def test_window_statistics_in_clickhouse_are_exact(pipeline_stack: Stack, streamed) -> None:
-    expected, first_full, last_end = streamed
+    expected, first_full, last_end, _ = streamed
     client = make_client(pipeline_stack.settings.clickhouse)
     query = (
         "SELECT equipment_id, sensor, toUnixTimestamp64Milli(window_start) AS window_start_ms, count, avg, stddev, "
@@ -134,7 +137,7 @@ def test_window_statistics_in_clickhouse_are_exact(pipeline_stack: Stack, stream
 
 
 def test_latest_windows_reach_pushgateway_and_prometheus(pipeline_stack: Stack, streamed) -> None:
-    expected, _, _ = streamed
+    expected, _, _, every_window = streamed
     settings = pipeline_stack.settings
     row = expected.iloc[len(expected) // 2]
     equipment, sensor = row.equipment_id, row.sensor
@@ -148,13 +151,26 @@ def test_latest_windows_reach_pushgateway_and_prometheus(pipeline_stack: Stack, 
                 return float(line.rsplit(" ", 1)[1])
         return None
 
-    pushed = poll(latest_pushed, 60, f"vigil_window_avg for {equipment}/{sensor} in the Pushgateway")
-    newest = client.query(
-        "SELECT avg FROM window_stats FINAL WHERE equipment_id = {e:String} AND sensor = {s:String} "
-        "ORDER BY window_start DESC LIMIT 1",
-        parameters={"e": equipment, "s": sensor},
-    ).result_rows[0][0]
-    assert math.isclose(pushed, newest, rel_tol=1e-9)
+    def newest_in_clickhouse() -> tuple[int, float] | None:
+        rows = client.query(
+            "SELECT toUnixTimestamp64Milli(window_start), avg FROM window_stats FINAL "
+            "WHERE equipment_id = {e:String} AND sensor = {s:String} ORDER BY window_start DESC LIMIT 1",
+            parameters={"e": equipment, "s": sensor},
+        ).result_rows
+        return rows[0] if rows else None
+
+    def pushed_matches_newest() -> tuple[int, float] | None:
+        # Windows may still be arriving: wait until the gauge shows the newest window's value.
+        pushed, newest = latest_pushed(), newest_in_clickhouse()
+        if pushed is None or newest is None or not math.isclose(pushed, newest[1], rel_tol=1e-9):
+            return None
+        return newest[0], pushed
+
+    window_start, pushed = poll(pushed_matches_newest, 60, f"vigil_window_avg of {equipment}/{sensor}")
+    truth = every_window[(every_window.equipment_id == equipment) & (every_window.sensor == sensor)
+                         & (every_window.window_start_ms == window_start)]
+    assert len(truth) == 1
+    assert math.isclose(pushed, float(truth["avg"].iloc[0]), rel_tol=1e-9), "the gauge equals numpy's mean"
 
     def scraped():
         response = requests.get(
@@ -220,7 +236,7 @@ def test_bad_batches_get_clear_errors_and_reach_the_dead_letter_topic(pipeline_s
 
 
 def test_records_for_closed_windows_are_dead_lettered_not_dropped(pipeline_stack: Stack, streamed) -> None:
-    _, first_full, _ = streamed
+    _, first_full, _, _ = streamed
     settings = pipeline_stack.settings
     late_id = f"late-{uuid.uuid4().hex[:6]}"
     late = telemetry_pb2.ReadingBatch(
