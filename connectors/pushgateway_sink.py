@@ -1,6 +1,6 @@
 """Hot path: latest window statistics per machine and sensor -> Prometheus Pushgateway.
 
-Consumes ``settings.kafka.window_stats_topic`` (consumer group ``vigil-pushgateway-sink``), keeps
+Consumes ``settings.kafka.window_stats_topic`` (group ``settings.prometheus.sink_consumer_group``), keeps
 the newest window per (equipment_id, sensor) in one pandas DataFrame, and every
 ``settings.prometheus.push_interval_s`` PUTs the Prometheus text exposition to the Pushgateway,
 one group per site (``/metrics/job/vigil_window_stats/site/<site>``) so a PUT replaces exactly
@@ -53,7 +53,6 @@ from vigil.signals import stop_event_on_signals
 
 log = logging.getLogger(__name__)
 
-CONSUMER_GROUP = "vigil-pushgateway-sink"
 WINDOW_JOB = "vigil_window_stats"
 SINK_JOB = "vigil_pushgateway_sink"
 HTTP_TIMEOUT = (2.0, 10.0)  # connect, read (seconds)
@@ -405,7 +404,7 @@ class PushgatewaySink:
         seeded = self.seed_from_pushgateway()
         if seeded:
             log.info("seeded %d series from the Pushgateway", seeded)
-        consumer = make_consumer(self.settings.kafka, CONSUMER_GROUP)
+        consumer = make_consumer(self.settings.kafka, self.settings.prometheus.sink_consumer_group)
         uncommitted = False
         next_push = time.monotonic()
         try:

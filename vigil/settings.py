@@ -171,6 +171,8 @@ class PrometheusSettings(BaseModel):
     # A machine that has not reported for this long disappears from the Pushgateway
     # (it never expires series by itself); the dead-man alert fires long before.
     series_ttl_s: float = Field(900.0, gt=0)
+    # Kafka consumer group of the Pushgateway sink (run one sink per group: each PUT replaces a site's group).
+    sink_consumer_group: str = "vigil-pushgateway-sink"
     # Alertmanager's default receiver posts here (generic webhook); None = alerts are only shown, not sent.
     alert_webhook_url: str | None = None
     # VigilPipelineStalled fires when no machine has produced a newer window for this long.
