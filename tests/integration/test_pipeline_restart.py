@@ -1,0 +1,98 @@
+"""Exactly-once through a hard crash: SIGKILL the Flink job mid-stream, restart it, lose and double nothing.
+
+The job is killed after a checkpoint completed and while windows are open; batches keep arriving while
+it is down. After the restart (from the newest retained checkpoint) every window must be in ClickHouse
+exactly once, with statistics equal to numpy over the samples sent: a window restored from state and then
+fed replayed records twice would show a doubled count, a lost window would be missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from connectors.clickhouse import make_client
+from edge.gateway import GatewayClient
+from edge.simulator.fleet import Fleet
+from jobs.flink_env import latest_checkpoint
+from tests.integration.test_pipeline_e2e import expected_windows, poll, samples_frame
+from vigil.stack.services import Stack
+
+pytestmark = pytest.mark.integration
+
+JOB = "window-stats-job"
+
+
+def test_sigkill_and_restart_keeps_every_window_exactly_once(pipeline_stack: Stack) -> None:
+    settings = pipeline_stack.settings
+    size = settings.window.size_ms
+    fleet = Fleet(4, sites=1, seed=23, fault_rate_per_machine_hour=0.0)
+    interval = fleet.interval_ms
+    # Newer than anything other tests sent (so nothing is late), within the edge's future-skew limit.
+    first_end = (int(time.time() * 1000) // size) * size + interval
+    ticks = [first_end + k * interval for k in range(10)]
+    before, while_down, flush = ticks[:4], ticks[4:8], ticks[8:]
+    sent = []
+    client = make_client(settings.clickhouse)
+    ids = sorted(m.equipment_id for m in fleet.machines)
+
+    def send(ends: list[int]) -> None:
+        for end in ends:
+            batches = fleet.tick(end)
+            ack = gateway.send(batches)
+            assert ack is not None and ack.accepted_batches == len(batches)
+            sent.extend(batches)
+
+    def rows_since(start_ms: int) -> int:
+        return int(client.command(
+            "SELECT count() FROM window_stats FINAL WHERE equipment_id IN {ids:Array(String)} "
+            "AND window_start >= fromUnixTimestamp64Milli({a:Int64})", parameters={"ids": ids, "a": start_ms},
+        ))
+
+    with GatewayClient(settings, gateway_id=f"restart-{uuid.uuid4().hex[:6]}") as gateway:
+        send(before)
+        poll(lambda: rows_since(first_end - interval) > 0 or None, 60, "first windows before the crash")
+        crash_after = time.time()
+        poll(lambda: (c := latest_checkpoint(settings.checkpoints_dir)) is not None
+             and c.stat().st_mtime > crash_after or None, 60, "a checkpoint completed after those windows")
+
+        pid = pipeline_stack.processes.pid(JOB)
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)  # no flush, no savepoint: a crash
+        poll(lambda: pipeline_stack.processes.pid(JOB) is None or None, 30, "the killed job to be gone")
+
+        send(while_down)  # Kafka keeps them while the job is down
+        log = pipeline_stack.processes.log_path(JOB)
+        resumed_before = log.read_text(errors="replace").count("resuming from checkpoint")
+        pipeline_stack.up((JOB,))
+        send(flush)
+    assert log.read_text(errors="replace").count("resuming from checkpoint") == resumed_before + 1
+
+    samples = samples_frame(sent)
+    expected = expected_windows(samples, size)
+    first_full = first_end - interval + size
+    last_data_end = while_down[-1]
+    expected = expected[(expected.window_start_ms >= first_full) & (expected.window_start_ms + size <= last_data_end)]
+    query = (
+        "SELECT equipment_id, sensor, toUnixTimestamp64Milli(window_start) AS window_start_ms, count, avg, stddev, "
+        "min, max FROM window_stats FINAL WHERE equipment_id IN {ids:Array(String)} "
+        "AND window_start >= fromUnixTimestamp64Milli({a:Int64}) AND window_end <= fromUnixTimestamp64Milli({b:Int64})"
+    )
+    params = {"ids": ids, "a": first_full, "b": last_data_end}
+
+    def complete():
+        frame = client.query_df(query, parameters=params)
+        return frame if len(frame) >= len(expected) else None
+
+    got = poll(complete, 180, f"{len(expected)} windows after the restart")
+    assert len(got) == len(expected), "no window twice"
+    merged = expected.merge(got, on=["equipment_id", "sensor", "window_start_ms"], suffixes=("", "_ch"))
+    assert len(merged) == len(expected), "no window missing"
+    assert (merged["count"] == merged["count_ch"]).all(), "no sample counted twice or lost"
+    for stat in ("avg", "stddev", "min", "max"):
+        np.testing.assert_allclose(merged[f"{stat}_ch"], merged[stat], rtol=1e-9, atol=1e-9, err_msg=stat)
