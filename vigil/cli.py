@@ -207,6 +207,45 @@ def bench_throughput(
     run_throughput_bench(_with_samples(samples_per_sensor), machines, duration, output, console)
 
 
+@app.command()
+def evaluate(
+    dataset: Annotated[str, typer.Option(help="skab or nab")],
+    data_dir: Annotated[Path | None, typer.Option(help="folder in the benchmark's format "
+                                                       "(default: ../shared/data/<dataset>)")] = None,
+    detector: Annotated[str | None, typer.Option(help="detector name (default: each for skab, ewma_zscore for nab)")]
+    = None,
+    threshold: Annotated[float, typer.Option(help="nab: alarm when the score exceeds this (fixed in advance)")] = 4.0,
+    rearm_rows: Annotated[int, typer.Option(help="nab: suppress repeat alarms within this many rows")] = 0,
+    target_far: Annotated[float, typer.Option(help="skab: false-alarm rate the alarm level is set for, on "
+                                                   "anomaly-free data only")] = 0.10,
+) -> None:
+    """Score the detectors on a labelled benchmark with the benchmark's own metrics."""
+    from vigil.settings import PROJECT_ROOT
+
+    folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / dataset
+    if not folder.is_dir():
+        _fail(f"no data folder {folder}: pass --data-dir with a folder in {dataset.upper()}'s format")
+    if dataset == "skab":
+        from vigil.evaluate.skab import DETECTORS, evaluate_skab, print_result
+
+        names = [detector] if detector else sorted(DETECTORS)
+        for name in names:
+            if name not in DETECTORS:
+                _fail(f"unknown skab detector {name!r}; choose from {', '.join(sorted(DETECTORS))}")
+            print_result(evaluate_skab(folder, name, target_far=target_far), console)
+    elif dataset == "nab":
+        from vigil.evaluate.nab_eval import STREAMING_DETECTORS, evaluate_nab_profiles, print_nab_table
+
+        name = detector or "ewma_zscore"
+        if name not in STREAMING_DETECTORS:
+            _fail(f"unknown nab detector {name!r}; choose from {', '.join(sorted(STREAMING_DETECTORS))}")
+        scores = evaluate_nab_profiles(folder, name, threshold, rearm_rows=rearm_rows)
+        print_nab_table(scores, title=f"NAB: {name} > {threshold} (fixed), re-arm {rearm_rows} rows, {folder}",
+                        console=console)
+    else:
+        _fail("--dataset must be skab or nab (sim comes with the scoring job)")
+
+
 @app.command("dead-letters")
 def dead_letters(
     limit: Annotated[int, typer.Option(help="how many records to show")] = 20,

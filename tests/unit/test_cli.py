@@ -1,0 +1,47 @@
+"""The `vigil` command runs its read-only subcommands end to end (typer's runner, real code paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import stack_test_settings
+from vigil.cli import app
+from vigil.settings import PROJECT_ROOT, get_settings
+
+SHARED = PROJECT_ROOT.parent / "shared" / "data"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _private_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A data dir and free ports of its own, so a stack running on this machine does not show up."""
+    for key, value in stack_test_settings(tmp_path).to_env().items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_stack_status_lists_every_service_as_stopped() -> None:
+    result = runner.invoke(app, ["stack", "status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in ("kafka", "clickhouse", "prometheus", "pushgateway", "alertmanager", "edge", "window-stats-job"):
+        assert name in result.output
+    assert "healthy" not in result.output.replace("not healthy", "")
+
+
+@pytest.mark.skipif(not (SHARED / "nab").is_dir(), reason="shared NAB data not present")
+def test_evaluate_nab_prints_all_three_profiles() -> None:
+    result = runner.invoke(app, ["evaluate", "--dataset", "nab", "--threshold", "4"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for profile in ("standard", "reward_low_FP", "reward_low_FN"):
+        assert profile in result.output
+
+
+def test_evaluate_refuses_an_unknown_dataset_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--dataset", "skab", "--data-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert "no data folder" in result.output
