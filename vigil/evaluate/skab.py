@@ -2,8 +2,9 @@
 
 Protocol (as in the SKAB benchmark): each experiment file gets its own model, fitted on its leading
 anomaly-free rows (``train_rows``, 400 by default, cut short at the first labelled anomaly/changepoint);
-every row of the file is then scored in time order and compared point-wise with ``anomaly``. Counts are
-pooled over all files for F1, FAR and MAR.
+every row of the file is then scored in time order, and the rows AFTER the training rows are compared
+point-wise with ``anomaly`` (training rows are never counted: they would pad the true negatives and
+understate the false-alarm rate). Counts are pooled over all files for F1, FAR and MAR.
 
 anomaly-free/anomaly-free.csv is used for the one tuned knob, without touching experiment labels: it is
 cut into pseudo-experiments of ``pseudo_rows`` rows, each is fitted on its first ``train_rows`` rows like a
@@ -173,7 +174,8 @@ def evaluate_skab(
         alarms = _fit_and_score(make, frame, columns, n_train, history) > alarm_level
         truth = frame["anomaly"].fillna(0).to_numpy() > 0
         name = str(path.relative_to(data_dir))
-        results.append(FileResult(name, len(frame), n_train, Confusion.from_labels(truth, alarms)))
+        counts = Confusion.from_labels(truth[n_train:], alarms[n_train:])
+        results.append(FileResult(name, len(frame), n_train, counts))
     return SkabResult(detector, results, alarm_level, history, train_rows)
 
 
