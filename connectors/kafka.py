@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 
 def topic_names(settings: KafkaSettings) -> list[str]:
-    return [settings.telemetry_topic, settings.window_stats_topic, settings.dead_letter_topic]
+    return [
+        settings.telemetry_topic,
+        settings.window_stats_topic,
+        settings.dead_letter_topic,
+        settings.anomalies_topic,
+    ]
 
 
 def ensure_topics(settings: KafkaSettings, timeout: float = 30.0, topics: list[str] | None = None) -> None:

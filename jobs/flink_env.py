@@ -56,19 +56,19 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 def kafka_properties_sql(settings: Settings) -> str:
     """``'properties.x' = 'y',`` lines for a Kafka table's WITH clause."""
     lines = [
-        f"'properties.{key}' = '{_sql_escape(value)}',"
+        f"'properties.{key}' = '{sql_escape(value)}',"
         for key, value in settings.kafka.java_properties().items()
     ]
     return "\n    ".join(lines)
 
 
-def kafka_source_options(settings: Settings) -> str:
-    """WITH options of the telemetry source: Kafka, resuming from the job's committed offsets."""
+def kafka_source_options(settings: Settings, topic: str, group: str) -> str:
+    """WITH options of a JSON Kafka source, resuming from the job's committed offsets (earliest at first)."""
     kafka = settings.kafka
     return f"""'connector' = 'kafka',
-    'topic' = '{_sql_escape(kafka.telemetry_topic)}',
+    'topic' = '{sql_escape(topic)}',
     {kafka_properties_sql(settings)}
-    'properties.group.id' = '{_sql_escape(settings.flink.consumer_group)}',
+    'properties.group.id' = '{sql_escape(group)}',
     'properties.auto.offset.reset' = 'earliest',
     'properties.session.timeout.ms' = '{kafka.session_timeout_ms}',
     'properties.heartbeat.interval.ms' = '{kafka.heartbeat_interval_ms}',
@@ -78,18 +78,17 @@ def kafka_source_options(settings: Settings) -> str:
     'json.ignore-parse-errors' = 'false'"""
 
 
-def kafka_sink_options(settings: Settings, topic: str, transactional_suffix: str) -> str:
+def kafka_sink_options(settings: Settings, topic: str, transactional_id_prefix: str) -> str:
     """WITH options of a JSON Kafka sink keyed by equipment id."""
-    prefix = f"{settings.flink.consumer_group}-{transactional_suffix}"
     return f"""'connector' = 'kafka',
-    'topic' = '{_sql_escape(topic)}',
+    'topic' = '{sql_escape(topic)}',
     {kafka_properties_sql(settings)}
     'key.format' = 'raw',
     'key.fields' = 'equipment_id',
     'value.format' = 'json',
     'value.fields-include' = 'ALL',
     'sink.delivery-guarantee' = '{settings.kafka.flink_delivery_guarantee}',
-    'sink.transactional-id-prefix' = '{_sql_escape(prefix)}'"""
+    'sink.transactional-id-prefix' = '{sql_escape(transactional_id_prefix)}'"""
 
 
 KAFKA_METADATA_COLUMNS = """kafka_partition INT METADATA FROM 'partition' VIRTUAL,
@@ -99,11 +98,13 @@ KAFKA_METADATA_COLUMNS = """kafka_partition INT METADATA FROM 'partition' VIRTUA
 def render_sql(name: str, settings: Settings, **extra: object) -> str:
     """Fill a template from sql/flink/ with values from the settings (the only source of names)."""
     window = settings.window
+    group = settings.flink.consumer_group
     params: dict[str, object] = {
-        "source_options": kafka_source_options(settings),
+        "source_options": kafka_source_options(settings, settings.kafka.telemetry_topic, group),
         "source_metadata_columns": KAFKA_METADATA_COLUMNS,
-        "window_stats_sink_options": kafka_sink_options(settings, settings.kafka.window_stats_topic, "window-stats"),
-        "dead_letter_sink_options": kafka_sink_options(settings, settings.kafka.dead_letter_topic, "late"),
+        "window_stats_sink_options": kafka_sink_options(settings, settings.kafka.window_stats_topic,
+                                                        f"{group}-window-stats"),
+        "dead_letter_sink_options": kafka_sink_options(settings, settings.kafka.dead_letter_topic, f"{group}-late"),
         "window_size_ms": window.size_ms,
         "window_size_s": _seconds(window.size_ms),
         "lateness_s": _seconds(window.allowed_lateness_ms),
@@ -166,5 +167,6 @@ def _seconds(ms: int) -> str:
     return f"{ms / 1000:.3f}"
 
 
-def _sql_escape(value: str) -> str:
+def sql_escape(value: str) -> str:
+    """A value inside single quotes in Flink SQL."""
     return value.replace("'", "''")

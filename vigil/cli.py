@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from onnx_models.cli import models_app, train_command
 from vigil.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -21,6 +22,8 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(job_app, name="job")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models", help="The model registry: list, promote, roll back.")
+app.command("train")(train_command)
 console = Console()
 
 

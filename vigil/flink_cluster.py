@@ -7,6 +7,7 @@ from ``flink-conf/cluster/config.yaml.template``; jobs go to it with ``flink run
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +18,14 @@ import yaml
 
 from vigil.settings import PROJECT_ROOT, Settings
 
-JOBS = {"window-stats": "jobs/window_stats.py"}
+JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-rules": "jobs/anomaly_rules.py"}
 TEMPLATE = PROJECT_ROOT / "flink-conf" / "cluster" / "config.yaml.template"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def flink_home() -> Path:
@@ -120,10 +127,18 @@ def submit(settings: Settings, job: str, target: str = "local", detach: bool = F
     extra = [] if resume else ["--no-resume"]
     if target == "local":
         if detach:
+            if job != "window-stats":
+                raise RuntimeError(
+                    f"run {job} detached on the cluster: vigil job submit {job} --target cluster --detach"
+                )
             from vigil.stack.services import Stack
 
             Stack(settings).up(("window-stats-job",))
             return 0
+        if job != "window-stats":
+            # Its own MiniCluster needs its own REST port: the stack's window-stats job holds the configured one.
+            flink = settings.flink.model_copy(update={"rest_port": _free_port()})
+            settings = settings.model_copy(update={"flink": flink})
         env = os.environ | settings.to_env()
         return subprocess.call([sys.executable, "-m", f"jobs.{script.stem}", *extra], cwd=PROJECT_ROOT, env=env)
     start_cluster(settings)

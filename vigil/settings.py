@@ -41,6 +41,8 @@ class KafkaSettings(BaseModel):
     telemetry_topic: str = "vigil.telemetry"
     window_stats_topic: str = "vigil.window-stats"
     dead_letter_topic: str = "vigil.dead-letter"
+    # Windows that break a stateful rule or a model (detector, rules fired, severity), one record each.
+    anomalies_topic: str = "vigil.anomalies"
     partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
     retention_ms: int = 7 * 24 * 3600 * 1000
@@ -135,6 +137,10 @@ class FlinkSettings(BaseModel):
     checkpoint_interval_ms: int = Field(5000, ge=200)
     rest_port: int = 18081
     consumer_group: str = "vigil-window-stats"
+    # Kafka consumer group of the anomaly-rules job (reads the window-stats topic).
+    rules_consumer_group: str = "vigil-anomaly-rules"
+    # Per equipment type and sensor limits of the anomaly-rules job (validated by udfs/rules.py).
+    rules_path: Path = PROJECT_ROOT / "flink-conf" / "rules.yaml"
     # Kafka connector jars are extracted here by scripts/setup.sh (see vigil.flink_jars).
     jars_dir: Path | None = None
 

@@ -1,0 +1,136 @@
+"""`vigil train` and `vigil models list|promote|rollback` (mounted by vigil/cli.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from onnx_models.registry import ModelRegistry, RegistryError, default_root
+from vigil.settings import get_settings
+
+models_app = typer.Typer(no_args_is_help=True, help="Trained models: list versions, promote, roll back.")
+console = Console()
+
+
+def _registry() -> ModelRegistry:
+    return ModelRegistry(default_root(get_settings()))
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+@models_app.command("list")
+def list_models(
+    equipment_type: Annotated[str | None, typer.Argument(help="only this equipment type")] = None,
+) -> None:
+    """Every model version, with its threshold, training rows and test alarm rate; * = live."""
+    registry = _registry()
+    try:
+        versions = registry.list(equipment_type)
+    except RegistryError as exc:
+        _fail(str(exc))
+    if not versions:
+        console.print(f"no models in {registry.root}; run `vigil train`")
+        return
+    table = Table(title=f"models in {registry.root}")
+    for column in (
+        "type",
+        "detector",
+        "version",
+        "live",
+        "created",
+        "features",
+        "fit rows",
+        "threshold",
+        "test alarm rate",
+        "training range",
+    ):
+        table.add_column(column)
+    for v in versions:
+        meta = v.metadata
+        rng = meta.get("training_range", {})
+        table.add_row(
+            v.equipment_type,
+            v.detector,
+            v.version,
+            "*" if v.live else "",
+            v.created_at[:19],
+            str(len(v.feature_names)),
+            str(meta.get("rows", {}).get("fit", "")),
+            f"{v.threshold:.4g}",
+            f"{meta.get('metrics', {}).get('alarm_rate_test', float('nan')):.2%}",
+            f"{rng.get('first_window', '')[:19]} .. {rng.get('last_window', '')[:19]}",
+        )
+    console.print(table)
+
+
+@models_app.command("promote")
+def promote_model(
+    equipment_type: Annotated[str, typer.Argument(help="equipment type, e.g. pump")],
+    detector: Annotated[str, typer.Argument(help="detector, e.g. pca_t2q")],
+    version: Annotated[str, typer.Argument(help="version, e.g. v0003 or 3")],
+) -> None:
+    """Make a version live; what a scoring job loads on its next poll."""
+    try:
+        v = _registry().promote(equipment_type, detector, version)
+    except RegistryError as exc:
+        _fail(str(exc))
+    console.print(f"{equipment_type}/{detector}: {v.version} is live")
+
+
+@models_app.command("rollback")
+def rollback_model(
+    equipment_type: Annotated[str, typer.Argument(help="equipment type")],
+    detector: Annotated[str, typer.Argument(help="detector")],
+) -> None:
+    """Make the previously live version live again."""
+    try:
+        v = _registry().rollback(equipment_type, detector)
+    except RegistryError as exc:
+        _fail(str(exc))
+    console.print(f"{equipment_type}/{detector}: rolled back, {v.version} is live")
+
+
+def train_command(
+    since: Annotated[
+        str | None,
+        typer.Option(help="start of the history, ISO time (UTC if no zone); default: --hours before --until"),
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="end of the history (exclusive); default: now")] = None,
+    hours: Annotated[float, typer.Option(help="history length when --since is not given")] = 24.0,
+    equipment_type: Annotated[list[str] | None, typer.Option("--type", help="equipment type(s); default: all")] = None,
+    detector: Annotated[
+        list[str] | None, typer.Option(help="detector(s); default: pca_t2q and isolation_forest")
+    ] = None,
+    promote: Annotated[bool, typer.Option(help="make the new versions live (the first of a type always is)")] = False,
+    quantile: Annotated[
+        float, typer.Option(help="threshold = this quantile of scores on held-out normal data")
+    ] = 0.995,
+) -> None:
+    """Train a model per equipment type and detector on ClickHouse history; register it as a new version."""
+    from connectors.clickhouse import ClickHouseUnavailable
+    from onnx_models.train import TrainingDataError, train  # heavy imports (sklearn, onnx) only when used
+
+    settings = get_settings()
+    end = datetime.fromisoformat(until) if until else datetime.now(UTC)
+    start = datetime.fromisoformat(since) if since else end - timedelta(hours=hours)
+    kwargs = {"detectors": tuple(detector)} if detector else {}
+    try:
+        versions = train(
+            settings, start, end, equipment_type or None, promote=promote, quantile=quantile, console=console, **kwargs
+        )
+    except (TrainingDataError, RegistryError, ClickHouseUnavailable, ValueError) as exc:
+        _fail(str(exc))
+    for v in versions:
+        m = v.metadata
+        console.print(
+            f"{v.equipment_type}/{v.detector} {v.version}{' (live)' if v.live else ''}: "
+            f"{m['rows']['fit']} fit rows, threshold {v.threshold:.4g}, "
+            f"test alarm rate {m['metrics']['alarm_rate_test']:.2%}"
+        )
