@@ -71,7 +71,7 @@ def stack_test_settings(data_dir: Path) -> Settings:
         data_dir=data_dir,
         kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", partitions=2),
         edge=EdgeSettings(port=free_port(), metrics_port=free_port()),
-        window=WindowSettings(allowed_lateness_ms=2000, source_idle_timeout_ms=3000),
+        window=WindowSettings(allowed_lateness_ms=2000, source_idle_timeout_ms=6000),
         # Share the project's extracted connector jars instead of fetching them per test session.
         flink=FlinkSettings(rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000,
                             jars_dir=Settings().jars_dir),

@@ -126,7 +126,14 @@ def test_window_statistics_in_clickhouse_are_exact(pipeline_stack: Stack, stream
         frame = client.query_df(query, parameters=params)
         return frame if len(frame) >= len(expected) else None
 
-    got = poll(rows, 120, f"{len(expected)} window rows in ClickHouse")
+    try:
+        got = poll(rows, 120, f"{len(expected)} window rows in ClickHouse")
+    except AssertionError as exc:  # say whether records went to the dead-letter topic instead
+        ids = set(expected.equipment_id)
+        late = read_dead_letters(pipeline_stack, lambda found: False, 10)
+        ours = [r for r in late if r.get("equipment_id") in ids]
+        raise AssertionError(f"{exc}; dead letters of this fleet: {[(r['reason'], r['detail']) for r in ours[:3]]} "
+                             f"({len(ours)} in all)") from exc
     assert len(got) == len(expected), "one row per (machine, sensor, window), no more"
     merged = expected.merge(got, on=["equipment_id", "sensor", "window_start_ms"], suffixes=("", "_ch"))
     assert len(merged) == len(expected)

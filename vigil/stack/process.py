@@ -28,6 +28,7 @@ class ServiceSpec:
     argv: list[str]
     port: int
     health_url: str | None = None  # HTTP GET answering 2xx when ready; else a TCP connect is tried
+    ready: Callable[[], bool] | None = None  # a stricter readiness check, tried after the health URL
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     start_timeout_s: float = 60.0
@@ -57,9 +58,11 @@ def is_healthy(spec: ServiceSpec) -> bool:
         return True  # a worker without a port: alive is healthy (the pid file is checked by the caller)
     if spec.health_url:
         try:
-            return requests.get(spec.health_url, timeout=1.0).ok
+            if not requests.get(spec.health_url, timeout=1.0).ok:
+                return False
         except requests.RequestException:
             return False
+        return spec.ready() if spec.ready else True
     return port_open(spec.port)
 
 

@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import requests
+
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.stack import prometheus_configs
 from vigil.stack.process import ProcessManager, ServiceSpec, ServiceStatus
@@ -32,6 +34,17 @@ def tansu_binary() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"Tansu broker binary missing at {path}: reinstall with `make setup`")
     return path
+
+
+def flink_job_running(rest_port: int) -> bool:
+    """True once a job on this Flink REST endpoint has all its tasks RUNNING (consuming, not just submitted)."""
+    try:
+        jobs = requests.get(f"http://127.0.0.1:{rest_port}/jobs/overview", timeout=1.0).json()["jobs"]
+    except (requests.RequestException, ValueError, KeyError):
+        return False
+    return any(
+        job["state"] == "RUNNING" and job["tasks"]["running"] == job["tasks"]["total"] for job in jobs
+    )
 
 
 def _python_module(module: str) -> list[str]:
@@ -110,6 +123,7 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             _python_module("jobs.window_stats"),
             settings.flink.rest_port,
             health_url=f"http://127.0.0.1:{settings.flink.rest_port}/overview",
+            ready=lambda: flink_job_running(settings.flink.rest_port),
             env=env,
             cwd=PROJECT_ROOT,
             start_timeout_s=120.0,
