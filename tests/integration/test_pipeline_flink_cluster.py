@@ -41,14 +41,19 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
         start = (int(time.time() * 1000) // size) * size - 4 * size
         ts = start + np.arange(0, 4 * size, 250, dtype=np.int64)  # 3 full windows and a flush one
         values = np.sin(ts / 1000.0) * 10 + 20
-        batch = telemetry_pb2.ReadingBatch(
-            equipment_id=machine, site="site-1", equipment_type="pump", gateway_id="cluster-test", sequence=1,
-            sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts.tolist(),
-                                                values=values.tolist())],
-        )
+        # Eight machines so that every Kafka partition moves its watermark (the tests run without idleness).
+        batches = [
+            telemetry_pb2.ReadingBatch(
+                equipment_id=f"{machine}-{k}" if k else machine, site="site-1", equipment_type="pump",
+                gateway_id="cluster-test", sequence=1,
+                sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts.tolist(),
+                                                    values=values.tolist())],
+            )
+            for k in range(8)
+        ]
         with GatewayClient(settings, gateway_id=f"cluster-{tag}") as client:
-            ack = client.send([batch])
-        assert ack is not None and ack.accepted_batches == 1
+            ack = client.send(batches)
+        assert ack is not None and ack.accepted_batches == len(batches)
 
         consumer = make_consumer(settings.kafka, f"reader-{tag}")
         consumer.subscribe([settings.kafka.window_stats_topic])

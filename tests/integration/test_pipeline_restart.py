@@ -31,7 +31,7 @@ JOB = "window-stats-job"
 def test_sigkill_and_restart_keeps_every_window_exactly_once(pipeline_stack: Stack) -> None:
     settings = pipeline_stack.settings
     size = settings.window.size_ms
-    fleet = Fleet(4, sites=1, seed=23, fault_rate_per_machine_hour=0.0)
+    fleet = Fleet(8, sites=1, seed=23, fault_rate_per_machine_hour=0.0)  # data in every partition
     interval = fleet.interval_ms
     # Newer than anything other tests sent (so nothing is late), within the edge's future-skew limit.
     first_end = (int(time.time() * 1000) // size) * size + interval
