@@ -18,7 +18,15 @@ from collections.abc import Callable
 
 from pyflink.table import TableEnvironment
 
-from jobs.flink_env import create_table_env, kafka_sink_options, kafka_source_options, render_sql, sql_escape
+from jobs.flink_env import (
+    create_table_env,
+    execute,
+    kafka_sink_options,
+    kafka_source_options,
+    render_sql,
+    sql_escape,
+    statement_set_of,
+)
 from udfs.rules import ResolvedRules, RulesConfig, load_rules, sensor_key
 from vigil.settings import Settings, get_settings
 
@@ -94,12 +102,7 @@ def statements(settings: Settings, config: RulesConfig | None = None, **override
 def build(env: TableEnvironment, settings: Settings, config: RulesConfig | None = None, **overrides: object):
     """Register the function, tables and views, and return the statement set holding the INSERT."""
     ddl, inserts = statements(settings, config, **overrides)
-    for statement in ddl:
-        env.execute_sql(statement)
-    statement_set = env.create_statement_set()
-    for statement in inserts:
-        statement_set.add_insert_sql(statement)
-    return statement_set
+    return statement_set_of(env, ddl, inserts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,12 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.explain:
         print(statement_set.explain())
         return
-    result = statement_set.execute()
-    client = result.get_job_client()
-    if client is not None:
-        logging.getLogger(JOB_NAME).info("submitted job %s", client.get_job_id())
-    if env.get_config().get("execution.attached", "true").lower() != "false":
-        result.wait()  # local mode and attached `flink run`: live as long as the job
+    execute(env, statement_set, JOB_NAME)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 from pyflink.common import Configuration
-from pyflink.table import EnvironmentSettings, TableEnvironment
+from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment
 
 from vigil.flink_jars import UDF_SOURCES, job_jars
 from vigil.settings import PROJECT_ROOT, Settings
@@ -161,6 +161,26 @@ def create_table_env(
     for key, value in options.items():
         config.set(key, value)
     return env
+
+
+def statement_set_of(env: TableEnvironment, ddl: list[str], inserts: list[str]) -> StatementSet:
+    """Run the DDL (functions, tables, views) and gather the INSERTs into one statement set: one job."""
+    for statement in ddl:
+        env.execute_sql(statement)
+    statement_set = env.create_statement_set()
+    for statement in inserts:
+        statement_set.add_insert_sql(statement)
+    return statement_set
+
+
+def execute(env: TableEnvironment, statement_set: StatementSet, job_name: str) -> None:
+    """Submit the job; in local mode and attached `flink run`, live as long as it does."""
+    result = statement_set.execute()
+    client = result.get_job_client()
+    if client is not None:
+        log.info("submitted %s as job %s", job_name, client.get_job_id())
+    if env.get_config().get("execution.attached", "true").lower() != "false":
+        result.wait()
 
 
 def _seconds(ms: int) -> str:

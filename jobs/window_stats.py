@@ -16,7 +16,7 @@ import logging
 
 from pyflink.table import TableEnvironment
 
-from jobs.flink_env import create_table_env, render_sql
+from jobs.flink_env import create_table_env, execute, render_sql, statement_set_of
 from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-window-stats"
@@ -32,12 +32,7 @@ def statements(settings: Settings) -> tuple[list[str], list[str]]:
 def build(env: TableEnvironment, settings: Settings):
     """Register tables and views, and return the statement set holding both INSERTs."""
     ddl, inserts = statements(settings)
-    for statement in ddl:
-        env.execute_sql(statement)
-    statement_set = env.create_statement_set()
-    for statement in inserts:
-        statement_set.add_insert_sql(statement)
-    return statement_set
+    return statement_set_of(env, ddl, inserts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,12 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.explain:
         print(statement_set.explain())
         return
-    result = statement_set.execute()
-    client = result.get_job_client()
-    if client is not None:
-        logging.getLogger(JOB_NAME).info("submitted job %s", client.get_job_id())
-    if env.get_config().get("execution.attached", "true").lower() != "false":
-        result.wait()  # local mode and attached `flink run`: live as long as the job
+    execute(env, statement_set, JOB_NAME)
 
 
 if __name__ == "__main__":
