@@ -92,3 +92,12 @@ def test_clickhouse_schema_is_partitioned_ordered_and_has_ttl() -> None:
     assert "PARTITION BY toDate(window_start)" in ddl
     assert "ORDER BY (equipment_id, sensor, window_start)" in ddl
     assert "TTL" in ddl and "ReplacingMergeTree" in ddl
+
+
+def test_rules_job_reads_exactly_what_the_window_job_writes() -> None:
+    from jobs.anomaly_rules import statements as rules_statements
+
+    settings = Settings()
+    ddl, _ = rules_statements(settings)
+    source = next(statement for statement in ddl if "CREATE TABLE window_stats_in" in statement)
+    assert _columns(source) == _columns(render_sql("window_stats_sink", settings))
