@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         print(";\n\n".join(ddl + inserts) + ";")
         return
     env = create_table_env(settings, JOB_NAME, ddl + inserts, resume=not args.no_resume)
-    statement_set = build(env, settings, config)
+    statement_set = statement_set_of(env, ddl, inserts)  # exactly the SQL the checkpoints are keyed by
     if args.explain:
         print(statement_set.explain())
         return

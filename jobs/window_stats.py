@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     ddl, inserts = statements(settings)
     env = create_table_env(settings, JOB_NAME, ddl + inserts, resume=not args.no_resume)
-    statement_set = build(env, settings)
+    statement_set = statement_set_of(env, ddl, inserts)  # exactly the SQL the checkpoints are keyed by
     if args.explain:
         print(statement_set.explain())
         return
