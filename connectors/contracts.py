@@ -14,3 +14,30 @@ WINDOW_STATS_JSON_SCHEMA = pa.schema(
     + [(name, pa.float64()) for name in ("avg", "stddev", "min", "max")]
     + [("emitted_at_ms", pa.int64())]
 )
+
+# Verdicts on the anomalies topic: one JSON record per scored (machine, window) -- normal windows
+# included, so "every window was scored exactly once" can be checked -- plus one `dead_machine`
+# record when a machine falls silent. Written by the anomaly-scoring Flink job
+# (sql/flink/anomaly_scoring_sink.sql); the key is (equipment_id, window_start_ms).
+ANOMALY_KINDS = ("window", "dead_machine")
+SEVERITIES = ("normal", "warning", "critical")  # ordered: a higher index is worse
+# Per-detector scores are normalised to their own threshold: 1.0 = at the alarm limit, > 1 fires.
+# NULL when the detector did not score that window (no live model yet, incomplete window, warm-up).
+DETECTOR_SCORE_FIELDS = ("pca_t2q", "isolation_forest", "rules")
+ANOMALY_JSON_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("equipment_id", "site", "equipment_type")]
+    + [("window_start_ms", pa.int64()), ("window_end_ms", pa.int64())]
+    + [("kind", pa.string()), ("is_anomaly", pa.bool_()), ("severity", pa.string())]
+    + [("score", pa.float64())]  # max of the normalised detector scores (0.0 when none scored)
+    + [(name, pa.float64()) for name in DETECTOR_SCORE_FIELDS]
+    # detectors that fired: pca_t2q, isolation_forest, threshold_min, threshold_max, rate_of_change,
+    # stuck, zscore, dead_sensor, dead_machine
+    + [("detectors", pa.list_(pa.string()))]
+    + [("rule_hits", pa.list_(pa.string()))]  # "<sensor>:<rule>", e.g. "bearing_temp:threshold_max"
+    + [("top_sensors", pa.list_(pa.string()))]  # most contributing first, at most 3
+    + [("dead_sensors", pa.list_(pa.string()))]
+    + [("model_versions", pa.string())]  # e.g. "isolation_forest=v0001 pca_t2q=v0002"; "" without models
+    + [("summary", pa.string())]  # one human-readable line for an alert
+    + [("last_seen_ms", pa.int64())]  # end of the machine's newest window with data
+    + [("emitted_at_ms", pa.int64())]
+)

@@ -115,7 +115,7 @@ def render_sql(name: str, settings: Settings, **extra: object) -> str:
 
 
 def create_table_env(
-    settings: Settings, job_name: str, statements: list[str], resume: bool = True
+    settings: Settings, job_name: str, statements: list[str], resume: bool = True, rest_port: int | None = None
 ) -> TableEnvironment:
     """A streaming environment whose checkpoints live under ``<checkpoints>/<job>/<plan fingerprint>``."""
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
@@ -131,7 +131,7 @@ def create_table_env(
         # In-process MiniCluster: take the repo's local profile and expose the REST API/web UI.
         options |= {key: str(value) for key, value in yaml.safe_load(LOCAL_CONF.read_text()).items()}
         options |= {
-            "rest.port": str(settings.flink.rest_port),
+            "rest.port": str(rest_port or settings.flink.rest_port),
             "rest.address": "127.0.0.1",
             "rest.bind-address": "127.0.0.1",
         }

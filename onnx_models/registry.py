@@ -52,7 +52,7 @@ class FeatureMismatchError(ValueError):
 
 def default_root(settings: Settings) -> Path:
     """Where ``vigil train`` writes models and the job reads them."""
-    return settings.data_dir / "models"
+    return settings.models_dir
 
 
 def version_name(number: int) -> str:

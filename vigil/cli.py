@@ -156,7 +156,7 @@ def simulate(
 
 @job_app.command("submit")
 def job_submit(
-    job: Annotated[str, typer.Argument(help="job name: window-stats")] = "window-stats",
+    job: Annotated[str, typer.Argument(help="job name: window-stats | anomaly-scoring")] = "window-stats",
     target: Annotated[str, typer.Option(help="local (in-process PyFlink) or cluster (flink run)")] = "local",
     detach: Annotated[bool, typer.Option(help="return once submitted (cluster) / run in background (local)")] = False,
     resume: Annotated[bool, typer.Option(help="resume from the newest retained checkpoint")] = True,

@@ -18,7 +18,7 @@ import yaml
 
 from vigil.settings import PROJECT_ROOT, Settings
 
-JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-rules": "jobs/anomaly_rules.py"}
+JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-scoring": "jobs/anomaly_scoring.py"}
 TEMPLATE = PROJECT_ROOT / "flink-conf" / "cluster" / "config.yaml.template"
 
 

@@ -137,12 +137,34 @@ class FlinkSettings(BaseModel):
     checkpoint_interval_ms: int = Field(5000, ge=200)
     rest_port: int = 18081
     consumer_group: str = "vigil-window-stats"
-    # Kafka consumer group of the anomaly-rules job (reads the window-stats topic).
-    rules_consumer_group: str = "vigil-anomaly-rules"
-    # Per equipment type and sensor limits of the anomaly-rules job (validated by udfs/rules.py).
-    rules_path: Path = PROJECT_ROOT / "flink-conf" / "rules.yaml"
     # Kafka connector jars are extracted here by scripts/setup.sh (see vigil.flink_jars).
     jars_dir: Path | None = None
+
+
+class ScoringSettings(BaseModel):
+    """The anomaly-scoring job (jobs/anomaly_scoring.py): rules + ONNX models -> one verdict per window."""
+
+    # Kafka consumer group of the scoring job (reads the window-stats topic).
+    consumer_group: str = "vigil-anomaly-scoring"
+    # Per equipment type and sensor limits, and each type's expected sensors (validated by udfs/rules.py).
+    rules_path: Path = PROJECT_ROOT / "flink-conf" / "rules.yaml"
+    # Windows of history a model sees (the current one included): the size of the HOP window, in windows.
+    history_windows: int = Field(5, ge=1, le=24)
+    # A sensor / machine with no data for this long is dead. Must fit inside the history span.
+    dead_after_ms: int = Field(15_000, ge=1)
+    # Windows a window-stats record may trail newer windows of its partition and still be scored
+    # (0: a window is judged as soon as the next window reached every partition). Each one adds a
+    # window of latency; later records go to the dead-letter topic (reason late_window_stats).
+    out_of_order_windows: int = Field(0, ge=0, le=12)
+    # A model score this many times its threshold is critical by itself.
+    critical_ratio: float = Field(2.0, gt=1.0)
+    # How often each worker re-reads the model registry's live pointers (hot swap).
+    model_poll_s: float = Field(5.0, gt=0)
+    onnx_threads: int = Field(1, ge=1)
+    # Where the job reads models (default: <data_dir>/models, where `vigil train` writes them).
+    models_dir: Path | None = None
+    # REST/web UI port of the job's own in-process MiniCluster (local target).
+    rest_port: int = 18082
 
 
 class ClickHouseSettings(BaseModel):
@@ -160,6 +182,10 @@ class ClickHouseSettings(BaseModel):
     flush_interval_s: float = Field(0.5, gt=0)
     # Kafka consumer group of the window-stats -> ClickHouse sink (its committed offsets = what is stored).
     sink_consumer_group: str = "vigil-clickhouse-sink"
+    # Verdicts of the anomaly-scoring job (sql/clickhouse/002_anomalies.sql) and the view with exactly
+    # one row per (equipment_id, window_start) that readers should query.
+    anomalies_table: str = "anomalies"
+    anomalies_view: str = "anomalies_latest"
 
 
 class PrometheusSettings(BaseModel):
@@ -239,6 +265,7 @@ class Settings(BaseSettings):
     edge: EdgeSettings = EdgeSettings()
     window: WindowSettings = WindowSettings()
     flink: FlinkSettings = FlinkSettings()
+    scoring: ScoringSettings = ScoringSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     simulator: SimulatorSettings = SimulatorSettings()
@@ -253,6 +280,13 @@ class Settings(BaseSettings):
     def _check_windows(self) -> Settings:
         if self.window.size_ms % 1000 and 1000 % self.window.size_ms:
             raise ValueError("window.size_ms must divide or be a multiple of 1000 ms")
+        span = self.scoring.history_windows * self.window.size_ms
+        if not self.window.size_ms <= self.scoring.dead_after_ms < span:
+            raise ValueError(
+                f"scoring.dead_after_ms ({self.scoring.dead_after_ms}) must be at least one window "
+                f"({self.window.size_ms} ms) and shorter than the history span "
+                f"(scoring.history_windows x window.size_ms = {span} ms): the job sees silence only inside it"
+            )
         return self
 
     @classmethod
@@ -289,6 +323,10 @@ class Settings(BaseSettings):
     @property
     def jars_dir(self) -> Path:
         return self.flink.jars_dir or (self.data_dir / "jars")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.scoring.models_dir or (self.data_dir / "models")
 
     @property
     def ground_truth_path(self) -> Path:

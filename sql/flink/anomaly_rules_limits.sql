@@ -10,4 +10,4 @@ SELECT
     {stuck_windows_case} AS stuck_windows,
     -- A window is flat when it has at least two samples and no variance at all.
     CASE WHEN `count` >= 2 AND `stddev` = 0 THEN 1 ELSE 0 END AS flat
-FROM window_stats_in
+FROM window_stats_on_time

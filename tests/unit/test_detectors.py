@@ -50,6 +50,19 @@ def test_pca_parts_match_numpy_and_combined_score(normal: np.ndarray) -> None:
     assert 0.002 < np.mean(parts["t2"] > det.t2_limit) < 0.02
 
 
+def test_pca_contributions_sum_to_the_ratios_and_name_the_broken_feature(normal: np.ndarray) -> None:
+    det = PcaT2Q(variance=0.95).fit(normal, NAMES)
+    probe = normal[:50].copy()
+    probe[:, 3] += 40 * normal[:, 3].std()  # one feature far off on every row
+    parts, ref = det.score_parts(probe), det.score_numpy(probe)
+    assert parts["contrib"].shape == (50, 6)
+    np.testing.assert_allclose(parts["contrib"], ref["contrib"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        parts["contrib"].sum(axis=1), parts["t2"] / det.t2_limit + parts["q"] / det.q_limit, rtol=1e-3
+    )
+    assert (parts["contrib"].argmax(axis=1) == 3).all()
+
+
 def test_clear_outliers_score_above_threshold(normal: np.ndarray) -> None:
     mean = normal.mean(axis=0)
     broken = mean.copy()

@@ -41,7 +41,7 @@ def error_of(data: object) -> str:
 
 
 def test_shipped_config_loads_and_covers_every_simulated_sensor() -> None:
-    config = load_rules(Settings().flink.rules_path)
+    config = load_rules(Settings().scoring.rules_path)
     for etype in EQUIPMENT_TYPES.values():
         listed = config.equipment_types[etype.name]
         assert set(listed) == set(etype.sensor_names), etype.name

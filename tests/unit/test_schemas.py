@@ -46,7 +46,7 @@ def _columns(ddl: str) -> list[str]:
     body = ddl[ddl.index("(") + 1: ddl.rindex(") WITH")]
     names = []
     for line in body.splitlines():
-        match = re.match(r"\s*`?([a-z_]+)`?\s+[A-Z]", line)
+        match = re.match(r"\s*`?([a-z0-9_]+)`?\s+[A-Z]", line)
         if match and not re.search(r"\bAS\b|METADATA|WATERMARK", line):
             names.append(match.group(1))
     return names
@@ -94,10 +94,19 @@ def test_clickhouse_schema_is_partitioned_ordered_and_has_ttl() -> None:
     assert "TTL" in ddl and "ReplacingMergeTree" in ddl
 
 
-def test_rules_job_reads_exactly_what_the_window_job_writes() -> None:
-    from jobs.anomaly_rules import statements as rules_statements
+def test_scoring_job_reads_exactly_what_the_window_job_writes() -> None:
+    from jobs.anomaly_scoring import statements as scoring_statements
 
     settings = Settings()
-    ddl, _ = rules_statements(settings)
+    ddl, _ = scoring_statements(settings)
     source = next(statement for statement in ddl if "CREATE TABLE window_stats_in" in statement)
     assert _columns(source) == _columns(render_sql("window_stats_sink", settings))
+
+
+def test_scoring_job_writes_exactly_the_anomaly_contract() -> None:
+    from connectors.contracts import ANOMALY_JSON_SCHEMA
+    from jobs.anomaly_scoring import statements as scoring_statements
+
+    ddl, _ = scoring_statements(Settings())
+    sink = next(statement for statement in ddl if "CREATE TABLE anomalies_out" in statement)
+    assert _columns(sink) == list(ANOMALY_JSON_SCHEMA.names)

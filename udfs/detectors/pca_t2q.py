@@ -82,20 +82,28 @@ class PcaT2Q(BatchDetector):
         """Reference float64 implementation (tests compare the ONNX path with it)."""
         check_width(self.name, self.feature_names, features)
         t2, q = self._parts_numpy(features)
-        return {"t2": t2, "q": q, "score": np.maximum(t2 / self.t2_limit, q / self.q_limit)}
+        z = (np.asarray(features, dtype=np.float64) - self._mean) * self._inv_scale
+        a = z @ self._w_t2
+        r = z @ self._w_q
+        contrib = z * (a @ self._w_t2.T) / self.t2_limit + r * r / self.q_limit
+        return {"t2": t2, "q": q, "score": np.maximum(t2 / self.t2_limit, q / self.q_limit), "contrib": contrib}
 
     def score_parts(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """T2, Q and the combined score per row (float64), computed by onnxruntime."""
+        """T2, Q, the combined score per row and per-feature contributions (float64), by onnxruntime."""
         check_width(self.name, self.feature_names, features)
         assert self._model is not None
         out = self._model.run(features)
-        return {k: np.nan_to_num(out[k].astype(np.float64), nan=np.inf) for k in ("t2", "q", "score")}
+        parts = {k: np.nan_to_num(out[k].astype(np.float64), nan=np.inf) for k in ("t2", "q", "score")}
+        if "contrib" in out:  # models exported before contributions existed lack it
+            parts["contrib"] = np.nan_to_num(out["contrib"].astype(np.float64), nan=0.0)
+        return parts
 
     def score(self, features: np.ndarray) -> np.ndarray:
         return self.score_parts(features)["score"]
 
     def to_onnx(self) -> bytes:
-        """The fitted scaler + T2/Q maths as an ONNX graph: input X float32 [N, d]; outputs t2, q, score [N]."""
+        """The fitted scaler + T2/Q maths as an ONNX graph: input X float32 [N, d]; outputs t2, q, score [N]
+        and contrib [N, d] (each feature's share of T2/limit + Q/limit)."""
         if not self.feature_names:
             raise RuntimeError(f"{self.name}: fit() before to_onnx()")
         d = len(self.feature_names)
@@ -108,6 +116,7 @@ class PcaT2Q(BatchDetector):
             const("mean", self._mean),
             const("inv_scale", self._inv_scale),
             const("w_t2", self._w_t2),
+            const("w_t2_t", self._w_t2.T),
             const("w_q", self._w_q),
             const("t2_inv_limit", np.array(1.0 / self.t2_limit)),
             const("q_inv_limit", np.array(q_inv)),
@@ -125,12 +134,20 @@ class PcaT2Q(BatchDetector):
             helper.make_node("Mul", ["t2", "t2_inv_limit"], ["t2_ratio"]),
             helper.make_node("Mul", ["q", "q_inv_limit"], ["q_ratio"]),
             helper.make_node("Max", ["t2_ratio", "q_ratio"], ["score"]),
+            # Per-feature contributions (sum over features = t2_ratio + q_ratio): T2 part z_j * (a W^T)_j,
+            # Q part r_j^2, each over its limit. They tell an alert which sensors moved.
+            helper.make_node("MatMul", ["a", "w_t2_t"], ["a_back"]),
+            helper.make_node("Mul", ["z", "a_back"], ["t2_contrib"]),
+            helper.make_node("Mul", ["t2_contrib", "t2_inv_limit"], ["t2_contrib_ratio"]),
+            helper.make_node("Mul", ["r2", "q_inv_limit"], ["q_contrib_ratio"]),
+            helper.make_node("Add", ["t2_contrib_ratio", "q_contrib_ratio"], ["contrib"]),
         ]
         graph = helper.make_graph(
             nodes,
             self.name,
             [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", d])],
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N"]) for n in ("t2", "q", "score")],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N"]) for n in ("t2", "q", "score")]
+            + [helper.make_tensor_value_info("contrib", TensorProto.FLOAT, ["N", d])],
             initializer=inits,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="vigil")

@@ -1,7 +1,7 @@
 -- Window statistics (one record per machine, sensor and window) as written by the window-stats job.
--- Event time is the window's end; a window's records reach the topic together once the upstream
--- watermark passed it, so one window of out-of-orderness is ample (the OVER aggregation drops rows
--- behind the watermark).
+-- Event time is the window's START, and the watermark trails the newest start by
+-- {scoring_out_of_order_windows} window(s) + 1 ms: a window is judged as soon as the next window has
+-- reached every partition (the window-stats job emits a window's records together, in order).
 CREATE TABLE window_stats_in (
     equipment_id STRING,
     site STRING,
@@ -16,8 +16,8 @@ CREATE TABLE window_stats_in (
     `min` DOUBLE,
     `max` DOUBLE,
     emitted_at_ms BIGINT,
-    rowtime AS TO_TIMESTAMP_LTZ(window_end_ms, 3),
-    WATERMARK FOR rowtime AS rowtime - INTERVAL '{window_size_s}' SECOND
+    rowtime AS TO_TIMESTAMP_LTZ(window_start_ms, 3),
+    WATERMARK FOR rowtime AS rowtime - INTERVAL '{scoring_watermark_delay_s}' SECOND
 ) WITH (
     {window_stats_source_options}
 )
