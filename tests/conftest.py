@@ -16,6 +16,7 @@ from vigil.settings import (
     FlinkSettings,
     KafkaSettings,
     PrometheusSettings,
+    ScoringSettings,
     Settings,
     WindowSettings,
 )
@@ -77,6 +78,7 @@ def stack_test_settings(data_dir: Path) -> Settings:
         # Share the project's extracted connector jars instead of fetching them per test session.
         flink=FlinkSettings(rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000,
                             jars_dir=Settings().jars_dir),
+        scoring=ScoringSettings(rest_port=free_port()),
         clickhouse=ClickHouseSettings(port=free_port(), flush_interval_s=0.2),
         prometheus=PrometheusSettings(
             prometheus_port=free_port(), pushgateway_port=free_port(), alertmanager_port=free_port(),

@@ -263,3 +263,33 @@ def test_records_for_closed_windows_are_dead_lettered_not_dropped(pipeline_stack
     assert record["source"] == "flink"
     payload = orjson.loads(record["payload"])
     assert payload["sensors"][0]["v"] == [42.0]
+
+
+def test_every_window_gets_exactly_one_verdict_on_the_anomalies_topic(pipeline_stack: Stack, streamed) -> None:
+    """The scoring job judges each (machine, window) of the stream once: rules + models -> anomalies topic."""
+    expected, first_full, last_end, _ = streamed
+    kafka = pipeline_stack.settings.kafka
+    ids = set(expected.equipment_id)
+    want = set(expected[["equipment_id", "window_start_ms"]].drop_duplicates().itertuples(index=False, name=None))
+    consumer = make_consumer(kafka, f"test-verdicts-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([kafka.anomalies_topic])
+    verdicts: list[dict] = []
+
+    def covered():
+        for message in consumer.consume(1000, 1.0):
+            if message.error() is None:
+                record = orjson.loads(message.value())
+                if record["equipment_id"] in ids and first_full <= record["window_start_ms"] < last_end:
+                    verdicts.append(record)
+        return want <= {(v["equipment_id"], v["window_start_ms"]) for v in verdicts if v["kind"] == "window"}
+
+    try:
+        poll(covered, 120, f"{len(want)} verdicts on {kafka.anomalies_topic}", interval=0.0)
+    finally:
+        consumer.close()
+    keys = [(v["equipment_id"], v["window_start_ms"]) for v in verdicts if v["kind"] == "window"]
+    assert set(keys) == want and len(keys) == len(want), "exactly one verdict per (machine, window)"
+    for v in verdicts:
+        assert v["severity"] in ("normal", "warning", "critical")
+        assert v["window_end_ms"] - v["window_start_ms"] == pipeline_stack.settings.window.size_ms
+        assert v["is_anomaly"] == (v["severity"] != "normal") and v["is_anomaly"] == bool(v["detectors"])

@@ -22,6 +22,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from udfs.detectors.anomaly_likelihood import AnomalyLikelihood
 from udfs.detectors.base import StreamingDetector
 from udfs.detectors.ewma_zscore import EwmaZScore
 from vigil.evaluate.nab import (
@@ -35,6 +36,7 @@ from vigil.evaluate.nab import (
 
 STREAMING_DETECTORS: dict[str, type[StreamingDetector]] = {
     EwmaZScore.name: EwmaZScore,
+    AnomalyLikelihood.name: AnomalyLikelihood,
 }
 # Values handed to update() at a time: the replay is streamed, not one call per file.
 REPLAY_BLOCK = 512
@@ -176,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", nargs="?", type=Path, help="folder in NAB layout")
     ap.add_argument("--detector", default=EwmaZScore.name, choices=sorted(STREAMING_DETECTORS))
-    ap.add_argument("--threshold", type=float, default=None, help="alarm when score > threshold")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="alarm when score > threshold (default: the detector's own fixed default_threshold, if any)")
     ap.add_argument("--normalize", action="store_true", help="per-file min-max scores to [0,1] (not causal)")
     ap.add_argument("--rearm-rows", type=int, default=0, help="suppress repeat alarms within N rows")
     ap.add_argument("--param", action="append", default=[], metavar="K=V", help="detector parameter")
@@ -188,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         title=f"NAB's {args.check_detector} results, re-scored",
                         console=Console(width=max(Console().width, 110)))
         return
+    if args.threshold is None:
+        args.threshold = getattr(STREAMING_DETECTORS[args.detector], "default_threshold", None)
     if args.data_dir is None or args.threshold is None:
         ap.error("give DATA_DIR and --threshold (or --check-nab NAB_ROOT)")
     params = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (p.split("=", 1) for p in args.param)}

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from udfs.detectors.base import BatchDetector
 from udfs.detectors.isolation_forest import IsolationForestDetector
+from udfs.detectors.knn_distance import KnnDistance
 from udfs.detectors.pca_t2q import PcaT2Q
 from udfs.features import DEFAULT_HISTORY, history_features
 from vigil.evaluate.metrics import Confusion
@@ -35,6 +36,7 @@ TIME_COLUMN = "datetime"
 DETECTORS: dict[str, Callable[[], BatchDetector]] = {
     "pca_t2q": lambda: PcaT2Q(variance=0.99),
     "isolation_forest": lambda: IsolationForestDetector(),
+    "knn_distance": lambda: KnnDistance(k=5),
 }
 
 
@@ -108,12 +110,18 @@ def leading_normal_rows(frame: pd.DataFrame, train_rows: int) -> int:
 def _fit_and_score(
     make: Callable[[], BatchDetector], frame: pd.DataFrame, columns: list[str], n_train: int, history: int
 ) -> np.ndarray:
-    """Scores of every row, normalised by the training rows: (s - median) / (q99 - median)."""
+    """Scores of every row, normalised by the training rows: (s - median) / (q99 - median).
+
+    A detector that remembers its training rows (k-NN) would score them against themselves; it exposes
+    leave-one-out ``training_scores`` instead, which are used for the normalisation when present.
+    """
     features, names = history_features(frame, columns, history)
     train = features[:n_train]
     detector = make().fit(train, names)
     scores = detector.score(features)
-    median, q99 = np.quantile(scores[:n_train], [0.5, 0.99])
+    own = getattr(detector, "training_scores", None)
+    reference = own if isinstance(own, np.ndarray) and own.size else scores[:n_train]
+    median, q99 = np.quantile(reference, [0.5, 0.99])
     return (scores - median) / max(q99 - median, 1e-12)
 
 
@@ -207,10 +215,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="SKAB point-wise scorecard (F1, FAR, MAR)")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--detector", choices=sorted(DETECTORS), action="append")
-    parser.add_argument("--target-far", type=float, default=0.10)
+    parser.add_argument("--target-far", type=float, default=0.10,
+                        help="false-alarm rate the alarm level is set for on anomaly-free data (labels unused)")
+    parser.add_argument("--history", type=int, default=DEFAULT_HISTORY,
+                        help="rows of causal history in the features (rolling mean/std window)")
+    parser.add_argument("--train-rows", type=int, default=400, help="leading rows of each file to fit on")
+    parser.add_argument("--alarm-level", type=float, default=None,
+                        help="fixed alarm level instead of tuning it on anomaly-free data")
     args = parser.parse_args(argv)
     for name in args.detector or sorted(DETECTORS):
-        print_result(evaluate_skab(args.data_dir, name, target_far=args.target_far))
+        print_result(evaluate_skab(args.data_dir, name, train_rows=args.train_rows, history=args.history,
+                                   target_far=args.target_far, alarm_level=args.alarm_level))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Infrastructure (``vigil stack up``): a Kafka-protocol broker (Tansu), ClickHouse's HTTP interface
 over chDB, Prometheus Pushgateway, Prometheus and Alertmanager.
 Pipeline (started by ``vigil demo`` / ``vigil pipeline up``): the gRPC edge service, the window
-statistics Flink job (PyFlink local mode) and the two sinks feeding the hot and the cold path.
+statistics and anomaly-scoring Flink jobs (PyFlink local mode, one MiniCluster each) and the two
+sinks feeding the hot and the cold path.
 Every spec is built from one :class:`Settings`, so a test stack on free ports is the same code.
 """
 
@@ -23,7 +24,7 @@ from vigil.stack.process import ProcessManager, ServiceSpec, ServiceStatus
 log = logging.getLogger(__name__)
 
 INFRA = ("kafka", "clickhouse", "pushgateway", "prometheus", "alertmanager")
-PIPELINE = ("edge", "window-stats-job", "clickhouse-sink", "pushgateway-sink")
+PIPELINE = ("edge", "window-stats-job", "anomaly-scoring-job", "clickhouse-sink", "pushgateway-sink")
 CONSOLE = ("console",)
 
 
@@ -128,6 +129,17 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             cwd=PROJECT_ROOT,
             start_timeout_s=120.0,
             description="Flink job: 5-s window statistics (local mode)",
+        ),
+        "anomaly-scoring-job": ServiceSpec(
+            "anomaly-scoring-job",
+            _python_module("jobs.anomaly_scoring"),
+            settings.scoring.rest_port,
+            health_url=f"http://127.0.0.1:{settings.scoring.rest_port}/overview",
+            ready=lambda: flink_job_running(settings.scoring.rest_port),
+            env=env,
+            cwd=PROJECT_ROOT,
+            start_timeout_s=120.0,
+            description="Flink job: rules + ONNX models -> anomalies (local mode)",
         ),
         "clickhouse-sink": ServiceSpec(
             "clickhouse-sink",
