@@ -1,12 +1,21 @@
-"""Window statistics from Kafka into ClickHouse (the cold path).
+"""Kafka topics into ClickHouse (the cold path): window statistics and anomaly verdicts.
+
+One sink class, parameterised by a :class:`TableSpec` (topic, record contract -> Arrow
+converter, table, consumer group); one instance per topic.
 
 At-least-once by construction: Kafka offsets are committed only after ClickHouse accepted the
 insert holding those records (and after any malformed ones reached the dead-letter topic). A
-crash or retry can therefore insert a window twice; the ReplacingMergeTree table keyed by
-(equipment_id, sensor, window_start) makes that invisible through ``FINAL`` / the
-``window_stats_latest`` view.
+crash or retry can therefore insert a record twice; the ReplacingMergeTree tables keyed by
+(equipment_id, sensor, window_start) and (equipment_id, window_start) make that invisible
+through ``FINAL`` / the ``window_stats_latest`` and ``anomalies_latest`` views.
 
-Run: ``python -m connectors.clickhouse_sink`` (until SIGTERM/SIGINT).
+Each topic has its own consumer (group ``sink_consumer_group`` for window stats,
+``<sink_consumer_group>-anomalies`` for verdicts), in its own thread: a topic's committed
+offsets are exactly what its table holds, its lag shows per group, and a problem with one table
+(a rejected insert, a dropped table) stalls only that topic. The two streams share nothing but
+the ClickHouse server, so running them together buys no atomicity that separate groups lose.
+
+Run: ``python -m connectors.clickhouse_sink`` (both topics, until SIGTERM/SIGINT).
 """
 
 from __future__ import annotations
@@ -24,12 +33,15 @@ from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from connectors.clickhouse import (
-    MALFORMED_REASON,
+    ANOMALY_RECORDS,
+    WINDOW_STATS_RECORDS,
+    WINDOW_STATS_TABLE,
     ClickHouseUnavailable,
+    RecordSpec,
     apply_schema,
-    insert_window_stats,
+    insert_rows,
     make_client,
-    window_stats_to_arrow,
+    records_to_arrow,
 )
 from connectors.kafka import DeadLetterWriter, consume_batches, ensure_topics, make_consumer, make_producer
 from vigil.settings import Settings
@@ -42,6 +54,39 @@ _UNKNOWN_TABLE_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE: someone drop
 _MAX_BACKOFF_S = 30.0
 _MAX_POLL_MESSAGES = 10_000
 _FINAL_FLUSH_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One topic into one ClickHouse table: everything that differs between the sink's instances."""
+
+    topic: str
+    table: str
+    records: RecordSpec  # JSON contract -> Arrow rows, and the dead-letter reason of bad records
+    consumer_group: str  # its committed offsets = what the table holds
+
+
+def window_stats_spec(settings: Settings) -> TableSpec:
+    return TableSpec(
+        topic=settings.kafka.window_stats_topic,
+        table=WINDOW_STATS_TABLE,
+        records=WINDOW_STATS_RECORDS,
+        consumer_group=settings.clickhouse.sink_consumer_group,
+    )
+
+
+def anomalies_spec(settings: Settings) -> TableSpec:
+    return TableSpec(
+        topic=settings.kafka.anomalies_topic,
+        table=settings.clickhouse.anomalies_table,
+        records=ANOMALY_RECORDS,
+        consumer_group=f"{settings.clickhouse.sink_consumer_group}-anomalies",
+    )
+
+
+def table_specs(settings: Settings) -> list[TableSpec]:
+    """Every topic the cold path stores."""
+    return [window_stats_spec(settings), anomalies_spec(settings)]
 
 
 @dataclass
@@ -60,10 +105,11 @@ class SinkStats:
 
 
 class ClickHouseSink:
-    """Consumes ``window_stats_topic`` and writes it to ClickHouse in Arrow batches."""
+    """Consumes one topic (window stats unless ``spec`` says otherwise) into ClickHouse in Arrow batches."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spec: TableSpec | None = None) -> None:
         self.settings = settings
+        self.spec = spec or window_stats_spec(settings)
         self._stats = SinkStats()
         self._lock = threading.Lock()
         self._client: Client | None = None
@@ -93,19 +139,20 @@ class ClickHouseSink:
             return
         producer = make_producer(kafka)
         dead_letters = DeadLetterWriter(producer, kafka, source=DEAD_LETTER_SOURCE)
-        consumer = make_consumer(kafka, ch.sink_consumer_group)
+        spec = self.spec
+        consumer = make_consumer(kafka, spec.consumer_group)
         pending: list[Message] = []
         first_pending_at = 0.0
         poll_timeout = min(0.1, ch.flush_interval_s)
         log.info(
-            "ClickHouse sink: %s -> %s:%d/%s (group %s, batch %d rows or %.2fs)",
-            kafka.window_stats_topic, ch.host, ch.port, ch.database, ch.sink_consumer_group,
+            "ClickHouse sink: %s -> %s:%d/%s.%s (group %s, batch %d rows or %.2fs)",
+            spec.topic, ch.host, ch.port, ch.database, spec.table, spec.consumer_group,
             ch.insert_batch_rows, ch.flush_interval_s,
         )  # fmt: skip
         try:
             batches = consume_batches(
                 consumer,
-                [kafka.window_stats_topic],
+                [spec.topic],
                 stop,
                 max_messages=min(ch.insert_batch_rows, _MAX_POLL_MESSAGES),
                 timeout_s=poll_timeout,
@@ -129,7 +176,7 @@ class ClickHouseSink:
             consumer.close()
             producer.flush(10)
             self._client.close()
-            log.info("ClickHouse sink stopped: %s", self.stats())
+            log.info("ClickHouse sink for %s stopped: %s", spec.topic, self.stats())
 
     def _connect(self, stop: threading.Event) -> Client | None:
         """Connect and apply the schema, retrying while ClickHouse is not up yet."""
@@ -160,11 +207,12 @@ class ClickHouseSink:
         the records are then read again by the next run.
         """
         values = [m.value() or b"" for m in messages]
-        table, malformed = window_stats_to_arrow(values)
+        records = self.spec.records
+        table, malformed = records_to_arrow(values, records)
         for bad in malformed:
             key = messages[bad.index].key()
             dead_letters.write(
-                MALFORMED_REASON,
+                records.malformed_reason,
                 bad.detail,
                 equipment_id=key.decode("utf-8", "replace") if key else "",
                 payload_bytes=bad.value,
@@ -172,7 +220,7 @@ class ClickHouseSink:
         if malformed:
             dead_letters.flush()  # the dead letters must be durable before we commit past them
             self._count(malformed=len(malformed))
-            log.warning("dead-lettered %d malformed window-stats records", len(malformed))
+            log.warning("dead-lettered %d malformed %s records", len(malformed), records.name)
 
         backoff = 0.25
         # On shutdown keep trying briefly, then leave the rest to the next run (nothing committed).
@@ -180,14 +228,14 @@ class ClickHouseSink:
         while True:
             started = time.monotonic()
             try:
-                written = insert_window_stats(self._client, table)  # type: ignore[arg-type]
+                written = insert_rows(self._client, self.spec.table, table)  # type: ignore[arg-type]
                 break
             except Exception as exc:  # every failure is retried; nothing is committed meanwhile
                 self._count(errors=1, last_error=str(exc))
                 code = getattr(exc, "code", None)
                 log.error(
-                    "ClickHouse insert of %d rows failed (retrying in %.2fs, offsets not committed): %s",
-                    table.num_rows, backoff, exc,
+                    "ClickHouse insert of %d rows into %s failed (retrying in %.2fs, offsets not committed): %s",
+                    table.num_rows, self.spec.table, backoff, exc,
                 )  # fmt: skip
                 if code in _UNKNOWN_TABLE_CODES:
                     try:
@@ -215,7 +263,7 @@ class ClickHouseSink:
             last_emit_to_visible_s=emit_lag,
             last_flush_at=time.time(),
         )
-        log.debug("inserted %d rows in %.1f ms", written, latency * 1000)
+        log.debug("inserted %d rows into %s in %.1f ms", written, self.spec.table, latency * 1000)
         return True
 
     def _commit(self, consumer: Consumer, messages: list[Message]) -> None:
@@ -234,11 +282,40 @@ class ClickHouseSink:
             log.warning("offset commit failed (rows are stored; a re-read will be de-duplicated): %s", exc)
 
 
+def run_sinks(settings: Settings, stop: threading.Event, specs: list[TableSpec] | None = None) -> list[ClickHouseSink]:
+    """Run one sink per spec (every topic by default), each in its own thread, until ``stop`` is set.
+
+    If one sink fails, ``stop`` is set so the others flush and stop too, and its error is raised:
+    the process exits and its supervisor restarts all of them from their committed offsets.
+    """
+    sinks = [ClickHouseSink(settings, spec) for spec in specs or table_specs(settings)]
+    errors: list[BaseException] = []
+
+    def run(sink: ClickHouseSink) -> None:
+        try:
+            sink.run(stop)
+        except BaseException as exc:  # re-raised below, after every sink has stopped
+            log.error("ClickHouse sink for %s failed; stopping the others: %s", sink.spec.topic, exc)
+            errors.append(exc)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run, args=(sink,), name=f"clickhouse-sink:{sink.spec.topic}") for sink in sinks
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return sinks
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = stop_event_on_signals()
     try:
-        ClickHouseSink(Settings()).run(stop)
+        run_sinks(Settings(), stop)
     except (RuntimeError, KafkaException) as exc:
         log.error("%s", exc)
         return 1

@@ -1,10 +1,24 @@
-"""Hot path: latest window statistics per machine and sensor -> Prometheus Pushgateway.
+"""Hot path: latest window statistics and anomaly verdicts per machine -> Prometheus Pushgateway.
 
-Consumes ``settings.kafka.window_stats_topic`` (group ``settings.prometheus.sink_consumer_group``), keeps
-the newest window per (equipment_id, sensor) in one pandas DataFrame, and every
+Consumes ``settings.kafka.window_stats_topic`` and ``settings.kafka.anomalies_topic`` with one
+consumer (group ``settings.prometheus.sink_consumer_group``): both feed the same push rounds, and
+offsets of both are committed after the same successful push. It keeps the newest window per
+(equipment_id, sensor) and the newest verdict per equipment_id, each in one pandas DataFrame
+(:class:`_Latest`: one merge and one expiry for both), and every
 ``settings.prometheus.push_interval_s`` PUTs the Prometheus text exposition to the Pushgateway,
-one group per site (``/metrics/job/vigil_window_stats/site/<site>``) so a PUT replaces exactly
-that site's series.
+one group per job and site (``/metrics/job/vigil_window_stats/site/<site>`` and
+``/metrics/job/vigil_anomalies/site/<site>``) so a PUT replaces exactly that site's series.
+
+Verdict gauges: ``vigil_anomaly_score`` (combined score), ``vigil_anomaly_severity`` (0 normal,
+1 warning, 2 critical), ``vigil_detector_score{detector}`` (each detector that scored),
+``vigil_machine_silent`` (1 from a dead_machine verdict until the machine's next window verdict),
+``vigil_anomaly_window_end_seconds`` (event time of the verdict: scoring lag, and what a restart
+seeds expiry from), and per site the counter ``vigil_anomalous_windows_total{severity}`` of
+anomalous window verdicts. The counter counts a key (equipment_id, window_start_ms) once even when
+Kafka redelivers it: the sink remembers the anomalous keys of the last ``series_ttl_s`` of event
+time (at most ``DEDUP_MAX_KEYS``, as 64-bit hashes). Across a crash, verdicts pushed but not yet
+committed are re-read and may count again (the memory is not persisted). Malformed verdicts are
+skipped and counted; the ClickHouse sink dead-letters them.
 
 Why the sink expires series itself: the Pushgateway is a cache, not a time-series store. It
 never forgets a pushed series, and Prometheus stamps every scrape of it with the current time,
@@ -46,16 +60,27 @@ from confluent_kafka import KafkaError, KafkaException
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from connectors.contracts import WINDOW_STATS_JSON_SCHEMA, WINDOW_STATS_LABELS, WINDOW_STATS_VALUES
-from connectors.kafka import consume_batches, make_consumer
+from connectors.contracts import (
+    ANOMALY_JSON_SCHEMA,
+    ANOMALY_KINDS,
+    DETECTOR_SCORE_FIELDS,
+    SEVERITIES,
+    WINDOW_STATS_JSON_SCHEMA,
+    WINDOW_STATS_LABELS,
+    WINDOW_STATS_VALUES,
+)
+from connectors.kafka import consume_batches, ensure_topics, make_consumer
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
 log = logging.getLogger(__name__)
 
 WINDOW_JOB = "vigil_window_stats"
+ANOMALY_JOB = "vigil_anomalies"
 SINK_JOB = "vigil_pushgateway_sink"
 HTTP_TIMEOUT = (2.0, 10.0)  # connect, read (seconds)
+# Anomalous keys remembered for counting each once: 16 bytes each, so at most 16 MB.
+DEDUP_MAX_KEYS = 1_000_000
 
 _STATS = WINDOW_STATS_VALUES
 _STRINGS = WINDOW_STATS_LABELS
@@ -64,7 +89,22 @@ _SCHEMA = pa.schema(
     [WINDOW_STATS_JSON_SCHEMA.field(name) for name in (*_STRINGS, "window_start_ms", "window_end_ms")]
     + [(stat, pa.float64()) for stat in _STATS]
 )
-_STATE_COLUMNS = [*_STRINGS, "window_end_ms", *_STATS, "series_labels", "machine_labels"]
+_STATE_DTYPES = {
+    **dict.fromkeys(_STRINGS, object), "window_end_ms": np.int64, **dict.fromkeys(_STATS, np.float64),
+    "series_labels": object, "machine_labels": object,
+}  # fmt: skip
+_ANOMALY_SCHEMA = pa.schema(
+    ANOMALY_JSON_SCHEMA.field(name)
+    for name in (
+        "equipment_id", "site", "equipment_type", "window_start_ms", "window_end_ms", "kind", "is_anomaly",
+        "severity", "score", *DETECTOR_SCORE_FIELDS, "emitted_at_ms",
+    )
+)  # fmt: skip
+_VERDICT_DTYPES = {
+    "site": object, "equipment_id": object, "equipment_type": object, "window_end_ms": np.int64,
+    "emitted_at_ms": np.int64, "kind": object, "severity": np.int64, "score": np.float64,
+    **dict.fromkeys(DETECTOR_SCORE_FIELDS, np.float64), "machine_labels": object,
+}  # fmt: skip
 _SAFE_PATH_VALUE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 _HELP = {
@@ -85,7 +125,9 @@ class SinkCounters:
     series_pushed: int = 0  # series in the last successful round
     last_push_ts: float = 0.0  # wall clock of the last successful round (0 = never)
     windows_consumed: int = 0
-    bad_records: int = 0  # records skipped as unparseable or missing key fields
+    bad_records: int = 0  # window-stats records skipped as unparseable or missing key fields
+    verdicts_consumed: int = 0
+    bad_verdicts: int = 0  # anomaly verdicts skipped as unparseable or breaking the contract
 
 
 def escape_label_values(values: pd.Series) -> pd.Series:
@@ -127,12 +169,13 @@ def _family(name: str, kind: str, help_text: str, lines: pd.Series | Sequence[st
     return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{body}\n"
 
 
-def _empty_state() -> pd.DataFrame:
-    frame = pd.DataFrame({col: pd.Series(dtype=object) for col in _STATE_COLUMNS})
-    frame["window_end_ms"] = frame["window_end_ms"].astype(np.int64)
-    for stat in _STATS:
-        frame[stat] = frame[stat].astype(np.float64)
-    return frame
+def _empty_frame(dtypes: dict[str, object]) -> pd.DataFrame:
+    return pd.DataFrame({col: pd.Series(dtype=dtype) for col, dtype in dtypes.items()})
+
+
+def _machine_labels(frame: pd.DataFrame) -> pd.Series:
+    eq, et = escape_label_values(frame["equipment_id"]), escape_label_values(frame["equipment_type"])
+    return 'equipment_id="' + eq + '",equipment_type="' + et + '"'
 
 
 def _session() -> requests.Session:
@@ -149,20 +192,91 @@ def _session() -> requests.Session:
     return session
 
 
+def _parse(values: Sequence[bytes], schema: pa.Schema) -> pd.DataFrame:
+    """One pyarrow JSON parse per batch; per-message orjson only to isolate a bad record.
+
+    Records that are not JSON objects are left out; fields of the wrong type become null.
+    """
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        table = pa_json.read_json(io.BytesIO(b"\n".join(values)), parse_options=options)
+        return table.select(schema.names).to_pandas()
+    except pa.ArrowInvalid:
+        rows = []
+        for value in values:
+            try:
+                row = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        frame = pd.DataFrame(rows, columns=schema.names)
+        for field in schema:
+            if pa.types.is_string(field.type) or pa.types.is_boolean(field.type):
+                kind = str if pa.types.is_string(field.type) else bool
+                column = frame[field.name]
+                frame[field.name] = column.where(column.map(lambda v, kind=kind: isinstance(v, kind)), None)
+            else:
+                frame[field.name] = pd.to_numeric(frame[field.name], errors="coerce")
+        return frame
+
+
+class _Latest:
+    """The newest row per key, with rows whose window ended ``ttl_s`` ago (event time) expired.
+
+    One merge and one expiry for every kind of series the sink pushes (window stats per machine
+    and sensor, verdicts per machine). Rows come in as queued frames; :meth:`merge` folds them in.
+    """
+
+    def __init__(self, what: str, key: list[str], order: list[str], dtypes: dict[str, object]) -> None:
+        self.what = what
+        self.key = key
+        self.order = order  # later rows win; ties go to the row that arrived last
+        self.columns = list(dtypes)
+        self.state = _empty_frame(dtypes)
+        self._pending: list[pd.DataFrame] = []
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self._pending.append(frame.reindex(columns=self.columns))
+
+    def merge(self, now: float, ttl_s: float) -> pd.DataFrame:
+        """Fold pending rows into the state and drop expired ones; sorted by site, then key."""
+        if self._pending:
+            combined = pd.concat([self.state, *self._pending], ignore_index=True)
+            self._pending.clear()
+            combined = combined.sort_values(self.order, kind="stable")
+            combined = combined[~combined.duplicated(self.key, keep="last")]
+        else:
+            combined = self.state
+        cutoff_ms = (now - ttl_s) * 1000.0
+        live = combined[combined["window_end_ms"].to_numpy() >= cutoff_ms]
+        dropped = len(combined) - len(live)
+        if dropped:
+            log.info("expired %d %s silent for more than %.0f s", dropped, self.what, ttl_s)
+        self.state = live.sort_values(["site", *self.key], kind="stable", ignore_index=True)
+        return self.state
+
+
 class PushgatewaySink:
-    """Kafka window-stats -> Pushgateway gauges. Thread-safe counters via :attr:`counters`."""
+    """Kafka window stats and verdicts -> Pushgateway gauges. Thread-safe counters via :attr:`counters`."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._clock = clock
         self._prom = settings.prometheus
         self._stats = list(dict.fromkeys(self._prom.exported_stats))
-        self._state = _empty_state()
-        self._pending: list[pd.DataFrame] = []
-        self._pushed_sites: set[str] = set()
+        self._windows = _Latest("window-stats series", ["equipment_id", "sensor"], ["window_end_ms"], _STATE_DTYPES)
+        self._verdicts = _Latest(
+            "machines' verdicts", ["equipment_id"], ["window_end_ms", "emitted_at_ms"], _VERDICT_DTYPES
+        )
+        # Anomalous keys already counted (hash of equipment_id + window_start_ms) and their windows.
+        self._seen_keys = np.empty(0, dtype=np.uint64)
+        self._seen_starts = np.empty(0, dtype=np.int64)
+        self._anomalous: dict[tuple[str, str], int] = {}  # (site, severity) -> anomalous windows
+        self._pushed_groups: set[tuple[str, str]] = set()  # (job, site)
         self._lock = threading.Lock()
         self._counters = SinkCounters()
-        self._rendered_series = 0
+        self._rendered = {WINDOW_JOB: 0, ANOMALY_JOB: 0}
         self._session = _session()
 
     # -- counters -----------------------------------------------------------------------
@@ -180,12 +294,12 @@ class PushgatewaySink:
         with self._lock:
             self._counters = SinkCounters(**{**self._counters.__dict__, **values})
 
-    # -- ingestion ----------------------------------------------------------------------
+    # -- ingestion: window stats ----------------------------------------------------------
     def ingest(self, values: Sequence[bytes]) -> int:
         """Parse one Kafka batch of window-stats JSON values; returns the number of valid records."""
         if not values:
             return 0
-        frame = self._parse(values)
+        frame = _parse(values, _SCHEMA)
         bad = len(values) - len(frame)
         key_ok = frame["equipment_id"].notna() & frame["sensor"].notna() & frame["site"].notna()
         key_ok &= frame["window_end_ms"].notna()
@@ -208,61 +322,77 @@ class PushgatewaySink:
             equipment_type=frame["equipment_type"].fillna(""),
             unit=frame["unit"].fillna(""),
         )
-        eq, et = escape_label_values(frame["equipment_id"]), escape_label_values(frame["equipment_type"])
         sensor, unit = escape_label_values(frame["sensor"]), escape_label_values(frame["unit"])
-        machine = 'equipment_id="' + eq + '",equipment_type="' + et + '"'
+        machine = _machine_labels(frame)
         frame["machine_labels"] = machine
         frame["series_labels"] = machine + ',sensor="' + sensor + '",unit="' + unit + '"'
-        self._pending.append(frame.reindex(columns=_STATE_COLUMNS))
+        self._windows.add(frame)
         return len(frame)
 
-    @staticmethod
-    def _parse(values: Sequence[bytes]) -> pd.DataFrame:
-        """One pyarrow JSON parse per batch; per-message orjson only to isolate a bad record."""
-        options = pa_json.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
-        try:
-            table = pa_json.read_json(io.BytesIO(b"\n".join(values)), parse_options=options)
-            return table.select(_SCHEMA.names).to_pandas()
-        except pa.ArrowInvalid:
-            rows = []
-            for value in values:
-                try:
-                    row = orjson.loads(value)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
-            frame = pd.DataFrame(rows, columns=_SCHEMA.names)
-            for name in _STRINGS:
-                frame[name] = frame[name].where(frame[name].map(lambda v: isinstance(v, str)), None)
-            for name in ("window_end_ms", *_STATS):
-                frame[name] = pd.to_numeric(frame[name], errors="coerce")
-            return frame
+    # -- ingestion: anomaly verdicts ------------------------------------------------------
+    def ingest_anomalies(self, values: Sequence[bytes]) -> int:
+        """Parse one Kafka batch of verdict JSON values; returns the number of valid verdicts."""
+        if not values:
+            return 0
+        frame = _parse(values, _ANOMALY_SCHEMA)
+        bad = len(values) - len(frame)
+        ok = frame["equipment_id"].notna() & frame["site"].notna()
+        ok &= frame["window_start_ms"].notna() & frame["window_end_ms"].notna()
+        ok &= frame["kind"].isin(ANOMALY_KINDS) & frame["severity"].isin(SEVERITIES)
+        if not ok.all():
+            frame = frame[ok.to_numpy()]
+            bad += int((~ok).sum())
+        if bad:
+            log.warning("skipped %d anomaly verdicts without equipment_id/site/window_start_ms/window_end_ms, "
+                        "with an unknown kind or severity, or not JSON; fix the producer (scoring job) or "
+                        "inspect the topic", bad)
+        frame = frame.assign(
+            window_start_ms=frame["window_start_ms"].astype(np.int64),
+            window_end_ms=frame["window_end_ms"].astype(np.int64),
+            emitted_at_ms=frame["emitted_at_ms"].fillna(0).astype(np.int64),
+            equipment_type=frame["equipment_type"].fillna(""),
+            is_anomaly=frame["is_anomaly"].eq(True),
+            score=frame["score"].astype(np.float64),
+        )
+        self._count_anomalous(frame)
+        added = self._add_verdicts(frame.assign(severity=pd.Categorical(frame["severity"], SEVERITIES).codes))
+        self._count(verdicts_consumed=added, bad_verdicts=bad)
+        return added
 
-    def _merge(self, now: float) -> pd.DataFrame:
-        """Fold pending batches into the state: newest window per series wins; expire old series."""
-        if self._pending:
-            combined = pd.concat([self._state, *self._pending], ignore_index=True)
-            self._pending.clear()
-            combined = combined.sort_values("window_end_ms", kind="stable")
-            combined = combined[~combined.duplicated(["equipment_id", "sensor"], keep="last")]
-        else:
-            combined = self._state
-        cutoff_ms = (now - self._prom.series_ttl_s) * 1000.0
-        live = combined[combined["window_end_ms"].to_numpy() >= cutoff_ms]
-        dropped = len(combined) - len(live)
-        if dropped:
-            log.info("expired %d series silent for more than %.0f s", dropped, self._prom.series_ttl_s)
-        self._state = live.sort_values(["site", "equipment_id", "sensor"], kind="stable", ignore_index=True)
-        return self._state
+    def _add_verdicts(self, frame: pd.DataFrame) -> int:
+        """Queue verdicts (severity as its code) for the next merge, labels escaped once, here."""
+        if frame.empty:
+            return 0
+        self._verdicts.add(frame.assign(machine_labels=_machine_labels(frame)))
+        return len(frame)
+
+    def _count_anomalous(self, frame: pd.DataFrame) -> None:
+        """Add anomalous window verdicts to the per-site counters, each key once (bounded memory)."""
+        hits = frame[(frame["kind"] == "window").to_numpy() & frame["is_anomaly"].to_numpy()]
+        if hits.empty:
+            return
+        keys = pd.util.hash_pandas_object(hits[["equipment_id", "window_start_ms"]], index=False).to_numpy()
+        starts = hits["window_start_ms"].to_numpy(np.int64)
+        new = ~pd.Index(keys).duplicated() & ~np.isin(keys, self._seen_keys)
+        if not new.any():
+            return
+        seen_keys = np.concatenate([self._seen_keys, keys[new]])
+        seen_starts = np.concatenate([self._seen_starts, starts[new]])
+        keep = seen_starts >= seen_starts.max() - self._prom.series_ttl_s * 1000.0
+        if keep.sum() > DEDUP_MAX_KEYS:  # keep the newest windows
+            keep = np.zeros(len(keep), dtype=bool)
+            keep[np.argsort(seen_starts, kind="stable")[-DEDUP_MAX_KEYS:]] = True
+        self._seen_keys, self._seen_starts = seen_keys[keep], seen_starts[keep]
+        for (site, severity), n in hits[new].groupby(["site", "severity"], sort=False).size().items():
+            self._anomalous[(site, severity)] = self._anomalous.get((site, severity), 0) + int(n)
 
     # -- exposition ---------------------------------------------------------------------
     def render(self, now: float | None = None) -> dict[str, str]:
-        """Merge pending windows and return the text exposition per site (only live series)."""
+        """Merge pending windows and return the window-stats text exposition per site (only live series)."""
         now = self._clock() if now is None else now
-        state = self._merge(now)
+        state = self._windows.merge(now, self._prom.series_ttl_s)
         if state.empty:
-            self._rendered_series = 0
+            self._rendered[WINDOW_JOB] = 0
             return {}
         silent_ms = (now - self._prom.machine_silent_after_s) * 1000.0
         machines = (
@@ -300,8 +430,68 @@ class PushgatewaySink:
                 [f"vigil_site_machines_reporting {int(reporting[site])}"],
             ))
             texts[site] = "".join(parts)
-        self._rendered_series = len(state) * len(self._stats) + len(machines) + len(texts)
+        self._rendered[WINDOW_JOB] = len(state) * len(self._stats) + len(machines) + len(texts)
         return texts
+
+    def render_anomalies(self, now: float | None = None) -> dict[str, str]:
+        """Merge pending verdicts and return the verdict text exposition per site (only live machines)."""
+        now = self._clock() if now is None else now
+        state = self._verdicts.merge(now, self._prom.series_ttl_s)
+        if state.empty:
+            self._rendered[ANOMALY_JOB] = 0
+            return {}
+        labels = "{" + state["machine_labels"] + "} "
+        gauges = [
+            ("vigil_anomaly_score", "Combined anomaly score of the machine's latest verdict: the max of its detector "
+             "scores, each normalised to its threshold (above 1 fires).", format_values(state["score"])),
+            ("vigil_anomaly_severity", "Severity of the machine's latest verdict: 0 normal, 1 warning, 2 critical.",
+             state["severity"].astype(str)),
+            ("vigil_machine_silent", "1 after a dead_machine verdict until the machine's next window verdict, "
+             "else 0.", np.where(state["kind"] == "dead_machine", "1", "0")),
+            ("vigil_anomaly_window_end_seconds", "End (event time, Unix seconds) of the window of the machine's "
+             "latest verdict.", format_values(state["window_end_ms"] / 1000.0)),
+        ]  # fmt: skip
+        lines = {name: name + labels + values for name, _, values in gauges}
+        # One vigil_detector_score per (machine, detector that scored), machine-major.
+        scores = state[list(DETECTOR_SCORE_FIELDS)].to_numpy(dtype=np.float64)
+        rows, cols = np.nonzero(~np.isnan(scores))
+        detector_lines = (
+            "vigil_detector_score{" + pd.Series(state["machine_labels"].to_numpy()[rows])
+            + ',detector="' + pd.Series(np.asarray(DETECTOR_SCORE_FIELDS, dtype=object)[cols]) + '"} '
+            + format_values(scores[rows, cols])
+        )
+        detector_sites = state["site"].to_numpy()[rows]
+        detector_rows = pd.Series(detector_sites).groupby(detector_sites, sort=True).indices
+        texts: dict[str, str] = {}
+        counter_series = 0
+        for site, site_rows in state.groupby("site", sort=True).indices.items():
+            parts = [_family(name, "gauge", help_text, lines[name].iloc[site_rows]) for name, help_text, _ in gauges]
+            if site in detector_rows:
+                parts.insert(2, _family(
+                    "vigil_detector_score", "gauge",
+                    "Score of each detector that scored the machine's latest verdict, normalised to its "
+                    "threshold (1 = at the alarm limit).",
+                    detector_lines.iloc[detector_rows[site]],
+                ))
+            # warning and critical always (a counter should exist before its first increase)
+            severities = [s for s in SEVERITIES if s != "normal" or (site, s) in self._anomalous]
+            counter_series += len(severities)
+            parts.append(_family(
+                "vigil_anomalous_windows_total", "counter",
+                "Window verdicts of the site's machines that were anomalous, by severity (each window once).",
+                [f'vigil_anomalous_windows_total{{severity="{s}"}} {self._anomalous.get((site, s), 0)}'
+                 for s in severities],
+            ))
+            texts[site] = "".join(parts)
+        self._rendered[ANOMALY_JOB] = len(state) * len(gauges) + len(rows) + counter_series
+        return texts
+
+    def render_groups(self, now: float | None = None) -> dict[tuple[str, str], str]:
+        """Every live Pushgateway group, (job, site) -> text exposition."""
+        now = self._clock() if now is None else now
+        groups = {(WINDOW_JOB, site): text for site, text in self.render(now).items()}
+        groups |= {(ANOMALY_JOB, site): text for site, text in self.render_anomalies(now).items()}
+        return groups
 
     def render_pipeline(self) -> str:
         c = self.counters
@@ -318,6 +508,12 @@ class PushgatewaySink:
             _family("vigil_sink_bad_records_total", "counter",
                     "Window-stats records skipped as invalid since the sink started.",
                     [f"vigil_sink_bad_records_total {c.bad_records}"]),
+            _family("vigil_sink_verdicts_consumed_total", "counter",
+                    "Anomaly verdicts consumed from Kafka since the sink started.",
+                    [f"vigil_sink_verdicts_consumed_total {c.verdicts_consumed}"]),
+            _family("vigil_sink_bad_verdicts_total", "counter",
+                    "Anomaly verdicts skipped as invalid since the sink started.",
+                    [f"vigil_sink_bad_verdicts_total {c.bad_verdicts}"]),
             _family("vigil_sink_series_pushed", "gauge",
                     "Series in the last successful push.",
                     [f"vigil_sink_series_pushed {c.series_pushed}"]),
@@ -339,25 +535,24 @@ class PushgatewaySink:
         return None
 
     def push(self, now: float | None = None) -> bool:
-        """One push round: PUT every live site, DELETE emptied sites, then the sink's own group.
+        """One push round: PUT every live (job, site) group, DELETE emptied ones, then the sink's own group.
 
         Never raises on HTTP trouble: failures are logged and counted, and the next round
-        retries with the then-current state. Returns whether the window gauges (not the sink's
-        own group) are in the Pushgateway, i.e. whether consumed offsets may be committed.
+        retries with the then-current state. Returns whether the window and verdict gauges (not
+        the sink's own group) are in the Pushgateway, i.e. whether consumed offsets may be committed.
         """
         now = self._clock() if now is None else now
-        texts = self.render(now)
-        errors = [self._request("PUT", grouping_path(WINDOW_JOB, site=site), text)
-                  for site, text in texts.items()]
-        errors += [self._request("DELETE", grouping_path(WINDOW_JOB, site=site))
-                   for site in sorted(self._pushed_sites - texts.keys())]
+        groups = self.render_groups(now)
+        errors = [self._request("PUT", grouping_path(job, site=site), text) for (job, site), text in groups.items()]
+        errors += [self._request("DELETE", grouping_path(job, site=site))
+                   for job, site in sorted(self._pushed_groups - groups.keys())]
         errors = [e for e in errors if e]
         if errors:
             self._count(failures=1)
         else:
-            self._pushed_sites = set(texts)
+            self._pushed_groups = set(groups)
             self._count(pushes=1)
-            self._set(series_pushed=self._rendered_series, last_push_ts=now)
+            self._set(series_pushed=sum(self._rendered.values()), last_push_ts=now)
         pipeline_error = self._request("PUT", grouping_path(SINK_JOB), self.render_pipeline())
         if pipeline_error and not errors:
             self._count(failures=1)
@@ -368,7 +563,7 @@ class PushgatewaySink:
         return not errors
 
     def seed_from_pushgateway(self) -> int:
-        """Load the series this sink pushed before a restart; returns how many. Best effort."""
+        """Load the series this sink pushed before a restart; returns how many rows. Best effort."""
         try:
             resp = self._session.get(self._prom.pushgateway_url + "/api/v1/metrics", timeout=HTTP_TIMEOUT)
             resp.raise_for_status()
@@ -376,41 +571,93 @@ class PushgatewaySink:
         except (requests.RequestException, ValueError, KeyError) as exc:
             log.warning("could not read existing series from the Pushgateway (%s); starting empty", exc)
             return 0
-        values: dict[str, list[dict]] = {stat: [] for stat in self._stats}
-        ends: list[dict] = []
         for group in groups:
-            if group.get("labels", {}).get("job") != WINDOW_JOB:
-                continue
-            self._pushed_sites.add(group["labels"].get("site", ""))
-            for stat in self._stats:
-                for metric in group.get(f"vigil_window_{stat}", {}).get("metrics", []):
-                    values[stat].append({**metric["labels"], stat: float(metric["value"])})
-            for metric in group.get("vigil_equipment_last_window_end_seconds", {}).get("metrics", []):
-                ends.append({**metric["labels"], "end_s": float(metric["value"])})
-        if not ends or not any(values.values()):
-            return 0
+            labels = group.get("labels", {})
+            if labels.get("job") in (WINDOW_JOB, ANOMALY_JOB):
+                self._pushed_groups.add((labels["job"], labels.get("site", "")))
+        return self._seed_windows(groups) + self._seed_verdicts(groups)
+
+    @staticmethod
+    def _metrics(groups: list[dict], job: str, name: str, column: str) -> pd.DataFrame | None:
+        """One metric of ``job``'s groups as a frame of its labels plus ``column``; None if absent."""
+        rows = [
+            {**metric["labels"], column: float(metric["value"])}
+            for group in groups
+            if group.get("labels", {}).get("job") == job
+            for metric in group.get(name, {}).get("metrics", [])
+        ]
+        return pd.DataFrame(rows) if rows else None
+
+    def _seed_windows(self, groups: list[dict]) -> int:
         key = ["site", "equipment_id", "equipment_type", "sensor", "unit"]
-        frames = [pd.DataFrame(rows).reindex(columns=[*key, stat]).set_index(key)
-                  for stat, rows in values.items() if rows]
+        frames = [
+            frame.reindex(columns=[*key, stat]).set_index(key)
+            for stat in self._stats
+            if (frame := self._metrics(groups, WINDOW_JOB, f"vigil_window_{stat}", stat)) is not None
+        ]
+        ends = self._metrics(groups, WINDOW_JOB, "vigil_equipment_last_window_end_seconds", "end_s")
+        if ends is None or not frames:
+            return 0
         series = pd.concat(frames, axis=1).reset_index()
-        end = pd.DataFrame(ends).groupby("equipment_id")["end_s"].max()
+        end = ends.groupby("equipment_id")["end_s"].max()
         series["window_end_ms"] = (series["equipment_id"].map(end) * 1000).round()
         series = series[series["window_end_ms"].notna()]
         return self._add(series)
 
+    def _seed_verdicts(self, groups: list[dict]) -> int:
+        key = ["site", "equipment_id", "equipment_type"]
+        metrics = {
+            "score": "vigil_anomaly_score", "severity": "vigil_anomaly_severity", "silent": "vigil_machine_silent",
+            "end_s": "vigil_anomaly_window_end_seconds",
+        }  # fmt: skip
+        frames = [
+            frame.reindex(columns=[*key, column]).set_index(key)
+            for column, name in metrics.items()
+            if (frame := self._metrics(groups, ANOMALY_JOB, name, column)) is not None
+        ]
+        counts = self._metrics(groups, ANOMALY_JOB, "vigil_anomalous_windows_total", "count")
+        if counts is not None:  # the counters continue from their pushed values
+            for (site, severity), n in counts.groupby(["site", "severity"])["count"].max().items():
+                self._anomalous[(site, severity)] = max(self._anomalous.get((site, severity), 0), int(n))
+        if len(frames) < len(metrics):  # a gauge this sink always pushes is missing: nothing to seed
+            return 0
+        scores = self._metrics(groups, ANOMALY_JOB, "vigil_detector_score", "value")
+        if scores is not None:
+            frames.append(scores.pivot_table(index=key, columns="detector", values="value", aggfunc="last"))
+        verdicts = pd.concat(frames, axis=1).reset_index()
+        verdicts = verdicts[verdicts[["score", "severity", "silent", "end_s"]].notna().all(axis=1).to_numpy()]
+        verdicts = verdicts.assign(
+            window_end_ms=(verdicts["end_s"] * 1000).round().astype(np.int64),
+            emitted_at_ms=0,  # any verdict consumed later for the same window replaces the seeded one
+            kind=np.where(verdicts["silent"] == 1, "dead_machine", "window"),
+            severity=verdicts["severity"].astype(np.int64),
+        )
+        return self._add_verdicts(verdicts)
+
     # -- main loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Consume and push until ``stop`` is set; commit offsets only after successful pushes."""
+        kafka = self.settings.kafka
+        topics = [kafka.window_stats_topic, kafka.anomalies_topic]
+        try:  # subscribing to a missing topic would log an error at every poll
+            ensure_topics(kafka, topics=topics)
+        except RuntimeError as exc:  # Kafka not up yet: the consumer waits for it, as before
+            log.warning("could not check the topics (%s); consuming anyway", exc)
         seeded = self.seed_from_pushgateway()
         if seeded:
             log.info("seeded %d series from the Pushgateway", seeded)
-        consumer = make_consumer(self.settings.kafka, self.settings.prometheus.sink_consumer_group)
+        consumer = make_consumer(kafka, self.settings.prometheus.sink_consumer_group)
         uncommitted = False
         next_push = time.monotonic()
         try:
-            for batch in consume_batches(consumer, [self.settings.kafka.window_stats_topic], stop):
+            for batch in consume_batches(consumer, topics, stop):
                 if batch:
-                    self.ingest([m.value() for m in batch if m.value() is not None])
+                    values: dict[str, list[bytes]] = {topic: [] for topic in topics}
+                    for message in batch:
+                        if message.value() is not None:
+                            values[message.topic()].append(message.value())
+                    self.ingest(values[kafka.window_stats_topic])
+                    self.ingest_anomalies(values[kafka.anomalies_topic])
                     uncommitted = True
                 if time.monotonic() >= next_push:
                     next_push = time.monotonic() + self._prom.push_interval_s
@@ -430,7 +677,7 @@ class PushgatewaySink:
         except KafkaException as exc:
             if exc.args and exc.args[0].code() == KafkaError._NO_OFFSET:
                 return True
-            log.warning("offset commit failed (%s); the windows will be re-read and re-pushed", exc)
+            log.warning("offset commit failed (%s); the records will be re-read and re-pushed", exc)
             return False
 
 
@@ -438,8 +685,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = stop_event_on_signals()
     settings = get_settings()
-    log.info("pushing %s -> %s every %.1f s", settings.kafka.window_stats_topic,
-             settings.prometheus.pushgateway_url, settings.prometheus.push_interval_s)
+    log.info("pushing %s and %s -> %s every %.1f s", settings.kafka.window_stats_topic,
+             settings.kafka.anomalies_topic, settings.prometheus.pushgateway_url, settings.prometheus.push_interval_s)
     PushgatewaySink(settings).run(stop)
 
 

@@ -51,6 +51,11 @@ class BenchResult:
     window_end_to_visible_p50_s: float | None
     window_end_to_visible_p99_s: float | None
     processes: dict[str, ProcessUsage] = field(default_factory=dict)
+    scoring: bool = False
+    verdicts_per_s: float = 0.0  # (machine, window) verdicts visible in ClickHouse per second
+    verdicts_model_scored: float = 0.0  # fraction of window verdicts that carry ONNX model scores
+    verdict_window_end_to_visible_p50_s: float | None = None
+    verdict_window_end_to_visible_p99_s: float | None = None
 
 
 class UsageSampler:
@@ -111,12 +116,25 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
-def measure(settings: Settings, machines: int, duration_s: float, console: Console) -> BenchResult:
+def _train_on_warmup(settings: Settings, since: datetime, console: Console) -> None:
+    """Fit and promote every detector on the warm-up's windows, so the measured run scores with models."""
+    from onnx_models.train import train
+
+    versions = train(settings, since=since, until=datetime.now(UTC), promote=True, console=console)
+    console.print(f"trained and promoted {len(versions)} models; the scoring job swaps them in within "
+                  f"{settings.scoring.model_poll_s:.0f} s")
+
+
+def measure(settings: Settings, machines: int, duration_s: float, console: Console, scoring: bool = True,
+            warmup_s: float = WARMUP_S) -> BenchResult:
     from connectors.clickhouse import make_client
     from vigil.stack.services import INFRA, PIPELINE, Stack
 
     stack = Stack(settings)
-    stack.up(INFRA + PIPELINE)
+    pipeline = PIPELINE if scoring else tuple(name for name in PIPELINE if name != "anomaly-scoring-job")
+    if not scoring:
+        stack.down(("anomaly-scoring-job",))
+    stack.up(INFRA + pipeline)
     pids = {s.name: s.pid for s in stack.status() if s.pid}
     monitor = PipelineMonitor(settings)
     monitor.start()
@@ -142,12 +160,20 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
     simulator.start()
     bench = "simulator + gateway clients (bench process)"
     sampler = UsageSampler(pids | {bench: psutil.Process().pid}, alone=frozenset({bench}))
-    title = f"bench: {machines:,} machines"
+    title = f"bench: {machines:,} machines, scoring {'on' if scoring else 'off'}"
+    warmup_from = datetime.now(UTC)
+    if scoring:  # the models train on the warm-up's windows: give every type a few dozen of them
+        warmup_s = max(warmup_s, 60.0)
     with Live(monitor.table(title), console=console, refresh_per_second=1) as live:
-        end_warmup = time.monotonic() + WARMUP_S
+        end_warmup = time.monotonic() + warmup_s
         while time.monotonic() < end_warmup:
             time.sleep(1)
             live.update(monitor.table(f"{title} (warm-up)"))
+        if scoring:
+            live.stop()
+            _train_on_warmup(settings, warmup_from, console)
+            time.sleep(settings.scoring.model_poll_s + 2 * settings.window.size_ms / 1000)
+            live.start()
         sampler.start()
         measuring.set()
         t0 = datetime.now(UTC)
@@ -171,6 +197,13 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
     wall = (t1 - t0).total_seconds()
     emitted = (frame.ins - frame.emi).to_numpy() / 1000 if len(frame) else np.array([])
     ended = (frame.ins - frame.wend).to_numpy() / 1000 if len(frame) else np.array([])
+    verdicts = client.query_df(
+        "SELECT toUnixTimestamp64Milli(inserted_at) AS ins, toUnixTimestamp64Milli(window_end) AS wend, "
+        "isNotNull(pca_t2q) OR isNotNull(isolation_forest) AS scored FROM anomalies "
+        "WHERE kind = 'window' AND inserted_at >= {t0:DateTime64(3)} AND inserted_at < {t1:DateTime64(3)}",
+        parameters={"t0": t0, "t1": t1},
+    ) if scoring else None
+    verdict_lag = (verdicts.ins - verdicts.wend).to_numpy() / 1000 if verdicts is not None and len(verdicts) else None
     return BenchResult(
         machines=machines,
         duration_s=round(wall, 1),
@@ -184,6 +217,11 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
         window_end_to_visible_p50_s=_percentile(ended, 50),
         window_end_to_visible_p99_s=_percentile(ended, 99),
         processes=usage,
+        scoring=scoring,
+        verdicts_per_s=round(len(verdicts) / wall, 1) if verdicts is not None else 0.0,
+        verdicts_model_scored=round(float(verdicts.scored.mean()), 3) if verdict_lag is not None else 0.0,
+        verdict_window_end_to_visible_p50_s=_percentile(verdict_lag, 50) if verdict_lag is not None else None,
+        verdict_window_end_to_visible_p99_s=_percentile(verdict_lag, 99) if verdict_lag is not None else None,
     )
 
 
@@ -200,17 +238,22 @@ def machine_description() -> str:
 
 def results_table(results: list[BenchResult]) -> Table:
     table = Table(title=f"vigil bench throughput — {datetime.now(UTC):%Y-%m-%d} — {machine_description()}")
-    for column in ("machines", "points/s in", "points/s out (ClickHouse)", "windows", "emit->visible p50/p99",
-                   "window end->visible p50/p99", "send errors"):
+    for column in ("machines", "scoring", "points/s in", "points/s out (ClickHouse)", "windows",
+                   "emit->visible p50/p99", "window end->visible p50/p99", "verdicts/s (model-scored)",
+                   "verdict window end->visible p50/p99", "send errors"):
         table.add_column(column, justify="right")
 
     def pair(a: float | None, b: float | None) -> str:
         return "-" if a is None else f"{a:.2f} / {b:.2f} s"
 
     for r in results:
-        table.add_row(str(r.machines), f"{r.points_in_per_s:,.0f}", f"{r.points_out_per_s:,.0f}",
-                      f"{r.window_rows:,}", pair(r.emitted_to_visible_p50_s, r.emitted_to_visible_p99_s),
-                      pair(r.window_end_to_visible_p50_s, r.window_end_to_visible_p99_s), str(r.send_errors))
+        table.add_row(str(r.machines), "on" if r.scoring else "off", f"{r.points_in_per_s:,.0f}",
+                      f"{r.points_out_per_s:,.0f}", f"{r.window_rows:,}",
+                      pair(r.emitted_to_visible_p50_s, r.emitted_to_visible_p99_s),
+                      pair(r.window_end_to_visible_p50_s, r.window_end_to_visible_p99_s),
+                      f"{r.verdicts_per_s:,.0f} ({100 * r.verdicts_model_scored:.0f} %)" if r.scoring else "-",
+                      pair(r.verdict_window_end_to_visible_p50_s, r.verdict_window_end_to_visible_p99_s),
+                      str(r.send_errors))
     return table
 
 
@@ -225,12 +268,13 @@ def usage_table(result: BenchResult) -> Table:
 
 
 def run_throughput_bench(settings: Settings, machines: list[int], duration_s: float, output: Path | None,
-                         console: Console) -> list[BenchResult]:
+                         console: Console, scoring: tuple[bool, ...] = (True,)) -> list[BenchResult]:
     results = []
     for count in machines:
-        result = measure(settings, count, duration_s, console)
-        results.append(result)
-        console.print(usage_table(result))
+        for with_scoring in scoring:
+            result = measure(settings, count, duration_s, console, scoring=with_scoring)
+            results.append(result)
+            console.print(usage_table(result))
     console.print(results_table(results))
     if output:
         output.write_text(json.dumps([asdict(r) for r in results], indent=2))

@@ -203,16 +203,21 @@ def bench_throughput(
     duration: Annotated[float, typer.Option(help="seconds of steady streaming per fleet size")] = 60.0,
     output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
     samples_per_sensor: SamplesOption = None,
+    scoring: Annotated[str, typer.Option(help="anomaly-scoring job: on (models trained on the warm-up), off, "
+                                              "or both (one run each, for comparison)")] = "on",
 ) -> None:
-    """Sustained points/s from gRPC ingest to rows in ClickHouse, latency and peak memory."""
+    """Sustained points/s from gRPC ingest to rows in ClickHouse, verdicts/s, latency and peak memory."""
     from vigil.bench import run_throughput_bench
 
-    run_throughput_bench(_with_samples(samples_per_sensor), machines, duration, output, console)
+    modes = {"on": (True,), "off": (False,), "both": (False, True)}
+    if scoring not in modes:
+        _fail(f"--scoring must be on, off or both, not {scoring!r}")
+    run_throughput_bench(_with_samples(samples_per_sensor), machines, duration, output, console, modes[scoring])
 
 
 @app.command()
 def evaluate(
-    dataset: Annotated[str, typer.Option(help="skab or nab")],
+    dataset: Annotated[str, typer.Option(help="skab, nab or sim")],
     data_dir: Annotated[Path | None, typer.Option(help="folder in the benchmark's format "
                                                        "(default: ../shared/data/<dataset>)")] = None,
     detector: Annotated[str | None, typer.Option(help="detector name (default: each for skab, ewma_zscore for nab)")]

@@ -55,6 +55,9 @@ class PipelineMonitor:
         self.windows_out = Rate()
         self.dead_letters = Rate()
         self.dead_letter_reasons: dict[str, int] = {}
+        self.verdicts = Rate()
+        self.verdicts_by_severity: dict[str, int] = {}
+        self.latest_anomalies: deque[str] = deque(maxlen=3)  # newest anomaly summaries, for the demo table
         self.send_errors = 0
         self.rejected = 0
         self.faults_active = 0
@@ -91,10 +94,19 @@ class PipelineMonitor:
         consumer = make_consumer(kafka, f"vigil-monitor-{uuid.uuid4().hex[:8]}", **{"auto.offset.reset": "latest"})
         try:
             for messages in consume_batches(
-                consumer, [kafka.window_stats_topic, kafka.dead_letter_topic], self._stop
+                consumer, [kafka.window_stats_topic, kafka.dead_letter_topic, kafka.anomalies_topic], self._stop
             ):
                 windows = [m for m in messages if m.topic() == kafka.window_stats_topic]
                 letters = [m for m in messages if m.topic() == kafka.dead_letter_topic]
+                verdicts = [m for m in messages if m.topic() == kafka.anomalies_topic]
+                if verdicts:
+                    self.verdicts.add(len(verdicts))
+                    for message in verdicts:
+                        record = orjson.loads(message.value())
+                        severity = record.get("severity", "?")
+                        self.verdicts_by_severity[severity] = self.verdicts_by_severity.get(severity, 0) + 1
+                        if record.get("is_anomaly"):
+                            self.latest_anomalies.append(f"{record.get('equipment_id')}: {record.get('summary')}")
                 if windows:
                     self.windows_out.add(len(windows))
                     for message in windows[-50:]:  # a sample is enough for the lag figure
@@ -144,6 +156,11 @@ class PipelineMonitor:
         table.add_row("windows out (total)", f"{self.windows_out.total:,}")
         table.add_row("window lag (now - newest window end)", f"{lag:.1f} s" if lag is not None else "-")
         table.add_row("window end -> emitted (p50)", p50)
+        by_severity = " / ".join(f"{self.verdicts_by_severity.get(k, 0):,}" for k in ("normal", "warning", "critical"))
+        table.add_row("verdicts/s (scoring job)", f"{self.verdicts.per_second():,.0f}")
+        table.add_row("verdicts normal / warning / critical", by_severity)
+        for summary in self.latest_anomalies:
+            table.add_row("  latest anomaly", summary[:110])
         rows = self.clickhouse_rows
         table.add_row("rows in ClickHouse window_stats", f"{rows:,}" if rows is not None else "-")
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.dead_letter_reasons.items())) or "none"

@@ -41,10 +41,15 @@ def poll(what: str, check: Callable[[], Any], timeout_s: float = 25.0) -> Any:
 
 @pytest.fixture
 def settings(tmp_path: Path, kafka_settings: KafkaSettings) -> Iterator[Settings]:
-    topic = f"vigil.window-stats.{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    topic = f"vigil.window-stats.{tag}"
+    # The sink also consumes the anomalies topic: a private one, so no other test's verdicts show up here.
+    anomalies = f"vigil.anomalies.{tag}"
     settings = Settings(
         data_dir=tmp_path / "data",
-        kafka=kafka_settings.model_copy(update={"window_stats_topic": topic, "partitions": 2}),
+        kafka=kafka_settings.model_copy(
+            update={"window_stats_topic": topic, "anomalies_topic": anomalies, "partitions": 2}
+        ),
         prometheus={
             "prometheus_port": free_port(),
             "pushgateway_port": free_port(),

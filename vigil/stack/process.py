@@ -47,6 +47,9 @@ class ServiceStatus:
     detail: str = ""
 
 
+PORT_RELEASE_WAIT_S = 10.0
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     with socket.socket() as sock:
         sock.settimeout(timeout)
@@ -106,6 +109,11 @@ class ProcessManager:
         if self.pid(spec.name) is not None:
             self.wait_healthy(spec)
             return self.status(spec)
+        # A process that just died (a crash, SIGKILL) can hold its port for a moment while the kernel tears
+        # it down (a large JVM takes a few hundred ms): give it a few seconds before calling it foreign.
+        deadline = time.monotonic() + PORT_RELEASE_WAIT_S
+        while port_open(spec.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if port_open(spec.port):
             raise RuntimeError(
                 f"{spec.name}: port {spec.port} is already in use by another program. Stop it, or choose "

@@ -147,7 +147,7 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             0,
             env=env,
             cwd=PROJECT_ROOT,
-            description="window-stats -> ClickHouse",
+            description="window-stats + anomalies -> ClickHouse",
         ),
         "pushgateway-sink": ServiceSpec(
             "pushgateway-sink",
@@ -155,7 +155,7 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             0,
             env=env,
             cwd=PROJECT_ROOT,
-            description="window-stats -> Pushgateway",
+            description="window-stats + anomalies -> Pushgateway",
         ),
         "console": ServiceSpec(
             "console",
