@@ -144,7 +144,9 @@ def _labels_frame(labels: Sequence[FaultLabel], equipment_type: str) -> pd.DataF
 
 
 def _window_ms(series: pd.Series) -> np.ndarray:
-    """Window starts (any datetime dtype from query_df) as epoch ms."""
+    """Window starts (any datetime dtype from query_df, or integers already in epoch ms) as epoch ms."""
+    if pd.api.types.is_integer_dtype(series):
+        return series.to_numpy(dtype=np.int64)
     ts = pd.to_datetime(series, utc=True)
     return ((ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
 
@@ -242,21 +244,21 @@ def train(
                 )
                 if frame.empty:
                     raise _no_data_error(client, settings, since_ms, until_ms, f" for equipment type {etype!r}")
-                out += _train_type(
+                out += train_type(
                     etype,
                     frame,
                     labels,
-                    flagged,
-                    detectors,
                     registry,
-                    since_ms,
-                    until_ms,
-                    size_ms,
-                    history,
-                    quantile,
-                    (calibration_fraction, test_fraction),
-                    promote,
-                    settings,
+                    detectors=detectors,
+                    flagged=flagged,
+                    size_ms=size_ms,
+                    history=history,
+                    quantile=quantile,
+                    fractions=(calibration_fraction, test_fraction),
+                    promote=promote,
+                    source=f"{settings.clickhouse.database}.{WINDOW_STATS_VIEW}",
+                    since_ms=since_ms,
+                    until_ms=until_ms,
                 )
                 new = ", ".join(f"{v.detector} {v.version}" for v in out[-len(detectors) :])
                 console.log(f"{etype}: {len(frame):,} stat rows -> {new} in {time.perf_counter() - started:.1f} s")
@@ -266,27 +268,40 @@ def train(
         client.close()
 
 
-def _train_type(
+def train_type(
     etype: str,
     frame: pd.DataFrame,
     labels: Sequence[FaultLabel],
-    flagged: pd.DataFrame,
-    detectors: Sequence[str],
     registry: ModelRegistry,
-    since_ms: int,
-    until_ms: int,
-    size_ms: int,
-    history: int,
-    quantile: float,
-    fractions: tuple[float, float],
-    promote: bool,
-    settings: Settings,
+    *,
+    detectors: Sequence[str] = tuple(DETECTORS),
+    flagged: pd.DataFrame | None = None,
+    size_ms: int = 5000,
+    history: int = DEFAULT_HISTORY,
+    quantile: float = 0.995,
+    fractions: tuple[float, float] = (0.15, 0.15),
+    promote: bool = False,
+    source: str = "window statistics frame",
+    since_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> list[ModelVersion]:
+    """Fit, calibrate and register one equipment type's models from a frame of window statistics.
+
+    The frame-based core of :func:`train` (which reads the frame from ClickHouse); ``vigil evaluate
+    --dataset sim`` calls it on simulated windows so the benchmark trains exactly as ``vigil train`` does.
+    ``frame``: one row per (equipment_id, sensor, window_start) with the stats columns; ``window_start``
+    as datetimes or epoch ms. ``flagged``: (equipment_id, window_start_ms) the job flagged (excluded).
+    ``source``/``since_ms``/``until_ms`` only go into the metadata and messages (default: the frame's range).
+    """
     x, names, index = window_features(frame, history=history)
     window_ms = _window_ms(index["window_start"])
+    if since_ms is None:
+        since_ms = int(window_ms.min()) if len(window_ms) else 0
+    if until_ms is None:
+        until_ms = int(window_ms.max()) + size_ms if len(window_ms) else 0
     faulty = fault_mask(index, window_ms, _labels_frame(labels, etype), size_ms, history)
     anomalous = np.zeros(len(index), dtype=bool)
-    if len(flagged):
+    if flagged is not None and len(flagged):
         keys = pd.MultiIndex.from_arrays([index["equipment_id"].astype(str), window_ms])
         anomalous = keys.isin(pd.MultiIndex.from_frame(flagged[["equipment_id", "window_start_ms"]]))
     incomplete = ~index["complete"].to_numpy()
@@ -317,7 +332,7 @@ def _train_type(
             "first_window": _iso(int(wn.min())),
             "last_window": _iso(int(wn.max())),
         },
-        "source": f"{settings.clickhouse.database}.{WINDOW_STATS_VIEW}",
+        "source": source,
         "rows": {
             "stat_rows": len(frame),
             "windows": len(index),

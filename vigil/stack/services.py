@@ -125,7 +125,7 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             settings.flink.rest_port,
             health_url=f"http://127.0.0.1:{settings.flink.rest_port}/overview",
             ready=lambda: flink_job_running(settings.flink.rest_port),
-            env=env,
+            env=env | {"FLINK_LOG_DIR": str(settings.logs_dir / "flink-window-stats")},
             cwd=PROJECT_ROOT,
             start_timeout_s=120.0,
             description="Flink job: 5-s window statistics (local mode)",
@@ -136,7 +136,8 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             settings.scoring.rest_port,
             health_url=f"http://127.0.0.1:{settings.scoring.rest_port}/overview",
             ready=lambda: flink_job_running(settings.scoring.rest_port),
-            env=env,
+            # The job's own Flink log (JVM and Python UDF workers), not pyflink's shared default folder.
+            env=env | {"FLINK_LOG_DIR": str(settings.logs_dir / "flink-anomaly-scoring")},
             cwd=PROJECT_ROOT,
             start_timeout_s=120.0,
             description="Flink job: rules + ONNX models -> anomalies (local mode)",
