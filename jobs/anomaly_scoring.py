@@ -71,6 +71,8 @@ def rules_params(config: RulesConfig) -> dict[str, str]:
         "stuck_windows_case": limit_case(rules, lambda r: r.stuck_windows, "INT", defaults.stuck_windows),
         "ewma_alpha": repr(config.ewma.alpha),
         "ewma_warmup": str(config.ewma.warmup),
+        "count_windows": str(config.sample_count.windows),
+        "count_max_drop": repr(config.sample_count.max_drop),
     }
 
 
@@ -100,8 +102,9 @@ def statements(settings: Settings, config: RulesConfig | None = None, **override
         "anomaly_rules_functions", "anomaly_scoring_source", "anomaly_scoring_sink", "dead_letter_sink",
         "anomaly_scoring_classify", "anomaly_scoring_on_time", "anomaly_rules_limits", "anomaly_rules_history",
     )]
+    ddl.append(render_sql("anomaly_rules_count", settings, **params))
     # One chained view per distinct stuck_windows N (each OVER frame needs its own SELECT).
-    view = "window_stats_history"
+    view = "window_stats_counted"
     counts = config.stuck_window_counts()
     for n in counts:
         ddl.append(render_sql("anomaly_rules_stuck", settings, **params, n=n, n_preceding=n - 1,

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Rule names as they appear in an anomaly record's `rules` list (the SQL emits exactly these).
-RULE_NAMES = ("threshold_min", "threshold_max", "rate_of_change", "stuck", "zscore")
+RULE_NAMES = ("threshold_min", "threshold_max", "rate_of_change", "stuck", "zscore", "count_drop")
 # Names are rendered into SQL string literals: keep them to identifier-like characters.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -43,6 +43,19 @@ class Defaults(BaseModel):
     model_config = _STRICT
     zscore_max: float = Field(gt=0.0)
     stuck_windows: int = Field(ge=2, le=MAX_STUCK_WINDOWS)
+
+
+class SampleCountConfig(BaseModel):
+    """Sample-count drop (same for every series): a window with far fewer samples than its recent best.
+
+    Gateways report at a fixed rate, so a window whose ``count`` falls below ``(1 - max_drop)`` times the
+    highest count of the series' last ``windows`` windows means samples are going missing (a loose
+    connector, a failing transmitter) before the sensor goes silent altogether.
+    """
+
+    model_config = _STRICT
+    max_drop: float = Field(0.25, gt=0.0, lt=1.0)
+    windows: int = Field(12, ge=1, le=MAX_STUCK_WINDOWS)
 
 
 class SensorRules(BaseModel):
@@ -81,6 +94,7 @@ class RulesConfig(BaseModel):
     model_config = _STRICT
     ewma: EwmaConfig
     defaults: Defaults
+    sample_count: SampleCountConfig = SampleCountConfig()
     equipment_types: dict[Name, dict[Name, SensorRules]] = Field(default_factory=dict)
 
     def resolved(self) -> list[ResolvedRules]:

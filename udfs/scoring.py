@@ -37,7 +37,9 @@ VERDICT_COLUMNS = (
 )
 THRESHOLD_RULES = ("threshold_min", "threshold_max")
 # How strongly each kind of evidence points at a sensor when ranking contributors.
-_RULE_WEIGHT = {"threshold_min": 5.0, "threshold_max": 5.0, "stuck": 3.0, "rate_of_change": 2.0, "zscore": 1.0}
+_RULE_WEIGHT = {
+    "threshold_min": 5.0, "threshold_max": 5.0, "stuck": 3.0, "count_drop": 3.0, "rate_of_change": 2.0, "zscore": 1.0,
+}
 _DEAD_SENSOR_WEIGHT = 4.0
 
 

@@ -8,7 +8,8 @@ SELECT
         CASE WHEN threshold_max THEN 'threshold_max' END,
         CASE WHEN rate_of_change THEN 'rate_of_change' END,
         CASE WHEN stuck THEN 'stuck' END,
-        CASE WHEN zscore_high THEN 'zscore' END
+        CASE WHEN zscore_high THEN 'zscore' END,
+        CASE WHEN count_drop THEN 'count_drop' END
     ) AS rule_hits,
     COALESCE(abs_zscore / zscore_max, CAST(-1.0 AS DOUBLE)) AS zratio
 FROM window_rule_checks

@@ -27,6 +27,7 @@ N_WINDOWS = 40
 ALPHA, WARMUP = 0.1, 8
 SPIKE_AT, JUMP_AT, FLAT = 30, 25, range(10, 16)  # window indices
 STUCK_N = 4
+COUNT_DROP = (35, 36)  # pump-0001's flow loses 40 % of its samples (sample-count rule: > 25 %)
 MOTOR_LAST, BEARING_LAST = 30, 19  # last window with data (motor-0002 / pump-0003's bearing_temp)
 DEAD_AFTER_MS = 15_000
 HISTORY = 5
@@ -75,7 +76,8 @@ def window_stats(rng: np.random.Generator) -> tuple[list[dict], dict[str, np.nda
                 flat = machine == "pump-0001" and sensor == "speed" and w in FLAT
                 records.append({
                     "equipment_id": machine, "site": "site-1", "equipment_type": etype, "sensor": sensor,
-                    "unit": "u", "window_start_ms": start, "window_end_ms": start + SIZE_MS, "count": 10,
+                    "unit": "u", "window_start_ms": start, "window_end_ms": start + SIZE_MS,
+                    "count": 6 if machine == "pump-0001" and sensor == "flow" and w in COUNT_DROP else 10,
                     "avg": float(values[w]), "stddev": 0.0 if flat else 0.4, "min": float(values[w]) - 1,
                     "max": float(values[w]) + 1, "emitted_at_ms": start + SIZE_MS + 100,
                 })
@@ -216,6 +218,14 @@ def test_consecutive_flat_windows_fire_stuck(flink_anomalies) -> None:
     got, _, _ = flink_anomalies
     # Six flat windows from 10: the per-sensor N=4 is reached at the 4th and holds while flat.
     assert fired(got, "speed", "stuck") == list(range(FLAT.start + STUCK_N - 1, FLAT.stop))
+
+
+def test_missing_samples_fire_count_drop(flink_anomalies) -> None:
+    got, _, _ = flink_anomalies
+    assert fired(got, "flow", "count_drop") == list(COUNT_DROP)
+    assert all(fired(got, s, "count_drop") == [] for s in ("speed", "bearing_temp", "discharge_pressure"))
+    # discharge_pressure may rank first: since its jump the PCA model finds it far off normal.
+    assert "flow" in of(got, "pump-0001").loc[COUNT_DROP[0], "top_sensors"]
 
 
 def test_rules_score_is_the_zscore_over_its_limit(flink_anomalies) -> None:

@@ -11,7 +11,8 @@ fleet run cannot take two hours. So only the transport is replaced; every decisi
    Welford accumulator gives), min, max;
 3. rule results as ``sql/flink/anomaly_rules_*.sql`` compute them, from the same validated rules file
    (:func:`udfs.rules.load_rules` on ``settings.scoring.rules_path``): static min/max on the average,
-   |avg - previous avg| > max_step, stuck (count >= 2 and stddev == 0 in each of the last N rows), and
+   |avg - previous avg| > max_step, stuck (count >= 2 and stddev == 0 in each of the last N rows),
+   count_drop (count < (1 - max_drop) x the highest count of the last `windows` rows and this one), and
    the EWMA z-score against the baseline before the window (:class:`udfs.detectors.ewma_zscore.EwmaZScore`,
    the Python twin of the Java UDAF), NaN during warm-up;
 4. models: :func:`onnx_models.train.train_type` (what ``vigil train`` runs) on the first part of the run,
@@ -54,7 +55,7 @@ from vigil.settings import Settings
 DEFAULT_START_MS = 1_795_564_800_000  # 2026-11-24T00:00:00Z: a fixed (window-aligned) clock for reproducible runs
 STATS_COLUMNS = ("count", "avg", "stddev", "min", "max")
 # Order of the rule names in a window's rule_hits (the CONCAT_WS order of anomaly_scoring_rule_results.sql).
-RULE_ORDER = ("threshold_min", "threshold_max", "rate_of_change", "stuck", "zscore")
+RULE_ORDER = ("threshold_min", "threshold_max", "rate_of_change", "stuck", "zscore", "count_drop")
 assert set(RULE_ORDER) == set(RULE_NAMES)
 DEAD_DURATION_S = (120.0, 300.0)  # injected dead machines / sensors stay silent this long
 TRAIN_SOURCE = "vigil evaluate --dataset sim (simulated fleet)"
@@ -311,6 +312,13 @@ def rule_results(stats: pd.DataFrame, config: RulesConfig) -> pd.DataFrame:
     before_frame = np.where(pos >= n_stuck, csum[np.maximum(np.arange(n) - n_stuck, 0)], before_series)
     flat_last_n = csum - before_frame
 
+    count = out["count"].to_numpy(np.float64)
+    recent_max = count.copy()  # highest count over this window and the series' previous `windows` rows
+    for lag in range(1, config.sample_count.windows + 1):
+        shifted = np.concatenate((np.full(lag, -np.inf), count[:-lag]))[:n] if lag < n else np.full(n, -np.inf)
+        recent_max = np.maximum(recent_max, np.where(pos >= lag, shifted, -np.inf))
+    count_drop = count < recent_max * (1 - config.sample_count.max_drop)
+
     with np.errstate(invalid="ignore"):
         hits = np.vstack([
             avg < out["min_limit"].to_numpy(np.float64),
@@ -318,6 +326,7 @@ def rule_results(stats: pd.DataFrame, config: RulesConfig) -> pd.DataFrame:
             step > out["max_step"].to_numpy(np.float64),
             flat_last_n >= n_stuck,
             abs_z > out["zscore_max"].to_numpy(np.float64),
+            count_drop,
         ])
     code = (hits.astype(np.int64) << np.arange(len(RULE_ORDER))[:, None]).sum(axis=0)
     names = np.array([",".join(r for i, r in enumerate(RULE_ORDER) if c >> i & 1) for c in range(1 << len(RULE_ORDER))],
