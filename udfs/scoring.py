@@ -245,7 +245,7 @@ class WindowScorer:
             models = ""
             for col in ("pca_t2q", "isolation_forest"):
                 fired = sub[col] > 1.0
-                models = models + np.where(fired, f"; {col} " + sub[col].round(1).astype(str) + "x limit", "")
+                models = models + np.where(fired, f"; {col} " + sub[col].round(2).astype(str) + "x limit", "")
             text = (
                 sub["severity"] + ": "
                 + sub["detectors"].str.join(", ")

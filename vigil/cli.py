@@ -114,13 +114,15 @@ def demo(
     stop_after: Annotated[bool, typer.Option(help="stop the pipeline processes when the demo ends")] = False,
     samples_per_sensor: SamplesOption = None,
     fault_rate: FaultRateOption = None,
+    train_after: Annotated[float, typer.Option(help="seconds of data after which the demo trains and promotes "
+                                                    "models (0: never; skipped when models are live)")] = 120.0,
 ) -> None:
     """Start the stack and pipeline, stream a simulated fleet through it, and show live figures."""
     from vigil.demo import run_demo
 
     try:
         run_demo(_with_samples(samples_per_sensor, fault_rate), machines=machines, duration_s=duration,
-                 stop_after=stop_after, console=console)
+                 stop_after=stop_after, console=console, train_after_s=train_after)
     except RuntimeError as exc:
         _fail(str(exc))
 

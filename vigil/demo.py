@@ -65,8 +65,50 @@ def _live_until(monitor: PipelineMonitor, simulator: threading.Thread, stop: thr
             live.update(monitor.table(title))
 
 
+def start_model_training(settings: Settings, since_ms: int, after_s: float, monitor: PipelineMonitor,
+                         stop: threading.Event) -> threading.Thread | None:
+    """Train and promote models on the demo's first minutes, so the scoring job swaps them in live.
+
+    Skipped when every equipment type already has a live model (a demo run before this one trained them).
+    """
+    from onnx_models.registry import ModelRegistry
+    from udfs.model_set import DETECTORS
+    from udfs.rules import load_rules
+
+    if after_s <= 0:
+        monitor.models_status = "no automatic training (--train-after 0): run `vigil train`"
+        return None
+    types = list(load_rules(settings.scoring.rules_path).equipment_types)
+    registry = ModelRegistry.from_settings(settings)
+    if types and all(registry.live_version(t, d) for t in types for d in DETECTORS):
+        live = ", ".join(f"{t} {registry.live_version(t, 'pca_t2q')}" for t in types)
+        monitor.models_status = f"live models from an earlier run ({live}); `vigil train --promote` to refresh"
+        return None
+
+    def train_later() -> None:
+        from onnx_models.train import TrainingDataError, train
+
+        monitor.models_status = f"rules only; models train on the first {after_s:.0f} s of data"
+        if stop.wait(after_s):
+            return
+        monitor.models_status = "training models..."
+        try:
+            versions = train(settings, since=since_ms, until=int(time.time() * 1000), promote=True,
+                             console=Console(quiet=True))
+        except (TrainingDataError, ValueError, RuntimeError) as exc:
+            monitor.models_status = f"training failed: {exc}"
+            return
+        names = ", ".join(sorted({f"{v.equipment_type} {v.version}" for v in versions}))
+        monitor.models_status = (f"{len(versions)} models trained and promoted ({names}); the scoring job "
+                                 f"swaps them in within {settings.scoring.model_poll_s:.0f} s")
+
+    thread = threading.Thread(target=train_later, name="demo-training", daemon=True)
+    thread.start()
+    return thread
+
+
 def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_after: bool,
-             console: Console) -> None:
+             console: Console, train_after_s: float = 120.0) -> None:
     from vigil.stack.services import CONSOLE, INFRA, PIPELINE, Stack
 
     stack = Stack(settings)
@@ -81,7 +123,9 @@ def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_a
     monitor = PipelineMonitor(settings)
     monitor.start()
     stop = threading.Event()
+    started_ms = int(time.time() * 1000)
     simulator = start_simulator(settings, machines, duration_s, monitor, stop)
+    start_model_training(settings, started_ms, train_after_s, monitor, stop)
     title = f"Vigil demo: {machines:,} machines (Ctrl-C to stop)"
     try:
         _live_until(monitor, simulator, stop, duration_s, console, title)

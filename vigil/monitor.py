@@ -58,6 +58,7 @@ class PipelineMonitor:
         self.verdicts = Rate()
         self.verdicts_by_severity: dict[str, int] = {}
         self.latest_anomalies: deque[str] = deque(maxlen=3)  # newest anomaly summaries, for the demo table
+        self.models_status = ""  # what the demo's model training is doing
         self.send_errors = 0
         self.rejected = 0
         self.faults_active = 0
@@ -159,6 +160,8 @@ class PipelineMonitor:
         by_severity = " / ".join(f"{self.verdicts_by_severity.get(k, 0):,}" for k in ("normal", "warning", "critical"))
         table.add_row("verdicts/s (scoring job)", f"{self.verdicts.per_second():,.0f}")
         table.add_row("verdicts normal / warning / critical", by_severity)
+        if self.models_status:
+            table.add_row("models", self.models_status)
         for summary in self.latest_anomalies:
             table.add_row("  latest anomaly", summary[:110])
         rows = self.clickhouse_rows
