@@ -1,7 +1,8 @@
-"""`vigil job submit --target cluster`: the same job through `flink run` on a standalone cluster.
+"""`vigil job submit --target cluster`: the same jobs through `flink run` on a standalone cluster.
 
-The cluster job reads the shared telemetry topic with its own consumer group and writes to its
-own output topic, so it runs beside the stack's local-mode job without either disturbing the other.
+The cluster jobs read the shared telemetry topic with their own consumer groups and write to their
+own output topics, so they run beside the stack's local-mode jobs without disturbing them. The
+scoring job (Python UDF workers on the task manager) reads the cluster window-stats job's output.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ pytestmark = pytest.mark.integration
 def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) -> None:
     base = pipeline_stack.settings
     tag = uuid.uuid4().hex[:6]
-    kafka = base.kafka.model_copy(update={"window_stats_topic": f"cluster-{tag}.window-stats"})
+    kafka = base.kafka.model_copy(update={"window_stats_topic": f"cluster-{tag}.window-stats",
+                                          "anomalies_topic": f"cluster-{tag}.anomalies"})
     flink = FlinkSettings(rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000,
                           consumer_group=f"cluster-{tag}", jars_dir=base.jars_dir)
-    settings = base.model_copy(update={"kafka": kafka, "flink": flink})
+    scoring = base.scoring.model_copy(update={"consumer_group": f"cluster-{tag}-scoring"})
+    settings = base.model_copy(update={"kafka": kafka, "flink": flink, "scoring": scoring})
     ensure_topics(settings.kafka)
     start_cluster(settings)
     try:
         assert submit(settings, "window-stats", target="cluster", detach=True) == 0
+        assert submit(settings, "anomaly-scoring", target="cluster", detach=True) == 0
 
         machine = f"cluster-{tag}"
         size = settings.window.size_ms
@@ -74,5 +78,22 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
             assert record["count"] == inside.size
             assert record["avg"] == pytest.approx(inside.mean(), rel=1e-12)
             assert record["stddev"] == pytest.approx(inside.std(), rel=1e-9)
+
+        # The scoring job judges a window once the next one reached every partition: the first two here.
+        consumer = make_consumer(settings.kafka, f"verdicts-{tag}")
+        consumer.subscribe([settings.kafka.anomalies_topic])
+        verdicts: dict[int, dict] = {}
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline and len(verdicts) < 2:
+                for message in consumer.consume(100, 1.0):
+                    if message.error() is None:
+                        record = orjson.loads(message.value())
+                        if record["equipment_id"] == machine and record["kind"] == "window":
+                            verdicts[record["window_start_ms"]] = record
+        finally:
+            consumer.close()
+        assert sorted(verdicts)[:2] == [start, start + size], f"verdicts for {machine}: {sorted(verdicts)}"
+        assert all(v["severity"] in ("normal", "warning", "critical") for v in verdicts.values())
     finally:
         stop_cluster(settings)
