@@ -12,6 +12,7 @@ to check this scorer), and ``python -m vigil.evaluate.nab_eval`` for both from a
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from rich.table import Table
 from udfs.detectors.anomaly_likelihood import AnomalyLikelihood
 from udfs.detectors.base import StreamingDetector
 from udfs.detectors.ewma_zscore import EwmaZScore
+from udfs.detectors.knn_cad import KnnCad
 from vigil.evaluate.nab import (
     NabFile,
     NabScore,
@@ -37,6 +39,7 @@ from vigil.evaluate.nab import (
 STREAMING_DETECTORS: dict[str, type[StreamingDetector]] = {
     EwmaZScore.name: EwmaZScore,
     AnomalyLikelihood.name: AnomalyLikelihood,
+    KnnCad.name: KnnCad,
 }
 # Values handed to update() at a time: the replay is streamed, not one call per file.
 REPLAY_BLOCK = 512
@@ -90,13 +93,25 @@ def rearm(alarms: np.ndarray, gap: int) -> np.ndarray:
     return out
 
 
+def file_params(detector: str, file: NabFile, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` plus ``probation=file.probation`` for detectors that take one and were not given one.
+
+    Why: NAB hands every detector the file's probationary period (15 % of its rows, at most 750) to learn
+    in; a detector that trains on it (e.g. ``knn_cad``) gets the same, unless ``--param probation=..``.
+    """
+    out = dict(params)
+    if "probation" not in out and "probation" in inspect.signature(STREAMING_DETECTORS[detector]).parameters:
+        out["probation"] = file.probation
+    return out
+
+
 def detector_scores(
     files: Sequence[NabFile], detector: str, normalize: bool = False, **params: Any
 ) -> dict[str, np.ndarray]:
     """Score every file with a fresh detector instance."""
     out = {}
     for f in files:
-        s = replay(f, make_detector(detector, **params))
+        s = replay(f, make_detector(detector, **file_params(detector, f, params)))
         out[f.name] = normalize_scores(s) if normalize else s
     return out
 
