@@ -36,11 +36,16 @@ VERDICT_COLUMNS = (
     "rule_hits", "top_sensors", "dead_sensors", "model_versions", "summary", "last_seen_ms",
 )
 THRESHOLD_RULES = ("threshold_min", "threshold_max")
-# How strongly each kind of evidence points at a sensor when ranking contributors.
+# How strongly each kind of evidence points at a sensor when ranking contributors. Hard evidence about
+# one sensor (outside its envelope, frozen, losing samples, silent) outranks any soft evidence; soft
+# evidence (a jump, a z-score, a model's per-sensor contribution) is ranked by its size relative to its
+# own limit, so a z-score of 3x its limit and a PCA contribution of 3x the model's limit weigh the same.
+_HARD = 1e6
 _RULE_WEIGHT = {
-    "threshold_min": 5.0, "threshold_max": 5.0, "stuck": 3.0, "count_drop": 3.0, "rate_of_change": 2.0, "zscore": 1.0,
+    "threshold_min": _HARD + 3, "threshold_max": _HARD + 3, "stuck": _HARD + 2, "count_drop": _HARD + 1,
+    "rate_of_change": 1.0, "zscore": 1.0,
 }
-_DEAD_SENSOR_WEIGHT = 4.0
+_DEAD_SENSOR_WEIGHT = _HARD
 
 
 @dataclass(frozen=True)
