@@ -7,8 +7,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from vigil.evaluate.skab import discover, evaluate_skab, leading_normal_rows, load_skab_csv
+from vigil.evaluate.skab import (
+    AlarmRule,
+    apply_run_rule,
+    causal_median,
+    discover,
+    evaluate_skab,
+    leading_normal_rows,
+    load_skab_csv,
+    q_limit,
+    t2_prediction_limit,
+)
 
 SENSORS = ["Accelerometer1RMS", "Current", "Pressure"]
 
@@ -79,3 +90,88 @@ def test_unknown_detector_and_missing_folder(tmp_path: Path) -> None:
         evaluate_skab(tmp_path, "nope")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate_skab(tmp_path / "missing", "pca_t2q")
+
+
+def test_run_rule_alarms_only_after_k_consecutive_rows() -> None:
+    above = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=bool)
+    expected = np.array([0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1], dtype=bool)
+    np.testing.assert_array_equal(apply_run_rule(above, 3), expected)
+    np.testing.assert_array_equal(apply_run_rule(above, 1), above)
+    assert not apply_run_rule(above[:2], 3).any()  # shorter than the run: nothing can alarm
+
+
+def test_causal_median_is_hand_computed_and_ignores_the_future() -> None:
+    x = np.array([0.0, 10.0, 0.0, 0.0, 10.0, 10.0, 10.0])
+    np.testing.assert_allclose(causal_median(x, 3), [0.0, 5.0, 0.0, 0.0, 0.0, 10.0, 10.0])
+    changed = x.copy()
+    changed[5:] = -100.0  # rows 0..4 must not see rows 5..6
+    np.testing.assert_allclose(causal_median(changed, 3)[:5], causal_median(x, 3)[:5])
+
+
+def test_t2_prediction_limit_holds_its_false_alarm_rate_on_gaussian_data() -> None:
+    # Fit mean/covariance on n rows, score one NEW row: P(T2 > limit) must be alpha (exact under Gaussianity).
+    rng = np.random.default_rng(0)
+    reps, n, m, alpha = 20000, 30, 3, 0.05
+    train = rng.normal(size=(reps, n, m))
+    new = rng.normal(size=(reps, m))
+    mean = train.mean(axis=1)
+    centred = train - mean[:, None, :]
+    cov = np.einsum("rni,rnj->rij", centred, centred) / (n - 1)
+    d = new - mean
+    t2 = np.einsum("ri,rij,rj->r", d, np.linalg.inv(cov), d)
+    rate = float(np.mean(t2 > t2_prediction_limit(m, n, alpha)))
+    assert abs(rate - alpha) < 0.008, rate
+    # Many training rows: the estimation penalty vanishes and the limit tends to chi2(m).
+    assert t2_prediction_limit(m, 10**6, alpha) == pytest.approx(stats.chi2.ppf(1 - alpha, m), rel=1e-3)
+    with pytest.raises(ValueError, match="more training rows"):
+        t2_prediction_limit(5, 5, alpha)
+
+
+@pytest.mark.parametrize(
+    "eigenvalues",
+    [np.array([0.5, 0.2, 0.1, 0.05]), np.r_[1.0, np.full(100, 0.01)]],  # second: h0 < 0 -> Pearson fallback
+    ids=["jackson-mudholkar", "pearson-fallback"],
+)
+def test_q_limit_holds_its_false_alarm_rate(eigenvalues: np.ndarray) -> None:
+    # Q of a Gaussian row = sum_j lambda_j * chi2(1) over the discarded directions.
+    rng = np.random.default_rng(1)
+    alpha = 0.01
+    q = (rng.normal(size=(200000, eigenvalues.size)) ** 2) @ eigenvalues
+    rate = float(np.mean(q > q_limit(eigenvalues, alpha)))
+    assert 0.6 * alpha < rate < 1.4 * alpha, rate  # both are approximations (JM: 0.72 % here)
+    assert q_limit(np.zeros(3), alpha) == float("inf")
+
+
+def test_training_rows_count_only_in_skabs_all_row_counting(skab_dir: Path) -> None:
+    # Every row above the level, alarms only after 5 consecutive rows: rows 0..3 of each file stay silent.
+    # Test rows are unchanged from the every-row case; the all-row count adds the training rows:
+    # 2.csv 100 training rows -> FP 96, TN 4; 10.csv 60 -> FP 56, TN 4.
+    result = evaluate_skab(
+        skab_dir, "pca_t2q", train_rows=100, history=3, alarm_level=-np.inf, rule=AlarmRule(run_length=5)
+    )
+    assert (result.pooled.tp, result.pooled.fp, result.pooled.tn) == (150, 70, 0)
+    everything = result.pooled_all_rows
+    assert (everything.tp, everything.fp, everything.tn, everything.fn) == (150, 70 + 96 + 56, 8, 0)
+
+
+def test_train_quantile_limit_is_the_files_own_quantile(skab_dir: Path) -> None:
+    # factor 1 x q0.99 of the training rows' own scores: exactly one training row per file lies above it
+    # (the largest; 100 and 60 rows), so training rows add 2 false alarms to SKAB's all-row counting.
+    rule = AlarmRule(limit="train-quantile", ucl_factor=1.0, ucl_quantile=0.99)
+    result = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3, rule=rule)
+    assert result.alarm_level == 1.0
+    assert result.pooled_all_rows.fp - result.pooled.fp == 2
+    assert result.pooled_all_rows.total - result.pooled.total == 160
+    assert result.pooled.recall > 0.8  # the 25-sigma step
+
+
+def test_spc_limits_find_gross_steps_and_refuse_detectors_without_t2_q(skab_dir: Path) -> None:
+    rule = AlarmRule(limit="spc", alpha=0.001, median_window=5)
+    result = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3, rule=rule)
+    assert result.pooled.recall > 0.8 and result.limit == "spc"
+    with pytest.raises(ValueError, match="only pca_t2q"):
+        evaluate_skab(skab_dir, "knn_distance", train_rows=100, history=3, rule=rule)
+    with pytest.raises(ValueError, match="anomaly-free"):
+        evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3, rule=rule, alarm_level=2.0)
+    with pytest.raises(ValueError, match="unknown limit rule"):
+        AlarmRule(limit="nope")

@@ -10,6 +10,21 @@ anomaly-free/anomaly-free.csv is used for the one tuned knob, without touching e
 cut into pseudo-experiments of ``pseudo_rows`` rows, each is fitted on its first ``train_rows`` rows like a
 real experiment, and the alarm level ``k`` (in units of the training scores' 99 % quantile above their
 median) is set so that ``target_far`` of its held-out normal rows would alarm.
+
+Other alarm rules (``limit``), each fixed per file from that file's own training rows, labels unused:
+
+- ``train-quantile``: UCL = ``ucl_factor`` x the ``ucl_quantile`` quantile of the training rows' scores
+  (SKAB's own autoencoder baselines set their limit this way: 5/2 x q0.99 for the feed-forward AE, 4/3 x
+  q0.999 for Conv-AE; 5/2 x q0.99 is the default here).
+- ``spc`` (``pca_t2q`` only): textbook control limits at false-alarm probability ``alpha`` instead of
+  quantiles: the Hotelling T2 prediction limit from the F distribution and the Jackson-Mudholkar limit
+  for Q, as SKAB's T2+Q baseline does (alpha 0.001 there).
+
+Either can be combined with a causal rolling median of the score over ``median_window`` rows (SKAB's
+T2+Q baseline uses 5; a 5-row median is above the limit exactly when >= 3 of the last 5 rows are) and a
+run rule (``run_length``: alarm only after that many consecutive rows above the limit). Besides the
+headline counts (rows after training), each file also gets SKAB's own counting (every row, training rows
+included) so numbers can be set against SKAB's published table, whose false-alarm rates count them.
 """
 
 from __future__ import annotations
@@ -17,12 +32,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from scipy import stats
 
 from udfs.detectors.base import BatchDetector
 from udfs.detectors.isolation_forest import IsolationForestDetector
@@ -32,6 +49,7 @@ from udfs.features import DEFAULT_HISTORY, history_features
 from vigil.evaluate.metrics import Confusion
 
 LABEL_COLUMNS = ("anomaly", "changepoint")
+LIMIT_RULES = ("anomaly-free", "train-quantile", "spc")
 TIME_COLUMN = "datetime"
 DETECTORS: dict[str, Callable[[], BatchDetector]] = {
     "pca_t2q": lambda: PcaT2Q(variance=0.99),
@@ -46,6 +64,7 @@ class FileResult:
     rows: int
     train_rows: int
     counts: Confusion
+    all_rows: Confusion = Confusion()  # SKAB's own counting: training rows included
 
 
 @dataclass
@@ -55,10 +74,14 @@ class SkabResult:
     alarm_level: float
     history: int
     train_rows: int
+    limit: str = "anomaly-free"
+    rule: str = ""  # human-readable alarm rule for the scorecard title
     pooled: Confusion = field(init=False)
+    pooled_all_rows: Confusion = field(init=False)
 
     def __post_init__(self) -> None:
         self.pooled = sum((f.counts for f in self.files), Confusion())
+        self.pooled_all_rows = sum((f.all_rows for f in self.files), Confusion())
 
 
 def load_skab_csv(path: Path) -> pd.DataFrame:
@@ -107,22 +130,139 @@ def leading_normal_rows(frame: pd.DataFrame, train_rows: int) -> int:
     return min(train_rows, first, len(frame))
 
 
-def _fit_and_score(
-    make: Callable[[], BatchDetector], frame: pd.DataFrame, columns: list[str], n_train: int, history: int
-) -> np.ndarray:
-    """Scores of every row, normalised by the training rows: (s - median) / (q99 - median).
+def causal_median(scores: np.ndarray, window: int) -> np.ndarray:
+    """Rolling median over the last ``window`` rows (fewer at the start): one stray row cannot alarm alone."""
+    if window <= 1:
+        return scores
+    return pd.Series(scores).rolling(window, min_periods=1).median().to_numpy()
 
+
+def apply_run_rule(above: np.ndarray, run_length: int) -> np.ndarray:
+    """Alarm at row t only when rows t - run_length + 1 .. t are all above the limit (causal)."""
+    if run_length <= 1:
+        return above
+    counts = np.cumsum(np.r_[0, above.astype(np.int64)])
+    window = counts[run_length:] - counts[:-run_length]  # rows above in each full window ending at t
+    return np.r_[np.zeros(run_length - 1, dtype=bool), window == run_length]
+
+
+def t2_prediction_limit(n_components: int, n_train: int, alpha: float) -> float:
+    """Hotelling T2 limit for a NEW row scored against ``n_train`` training rows (Tracy, Young & Mason 1992).
+
+    T2 of a new independent Gaussian row ~ m (n - 1)(n + 1) / (n (n - m)) * F(m, n - m); the (1 - alpha)
+    quantile of that is the limit. It is wider than chi2(m) because the mean and covariance are estimates.
+    """
+    m, n = n_components, n_train
+    if n <= m:
+        raise ValueError(f"T2 limit needs more training rows ({n}) than components ({m}); use more training rows")
+    return float(m * (n - 1) * (n + 1) / (n * (n - m)) * stats.f.ppf(1.0 - alpha, m, n - m))
+
+
+def q_limit(residual_eigenvalues: np.ndarray, alpha: float) -> float:
+    """Jackson-Mudholkar (1979) limit for Q, the squared residual off the kept principal components.
+
+    With theta_i = sum(lambda_j ** i) over the discarded eigenvalues, h0 = 1 - 2 theta1 theta3 / (3 theta2^2):
+    Q_alpha = theta1 (c sqrt(2 theta2 h0^2) / theta1 + 1 + theta2 h0 (h0 - 1) / theta1^2) ** (1 / h0).
+    Where that is undefined (h0 <= 0: one discarded eigenvalue dwarfs many small ones) it falls back to
+    Pearson's three-moment fit a + b * chi2(nu) (b = theta3 / theta2, nu = theta2^3 / theta3^2,
+    a = theta1 - theta2^2 / theta3). No residual variance -> no limit (inf): Q is rounding noise then.
+    """
+    lam = np.clip(np.asarray(residual_eigenvalues, dtype=np.float64), 0.0, None)
+    theta1, theta2, theta3 = (float(np.sum(lam**i)) for i in (1, 2, 3))
+    if theta1 <= 1e-9:
+        return float("inf")
+    h0 = 1.0 - 2.0 * theta1 * theta3 / (3.0 * theta2**2)
+    c = float(stats.norm.ppf(1.0 - alpha))
+    base = c * np.sqrt(2.0 * theta2 * h0**2) / theta1 + 1.0 + theta2 * h0 * (h0 - 1.0) / theta1**2
+    if h0 <= 0.0 or base <= 0.0:
+        b, nu = theta3 / theta2, theta2**3 / theta3**2
+        return float(theta1 - theta2**2 / theta3 + b * stats.chi2.ppf(1.0 - alpha, nu))
+    return float(theta1 * base ** (1.0 / h0))
+
+
+def _residual_eigenvalues(train: np.ndarray, n_components: int) -> np.ndarray:
+    """Eigenvalues the PCA discarded, of the training rows standardised as :class:`PcaT2Q` does."""
+    std = train.std(axis=0)
+    z = (train - train.mean(axis=0)) * np.where(std > 1e-12, 1.0 / np.where(std > 1e-12, std, 1.0), 0.0)
+    eig = np.sort(np.linalg.eigvalsh(np.cov(z, rowvar=False)))[::-1]
+    return eig[n_components:]
+
+
+@dataclass(frozen=True)
+class AlarmRule:
+    """How rows become alarms; see the module docstring. Defaults reproduce the headline protocol."""
+
+    limit: str = "anomaly-free"
+    target_far: float = 0.10
+    ucl_quantile: float = 0.99
+    ucl_factor: float = 2.5
+    alpha: float = 0.001
+    median_window: int = 1
+    run_length: int = 1
+
+    def __post_init__(self) -> None:
+        if self.limit not in LIMIT_RULES:
+            raise ValueError(f"unknown limit rule {self.limit!r}; choose one of {list(LIMIT_RULES)}")
+        if self.median_window < 1 or self.run_length < 1:
+            raise ValueError(f"median_window and run_length must be >= 1, got {self.median_window}, {self.run_length}")
+        if not 0.0 < self.alpha < 1.0 or not 0.0 < self.ucl_quantile <= 1.0 or self.ucl_factor <= 0.0:
+            raise ValueError("alpha must be in (0, 1), ucl_quantile in (0, 1] and ucl_factor > 0")
+
+    def describe(self) -> str:
+        smoothing = f" · median {self.median_window}" if self.median_window > 1 else ""
+        run = f" · run {self.run_length}" if self.run_length > 1 else ""
+        if self.limit == "train-quantile":
+            head = f"UCL {self.ucl_factor:g} x q{self.ucl_quantile:g}(train)"
+        elif self.limit == "spc":
+            head = f"T2/Q limits alpha {self.alpha:g}"
+        else:
+            head = f"anomaly-free FAR {self.target_far:g}"
+        return head + smoothing + run
+
+
+def _fit_and_score(
+    make: Callable[[], BatchDetector],
+    frame: pd.DataFrame,
+    columns: list[str],
+    n_train: int,
+    history: int,
+    rule: AlarmRule = AlarmRule(),
+) -> np.ndarray:
+    """Scores of every row, smoothed by ``rule.median_window``, in the unit the rule compares with its level.
+
+    ``anomaly-free``: normalised by the training rows, (s - median) / (q99 - median), against one level
+    shared by all files. ``train-quantile`` / ``spc``: divided by this file's own limit, so 1.0 is the level.
     A detector that remembers its training rows (k-NN) would score them against themselves; it exposes
-    leave-one-out ``training_scores`` instead, which are used for the normalisation when present.
+    leave-one-out ``training_scores`` instead, which are used as the training reference when present.
     """
     features, names = history_features(frame, columns, history)
     train = features[:n_train]
     detector = make().fit(train, names)
+    if rule.limit == "spc":
+        if not isinstance(detector, PcaT2Q):
+            raise ValueError(
+                f"limit 'spc' needs T2/Q statistics, which only pca_t2q has (got {detector.name}); "
+                "use limit 'train-quantile' for other detectors"
+            )
+        parts = detector.score_parts(features)
+        t2_ucl = t2_prediction_limit(detector.n_components, n_train, rule.alpha)
+        q_ucl = q_limit(_residual_eigenvalues(train, detector.n_components), rule.alpha)
+        t2 = causal_median(parts["t2"], rule.median_window) / t2_ucl
+        q = causal_median(parts["q"], rule.median_window) / q_ucl
+        return np.maximum(t2, q)
     scores = detector.score(features)
     own = getattr(detector, "training_scores", None)
     reference = own if isinstance(own, np.ndarray) and own.size else scores[:n_train]
+    if rule.limit == "train-quantile":
+        ucl = rule.ucl_factor * float(np.quantile(reference, rule.ucl_quantile))
+        if ucl <= 0.0:
+            raise ValueError(
+                f"{detector.name}: training-score quantile is {ucl:g}; a factor x quantile limit needs "
+                "positive scores (use limit 'anomaly-free' for this detector)"
+            )
+        return causal_median(scores, rule.median_window) / ucl
     median, q99 = np.quantile(reference, [0.5, 0.99])
-    return (scores - median) / max(q99 - median, 1e-12)
+    return causal_median((scores - median) / max(q99 - median, 1e-12), rule.median_window)
 
 
 def tune_alarm_level(
@@ -133,12 +273,14 @@ def tune_alarm_level(
     history: int,
     target_far: float,
     pseudo_rows: int,
+    median_window: int = 1,
 ) -> float:
     """Alarm level giving ``target_far`` false alarms on held-out anomaly-free rows (labels never used)."""
+    rule = AlarmRule(median_window=median_window)
     held_out: list[np.ndarray] = []
     for start in range(0, len(free) - pseudo_rows + 1, pseudo_rows):
         chunk = free.iloc[start : start + pseudo_rows].reset_index(drop=True)
-        held_out.append(_fit_and_score(make, chunk, columns, train_rows, history)[train_rows:])
+        held_out.append(_fit_and_score(make, chunk, columns, train_rows, history, rule)[train_rows:])
     if not held_out:
         raise ValueError(f"anomaly-free data has {len(free)} rows; need >= {pseudo_rows} to tune the alarm level")
     return float(np.quantile(np.concatenate(held_out), 1.0 - target_far))
@@ -153,14 +295,24 @@ def evaluate_skab(
     target_far: float = 0.10,
     pseudo_rows: int = 1150,
     alarm_level: float | None = None,
+    rule: AlarmRule | None = None,
+    pca_variance: float | None = None,
 ) -> SkabResult:
     """Run the SKAB protocol on every experiment file under ``data_dir``; see the module docstring.
 
-    ``alarm_level`` overrides the level tuned on anomaly-free.csv (needed when a folder has none).
+    ``alarm_level`` overrides the level tuned on anomaly-free.csv (needed when a folder has none); it
+    applies to the ``anomaly-free`` rule only. ``rule`` picks another alarm rule (its ``target_far`` wins
+    over the ``target_far`` argument when given). ``pca_variance`` overrides the explained variance
+    ``pca_t2q`` keeps (0.99 by default; SKAB's T2+Q baseline keeps 0.85).
     """
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DETECTORS)}")
+    rule = rule or AlarmRule(target_far=target_far)
     make = DETECTORS[detector]
+    if pca_variance is not None:
+        if detector != "pca_t2q":
+            raise ValueError(f"pca_variance applies to pca_t2q only, not {detector!r}")
+        make = partial(PcaT2Q, variance=pca_variance)
     free_path, experiments = discover(Path(data_dir))
     frames = [(path, load_skab_csv(path)) for path in experiments]
     columns = sensor_columns(frames[0][1])
@@ -169,22 +321,29 @@ def evaluate_skab(
             raise ValueError(f"{path}: sensor columns {sensor_columns(frame)} differ from {columns}")
         if "anomaly" not in frame.columns:
             raise ValueError(f"{path}: no 'anomaly' label column; experiment files need one")
-    if alarm_level is None:
+    if rule.limit != "anomaly-free":
+        if alarm_level is not None:
+            raise ValueError(f"alarm_level applies to the 'anomaly-free' rule only, not {rule.limit!r}")
+        alarm_level = 1.0  # scores come divided by each file's own limit
+    elif alarm_level is None:
         if free_path is None:
             raise FileNotFoundError(f"no anomaly-free/anomaly-free.csv under {data_dir}; pass alarm_level explicitly")
         free = load_skab_csv(free_path)
-        alarm_level = tune_alarm_level(make, free, columns, train_rows, history, target_far, pseudo_rows)
+        alarm_level = tune_alarm_level(
+            make, free, columns, train_rows, history, rule.target_far, pseudo_rows, rule.median_window
+        )
     results: list[FileResult] = []
     for path, frame in frames:
         n_train = leading_normal_rows(frame, train_rows)
         if n_train < 3:
             raise ValueError(f"{path}: only {n_train} leading normal rows; cannot fit a model")
-        alarms = _fit_and_score(make, frame, columns, n_train, history) > alarm_level
+        above = _fit_and_score(make, frame, columns, n_train, history, rule) > alarm_level
+        alarms = apply_run_rule(above, rule.run_length)
         truth = frame["anomaly"].fillna(0).to_numpy() > 0
         name = str(path.relative_to(data_dir))
         counts = Confusion.from_labels(truth[n_train:], alarms[n_train:])
-        results.append(FileResult(name, len(frame), n_train, counts))
-    return SkabResult(detector, results, alarm_level, history, train_rows)
+        results.append(FileResult(name, len(frame), n_train, counts, Confusion.from_labels(truth, alarms)))
+    return SkabResult(detector, results, alarm_level, history, train_rows, rule.limit, rule.describe())
 
 
 def _pct(value: float) -> str:
@@ -195,7 +354,9 @@ def print_result(result: SkabResult, console: Console | None = None) -> None:
     """Per-file and pooled scorecard."""
     console = console or Console()
     table = Table(
-        title=f"SKAB point-wise · {result.detector} · history {result.history} · alarm level {result.alarm_level:.3g}"
+        title=f"SKAB point-wise · {result.detector} · history {result.history} · "
+        + (f"{result.rule} · " if result.rule else "")
+        + f"alarm level {result.alarm_level:.3g}"
     )
     for column in ("file", "rows", "train", "TP", "FP", "TN", "FN", "F1", "FAR", "MAR"):
         table.add_column(column, justify="left" if column == "file" else "right", no_wrap=True)
@@ -208,6 +369,9 @@ def print_result(result: SkabResult, console: Console | None = None) -> None:
     for f in result.files:
         row(f.name, f.rows, f.train_rows, f.counts)
     row("pooled", result.pooled.total, "", result.pooled, style="bold")
+    # SKAB's published table counts every row, training rows included (nearly all true negatives): its
+    # FAR is lower than ours for the same alarms. Shown for comparison only.
+    row("pooled, all rows (SKAB's counting)", result.pooled_all_rows.total, "", result.pooled_all_rows)
     console.print(table)
 
 
@@ -222,10 +386,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-rows", type=int, default=400, help="leading rows of each file to fit on")
     parser.add_argument("--alarm-level", type=float, default=None,
                         help="fixed alarm level instead of tuning it on anomaly-free data")
+    parser.add_argument("--limit", choices=LIMIT_RULES, default="anomaly-free",
+                        help="how the alarm level is set: tuned on anomaly-free data (default), factor x quantile "
+                             "of each file's training scores, or T2/Q control limits (pca_t2q)")
+    parser.add_argument("--ucl-quantile", type=float, default=0.99, help="train-quantile: quantile of training scores")
+    parser.add_argument("--ucl-factor", type=float, default=2.5, help="train-quantile: factor on that quantile")
+    parser.add_argument("--alpha", type=float, default=0.001, help="spc: false-alarm probability of each limit")
+    parser.add_argument("--median-window", type=int, default=1,
+                        help="causal rolling median of the score over this many rows (1 = off; SKAB's T2+Q uses 5)")
+    parser.add_argument("--run-length", type=int, default=1,
+                        help="alarm only after this many consecutive rows above the limit (1 = off)")
+    parser.add_argument("--pca-variance", type=float, default=None,
+                        help="explained variance pca_t2q keeps (default 0.99; SKAB's T2+Q baseline keeps 0.85)")
     args = parser.parse_args(argv)
+    rule = AlarmRule(limit=args.limit, target_far=args.target_far, ucl_quantile=args.ucl_quantile,
+                     ucl_factor=args.ucl_factor, alpha=args.alpha, median_window=args.median_window,
+                     run_length=args.run_length)
     for name in args.detector or sorted(DETECTORS):
         print_result(evaluate_skab(args.data_dir, name, train_rows=args.train_rows, history=args.history,
-                                   target_far=args.target_far, alarm_level=args.alarm_level))
+                                   alarm_level=args.alarm_level, rule=rule,
+                                   pca_variance=args.pca_variance if name == "pca_t2q" else None))
 
 
 if __name__ == "__main__":
