@@ -21,7 +21,9 @@ WINDOW_STATS_JSON_SCHEMA = pa.schema(
 # (sql/flink/anomaly_scoring_sink.sql); the key is (equipment_id, window_start_ms).
 ANOMALY_KINDS = ("window", "dead_machine")
 SEVERITIES = ("normal", "warning", "critical")  # ordered: a higher index is worse
-# Per-detector scores are normalised to their own threshold: 1.0 = at the alarm limit, > 1 fires.
+# Per-detector scores are normalised to their own threshold: 1.0 = at the alarm limit. A model fires when
+# above 1 in scoring.model_persistence_windows consecutive windows, or at once at scoring.critical_ratio;
+# `detectors` lists what fired.
 # NULL when the detector did not score that window (no live model yet, incomplete window, warm-up).
 DETECTOR_SCORE_FIELDS = ("pca_t2q", "isolation_forest", "rules")
 ANOMALY_JSON_SCHEMA = pa.schema(

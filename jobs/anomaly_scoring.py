@@ -93,8 +93,8 @@ def statements(settings: Settings, config: RulesConfig | None = None, **override
         "dead_letter_sink_options": kafka_sink_options(settings, settings.kafka.dead_letter_topic, f"{group}-late"),
         "scoring_watermark_delay_s": _ms_to_s(scoring.out_of_order_windows * size_ms + 1),
         "scoring_out_of_order_windows": scoring.out_of_order_windows,
-        "hop_size_s": _ms_to_s(scoring.history_windows * size_ms),
-        "history_windows": scoring.history_windows,
+        "hop_size_s": _ms_to_s(scoring.hop_windows * size_ms),
+        "history_windows": scoring.hop_windows,
         **rules_params(config),
     }
     params.update(overrides)
@@ -119,7 +119,7 @@ def statements(settings: Settings, config: RulesConfig | None = None, **override
 
 def udf_signature(settings: Settings) -> str:
     """The Python UDF's part of the plan fingerprint: its result type and the history it reads."""
-    return f"-- python function {SCORE_FUNCTION} RETURNS {RESULT_TYPE} (history {settings.scoring.history_windows})"
+    return f"-- python function {SCORE_FUNCTION} RETURNS {RESULT_TYPE} (hop {settings.scoring.hop_windows} windows)"
 
 
 def register_functions(env: TableEnvironment, settings: Settings, config: RulesConfig) -> None:
@@ -129,6 +129,7 @@ def register_functions(env: TableEnvironment, settings: Settings, config: RulesC
     env.create_temporary_system_function(SCORE_FUNCTION, score_hops_udf(
         expected, settings.models_dir, settings.window.size_ms, scoring.history_windows,
         scoring.dead_after_ms, scoring.critical_ratio, scoring.model_poll_s, scoring.onnx_threads,
+        scoring.model_persistence_windows,
     ))
 
 

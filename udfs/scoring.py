@@ -54,6 +54,8 @@ class ScoringConfig:
     dead_after_ms: int = 15_000  # no data for this long: dead sensor / dead machine
     critical_ratio: float = 2.0  # a model score this many times its threshold is critical on its own
     top_n: int = 3
+    # A model fires when above its threshold in this many consecutive windows, or at once at critical_ratio.
+    model_persistence: int = 1
 
 
 def _lists(groups: np.ndarray, values: np.ndarray, n: int) -> list[list[str]]:
@@ -136,6 +138,7 @@ class WindowScorer:
 
         # -- models, per equipment type ----------------------------------------------------------------
         versions = np.full(n, "", dtype=object)
+        model_fired = {c: np.zeros(n, dtype=bool) for c in ("pca_t2q", "isolation_forest")}
         if self.models is not None:
             for etype in pd.unique(current.loc[has_current, "equipment_type"]):
                 models = self.models.models_for(str(etype))
@@ -145,14 +148,14 @@ class WindowScorer:
                 versions[in_type] = self.models.versions(str(etype))
                 rows = long.loc[in_type[group]]
                 for model in models:
-                    ratio, contrib = self._score_model(model, rows, cur_start)
+                    ratio, persistent, contrib = self._score_model(model, rows, cur_start)
                     out.loc[ratio.index, model.detector] = ratio.to_numpy()
+                    model_fired[model.detector][persistent.index] = persistent.to_numpy()
                     if contrib is not None:
                         weights.append(contrib)
 
         # -- combine ---------------------------------------------------------------------------------
         model_cols = ["pca_t2q", "isolation_forest"]
-        model_fired = {c: (out[c].to_numpy() > 1.0) for c in model_cols}
         any_model = np.logical_or.reduce([model_fired[c] for c in model_cols])
         any_rule = np.bincount(hit_groups, minlength=n) > 0
         any_dead_sensor = np.bincount(dead_pairs["group"].to_numpy(np.int64), minlength=n) > 0
@@ -209,27 +212,42 @@ class WindowScorer:
 
     def _score_model(
         self, model: LiveModel, rows: pd.DataFrame, cur_start: np.ndarray
-    ) -> tuple[pd.Series, pd.DataFrame | None]:
-        """Score the current window of every hop in ``rows`` with one model; ratio to threshold per group."""
+    ) -> tuple[pd.Series, pd.Series, pd.DataFrame | None]:
+        """Score each hop's current window (and the ones persistence looks back at) with one model.
+
+        Returns the current window's score over the threshold per group, whether the model fires (above
+        the threshold in each of the last ``model_persistence`` windows, all complete), and the current
+        window's per-sensor contributions.
+        """
+        persistence = self.config.model_persistence
         frame = rows.rename(columns={"group": "equipment_id", "window_start_ms": "window_start"})
         feats = window_features(frame, sensors=model.sensors, history=model.history)
         idx = feats.index
         groups = idx["equipment_id"].to_numpy(np.int64)
-        pick = (idx["window_start"].to_numpy(np.int64) == cur_start[groups]) & idx["complete"].to_numpy()
+        age = (cur_start[groups] - idx["window_start"].to_numpy(np.int64)) // self.config.window_ms
+        pick = (age >= 0) & (age < persistence) & idx["complete"].to_numpy()
+        empty = pd.Series(dtype=np.float64)
         if not pick.any():
-            return pd.Series(dtype=np.float64), None
+            return empty, pd.Series(dtype=bool), None
         parts = model.loaded.score(feats.matrix[pick])
         ratio = np.nan_to_num(parts["score"].astype(np.float64), nan=np.inf) / model.threshold
-        picked = groups[pick]
+        picked, picked_age = groups[pick], age[pick]
+        above = pd.Series(ratio > 1.0, index=picked).groupby(level=0)
+        persistent = (above.sum() == persistence) & (above.size() == persistence)  # every window present, all above
+        now = picked_age == 0
+        current = pd.Series(ratio[now], index=picked[now])
         contrib = None
         if "contrib" in parts:
-            per_sensor = np.clip(parts["contrib"].astype(np.float64), 0.0, None) @ model.sensor_matrix
+            per_sensor = np.clip(parts["contrib"][now].astype(np.float64), 0.0, None) @ model.sensor_matrix
             contrib = pd.DataFrame({
-                "group": np.repeat(picked, len(model.sensors)),
-                "sensor": np.tile(model.sensors, len(picked)),
+                "group": np.repeat(picked[now], len(model.sensors)),
+                "sensor": np.tile(model.sensors, int(now.sum())),
                 "weight": per_sensor.ravel(),
             })
-        return pd.Series(ratio, index=picked), contrib
+        persistent = persistent.reindex(current.index, fill_value=False)  # fires only with a current score
+        # A score at critical_ratio x the threshold is no noise: it fires at once, without waiting.
+        persistent |= current >= self.config.critical_ratio
+        return current, persistent, contrib
 
     def _top_sensors(self, weights: Iterable[pd.DataFrame], anomalous: np.ndarray, n: int) -> list[list[str]]:
         w = pd.concat([f for f in weights if len(f)], ignore_index=True) if any(len(f) for f in weights) else None
@@ -249,7 +267,7 @@ class WindowScorer:
             sub = out.loc[anomalous]
             models = ""
             for col in ("pca_t2q", "isolation_forest"):
-                fired = sub[col] > 1.0
+                fired = sub["detectors"].map(lambda names, c=col: c in names)
                 models = models + np.where(fired, f"; {col} " + sub[col].round(2).astype(str) + "x limit", "")
             text = (
                 sub["severity"] + ": "

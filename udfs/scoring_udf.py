@@ -89,6 +89,7 @@ class ScoreHops(ScalarFunction):
     def __init__(
         self, expected_sensors: dict[str, list[str]], models_dir: str, window_ms: int, history_windows: int,
         dead_after_ms: int, critical_ratio: float, model_poll_s: float, onnx_threads: int,
+        model_persistence_windows: int = 1,
     ) -> None:
         self.expected_sensors = expected_sensors
         self.models_dir = models_dir
@@ -98,6 +99,7 @@ class ScoreHops(ScalarFunction):
         self.critical_ratio = critical_ratio
         self.model_poll_s = model_poll_s
         self.onnx_threads = onnx_threads
+        self.model_persistence_windows = model_persistence_windows
         self.scorer: WindowScorer | None = None
 
     def open(self, function_context: FunctionContext) -> None:
@@ -107,7 +109,7 @@ class ScoreHops(ScalarFunction):
             window_ms=self.window_ms, poll_s=self.model_poll_s, threads=self.onnx_threads,
         )
         config = ScoringConfig(window_ms=self.window_ms, dead_after_ms=self.dead_after_ms,
-                               critical_ratio=self.critical_ratio)
+                               critical_ratio=self.critical_ratio, model_persistence=self.model_persistence_windows)
         self.scorer = WindowScorer(expected, models, config)
         group = function_context.get_metric_group()
         self._windows = group.counter("vigil_windows_scored")
@@ -139,8 +141,9 @@ class ScoreHops(ScalarFunction):
 def score_hops_udf(
     expected_sensors: dict[str, list[str]], models_dir: Path, window_ms: int, history_windows: int,
     dead_after_ms: int, critical_ratio: float, model_poll_s: float, onnx_threads: int,
+    model_persistence_windows: int = 1,
 ):
     """The registered function (pandas UDF: Flink calls it with Arrow batches)."""
     function = ScoreHops(expected_sensors, str(models_dir), window_ms, history_windows, dead_after_ms, critical_ratio,
-                         model_poll_s, onnx_threads)
+                         model_poll_s, onnx_threads, model_persistence_windows)
     return udf(function, result_type=RESULT_TYPE, func_type="pandas")

@@ -42,9 +42,11 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.Dat
     registry = ModelRegistry(settings.models_dir)  # where the job reads models
     train_models(run, train_end, registry, history=settings.scoring.history_windows)
     expected = {etype: sorted(sensors) for etype, sensors in config.equipment_types.items()}
-    scorer = WindowScorer(expected, ModelSet(registry, expected.get, poll_s=float("inf")), ScoringConfig())
+    scoring = settings.scoring
+    scorer = WindowScorer(expected, ModelSet(registry, expected.get, poll_s=float("inf")),
+                          ScoringConfig(model_persistence=scoring.model_persistence_windows))
     # every window from the first on, as the job scores them (models trained on the first 96 windows)
-    offline = score_run(run, rules, run.start_ms, scorer, settings.scoring.history_windows, 10_000)
+    offline = score_run(run, rules, run.start_ms, scorer, scoring.hop_windows, 10_000)
 
     st = run.stats
     records = pd.DataFrame({

@@ -502,10 +502,11 @@ def evaluate_sim(
         model_set = ModelSet(registry, expected.get, max_history=scoring.history_windows, window_ms=window_ms,
                              poll_s=float("inf"), threads=scoring.onnx_threads)
         scorer = WindowScorer(expected, model_set, ScoringConfig(
-            window_ms=window_ms, dead_after_ms=scoring.dead_after_ms, critical_ratio=scoring.critical_ratio))
+            window_ms=window_ms, dead_after_ms=scoring.dead_after_ms, critical_ratio=scoring.critical_ratio,
+            model_persistence=scoring.model_persistence_windows))
         per_batch = max(1, options.hop_batch // max(1, options.machines)) * window_ms
         task = progress.add_task("score hops (WindowScorer)", total=int(np.ceil((run.end_ms - train_end) / per_batch)))
-        verdicts = score_run(run, rules, train_end, scorer, scoring.history_windows, options.hop_batch,
+        verdicts = score_run(run, rules, train_end, scorer, scoring.hop_windows, options.hop_batch,
                              lambda k: progress.advance(task, k))
         timings["score"] = time.perf_counter() - t0
         refused = model_set.refused()
