@@ -140,13 +140,17 @@ def configure_python(env: TableEnvironment) -> None:
     config.set("python.fn-execution.bundle.time", "200")
 
 
+def assemble(env: TableEnvironment, settings: Settings, config: RulesConfig, ddl: list[str], inserts: list[str]):
+    """Configure the Python workers, register SCORE_HOPS, run the DDL and gather the INSERTs into one job."""
+    configure_python(env)
+    register_functions(env, settings, config)
+    return statement_set_of(env, ddl, inserts)
+
+
 def build(env: TableEnvironment, settings: Settings, config: RulesConfig | None = None, **overrides: object):
     """Register the functions, tables and views, and return the statement set holding the INSERTs."""
     config = config if config is not None else load_rules(settings.scoring.rules_path)
-    configure_python(env)
-    register_functions(env, settings, config)
-    ddl, inserts = statements(settings, config, **overrides)
-    return statement_set_of(env, ddl, inserts)
+    return assemble(env, settings, config, *statements(settings, config, **overrides))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,9 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     env = create_table_env(settings, JOB_NAME, [*ddl, *inserts, udf_signature(settings)],
                            resume=not args.no_resume, rest_port=settings.scoring.rest_port)
-    configure_python(env)
-    register_functions(env, settings, config)
-    statement_set = statement_set_of(env, ddl, inserts)  # exactly the SQL the checkpoints are keyed by
+    statement_set = assemble(env, settings, config, ddl, inserts)  # exactly the SQL the checkpoints are keyed by
     if args.explain:
         print(statement_set.explain())
         return

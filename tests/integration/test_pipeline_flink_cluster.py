@@ -25,6 +25,22 @@ from vigil.stack.services import Stack
 pytestmark = pytest.mark.integration
 
 
+def read_records(kafka, topic: str, group: str, key, keep, want: int, timeout: float = 120) -> dict:
+    """Records of ``topic`` that ``keep`` accepts, by ``key``, until ``want`` of them (or the timeout)."""
+    consumer = make_consumer(kafka, group)
+    consumer.subscribe([topic])
+    found: dict = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(found) < want:
+            for message in consumer.consume(100, 1.0):
+                if message.error() is None and keep(record := orjson.loads(message.value())):
+                    found[key(record)] = record
+    finally:
+        consumer.close()
+    return found
+
+
 def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) -> None:
     base = pipeline_stack.settings
     tag = uuid.uuid4().hex[:6]
@@ -59,19 +75,8 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
             ack = client.send(batches)
         assert ack is not None and ack.accepted_batches == len(batches)
 
-        consumer = make_consumer(settings.kafka, f"reader-{tag}")
-        consumer.subscribe([settings.kafka.window_stats_topic])
-        windows: dict[int, dict] = {}
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline and len(windows) < 3:
-                for message in consumer.consume(100, 1.0):
-                    if message.error() is None:
-                        record = orjson.loads(message.value())
-                        if record["equipment_id"] == machine:
-                            windows[record["window_start_ms"]] = record
-        finally:
-            consumer.close()
+        windows = read_records(settings.kafka, settings.kafka.window_stats_topic, f"reader-{tag}",
+                               lambda r: r["window_start_ms"], lambda r: r["equipment_id"] == machine, want=3)
         assert len(windows) >= 3, f"cluster job produced {len(windows)} windows for {machine}"
         for window_start, record in windows.items():
             inside = values[(ts >= window_start) & (ts < window_start + size)]
@@ -80,19 +85,9 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
             assert record["stddev"] == pytest.approx(inside.std(), rel=1e-9)
 
         # The scoring job judges a window once the next one reached every partition: the first two here.
-        consumer = make_consumer(settings.kafka, f"verdicts-{tag}")
-        consumer.subscribe([settings.kafka.anomalies_topic])
-        verdicts: dict[int, dict] = {}
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline and len(verdicts) < 2:
-                for message in consumer.consume(100, 1.0):
-                    if message.error() is None:
-                        record = orjson.loads(message.value())
-                        if record["equipment_id"] == machine and record["kind"] == "window":
-                            verdicts[record["window_start_ms"]] = record
-        finally:
-            consumer.close()
+        verdicts = read_records(settings.kafka, settings.kafka.anomalies_topic, f"verdicts-{tag}",
+                                lambda r: r["window_start_ms"],
+                                lambda r: r["equipment_id"] == machine and r["kind"] == "window", want=2)
         assert sorted(verdicts)[:2] == [start, start + size], f"verdicts for {machine}: {sorted(verdicts)}"
         assert all(v["severity"] in ("normal", "warning", "critical") for v in verdicts.values())
     finally:

@@ -106,6 +106,23 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
     }
 
 
+def _local_flink_job(name: str, module: str, rest_port: int, log_dir: Path, description: str,
+                     env: dict[str, str]) -> ServiceSpec:
+    """A PyFlink job in its own in-process MiniCluster: ready once its tasks run; its Flink log in ``log_dir``
+    (JVM and Python UDF workers), not pyflink's shared default folder."""
+    return ServiceSpec(
+        name,
+        _python_module(module),
+        rest_port,
+        health_url=f"http://127.0.0.1:{rest_port}/overview",
+        ready=lambda: flink_job_running(rest_port),
+        env=env | {"FLINK_LOG_DIR": str(log_dir)},
+        cwd=PROJECT_ROOT,
+        start_timeout_s=120.0,
+        description=description,
+    )
+
+
 def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
     env = settings.to_env()
     edge = settings.edge
@@ -119,28 +136,14 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             cwd=PROJECT_ROOT,
             description="gRPC ingestion service",
         ),
-        "window-stats-job": ServiceSpec(
-            "window-stats-job",
-            _python_module("jobs.window_stats"),
-            settings.flink.rest_port,
-            health_url=f"http://127.0.0.1:{settings.flink.rest_port}/overview",
-            ready=lambda: flink_job_running(settings.flink.rest_port),
-            env=env | {"FLINK_LOG_DIR": str(settings.logs_dir / "flink-window-stats")},
-            cwd=PROJECT_ROOT,
-            start_timeout_s=120.0,
-            description="Flink job: 5-s window statistics (local mode)",
+        "window-stats-job": _local_flink_job(
+            "window-stats-job", "jobs.window_stats", settings.flink.rest_port,
+            settings.logs_dir / "flink-window-stats", "Flink job: 5-s window statistics (local mode)", env,
         ),
-        "anomaly-scoring-job": ServiceSpec(
-            "anomaly-scoring-job",
-            _python_module("jobs.anomaly_scoring"),
-            settings.scoring.rest_port,
-            health_url=f"http://127.0.0.1:{settings.scoring.rest_port}/overview",
-            ready=lambda: flink_job_running(settings.scoring.rest_port),
-            # The job's own Flink log (JVM and Python UDF workers), not pyflink's shared default folder.
-            env=env | {"FLINK_LOG_DIR": str(settings.logs_dir / "flink-anomaly-scoring")},
-            cwd=PROJECT_ROOT,
-            start_timeout_s=120.0,
-            description="Flink job: rules + ONNX models -> anomalies (local mode)",
+        "anomaly-scoring-job": _local_flink_job(
+            "anomaly-scoring-job", "jobs.anomaly_scoring", settings.scoring.rest_port,
+            settings.logs_dir / "flink-anomaly-scoring", "Flink job: rules + ONNX models -> anomalies (local mode)",
+            env,
         ),
         "clickhouse-sink": ServiceSpec(
             "clickhouse-sink",
