@@ -17,6 +17,7 @@ import requests
 import yaml
 
 from vigil.settings import PROJECT_ROOT, Settings
+from vigil.stack.process import inherited_environment
 
 JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-scoring": "jobs/anomaly_scoring.py"}
 TEMPLATE = PROJECT_ROOT / "flink-conf" / "cluster" / "config.yaml.template"
@@ -68,7 +69,7 @@ def render_cluster_conf(settings: Settings) -> Path:
 def _cluster_env(settings: Settings) -> dict[str, str]:
     log_dir = settings.logs_dir / "flink"
     log_dir.mkdir(parents=True, exist_ok=True)
-    return os.environ | settings.to_env() | {
+    return inherited_environment() | settings.to_env() | {
         "VIGIL_FLINK__TARGET": "cluster",
         "FLINK_HOME": str(flink_home()),
         "FLINK_CONF_DIR": str(conf_dir(settings)),
@@ -126,20 +127,16 @@ def submit(settings: Settings, job: str, target: str = "local", detach: bool = F
     script = PROJECT_ROOT / JOBS[job]
     extra = [] if resume else ["--no-resume"]
     if target == "local":
-        if detach:
-            if job != "window-stats":
-                raise RuntimeError(
-                    f"run {job} detached on the cluster: vigil job submit {job} --target cluster --detach"
-                )
+        if detach:  # the stack's service for this job, started like `vigil demo` starts it
             from vigil.stack.services import Stack
 
-            Stack(settings).up(("window-stats-job",))
+            Stack(settings).up((f"{job}-job",))
             return 0
         if job != "window-stats":
-            # Its own MiniCluster needs its own REST port: the stack's window-stats job holds the configured one.
-            flink = settings.flink.model_copy(update={"rest_port": _free_port()})
-            settings = settings.model_copy(update={"flink": flink})
-        env = os.environ | settings.to_env()
+            # Its own MiniCluster needs its own REST port: the stack's scoring job holds the configured one.
+            scoring = settings.scoring.model_copy(update={"rest_port": _free_port()})
+            settings = settings.model_copy(update={"scoring": scoring})
+        env = inherited_environment() | settings.to_env()
         return subprocess.call([sys.executable, "-m", f"jobs.{script.stem}", *extra], cwd=PROJECT_ROOT, env=env)
     start_cluster(settings)
     flink = flink_home() / "bin" / "flink"

@@ -48,6 +48,18 @@ class ServiceStatus:
 
 
 PORT_RELEASE_WAIT_S = 10.0
+# Set in a process's environment by PyFlink once it has run a Python UDF in loopback mode (in-process
+# worker): a child inheriting them believes it is a UDF worker and refuses to start its own job
+# ("launching the PythonGatewayServer during Python UDF execution").
+PYFLINK_WORKER_VARIABLES = (
+    "PYFLINK_GATEWAY_DISABLED", "PYTHON_LOOPBACK_SERVER_ADDRESS", "_PYFLINK_CONN_INFO_PATH",
+    "_PYTHON_WORKER_MEMORY_LIMIT", "BOOT_LOG_DIR", "SEMI_PERSISTENT_DIRECTORY",
+)
+
+
+def inherited_environment() -> dict[str, str]:
+    """This process's environment for a service, minus the state of PyFlink UDF workers run in it."""
+    return {k: v for k, v in os.environ.items() if k not in PYFLINK_WORKER_VARIABLES}
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -124,7 +136,7 @@ class ProcessManager:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path(spec.name).open("ab")
-        env = os.environ | spec.env
+        env = inherited_environment() | spec.env
         proc = subprocess.Popen(
             spec.argv,
             stdout=log,
