@@ -80,10 +80,17 @@ def _ms_to_s(ms: int) -> str:
     return f"{ms / 1000:.3f}"
 
 
-def statements(settings: Settings, config: RulesConfig | None = None, **overrides: object) -> tuple[
-    list[str], list[str]
-]:
-    """The job as SQL: DDL (functions, tables, views) and its INSERTs. ``overrides`` replace template values."""
+# Templates that define `window_stats_on_time` from the window-stats topic (with a lateness branch).
+KAFKA_INPUT = ("anomaly_scoring_source", "dead_letter_sink", "anomaly_scoring_classify", "anomaly_scoring_on_time")
+
+
+def statements(settings: Settings, config: RulesConfig | None = None, input_views: tuple[str, ...] = KAFKA_INPUT,
+               **overrides: object) -> tuple[list[str], list[str]]:
+    """The job as SQL: DDL (functions, tables, views) and its INSERTs. ``overrides`` replace template values.
+
+    ``input_views`` are the templates defining ``window_stats_on_time``: the window-stats topic here, the
+    window operator itself in the combined job (jobs/fleet_pipeline.py).
+    """
     config = config if config is not None else load_rules(settings.scoring.rules_path)
     scoring, size_ms = settings.scoring, settings.window.size_ms
     group = scoring.consumer_group
@@ -99,8 +106,8 @@ def statements(settings: Settings, config: RulesConfig | None = None, **override
     }
     params.update(overrides)
     ddl = [render_sql(name, settings, **params) for name in (
-        "anomaly_rules_functions", "anomaly_scoring_source", "anomaly_scoring_sink", "dead_letter_sink",
-        "anomaly_scoring_classify", "anomaly_scoring_on_time", "anomaly_rules_limits", "anomaly_rules_history",
+        "anomaly_rules_functions", "anomaly_scoring_sink", *input_views,
+        "anomaly_rules_limits", "anomaly_rules_history",
     )]
     ddl.append(render_sql("anomaly_rules_count", settings, **params))
     # One chained view per distinct stuck_windows N (each OVER frame needs its own SELECT).
@@ -113,7 +120,8 @@ def statements(settings: Settings, config: RulesConfig | None = None, **override
     stuck_case = "CASE stuck_windows " + " ".join(f"WHEN {n} THEN flat_last_{n} >= {n}" for n in counts) + " END"
     ddl.append(render_sql("anomaly_rules_checks", settings, **params, input_view=view, stuck_case=stuck_case))
     ddl += [render_sql(name, settings, **params) for name in ("anomaly_scoring_rule_results", "anomaly_scoring_hops")]
-    inserts = [render_sql(name, settings, **params) for name in ("anomaly_scoring", "anomaly_scoring_late")]
+    late = ("anomaly_scoring_late",) if input_views == KAFKA_INPUT else ()
+    inserts = [render_sql(name, settings, **params) for name in ("anomaly_scoring", *late)]
     return ddl, inserts
 
 

@@ -128,12 +128,12 @@ def _train_on_warmup(settings: Settings, since: datetime, console: Console) -> N
 def measure(settings: Settings, machines: int, duration_s: float, console: Console, scoring: bool = True,
             warmup_s: float = WARMUP_S) -> BenchResult:
     from connectors.clickhouse import make_client
-    from vigil.stack.services import INFRA, PIPELINE, Stack
+    from vigil.stack.services import INFRA, PIPELINE, Stack, pipeline_names
 
     stack = Stack(settings)
-    pipeline = PIPELINE if scoring else tuple(name for name in PIPELINE if name != "anomaly-scoring-job")
-    if not scoring:
-        stack.down(("anomaly-scoring-job",))
+    # Without scoring, the window-stats job of the split topology runs alone.
+    pipeline = pipeline_names(settings) if scoring else tuple(n for n in PIPELINE if n != "anomaly-scoring-job")
+    stack.down(tuple({"anomaly-scoring-job", "fleet-pipeline-job", "window-stats-job"} - set(pipeline)))
     stack.up(INFRA + pipeline)
     pids = {s.name: s.pid for s in stack.status() if s.pid}
     monitor = PipelineMonitor(settings)

@@ -78,10 +78,10 @@ def stack_up(
     pipeline: Annotated[bool, typer.Option(help="also start the edge service, Flink job and sinks")] = False,
 ) -> None:
     """Start every local server (idempotent: running ones are left alone)."""
-    from vigil.stack.services import INFRA, PIPELINE, Stack
+    from vigil.stack.services import INFRA, Stack, pipeline_names
 
     stack = Stack(get_settings())
-    names = INFRA + (PIPELINE if pipeline else ())
+    names = INFRA + (pipeline_names(get_settings()) if pipeline else ())
     try:
         with console.status("starting the local stack...") as status:
             stack.up(names, on_started=lambda s: status.update(f"{s.name} is up on port {s.port}..."))
@@ -158,7 +158,7 @@ def simulate(
 
 @job_app.command("submit")
 def job_submit(
-    job: Annotated[str, typer.Argument(help="job name: window-stats | anomaly-scoring")] = "window-stats",
+    job: Annotated[str, typer.Argument(help="window-stats | anomaly-scoring | fleet-pipeline")] = "window-stats",
     target: Annotated[str, typer.Option(help="local (in-process PyFlink) or cluster (flink run)")] = "local",
     detach: Annotated[bool, typer.Option(help="return once submitted (cluster) / run in background (local)")] = False,
     resume: Annotated[bool, typer.Option(help="resume from the newest retained checkpoint")] = True,

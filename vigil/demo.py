@@ -109,11 +109,12 @@ def start_model_training(settings: Settings, since_ms: int, after_s: float, moni
 
 def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_after: bool,
              console: Console, train_after_s: float = 120.0) -> None:
-    from vigil.stack.services import CONSOLE, INFRA, PIPELINE, Stack
+    from vigil.stack.services import CONSOLE, INFRA, Stack, pipeline_names
 
     stack = Stack(settings)
     with console.status("starting the local stack and the pipeline...") as status:
-        stack.up(INFRA + PIPELINE + CONSOLE, on_started=lambda s: status.update(f"{s.name} is up (port {s.port})..."))
+        stack.up(INFRA + pipeline_names(settings) + CONSOLE,
+                 on_started=lambda s: status.update(f"{s.name} is up (port {s.port})..."))
     console.print(
         f"stack up: Kafka {settings.kafka.bootstrap_servers}, ClickHouse http://{settings.clickhouse.host}:"
         f"{settings.clickhouse.port}, Prometheus {settings.prometheus.prometheus_url}, Flink UI "
@@ -132,7 +133,7 @@ def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_a
     finally:
         monitor.stop()
         if stop_after:
-            stopped = stack.down(CONSOLE + PIPELINE)
+            stopped = stack.down(CONSOLE + pipeline_names(settings))
             console.print(f"stopped {', '.join(stopped)}; servers keep running (`vigil stack down` stops them)")
         else:
             console.print("the stack keeps running: `vigil stack status`, `vigil stack down` to stop it")

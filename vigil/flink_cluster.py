@@ -19,7 +19,8 @@ import yaml
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.stack.process import inherited_environment
 
-JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-scoring": "jobs/anomaly_scoring.py"}
+JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-scoring": "jobs/anomaly_scoring.py",
+        "fleet-pipeline": "jobs/fleet_pipeline.py"}
 TEMPLATE = PROJECT_ROOT / "flink-conf" / "cluster" / "config.yaml.template"
 
 
@@ -132,7 +133,7 @@ def submit(settings: Settings, job: str, target: str = "local", detach: bool = F
 
             Stack(settings).up((f"{job}-job",))
             return 0
-        if job != "window-stats":
+        if job == "anomaly-scoring":
             # Its own MiniCluster needs its own REST port: the stack's scoring job holds the configured one.
             scoring = settings.scoring.model_copy(update={"rest_port": _free_port()})
             settings = settings.model_copy(update={"scoring": scoring})

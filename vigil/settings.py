@@ -133,6 +133,10 @@ class FlinkSettings(BaseModel):
 
     # Where a job runs: in this process (PyFlink local mode) or on the standalone cluster (flink run).
     target: Literal["local", "cluster"] = "local"
+    # How the stack runs the jobs: "split" = window-stats job -> topic -> anomaly-scoring job (each restarts
+    # alone); "combined" = jobs/fleet_pipeline.py, one job that scores each window at the watermark that
+    # closed it, a window (5 s) sooner than the split pair (which must see the next window first).
+    topology: Literal["split", "combined"] = "split"
     parallelism: int = Field(2, ge=1)
     checkpoint_interval_ms: int = Field(5000, ge=200)
     rest_port: int = 18081
@@ -236,6 +240,67 @@ class PrometheusSettings(BaseModel):
         return f"http://{self.host}:{self.alertmanager_port}"
 
 
+class AlertingSettings(BaseModel):
+    """People-facing hot path: anomalies topic -> Alertmanager (v2 API) -> notification relay -> Slack / SMS /
+    e-mail. Secrets come from the environment (``VIGIL_ALERTING__SLACK_WEBHOOK_URL``) or from files
+    (``*_file``), never from the repo."""
+
+    # -- alert publisher (connectors/alert_publisher.py): verdicts -> Alertmanager ------------------------
+    publisher_consumer_group: str = "vigil-alert-publisher"
+    # endsAt of a firing alert is this far ahead; the publisher re-posts firing alerts before it passes,
+    # so an alert whose publisher died resolves by itself instead of firing forever.
+    alert_ttl_s: float = Field(300.0, gt=0)
+    repost_interval_s: float = Field(60.0, gt=0)
+    # Base of the console links in alert annotations (the equipment page is <console_url>/?equipment=<id>).
+    console_url: str = "http://127.0.0.1:18501"
+    # An alert resolves after this many consecutive scored windows of its machine without its condition
+    # (1 = the first clear window; more stops a condition hovering at its limit from paging again and again).
+    resolve_after_clear_windows: int = Field(2, ge=1)
+    # Consumer-group lag, topic growth (dead letters) and sink health exported for the Prometheus rules.
+    lag_poll_s: float = Field(5.0, gt=0)
+    # -- Alertmanager timings (rendered into flink-conf/prometheus/alertmanager.yml) ------------------------
+    group_wait_s: float = Field(1.0, ge=0)
+    group_interval_s: float = Field(5.0, gt=0)
+    repeat_interval: str = "4h"
+    # -- notification relay (connectors/notify/): Alertmanager webhook -> receivers --------------------------
+    relay_host: str = "127.0.0.1"
+    relay_port: int = 18090
+    # SQLite file with the outbox, idempotency keys and dead letters (default <data_dir>/alerting/relay.db).
+    state_path: Path | None = None
+    # On-call routing: which receivers and recipients get which severity / site (validated on load).
+    receivers_path: Path = PROJECT_ROOT / "flink-conf" / "alerting" / "receivers.yaml"
+    slack_webhook_url: SecretStr | None = None
+    slack_webhook_url_file: Path | None = None
+    # Twilio-compatible SMS API: POST <base>/2010-04-01/Accounts/<sid>/Messages.json
+    sms_api_base_url: str = "https://api.twilio.com"
+    sms_account_sid: str | None = None
+    sms_auth_token: SecretStr | None = None
+    sms_auth_token_file: Path | None = None
+    sms_from: str | None = None
+    # 2 GSM-7 segments; longer bodies are cut with an ellipsis.
+    sms_max_chars: int = Field(306, ge=70, le=1600)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_password_file: Path | None = None
+    smtp_starttls: bool = False
+    email_from: str = "vigil@localhost"
+    # Delivery retries: exponential backoff with full jitter, Retry-After honoured (capped at backoff_max_s).
+    max_attempts: int = Field(6, ge=1)
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    request_timeout_s: float = Field(5.0, gt=0)
+    # Per-receiver rate limits (messages per minute, token bucket).
+    rate_limit_per_minute: dict[str, float] = Field(
+        default_factory=lambda: {"slack": 60.0, "sms": 30.0, "email": 60.0}
+    )
+    # ClickHouse table of every delivery attempt's outcome (sql/clickhouse/003_alert_deliveries.sql).
+    delivery_table: str = "alert_deliveries"
+    # Local stand-in for Slack and the SMS provider (demo and tests): records every request it gets.
+    standin_port: int = 18095
+
+
 class ConsoleSettings(BaseModel):
     """The Streamlit analyst console."""
 
@@ -279,6 +344,7 @@ class Settings(BaseSettings):
     prometheus: PrometheusSettings = PrometheusSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     console: ConsoleSettings = ConsoleSettings()
+    alerting: AlertingSettings = AlertingSettings()
 
     @field_validator("data_dir")
     @classmethod
@@ -336,6 +402,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.scoring.models_dir or (self.data_dir / "models")
+
+    @property
+    def alerting_state_path(self) -> Path:
+        return self.alerting.state_path or (self.data_dir / "alerting" / "relay.db")
 
     @property
     def ground_truth_path(self) -> Path:

@@ -78,7 +78,8 @@ def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFram
     env.get_config().set("parallelism.default", "2")
     env.get_config().set("table.local-time-zone", "UTC")
     env.get_config().set("pipeline.jars", udf_jar(tmp / "jars").as_uri())
-    for name in ("functions", "telemetry_source", "window_stats_sink", "classify_lateness", "samples_on_time"):
+    for name in ("functions", "telemetry_source", "window_stats_sink", "classify_lateness", "samples_on_time",
+                 "window_stats_windows"):
         env.execute_sql(render_sql(name, settings, **overrides))
     env.execute_sql(render_sql("window_stats", settings, **overrides)).wait()
     lines = [json.loads(line) for path in out.rglob("*") if path.is_file() and not path.name.startswith(".")

@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 INFRA = ("kafka", "clickhouse", "pushgateway", "prometheus", "alertmanager")
 PIPELINE = ("edge", "window-stats-job", "anomaly-scoring-job", "clickhouse-sink", "pushgateway-sink")
+# settings.flink.topology = "combined": one job computes the windows and scores them (jobs/fleet_pipeline.py).
+COMBINED_PIPELINE = ("edge", "fleet-pipeline-job", "clickhouse-sink", "pushgateway-sink")
+ALL_PIPELINE = tuple(dict.fromkeys(PIPELINE + COMBINED_PIPELINE))
+
+
+def pipeline_names(settings: Settings) -> tuple[str, ...]:
+    """The pipeline services of the configured topology, in start order."""
+    return COMBINED_PIPELINE if settings.flink.topology == "combined" else PIPELINE
 CONSOLE = ("console",)
 
 
@@ -145,6 +153,11 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             settings.logs_dir / "flink-anomaly-scoring", "Flink job: rules + ONNX models -> anomalies (local mode)",
             env,
         ),
+        "fleet-pipeline-job": _local_flink_job(
+            "fleet-pipeline-job", "jobs.fleet_pipeline", settings.flink.rest_port,
+            settings.logs_dir / "flink-fleet-pipeline", "Flink job: windows + rules + models in one job (local mode)",
+            env,
+        ),
         "clickhouse-sink": ServiceSpec(
             "clickhouse-sink",
             _python_module("connectors.clickhouse_sink"),
@@ -218,9 +231,9 @@ class Stack:
             log.warning("the in-memory Kafka broker starts empty: discarding Flink checkpoints in %s", checkpoints)
             shutil.rmtree(checkpoints)
 
-    def down(self, names: tuple[str, ...] = CONSOLE + PIPELINE + INFRA) -> list[str]:
+    def down(self, names: tuple[str, ...] = CONSOLE + ALL_PIPELINE + INFRA) -> list[str]:
         """Stop in reverse dependency order; returns the names that were running."""
-        order = [name for name in (*CONSOLE, *PIPELINE, *INFRA) if name in names]
+        order = [name for name in (*CONSOLE, *ALL_PIPELINE, *INFRA) if name in names]
         return [name for name in order if self.processes.stop(name)]
 
     def status(self) -> list[ServiceStatus]:
