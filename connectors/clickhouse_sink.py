@@ -24,6 +24,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connectors.clickhouse import (
     ANOMALY_RECORDS,
@@ -282,11 +285,60 @@ class ClickHouseSink:
             log.warning("offset commit failed (rows are stored; a re-read will be de-duplicated): %s", exc)
 
 
-def run_sinks(settings: Settings, stop: threading.Event, specs: list[TableSpec] | None = None) -> list[ClickHouseSink]:
+STATS_JOB = "vigil_clickhouse_sink"
+_STATS_METRICS = (  # (name, Prometheus type, help, SinkStats field)
+    ("vigil_clickhouse_sink_rows_written", "counter", "Rows inserted since start.", "rows_written"),
+    ("vigil_clickhouse_sink_errors", "counter", "Failed inserts, connects and commits since start.", "errors"),
+    ("vigil_clickhouse_sink_malformed", "counter", "Records dead-lettered as malformed since start.", "malformed"),
+    ("vigil_clickhouse_sink_last_flush_timestamp_seconds", "gauge",
+     "Unix time of the last successful insert (0 = none yet).", "last_flush_at"),
+    ("vigil_clickhouse_sink_last_emit_to_visible_seconds", "gauge",
+     "Newest row's emitted_at to insert done, last insert.", "last_emit_to_visible_s"),
+)  # fmt: skip
+
+
+class _StatsCollector:
+    """The sinks' counters as Prometheus metrics, one series per table (read at each push)."""
+
+    def __init__(self, sinks: list[ClickHouseSink]) -> None:
+        self._sinks = sinks
+
+    def collect(self) -> Iterator[Metric]:
+        stats = [(sink.spec.table, asdict(sink.stats())) for sink in self._sinks]
+        for name, kind, help_text, field in _STATS_METRICS:
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                name, help_text, labels=["table"]
+            )
+            for table, values in stats:
+                family.add_metric([table], float(values[field]))
+            yield family
+
+
+def _push_stats(settings: Settings, sinks: list[ClickHouseSink], stop: threading.Event) -> None:
+    """Push the sinks' counters to the Pushgateway every push interval (and once more at the end)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatsCollector(sinks))  # type: ignore[arg-type]
+    while True:
+        stopping = stop.wait(settings.prometheus.push_interval_s)
+        try:
+            push_to_gateway(settings.prometheus.pushgateway_url, job=STATS_JOB, registry=registry, timeout=2.0)
+        except OSError as exc:
+            log.warning(
+                "could not push the sink stats to the Pushgateway %s: %s", settings.prometheus.pushgateway_url, exc
+            )
+        if stopping:
+            return
+
+
+def run_sinks(
+    settings: Settings, stop: threading.Event, specs: list[TableSpec] | None = None, push_stats: bool = False
+) -> list[ClickHouseSink]:
     """Run one sink per spec (every topic by default), each in its own thread, until ``stop`` is set.
 
     If one sink fails, ``stop`` is set so the others flush and stop too, and its error is raised:
     the process exits and its supervisor restarts all of them from their committed offsets.
+    With ``push_stats`` their counters go to the Pushgateway (job ``vigil_clickhouse_sink``) for the
+    VigilClickHouseWritesFailing / VigilClickHouseSinkStalled rules.
     """
     sinks = [ClickHouseSink(settings, spec) for spec in specs or table_specs(settings)]
     errors: list[BaseException] = []
@@ -299,9 +351,9 @@ def run_sinks(settings: Settings, stop: threading.Event, specs: list[TableSpec] 
             errors.append(exc)
             stop.set()
 
-    threads = [
-        threading.Thread(target=run, args=(sink,), name=f"clickhouse-sink:{sink.spec.topic}") for sink in sinks
-    ]
+    threads = [threading.Thread(target=run, args=(sink,), name=f"clickhouse-sink:{sink.spec.topic}") for sink in sinks]
+    if push_stats:
+        threads.append(threading.Thread(target=_push_stats, args=(settings, sinks, stop), name="clickhouse-sink-stats"))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -315,7 +367,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = stop_event_on_signals()
     try:
-        run_sinks(Settings(), stop)
+        run_sinks(Settings(), stop, push_stats=True)
     except (RuntimeError, KafkaException) as exc:
         log.error("%s", exc)
         return 1

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from connectors.kafka import DeadLetterWriter, ensure_topics, make_producer
 from edge import validation as v
 from edge.chunking import batch_to_records
+from edge.progress import FleetProgress, ProgressMarkers
 from edge.proto import telemetry_pb2
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
@@ -144,6 +145,17 @@ class IngestionService:
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self._poller.start()
+        self.progress = FleetProgress(settings.edge.progress_active_ms)
+        self.markers: ProgressMarkers | None = None
+        if settings.edge.progress_interval_ms:
+            self.markers = ProgressMarkers(
+                self.producer,
+                self._telemetry_topic,
+                self.progress,
+                settings.edge.progress_interval_ms,
+                settings.window.allowed_lateness_ms,
+            )
+            self.markers.start()
 
     # -- Kafka ----------------------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -175,6 +187,8 @@ class IngestionService:
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush outstanding records, then stop the poll thread."""
+        if self.markers is not None:
+            self.markers.stop()
         remaining = self.producer.flush(timeout)
         if remaining:
             log.error("%d Kafka records still unacknowledged at shutdown", remaining)
@@ -217,6 +231,9 @@ class IngestionService:
             state.marks[eid] = seq
         for key, value in batch_to_records(batch, result.arrays, self._window_ms, now_ms):
             self._produce(state, key, value)
+        # The gateway's promise (sent_at), never older than what it sent: counts only once its data is queued.
+        newest = max((int(a.ts.max()) for a in result.arrays if a.ts.size), default=0)
+        self.progress.update(eid, max(batch.sent_at_ms, newest), now_ms)
         state.ack.accepted_batches += 1
         state.ack.accepted_points += result.points
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vigil.settings import (
+    AlertingSettings,
     ClickHouseSettings,
     EdgeSettings,
     FlinkSettings,
@@ -83,6 +84,10 @@ def stack_test_settings(data_dir: Path) -> Settings:
         prometheus=PrometheusSettings(
             prometheus_port=free_port(), pushgateway_port=free_port(), alertmanager_port=free_port(),
             scrape_interval_s=1, push_interval_s=1.0,
+        ),
+        alerting=AlertingSettings(
+            relay_port=free_port(), standin_port=free_port(), standin_smtp_port=free_port(),
+            console_url="http://console.test:18501", backoff_initial_s=0.05, backoff_max_s=1.0,
         ),
     )
 

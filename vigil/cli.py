@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onnx_models.cli import models_app, train_command
+from vigil.alerts_cli import alerts_app
 from vigil.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -23,6 +24,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models", help="The model registry: list, promote, roll back.")
+app.add_typer(alerts_app, name="alerts")
 app.command("train")(train_command)
 console = Console()
 
@@ -215,6 +217,33 @@ def bench_throughput(
     if scoring not in modes:
         _fail(f"--scoring must be on, off or both, not {scoring!r}")
     run_throughput_bench(_with_samples(samples_per_sensor), machines, duration, output, console, modes[scoring])
+
+
+@bench_app.command("latency")
+def bench_latency(
+    machines: Annotated[int, typer.Option(help="simulated machines streaming during the run")] = 1000,
+    faults: Annotated[int, typer.Option(help="faults to inject, each on its own machine")] = 60,
+    spacing: Annotated[float, typer.Option(help="seconds between fault slots (each starts at a random instant of "
+                                                "its slot)")] = 5.0,
+    fault_duration: Annotated[float, typer.Option(help="seconds each fault lasts")] = 40.0,
+    warmup: Annotated[float, typer.Option(help="seconds of streaming before the first fault (the jobs reach "
+                                               "steady state in about a minute)")] = 90.0,
+    tail: Annotated[float, typer.Option(help="seconds to wait after the last fault ends")] = 20.0,
+    topology: Annotated[str, typer.Option(help="Flink jobs: combined (windows and scoring in one job) or split")]
+    = "combined",
+    samples_per_sensor: SamplesOption = None,
+    output: Annotated[Path | None, typer.Option(help="also write every fault's timings as JSON here")] = None,
+) -> None:
+    """Injected fault -> Slack and SMS request at the (stand-in) receiver: p50/p95/p99 by stage, duplicates."""
+    from vigil.bench_latency import run_latency_bench
+
+    if topology not in ("combined", "split"):
+        _fail(f"--topology must be combined or split, not {topology!r}")
+    try:
+        run_latency_bench(_with_samples(samples_per_sensor), machines, faults, spacing, fault_duration, warmup, tail,
+                          topology, output, console)  # fmt: skip
+    except (RuntimeError, ValueError) as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -119,7 +119,9 @@ def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_a
         f"stack up: Kafka {settings.kafka.bootstrap_servers}, ClickHouse http://{settings.clickhouse.host}:"
         f"{settings.clickhouse.port}, Prometheus {settings.prometheus.prometheus_url}, Flink UI "
         f"http://127.0.0.1:{settings.flink.rest_port}, console http://{settings.console.host}:"
-        f"{settings.console.port}\ninjected faults are labelled in {settings.ground_truth_path}"
+        f"{settings.console.port}\ninjected faults are labelled in {settings.ground_truth_path}\n"
+        f"alerts: Alertmanager http://127.0.0.1:{settings.prometheus.alertmanager_port}, notifications the relay "
+        f"sent (Slack, SMS, e-mail stand-in) in {settings.logs_dir / 'saas_standin.jsonl'}; `vigil alerts deliveries`"
     )
     monitor = PipelineMonitor(settings)
     monitor.start()

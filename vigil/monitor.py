@@ -65,6 +65,9 @@ class PipelineMonitor:
         self.last_window_end_ms = 0
         self.emit_lag_s: deque[float] = deque(maxlen=5000)  # window end -> emitted by Flink
         self.clickhouse_rows: int | None = None
+        self.alerts_active: int | None = None  # in Alertmanager (not silenced or inhibited)
+        self.notifications: dict[str, int] = {}  # delivered by the relay, per receiver
+        self.notification_dead_letters: int | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -72,6 +75,7 @@ class PipelineMonitor:
         self._threads = [
             threading.Thread(target=self._watch_topics, name="monitor-kafka", daemon=True),
             threading.Thread(target=self._watch_clickhouse, name="monitor-clickhouse", daemon=True),
+            threading.Thread(target=self._watch_alerting, name="monitor-alerting", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -136,6 +140,31 @@ class PipelineMonitor:
                 log.debug("clickhouse count failed: %s", exc)
                 client = None
 
+    def _watch_alerting(self) -> None:
+        """Active alerts from Alertmanager's API and delivered notifications from the relay's metrics."""
+        import requests
+        from prometheus_client.parser import text_string_to_metric_families
+
+        p, a = self.settings.prometheus, self.settings.alerting
+        alerts_url = f"http://127.0.0.1:{p.alertmanager_port}/api/v2/alerts"
+        metrics_url = f"http://{a.relay_host}:{a.relay_port}/metrics"
+        while not self._stop.wait(2.0):
+            try:
+                active = requests.get(alerts_url, params={"silenced": "false", "inhibited": "false"}, timeout=2)
+                self.alerts_active = len(active.json())
+            except (requests.RequestException, ValueError):
+                self.alerts_active = None
+            try:
+                text = requests.get(metrics_url, timeout=2).text
+            except requests.RequestException:
+                continue
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "vigil_notify_delivered_total":
+                        self.notifications[sample.labels["receiver"]] = int(sample.value)
+                    elif sample.name == "vigil_notify_dead_letters":
+                        self.notification_dead_letters = int(sample.value)
+
     def window_lag_s(self) -> float | None:
         """How far the newest emitted window trails the wall clock."""
         if not self.last_window_end_ms:
@@ -166,6 +195,11 @@ class PipelineMonitor:
             table.add_row("  latest anomaly", summary[:110])
         rows = self.clickhouse_rows
         table.add_row("rows in ClickHouse window_stats", f"{rows:,}" if rows is not None else "-")
+        active = self.alerts_active
+        table.add_row("alerts active (Alertmanager)", f"{active:,}" if active is not None else "-")
+        sent = " / ".join(f"{self.notifications.get(k, 0):,}" for k in ("slack", "sms", "email"))
+        dead = self.notification_dead_letters
+        table.add_row("notifications slack / sms / email", sent + (f" ({dead} dead letters)" if dead else ""))
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.dead_letter_reasons.items())) or "none"
         table.add_row("dead letters", f"{self.dead_letters.total:,} ({reasons})")
         return table

@@ -115,6 +115,14 @@ class EdgeSettings(BaseModel):
     gateway_buffer_max_age_s: float = 3600.0
     # gRPC deadline of one gateway send (stream) before it counts as unreachable and buffers.
     gateway_deadline_s: float = Field(30.0, gt=0)
+    # Progress markers (edge/progress.py): this often the service writes, to every telemetry partition, the
+    # time up to which EVERY machine heard from recently has sent its data (a gateway's sent_at is its promise).
+    # Flink's watermark then closes a window as soon as the last machine's batch for it is in, instead of
+    # waiting for the next batch to push event time past the allowed lateness. 0 disables the markers.
+    # With several edge instances per topic, disable them (each instance knows only its own machines).
+    progress_interval_ms: int = Field(250, ge=0)
+    # A machine silent for longer than this no longer holds the markers back (windows then close by data).
+    progress_active_ms: int = Field(12_000, ge=1000)
 
 
 class WindowSettings(BaseModel):
@@ -260,7 +268,7 @@ class AlertingSettings(BaseModel):
     lag_poll_s: float = Field(5.0, gt=0)
     # -- Alertmanager timings (rendered into flink-conf/prometheus/alertmanager.yml) ------------------------
     group_wait_s: float = Field(1.0, ge=0)
-    group_interval_s: float = Field(5.0, gt=0)
+    group_interval_s: float = Field(2.0, gt=0)  # <= the 5-s window: a storm stays one message per window
     repeat_interval: str = "4h"
     # -- notification relay (connectors/notify/): Alertmanager webhook -> receivers --------------------------
     relay_host: str = "127.0.0.1"
@@ -291,14 +299,19 @@ class AlertingSettings(BaseModel):
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
     request_timeout_s: float = Field(5.0, gt=0)
-    # Per-receiver rate limits (messages per minute, token bucket).
+    # Per-receiver rate limits (messages per minute, token bucket): what the providers allow by default,
+    # Slack incoming webhooks 1 message/s, a Twilio long-code number 1 SMS segment/s.
     rate_limit_per_minute: dict[str, float] = Field(
-        default_factory=lambda: {"slack": 60.0, "sms": 30.0, "email": 60.0}
+        default_factory=lambda: {"slack": 60.0, "sms": 60.0, "email": 60.0}
     )
     # ClickHouse table of every delivery attempt's outcome (sql/clickhouse/003_alert_deliveries.sql).
     delivery_table: str = "alert_deliveries"
-    # Local stand-in for Slack and the SMS provider (demo and tests): records every request it gets.
+    # Local stand-in for Slack, the SMS provider and an SMTP server (demo, tests, `vigil bench latency`): it
+    # records every request it gets. With ``use_standin`` the local stack sends every channel that has no real
+    # endpoint configured above (no Slack webhook, no SMS account, no SMTP host) to it; real ones always win.
+    use_standin: bool = True
     standin_port: int = 18095
+    standin_smtp_port: int = 18025
 
 
 class ConsoleSettings(BaseModel):

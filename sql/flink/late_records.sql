@@ -16,4 +16,4 @@ SELECT
         'sensors' VALUE sensors
     ) AS payload
 FROM telemetry_classified
-WHERE is_late
+WHERE is_late AND equipment_id <> ''  -- progress markers (edge/progress.py) carry no data

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from connectors.kafka import make_consumer
+from edge.progress import MARKER_GATEWAY
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.service import serve
 from tests.conftest import free_port
@@ -56,8 +57,11 @@ def make_batch(
     return batch
 
 
-def consume_until(kafka: KafkaSettings, topic: str, done, timeout: float = 40.0) -> list[dict]:
-    """Read ``topic`` from the beginning with a fresh group until ``done(values)`` (never end offsets)."""
+def consume_until(kafka: KafkaSettings, topic: str, done, timeout: float = 40.0, markers: bool = False) -> list[dict]:
+    """Read ``topic`` from the beginning with a fresh group until ``done(values)`` (never end offsets).
+
+    Progress markers (edge/progress.py) are left out unless ``markers``; each value gets its ``_partition``.
+    """
     consumer = make_consumer(kafka, group_id=f"test-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     values: list[dict] = []
@@ -69,7 +73,10 @@ def consume_until(kafka: KafkaSettings, topic: str, done, timeout: float = 40.0)
             for message in consumer.consume(500, 0.5):
                 if message.error() is None:
                     value = orjson.loads(message.value())
-                    value["_key"] = message.key().decode()
+                    if value.get("gateway_id") == MARKER_GATEWAY and not markers:
+                        continue
+                    value["_key"] = message.key().decode() if message.key() is not None else None
+                    value["_partition"] = message.partition()
                     values.append(value)
     finally:
         consumer.close()
@@ -81,7 +88,10 @@ def edge(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[Settings]:
     settings = Settings(
         data_dir=tmp_path,
         kafka=per_test_kafka(kafka_settings),
-        edge=EdgeSettings(port=free_port(), metrics_port=free_port(), max_points_per_batch=500),
+        # Markers start after progress_active_ms (every machine had time to report): short here.
+        edge=EdgeSettings(
+            port=free_port(), metrics_port=free_port(), max_points_per_batch=500, progress_active_ms=1000
+        ),
     )
     _, shutdown = serve(settings)
     try:
@@ -130,7 +140,7 @@ def test_valid_batches_via_unary_and_stream_land_as_contract_records(edge: Setti
     size = edge.window.size_ms
     for record in records:
         assert record["_key"] == record["equipment_id"]
-        assert set(record) - {"_key"} == {
+        assert set(record) - {"_key", "_partition"} == {
             "equipment_id", "site", "equipment_type", "gateway_id", "sequence", "chunk_start_ms",
             "event_time_ms", "ingested_at_ms", "sensors",
         }  # fmt: skip
@@ -258,3 +268,44 @@ def test_kafka_not_acknowledging_gives_unavailable(kafka_settings: KafkaSettings
         channel.close()
     finally:
         shutdown(0)
+
+
+def test_progress_markers_follow_the_data_on_every_partition(edge: Settings) -> None:
+    """Two machines reporting: every partition gets a marker whose watermark is the OLDER newest promise.
+
+    Markers start once the first machine was heard from ``progress_active_ms`` (1 s here) ago, and a machine
+    silent for that long stops counting: so both keep reporting (every 0.3 s) for longer than that.
+    """
+    channel, client = stub(edge)
+    for sequence in range(1, 6):
+        early = make_batch("pump-m1", sequence=sequence, offset_ms=-2000)
+        late = make_batch("pump-m2", sequence=sequence)
+        client.IngestStream(iter([early, late]), timeout=30)
+        time.sleep(0.3)
+    channel.close()
+    lateness = edge.window.allowed_lateness_ms
+    oldest = min(early.sent_at_ms, late.sent_at_ms)
+
+    def marked_everywhere(values: list[dict]) -> bool:
+        data = {r["equipment_id"] for r in values if r["gateway_id"] != MARKER_GATEWAY}
+        covered = {
+            r["_partition"]
+            for r in values
+            if r["gateway_id"] == MARKER_GATEWAY and r["event_time_ms"] - lateness >= oldest
+        }
+        return data >= {"pump-m1", "pump-m2"} and covered == set(range(edge.kafka.partitions))
+
+    records = consume_until(edge.kafka, edge.kafka.telemetry_topic, marked_everywhere, markers=True)
+    markers = [r for r in records if r["gateway_id"] == MARKER_GATEWAY]
+    # The watermark a marker carries never passes the slower machine's promise...
+    assert max(r["event_time_ms"] - lateness for r in markers) == oldest
+    assert all(r["sensors"] == [] and r["equipment_id"] == "" and r["_key"] is None for r in markers)
+    # ...and in each partition, the data of that promise comes before the first marker reaching it.
+    for partition in {r["_partition"] for r in records if r["gateway_id"] != MARKER_GATEWAY}:
+        in_order = [r for r in records if r["_partition"] == partition]
+        first_full = next(
+            i
+            for i, r in enumerate(in_order)
+            if r["gateway_id"] == MARKER_GATEWAY and r["event_time_ms"] - lateness >= oldest
+        )
+        assert all(i < first_full for i, r in enumerate(in_order) if r["gateway_id"] != MARKER_GATEWAY)

@@ -170,7 +170,9 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
         "CREATE OR REPLACE VIEW db1.window_stats_latest AS",
         "CREATE TABLE IF NOT EXISTS db1.verdicts",
         "CREATE OR REPLACE VIEW db1.verdicts_now AS",
-    ]  # 001 before 002: the database exists before the anomalies table is created in it
+        "CREATE DATABASE IF NOT EXISTS db1",
+        "CREATE TABLE IF NOT EXISTS db1.alert_deliveries",
+    ]  # 001 before 002: the database exists before the anomalies table is created in it; 003: the relay's log
     table, view = ddl[3], ddl[4]
     assert "ENGINE = ReplacingMergeTree(emitted_at)" in table
     assert "PARTITION BY toDate(window_start)" in table

@@ -33,8 +33,12 @@ def run(argv: list[str], cwd: Path | None = None) -> str:
 def settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
-        prometheus={"prometheus_port": 29090, "pushgateway_port": 29091, "alertmanager_port": 29093,
-                    "scrape_interval_s": 2},
+        prometheus={
+            "prometheus_port": 29090,
+            "pushgateway_port": 29091,
+            "alertmanager_port": 29093,
+            "scrape_interval_s": 2,
+        },
     )
 
 
@@ -49,16 +53,22 @@ def test_render_fills_settings_into_configs(settings: Settings, tmp_path: Path) 
     assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:29093"]
     am = yaml.safe_load(paths["alertmanager"].read_text())
     assert am["route"]["group_by"] == ["alertname", "site"]
-    assert am["receivers"] == [{"name": "vigil-default"}]  # null receiver without a webhook URL
+    # Every receiver is the notification relay; no generic webhook receiver without alert_webhook_url.
+    assert [r["name"] for r in am["receivers"]] == ["slack", "sms", "email"]
+    assert am["receivers"][0]["webhook_configs"][0]["url"] == "http://127.0.0.1:18090/alertmanager/slack"
     assert not re.search(r"<<\w+>>", paths["rules"].read_text())
     assert "> 60" in paths["rules"].read_text()  # pipeline_stall_after_s
 
 
 def test_webhook_receiver(tmp_path: Path) -> None:
+    """alert_webhook_url adds a generic webhook receiver that gets a copy of every alert (first route)."""
     settings = Settings(data_dir=tmp_path, prometheus={"alert_webhook_url": "http://hooks.example/vigil?x=1"})
     am = yaml.safe_load(render_configs(settings, tmp_path / "cfg")["alertmanager"].read_text())
-    assert am["receivers"] == [{"name": "vigil-default", "webhook_configs": [
-        {"url": "http://hooks.example/vigil?x=1", "send_resolved": True}]}]
+    assert am["receivers"][-1] == {
+        "name": "webhook",
+        "webhook_configs": [{"url": "http://hooks.example/vigil?x=1", "send_resolved": True}],
+    }
+    assert am["route"]["routes"][0] == {"receiver": "webhook", "continue": True}
     if AMTOOL:
         run([AMTOOL, "check-config", str(tmp_path / "cfg" / "alertmanager.yml")])
 
@@ -78,7 +88,7 @@ def test_promtool_and_amtool_accept_rendered_configs(settings: Settings, tmp_pat
     paths = render_configs(settings, tmp_path / "cfg")
     out = run([PROMTOOL, "check", "config", str(paths["prometheus"])])
     assert "1 rule files found" in out
-    assert "SUCCESS: 10 rules found" in run([PROMTOOL, "check", "rules", str(paths["rules"])])
+    assert "SUCCESS: 24 rules found" in run([PROMTOOL, "check", "rules", str(paths["rules"])])
     run([AMTOOL, "check-config", str(paths["alertmanager"])])
 
 
@@ -101,8 +111,8 @@ tests:
       - eval_time: 10m
         alertname: VigilMachineSilent
         exp_alerts:
-          - exp_labels: {{severity: warning, job: vigil_window_stats, site: north, equipment_id: m2,
-                          equipment_type: fan}}
+          - exp_labels: {{severity: warning, category: equipment, job: vigil_window_stats, site: north,
+                          equipment_id: m2, equipment_type: fan}}
             exp_annotations:
               summary: "m2 (fan) at north silent for 8m 0s"
       - eval_time: 10m
@@ -126,13 +136,13 @@ tests:
       - eval_time: 5m
         alertname: VigilPipelineStalled
         exp_alerts:
-          - exp_labels: {{severity: critical}}
+          - exp_labels: {{severity: critical, category: pipeline}}
             exp_annotations:
               summary: "No new window statistics for 3m 0s"
       - eval_time: 5m
         alertname: VigilSinkNotPushing
         exp_alerts:
-          - exp_labels: {{severity: critical, job: vigil_pushgateway_sink}}
+          - exp_labels: {{severity: critical, category: pipeline, job: vigil_pushgateway_sink}}
             exp_annotations:
               summary: "Pushgateway sink has not pushed for 2m 0s"
               description: "connectors.pushgateway_sink is dead or every push fails; check its log."
@@ -140,9 +150,7 @@ tests:
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
-def test_alert_rules_fire_for_silent_machine_stalled_pipeline_and_dead_sink(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_alert_rules_fire_for_silent_machine_stalled_pipeline_and_dead_sink(settings: Settings, tmp_path: Path) -> None:
     paths = render_configs(settings, tmp_path / "cfg")
     tests = tmp_path / "cfg" / "rules_test.yml"
     tests.write_text(RULE_TESTS.format(rules=paths["rules"]))

@@ -9,6 +9,7 @@ manager and the integration tests both use it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -34,6 +35,13 @@ _BINARIES = {
 }
 
 
+# Defaults of thresholds that have no setting yet (template_values prefers the setting once it exists).
+SITE_SILENT_AFTER_S = 45  # VigilSiteSilent: ~15 s normal delay (lateness, push, scrape) + margin, then page
+CONSUMER_LAG_FLOOR = 10_000  # records; VigilConsumerLagGrowing ignores lag that stays below this
+DEAD_LETTER_ALERT_RATE = 0.1  # records/s into the dead-letter topic before VigilDeadLettersRising may fire
+PUBLISHER_HEARTBEAT_S = 10  # = connectors.alert_publisher.HEARTBEAT_S (not imported: it pulls in pandas/Kafka)
+
+
 def config_dir(settings: Settings) -> Path:
     """Where the rendered configs live by default (generated; never edit by hand)."""
     return settings.data_dir / "prometheus" / "config"
@@ -57,9 +65,24 @@ def _duration(seconds: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
+def _webhook_snippets(url: str | None) -> dict[str, str]:
+    """YAML lines for the optional generic webhook (settings.prometheus.alert_webhook_url): a receiver, and a
+    first route that copies every alert to it (continue: true) without changing the relay routes."""
+    if not url:
+        return {"webhook_route": "", "webhook_receiver": ""}
+    quoted = json.dumps(url)  # a JSON string is a valid YAML double-quoted scalar
+    return {
+        "webhook_route": "    # Every alert also goes to settings.prometheus.alert_webhook_url.\n"
+        "    - receiver: webhook\n      continue: true",
+        "webhook_receiver": "  - name: webhook\n    webhook_configs:\n"
+        f"      - url: {quoted}\n        send_resolved: true",
+    }
+
+
 def template_values(settings: Settings) -> dict[str, str]:
     """Every placeholder the templates may use."""
     p = settings.prometheus
+    alerting = settings.alerting
     edge_metrics_port = getattr(settings.edge, "metrics_port", 15052)
     return {
         "scrape_interval": _duration(p.scrape_interval_s),
@@ -71,6 +94,21 @@ def template_values(settings: Settings) -> dict[str, str]:
         "machine_silent_after_s": str(p.machine_silent_after_s),
         # Three missed pushes plus one scrape before the sink counts as stalled.
         "sink_stall_after_s": str(round(3 * p.push_interval_s + p.scrape_interval_s)),
+        "site_silent_after_s": str(getattr(p, "site_silent_after_s", SITE_SILENT_AFTER_S)),
+        "scoring_stall_after_s": str(getattr(p, "scoring_stall_after_s", p.pipeline_stall_after_s)),
+        "clickhouse_stall_after_s": str(getattr(p, "clickhouse_stall_after_s", p.pipeline_stall_after_s)),
+        "consumer_lag_floor": str(getattr(alerting, "consumer_lag_floor", CONSUMER_LAG_FLOOR)),
+        "dead_letter_rate": str(getattr(alerting, "dead_letter_alert_rate", DEAD_LETTER_ALERT_RATE)),
+        "dead_letter_topic": settings.kafka.dead_letter_topic,
+        # Three missed heartbeats / polls plus one scrape.
+        "publisher_stall_after_s": str(round(3 * PUBLISHER_HEARTBEAT_S + p.scrape_interval_s)),
+        "lag_stall_after_s": str(round(3 * alerting.lag_poll_s + p.scrape_interval_s)),
+        # Alertmanager: timings and the notification relay (connectors/notify/).
+        "group_wait": _duration(alerting.group_wait_s),
+        "group_interval": _duration(alerting.group_interval_s),
+        "repeat_interval": alerting.repeat_interval,
+        "relay_url": f"http://{alerting.relay_host}:{alerting.relay_port}",
+        **_webhook_snippets(p.alert_webhook_url),
     }
 
 
@@ -102,16 +140,7 @@ def render_configs(settings: Settings, out_dir: Path) -> dict[str, Path]:
     paths["prometheus"].write_text(_render(TEMPLATE_DIR / "prometheus.yml", values))
     paths["rules"].write_text(_render(TEMPLATE_DIR / "rules" / "vigil.rules.yml", values))
 
-    am_text = _render(TEMPLATE_DIR / "alertmanager.yml", values)
-    url = settings.prometheus.alert_webhook_url
-    if url:
-        am = yaml.safe_load(am_text)
-        for receiver in am["receivers"]:
-            if receiver["name"] == am["route"]["receiver"]:
-                receiver["webhook_configs"] = [{"url": url, "send_resolved": True}]
-        header = "".join(line + "\n" for line in am_text.splitlines() if line.startswith("#"))
-        am_text = header + yaml.safe_dump(am, sort_keys=False)
-    paths["alertmanager"].write_text(am_text)
+    paths["alertmanager"].write_text(_render(TEMPLATE_DIR / "alertmanager.yml", values))
     return paths
 
 
@@ -167,8 +196,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def wait_ready(settings: Settings, procs: dict[str, subprocess.Popen], log_dir: Path,
-               timeout_s: float = 30.0) -> None:
+def wait_ready(settings: Settings, procs: dict[str, subprocess.Popen], log_dir: Path, timeout_s: float = 30.0) -> None:
     """Poll each health URL until 200, failing fast (with the log tail) if a process exits."""
     pending = dict(health_urls(settings))
     deadline = time.monotonic() + timeout_s
@@ -187,8 +215,7 @@ def wait_ready(settings: Settings, procs: dict[str, subprocess.Popen], log_dir: 
                 pass
         if pending and time.monotonic() > deadline:
             raise TimeoutError(
-                f"not ready after {timeout_s}s: {pending}. Logs in {log_dir}; "
-                "is the port taken by someone else?"
+                f"not ready after {timeout_s}s: {pending}. Logs in {log_dir}; is the port taken by someone else?"
             )
         if pending:
             time.sleep(0.1)
@@ -214,8 +241,7 @@ def start_hot_path(settings: Settings, log_dir: Path, timeout_s: float = 30.0) -
     try:
         for name, argv in commands.items():
             with (log_dir / f"{name}.log").open("ab") as out:
-                procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL)
+                procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             log.info("started %s (pid %d): %s", name, procs[name].pid, " ".join(argv))
         wait_ready(settings, procs, log_dir, timeout_s)
     except BaseException:

@@ -2,9 +2,11 @@
 
 Infrastructure (``vigil stack up``): a Kafka-protocol broker (Tansu), ClickHouse's HTTP interface
 over chDB, Prometheus Pushgateway, Prometheus and Alertmanager.
-Pipeline (started by ``vigil demo`` / ``vigil pipeline up``): the gRPC edge service, the window
+Pipeline (started by ``vigil demo`` / ``vigil stack up --pipeline``): the gRPC edge service, the window
 statistics and anomaly-scoring Flink jobs (PyFlink local mode, one MiniCluster each) and the two
-sinks feeding the hot and the cold path.
+sinks feeding the hot and the cold path; then the hot path to people: the alert publisher (verdicts ->
+Alertmanager), the notification relay (Alertmanager webhooks -> Slack / SMS / e-mail), the Kafka lag
+exporter (for the Prometheus rules) and the local stand-in for Slack, the SMS provider and SMTP.
 Every spec is built from one :class:`Settings`, so a test stack on free ports is the same code.
 """
 
@@ -16,9 +18,10 @@ import sys
 from pathlib import Path
 
 import requests
+from pydantic import SecretStr
 
 from vigil.settings import PROJECT_ROOT, Settings
-from vigil.stack import prometheus_configs
+from vigil.stack import prometheus_configs, saas_standin
 from vigil.stack.process import ProcessManager, ServiceSpec, ServiceStatus
 
 log = logging.getLogger(__name__)
@@ -27,13 +30,36 @@ INFRA = ("kafka", "clickhouse", "pushgateway", "prometheus", "alertmanager")
 PIPELINE = ("edge", "window-stats-job", "anomaly-scoring-job", "clickhouse-sink", "pushgateway-sink")
 # settings.flink.topology = "combined": one job computes the windows and scores them (jobs/fleet_pipeline.py).
 COMBINED_PIPELINE = ("edge", "fleet-pipeline-job", "clickhouse-sink", "pushgateway-sink")
-ALL_PIPELINE = tuple(dict.fromkeys(PIPELINE + COMBINED_PIPELINE))
+# Anomalies topic -> people, and what the Prometheus rules need to watch the pipeline (start order).
+ALERTING = ("saas-standin", "notify-relay", "alert-publisher", "kafka-lag")
+ALL_PIPELINE = tuple(dict.fromkeys(PIPELINE + COMBINED_PIPELINE + ALERTING))
+CONSOLE = ("console",)
+STANDIN_SLACK_PATH = "/slack/T0LOCAL/B0LOCAL/vigil-local"
+STANDIN_SMS = {"sms_account_sid": "AC0000vigil0local", "sms_auth_token": "local-standin", "sms_from": "+15550100000"}
 
 
 def pipeline_names(settings: Settings) -> tuple[str, ...]:
-    """The pipeline services of the configured topology, in start order."""
-    return COMBINED_PIPELINE if settings.flink.topology == "combined" else PIPELINE
-CONSOLE = ("console",)
+    """The pipeline services of the configured topology, in start order, with the alerting path."""
+    return (COMBINED_PIPELINE if settings.flink.topology == "combined" else PIPELINE) + ALERTING
+
+
+def with_standin(settings: Settings) -> Settings:
+    """``settings`` with every people-facing channel that has no real endpoint pointed at the local stand-in.
+
+    Only with ``alerting.use_standin``; a configured Slack webhook, SMS account or SMTP host is never replaced.
+    """
+    a = settings.alerting
+    if not a.use_standin:
+        return settings
+    base = f"http://127.0.0.1:{a.standin_port}"
+    update: dict[str, object] = {}
+    if not (a.slack_webhook_url or a.slack_webhook_url_file):
+        update["slack_webhook_url"] = SecretStr(base + STANDIN_SLACK_PATH)
+    if not a.sms_account_sid:
+        update |= {"sms_api_base_url": base, **STANDIN_SMS, "sms_auth_token": SecretStr(STANDIN_SMS["sms_auth_token"])}
+    if not a.smtp_host:
+        update |= {"smtp_host": "127.0.0.1", "smtp_port": a.standin_smtp_port, "smtp_starttls": False}
+    return settings.model_copy(update={"alerting": a.model_copy(update=update)})
 
 
 def tansu_binary() -> Path:
@@ -174,6 +200,7 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             cwd=PROJECT_ROOT,
             description="window-stats + anomalies -> Pushgateway",
         ),
+        **alerting_specs(settings),
         "console": ServiceSpec(
             "console",
             [*_python_module("streamlit"), "run", str(PROJECT_ROOT / "streamlit_app" / "app.py"),
@@ -184,6 +211,48 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             env=env | {"PYTHONPATH": str(PROJECT_ROOT)},
             cwd=PROJECT_ROOT,
             description="Streamlit console",
+        ),
+    }
+
+
+def alerting_specs(settings: Settings) -> dict[str, ServiceSpec]:
+    """The hot path to people: publisher -> Alertmanager -> relay -> (stand-in) Slack / SMS / e-mail."""
+    a = settings.alerting
+    env = settings.to_env()
+    return {
+        "saas-standin": ServiceSpec(
+            "saas-standin",
+            saas_standin.argv(settings, settings.logs_dir / "saas_standin.jsonl"),
+            a.standin_port,
+            health_url=f"http://127.0.0.1:{a.standin_port}/healthz",
+            env=env,
+            cwd=PROJECT_ROOT,
+            description="stand-in for Slack, SMS provider and SMTP (records requests)",
+        ),
+        "notify-relay": ServiceSpec(
+            "notify-relay",
+            _python_module("connectors.notify.relay"),
+            a.relay_port,
+            health_url=f"http://{a.relay_host}:{a.relay_port}/healthz",
+            env=with_standin(settings).to_env(),
+            cwd=PROJECT_ROOT,
+            description="notification relay: Alertmanager webhooks -> Slack / SMS / e-mail",
+        ),
+        "alert-publisher": ServiceSpec(
+            "alert-publisher",
+            _python_module("connectors.alert_publisher"),
+            0,
+            env=env,
+            cwd=PROJECT_ROOT,
+            description="anomaly verdicts -> Alertmanager alerts",
+        ),
+        "kafka-lag": ServiceSpec(
+            "kafka-lag",
+            _python_module("connectors.kafka_lag"),
+            0,
+            env=env,
+            cwd=PROJECT_ROOT,
+            description="Kafka consumer lag + topic growth -> Pushgateway",
         ),
     }
 

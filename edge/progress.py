@@ -1,0 +1,133 @@
+"""Fleet progress markers: close a window as soon as every machine has sent its data for it.
+
+Event-time watermarks advance only with newer data. Machines report a batch every few seconds, so the
+batch that completes window [E-5 s, E) holds no sample at or after E, and the window would close only
+when the NEXT batch pushes event time past E + allowed lateness: a whole batch interval of latency.
+
+A gateway's ``sent_at_ms`` is a promise: everything it sampled before that instant is in this batch or an
+earlier one. The edge keeps each machine's newest promise; the fleet's progress is the oldest promise among
+machines heard from recently. Written to every partition of the telemetry topic after the data it covers
+(one producer keeps per-partition order), it lets Flink's watermark reach E the moment the last machine's
+batch for E is in. A marker is a telemetry record with no machine and no samples, whose event time is the
+progress plus the allowed lateness (the source subtracts that again); the window SQL ignores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import orjson
+from confluent_kafka import KafkaException, Producer
+
+log = logging.getLogger(__name__)
+
+MARKER_GATEWAY = "edge-progress"
+
+
+class FleetProgress:
+    """Each machine's newest promise and when it was last heard from; thread-safe."""
+
+    def __init__(self, active_ms: int) -> None:
+        self.active_ms = active_ms
+        # Until every machine has had time to report once, an unknown machine's batch could still be on its way
+        # for a window the markers would close: no markers for ``active_ms`` after the first machine (again
+        # after a fleet-wide silence).
+        self.first_seen_ms: int | None = None
+        self._covered: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def update(self, equipment_id: str, covered_until_ms: int, now_ms: int) -> None:
+        """Call AFTER the batch's records were handed to the producer (markers must follow the data)."""
+        with self._lock:
+            if self.first_seen_ms is None:
+                self.first_seen_ms = now_ms
+            if covered_until_ms > self._covered.get(equipment_id, -1):
+                self._covered[equipment_id] = covered_until_ms
+            self._seen[equipment_id] = now_ms
+
+    def low_watermark(self, now_ms: int) -> int | None:
+        """Oldest promise among machines heard from within ``active_ms``; None when none is active (or warming up)."""
+        horizon = now_ms - self.active_ms
+        with self._lock:
+            gone = [eid for eid, seen in self._seen.items() if seen < horizon]
+            for eid in gone:  # silent machines stop holding the fleet back
+                del self._seen[eid], self._covered[eid]
+            if not self._covered:
+                self.first_seen_ms = None
+                return None
+            if self.first_seen_ms is None or self.first_seen_ms > horizon:
+                return None
+            return min(self._covered.values())
+
+
+def marker_value(progress_ms: int, lateness_ms: int, now_ms: int) -> bytes:
+    """A telemetry record without machine or samples whose watermark (event time - lateness) is ``progress_ms``."""
+    event_ms = progress_ms + lateness_ms
+    return orjson.dumps(
+        {
+            "equipment_id": "",
+            "site": "",
+            "equipment_type": "",
+            "gateway_id": MARKER_GATEWAY,
+            "sequence": 0,
+            "chunk_start_ms": event_ms,
+            "event_time_ms": event_ms,
+            "ingested_at_ms": now_ms,
+            "sensors": [],
+        }
+    )
+
+
+class ProgressMarkers:
+    """Writes the fleet's progress to every partition of the telemetry topic every ``interval_ms``."""
+
+    def __init__(
+        self, producer: Producer, topic: str, progress: FleetProgress, interval_ms: int, lateness_ms: int
+    ) -> None:
+        self.producer, self.topic, self.progress = producer, topic, progress
+        self.interval_s, self.lateness_ms = interval_ms / 1000, lateness_ms
+        self.last_sent: int | None = None
+        self.markers_written = 0
+        self._partitions: list[int] = []
+        self._partitions_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress-markers", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def partitions(self) -> list[int]:
+        """The topic's partitions, re-read every minute (a topic may grow)."""
+        if not self._partitions or time.monotonic() - self._partitions_at > 60:
+            meta = self.producer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                self._partitions, self._partitions_at = sorted(meta.partitions), time.monotonic()
+        return self._partitions
+
+    def emit(self, now_ms: int | None = None) -> int | None:
+        """Write one marker per partition if the progress moved; returns the progress written (or None)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        low = self.progress.low_watermark(now_ms)
+        if low is None or (self.last_sent is not None and low <= self.last_sent):
+            return None
+        value = marker_value(low, self.lateness_ms, now_ms)
+        partitions = self.partitions()
+        for partition in partitions:
+            self.producer.produce(self.topic, value, partition=partition)
+        self.markers_written += len(partitions)
+        self.last_sent = low
+        return low
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.emit()
+            except (KafkaException, BufferError) as exc:  # the next round tries again; data is unaffected
+                log.warning("could not write progress markers to %s: %s", self.topic, exc)

@@ -1,0 +1,418 @@
+"""Verdicts on Kafka -> connectors.alert_publisher -> a real Alertmanager (rendered Vigil config) -> webhooks.
+
+Real servers: the session's Tansu broker, an Alertmanager and a Pushgateway from the Debian packages, and a local
+HTTP server standing in for the notification relay (it records every webhook Alertmanager sends). Also covers
+connectors.kafka_lag (the publisher's committed offsets, read the way the exporter reads them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+import uvicorn
+from fastapi import FastAPI, Request
+
+from connectors.alert_publisher import ALERT_ANOMALY, ALERT_DEAD, SOURCE, AlertPublisher
+from connectors.alertmanager import AlertmanagerClient, AlertmanagerUnavailable
+from connectors.kafka import ensure_topics, make_producer
+from connectors.kafka_lag import KafkaLagExporter
+from tests.conftest import free_port
+from vigil.settings import KafkaSettings, Settings
+from vigil.stack.prometheus_configs import alertmanager_argv, config_dir, pushgateway_argv, render_configs
+
+pytestmark = pytest.mark.integration
+W = 5000
+
+
+def poll(what: str, check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+    """Call ``check`` until it returns something truthy; fail with its last value at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (requests.RequestException, AlertmanagerUnavailable) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+
+
+# -- servers ------------------------------------------------------------------------------------------------------
+class Recorder:
+    """Stand-in for the notification relay: records every Alertmanager webhook as (receiver, payload)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        app = FastAPI()
+
+        @app.post("/alertmanager/{receiver}")
+        async def webhook(receiver: str, request: Request) -> dict[str, str]:
+            payload = await request.json()
+            with self._lock:
+                self.calls.append((receiver, payload))
+            return {"status": "ok"}
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        poll("relay stand-in up", lambda: self.server.started, 10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def alerts(self, receiver: str, status: str = "firing") -> list[dict[str, Any]]:
+        """Alerts of ``status`` in the webhooks ``receiver`` got so far."""
+        with self._lock:
+            calls = list(self.calls)
+        return [a for r, payload in calls if r == receiver for a in payload["alerts"] if a["status"] == status]
+
+
+class Server:
+    """One Debian-packaged server process, restartable on the same port."""
+
+    def __init__(self, name: str, argv: list[str], ready_url: str, log: Path) -> None:
+        self.name, self.argv, self.ready_url, self.log = name, argv, ready_url, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        poll(f"{self.name} ready", lambda: requests.get(self.ready_url, timeout=1).status_code == 200, 20)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[Recorder]:
+    rec = Recorder(free_port())
+    rec.start()
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture(scope="module")
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    data = tmp_path_factory.mktemp("pushgateway")
+    settings = Settings(data_dir=data, prometheus={"pushgateway_port": port})
+    (data / "pushgateway").mkdir()
+    server = Server("pushgateway", pushgateway_argv(settings), f"http://127.0.0.1:{port}/-/ready", data / "pg.log")
+    server.start()
+    yield port
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_settings: KafkaSettings, recorder: Recorder, pushgateway: int) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        kafka=kafka_settings.model_copy(update={"anomalies_topic": f"vigil.anomalies.{tag}", "partitions": 2}),
+        prometheus={"alertmanager_port": free_port(), "pushgateway_port": pushgateway, "push_interval_s": 0.5},
+        alerting={
+            "publisher_consumer_group": f"alert-publisher-{tag}",
+            "resolve_after_clear_windows": 2,
+            "alert_ttl_s": 120,
+            "repost_interval_s": 2,
+            "relay_port": recorder.port,
+            "console_url": "http://console.test",
+        },
+    )
+    ensure_topics(settings.kafka, topics=[settings.kafka.anomalies_topic])
+    recorder.calls.clear()
+    return settings
+
+
+@pytest.fixture
+def alertmanager(settings: Settings, tmp_path: Path) -> Iterator[Server]:
+    """Alertmanager with the rendered Vigil config (routes, inhibit rules, relay receivers), as the stack runs it."""
+    cfg = config_dir(settings)
+    render_configs(settings, cfg)
+    (settings.data_dir / "alertmanager").mkdir(parents=True, exist_ok=True)
+    server = Server(
+        "alertmanager",
+        alertmanager_argv(settings, cfg),
+        f"{settings.prometheus.alertmanager_url}/-/ready",
+        tmp_path / "alertmanager.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+class PublisherThread:
+    """The publisher's run loop in a thread, re-raising its exception in the test."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.publisher = AlertPublisher(settings)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.publisher.run(self.stop)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by close()
+            self.error = exc
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "publisher did not stop within 30 s"
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture
+def publisher(settings: Settings, alertmanager: Server) -> Iterator[PublisherThread]:
+    thread = PublisherThread(settings)
+    yield thread
+    thread.close()
+
+
+# -- data ---------------------------------------------------------------------------------------------------------
+BASE_MS = (int(time.time() * 1000) // W) * W - 60_000
+
+
+def window_ms(n: int) -> int:
+    """Start of the window ``n`` windows from a recent base (real time: alerts then look like real ones)."""
+    return BASE_MS + n * W
+
+
+def verdict(eid: str, n: int, severity: str = "normal", *, site: str = "north", detectors: tuple[str, ...] = (),
+            hits: tuple[str, ...] = (), top: tuple[str, ...] = (), kind: str = "window") -> dict[str, Any]:  # fmt: skip
+    start = window_ms(n)
+    return {
+        "equipment_id": eid, "site": site, "equipment_type": "pump", "window_start_ms": start,
+        "window_end_ms": start + W, "kind": kind, "is_anomaly": severity != "normal", "severity": severity,
+        "score": 2.5 if severity == "critical" else (1.3 if severity == "warning" else 0.2),
+        "pca_t2q": None, "isolation_forest": 1.3, "rules": 0.5, "detectors": list(detectors),
+        "rule_hits": list(hits), "top_sensors": list(top), "dead_sensors": [],
+        "model_versions": "isolation_forest=v0007", "summary": f"{severity}: {', '.join(detectors)}",
+        "last_seen_ms": start + W, "emitted_at_ms": start + W + 300,
+    }  # fmt: skip
+
+
+def produce(settings: Settings, records: list[dict[str, Any]]) -> None:
+    producer = make_producer(settings.kafka)
+    for rec in records:
+        producer.produce(settings.kafka.anomalies_topic, key=rec["equipment_id"].encode(), value=orjson.dumps(rec))
+    assert producer.flush(15) == 0
+
+
+def am_alerts(settings: Settings, *matchers: str) -> list[dict[str, Any]]:
+    with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+        return client.get_alerts([f'source="{SOURCE}"', *matchers])
+
+
+def by_condition(alerts: list[dict[str, Any]]) -> dict[tuple[str, str, str, str, str], dict[str, Any]]:
+    """{(equipment_id, alertname, detector, sensor, severity): alert}"""
+    return {
+        tuple(a["labels"][k] for k in ("equipment_id", "alertname", "detector", "sensor", "severity")): a
+        for a in alerts
+    }
+
+
+def publisher_lag(settings: Settings) -> int | None:
+    """The publisher group's lag, read by connectors.kafka_lag (None: the group committed nothing yet)."""
+    group = settings.alerting.publisher_consumer_group
+    exporter = KafkaLagExporter(settings, groups={group: [settings.kafka.anomalies_topic]})
+    try:
+        return exporter.poll().lag.get((group, settings.kafka.anomalies_topic))
+    finally:
+        exporter.close()
+
+
+# -- tests --------------------------------------------------------------------------------------------------------
+def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: PublisherThread, recorder: Recorder) -> None:
+    produce(settings, [
+        verdict("m1", 0, "critical", detectors=("isolation_forest", "threshold_max"), hits=("temp:threshold_max",),
+                top=("temp", "vib")),
+        verdict("m2", 0, "warning", site="south", hits=("vib:zscore",), top=("vib",)),
+        verdict("m3", 0),
+    ])  # fmt: skip
+    expected = {
+        ("m1", ALERT_ANOMALY, "isolation_forest", "temp", "critical"),
+        ("m1", ALERT_ANOMALY, "threshold_max", "temp", "critical"),
+        ("m2", ALERT_ANOMALY, "zscore", "vib", "warning"),
+    }
+    alerts = poll("alerts in Alertmanager", lambda: (a := by_condition(am_alerts(settings))).keys() == expected and a)
+    m1 = alerts[("m1", ALERT_ANOMALY, "threshold_max", "temp", "critical")]
+    assert m1["labels"] == {
+        "alertname": ALERT_ANOMALY, "severity": "critical", "site": "north", "equipment_id": "m1",
+        "equipment_type": "pump", "sensor": "temp", "detector": "threshold_max", "source": SOURCE,
+    }  # fmt: skip
+    assert m1["annotations"]["console_url"] == "http://console.test/?equipment=m1"
+    assert "Rule hits: temp:threshold_max" in m1["annotations"]["description"]
+    assert m1["annotations"]["summary"] == "critical: isolation_forest, threshold_max"
+    assert m1["startsAt"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(window_ms(0) / 1000)))
+    assert m1["status"]["state"] == "active"
+
+    # Routing in the real Alertmanager: critical -> slack + sms, warning -> slack only; one message per site.
+    poll("critical alerts sent to slack and sms", lambda: {a["labels"]["equipment_id"] for a in recorder.alerts("sms")}
+         == {"m1"} and {a["labels"]["equipment_id"] for a in recorder.alerts("slack")} == {"m1", "m2"})  # fmt: skip
+    assert not recorder.alerts("email")
+    sms_sites = {(r, p["groupLabels"]["site"]) for r, p in recorder.calls if r == "sms"}
+    assert sms_sites == {("sms", "north")}
+
+    # Committed only what Alertmanager accepted: everything, here.
+    poll("offsets committed", lambda: publisher_lag(settings) == 0)
+
+    # Two clear windows of m1 resolve m1's alerts; m2 has only one clear window: still firing.
+    produce(settings, [verdict("m1", 1), verdict("m1", 2), verdict("m2", 1)])
+    poll("m1 resolved", lambda: {k[0] for k in by_condition(am_alerts(settings))} == {"m2"})
+    poll("resolution sent to sms", lambda: {a["labels"]["detector"] for a in recorder.alerts("sms", "resolved")}
+         == {"isolation_forest", "threshold_max"})  # fmt: skip
+    produce(settings, [verdict("m2", 2)])
+    poll("m2 resolved", lambda: am_alerts(settings) == [])
+
+    # Self-metrics in the Pushgateway.
+    def pushed() -> dict[str, float]:
+        groups = requests.get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5).json()["data"]
+        group = next(g for g in groups if g["labels"].get("job") == "vigil_alert_publisher")
+        return {name: float(m["metrics"][0]["value"]) for name, m in group.items() if name.startswith("vigil_")}
+
+    metrics = poll("publisher metrics pushed", lambda: (m := pushed()).get(
+        "vigil_alert_publisher_verdicts_consumed_total") == 7 and m)  # fmt: skip
+    assert metrics["vigil_alert_publisher_alerts_firing"] == 0
+    assert metrics["vigil_alert_publisher_last_post_timestamp_seconds"] > time.time() - 60
+    assert metrics["vigil_alert_publisher_post_failures_total"] == 0
+
+
+def test_alertmanager_down_nothing_committed_then_delivered(
+    settings: Settings, alertmanager: Server, publisher: PublisherThread
+) -> None:
+    produce(settings, [verdict("d1", 0)])
+    poll("first verdict committed", lambda: publisher_lag(settings) == 0)
+    alertmanager.stop()
+    produce(settings, [verdict("d1", 1, "warning", hits=("temp:stuck",), top=("temp",))])
+    poll("the publisher retrying the POST", lambda: publisher.publisher.counters.post_failures >= 2)
+    assert publisher.publisher.counters.verdicts_consumed == 2
+    assert publisher_lag(settings) == 1  # the anomalous verdict is consumed but not committed
+    alertmanager.start()  # a fresh Alertmanager: it knows nothing until the publisher's retry gets through
+    alerts = poll("alert delivered after Alertmanager is back", lambda: by_condition(am_alerts(settings)))
+    assert set(alerts) == {("d1", ALERT_ANOMALY, "stuck", "temp", "warning")}
+    poll("offset committed after delivery", lambda: publisher_lag(settings) == 0)
+
+
+def test_restarted_publisher_rebuilds_its_alerts_and_resolves_them(settings: Settings, alertmanager: Server) -> None:
+    first = PublisherThread(settings)
+    try:
+        produce(settings, [
+            verdict("r1", 0, "warning", detectors=("pca_t2q",), top=("vib", "temp")),
+            verdict("r1", 1, "critical", detectors=("pca_t2q",), top=("temp",)),  # escalates; top sensor moved
+            verdict("r2", 1, "critical", kind="dead_machine", detectors=("dead_machine",)),
+        ])  # fmt: skip
+        expected = {
+            ("r1", ALERT_ANOMALY, "pca_t2q", "vib", "warning"),
+            ("r1", ALERT_ANOMALY, "pca_t2q", "vib", "critical"),
+            ("r2", ALERT_DEAD, "dead_machine", "*", "critical"),
+        }
+        poll("alerts fired", lambda: set(by_condition(am_alerts(settings))) == expected)
+    finally:
+        first.close()
+
+    second = PublisherThread(settings)
+    try:
+        poll("active set rebuilt from Alertmanager", lambda: second.publisher.counters.alerts_firing == 3)
+        # The model still fires (other top sensor): same alerts, nothing new. Then the machines are back / clear.
+        produce(settings, [verdict("r1", 2, "warning", detectors=("pca_t2q",), top=("temp",)), verdict("r2", 2)])
+        poll("dead machine resolved by its next window", lambda: set(by_condition(am_alerts(settings)))
+             == expected - {("r2", ALERT_DEAD, "dead_machine", "*", "critical")})  # fmt: skip
+        produce(settings, [verdict("r1", 3), verdict("r1", 4)])
+        poll("rebuilt alerts resolved after 2 clear windows", lambda: am_alerts(settings) == [])
+        assert second.publisher.counters.verdicts_consumed == 4  # nothing the first one committed was re-read
+    finally:
+        second.close()
+
+
+def test_inhibition_and_silences_in_alertmanager(settings: Settings, publisher: PublisherThread) -> None:
+    produce(settings, [
+        verdict("i1", 0, "warning", site="plant-a", hits=("temp:threshold_max",), top=("temp",)),
+        verdict("i2", 0, "warning", site="plant-b", hits=("flow:zscore",), top=("flow",)),
+    ])  # fmt: skip
+    poll("both alerts active", lambda: len(am_alerts(settings)) == 2)
+    with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+        # Prometheus' site dead-man for plant-a (posted as Prometheus would): mutes plant-a's machine alerts only.
+        client.post_alerts([{"labels": {"alertname": "VigilSiteSilent", "site": "plant-a", "severity": "critical",
+                                        "category": "equipment"}}])  # fmt: skip
+
+        def states() -> dict[str, str]:
+            return {a["labels"]["equipment_id"]: a["status"]["state"] for a in am_alerts(settings)}
+
+        poll("plant-a's alert inhibited by the site alert", lambda: states() == {"i1": "suppressed", "i2": "active"})
+        i1 = by_condition(am_alerts(settings))[("i1", ALERT_ANOMALY, "threshold_max", "temp", "warning")]
+        assert len(i1["status"]["inhibitedBy"]) == 1
+
+        # Escalation: the critical twin mutes the warning one (equal alertname, equipment_id, detector, sensor).
+        produce(settings, [verdict("i2", 1, "critical", site="plant-b", hits=("flow:zscore",), top=("flow",))])
+        twins = poll("critical twin posted", lambda: (a := by_condition(am_alerts(settings, 'equipment_id="i2"')))
+                     and len(a) == 2 and a)  # fmt: skip
+        poll("warning twin inhibited by the critical one", lambda: {
+            k[4]: a["status"]["state"] for k, a in by_condition(am_alerts(settings, 'equipment_id="i2"')).items()
+        } == {"critical": "active", "warning": "suppressed"})  # fmt: skip
+        assert set(twins) == {("i2", ALERT_ANOMALY, "zscore", "flow", s) for s in ("warning", "critical")}
+
+        # Silences through the client (what the CLI will call).
+        silence_id = client.create_silence(['equipment_id="i2"'], 600, comment="pump swap", created_by="test")
+        poll("i2 silenced", lambda: all(a["status"]["silencedBy"] == [silence_id]
+                                        for a in am_alerts(settings, 'equipment_id="i2"')))  # fmt: skip
+        assert [s["id"] for s in client.list_silences(['equipment_id="i2"'])] == [silence_id]
+        client.expire_silence(silence_id)
+        assert client.list_silences(['equipment_id="i2"']) == []
+        assert [s["id"] for s in client.list_silences(include_expired=True)] == [silence_id]
+        poll("i2 no longer silenced", lambda: all(not a["status"]["silencedBy"]
+                                                  for a in am_alerts(settings, 'equipment_id="i2"')))  # fmt: skip
+
+
+def test_unreachable_alertmanager_says_what_to_do() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with AlertmanagerClient(url) as client, pytest.raises(AlertmanagerUnavailable, match="cannot reach Alertmanager"):
+        client.post_alerts([{"labels": {"alertname": "x"}}])
+
+
+def test_kafka_lag_exporter_pushes_lag_per_group(settings: Settings, publisher: PublisherThread) -> None:
+    """connectors.kafka_lag against real Kafka and the Pushgateway: committed groups only, with their lag."""
+    # Two batches: Tansu reports a partition's end offset as the last batch's base offset + 1 (real Kafka: the
+    # offset after its last record), so only single-record batches give exact end offsets on Tansu.
+    produce(settings, [verdict("k1", 0)])
+    produce(settings, [verdict("k1", 1)])
+    poll("publisher committed", lambda: publisher_lag(settings) == 0)
+    exporter = KafkaLagExporter(settings)
+    try:
+        snapshot = exporter.poll()
+        assert snapshot.lag[(settings.alerting.publisher_consumer_group, settings.kafka.anomalies_topic)] == 0
+        # The other groups never committed on this test's topic: not reported (not deployed here).
+        assert [g for g, t in snapshot.lag if t == settings.kafka.anomalies_topic] == [
+            settings.alerting.publisher_consumer_group
+        ]
+        assert snapshot.end_offsets[settings.kafka.anomalies_topic] == 2
+        assert exporter.push()
+    finally:
+        exporter.close()
+    groups = requests.get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5).json()["data"]
+    lag = next(g for g in groups if g["labels"].get("job") == "vigil_kafka_lag")["vigil_kafka_consumer_lag"]
+    assert {"group": settings.alerting.publisher_consumer_group, "topic": settings.kafka.anomalies_topic} in [
+        {k: m["labels"][k] for k in ("group", "topic")} for m in lag["metrics"]
+    ]

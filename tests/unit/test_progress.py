@@ -1,0 +1,48 @@
+"""Fleet progress: the oldest promise among machines heard from recently, and the marker it becomes."""
+
+from __future__ import annotations
+
+import orjson
+
+from edge.progress import MARKER_GATEWAY, FleetProgress, marker_value
+
+
+def test_progress_is_the_oldest_promise_of_active_machines() -> None:
+    progress = FleetProgress(active_ms=10_000)
+    assert progress.low_watermark(now_ms=0) is None
+    progress.update("a", 5_000, now_ms=0)
+    progress.update("b", 4_000, now_ms=10_000)
+    assert progress.low_watermark(now_ms=10_000) == 4_000
+    progress.update("b", 3_000, now_ms=10_000)  # an older re-send never moves a promise back
+    assert progress.low_watermark(now_ms=10_000) == 4_000
+    progress.update("a", 15_000, now_ms=10_000)
+    progress.update("b", 9_000, now_ms=10_000)
+    assert progress.low_watermark(now_ms=10_000) == 9_000
+
+
+def test_a_silent_machine_stops_holding_the_fleet_back() -> None:
+    progress = FleetProgress(active_ms=10_000)
+    progress.update("dead", 1_000, now_ms=1_000)
+    progress.update("alive", 20_000, now_ms=11_000)
+    assert progress.low_watermark(now_ms=11_000) == 1_000  # 10 s since heard from: still active (and warm)
+    assert progress.low_watermark(now_ms=11_001) == 20_000
+    progress.update("dead", 2_000, now_ms=12_000)  # back again: holds the fleet back again
+    assert progress.low_watermark(now_ms=12_000) == 2_000
+
+
+def test_marker_watermark_is_the_progress_after_the_lateness_the_source_subtracts() -> None:
+    marker = orjson.loads(marker_value(progress_ms=10_000, lateness_ms=3_000, now_ms=99))
+    assert marker["event_time_ms"] - 3_000 == 10_000 == marker["chunk_start_ms"] - 3_000
+    assert (marker["equipment_id"], marker["gateway_id"], marker["sensors"]) == ("", MARKER_GATEWAY, [])
+
+
+def test_no_progress_before_every_machine_had_time_to_report() -> None:
+    progress = FleetProgress(active_ms=10_000)
+    progress.update("a", 5_000, now_ms=1_000)
+    assert progress.low_watermark(now_ms=10_999) is None  # another machine may not have reported yet
+    progress.update("a", 12_000, now_ms=11_000)
+    assert progress.low_watermark(now_ms=11_000) == 12_000
+    # After a fleet-wide silence (everyone pruned), the first machine back waits again.
+    assert progress.low_watermark(now_ms=30_000) is None
+    progress.update("a", 40_000, now_ms=40_000)
+    assert progress.low_watermark(now_ms=40_000) is None
