@@ -69,7 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
@@ -82,6 +82,7 @@ from connectors.alertmanager import (
 )
 from connectors.contracts import ANOMALY_JSON_SCHEMA, ANOMALY_KINDS, DETECTOR_SCORE_FIELDS, SEVERITIES
 from connectors.kafka import consume_batches, ensure_topics, make_consumer
+from connectors.self_metrics import push_self_metrics
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
@@ -97,7 +98,6 @@ POLL_TIMEOUT_S = 0.1  # Kafka poll: the longest a verdict waits in the publisher
 MAX_POLL_MESSAGES = 5000
 HEARTBEAT_S = 10.0  # post (possibly nothing) at least this often: proves the publisher and Alertmanager alive
 MAX_BACKOFF_S = 5.0  # retry Alertmanager at least this often while it is down
-PUSH_TIMEOUT_S = 2.0
 
 _FIELDS = (
     "equipment_id", "site", "equipment_type", "window_start_ms", "window_end_ms", "kind", "is_anomaly",
@@ -615,19 +615,7 @@ class AlertPublisher:
 
     # -- metrics ---------------------------------------------------------------------------------------------
     def push_metrics(self) -> bool:
-        try:
-            push_to_gateway(
-                self.settings.prometheus.pushgateway_url,
-                job=PUBLISHER_JOB,
-                registry=self._registry,
-                timeout=PUSH_TIMEOUT_S,
-            )
-            return True
-        except OSError as exc:
-            log.warning(
-                "could not push metrics to the Pushgateway %s: %s", self.settings.prometheus.pushgateway_url, exc
-            )
-            return False
+        return push_self_metrics(self.settings, PUBLISHER_JOB, self._registry)
 
     def _push_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.settings.prometheus.push_interval_s):

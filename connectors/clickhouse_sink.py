@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from connectors.clickhouse import (
@@ -47,6 +47,7 @@ from connectors.clickhouse import (
     records_to_arrow,
 )
 from connectors.kafka import DeadLetterWriter, consume_batches, ensure_topics, make_consumer, make_producer
+from connectors.self_metrics import push_self_metrics
 from vigil.settings import Settings
 from vigil.signals import stop_event_on_signals
 
@@ -320,12 +321,7 @@ def _push_stats(settings: Settings, sinks: list[ClickHouseSink], stop: threading
     registry.register(_StatsCollector(sinks))  # type: ignore[arg-type]
     while True:
         stopping = stop.wait(settings.prometheus.push_interval_s)
-        try:
-            push_to_gateway(settings.prometheus.pushgateway_url, job=STATS_JOB, registry=registry, timeout=2.0)
-        except OSError as exc:
-            log.warning(
-                "could not push the sink stats to the Pushgateway %s: %s", settings.prometheus.pushgateway_url, exc
-            )
+        push_self_metrics(settings, STATS_JOB, registry, what="the sink stats")
         if stopping:
             return
 

@@ -32,10 +32,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from connectors.kafka import topic_names
+from connectors.self_metrics import push_self_metrics
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 LAG_JOB = "vigil_kafka_lag"
 KAFKA_TIMEOUT_S = 10.0
-PUSH_TIMEOUT_S = 2.0
 
 
 def consumer_groups(settings: Settings) -> dict[str, list[str]]:
@@ -135,16 +135,7 @@ class KafkaLagExporter:
 
     # -- pushing -----------------------------------------------------------------------------------------------
     def push(self) -> bool:
-        try:
-            push_to_gateway(
-                self.settings.prometheus.pushgateway_url, job=LAG_JOB, registry=self._registry, timeout=PUSH_TIMEOUT_S
-            )
-            return True
-        except OSError as exc:
-            log.warning(
-                "could not push Kafka lag to the Pushgateway %s: %s", self.settings.prometheus.pushgateway_url, exc
-            )
-            return False
+        return push_self_metrics(self.settings, LAG_JOB, self._registry, what="Kafka lag")
 
     def run(self, stop: threading.Event) -> None:
         """Poll and push every ``lag_poll_s`` until ``stop`` is set."""

@@ -68,7 +68,7 @@ class LatencyResult:
     sms_found: int
     percentiles: dict[str, dict[str, float | None]]  # channel or stage -> {p50, p95, p99, max}
     duplicates: dict[str, int]  # channel -> messages delivered more than once (extra copies)
-    unexpected: dict[str, int]  # channel -> firing messages about machines without an injected fault
+    unexpected: dict[str, int]  # channel -> firing messages naming only machines without an injected fault
     timings: list[FaultTiming] = field(default_factory=list)
 
 
@@ -139,8 +139,10 @@ class StandInClient:
                 channel, text, to = "sms", form.get("Body", ""), form.get("To", "")
             else:
                 continue
-            found = MACHINE_ID.search(text)
-            out.append({"channel": channel, "to": to, "text": text, "machine": found.group(0) if found else None,
+            # A message may tell of several machines (Alertmanager grouped them): it counts for each one it names
+            # (Slack: anywhere in the blocks; SMS: in the text, which may have been cut to fit).
+            named = sorted(set(MACHINE_ID.findall(record["body"] if channel == "slack" else text)))
+            out.append({"channel": channel, "to": to, "text": text, "body": record["body"], "machines": named,
                         "firing": not text.startswith("RESOLVED"), "at_ms": int(record["received_at"] * 1000)})
         return out
 
@@ -148,12 +150,13 @@ class StandInClient:
 def _first_arrivals(messages: list[dict[str, Any]], timings: list[FaultTiming]) -> None:
     by_machine = {t.machine: t for t in timings}
     for m in sorted(messages, key=lambda m: m["at_ms"]):
-        timing = by_machine.get(m["machine"])
-        if timing is None or not m["firing"] or m["at_ms"] < timing.start_ms:
-            continue
-        attr = f"{m['channel']}_ms"
-        if getattr(timing, attr) is None:
-            setattr(timing, attr, m["at_ms"])
+        for machine in m["machines"]:
+            timing = by_machine.get(machine)
+            if timing is None or not m["firing"] or m["at_ms"] < timing.start_ms:
+                continue
+            attr = f"{m['channel']}_ms"
+            if getattr(timing, attr) is None:
+                setattr(timing, attr, m["at_ms"])
 
 
 def _first_verdicts(settings: Settings, timings: list[FaultTiming]) -> None:
@@ -190,7 +193,7 @@ def _relay_queued(settings: Settings, timings: list[FaultTiming]) -> None:
 def _duplicates(messages: list[dict[str, Any]]) -> dict[str, int]:
     seen: dict[tuple[str, str, str], int] = {}
     for m in messages:
-        key = (m["channel"], m["to"], m["text"])
+        key = (m["channel"], m["to"], m["body"] if m["channel"] == "slack" else m["text"])
         seen[key] = seen.get(key, 0) + 1
     return {ch: sum(n - 1 for (c, _, _), n in seen.items() if c == ch and n > 1) for ch in ("slack", "sms")}
 
@@ -216,7 +219,7 @@ def _live_table(title: str, timings: list[FaultTiming], messages: list[dict[str,
     started = sum(t.start_ms <= now_ms for t in timings)
     table.add_row("faults started / planned", f"{started} / {len(timings)}")
     for channel in ("slack", "sms"):
-        hit = {m["machine"] for m in messages if m["channel"] == channel and m["firing"]}
+        hit = {machine for m in messages if m["channel"] == channel and m["firing"] for machine in m["machines"]}
         table.add_row(f"faulty machines with a {channel} message", str(sum(t.machine in hit for t in timings)))
     return table
 
@@ -283,8 +286,8 @@ def measure_latency(settings: Settings, machines: int, faults: int, spacing_s: f
         sms_found=sum(t.sms_ms is not None for t in timings),
         percentiles=percentiles,
         duplicates=_duplicates(messages),
-        unexpected={ch: sum(1 for m in messages if m["channel"] == ch and m["firing"] and m["machine"] not in faulty)
-                    for ch in ("slack", "sms")},  # fmt: skip
+        unexpected={ch: sum(1 for m in messages if m["channel"] == ch and m["firing"] and m["machines"]
+                            and not set(m["machines"]) & faulty) for ch in ("slack", "sms")},  # fmt: skip
         timings=timings,
     )
 
