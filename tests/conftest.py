@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +104,29 @@ def pipeline_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.down()
+
+
+class RunLoop:
+    """``service.run(stop)`` in a daemon thread, as a supervisor would run it; ``close()`` stops it, waits up to
+    ``join_s`` and re-raises whatever the loop raised, so a crash fails the test instead of hiding in a thread."""
+
+    def __init__(self, service: Any, join_s: float = 30.0) -> None:
+        self.service = service
+        self.join_s = join_s
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.service.run(self.stop)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by close()
+            self.error = exc
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(self.join_s)
+        assert not self.thread.is_alive(), f"{type(self.service).__name__} did not stop within {self.join_s:.0f} s"
+        if self.error:
+            raise self.error

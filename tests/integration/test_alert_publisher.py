@@ -25,7 +25,7 @@ from connectors.alert_publisher import ALERT_ANOMALY, ALERT_DEAD, SOURCE, AlertP
 from connectors.alertmanager import AlertmanagerClient, AlertmanagerUnavailable
 from connectors.kafka import ensure_topics, make_producer
 from connectors.kafka_lag import KafkaLagExporter
-from tests.conftest import free_port
+from tests.conftest import RunLoop, free_port
 from vigil.settings import KafkaSettings, Settings
 from vigil.stack.prometheus_configs import alertmanager_argv, config_dir, pushgateway_argv, render_configs
 
@@ -160,33 +160,9 @@ def alertmanager(settings: Settings, tmp_path: Path) -> Iterator[Server]:
     server.stop()
 
 
-class PublisherThread:
-    """The publisher's run loop in a thread, re-raising its exception in the test."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.publisher = AlertPublisher(settings)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.publisher.run(self.stop)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by close()
-            self.error = exc
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "publisher did not stop within 30 s"
-        if self.error:
-            raise self.error
-
-
 @pytest.fixture
-def publisher(settings: Settings, alertmanager: Server) -> Iterator[PublisherThread]:
-    thread = PublisherThread(settings)
+def publisher(settings: Settings, alertmanager: Server) -> Iterator[RunLoop]:
+    thread = RunLoop(AlertPublisher(settings))
     yield thread
     thread.close()
 
@@ -245,7 +221,7 @@ def publisher_lag(settings: Settings) -> int | None:
 
 
 # -- tests --------------------------------------------------------------------------------------------------------
-def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: PublisherThread, recorder: Recorder) -> None:
+def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop, recorder: Recorder) -> None:
     produce(settings, [
         verdict("m1", 0, "critical", detectors=("isolation_forest", "threshold_max"), hits=("temp:threshold_max",),
                 top=("temp", "vib")),
@@ -301,14 +277,14 @@ def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: Publishe
 
 
 def test_alertmanager_down_nothing_committed_then_delivered(
-    settings: Settings, alertmanager: Server, publisher: PublisherThread
+    settings: Settings, alertmanager: Server, publisher: RunLoop
 ) -> None:
     produce(settings, [verdict("d1", 0)])
     poll("first verdict committed", lambda: publisher_lag(settings) == 0)
     alertmanager.stop()
     produce(settings, [verdict("d1", 1, "warning", hits=("temp:stuck",), top=("temp",))])
-    poll("the publisher retrying the POST", lambda: publisher.publisher.counters.post_failures >= 2)
-    assert publisher.publisher.counters.verdicts_consumed == 2
+    poll("the publisher retrying the POST", lambda: publisher.service.counters.post_failures >= 2)
+    assert publisher.service.counters.verdicts_consumed == 2
     assert publisher_lag(settings) == 1  # the anomalous verdict is consumed but not committed
     alertmanager.start()  # a fresh Alertmanager: it knows nothing until the publisher's retry gets through
     alerts = poll("alert delivered after Alertmanager is back", lambda: by_condition(am_alerts(settings)))
@@ -317,7 +293,7 @@ def test_alertmanager_down_nothing_committed_then_delivered(
 
 
 def test_restarted_publisher_rebuilds_its_alerts_and_resolves_them(settings: Settings, alertmanager: Server) -> None:
-    first = PublisherThread(settings)
+    first = RunLoop(AlertPublisher(settings))
     try:
         produce(settings, [
             verdict("r1", 0, "warning", detectors=("pca_t2q",), top=("vib", "temp")),
@@ -333,21 +309,21 @@ def test_restarted_publisher_rebuilds_its_alerts_and_resolves_them(settings: Set
     finally:
         first.close()
 
-    second = PublisherThread(settings)
+    second = RunLoop(AlertPublisher(settings))
     try:
-        poll("active set rebuilt from Alertmanager", lambda: second.publisher.counters.alerts_firing == 3)
+        poll("active set rebuilt from Alertmanager", lambda: second.service.counters.alerts_firing == 3)
         # The model still fires (other top sensor): same alerts, nothing new. Then the machines are back / clear.
         produce(settings, [verdict("r1", 2, "warning", detectors=("pca_t2q",), top=("temp",)), verdict("r2", 2)])
         poll("dead machine resolved by its next window", lambda: set(by_condition(am_alerts(settings)))
              == expected - {("r2", ALERT_DEAD, "dead_machine", "*", "critical")})  # fmt: skip
         produce(settings, [verdict("r1", 3), verdict("r1", 4)])
         poll("rebuilt alerts resolved after 2 clear windows", lambda: am_alerts(settings) == [])
-        assert second.publisher.counters.verdicts_consumed == 4  # nothing the first one committed was re-read
+        assert second.service.counters.verdicts_consumed == 4  # nothing the first one committed was re-read
     finally:
         second.close()
 
 
-def test_inhibition_and_silences_in_alertmanager(settings: Settings, publisher: PublisherThread) -> None:
+def test_inhibition_and_silences_in_alertmanager(settings: Settings, publisher: RunLoop) -> None:
     produce(settings, [
         verdict("i1", 0, "warning", site="plant-a", hits=("temp:threshold_max",), top=("temp",)),
         verdict("i2", 0, "warning", site="plant-b", hits=("flow:zscore",), top=("flow",)),
@@ -392,7 +368,7 @@ def test_unreachable_alertmanager_says_what_to_do() -> None:
         client.post_alerts([{"labels": {"alertname": "x"}}])
 
 
-def test_kafka_lag_exporter_pushes_lag_per_group(settings: Settings, publisher: PublisherThread) -> None:
+def test_kafka_lag_exporter_pushes_lag_per_group(settings: Settings, publisher: RunLoop) -> None:
     """connectors.kafka_lag against real Kafka and the Pushgateway: committed groups only, with their lag."""
     # Two batches: Tansu reports a partition's end offset as the last batch's base offset + 1 (real Kafka: the
     # offset after its last record), so only single-record batches give exact end offsets on Tansu.

@@ -24,7 +24,7 @@ from connectors.clickhouse_sink import anomalies_spec, run_sinks
 from connectors.kafka import ensure_topics, make_consumer, make_producer
 from connectors.pushgateway_sink import PushgatewaySink
 from onnx_models.train import _flagged_windows
-from tests.conftest import free_port
+from tests.conftest import RunLoop, free_port
 from vigil.settings import ClickHouseSettings, KafkaSettings, Settings
 from vigil.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
 from vigil.stack.prometheus_configs import pushgateway_argv
@@ -287,28 +287,6 @@ def gateway_samples(settings: Settings) -> dict[tuple, float]:
     return out
 
 
-class SinkThread:
-    def __init__(self, settings: Settings) -> None:
-        self.sink = PushgatewaySink(settings)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.sink.run(self.stop)
-        except BaseException as exc:  # surfaced by close()
-            self.error = exc
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "sink did not stop within 20 s"
-        if self.error:
-            raise self.error
-
-
 def test_pushgateway_shows_latest_verdicts_and_counts_each_anomalous_window_once(
     kafka_settings: KafkaSettings, pushgateway: Settings, tmp_path: Path
 ) -> None:
@@ -326,7 +304,7 @@ def test_pushgateway_shows_latest_verdicts_and_counts_each_anomalous_window_once
         dead("pg-2", start),
         critical("pg-3", start, site="south/2", severity="warning", score=1.5, pca_t2q=1.5, rules=None),
     ]) + [("pg-bad", MALFORMED)])
-    sink = SinkThread(settings)
+    sink = RunLoop(PushgatewaySink(settings), join_s=20)
     gauges = {
         ("vigil_anomaly_score", "plant-a", "pg-1", ""): 3.0,
         ("vigil_anomaly_severity", "plant-a", "pg-1", ""): 2.0,
@@ -352,14 +330,14 @@ def test_pushgateway_shows_latest_verdicts_and_counts_each_anomalous_window_once
     }
     try:
         wait_for(lambda: gateway_samples(settings) == gauges, what="the verdict gauges in the Pushgateway")
-        wait_for(lambda: sink.sink.counters.bad_verdicts == 1, what="the malformed verdict counted")
+        wait_for(lambda: sink.service.counters.bad_verdicts == 1, what="the malformed verdict counted")
     finally:
         sink.close()
-    assert sink.sink.counters.verdicts_consumed == 5
+    assert sink.service.counters.verdicts_consumed == 5
 
     # Restart: the state and the counters are seeded from the Pushgateway; pg-2 comes back to life and
     # pg-1 has another critical window, both delivered twice.
-    again = SinkThread(settings)
+    again = RunLoop(PushgatewaySink(settings), join_s=20)
     try:
         newer = [verdict("pg-2", start + 5000), critical("pg-1", start + 5000), critical("pg-1", start + 5000)]
         produce(kafka, kafka.anomalies_topic, encoded(newer))
@@ -376,4 +354,4 @@ def test_pushgateway_shows_latest_verdicts_and_counts_each_anomalous_window_once
         wait_for(lambda: gateway_samples(settings) == after, what="the new verdicts on top of the seeded state")
     finally:
         again.close()
-    assert again.sink.counters.verdicts_consumed == 3  # nothing re-read: the offsets were committed
+    assert again.service.counters.verdicts_consumed == 3  # nothing re-read: the offsets were committed

@@ -3,7 +3,6 @@ with Alertmanager attached and the Vigil rules loaded."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import requests
 
 from connectors.kafka import ensure_topics, make_producer
 from connectors.pushgateway_sink import PushgatewaySink
-from tests.conftest import free_port
+from tests.conftest import RunLoop, free_port
 from vigil.settings import KafkaSettings, Settings
 from vigil.stack.prometheus_configs import start_hot_path, stop_hot_path
 
@@ -94,30 +93,6 @@ def produce(settings: Settings, records: list[dict[str, Any]]) -> None:
     assert producer.flush(15) == 0
 
 
-class SinkThread:
-    """The sink's run loop in a thread, re-raising its exception in the test."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.sink = PushgatewaySink(settings)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.sink.run(self.stop)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by close()
-            self.error = exc
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "sink did not stop within 20 s"
-        if self.error:
-            raise self.error
-
-
 def pushgateway_values(settings: Settings, metric: str) -> dict[tuple[str, ...], float]:
     """{(site, equipment_id[, sensor]): value} of one metric across all Pushgateway groups."""
     data = requests.get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5).json()["data"]
@@ -150,7 +125,7 @@ def test_window_stats_reach_pushgateway_and_prometheus(settings: Settings) -> No
             window("m1", "north", "temp", end - 10_000, 99.0, 99.0),  # late older window: ignored
         ],
     )
-    first = SinkThread(settings)
+    first = RunLoop(PushgatewaySink(settings), join_s=20)
     expected_avg = {
         ("north", "m1", "temp", "C"): 20.5,
         ("north", "m1", "vib", weird_unit): 0.25,
@@ -224,13 +199,13 @@ def test_window_stats_reach_pushgateway_and_prometheus(settings: Settings) -> No
         assert requests.get(f"{settings.prometheus.alertmanager_url}/api/v2/status", timeout=5).ok
     finally:
         first.close()
-    counters = first.sink.counters
+    counters = first.service.counters
     assert counters.windows_consumed == 6 and counters.failures == 0 and counters.pushes >= 1
     assert counters.series_pushed == 4 * 2 + 3 + 2  # 4 series x 2 stats, 3 machines, 2 sites
 
     # Restart: offsets were committed after the push, and the state is seeded from the Pushgateway,
     # so one new window for m1 replaces the "north" group without losing m2.
-    second = SinkThread(settings)
+    second = RunLoop(PushgatewaySink(settings), join_s=20)
     try:
         produce(settings, [window("m1", "north", "temp", end + 5000, 30.0, 31.0)])
         poll(
@@ -240,4 +215,4 @@ def test_window_stats_reach_pushgateway_and_prometheus(settings: Settings) -> No
         assert pushgateway_values(settings, "vigil_window_avg") == expected_avg | {("north", "m1", "temp", "C"): 30.0}
     finally:
         second.close()
-    assert second.sink.counters.windows_consumed == 1  # nothing re-read: the offsets were committed
+    assert second.service.counters.windows_consumed == 1  # nothing re-read: the offsets were committed
