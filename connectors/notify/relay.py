@@ -133,11 +133,10 @@ class Deliverer:
             return await self.email.send(message)
         raise DeliveryError(f"unknown receiver {lead.receiver!r} (known: {', '.join(RECEIVERS)})", retryable=False)
 
-    async def deliver(self, rows: Delivery | Sequence[Delivery]) -> str:
+    async def deliver(self, rows: Sequence[Delivery]) -> str:
         """Send ``rows`` (one recipient's batch) as one message until delivered or dead; returns the final state.
 
         Every row records the same attempts. Cancelling leaves them pending."""
-        rows = [rows] if isinstance(rows, Delivery) else list(rows)
         a = self.settings.alerting
         # Rows resumed after a crash keep the attempts they used; they always get at least one more.
         used = max(row.attempts for row in rows)
