@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import threading
@@ -130,3 +131,17 @@ class RunLoop:
         assert not self.thread.is_alive(), f"{type(self.service).__name__} did not stop within {self.join_s:.0f} s"
         if self.error:
             raise self.error
+
+
+@contextlib.contextmanager
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[ClickHouseSettings]:
+    """A ClickHouse server (chDB) on a free port with a fresh data directory, for one test module."""
+    from vigil.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
+
+    settings = Settings(data_dir=tmp_path_factory.mktemp("vigil-ch"),
+                        clickhouse=ClickHouseSettings(port=free_port(), database=database))  # fmt: skip
+    proc = start_clickhouse_server_process(settings, settings.logs_dir / "clickhouse.log")
+    try:
+        yield settings.clickhouse
+    finally:
+        stop_clickhouse_server_process(proc)

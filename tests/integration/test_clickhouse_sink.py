@@ -15,7 +15,7 @@ from confluent_kafka import TopicPartition
 from connectors.clickhouse import MALFORMED_REASON, WINDOW_STATS_TABLE, WINDOW_STATS_VIEW, make_client
 from connectors.clickhouse_sink import ClickHouseSink
 from connectors.kafka import ensure_topics, make_consumer, make_producer
-from tests.conftest import free_port
+from tests.conftest import clickhouse_server, free_port
 from vigil.settings import ClickHouseSettings, KafkaSettings, Settings
 from vigil.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
 
@@ -24,14 +24,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSettings]:
-    """A ClickHouse server (chDB) on a free port with a fresh data directory, for this module."""
-    data_dir = tmp_path_factory.mktemp("vigil")
-    settings = Settings(data_dir=data_dir, clickhouse=ClickHouseSettings(port=free_port(), database="sink_test"))
-    proc = start_clickhouse_server_process(settings, settings.logs_dir / "clickhouse.log")
-    try:
-        yield settings.clickhouse
-    finally:
-        stop_clickhouse_server_process(proc)
+    with clickhouse_server(tmp_path_factory, "sink_test") as server:
+        yield server
 
 
 @pytest.fixture

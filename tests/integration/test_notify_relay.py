@@ -26,9 +26,8 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from connectors.clickhouse import make_client
 from connectors.notify.messages import gsm_length
 from connectors.notify.store import DEAD, DELIVERED, PENDING, Delivery, Store
-from tests.conftest import free_port
+from tests.conftest import clickhouse_server, free_port
 from vigil.settings import AlertingSettings, ClickHouseSettings, Settings
-from vigil.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
 
 pytestmark = pytest.mark.integration
 
@@ -156,14 +155,8 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
 
 @pytest.fixture(scope="module")
 def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSettings]:
-    """A ClickHouse server (chDB) on a free port with a fresh data directory, for this module."""
-    data_dir = tmp_path_factory.mktemp("vigil-ch")
-    settings = Settings(data_dir=data_dir, clickhouse=ClickHouseSettings(port=free_port(), database="notify_test"))
-    proc = start_clickhouse_server_process(settings, settings.logs_dir / "clickhouse.log")
-    try:
-        yield settings.clickhouse
-    finally:
-        stop_clickhouse_server_process(proc)
+    with clickhouse_server(tmp_path_factory, "notify_test") as server:
+        yield server
 
 
 def relay_settings(folder: Path, standin: StandIn, smtp_port: int, ch: ClickHouseSettings, **alerting: Any) -> Settings:
