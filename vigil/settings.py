@@ -268,7 +268,7 @@ class AlertingSettings(BaseModel):
     lag_poll_s: float = Field(5.0, gt=0)
     # -- Alertmanager timings (rendered into flink-conf/prometheus/alertmanager.yml) ------------------------
     group_wait_s: float = Field(1.0, ge=0)
-    group_interval_s: float = Field(2.0, gt=0)  # <= the 5-s window: a storm stays one message per window
+    group_interval_s: float = Field(1.0, gt=0)  # <= the 5-s window: a storm stays one message per window
     repeat_interval: str = "4h"
     # -- notification relay (connectors/notify/): Alertmanager webhook -> receivers --------------------------
     relay_host: str = "127.0.0.1"

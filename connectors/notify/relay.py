@@ -40,7 +40,7 @@ from connectors.notify.delivery_log import DeliveryLog
 from connectors.notify.messages import MessageContext, email_group_message, slack_group_message, sms_group_text
 from connectors.notify.oncall import OnCall, OnCallConfigError, load_oncall
 from connectors.notify.payload import InvalidWebhook, WebhookPayload, parse_webhook
-from connectors.notify.ratelimit import RateLimits
+from connectors.notify.ratelimit import RateLimits, message_priority
 from connectors.notify.retry import DeliveryError, delivery_retrying
 from connectors.notify.senders import EmailSender, SlackSender, SmsSender, read_secret
 from connectors.notify.store import DEAD, DELIVERED, Delivery, EnqueueResult, NewDelivery, Store
@@ -143,10 +143,11 @@ class Deliverer:
         last_attempt = max(a.max_attempts, used + 1)
         attempt_no = used
         lead = rows[0]
+        priority = min(message_priority(row.alert_status, row.severity) for row in rows)
         try:
             async for attempt in delivery_retrying(last_attempt - used, a.backoff_initial_s, a.backoff_max_s):
                 with attempt:
-                    await self.limits.acquire(lead.receiver)
+                    await self.limits.acquire(lead.receiver, priority)
                     attempt_no += 1
                     started = time.monotonic()
                     try:

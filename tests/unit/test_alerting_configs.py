@@ -54,7 +54,7 @@ def test_alertmanager_config_points_every_receiver_at_the_relay(paths: dict[str,
     }
     route = am["route"]
     assert route["group_by"] == ["alertname", "site"]
-    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("1s", "2s", "4h")
+    assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("1s", "1s", "4h")
     inhibit = {(tuple(r["source_matchers"]), tuple(r["target_matchers"])): r.get("equal") for r in am["inhibit_rules"]}
     site_down = ('alertname="VigilSiteSilent"',)
     machine_alerts = ('alertname=~"VigilEquipmentAnomaly|VigilMachineDead|VigilMachineSilent"',)

@@ -11,7 +11,7 @@ import pytest
 from tenacity import AsyncRetrying, Future, RetryCallState
 
 from connectors.notify.payload import Alert
-from connectors.notify.ratelimit import TokenBucket
+from connectors.notify.ratelimit import NOTICE, PAGE, RESOLUTION, TokenBucket, message_priority
 from connectors.notify.retry import (
     DeliveryError,
     delivery_retrying,
@@ -90,12 +90,58 @@ def test_retrying_stops_at_once_on_a_permanent_error_and_after_the_budget_otherw
 
 
 def test_token_bucket_makes_a_burst_wait_instead_of_dropping_it() -> None:
-    clock = [100.0]
-    bucket = TokenBucket(rate_per_minute=60.0, capacity=2.0, clock=lambda: clock[0])
-    # Two banked tokens go at once; the next reservations queue one second apart (60/min), none is refused.
-    assert [bucket.reserve() for _ in range(5)] == pytest.approx([0.0, 0.0, 1.0, 2.0, 3.0])
-    clock[0] += 10.0  # the queue has drained and the bucket refilled to its capacity
-    assert [bucket.reserve() for _ in range(3)] == pytest.approx([0.0, 0.0, 1.0])
+    async def run() -> list[float]:
+        bucket = TokenBucket(rate_per_minute=600.0, capacity=2.0)  # 10 tokens/s, 2 banked
+        waits = await asyncio.gather(*(bucket.acquire() for _ in range(5)))
+        return list(waits)
+
+    waits = asyncio.run(run())
+    # Two banked tokens go at once; the other three wait their turn 0.1 s apart (600/min); none is refused.
+    assert waits[:2] == [0.0, 0.0]
+    assert waits[2:] == pytest.approx([0.1, 0.2, 0.3], abs=0.05)
+
+
+def test_token_bucket_lets_a_page_jump_the_queue_of_notices_and_resolutions() -> None:
+    async def run() -> list[str]:
+        bucket = TokenBucket(rate_per_minute=1200.0, capacity=1.0)  # one banked token, then one per 50 ms
+        released: list[str] = []
+
+        async def deliver(name: str, priority: int) -> None:
+            await bucket.acquire(priority)
+            released.append(name)
+
+        first = asyncio.create_task(deliver("warning-0", NOTICE))  # takes the banked token
+        await asyncio.sleep(0)
+        queued = [asyncio.create_task(deliver(f"resolved-{i}", RESOLUTION)) for i in range(2)]
+        queued += [asyncio.create_task(deliver(f"warning-{i}", NOTICE)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        queued.append(asyncio.create_task(deliver("critical", PAGE)))  # asked last
+        await asyncio.gather(first, *queued)
+        return released
+
+    assert asyncio.run(run()) == ["warning-0", "critical", "warning-1", "warning-2", "resolved-0", "resolved-1"]
+
+
+def test_a_cancelled_wait_gives_its_turn_to_the_next() -> None:
+    async def run() -> float:
+        bucket = TokenBucket(rate_per_minute=1200.0, capacity=1.0)
+        assert bucket.try_take()
+        doomed = asyncio.create_task(bucket.acquire(PAGE))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        waited = await bucket.acquire(NOTICE)
+        assert bucket.waiting == 0
+        return waited
+
+    assert asyncio.run(run()) == pytest.approx(0.05, abs=0.04)
+
+
+@pytest.mark.parametrize(("status", "severity", "priority"), [
+    ("firing", "critical", PAGE), ("firing", "warning", NOTICE), ("firing", "", NOTICE),
+    ("resolved", "critical", RESOLUTION),
+])  # fmt: skip
+def test_message_priority(status: str, severity: str, priority: int) -> None:
+    assert message_priority(status, severity) == priority
 
 
 def test_token_bucket_rejects_a_nonsense_rate() -> None:
