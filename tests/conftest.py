@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from vigil.settings import (
     AlertingSettings,
     ClickHouseSettings,
+    ConsoleSettings,
     EdgeSettings,
     FlinkSettings,
     KafkaSettings,
@@ -92,6 +94,7 @@ def stack_test_settings(data_dir: Path) -> Settings:
             relay_port=free_port(), standin_port=free_port(), standin_smtp_port=free_port(),
             console_url="http://console.test:18501", backoff_initial_s=0.05, backoff_max_s=1.0,
         ),
+        console=ConsoleSettings(port=free_port()),
     )
 
 
@@ -145,3 +148,61 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory, database: str) -
         yield settings.clickhouse
     finally:
         stop_clickhouse_server_process(proc)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``streams_live`` run last: real-time data moves the shared job's watermark to now, and the
+    other pipeline tests send data from a minute ago, which would then be dead-lettered as late."""
+    items.sort(key=lambda item: item.get_closest_marker("streams_live") is not None)
+
+
+@dataclass
+class LiveFleet:
+    """A simulated fleet streaming in real time through ``pipeline_stack`` (see :func:`live_fleet`)."""
+
+    settings: Settings  # the stack's, plus the fleet's equipment registry (lines) for the console
+    fleet: Any  # edge.simulator.fleet.Fleet
+
+    def ids(self, site: str | None = None) -> set[str]:
+        return {m.equipment_id for m in self.fleet.machines if site is None or m.site == site}
+
+
+LIVE_FLEET_MACHINES = 12  # 6 per site
+
+
+@pytest.fixture(scope="session")
+def live_fleet(pipeline_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveFleet]:
+    """12 machines on 2 sites streaming in real time (after 2 minutes of history) with frequent faults, until the
+    session ends; yields once every machine has a verdict in ClickHouse. Only for ``streams_live`` tests."""
+    from connectors.clickhouse import make_client
+    from edge.simulator.fleet import Fleet
+    from edge.simulator.runner import run_simulation
+    from vigil.demo import _sender_factory
+
+    stack_settings = pipeline_stack.settings
+    fleet = Fleet(LIVE_FLEET_MACHINES, sites=2, seed=5, fault_rate_per_machine_hour=40.0)
+    registry = fleet.write_registry(tmp_path_factory.mktemp("fleet") / "registry.csv")
+    settings = stack_settings.model_copy(update={"edge": stack_settings.edge.model_copy(
+        update={"equipment_registry": registry})})  # the console reads lines from it; the running edge does not
+    stop = threading.Event()
+    make_sender = _sender_factory(stack_settings)
+    run_simulation(stack_settings, realtime=False, duration_s=120, fleet=fleet, make_sender=make_sender, streams=2)
+    thread = threading.Thread(target=run_simulation, daemon=True, kwargs=dict(
+        settings=stack_settings, realtime=True, stop=stop, fleet=fleet, make_sender=make_sender, streams=2))
+    thread.start()
+    try:
+        client = make_client(settings.clickhouse)
+        ids = [m.equipment_id for m in fleet.machines]
+        since = time.time()  # other tests may have used the same machine names earlier in the session
+        deadline = time.monotonic() + 240
+        while client.query(
+            "SELECT uniqExact(equipment_id) FROM machine_state WHERE equipment_id IN {ids:Array(String)} "
+            "AND emitted_at >= fromUnixTimestamp64Milli({since:Int64})",
+            parameters={"ids": ids, "since": int(since * 1000)},
+        ).result_rows[0][0] < len(ids):
+            assert time.monotonic() < deadline, "no fresh verdict for every machine in machine_state within 240 s"
+            time.sleep(1.0)
+        yield LiveFleet(settings, fleet)
+    finally:
+        stop.set()
+        thread.join(30)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from onnx_models.cli import models_app, train_command
 from vigil.alerts_cli import alerts_app
+from vigil.console_cli import console_app
 from vigil.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -23,6 +24,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(job_app, name="job")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(bench_app, name="bench")
+app.add_typer(console_app, name="console")
 app.add_typer(models_app, name="models", help="The model registry: list, promote, roll back.")
 app.add_typer(alerts_app, name="alerts")
 app.command("train")(train_command)
@@ -127,19 +129,6 @@ def demo(
                  stop_after=stop_after, console=console, train_after_s=train_after)
     except RuntimeError as exc:
         _fail(str(exc))
-
-
-@app.command("console")
-def console_cmd() -> None:
-    """Start the Streamlit console (idempotent) and print its address."""
-    from vigil.stack.services import CONSOLE, Stack
-
-    settings = get_settings()
-    try:
-        Stack(settings).up(CONSOLE)
-    except RuntimeError as exc:
-        _fail(str(exc))
-    console.print(f"console: http://{settings.console.host}:{settings.console.port}")
 
 
 @app.command()

@@ -123,6 +123,9 @@ def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_a
         f"alerts: Alertmanager http://127.0.0.1:{settings.prometheus.alertmanager_port}, notifications the relay "
         f"sent (Slack, SMS, e-mail stand-in) in {settings.logs_dir / 'saas_standin.jsonl'}; `vigil alerts deliveries`"
     )
+    from vigil.console_cli import announce_console
+
+    announce_console(settings)
     monitor = PipelineMonitor(settings)
     monitor.start()
     stop = threading.Event()

@@ -315,10 +315,24 @@ class AlertingSettings(BaseModel):
 
 
 class ConsoleSettings(BaseModel):
-    """The Streamlit analyst console."""
+    """The Streamlit analyst console (streamlit_app/)."""
 
     host: str = "127.0.0.1"
     port: int = 18501
+    # Local users: roles, sites, Argon2 password hashes (default <data_dir>/console/users.yaml); manage them
+    # with `vigil console users`. With none at all, `vigil console` creates `admin` and prints its password.
+    users_path: Path | None = None
+    # OpenID Connect (Streamlit's st.login): when client_id is set, people sign in with the provider and
+    # users_path maps their e-mail to a role and sites. The secret comes from the environment or a file.
+    oidc_server_metadata_url: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_client_secret_file: Path | None = None
+    # SQL workbench limits (ClickHouse enforces them: max_execution_time, max_result_rows).
+    sql_timeout_s: float = Field(20.0, gt=0, le=600)
+    sql_max_rows: int = Field(10_000, ge=1, le=1_000_000)
+    # Live pages re-read their data this often.
+    refresh_s: float = Field(5.0, ge=1.0)
 
 
 class SimulatorSettings(BaseModel):
@@ -419,6 +433,10 @@ class Settings(BaseSettings):
     @property
     def alerting_state_path(self) -> Path:
         return self.alerting.state_path or (self.data_dir / "alerting" / "relay.db")
+
+    @property
+    def console_users_path(self) -> Path:
+        return self.console.users_path or (self.data_dir / "console" / "users.yaml")
 
     @property
     def ground_truth_path(self) -> Path:

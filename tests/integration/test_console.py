@@ -1,45 +1,277 @@
-"""The console's first page renders live figures from the stack's ClickHouse (streamlit AppTest)."""
+"""The analyst console on the real local stack: a simulated fleet streams through the edge and the Flink jobs
+into ClickHouse, Prometheus and Alertmanager, and every page is rendered (streamlit AppTest) as users of
+different roles and sites. A site-1 analyst must not see or query site-2 data, whatever they type.
+"""
 
 from __future__ import annotations
 
-import uuid
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from connectors.alertmanager import AlertmanagerClient, rfc3339
 from connectors.clickhouse import make_client
-from vigil.settings import PROJECT_ROOT, get_settings
-from vigil.stack.services import Stack
+from edge.simulator.equipment import EQUIPMENT_TYPES
+from onnx_models.registry import ModelRegistry
+from streamlit_app.access import AccessError, Principal, set_user
+from streamlit_app.data import ConsoleData, WorkbenchError
+from tests.conftest import LiveFleet
+from udfs.detectors.pca_t2q import PcaT2Q
+from vigil.settings import PROJECT_ROOT, Settings, get_settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.streams_live]
+
+APP = PROJECT_ROOT / "streamlit_app"
+ANALYST = Principal("ana", "analyst", frozenset({"site-1"}))
+ENGINEER = Principal("eng", "engineer", frozenset({"site-1"}))
+ADMIN = Principal("root", "admin", None)
 
 
-def test_fleet_overview_and_drill_down_show_a_fresh_machine(
-    pipeline_stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = pipeline_stack.settings
-    machine = f"console-{uuid.uuid4().hex[:6]}"
-    end = datetime.now(UTC).replace(microsecond=0)
-    rows = [
-        [machine, "site-9", "pump", sensor, "bar", end - timedelta(seconds=5 * (k + 1)), end - timedelta(seconds=5 * k),
-         10, 1.0 + k, 0.1, 0.5, 1.5 + k, end]
-        for k in range(3) for sensor in ("suction_pressure", "discharge_pressure")
-    ]
-    columns = ["equipment_id", "site", "equipment_type", "sensor", "unit", "window_start", "window_end", "count",
-               "avg", "stddev", "min", "max", "emitted_at"]
-    make_client(settings.clickhouse).insert("window_stats", rows, column_names=columns)
-    for key, value in settings.to_env().items():
+def poll(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def live(live_fleet: LiveFleet) -> LiveFleet:
+    for name, who in (("ana", ANALYST), ("eng", ENGINEER), ("root", ADMIN)):
+        set_user(live_fleet.settings.console_users_path, name, who.role, sorted(who.sites or ["*"]),
+                 f"{name}-password-1")  # fmt: skip
+    return live_fleet
+
+
+@pytest.fixture
+def env(live: LiveFleet, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveFleet]:
+    """The pages read settings from the environment, as the console service does."""
+    for key, value in live.settings.to_env().items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-    try:
-        app = AppTest.from_file(str(PROJECT_ROOT / "streamlit_app" / "app.py"), default_timeout=60).run()
-        assert not app.exception, [e.value for e in app.exception]
+    yield live
+    get_settings.cache_clear()
+
+
+def page(name: str, who: Principal | None, **query: str) -> AppTest:
+    app = AppTest.from_file(str(APP / "views" / f"{name}.py") if name != "app" else str(APP / "app.py"),
+                            default_timeout=60)  # fmt: skip
+    if who is not None:
+        app.session_state["vigil_principal"] = who
+    for key, value in query.items():
+        app.query_params[key] = value
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def frames(app: AppTest) -> list:
+    return [d.value for d in app.dataframe]
+
+
+# -- sign-in -------------------------------------------------------------------------------------------------
+
+
+def test_sign_in_with_a_local_password(env: LiveFleet) -> None:
+    app = page("app", None)
+    assert app.title[0].value == "Vigil — sign in"
+    app.text_input[0].input("ana")
+    app.text_input[1].input("wrong-password")
+    app.button[0].click().run()
+    assert [e.value for e in app.error] == ["Wrong user name or password."]
+    assert "vigil_principal" not in app.session_state
+    app.text_input[1].input("ana-password-1")
+    app.button[0].click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.session_state["vigil_principal"] == Principal("ana", "analyst", frozenset({"site-1"}), "ana")
+    assert app.title[0].value == "Fleet"  # the default page after signing in
+    assert "**ana** · analyst" in app.sidebar.markdown[0].value
+
+
+# -- Fleet ---------------------------------------------------------------------------------------------------
+
+
+def machine_sites(settings: Settings) -> dict[str, set[str]]:
+    """Every machine's site(s) in machine_state, read without any scope (other tests reuse machine names)."""
+    rows = make_client(settings.clickhouse).query("SELECT equipment_id, site FROM machine_state FINAL").result_rows
+    sites: dict[str, set[str]] = {}
+    for equipment_id, site in rows:
+        sites.setdefault(equipment_id, set()).add(site)
+    return sites
+
+
+def test_fleet_shows_every_machine_to_an_admin_and_only_site_1_to_its_analyst(env: LiveFleet) -> None:
+    truth = machine_sites(env.settings)
+    site_1 = {m for m, sites in truth.items() if "site-1" in sites}
+    assert env.ids("site-1") <= site_1 and env.ids("site-2") <= set(truth)
+    for who, expected, rows in ((ADMIN, set(truth), sum(map(len, truth.values()))), (ANALYST, site_1, len(site_1))):
+        app = page("fleet", who)
         metrics = {m.label: m.value for m in app.metric}
-        assert int(metrics["machines reporting (last minute)"]) >= 1
-        assert machine in app.selectbox[0].options
-        app.selectbox[0].select(machine).run()
-        assert not app.exception, [e.value for e in app.exception]
-        assert sorted(c.value for c in app.caption) == ["discharge_pressure", "suction_pressure"]
-    finally:
-        get_settings.cache_clear()
+        assert int(metrics["machines"].replace(",", "")) == rows
+        states = sum(int(v.replace(",", "")) for k, v in metrics.items() if k != "machines")
+        assert states == rows  # every machine has exactly one state
+        app.multiselect(key="fleet_states").set_value(["critical", "warning", "silent", "healthy"]).run()
+        machines = frames(app)[-1]
+        assert {link.split("=", 1)[1] for link in machines["open"]} == expected, who
+        by_site = frames(app)[0]
+        assert set(by_site["site"]) == ({"site-1", "site-2"} if who is ADMIN else {"site-1"})
+        fleet_lines = by_site[by_site["line"] != ""]
+        assert set(fleet_lines["line"]) <= {m.line for m in env.fleet.machines}  # from the equipment registry
+        assert len(fleet_lines), "the live fleet's lines come from its equipment registry"
+
+
+# -- Equipment -----------------------------------------------------------------------------------------------
+
+
+def test_equipment_page_charts_a_machine_and_refuses_another_sites_machine(env: LiveFleet) -> None:
+    truth = machine_sites(env.settings)
+    mine = sorted(m for m in env.ids("site-1") if truth[m] == {"site-1"})[0]
+    app = page("equipment", ANALYST, equipment=mine)
+    assert app.selectbox(key="equipment_id").value == mine
+    assert {m.label: m.value for m in app.metric}["site"] == "site-1"
+    machine = next(m for m in env.fleet.machines if m.equipment_id == mine)
+    sensors = EQUIPMENT_TYPES[machine.equipment_type].sensor_names
+    charts = app.get("vega_lite_chart")
+    assert len(charts) == len(sensors) + 1, "a chart per sensor and the anomaly score"
+    assert any("window statistics from the hot path (Prometheus)" in c.value for c in app.caption)  # last hour
+    # 24 hours come from ClickHouse (the cold path)
+    app.radio(key="equipment_range").set_value("24 hours").run()
+    assert any("cold path (ClickHouse)" in c.value for c in app.caption)
+
+    theirs = sorted(m for m in env.ids("site-2") if truth[m] == {"site-2"})[0]
+    app = page("equipment", ANALYST, equipment=theirs)
+    assert any(theirs in e.value and "site-1" in e.value for e in app.error)
+    assert theirs not in app.selectbox(key="equipment_id").options
+    with pytest.raises(AccessError):
+        ConsoleData(env.settings, ANALYST).hot_windows(theirs, datetime.now(UTC) - timedelta(minutes=5),
+                                                       datetime.now(UTC), "site-2")  # fmt: skip
+
+
+# -- Alerts --------------------------------------------------------------------------------------------------
+
+
+def post_alerts(settings: Settings, live: LiveFleet) -> dict[str, str]:
+    now = datetime.now(UTC)
+    picked = {site: sorted(live.ids(site))[0] for site in ("site-1", "site-2")}
+    with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
+        am.post_alerts([{
+            "labels": {"alertname": "VigilEquipmentAnomaly", "severity": "critical", "site": site,
+                       "equipment_id": machine, "sensor": "vibration_rms", "detector": "threshold_max",
+                       "source": "console-test"},
+            "annotations": {"summary": f"{machine} vibration above its limit"},
+            "startsAt": rfc3339(now - timedelta(seconds=30)), "endsAt": rfc3339(now + timedelta(minutes=10)),
+        } for site, machine in picked.items()])  # fmt: skip
+        poll(lambda: len(am.get_alerts(['source="console-test"'])) == 2, 30, "both alerts in Alertmanager")
+    return picked
+
+
+def test_alerts_are_scoped_by_site_and_an_engineer_acknowledges_with_a_silence(env: LiveFleet) -> None:
+    picked = post_alerts(env.settings, env)
+    app = page("alerts", ANALYST)
+    firing = frames(app)[1]
+    assert picked["site-1"] in set(firing["machine"]) and picked["site-2"] not in set(firing["machine"])
+    assert any("needs the engineer or admin role" in c.value for c in app.caption)
+    with pytest.raises(AccessError):
+        ConsoleData(env.settings, ANALYST).acknowledge({"site": "site-1", "alertname": "x"}, "c", 1)
+    with pytest.raises(AccessError, match="site 'site-2'"):
+        ConsoleData(env.settings, ENGINEER).acknowledge({"site": "site-2", "alertname": "x"}, "c", 1)
+
+    app = page("alerts", ENGINEER)
+    box = app.selectbox[0]
+    target = next(o for o in box.options if picked["site-1"] in o)
+    box.select(target)
+    app.text_input[0].input("bearing replacement under way")
+    app.button[0].click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("Silenced as eng" in s.value for s in app.success), [e.value for e in app.error]
+    with AlertmanagerClient(env.settings.prometheus.alertmanager_url) as am:
+        silence = next(s for s in am.list_silences() if s["comment"] == "bearing replacement under way")
+        assert silence["createdBy"] == "eng"
+        assert {"name": "equipment_id", "value": picked["site-1"]} in [
+            {"name": m["name"], "value": m["value"]} for m in silence["matchers"]]
+        poll(lambda: am.get_alerts([f'equipment_id="{picked["site-1"]}"'])[0]["status"]["state"] == "suppressed",
+             20, "the alert to be silenced")  # fmt: skip
+    app = page("alerts", ENGINEER)
+    app.button(key=f"unsilence-{silence['id']}").click().run()
+    with AlertmanagerClient(env.settings.prometheus.alertmanager_url) as am:
+        assert silence["id"] not in {s["id"] for s in am.list_silences()}
+
+
+# -- SQL workbench -------------------------------------------------------------------------------------------
+
+
+def test_sql_workbench_returns_only_the_analysts_sites_whatever_the_query(env: LiveFleet) -> None:
+    data = ConsoleData(env.settings, ANALYST)
+    for sql in (
+        "SELECT DISTINCT site FROM window_stats",
+        "SELECT DISTINCT site FROM vigil.anomalies_latest",
+        "SELECT DISTINCT site FROM (SELECT site FROM anomalies UNION ALL SELECT site FROM machine_state)",
+        "WITH s AS (SELECT site FROM window_stats_latest) SELECT DISTINCT site FROM s",
+        "SELECT DISTINCT w.site FROM window_stats AS w JOIN anomalies AS a ON a.equipment_id = w.equipment_id",
+    ):
+        assert set(data.run_sql(sql).frame["site"]) == {"site-1"}, sql
+    assert set(ConsoleData(env.settings, ADMIN).run_sql("SELECT DISTINCT site FROM window_stats").frame["site"]) == {
+        "site-1", "site-2"}
+    for sql, reason in (
+        ("SELECT * FROM system.tables", "not readable"),
+        ("SELECT DISTINCT site FROM window_stats SETTINGS additional_table_filters = {}", "SETTINGS clause"),
+        ("SELECT * FROM file('/etc/passwd', 'LineAsString')", "table function file()"),
+        ("DROP TABLE window_stats", "only a SELECT query"),
+        ("SELEC site FROM window_stats", "Syntax error"),
+    ):
+        with pytest.raises(WorkbenchError, match=reason):
+            data.run_sql(sql)
+    limited = data.run_sql("SELECT * FROM window_stats", max_rows=7)
+    assert len(limited.frame) == 7 and limited.truncated
+
+    app = page("sql", ANALYST)
+    app.text_area[0].input("SELECT site, count() AS windows FROM window_stats GROUP BY site").run()
+    app.button[0].click().run()
+    assert not app.error, [e.value for e in app.error]
+    assert list(frames(app)[0]["site"]) == ["site-1"]
+    assert [b.label for b in app.get("download_button")] == ["CSV", "Parquet"]
+    app.text_area[0].input("SELECT name FROM system.tables").run()
+    app.button[0].click().run()
+    assert any("not readable" in e.value for e in app.error)
+
+
+# -- Models --------------------------------------------------------------------------------------------------
+
+
+def test_models_page_lists_versions_and_only_admins_promote(env: LiveFleet, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    names = ["a.avg", "a.stddev", "b.avg", "b.stddev"]
+    model = PcaT2Q().fit(np.random.default_rng(0).normal(size=(200, 4)), names).to_onnx()
+    meta = {"feature_names": names, "threshold": 1.0, "threshold_method": {"method": "quantile"},
+            "data_sha256": "0" * 64, "metrics": {"normal_alarm_rate": 0.01}}  # fmt: skip
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register("pump", "pca_t2q", model, meta)
+    registry.register("pump", "pca_t2q", model, meta)
+    monkeypatch.setenv("VIGIL_SCORING__MODELS_DIR", str(tmp_path / "models"))
+    get_settings.cache_clear()
+
+    app = page("models", ANALYST)
+    table = frames(app)[0]
+    assert list(table["version"]) == ["v0001", "v0002"] and list(table["live"]) == [True, False]
+    assert any("needs the admin role" in c.value for c in app.caption) and not app.button
+
+    app = page("models", ADMIN)
+    app.selectbox[1].select("v0002")
+    app.button[0].click().run()
+    assert registry.live_version("pump", "pca_t2q") == "v0002"
+    assert any("v0002 is live" in s.value for s in app.success)
+
+
+def test_unknown_workbench_user_scope_is_empty(env: LiveFleet) -> None:
+    nobody = Principal("new", "analyst", frozenset())
+    assert ConsoleData(env.settings, nobody).run_sql("SELECT count() AS n FROM window_stats").frame["n"][0] == 0
+    with pytest.raises(WorkbenchError):
+        ConsoleData(env.settings, nobody).run_sql("SELECT 1; SELECT 2")

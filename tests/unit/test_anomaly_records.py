@@ -172,6 +172,8 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
         "CREATE OR REPLACE VIEW db1.verdicts_now AS",
         "CREATE DATABASE IF NOT EXISTS db1",
         "CREATE TABLE IF NOT EXISTS db1.alert_deliveries",
+        "CREATE TABLE IF NOT EXISTS db1.machine_state",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS db1.machine_state_mv TO db1.machine_state AS",
     ]  # 001 before 002: the database exists before the anomalies table is created in it; 003: the relay's log
     table, view = ddl[3], ddl[4]
     assert "ENGINE = ReplacingMergeTree(emitted_at)" in table
@@ -181,6 +183,7 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
     assert "is_anomaly       UInt8," in table
     assert "pca_t2q          Nullable(Float64)," in table
     assert view.endswith("FROM db1.verdicts FINAL")
+    assert ddl[-1].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
     with pytest.raises(ValueError, match="VIGIL_CLICKHOUSE__ANOMALIES_TABLE='bad-name'"):
         render_schema(ClickHouseSettings(anomalies_table="bad-name"))
 

@@ -201,18 +201,31 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             description="window-stats + anomalies -> Pushgateway",
         ),
         **alerting_specs(settings),
-        "console": ServiceSpec(
-            "console",
-            [*_python_module("streamlit"), "run", str(PROJECT_ROOT / "streamlit_app" / "app.py"),
-             "--server.headless", "true", "--server.address", settings.console.host,
-             "--server.port", str(settings.console.port), "--browser.gatherUsageStats", "false"],
-            settings.console.port,
-            health_url=f"http://{settings.console.host}:{settings.console.port}/_stcore/health",
-            env=env | {"PYTHONPATH": str(PROJECT_ROOT)},
-            cwd=PROJECT_ROOT,
-            description="Streamlit console",
-        ),
+        "console": console_spec(settings, env),
     }
+
+
+def console_spec(settings: Settings, env: dict[str, str]) -> ServiceSpec:
+    """The Streamlit console; with an OIDC provider configured, its [auth] secrets are rendered first."""
+    from streamlit_app.access import render_auth_secrets
+
+    secrets_path = settings.data_dir / "console" / "secrets.toml"
+    argv = [*_python_module("streamlit"), "run", str(PROJECT_ROOT / "streamlit_app" / "app.py"),
+            "--server.headless", "true", "--server.address", settings.console.host,
+            "--server.port", str(settings.console.port), "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal"]  # fmt: skip
+    if settings.console.oidc_client_id:
+        argv += ["--secrets.files", str(secrets_path)]
+    return ServiceSpec(
+        "console",
+        argv,
+        settings.console.port,
+        health_url=f"http://{settings.console.host}:{settings.console.port}/_stcore/health",
+        env=env | {"PYTHONPATH": str(PROJECT_ROOT)},
+        cwd=PROJECT_ROOT,
+        description="Streamlit console",
+        prepare=lambda: render_auth_secrets(settings),
+    )
 
 
 def alerting_specs(settings: Settings) -> dict[str, ServiceSpec]:

@@ -1,0 +1,302 @@
+"""One facade over the console's stores, always read as one signed-in principal.
+
+Pages never talk to a store directly: they ask :class:`ConsoleData`, which reads the hot path (Prometheus,
+fed by the Pushgateway sink: the last hour of a machine's window statistics), the cold path (ClickHouse:
+fleet state, long history, verdicts, the delivery log, the SQL workbench), Alertmanager (active alerts,
+silences), the model registry and the simulator's fault labels, and applies the principal's site scope to
+every one of them (streamlit_app.access).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pandas as pd
+from clickhouse_connect.driver.client import Client
+
+from connectors.alertmanager import AlertmanagerClient
+from connectors.clickhouse import make_client
+from streamlit_app.access import (
+    MAX_SQL_CHARS,
+    SITE_TABLES,
+    AccessError,
+    Principal,
+    QueryScope,
+    check_workbench_sql,
+)
+from vigil.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATES = ("critical", "warning", "silent", "healthy")
+# The hot path keeps this much history worth charting (Prometheus holds more, at scrape resolution).
+HOT_PATH_SPAN = timedelta(hours=1)
+
+
+class WorkbenchError(ValueError):
+    """A workbench query was refused or failed; the message is for the analyst."""
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    frame: pd.DataFrame
+    truncated: bool
+    elapsed_s: float
+
+
+def _sites_regex(principal: Principal) -> str | None:
+    """A PromQL ``site=~`` value for the principal (None: every site)."""
+    if principal.sites is None:
+        return None
+    return "|".join(re.escape(s) for s in sorted(principal.sites)) or "^$"
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+class ConsoleData:
+    """Everything a console page reads or changes, scoped to ``principal``."""
+
+    def __init__(self, settings: Settings, principal: Principal, clickhouse: Client | None = None) -> None:
+        self.settings = settings
+        self.principal = principal
+        self._clickhouse = clickhouse
+        self.scope = QueryScope(principal, settings.clickhouse.database)
+
+    # -- cold path (ClickHouse) ----------------------------------------------------------------------------
+    @property
+    def clickhouse(self) -> Client:
+        if self._clickhouse is None:
+            # No HTTP session: every query's settings (site filter, readonly) apply to that query alone.
+            self._clickhouse = make_client(self.settings.clickhouse, autogenerate_session_id=False)
+        return self._clickhouse
+
+    def query(self, sql: str, settings: dict[str, Any] | None = None, **params: Any) -> pd.DataFrame:
+        """A console query under the principal's site scope."""
+        return self.clickhouse.query_df(sql, parameters=params, settings={**self.scope.settings(), **(settings or {})})
+
+    def fleet(self) -> pd.DataFrame:
+        """One row per visible machine: its newest verdict and a state (critical/warning/silent/healthy)."""
+        silent_s = self.settings.prometheus.machine_silent_after_s
+        frame = self.query(
+            "SELECT equipment_id, site, equipment_type, window_end, severity, score, top_sensors, dead_sensors, "
+            "summary, last_seen, "
+            "multiIf(kind = 'dead_machine' OR last_seen < now64(3) - toIntervalSecond({silent:UInt32}), 'silent', "
+            "severity = 'critical', 'critical', severity = 'warning', 'warning', 'healthy') AS state "
+            "FROM machine_state FINAL ORDER BY site, equipment_id",
+            silent=silent_s,
+        )
+        registry = self.equipment_registry()
+        if registry is not None and not frame.empty:
+            frame = frame.merge(registry[["equipment_id", "line"]], on="equipment_id", how="left")
+        if "line" not in frame:
+            frame["line"] = ""
+        frame["line"] = frame["line"].fillna("")
+        return frame
+
+    def equipment_registry(self) -> pd.DataFrame | None:
+        """The edge's equipment registry (site, line, type per machine) when one is configured."""
+        path = self.settings.edge.equipment_registry
+        if path is None or not Path(path).exists():
+            return None
+        return pd.read_csv(path, dtype=str)
+
+    def machines(self) -> list[str]:
+        """Visible machine ids (from the fleet state)."""
+        frame = self.query("SELECT DISTINCT equipment_id FROM machine_state ORDER BY equipment_id")
+        return frame["equipment_id"].tolist()
+
+    def machine(self, equipment_id: str) -> dict[str, Any] | None:
+        """The machine's newest state, or None when it does not exist or is not the principal's to see."""
+        frame = self.query(
+            "SELECT equipment_id, site, equipment_type, window_end, severity, score, top_sensors, summary, last_seen "
+            "FROM machine_state FINAL WHERE equipment_id = {e:String} LIMIT 1",
+            e=equipment_id,
+        )
+        return None if frame.empty else frame.iloc[0].to_dict()
+
+    def cold_windows(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Window statistics of one machine from ClickHouse (the dedup view; the sort key prunes to it)."""
+        return self.query(
+            "SELECT window_start, window_end, sensor, unit, count, avg, stddev, min, max "
+            "FROM window_stats_latest WHERE equipment_id = {e:String} "
+            "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} ORDER BY sensor, window_start",
+            e=equipment_id, s=_utc(start), t=_utc(end),
+        )  # fmt: skip
+
+    def verdicts(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+        return self.query(
+            "SELECT window_start, window_end, kind, is_anomaly, severity, score, detectors, rule_hits, top_sensors, "
+            "summary FROM anomalies_latest WHERE equipment_id = {e:String} "
+            "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} ORDER BY window_start",
+            e=equipment_id, s=_utc(start), t=_utc(end),
+        )  # fmt: skip
+
+    def deliveries(self, hours: int = 24, limit: int = 500) -> pd.DataFrame:
+        """The relay's delivery log (who was told what, when, and how it went)."""
+        return self.query(
+            "SELECT time, receiver, recipient, alertname, equipment_id, site, severity, alert_status, status, "
+            "attempt, http_status, error, latency_ms FROM alert_deliveries "
+            "WHERE time >= now64(3) - toIntervalHour({h:UInt32}) ORDER BY time DESC LIMIT {n:UInt32}",
+            h=hours, n=limit,
+        )  # fmt: skip
+
+    def anomaly_history(self, hours: int = 24, limit: int = 500) -> pd.DataFrame:
+        """Anomalous windows of the visible fleet, newest first."""
+        return self.query(
+            "SELECT window_end, equipment_id, site, equipment_type, severity, score, detectors, top_sensors, summary "
+            "FROM anomalies WHERE is_anomaly = 1 AND window_start >= now64(3) - toIntervalHour({h:UInt32}) "
+            "ORDER BY window_end DESC LIMIT {n:UInt32}",
+            h=hours, n=limit,
+        )  # fmt: skip
+
+    # -- hot path (Prometheus) -----------------------------------------------------------------------------
+    def hot_windows(self, equipment_id: str, start: datetime, end: datetime, site: str) -> pd.DataFrame:
+        """The machine's window averages (and stddev) as Prometheus scraped them from the Pushgateway."""
+        self.principal.check_site(site, "read the machine's live statistics")
+        step = max(self.settings.prometheus.scrape_interval_s, math.ceil((end - start).total_seconds() / 720))
+        selector = f'equipment_id="{_promql_escape(equipment_id)}",site="{_promql_escape(site)}"'
+        rows: list[tuple[float, str, str, float]] = []
+        for stat in self.settings.prometheus.exported_stats:
+            if stat in ("avg", "stddev", "min", "max"):
+                for series in self._prometheus_range(f"vigil_window_{stat}{{{selector}}}", start, end, step):
+                    sensor = series["metric"].get("sensor", "")
+                    rows += [(float(t), sensor, stat, float(v)) for t, v in series.get("values", [])]
+        if not rows:
+            return pd.DataFrame(columns=["window_end", "sensor", "avg"])
+        long = pd.DataFrame(rows, columns=["t", "sensor", "stat", "value"])
+        wide = long.pivot_table(index=["t", "sensor"], columns="stat", values="value").reset_index()
+        wide.columns.name = None
+        wide.insert(0, "window_end", pd.to_datetime(wide.pop("t"), unit="s", utc=True))
+        return wide.sort_values(["sensor", "window_end"]).reset_index(drop=True)
+
+    def _prometheus_range(self, promql: str, start: datetime, end: datetime, step: int) -> list[dict[str, Any]]:
+        url = f"{self.settings.prometheus.prometheus_url}/api/v1/query_range"
+        params = {"query": promql, "start": _utc(start).timestamp(), "end": _utc(end).timestamp(), "step": step}
+        resp = httpx.get(url, params=params, timeout=5.0)
+        resp.raise_for_status()
+        return resp.json()["data"]["result"]
+
+    def live_windows(self, equipment_id: str, site: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, str]:
+        """The last hour from the hot path, anything longer (or a hot path without data) from ClickHouse."""
+        if datetime.now(UTC) - _utc(start) <= HOT_PATH_SPAN + timedelta(minutes=1):
+            try:
+                frame = self.hot_windows(equipment_id, start, end, site)
+                if not frame.empty:
+                    return frame, "hot path (Prometheus)"
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                log.warning("hot path unavailable, reading ClickHouse: %s", exc)
+        return self.cold_windows(equipment_id, start, end), "cold path (ClickHouse)"
+
+    # -- fault labels (simulator ground truth) -------------------------------------------------------------
+    def faults(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Injected faults of one machine overlapping [start, end) (the simulator's labels, when present)."""
+        path = self.settings.ground_truth_path
+        columns = ["fault_type", "sensors", "start", "end"]
+        if not Path(path).exists():
+            return pd.DataFrame(columns=columns)
+        lo, hi = _utc(start).timestamp() * 1000, _utc(end).timestamp() * 1000
+        rows = []
+        with Path(path).open("rb") as handle:
+            for line in handle:
+                if equipment_id.encode() not in line:
+                    continue
+                label = orjson.loads(line)
+                if label.get("machine") != equipment_id or label["end_ms"] < lo or label["start_ms"] >= hi:
+                    continue
+                rows.append([label.get("fault_type", ""), ", ".join(label.get("sensors", [])),
+                             pd.Timestamp(label["start_ms"], unit="ms", tz="UTC"),
+                             pd.Timestamp(label["end_ms"], unit="ms", tz="UTC")])  # fmt: skip
+        return pd.DataFrame(rows, columns=columns)
+
+    # -- Alertmanager --------------------------------------------------------------------------------------
+    def _alertmanager(self) -> AlertmanagerClient:
+        return AlertmanagerClient(self.settings.prometheus.alertmanager_url)
+
+    def active_alerts(self) -> list[dict[str, Any]]:
+        """Active, silenced and inhibited alerts whose site the principal sees (site-less pipeline alerts too)."""
+        with self._alertmanager() as am:
+            alerts = am.get_alerts()
+        return [a for a in alerts if "site" not in a["labels"] or self.principal.sees_site(a["labels"]["site"])]
+
+    def acknowledge(self, labels: dict[str, str], comment: str, hours: float) -> str:
+        """Silence one alert (by its identifying labels) with the principal as author; returns the silence id."""
+        self.principal.require("engineer", "acknowledge alerts")
+        if "site" in labels:
+            self.principal.check_site(labels["site"], "acknowledge alerts")
+        else:
+            self.principal.require("admin", "acknowledge an alert that is not about one site")
+        keys = [k for k in ("alertname", "site", "equipment_id", "sensor", "detector") if k in labels]
+        matchers = [{"name": k, "value": labels[k]} for k in keys]
+        with self._alertmanager() as am:
+            return am.create_silence(matchers, timedelta(hours=hours), comment, self.principal.name)
+
+    def silences(self) -> list[dict[str, Any]]:
+        with self._alertmanager() as am:
+            silences = am.list_silences()
+        return [s for s in silences if self._may_see_silence(s)]
+
+    def _may_see_silence(self, silence: dict[str, Any]) -> bool:
+        sites = [m["value"] for m in silence.get("matchers", []) if m["name"] == "site" and not m.get("isRegex")]
+        return self.principal.sites is None or (bool(sites) and all(self.principal.sees_site(s) for s in sites))
+
+    def unsilence(self, silence_id: str) -> None:
+        self.principal.require("engineer", "end silences")
+        with self._alertmanager() as am:
+            silence = next((s for s in am.list_silences() if s["id"] == silence_id), None)
+            if silence is None:
+                raise AccessError(f"no active silence {silence_id!r}")
+            if not self._may_see_silence(silence):
+                raise AccessError(f"{self.principal.name} may not end silence {silence_id}: it covers other sites")
+            am.expire_silence(silence_id)
+
+    # -- SQL workbench -------------------------------------------------------------------------------------
+    def run_sql(self, sql: str, max_rows: int | None = None, timeout_s: float | None = None) -> SqlResult:
+        """An analyst's SELECT, checked by ClickHouse's own parser, read-only, site-scoped, time- and row-limited."""
+        console = self.settings.console
+        max_rows = max_rows or console.sql_max_rows
+        timeout_s = timeout_s or console.sql_timeout_s
+        sql = sql.strip().rstrip(";").strip()
+        if not sql:
+            raise WorkbenchError("write a SELECT query first")
+        if len(sql) > MAX_SQL_CHARS:
+            raise WorkbenchError(f"the query is {len(sql):,} characters; the workbench takes at most {MAX_SQL_CHARS:,}")
+        database = self.settings.clickhouse.database
+        try:
+            ast = self.clickhouse.raw_query(f"EXPLAIN AST {sql}", fmt="TabSeparatedRaw", settings={"readonly": 1})
+            existing = self.clickhouse.query(f"SHOW TABLES FROM {database}").result_rows
+        except Exception as exc:  # the engine's own syntax error, for the analyst
+            raise WorkbenchError(_clickhouse_message(exc)) from exc
+        tables = [row[0] for row in existing]
+        problems = check_workbench_sql(ast.decode().splitlines(), database, tables, SITE_TABLES)
+        if problems:
+            raise WorkbenchError("; ".join(problems))
+        # readonly last: ClickHouse applies a query's settings in order and refuses any change after readonly=1.
+        limits = {"max_execution_time": timeout_s, "max_result_rows": max_rows + 1, "result_overflow_mode": "break"}
+        started = datetime.now(UTC)
+        try:
+            frame = self.clickhouse.query_df(sql, settings={**self.scope.settings(), **limits, "readonly": 1})
+        except Exception as exc:
+            raise WorkbenchError(_clickhouse_message(exc)) from exc
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        truncated = len(frame) > max_rows  # one row more than the limit was asked for: there is more
+        return SqlResult(frame.head(max_rows), truncated, elapsed)
+
+
+def _promql_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _clickhouse_message(exc: Exception) -> str:
+    text = str(exc)
+    match = re.search(r"Code: \d+\. DB::Exception: (.*?)(?: \(([A-Z_]+)\))?(?:\s*\(version.*)?$", text, re.S)
+    return (match.group(1).strip() if match else text.strip())[:800]

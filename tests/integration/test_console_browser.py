@@ -1,0 +1,130 @@
+"""The console in a real browser (headless Debian Chromium driven by Playwright) against the live local stack:
+sign in, read the Fleet and an Equipment page with live data, acknowledge an alert, and keep screenshots.
+
+Screenshots go to the test's temporary directory; with VIGIL_UPDATE_SCREENSHOTS=1 they also replace the ones
+in docs/screenshots/ that the README shows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from connectors.alertmanager import AlertmanagerClient, rfc3339
+from streamlit_app.access import set_user
+from tests.conftest import LiveFleet
+from vigil.settings import PROJECT_ROOT
+from vigil.stack.services import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.streams_live]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]  # fmt: skip
+SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def console_url(live_fleet: LiveFleet) -> Iterator[str]:
+    """The console as a service of the stack (what `vigil console` starts), with one engineer of site 1."""
+    settings = live_fleet.settings
+    set_user(settings.console_users_path, "eng", "engineer", ["site-1"], "eng-password-1")
+    stack = Stack(settings)
+    stack.up(("console",))
+    try:
+        yield f"http://{settings.console.host}:{settings.console.port}"
+    finally:
+        stack.down(("console",))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def shoot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("VIGIL_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, SCREENSHOTS / path.name)
+    return path
+
+
+def test_sign_in_browse_live_data_and_acknowledge_an_alert(live_fleet: LiveFleet, console_url: str, browser,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    from playwright.sync_api import expect
+
+    settings = live_fleet.settings
+    machine = sorted(live_fleet.ids("site-1"))[0]
+    now = datetime.now(UTC)
+    with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
+        am.post_alerts([{
+            "labels": {"alertname": "VigilEquipmentAnomaly", "severity": "critical", "site": "site-1",
+                       "equipment_id": machine, "sensor": "vibration_rms", "detector": "threshold_max",
+                       "source": "browser-test"},
+            "annotations": {"summary": f"{machine}: vibration_rms above its limit"},
+            "startsAt": rfc3339(now - timedelta(seconds=20)), "endsAt": rfc3339(now + timedelta(minutes=10)),
+        }])  # fmt: skip
+
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(console_url)
+    page.get_by_role("textbox", name="user name").fill("eng")
+    page.get_by_role("textbox", name="password").fill("eng-password-1")
+    page.get_by_role("button", name="Sign in").click()
+
+    # Fleet: live counts of the engineer's site only.
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    expect(page.get_by_text("By site and line")).to_be_visible()
+    expect(page.get_by_text("site-1").first).to_be_visible()
+    time.sleep(2)  # let the tables and charts paint before the picture
+    shoot(page, tmp_path, "console-fleet")
+
+    # Equipment: one machine's live statistics, as an alert link opens it.
+    page.get_by_role("link", name="Equipment").click()
+    expect(page.get_by_role("heading", name="Equipment")).to_be_visible()
+    page.get_by_text("15 min", exact=True).click()  # the fleet streams for minutes only: zoom in
+    expect(page.get_by_text("window statistics from the hot path (Prometheus)")).to_be_visible()
+    expect(page.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
+    time.sleep(2)
+    shoot(page, tmp_path, "console-equipment")
+
+    # Alerts: acknowledge the alert (an Alertmanager silence with author and comment).
+    page.get_by_role("link", name="Alerts").click()
+    expect(page.get_by_role("heading", name="Firing now")).to_be_visible()
+    page.get_by_role("combobox", name="alert").click()
+    page.get_by_role("option").filter(has_text=f"site-1 · {machine}").first.click()
+    expect(page.get_by_role("combobox", name="alert")).to_have_value(re.compile(re.escape(machine)))
+    comment = "checked on site: bearing noise, replacing"
+    page.get_by_role("textbox", name="comment (why, what is being done)").fill(comment)
+    page.get_by_role("button", name="Acknowledge (silence)").click()
+    expect(page.get_by_text("Silenced as eng")).to_be_visible()
+    time.sleep(1)
+    shoot(page, tmp_path, "console-alerts")
+
+    with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
+        silence = next(s for s in am.list_silences() if s["comment"] == comment)
+        assert silence["createdBy"] == "eng"
+        assert {"name": "equipment_id", "value": machine} in [
+            {"name": m["name"], "value": m["value"]} for m in silence["matchers"]]
+        am.expire_silence(silence["id"])
+    for name in ("console-fleet", "console-equipment", "console-alerts"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 20_000, f"{name}.png looks empty"
