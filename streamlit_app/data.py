@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +47,16 @@ class WorkbenchError(ValueError):
 
 
 @dataclass(frozen=True)
+class MachineHistory:
+    """What the Equipment page draws for one machine and time range."""
+
+    windows: pd.DataFrame
+    source: str  # which path the window statistics came from
+    verdicts: pd.DataFrame
+    faults: pd.DataFrame
+
+
+@dataclass(frozen=True)
 class SqlResult:
     frame: pd.DataFrame
     truncated: bool
@@ -71,6 +82,7 @@ class ConsoleData:
         self.principal = principal
         self._clickhouse = clickhouse
         self.scope = QueryScope(principal, settings.clickhouse.database)
+        self.last_query: tuple[str, dict[str, Any], dict[str, Any]] | None = None
 
     # -- cold path (ClickHouse) ----------------------------------------------------------------------------
     @property
@@ -81,8 +93,10 @@ class ConsoleData:
         return self._clickhouse
 
     def query(self, sql: str, settings: dict[str, Any] | None = None, **params: Any) -> pd.DataFrame:
-        """A console query under the principal's site scope."""
-        return self.clickhouse.query_df(sql, parameters=params, settings={**self.scope.settings(), **(settings or {})})
+        """A console query under the principal's site scope (kept in ``last_query`` for benchmarks)."""
+        merged = {**self.scope.settings(), **(settings or {})}
+        self.last_query = (sql, params, merged)
+        return self.clickhouse.query_df(sql, parameters=params, settings=merged)
 
     def fleet(self) -> pd.DataFrame:
         """One row per visible machine: its newest verdict and a state (critical/warning/silent/healthy)."""
@@ -196,6 +210,17 @@ class ConsoleData:
             except (httpx.HTTPError, KeyError, ValueError) as exc:
                 log.warning("hot path unavailable, reading ClickHouse: %s", exc)
         return self.cold_windows(equipment_id, start, end), "cold path (ClickHouse)"
+
+    def machine_history(self, equipment_id: str, site: str, start: datetime, end: datetime) -> MachineHistory:
+        """Windows, verdicts and fault labels of one machine, fetched concurrently (the client has no HTTP
+        session, so its connection pool serves parallel queries): the page waits for the slowest, not the sum."""
+        _ = self.clickhouse  # create the client before the threads share it
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="console-fetch") as pool:
+            windows = pool.submit(self.live_windows, equipment_id, site, start, end)
+            verdicts = pool.submit(self.verdicts, equipment_id, start, end)
+            faults = pool.submit(self.faults, equipment_id, start, end)
+            frame, source = windows.result()
+            return MachineHistory(frame, source, verdicts.result(), faults.result())
 
     # -- fault labels (simulator ground truth) -------------------------------------------------------------
     def faults(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:

@@ -208,6 +208,26 @@ def bench_throughput(
     run_throughput_bench(_with_samples(samples_per_sensor), machines, duration, output, console, modes[scoring])
 
 
+@bench_app.command("console")
+def bench_console(
+    machines: Annotated[int, typer.Option(help="machines whose data the console shows")] = 10_000,
+    minutes: Annotated[int, typer.Option(help="minutes of 5-s windows to seed per machine")] = 30,
+    repeats: Annotated[int, typer.Option(help="runs of each query (median and max are shown)")] = 5,
+    browser: Annotated[bool, typer.Option(help="also time Fleet and Equipment in headless Chromium")] = True,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    reuse: Annotated[bool, typer.Option(help="keep an already seeded bench database of the same size")] = False,
+) -> None:
+    """Console pages and their ClickHouse queries at fleet scale (a dedicated, seeded database)."""
+    from vigil.bench_console import results_tables, run_console_bench, write_json
+
+    result = run_console_bench(get_settings(), machines, minutes, repeats, browser, console, reuse)
+    for table in results_tables(result):
+        console.print(table)
+    if output:
+        write_json(result, output)
+        console.print(f"figures written to {output}")
+
+
 @bench_app.command("latency")
 def bench_latency(
     machines: Annotated[int, typer.Option(help="simulated machines streaming during the run")] = 1000,

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS {database}.machine_state
     emitted_at     DateTime64(3, 'UTC')
 )
 ENGINE = ReplacingMergeTree(window_end)
-ORDER BY (site, equipment_id);
+-- One row per machine (also the dedup key): a one-machine lookup reads one granule; the fleet view reads all.
+ORDER BY equipment_id;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.machine_state_mv TO {database}.machine_state AS
 SELECT

@@ -37,28 +37,43 @@ def limits(equipment_type: str) -> pd.DataFrame:
                         columns=["sensor", "min", "max"])  # fmt: skip
 
 
-def sensor_chart(sensor: str, frame: pd.DataFrame, bounds: pd.DataFrame, anomalies: pd.DataFrame,
-                 faults: pd.DataFrame, span: tuple[datetime, datetime]) -> alt.LayerChart:  # fmt: skip
-    x = alt.X("window_end:T", title=None, scale=alt.Scale(domain=[span[0].isoformat(), span[1].isoformat()]))
-    layers: list[alt.Chart] = []
-    if {"min", "max"} <= set(frame.columns) and frame["min"].notna().any():
-        layers.append(alt.Chart(frame).mark_area(opacity=0.2).encode(x=x, y="min:Q", y2="max:Q"))
-    layers.append(alt.Chart(frame).mark_line().encode(x=x, y=alt.Y("avg:Q", title=sensor, scale=alt.Scale(zero=False)),
-                                                      tooltip=["window_end:T", "avg:Q"]))  # fmt: skip
-    limit = bounds[bounds["sensor"] == sensor]
-    for column in ("min", "max"):
-        if not limit.empty and pd.notna(limit.iloc[0][column]):
-            layers.append(alt.Chart(pd.DataFrame({"y": [limit.iloc[0][column]]})).mark_rule(
-                color="#d62728", strokeDash=[6, 3]).encode(y="y:Q"))
+def sensors_chart(windows: pd.DataFrame, bounds: pd.DataFrame, anomalies: pd.DataFrame, faults: pd.DataFrame,
+                  span: tuple[datetime, datetime]) -> alt.FacetChart:  # fmt: skip
+    """Every sensor in ONE faceted chart (one Vega view: ~8x cheaper to build and draw than a chart per sensor).
+
+    All layers read one long frame, told apart by ``layer``: the statistics, the limits, the anomalous windows
+    naming the sensor, and the injected faults touching it."""
+    parts = [windows.assign(layer="stats")]
+    parts.append(bounds.rename(columns={"min": "lo", "max": "hi"}).assign(layer="limit"))
     if not anomalies.empty:
-        mine = anomalies[anomalies["top_sensors"].map(lambda s: sensor in s)]
-        if not mine.empty:
-            layers.append(alt.Chart(mine).mark_rule(color="#ff7f0e", opacity=0.6).encode(
-                x="window_end:T", tooltip=["window_end:T", "severity:N", "summary:N"]))
+        marks = anomalies[["window_end", "severity", "summary", "top_sensors"]].explode("top_sensors")
+        parts.append(marks.rename(columns={"top_sensors": "sensor"}).dropna(subset=["sensor"]).assign(layer="anomaly"))
     if not faults.empty:
-        layers.append(alt.Chart(faults).mark_rect(opacity=0.12, color="#9467bd").encode(
-            x="start:T", x2="end:T", tooltip=["fault_type:N", "sensors:N"]))
-    return alt.layer(*layers).properties(height=170)
+        spans = faults.assign(sensor=faults["sensors"].str.split(", ")).explode("sensor")
+        parts.append(spans.assign(layer="fault"))
+    data = pd.concat(parts, ignore_index=True)
+    data = data[data["sensor"].isin(windows["sensor"].unique())]
+    x = alt.X("window_end:T", title=None, scale=alt.Scale(domain=[span[0].isoformat(), span[1].isoformat()]))
+    base = alt.Chart()
+    layers = [
+        base.mark_line().encode(x=x, y=alt.Y("avg:Q", title=None, scale=alt.Scale(zero=False)),
+                                tooltip=["window_end:T", "avg:Q"]).transform_filter("datum.layer == 'stats'"),
+        base.mark_rule(color="#d62728", strokeDash=[6, 3]).encode(y="lo:Q").transform_filter(
+            "datum.layer == 'limit' && isValid(datum.lo)"),
+        base.mark_rule(color="#d62728", strokeDash=[6, 3]).encode(y="hi:Q").transform_filter(
+            "datum.layer == 'limit' && isValid(datum.hi)"),
+        base.mark_rule(color="#ff7f0e", opacity=0.6).encode(
+            x="window_end:T", tooltip=["window_end:T", "severity:N", "summary:N"]).transform_filter(
+            "datum.layer == 'anomaly'"),
+        base.mark_rect(opacity=0.12, color="#9467bd").encode(
+            x="start:T", x2="end:T", tooltip=["fault_type:N"]).transform_filter("datum.layer == 'fault'"),
+    ]  # fmt: skip
+    if {"min", "max"} <= set(windows.columns):
+        layers.insert(0, base.mark_area(opacity=0.2).encode(x=x, y="min:Q", y2="max:Q").transform_filter(
+            "datum.layer == 'stats'"))  # fmt: skip
+    return (alt.layer(*layers, data=data).properties(height=120, width=720)
+            .facet(row=alt.Row("sensor:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left")))
+            .resolve_scale(y="independent"))  # fmt: skip
 
 
 @st.fragment(run_every=session.settings().console.refresh_s)
@@ -76,18 +91,16 @@ def machine_view() -> None:
     cols[3].metric("score now", f"{info['score']:.2f}")
     if info["summary"]:
         st.caption(info["summary"])
-    windows, source = data.live_windows(equipment, info["site"], start, end)
-    verdicts = data.verdicts(equipment, start, end)
+    history = data.machine_history(equipment, info["site"], start, end)
+    windows, source, verdicts, faults = history.windows, history.source, history.verdicts, history.faults
     anomalies = verdicts[verdicts["is_anomaly"] == 1] if not verdicts.empty else verdicts
-    faults = data.faults(equipment, start, end)
     st.caption(f"window statistics from the {source}; orange: anomalous windows naming the sensor; "
                f"red dashed: configured limits; purple: injected faults")
     if windows.empty:
         st.info("No window statistics in this range.")
     else:
-        bounds = limits(info["equipment_type"])
-        for sensor, part in windows.groupby("sensor"):
-            st.altair_chart(sensor_chart(str(sensor), part, bounds, anomalies, faults, (start, end)), width="stretch")
+        chart = sensors_chart(windows, limits(info["equipment_type"]), anomalies, faults, (start, end))
+        st.altair_chart(chart)
     if not verdicts.empty:
         st.subheader("Anomaly score")
         st.altair_chart(alt.Chart(verdicts).mark_line(point=True).encode(
