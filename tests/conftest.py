@@ -180,7 +180,8 @@ def live_fleet(pipeline_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
     from vigil.demo import _sender_factory
 
     stack_settings = pipeline_stack.settings
-    fleet = Fleet(LIVE_FLEET_MACHINES, sites=2, seed=5, fault_rate_per_machine_hour=40.0)
+    # Own machine names: other tests' fleets (pump-0001 ...) reported to the same stack from other sites.
+    fleet = Fleet(LIVE_FLEET_MACHINES, sites=2, seed=5, fault_rate_per_machine_hour=40.0, id_prefix="live-")
     registry = fleet.write_registry(tmp_path_factory.mktemp("fleet") / "registry.csv")
     settings = stack_settings.model_copy(update={"edge": stack_settings.edge.model_copy(
         update={"equipment_registry": registry})})  # the console reads lines from it; the running edge does not
@@ -193,7 +194,7 @@ def live_fleet(pipeline_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
     try:
         client = make_client(settings.clickhouse)
         ids = [m.equipment_id for m in fleet.machines]
-        since = time.time()  # other tests may have used the same machine names earlier in the session
+        since = time.time()
         deadline = time.monotonic() + 240
         while client.query(
             "SELECT uniqExact(equipment_id) FROM machine_state WHERE equipment_id IN {ids:Array(String)} "

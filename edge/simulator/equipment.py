@@ -138,11 +138,13 @@ def gateway_for_site(site: str) -> str:
     return f"gw-{site}"
 
 
-def build_machines(n_machines: int, sites: int, types: Sequence[str] | None = None) -> list[Machine]:
+def build_machines(n_machines: int, sites: int, types: Sequence[str] | None = None, id_prefix: str = ""
+                   ) -> list[Machine]:  # fmt: skip
     """Lay out a fleet deterministically.
 
     Types rotate machine by machine and sites take contiguous blocks, so every site gets every
-    type and ids stay stable when the fleet grows at the end.
+    type and ids stay stable when the fleet grows at the end. ``id_prefix`` keeps the ids of two
+    simulated fleets that share one stack apart (e.g. "plant-b-pump-0001").
     """
     if n_machines < 1 or sites < 1:
         raise ValueError(f"need at least one machine and one site, got {n_machines} machines, {sites} sites")
@@ -163,7 +165,7 @@ def build_machines(n_machines: int, sites: int, types: Sequence[str] | None = No
         machines.append(
             Machine(
                 index=i,
-                equipment_id=f"{etype}-{counters[etype]:04d}",
+                equipment_id=f"{id_prefix}{etype}-{counters[etype]:04d}",
                 equipment_type=etype,
                 site=site,
                 line=f"line-{pos // MACHINES_PER_LINE + 1}",

@@ -58,6 +58,7 @@ class Fleet:
         ground_truth: GroundTruthWriter | None = None,
         equipment_types: Sequence[str] | None = None,
         regime_dwell_s: float = 1200.0,
+        id_prefix: str = "",
     ) -> None:
         self.interval_ms = int(round(batch_interval_s * 1000))
         if self.interval_ms < samples_per_sensor:
@@ -67,7 +68,7 @@ class Fleet:
         self.samples = samples_per_sensor
         self.fault_rate = fault_rate_per_machine_hour
         self.ground_truth = ground_truth
-        self.machines: list[Machine] = build_machines(n_machines, sites, equipment_types)
+        self.machines: list[Machine] = build_machines(n_machines, sites, equipment_types, id_prefix)
         self._by_id = {m.equipment_id: m for m in self.machines}
         seeds = np.random.SeedSequence(seed).spawn(4 + len(EQUIPMENT_TYPES))
         climate_rng, phase_rng, self._fault_rng, self._dropout_rng = (np.random.default_rng(s) for s in seeds[:4])

@@ -5,7 +5,6 @@ different roles and sites. A site-1 analyst must not see or query site-2 data, w
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from onnx_models.registry import ModelRegistry
 from streamlit_app.access import AccessError, Principal, set_user
 from streamlit_app.data import ConsoleData, WorkbenchError
 from tests.conftest import LiveFleet
+from tests.integration.test_pipeline_e2e import poll
 from udfs.detectors.pca_t2q import PcaT2Q
 from vigil.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -31,17 +31,6 @@ APP = PROJECT_ROOT / "streamlit_app"
 ANALYST = Principal("ana", "analyst", frozenset({"site-1"}))
 ENGINEER = Principal("eng", "engineer", frozenset({"site-1"}))
 ADMIN = Principal("root", "admin", None)
-
-
-def poll(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture(scope="module")
