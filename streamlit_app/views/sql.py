@@ -35,6 +35,20 @@ EXAMPLES = {
     ),
 }
 
+
+
+def chart_of(frame: pd.DataFrame) -> None:
+    """The first column as x (a time axis: lines; anything else: bars) against up to 4 numeric columns."""
+    x = frame.columns[0] if len(frame.columns) else None
+    ys = [c for c in frame.select_dtypes("number").columns if c != x][:4]
+    if x is None or not ys or len(frame) < 2:
+        return
+    if pd.api.types.is_datetime64_any_dtype(frame[x]):
+        st.line_chart(frame, x=x, y=ys)
+    else:
+        st.bar_chart(frame, x=x, y=ys)
+
+
 st.title("SQL workbench")
 data = session.data()
 limits = session.settings().console
@@ -59,11 +73,7 @@ if result is not None:
     note = " (stopped at the row limit)" if result.truncated else ""
     st.caption(f"{len(frame):,} rows in {result.elapsed_s:.2f} s{note}")
     st.dataframe(frame, hide_index=True, width="stretch")
-    numeric = frame.select_dtypes("number").columns.tolist()
-    if numeric and len(frame) > 1:
-        x = frame.columns[0]
-        st.line_chart(frame, x=x, y=[c for c in numeric if c != x][:4] or None) if x not in numeric else st.bar_chart(
-            frame[numeric[:4]])
+    chart_of(frame)
     cols = st.columns(2)
     cols[0].download_button("CSV", frame.to_csv(index=False).encode(), "vigil-query.csv", "text/csv")
     buffer = io.BytesIO()

@@ -230,6 +230,13 @@ def test_sql_workbench_returns_only_the_analysts_sites_whatever_the_query(env: L
     assert not app.error, [e.value for e in app.error]
     assert list(frames(app)[0]["site"]) == ["site-1"]
     assert [b.label for b in app.get("download_button")] == ["CSV", "Parquet"]
+    assert not app.get("vega_lite_chart"), "one row: nothing to chart"
+    app = page("sql", ADMIN)
+    app.text_area[0].input("SELECT site, count() AS windows FROM window_stats WHERE equipment_id LIKE 'live-%' "
+                           "GROUP BY site ORDER BY site").run()  # the live fleet (other tests wrote other sites)
+    app.button[0].click().run()
+    assert list(frames(app)[0]["site"]) == ["site-1", "site-2"]
+    assert len(app.get("vega_lite_chart")) == 1, "windows per site as bars"
     app.text_area[0].input("SELECT name FROM system.tables").run()
     app.button[0].click().run()
     assert any("not readable" in e.value for e in app.error)
