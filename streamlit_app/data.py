@@ -63,13 +63,6 @@ class SqlResult:
     elapsed_s: float
 
 
-def _sites_regex(principal: Principal) -> str | None:
-    """A PromQL ``site=~`` value for the principal (None: every site)."""
-    if principal.sites is None:
-        return None
-    return "|".join(re.escape(s) for s in sorted(principal.sites)) or "^$"
-
-
 def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
