@@ -30,7 +30,7 @@ def sign_out() -> None:
 
 
 def data() -> ConsoleData:
-    """This session's facade (one ClickHouse client per browser session: clients are not shared by threads)."""
+    """This session's facade, with its own ClickHouse client (created on first use, rebuilt for a new principal)."""
     who = principal()
     if who is None:
         st.stop()
