@@ -52,7 +52,8 @@ class MachineHistory:
 
     windows: pd.DataFrame
     source: str  # which path the window statistics came from
-    verdicts: pd.DataFrame
+    scores: pd.DataFrame  # the combined score over time (ConsoleData.score_history)
+    anomalies: pd.DataFrame  # anomalous verdicts, newest first (ConsoleData.anomalous_windows)
     faults: pd.DataFrame
 
 
@@ -120,7 +121,17 @@ class ConsoleData:
     def machines(self) -> list[str]:
         """Visible machine ids (from the fleet state)."""
         frame = self.query("SELECT DISTINCT equipment_id FROM machine_state ORDER BY equipment_id")
-        return frame["equipment_id"].tolist()
+        return [] if frame.empty else frame["equipment_id"].tolist()
+
+    def find_machines(self, text: str, limit: int = 20) -> list[str]:
+        """Visible machine ids containing ``text`` (case-insensitive), first ``limit`` in id order: the
+        Equipment page's search, instead of a 10,000-option list the browser takes ~0.5 s to mount."""
+        frame = self.query(
+            "SELECT DISTINCT equipment_id FROM machine_state "
+            "WHERE positionCaseInsensitive(equipment_id, {q:String}) > 0 ORDER BY equipment_id LIMIT {n:UInt32}",
+            q=text.strip(), n=limit,
+        )  # fmt: skip
+        return [] if frame.empty else frame["equipment_id"].tolist()
 
     def machine(self, equipment_id: str) -> dict[str, Any] | None:
         """The machine's newest state, or None when it does not exist or is not the principal's to see."""
@@ -131,21 +142,62 @@ class ConsoleData:
         )
         return None if frame.empty else frame.iloc[0].to_dict()
 
-    def cold_windows(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
-        """Window statistics of one machine from ClickHouse (the dedup view; the sort key prunes to it)."""
-        return self.query(
-            "SELECT window_start, window_end, sensor, unit, count, avg, stddev, min, max "
-            "FROM window_stats_latest WHERE equipment_id = {e:String} "
-            "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} ORDER BY sensor, window_start",
-            e=equipment_id, s=_utc(start), t=_utc(end),
-        )  # fmt: skip
+    def bucket_s(self, start: datetime, end: datetime) -> int:
+        """Seconds per chart point: one window while the range fits ``console.chart_points`` windows."""
+        window_s = max(1, self.settings.window.size_ms // 1000)
+        points = self.settings.console.chart_points
+        return max(window_s, math.ceil((_utc(end) - _utc(start)).total_seconds() / points / window_s) * window_s)
 
-    def verdicts(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    def cold_windows(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Window statistics of one machine from ClickHouse (the dedup view; the sort key prunes to it).
+
+        Ranges longer than ``console.chart_points`` windows are aggregated into that many buckets per sensor in
+        ClickHouse: count-weighted mean, pooled standard deviation, min of minima, max of maxima."""
+        bucket = self.bucket_s(start, end)
+        where = ("FROM window_stats_latest WHERE equipment_id = {e:String} "
+                 "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)}")  # fmt: skip
+        if bucket * 1000 <= self.settings.window.size_ms:
+            return self.query(
+                f"SELECT window_start, window_end, sensor, unit, count, avg, stddev, min, max {where} "
+                "ORDER BY sensor, window_start",
+                e=equipment_id, s=_utc(start), t=_utc(end),
+            )  # fmt: skip
+        frame = self.query(
+            "SELECT toStartOfInterval(window_start, toIntervalSecond({b:UInt32})) AS bucket, "
+            "max(window_end) AS bucket_end, sensor, any(unit) AS unit, sum(count) AS n, "
+            "sum(avg * count) / n AS mean, "
+            "sqrt(greatest(sum(count * (stddev * stddev + avg * avg)) / n - mean * mean, 0)) AS pooled_stddev, "
+            f"min(min) AS lowest, max(max) AS highest {where} GROUP BY sensor, bucket ORDER BY sensor, bucket",
+            b=bucket, e=equipment_id, s=_utc(start), t=_utc(end),
+        )  # fmt: skip
+        return frame.rename(columns={"bucket": "window_start", "bucket_end": "window_end", "n": "count", "mean": "avg",
+                                     "pooled_stddev": "stddev", "lowest": "min", "highest": "max"})  # fmt: skip
+
+    def score_history(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """The machine's combined score over time, at most ``console.chart_points`` points: longer ranges keep
+        each bucket's highest score (an anomaly is never averaged away) with that window's severity."""
+        bucket = self.bucket_s(start, end)
+        frame = self.query(
+            "SELECT toStartOfInterval(window_start, toIntervalSecond({b:UInt32})) AS bucket, "
+            "max(window_end) AS bucket_end, max(score) AS top_score, argMax(severity, score) AS top_severity, "
+            "argMax(summary, score) AS top_summary FROM anomalies_latest WHERE equipment_id = {e:String} "
+            "AND kind = 'window' AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} "
+            "GROUP BY bucket ORDER BY bucket",
+            b=bucket, e=equipment_id, s=_utc(start), t=_utc(end),
+        )  # fmt: skip
+        if frame.empty:  # an empty result has no columns
+            return pd.DataFrame(columns=["window_end", "score", "severity", "summary"])
+        return frame.drop(columns="bucket").rename(columns={"bucket_end": "window_end", "top_score": "score",
+                                                            "top_severity": "severity", "top_summary": "summary"})
+
+    def anomalous_windows(self, equipment_id: str, start: datetime, end: datetime, limit: int = 500) -> pd.DataFrame:
+        """The machine's anomalous verdicts in the range (newest ``limit``), with their detectors and sensors."""
         return self.query(
-            "SELECT window_start, window_end, kind, is_anomaly, severity, score, detectors, rule_hits, top_sensors, "
-            "summary FROM anomalies_latest WHERE equipment_id = {e:String} "
-            "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} ORDER BY window_start",
-            e=equipment_id, s=_utc(start), t=_utc(end),
+            "SELECT window_start, window_end, kind, severity, score, detectors, rule_hits, top_sensors, summary "
+            "FROM anomalies_latest WHERE equipment_id = {e:String} AND is_anomaly = 1 "
+            "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} "
+            "ORDER BY window_start DESC LIMIT {n:UInt32}",
+            e=equipment_id, s=_utc(start), t=_utc(end), n=limit,
         )  # fmt: skip
 
     def deliveries(self, hours: int = 24, limit: int = 500) -> pd.DataFrame:
@@ -170,7 +222,7 @@ class ConsoleData:
     def hot_windows(self, equipment_id: str, start: datetime, end: datetime, site: str) -> pd.DataFrame:
         """The machine's window averages (and stddev) as Prometheus scraped them from the Pushgateway."""
         self.principal.check_site(site, "read the machine's live statistics")
-        step = max(self.settings.prometheus.scrape_interval_s, math.ceil((end - start).total_seconds() / 720))
+        step = max(self.settings.prometheus.scrape_interval_s, self.bucket_s(start, end))
         selector = f'equipment_id="{_promql_escape(equipment_id)}",site="{_promql_escape(site)}"'
         rows: list[tuple[float, str, str, float]] = []
         for stat in self.settings.prometheus.exported_stats:
@@ -205,15 +257,16 @@ class ConsoleData:
         return self.cold_windows(equipment_id, start, end), "cold path (ClickHouse)"
 
     def machine_history(self, equipment_id: str, site: str, start: datetime, end: datetime) -> MachineHistory:
-        """Windows, verdicts and fault labels of one machine, fetched concurrently (the client has no HTTP
-        session, so its connection pool serves parallel queries): the page waits for the slowest, not the sum."""
+        """Windows, scores, anomalies and fault labels of one machine, fetched concurrently (the client has no
+        HTTP session, so its connection pool serves parallel queries): the page waits for the slowest, not the sum."""
         _ = self.clickhouse  # create the client before the threads share it
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="console-fetch") as pool:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="console-fetch") as pool:
             windows = pool.submit(self.live_windows, equipment_id, site, start, end)
-            verdicts = pool.submit(self.verdicts, equipment_id, start, end)
+            scores = pool.submit(self.score_history, equipment_id, start, end)
+            anomalies = pool.submit(self.anomalous_windows, equipment_id, start, end)
             faults = pool.submit(self.faults, equipment_id, start, end)
             frame, source = windows.result()
-            return MachineHistory(frame, source, verdicts.result(), faults.result())
+            return MachineHistory(frame, source, scores.result(), anomalies.result(), faults.result())
 
     # -- fault labels (simulator ground truth) -------------------------------------------------------------
     def faults(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:

@@ -333,6 +333,9 @@ class ConsoleSettings(BaseModel):
     sql_max_rows: int = Field(10_000, ge=1, le=1_000_000)
     # Live pages re-read their data this often.
     refresh_s: float = Field(5.0, ge=1.0)
+    # A machine's charts get at most this many points per sensor: longer ranges are aggregated in
+    # ClickHouse (and stepped in Prometheus) instead of shipping every 5-s window (7 days: 120,960 per sensor).
+    chart_points: int = Field(720, ge=60, le=10_000)
 
 
 class SimulatorSettings(BaseModel):
@@ -346,6 +349,10 @@ class SimulatorSettings(BaseModel):
     samples_per_sensor: int = Field(70, ge=1)
     seed: int = 7
     fault_rate_per_machine_hour: float = Field(0.5, ge=0)
+    # Which random faults the simulated fleet suffers (edge.simulator.faults.FAULT_MIXES): "plant" = bearing
+    # wear, overheating, cavitation, electrical faults and sensor faults; "generic" = signal-level faults only
+    # (what `vigil evaluate --dataset sim` measures detectors on).
+    fault_mix: Literal["generic", "plant"] = "plant"
     ground_truth_path: Path | None = None
     # Concurrent gRPC streams the simulator opens to the edge service.
     streams: int = Field(8, ge=1)

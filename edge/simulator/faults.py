@@ -14,7 +14,18 @@ spike      ``+ magnitude`` for one to a few samples (``magnitudes``); far outsid
 drift      ``+ magnitude * progress`` -- slow calibration drift (``magnitudes``)
 stuck      the sensor repeats its first reading in the interval: zero variance (no params)
 dropout    each sample is missing with ``probability`` (1.0: the sensor is absent from batches)
+overheating cooling or lubrication loss: the type's temperatures ramp up (``+ magnitude * progress``)
+           with no rise in vibration (``magnitudes``)
+cavitation pump only: suction pressure and flow fall, vibration rises and every one of them gets
+           noisier (``magnitudes`` for the shift, ``noise`` {sensor: extra standard deviation})
+electrical supply or winding fault: motor current steps up and turns noisy, speed sags; on a motor
+           the voltage and power factor drop (``magnitudes``, ``noise``)
 ========== ===================================================================================
+
+The last three are the plant-level failure modes a maintenance team names; they move several sensors
+at once in a pattern (:data:`SIGNATURES`) that the diagnostic agent must recognise. Random faults draw
+from :data:`RANDOM_FAULT_WEIGHTS` (generic signal faults, what the detector scorecards were measured on)
+or, with ``fault_mix="plant"``, from :data:`PLANT_FAULT_WEIGHTS`.
 
 Magnitudes are in the sensor's own unit; random faults draw them as fractions of the sensor's
 healthy envelope (``hi - lo``), so they are visible but not always trivial.
@@ -41,6 +52,9 @@ class FaultType(StrEnum):
     DRIFT = "drift"
     STUCK = "stuck"
     DROPOUT = "dropout"
+    OVERHEATING = "overheating"
+    CAVITATION = "cavitation"
+    ELECTRICAL = "electrical"
 
 
 # Mix of randomly scheduled faults.
@@ -52,6 +66,50 @@ RANDOM_FAULT_WEIGHTS: dict[FaultType, float] = {
     FaultType.STUCK: 0.15,
     FaultType.DROPOUT: 0.1,
 }
+# The plant mix: failure modes and sensor faults as a maintenance team meets them (`fault_mix="plant"`).
+PLANT_FAULT_WEIGHTS: dict[FaultType, float] = {
+    FaultType.DEGRADATION: 0.15,  # bearing wear
+    FaultType.OVERHEATING: 0.15,
+    FaultType.CAVITATION: 0.15,  # pumps only: other types redraw among the rest
+    FaultType.ELECTRICAL: 0.15,
+    FaultType.STUCK: 0.1,
+    FaultType.DRIFT: 0.1,
+    FaultType.SPIKE: 0.1,
+    FaultType.STEP: 0.05,
+    FaultType.DROPOUT: 0.05,
+}
+FAULT_MIXES: dict[str, dict[FaultType, float]] = {"generic": RANDOM_FAULT_WEIGHTS, "plant": PLANT_FAULT_WEIGHTS}
+
+# Multi-sensor failure modes per equipment type: sensor -> (shift, extra noise), both as fractions of the
+# sensor's healthy span; the shift ramps in for overheating and steps in for the others.
+SIGNATURES: dict[FaultType, dict[str, dict[str, tuple[float, float]]]] = {
+    FaultType.OVERHEATING: {
+        "pump": {"bearing_temp": (0.45, 0.0)},
+        "motor": {"winding_temp": (0.4, 0.0), "bearing_temp": (0.12, 0.0)},
+        "compressor": {"discharge_temp": (0.4, 0.0), "oil_pressure": (-0.15, 0.0)},
+        "fan": {"bearing_temp": (0.45, 0.0)},
+    },
+    FaultType.CAVITATION: {
+        "pump": {"suction_pressure": (-0.3, 0.05), "flow": (-0.15, 0.04), "vibration_rms": (0.35, 0.08),
+                 "discharge_pressure": (-0.1, 0.05)},  # fmt: skip
+    },
+    FaultType.ELECTRICAL: {
+        "pump": {"motor_current": (0.2, 0.05), "speed": (-0.05, 0.0)},
+        "motor": {"current": (0.2, 0.05), "voltage": (-0.35, 0.05), "power_factor": (-0.35, 0.0)},
+        "compressor": {"motor_current": (0.2, 0.05), "speed": (-0.05, 0.0)},
+        "fan": {"motor_current": (0.2, 0.05), "speed": (-0.05, 0.0)},
+    },
+}
+RAMPED = (FaultType.DRIFT, FaultType.OVERHEATING)  # shift grows linearly over the interval
+STEPPED = (FaultType.STEP, FaultType.SPIKE, FaultType.CAVITATION, FaultType.ELECTRICAL)  # shift is on at once
+
+
+def supports(fault_type: FaultType | str, equipment_type: str) -> bool:
+    """Whether a fault type can happen on this equipment type (cavitation: pumps only)."""
+    ftype = FaultType(fault_type)
+    return ftype not in SIGNATURES or equipment_type in SIGNATURES[ftype]
+
+
 # Duration ranges (minutes) of random faults; spikes last 1-3 samples instead.
 RANDOM_DURATION_MIN: dict[FaultType, tuple[float, float]] = {
     FaultType.DEGRADATION: (30.0, 120.0),
@@ -59,6 +117,9 @@ RANDOM_DURATION_MIN: dict[FaultType, tuple[float, float]] = {
     FaultType.DRIFT: (30.0, 90.0),
     FaultType.STUCK: (5.0, 30.0),
     FaultType.DROPOUT: (1.0, 10.0),
+    FaultType.OVERHEATING: (20.0, 60.0),
+    FaultType.CAVITATION: (5.0, 30.0),
+    FaultType.ELECTRICAL: (5.0, 30.0),
 }
 # Magnitude as a fraction of the sensor's healthy span (sign random for random faults).
 MAGNITUDE_SPAN_FRACTION: dict[FaultType, tuple[float, float]] = {
@@ -67,7 +128,7 @@ MAGNITUDE_SPAN_FRACTION: dict[FaultType, tuple[float, float]] = {
     FaultType.DRIFT: (0.2, 0.4),
 }
 DEGRADATION_EXPONENT = 2.0  # wear accelerates towards the end
-ADDITIVE = (FaultType.DEGRADATION, FaultType.STEP, FaultType.SPIKE, FaultType.DRIFT)
+ADDITIVE = (FaultType.DEGRADATION, FaultType.STEP, FaultType.SPIKE, FaultType.DRIFT, *SIGNATURES)
 
 
 @dataclass(frozen=True)
@@ -133,6 +194,11 @@ def make_fault(
     ftype = FaultType(fault_type)
     if end_ms <= start_ms:
         raise ValueError(f"fault end_ms ({end_ms}) must be after start_ms ({start_ms})")
+    if not supports(ftype, etype.name):
+        raise ValueError(f"{ftype.value} does not happen on a {etype.name}; it does on: "
+                         f"{', '.join(SIGNATURES[ftype])}")  # fmt: skip
+    if sensors is None and ftype in SIGNATURES:
+        sensors = list(SIGNATURES[ftype][etype.name])
     if sensors is None:
         sensors = [n for n, _ in etype.wear] if ftype is FaultType.DEGRADATION else ["vibration_rms"]
     sensors = tuple(sensors)
@@ -150,6 +216,10 @@ def make_fault(
         params["magnitudes"] = {name: _magnitude(ftype, etype, name, magnitude) for name in sensors}
         if ftype is FaultType.DEGRADATION:
             params["exponent"] = DEGRADATION_EXPONENT
+        if ftype in SIGNATURES:
+            signature = SIGNATURES[ftype][etype.name]
+            noise = {n: signature.get(n, (0.0, 0.0))[1] * etype.sensors[etype.sensor_index(n)].span for n in sensors}
+            params["noise"] = {n: v for n, v in noise.items() if v > 0}
     elif ftype is FaultType.DROPOUT:
         if not 0.0 < probability <= 1.0:
             raise ValueError(f"dropout probability must be in (0, 1], got {probability}")
@@ -178,16 +248,23 @@ def _magnitude(
     spec = etype.sensors[etype.sensor_index(sensor)]
     if ftype is FaultType.DEGRADATION:
         return dict(etype.wear).get(sensor, 0.3) * spec.span
+    if ftype in SIGNATURES:
+        return SIGNATURES[ftype][etype.name].get(sensor, (0.0, 0.0))[0] * spec.span
     lo, hi = MAGNITUDE_SPAN_FRACTION[ftype]
     return (lo + hi) / 2 * spec.span
 
 
 def random_fault(
-    machine: Machine, etype: EquipmentType, start_ms: int, sample_interval_ms: float, rng: np.random.Generator
+    machine: Machine,
+    etype: EquipmentType,
+    start_ms: int,
+    sample_interval_ms: float,
+    rng: np.random.Generator,
+    mix: Mapping[FaultType, float] = RANDOM_FAULT_WEIGHTS,
 ) -> FaultLabel:
-    """One randomly typed, sized and timed fault starting at ``start_ms``."""
-    types = list(RANDOM_FAULT_WEIGHTS)
-    weights = np.array([RANDOM_FAULT_WEIGHTS[t] for t in types])
+    """One randomly typed (from ``mix``: type -> weight), sized and timed fault starting at ``start_ms``."""
+    types = [t for t in mix if supports(t, etype.name)]
+    weights = np.array([mix[t] for t in types])
     ftype = types[rng.choice(len(types), p=weights / weights.sum())]
     if ftype is FaultType.SPIKE:
         duration = int(np.ceil(sample_interval_ms * rng.integers(1, 4)))
@@ -199,6 +276,12 @@ def random_fault(
         magnitude: dict[str, float] | None = {
             n: frac * etype.sensors[etype.sensor_index(n)].span * rng.uniform(0.8, 1.2) for n, frac in etype.wear
         }
+    elif ftype in SIGNATURES:
+        signature = SIGNATURES[ftype][etype.name]
+        sensors = list(signature)
+        scale = rng.uniform(0.8, 1.2)
+        spans = {n: etype.sensors[etype.sensor_index(n)].span for n in sensors}
+        magnitude = {n: shift * spans[n] * scale for n, (shift, _) in signature.items()}
     else:
         sensors = [etype.sensors[rng.integers(len(etype.sensors))].name]
         magnitude = None
@@ -220,6 +303,7 @@ class ActiveFault:
     row: int  # machine's row in its equipment-type group
     sensor_idx: np.ndarray  # (k,) sensor columns
     magnitudes: np.ndarray  # (k,) additive magnitudes (0 for stuck/dropout)
+    noise: np.ndarray  # (k,) extra white-noise standard deviation while active (0: none)
     stuck_values: np.ndarray  # (k,) captured at the first stuck sample, NaN until then
     written: bool = False  # ground truth already recorded
 
@@ -228,7 +312,8 @@ class ActiveFault:
         idx = np.array([etype.sensor_index(s) for s in label.sensors], dtype=np.intp)
         mags = label.params.get("magnitudes", {})
         magnitudes = np.array([float(mags.get(s, 0.0)) for s in label.sensors])
-        return cls(label, row, idx, magnitudes, np.full(len(idx), np.nan))
+        noise = np.array([float(label.params.get("noise", {}).get(s, 0.0)) for s in label.sensors])
+        return cls(label, row, idx, magnitudes, noise, np.full(len(idx), np.nan))
 
 
 _CODES = {t: i for i, t in enumerate(FaultType)}
@@ -257,15 +342,21 @@ def apply_faults(values: np.ndarray, t_ms: np.ndarray, faults: Sequence[ActiveFa
     progress = np.clip((times - start[:, None]) / (end - start)[:, None], 0.0, 1.0)
 
     shape = np.zeros(times.shape)
-    for ftype in (FaultType.STEP, FaultType.SPIKE):
+    for ftype in STEPPED:
         shape[code == _CODES[ftype]] = 1.0
-    drift = code == _CODES[FaultType.DRIFT]
-    shape[drift] = progress[drift]
+    for ftype in RAMPED:
+        ramp = code == _CODES[ftype]
+        shape[ramp] = progress[ramp]
     degr = code == _CODES[FaultType.DEGRADATION]
     shape[degr] = progress[degr] ** DEGRADATION_EXPONENT
     additive = shape.any(axis=1)
     if additive.any():
         np.add.at(values, (m_idx[additive], s_idx[additive]), (mag[:, None] * shape * inwin)[additive])
+    noise = np.concatenate([f.noise for f in faults])
+    noisy = np.flatnonzero((noise > 0) & inwin.any(axis=1))
+    if noisy.size:  # drawn only when such a fault is active: runs without one keep their random stream
+        jitter = rng.normal(size=(noisy.size, times.shape[1])) * noise[noisy, None] * inwin[noisy]
+        np.add.at(values, (m_idx[noisy], s_idx[noisy]), jitter)
 
     stuck = np.flatnonzero((code == _CODES[FaultType.STUCK]) & inwin.any(axis=1))
     if stuck.size:

@@ -12,7 +12,15 @@ import numpy as np
 
 from edge.proto import telemetry_pb2
 from edge.simulator.equipment import EQUIPMENT_TYPES, EquipmentType, Machine, build_machines
-from edge.simulator.faults import ActiveFault, FaultLabel, FaultType, apply_faults, make_fault, random_fault
+from edge.simulator.faults import (
+    FAULT_MIXES,
+    ActiveFault,
+    FaultLabel,
+    FaultType,
+    apply_faults,
+    make_fault,
+    random_fault,
+)
 from edge.simulator.ground_truth import GroundTruthWriter
 from edge.simulator.signals import SignalGenerator, SiteClimate
 
@@ -59,7 +67,11 @@ class Fleet:
         equipment_types: Sequence[str] | None = None,
         regime_dwell_s: float = 1200.0,
         id_prefix: str = "",
+        fault_mix: str = "generic",
     ) -> None:
+        if fault_mix not in FAULT_MIXES:
+            raise ValueError(f"unknown fault mix {fault_mix!r}; choose one of {', '.join(FAULT_MIXES)}")
+        self.fault_mix = FAULT_MIXES[fault_mix]
         self.interval_ms = int(round(batch_interval_s * 1000))
         if self.interval_ms < samples_per_sensor:
             raise ValueError(
@@ -121,6 +133,7 @@ class Fleet:
             batch_interval_s=sim.batch_interval_s,
             fault_rate_per_machine_hour=sim.fault_rate_per_machine_hour,
             ground_truth=ground_truth,
+            fault_mix=sim.fault_mix,
         )
 
     # -- faults ---------------------------------------------------------------------------
@@ -182,7 +195,12 @@ class Fleet:
             machine = self.machines[mi]
             start = tick_start + 1 + int(self._fault_rng.integers(self.interval_ms))
             label = random_fault(
-                machine, EQUIPMENT_TYPES[machine.equipment_type], start, self.sample_interval_ms, self._fault_rng
+                machine,
+                EQUIPMENT_TYPES[machine.equipment_type],
+                start,
+                self.sample_interval_ms,
+                self._fault_rng,
+                self.fault_mix,
             )
             self.add_fault(label)
 

@@ -125,13 +125,13 @@ def test_equipment_page_charts_a_machine_and_refuses_another_sites_machine(env: 
     truth = machine_sites(env.settings)
     mine = sorted(m for m in env.ids("site-1") if truth[m] == {"site-1"})[0]
     app = page("equipment", ANALYST, equipment=mine)
-    assert app.selectbox(key="equipment_id").value == mine
+    assert app.text_input(key="equipment_id").value == mine
     assert {m.label: m.value for m in app.metric}["site"] == "site-1"
     machine = next(m for m in env.fleet.machines if m.equipment_id == mine)
     sensors = EQUIPMENT_TYPES[machine.equipment_type].sensor_names
     charts = app.get("vega_lite_chart")
     assert len(charts) == 2, "the sensors (one faceted chart) and the anomaly score"
-    charted = pa.ipc.open_stream(charts[0].proto.datasets[0].data.data).read_all()
+    charted = pa.ipc.open_stream(charts[0].proto.data.data).read_all()
     assert set(charted.column("sensor").to_pylist()) - {None} == set(sensors), "every sensor is in the chart"
     assert any("window statistics from the hot path (Prometheus)" in c.value for c in app.caption)  # last hour
     # 24 hours come from ClickHouse (the cold path)
@@ -141,10 +141,51 @@ def test_equipment_page_charts_a_machine_and_refuses_another_sites_machine(env: 
     theirs = sorted(m for m in env.ids("site-2") if truth[m] == {"site-2"})[0]
     app = page("equipment", ANALYST, equipment=theirs)
     assert any(theirs in e.value and "site-1" in e.value for e in app.error)
-    assert theirs not in app.selectbox(key="equipment_id").options
+    # searching lists only the analyst's own machines, and picking one opens it
+    app = page("equipment", ANALYST)
+    app.text_input(key="equipment_id").set_value("live-").run()
+    matches = {b.label for b in app.button if (b.key or "").startswith("pick-")}
+    assert mine in matches and theirs not in matches
+    assert matches <= {m for m, s in truth.items() if "site-1" in s}
+    app.button(key=f"pick-{mine}").click().run()
+    assert app.text_input(key="equipment_id").value == mine
+    assert {m.label: m.value for m in app.metric}["site"] == "site-1"
     with pytest.raises(AccessError):
         ConsoleData(env.settings, ANALYST).hot_windows(theirs, datetime.now(UTC) - timedelta(minutes=5),
                                                        datetime.now(UTC), "site-2")  # fmt: skip
+
+
+def test_long_ranges_are_aggregated_in_clickhouse_into_chart_points(env: LiveFleet) -> None:
+    """24 hours at 5-s windows would ship 17,280 points per sensor: ClickHouse buckets them (120 s here) with
+    the count-weighted mean, the pooled standard deviation and the extremes of the windows in each bucket."""
+    data = ConsoleData(env.settings, ADMIN)
+    machine = sorted(env.ids("site-1"))[0]
+    end = datetime.now(UTC)
+    raw = data.cold_windows(machine, end - timedelta(hours=1), end)  # the fleet streamed minutes: all of it
+    assert data.bucket_s(end - timedelta(hours=1), end) == 5 and len(raw) > 0
+    bucket = data.bucket_s(end - timedelta(hours=24), end)
+    assert bucket == 120
+    agg = data.cold_windows(machine, end - timedelta(hours=24), end)
+    assert len(agg) < len(raw)
+
+    raw = raw.assign(bucket=raw["window_start"].dt.floor(f"{bucket}s"), weighted=raw["avg"] * raw["count"],
+                     square=raw["count"] * (raw["stddev"] ** 2 + raw["avg"] ** 2))  # fmt: skip
+    want = raw.groupby(["sensor", "bucket"]).agg(count=("count", "sum"), weighted=("weighted", "sum"),
+                                                  square=("square", "sum"), min=("min", "min"), max=("max", "max"))
+    want["avg"] = want["weighted"] / want["count"]
+    want["stddev"] = np.sqrt(np.maximum(want["square"] / want["count"] - want["avg"] ** 2, 0))
+    got = agg.set_index(["sensor", "window_start"]).sort_index()
+    want = want.sort_index()
+    assert list(got.index) == list(want.index)
+    for column in ("count", "avg", "min", "max"):
+        np.testing.assert_allclose(got[column].to_numpy(float), want[column].to_numpy(float), rtol=1e-9)
+    np.testing.assert_allclose(got["stddev"].to_numpy(float), want["stddev"].to_numpy(float), rtol=1e-6, atol=1e-9)
+
+    scores = data.score_history(machine, end - timedelta(hours=24), end)
+    verdicts = data.query("SELECT window_start, score FROM anomalies_latest WHERE equipment_id = {e:String} "
+                          "AND kind = 'window'", e=machine)  # fmt: skip
+    assert len(scores) == verdicts["window_start"].dt.floor(f"{bucket}s").nunique()
+    assert scores["score"].max() == pytest.approx(verdicts["score"].max()), "a bucket keeps its highest score"
 
 
 # -- Alerts --------------------------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ class SimOptions:
     duration_s: float = 7200.0
     seed: int = 7
     fault_rate: float | None = None  # random faults per machine-hour (None: settings.simulator's)
+    # Random fault types (edge.simulator.faults.FAULT_MIXES). The detector scorecard is measured on "generic"
+    # (signal-level faults) whatever the live simulator's setting; the agents' evaluation uses "plant".
+    fault_mix: str = "generic"
     samples_per_sensor: int | None = None  # None: settings.simulator's
     equipment_types: tuple[str, ...] | None = None  # None: every simulated type
     train_fraction: float = 0.4  # first part of the run's windows: model training only, not scored
@@ -113,6 +116,7 @@ class SimEvaluation:
     verdicts: pd.DataFrame  # one row per scored hop (equipment_id, window_start_ms, the scorer's columns)
     windows: pd.DataFrame  # the scored (machine, window) grid: flagged, role
     info: dict[str, Any] = field(default_factory=dict)
+    run: SimRun | None = None  # the simulated window statistics and labels (what the agents read)
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -158,6 +162,7 @@ def simulate(
         fault_rate_per_machine_hour=sim.fault_rate_per_machine_hour if options.fault_rate is None
         else options.fault_rate,
         equipment_types=options.equipment_types,
+        fault_mix=options.fault_mix,
     )
     interval = fleet.interval_ms
     window_ms = settings.window.size_ms
@@ -553,7 +558,7 @@ def evaluate_sim(
         "rules_path": str(scoring.rules_path),
         "models": models,
     }
-    return SimEvaluation(options, card, breakdown, verdicts, windows, info, timings)
+    return SimEvaluation(options, card, breakdown, verdicts, windows, info, timings_s=timings, run=run)
 
 
 # -- output ------------------------------------------------------------------------------------------------
