@@ -369,7 +369,7 @@ def train_models(
 # -- 5. hops, scored by the job's scorer ------------------------------------------------------------------
 LONG_STATS = ("sensor", "window_start_ms", *STATS_COLUMNS, "rule_hits", "zratio")
 VERDICT_KEEP = ("emit", "kind", "is_anomaly", "severity", "score", "pca_t2q", "isolation_forest", "rules",
-                "detectors", "rule_hits", "dead_sensors")
+                "detectors", "rule_hits", "top_sensors", "dead_sensors")
 
 
 def build_hops(
