@@ -112,8 +112,21 @@ def train_command(
     quantile: Annotated[
         float, typer.Option(help="threshold = this quantile of scores on held-out normal data")
     ] = 0.995,
+    agents: Annotated[
+        bool, typer.Option("--agents", help="train the diagnostic agent's classifier instead (on a simulated fleet "
+                                            "with labelled plant faults), registered as agents/diagnostic")
+    ] = False,
 ) -> None:
     """Train a model per equipment type and detector on ClickHouse history; register it as a new version."""
+    if agents:
+        from onnx_models.train_agents import train_diagnostic
+
+        settings = get_settings()
+        version = train_diagnostic(settings, ModelRegistry.from_settings(settings), promote=promote, console=console)
+        metrics = version.metadata["metrics"]
+        console.print(f"agents/diagnostic {version.version}{' (live)' if version.live else ''}: "
+                      f"{metrics['episodes']} episodes, out-of-bag accuracy {metrics['oob_accuracy']:.3f}")
+        return
     from connectors.clickhouse import ClickHouseUnavailable
     from onnx_models.train import TrainingDataError, train  # heavy imports (sklearn, onnx) only when used
 

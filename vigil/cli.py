@@ -257,7 +257,10 @@ def bench_latency(
 
 @app.command()
 def evaluate(
-    dataset: Annotated[str, typer.Option(help="skab, nab or sim")],
+    dataset: Annotated[str | None, typer.Option(help="skab, nab or sim")] = None,
+    agents: Annotated[bool, typer.Option("--agents", help="score the diagnostic, root-cause and maintenance agents "
+                                         "on simulated fleets (the diagnostic model is trained on another run)")]
+    = False,
     data_dir: Annotated[Path | None, typer.Option(help="folder in the benchmark's format "
                                                        "(default: ../shared/data/<dataset>)")] = None,
     detector: Annotated[str | None, typer.Option(help="detector name (default: each for skab, ewma_zscore for nab)")]
@@ -269,7 +272,7 @@ def evaluate(
     machines: Annotated[int, typer.Option(help="sim: simulated machines (types rotate)", min=1)] = 60,
     minutes: Annotated[float, typer.Option(help="sim: simulated minutes (the first 40 % train the models)",
                                            min=1.0)] = 120.0,
-    seed: Annotated[int, typer.Option(help="sim: simulator seed")] = 7,
+    seed: Annotated[int, typer.Option(help="sim: simulator seed (--agents: 7 means the agents' default, 303)")] = 7,
     fault_rate: FaultRateOption = None,
     samples_per_sensor: SamplesOption = None,
     output: Annotated[Path | None, typer.Option(help="sim: also write the scorecard as JSON here")] = None,
@@ -280,6 +283,27 @@ def evaluate(
     """
     from vigil.settings import PROJECT_ROOT
 
+    if agents:
+        import json
+
+        from vigil.evaluate.agents_eval import (
+            AgentRunOptions,
+            evaluate_agents,
+            evaluation_dict,
+            print_agent_evaluation,
+        )
+
+        run = AgentRunOptions(machines=machines, duration_s=minutes * 60.0, seed=303 if seed == 7 else seed,
+                              fault_rate=fault_rate if fault_rate is not None else AgentRunOptions.fault_rate)
+        result = evaluate_agents(get_settings(), run, console)
+        print_agent_evaluation(result, console)
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(evaluation_dict(result), indent=2, default=str))
+            console.print(f"agent scorecard written to {output}")
+        return
+    if dataset is None:
+        _fail("pass --dataset skab|nab|sim, or --agents")
     if dataset == "sim":
         import json
 

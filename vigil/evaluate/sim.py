@@ -200,8 +200,8 @@ def simulate(
             advance(1)
     frames, samples = [], 0
     machines = pd.DataFrame(
-        [(m.equipment_id, m.site, m.equipment_type) for m in fleet.machines],
-        columns=["equipment_id", "site", "equipment_type"],
+        [(m.equipment_id, m.site, m.equipment_type, m.line) for m in fleet.machines],
+        columns=["equipment_id", "site", "equipment_type", "line"],
     )
     for name, ticks in arrays.items():
         t_ms = np.concatenate([g.t_ms for g in ticks], axis=1)
