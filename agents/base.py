@@ -94,6 +94,16 @@ class AgentContext:
 
     insights: list[Insight] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    _features: tuple[tuple[str, ...], pd.DataFrame] | None = field(default=None, repr=False)
+
+    def sensor_features(self, episodes: Sequence[Episode]) -> pd.DataFrame:
+        """agents.features.sensor_features of this batch, computed once for all the agents of a run."""
+        from agents.features import sensor_features  # features builds on this module
+
+        key = tuple(e.episode_id for e in episodes)
+        if self._features is None or self._features[0] != key:
+            self._features = (key, sensor_features(episodes))
+        return self._features[1]
 
     def of(self, kind: str, episode_id: str) -> Insight | None:
         """The latest insight of ``kind`` about an episode, if an earlier agent made one."""

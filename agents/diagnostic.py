@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from agents.base import Agent, AgentContext, Episode, Insight
-from agents.features import FEATURE_NAMES, episode_matrix, sensor_features
+from agents.features import FEATURE_NAMES, episode_matrix
 from onnx_models.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class DiagnosticAgent(Agent):
     def analyse(self, episodes: Sequence[Episode], context: AgentContext) -> list[Insight]:
         if not episodes:
             return []
-        per_sensor = sensor_features(episodes)
+        per_sensor = context.sensor_features(episodes)
         diagnosis, confidence = self.classify(episode_matrix(episodes, per_sensor))
         by_episode = {i: g for i, g in per_sensor.groupby("episode")}
         insights = []

@@ -80,10 +80,12 @@ def sensor_features(episodes: Sequence[Episode]) -> pd.DataFrame:
     early = data[data["third"] == 0].groupby(keys)["avg"].mean().rename("early")
     late = data[data["third"] == 2].groupby(keys)["avg"].mean().rename("late")
     f = base.join([dur, early, late], how="outer").reset_index()
+    # One baseline deviation: the spread of the window means, floored by half the within-window noise and a
+    # thousandth of the level (a perfectly flat baseline must not turn any change into an infinite z).
+    f["scale"] = np.maximum.reduce([f["b_sd"].fillna(0.0).to_numpy(), 0.5 * f["b_noise"].fillna(0.0).to_numpy(),
+                                    1e-3 * f["b_mean"].abs().fillna(0.0).to_numpy(), np.full(len(f), EPS)])
+    scale = f["scale"]
     f["onset_ms"] = _onsets(data, f, keys)
-    b_sd = f["b_sd"].fillna(0.0)
-    scale = np.maximum.reduce([b_sd.to_numpy(), 0.5 * f["b_noise"].fillna(0.0).to_numpy(),
-                               1e-3 * f["b_mean"].abs().fillna(0.0).to_numpy(), np.full(len(f), EPS)])  # fmt: skip
     silent = f["d_count"].isna()
     f["shift_z"] = ((f["d_mean"] - f["b_mean"]) / scale).fillna(0.0)
     f["noise_ratio"] = np.log((f["d_noise"] + 1e-6) / (f["b_noise"] + 1e-6)).fillna(0.0)
@@ -100,8 +102,7 @@ def sensor_features(episodes: Sequence[Episode]) -> pd.DataFrame:
 def _onsets(data: pd.DataFrame, f: pd.DataFrame, keys: list[str]) -> np.ndarray:
     """First window (ms) from 6 windows before the episode on where the sensor's mean left its baseline by
     more than DEVIATING_Z baseline deviations (or froze, or fell silent); NaN when it never did."""
-    scale = np.maximum(f["b_sd"].fillna(0.0), 0.5 * f["b_noise"].fillna(0.0)).clip(lower=EPS)
-    ref = f[keys].assign(b_mean=f["b_mean"], scale=scale)
+    ref = f[[*keys, "b_mean", "scale"]]
     rows = data.merge(ref, on=keys, how="left")
     z = ((rows["avg"] - rows["b_mean"]) / rows["scale"]).abs()
     off = (z > DEVIATING_Z) | rows["frozen"]

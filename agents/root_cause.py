@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from agents.base import Agent, AgentContext, Episode, Insight
-from agents.features import DEVIATING_Z, sensor_features
+from agents.features import DEVIATING_Z
 
 DECISIVE = 1e3  # a frozen or silent sensor outranks any shift
 
@@ -40,7 +40,7 @@ class RootCauseAgent(Agent):
     def analyse(self, episodes: Sequence[Episode], context: AgentContext) -> list[Insight]:
         if not episodes:
             return []
-        per_sensor = sensor_features(episodes)
+        per_sensor = context.sensor_features(episodes)
         insights: list[Insight] = []
         leading_role: dict[int, str] = {}
         for i, group in per_sensor.groupby("episode"):

@@ -68,6 +68,15 @@ def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
+# One machine's rows in [start, end): the tables' sort keys start with equipment_id, so this reads a few granules.
+MACHINE_RANGE = "equipment_id = {e:String} AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)}"
+
+
+def _machine_range(equipment_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+    """The parameters of :data:`MACHINE_RANGE`."""
+    return {"e": equipment_id, "s": _utc(start), "t": _utc(end)}
+
+
 class ConsoleData:
     """Everything a console page reads or changes, scoped to ``principal``."""
 
@@ -154,13 +163,12 @@ class ConsoleData:
         Ranges longer than ``console.chart_points`` windows are aggregated into that many buckets per sensor in
         ClickHouse: count-weighted mean, pooled standard deviation, min of minima, max of maxima."""
         bucket = self.bucket_s(start, end)
-        where = ("FROM window_stats_latest WHERE equipment_id = {e:String} "
-                 "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)}")  # fmt: skip
+        where = f"FROM window_stats_latest WHERE {MACHINE_RANGE}"
         if bucket * 1000 <= self.settings.window.size_ms:
             return self.query(
                 f"SELECT window_start, window_end, sensor, unit, count, avg, stddev, min, max {where} "
                 "ORDER BY sensor, window_start",
-                e=equipment_id, s=_utc(start), t=_utc(end),
+                **_machine_range(equipment_id, start, end),
             )  # fmt: skip
         frame = self.query(
             "SELECT toStartOfInterval(window_start, toIntervalSecond({b:UInt32})) AS bucket, "
@@ -168,7 +176,7 @@ class ConsoleData:
             "sum(avg * count) / n AS mean, "
             "sqrt(greatest(sum(count * (stddev * stddev + avg * avg)) / n - mean * mean, 0)) AS pooled_stddev, "
             f"min(min) AS lowest, max(max) AS highest {where} GROUP BY sensor, bucket ORDER BY sensor, bucket",
-            b=bucket, e=equipment_id, s=_utc(start), t=_utc(end),
+            b=bucket, **_machine_range(equipment_id, start, end),
         )  # fmt: skip
         return frame.rename(columns={"bucket": "window_start", "bucket_end": "window_end", "n": "count", "mean": "avg",
                                      "pooled_stddev": "stddev", "lowest": "min", "highest": "max"})  # fmt: skip
@@ -180,10 +188,9 @@ class ConsoleData:
         frame = self.query(
             "SELECT toStartOfInterval(window_start, toIntervalSecond({b:UInt32})) AS bucket, "
             "max(window_end) AS bucket_end, max(score) AS top_score, argMax(severity, score) AS top_severity, "
-            "argMax(summary, score) AS top_summary FROM anomalies_latest WHERE equipment_id = {e:String} "
-            "AND kind = 'window' AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} "
+            f"argMax(summary, score) AS top_summary FROM anomalies_latest WHERE {MACHINE_RANGE} AND kind = 'window' "
             "GROUP BY bucket ORDER BY bucket",
-            b=bucket, e=equipment_id, s=_utc(start), t=_utc(end),
+            b=bucket, **_machine_range(equipment_id, start, end),
         )  # fmt: skip
         if frame.empty:  # an empty result has no columns
             return pd.DataFrame(columns=["window_end", "score", "severity", "summary"])
@@ -194,10 +201,9 @@ class ConsoleData:
         """The machine's anomalous verdicts in the range (newest ``limit``), with their detectors and sensors."""
         return self.query(
             "SELECT window_start, window_end, kind, severity, score, detectors, rule_hits, top_sensors, summary "
-            "FROM anomalies_latest WHERE equipment_id = {e:String} AND is_anomaly = 1 "
-            "AND window_start >= {s:DateTime64(3)} AND window_start < {t:DateTime64(3)} "
+            f"FROM anomalies_latest WHERE {MACHINE_RANGE} AND is_anomaly = 1 "
             "ORDER BY window_start DESC LIMIT {n:UInt32}",
-            e=equipment_id, s=_utc(start), t=_utc(end), n=limit,
+            n=limit, **_machine_range(equipment_id, start, end),
         )  # fmt: skip
 
     def deliveries(self, hours: int = 24, limit: int = 500) -> pd.DataFrame:
