@@ -27,6 +27,8 @@ from connectors.contracts import (
     ANOMALY_JSON_SCHEMA,
     ANOMALY_KINDS,
     DETECTOR_SCORE_FIELDS,
+    INSIGHT_JSON_SCHEMA,
+    INSIGHT_SEVERITIES,
     SEVERITIES,
     WINDOW_STATS_JSON_SCHEMA,
 )
@@ -41,6 +43,7 @@ WINDOW_STATS_TABLE = "window_stats"
 WINDOW_STATS_VIEW = "window_stats_latest"
 MALFORMED_REASON = "malformed_window_stats"
 ANOMALY_MALFORMED_REASON = "malformed_anomaly"
+INSIGHT_MALFORMED_REASON = "malformed_insight"
 
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _AUTH_CODES = {192, 193, 194, 516}  # UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD, AUTHENTICATION_FAILED
@@ -88,6 +91,25 @@ ANOMALIES_ARROW_SCHEMA = pa.schema(
         ("model_versions", _DICT),
         ("summary", pa.string()),
         ("last_seen", _TS),
+        ("emitted_at", _TS),
+    ]
+)
+INSIGHTS_ARROW_SCHEMA = pa.schema(
+    [
+        ("equipment_id", pa.string()),
+        ("site", _DICT),
+        ("equipment_type", _DICT),
+        ("agent", _DICT),
+        ("kind", _DICT),
+        ("episode_id", pa.string()),
+        ("window_start", _TS),
+        ("window_end", _TS),
+        ("title", pa.string()),
+        ("severity", _DICT),
+        ("confidence", pa.float64()),
+        ("fault_type", _DICT),
+        ("sensors", _STRINGS),
+        ("details", pa.string()),
         ("emitted_at", _TS),
     ]
 )
@@ -154,7 +176,7 @@ def schema_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
 
 def render_schema(settings: ClickHouseSettings, schema_dir: Path = SCHEMA_DIR) -> list[str]:
     """Every schema statement with names and TTLs filled in from settings."""
-    for field in ("database", "anomalies_table", "anomalies_view"):
+    for field in ("database", "anomalies_table", "anomalies_view", "insights_table"):
         value = getattr(settings, field)
         if not _IDENTIFIER_RE.match(value):
             raise ValueError(
@@ -166,6 +188,7 @@ def render_schema(settings: ClickHouseSettings, schema_dir: Path = SCHEMA_DIR) -
         "window_stats_view": WINDOW_STATS_VIEW,
         "anomalies_table": settings.anomalies_table,
         "anomalies_view": settings.anomalies_view,
+        "insights_table": settings.insights_table,
         "window_ttl_days": settings.window_ttl_days,
         "raw_ttl_days": settings.raw_ttl_days,
     }
@@ -238,6 +261,18 @@ def _not_in(raw: pa.Table, name: str, allowed: tuple[str, ...]) -> tuple[pa.Chun
     return mask, f"{name} is not one of {', '.join(allowed)}"
 
 
+def _insight_checks(raw: pa.Table) -> list[tuple[pa.ChunkedArray, str]]:
+    confidence = pc.fill_null(raw.column("confidence"), -1.0)
+    return [
+        _empty(raw, "agent"),
+        _empty(raw, "kind"),
+        _empty(raw, "episode_id"),
+        _empty_window(raw),
+        _not_in(raw, "severity", INSIGHT_SEVERITIES),
+        (pc.or_(pc.less(confidence, 0.0), pc.greater(confidence, 1.0)), "confidence outside [0, 1]"),
+    ]
+
+
 WINDOW_STATS_RECORDS = RecordSpec(
     name="window-stats",
     json_schema=WINDOW_STATS_JSON_SCHEMA,
@@ -252,6 +287,13 @@ ANOMALY_RECORDS = RecordSpec(
     malformed_reason=ANOMALY_MALFORMED_REASON,
     checks=_anomaly_checks,
     nullable=frozenset(DETECTOR_SCORE_FIELDS),
+)
+INSIGHT_RECORDS = RecordSpec(
+    name="insight",
+    json_schema=INSIGHT_JSON_SCHEMA,
+    arrow_schema=INSIGHTS_ARROW_SCHEMA,
+    malformed_reason=INSIGHT_MALFORMED_REASON,
+    checks=_insight_checks,  # equipment_id may be "": a shared cause is about a line, not one machine
 )
 
 

@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from connectors.clickhouse import (
     ANOMALY_RECORDS,
+    INSIGHT_RECORDS,
     WINDOW_STATS_RECORDS,
     WINDOW_STATS_TABLE,
     ClickHouseUnavailable,
@@ -88,9 +89,18 @@ def anomalies_spec(settings: Settings) -> TableSpec:
     )
 
 
+def insights_spec(settings: Settings) -> TableSpec:
+    return TableSpec(
+        topic=settings.kafka.insights_topic,
+        table=settings.clickhouse.insights_table,
+        records=INSIGHT_RECORDS,
+        consumer_group=f"{settings.clickhouse.sink_consumer_group}-insights",
+    )
+
+
 def table_specs(settings: Settings) -> list[TableSpec]:
     """Every topic the cold path stores."""
-    return [window_stats_spec(settings), anomalies_spec(settings)]
+    return [window_stats_spec(settings), anomalies_spec(settings), insights_spec(settings)]
 
 
 @dataclass

@@ -43,3 +43,16 @@ ANOMALY_JSON_SCHEMA = pa.schema(
     + [("last_seen_ms", pa.int64())]  # end of the machine's newest window with data
     + [("emitted_at_ms", pa.int64())]
 )
+
+# One insight of an agent about an anomaly episode (agents/base.py Insight), written by the agents job
+# (sql/flink/agents_sink.sql); key: equipment_id; dedup key downstream: (episode_id, agent, kind).
+# window_start_ms / window_end_ms: the episode's first and last anomalous window.
+INSIGHT_SEVERITIES = ("info", "warning", "critical")
+INSIGHT_JSON_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("equipment_id", "site", "equipment_type", "agent", "kind", "episode_id")]
+    + [("window_start_ms", pa.int64()), ("window_end_ms", pa.int64())]
+    + [("title", pa.string()), ("severity", pa.string()), ("confidence", pa.float64())]
+    + [("fault_type", pa.string()), ("sensors", pa.list_(pa.string()))]
+    + [("details", pa.string())]  # JSON object: the agent's own fields (ranking, health index, actions, ...)
+    + [("emitted_at_ms", pa.int64())]
+)

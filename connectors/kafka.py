@@ -28,6 +28,7 @@ def topic_names(settings: KafkaSettings) -> list[str]:
         settings.window_stats_topic,
         settings.dead_letter_topic,
         settings.anomalies_topic,
+        settings.insights_topic,
     ]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from vigil.settings import (
+    AgentsSettings,
     AlertingSettings,
     ClickHouseSettings,
     ConsoleSettings,
@@ -85,6 +86,7 @@ def stack_test_settings(data_dir: Path) -> Settings:
         flink=FlinkSettings(rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000,
                             jars_dir=Settings().jars_dir),
         scoring=ScoringSettings(rest_port=free_port()),
+        agents=AgentsSettings(rest_port=free_port()),
         clickhouse=ClickHouseSettings(port=free_port(), flush_interval_s=0.2),
         prometheus=PrometheusSettings(
             prometheus_port=free_port(), pushgateway_port=free_port(), alertmanager_port=free_port(),

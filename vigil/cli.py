@@ -149,7 +149,8 @@ def simulate(
 
 @job_app.command("submit")
 def job_submit(
-    job: Annotated[str, typer.Argument(help="window-stats | anomaly-scoring | fleet-pipeline")] = "window-stats",
+    job: Annotated[str, typer.Argument(help="window-stats | anomaly-scoring | fleet-pipeline | agents")]
+    = "window-stats",
     target: Annotated[str, typer.Option(help="local (in-process PyFlink) or cluster (flink run)")] = "local",
     detach: Annotated[bool, typer.Option(help="return once submitted (cluster) / run in background (local)")] = False,
     resume: Annotated[bool, typer.Option(help="resume from the newest retained checkpoint")] = True,

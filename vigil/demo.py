@@ -107,10 +107,30 @@ def start_model_training(settings: Settings, since_ms: int, after_s: float, moni
     return thread
 
 
+def ensure_diagnostic_model(settings: Settings, console: Console) -> None:
+    """Train the diagnostic agent's classifier before the stack starts (about a minute, on the cores the
+    pipeline will need) unless the registry already has a live one; without it the agents job diagnoses
+    only what its rules decide."""
+    from agents.diagnostic import MODEL_NAME, REGISTRY_TYPE
+    from onnx_models.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings(settings)
+    if registry.live_version(REGISTRY_TYPE, MODEL_NAME) is not None:
+        return
+    from onnx_models.train_agents import train_diagnostic
+
+    console.print("training the diagnostic agent's model on a simulated, labelled fleet (once; "
+                  "`vigil train --agents` retrains it)...")  # fmt: skip
+    version = train_diagnostic(settings, registry, promote=True, console=console)
+    console.print(f"agents/diagnostic {version.version} is live "
+                  f"(out-of-bag accuracy {version.metadata['metrics']['oob_accuracy']:.3f})")  # fmt: skip
+
+
 def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_after: bool,
              console: Console, train_after_s: float = 120.0) -> None:
     from vigil.stack.services import CONSOLE, INFRA, Stack, pipeline_names
 
+    ensure_diagnostic_model(settings, console)
     stack = Stack(settings)
     with console.status("starting the local stack and the pipeline...") as status:
         stack.up(INFRA + pipeline_names(settings) + CONSOLE,

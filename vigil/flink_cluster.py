@@ -20,7 +20,7 @@ from vigil.settings import PROJECT_ROOT, Settings
 from vigil.stack.process import inherited_environment
 
 JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-scoring": "jobs/anomaly_scoring.py",
-        "fleet-pipeline": "jobs/fleet_pipeline.py"}
+        "fleet-pipeline": "jobs/fleet_pipeline.py", "agents": "jobs/agents.py"}
 TEMPLATE = PROJECT_ROOT / "flink-conf" / "cluster" / "config.yaml.template"
 
 

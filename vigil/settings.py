@@ -43,6 +43,8 @@ class KafkaSettings(BaseModel):
     dead_letter_topic: str = "vigil.dead-letter"
     # Windows that break a stateful rule or a model (detector, rules fired, severity), one record each.
     anomalies_topic: str = "vigil.anomalies"
+    # What the agents concluded about anomaly episodes (diagnosis, root cause, maintenance, plug-ins).
+    insights_topic: str = "vigil.insights"
     partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
     retention_ms: int = 7 * 24 * 3600 * 1000
@@ -188,6 +190,20 @@ class ScoringSettings(BaseModel):
         return self.history_windows + self.model_persistence_windows - 1
 
 
+class AgentsSettings(BaseModel):
+    """The agents job (jobs/agents.py): anomaly episodes -> diagnostic, root-cause, maintenance insights."""
+
+    consumer_group: str = "vigil-agents"
+    rest_port: int = 18083
+    # Anomalous windows at most this many windows apart are one episode (a Flink session window); an
+    # episode is analysed once this many windows passed without a new anomalous window.
+    gap_windows: int = Field(2, ge=0, le=120)
+    # Window statistics before the episode that say what "normal" was (read from ClickHouse).
+    baseline_windows: int = Field(60, ge=4, le=2000)
+    # Also run agents installed through the "vigil.agents" entry points (agents/registry.py).
+    plugins: bool = True
+
+
 class ClickHouseSettings(BaseModel):
     """Cold path. Points at the local chDB-backed server by default, or at any real ClickHouse."""
 
@@ -207,6 +223,8 @@ class ClickHouseSettings(BaseModel):
     # one row per (equipment_id, window_start) that readers should query.
     anomalies_table: str = "anomalies"
     anomalies_view: str = "anomalies_latest"
+    # The agents' insights (sql/clickhouse/005_insights.sql), one row per (episode, agent, kind).
+    insights_table: str = "insights"
 
 
 class PrometheusSettings(BaseModel):
@@ -374,6 +392,7 @@ class Settings(BaseSettings):
     window: WindowSettings = WindowSettings()
     flink: FlinkSettings = FlinkSettings()
     scoring: ScoringSettings = ScoringSettings()
+    agents: AgentsSettings = AgentsSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     simulator: SimulatorSettings = SimulatorSettings()

@@ -11,7 +11,7 @@ import pytest
 
 import connectors.pushgateway_sink as pushgateway_sink
 from connectors.clickhouse import ANOMALIES_ARROW_SCHEMA, ANOMALY_MALFORMED_REASON, anomalies_to_arrow, render_schema
-from connectors.clickhouse_sink import anomalies_spec, table_specs, window_stats_spec
+from connectors.clickhouse_sink import anomalies_spec, insights_spec, table_specs, window_stats_spec
 from connectors.contracts import ANOMALY_JSON_SCHEMA
 from connectors.pushgateway_sink import PushgatewaySink
 from vigil.settings import ClickHouseSettings, Settings
@@ -162,7 +162,8 @@ def test_malformed_verdicts_are_separated_with_their_position_and_reason() -> No
 
 
 def test_schema_renders_the_anomalies_table_and_view_under_their_configured_names() -> None:
-    ddl = render_schema(ClickHouseSettings(database="db1", anomalies_table="verdicts", anomalies_view="verdicts_now"))
+    ddl = render_schema(ClickHouseSettings(database="db1", anomalies_table="verdicts", anomalies_view="verdicts_now",
+                                           insights_table="findings"))  # fmt: skip
     creates = [re.search(r"^CREATE [^\n(]*", s, re.MULTILINE).group(0).strip() for s in ddl]  # type: ignore[union-attr]
     assert creates == [
         "CREATE DATABASE IF NOT EXISTS db1",
@@ -174,6 +175,8 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
         "CREATE TABLE IF NOT EXISTS db1.alert_deliveries",
         "CREATE TABLE IF NOT EXISTS db1.machine_state",
         "CREATE MATERIALIZED VIEW IF NOT EXISTS db1.machine_state_mv TO db1.machine_state AS",
+        "CREATE TABLE IF NOT EXISTS db1.findings",
+        "CREATE OR REPLACE VIEW db1.findings_latest AS",
     ]  # 001 before 002: the database exists before the anomalies table is created in it; 003: the relay's log
     table, view = ddl[3], ddl[4]
     assert "ENGINE = ReplacingMergeTree(emitted_at)" in table
@@ -183,7 +186,9 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
     assert "is_anomaly       UInt8," in table
     assert "pca_t2q          Nullable(Float64)," in table
     assert view.endswith("FROM db1.verdicts FINAL")
-    assert ddl[-1].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
+    assert ddl[-3].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
+    assert "ORDER BY (equipment_id, episode_id, agent, kind)" in ddl[-2]
+    assert ddl[-1].endswith("FROM db1.findings FINAL")
     with pytest.raises(ValueError, match="VIGIL_CLICKHOUSE__ANOMALIES_TABLE='bad-name'"):
         render_schema(ClickHouseSettings(anomalies_table="bad-name"))
 
@@ -193,8 +198,9 @@ def test_one_table_spec_per_topic_each_with_its_own_consumer_group() -> None:
     assert [(s.topic, s.table, s.consumer_group, s.records.malformed_reason) for s in table_specs(settings)] == [
         ("vigil.window-stats", "window_stats", "g", "malformed_window_stats"),
         ("vigil.anomalies", "verdicts", "g-anomalies", ANOMALY_MALFORMED_REASON),
+        ("vigil.insights", "insights", "g-insights", "malformed_insight"),
     ]
-    assert table_specs(settings) == [window_stats_spec(settings), anomalies_spec(settings)]
+    assert table_specs(settings) == [window_stats_spec(settings), anomalies_spec(settings), insights_spec(settings)]
 
 
 # ---------------------------------------------------------------------------------------------

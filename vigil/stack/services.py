@@ -32,7 +32,9 @@ PIPELINE = ("edge", "window-stats-job", "anomaly-scoring-job", "clickhouse-sink"
 COMBINED_PIPELINE = ("edge", "fleet-pipeline-job", "clickhouse-sink", "pushgateway-sink")
 # Anomalies topic -> people, and what the Prometheus rules need to watch the pipeline (start order).
 ALERTING = ("saas-standin", "notify-relay", "alert-publisher", "kafka-lag")
-ALL_PIPELINE = tuple(dict.fromkeys(PIPELINE + COMBINED_PIPELINE + ALERTING))
+# Anomaly episodes -> diagnosis, root cause, maintenance insights (insights topic -> clickhouse-sink).
+AGENTS = ("agents-job",)
+ALL_PIPELINE = tuple(dict.fromkeys(PIPELINE + COMBINED_PIPELINE + ALERTING + AGENTS))
 CONSOLE = ("console",)
 STANDIN_SLACK_PATH = "/slack/T0LOCAL/B0LOCAL/vigil-local"
 STANDIN_SMS = {"sms_account_sid": "AC0000vigil0local", "sms_auth_token": "local-standin", "sms_from": "+15550100000"}
@@ -40,7 +42,7 @@ STANDIN_SMS = {"sms_account_sid": "AC0000vigil0local", "sms_auth_token": "local-
 
 def pipeline_names(settings: Settings) -> tuple[str, ...]:
     """The pipeline services of the configured topology, in start order, with the alerting path."""
-    return (COMBINED_PIPELINE if settings.flink.topology == "combined" else PIPELINE) + ALERTING
+    return (COMBINED_PIPELINE if settings.flink.topology == "combined" else PIPELINE) + ALERTING + AGENTS
 
 
 def with_standin(settings: Settings) -> Settings:
@@ -184,13 +186,17 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             settings.logs_dir / "flink-fleet-pipeline", "Flink job: windows + rules + models in one job (local mode)",
             env,
         ),
+        "agents-job": _local_flink_job(
+            "agents-job", "jobs.agents", settings.agents.rest_port, settings.logs_dir / "flink-agents",
+            "Flink job: anomaly episodes -> diagnostic, root-cause, maintenance insights (local mode)", env,
+        ),
         "clickhouse-sink": ServiceSpec(
             "clickhouse-sink",
             _python_module("connectors.clickhouse_sink"),
             0,
             env=env,
             cwd=PROJECT_ROOT,
-            description="window-stats + anomalies -> ClickHouse",
+            description="window-stats + anomalies + insights -> ClickHouse",
         ),
         "pushgateway-sink": ServiceSpec(
             "pushgateway-sink",

@@ -1,0 +1,117 @@
+"""The agents job on the real stack: verdicts on the anomalies topic -> a Flink session window closes the
+episode -> RUN_AGENTS reads its evidence from ClickHouse -> insights on the insights topic -> the ClickHouse
+sink stores them. The episode is a pump's frozen speed sensor, which the diagnostic decides by rule (no
+model needed), so the test checks the whole path, not a classifier."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from connectors.clickhouse import make_client
+from connectors.kafka import make_producer
+from edge.simulator.equipment import EQUIPMENT_TYPES
+from tests.conftest import stack_test_settings
+from tests.integration.test_pipeline_e2e import poll
+from vigil.settings import Settings
+from vigil.stack.services import Stack
+
+pytestmark = pytest.mark.integration
+
+W = 5000
+MACHINE = "agents-pump-0001"
+BASELINE, EPISODE, AFTER = 40, 12, 8  # windows
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = stack_test_settings(tmp_path_factory.mktemp("agents-stack"))
+    stack = Stack(settings)
+    try:
+        stack.up(("kafka", "clickhouse", "clickhouse-sink", "agents-job"))
+        yield stack
+    finally:
+        stack.down()
+
+
+def window_stats(settings: Settings, t0: int) -> list[dict]:
+    """A healthy pump whose speed reading freezes for the episode's windows."""
+    pump = EQUIPMENT_TYPES["pump"]
+    rows = []
+    for k in range(BASELINE + EPISODE + AFTER):
+        frozen = BASELINE <= k < BASELINE + EPISODE
+        for i, spec in enumerate(pump.sensors):
+            avg = spec.base + spec.load_gain * 0.5 + 0.01 * spec.span * ((k * 7 + i) % 5 - 2)
+            sd = 0.0 if frozen and spec.name == "speed" else max(spec.noise, 1e-3)
+            rows.append({"equipment_id": MACHINE, "site": "site-1", "equipment_type": "pump", "sensor": spec.name,
+                         "unit": spec.unit, "window_start_ms": t0 + k * W, "window_end_ms": t0 + (k + 1) * W,
+                         "count": 10, "avg": avg, "stddev": sd, "min": avg - 2 * sd, "max": avg + 2 * sd,
+                         "emitted_at_ms": t0 + (k + 1) * W})  # fmt: skip
+    return rows
+
+
+def verdicts(t0: int) -> list[dict]:
+    out = []
+    for k in range(BASELINE + EPISODE + AFTER):
+        anomalous = BASELINE <= k < BASELINE + EPISODE
+        out.append({"equipment_id": MACHINE, "site": "site-1", "equipment_type": "pump",
+                    "window_start_ms": t0 + k * W, "window_end_ms": t0 + (k + 1) * W, "kind": "window",
+                    "is_anomaly": anomalous, "severity": "warning" if anomalous else "normal",
+                    "score": 1.5 if anomalous else 0.2, "pca_t2q": None, "isolation_forest": None,
+                    "rules": 1.5 if anomalous else 0.0, "detectors": ["stuck"] if anomalous else [],
+                    "rule_hits": ["speed:stuck"] if anomalous else [], "top_sensors": ["speed"] if anomalous else [],
+                    "dead_sensors": [], "model_versions": "", "summary": "speed stuck" if anomalous else "",
+                    "last_seen_ms": t0 + (k + 1) * W, "emitted_at_ms": t0 + (k + 1) * W})  # fmt: skip
+    return out
+
+
+def produce(settings: Settings, topic: str, records: list[dict], every_partition: bool = False) -> None:
+    """Keyed by machine, as the jobs write; ``every_partition``: a copy to each partition."""
+    producer = make_producer(settings.kafka)
+    for record in records:
+        if every_partition:
+            for partition in range(settings.kafka.partitions):
+                producer.produce(topic, value=orjson.dumps(record), partition=partition)
+        else:
+            producer.produce(topic, key=record["equipment_id"].encode(), value=orjson.dumps(record))
+    assert producer.flush(30) == 0
+
+
+def test_a_closed_episode_becomes_insights_in_kafka_and_clickhouse(stack: Stack) -> None:
+    settings = stack.settings
+    client = make_client(settings.clickhouse)
+    t0 = (int(time.time() * 1000) // W - (BASELINE + EPISODE + AFTER)) * W
+    produce(settings, settings.kafka.window_stats_topic, window_stats(settings, t0))
+    total = (BASELINE + EPISODE + AFTER) * len(EQUIPMENT_TYPES["pump"].sensors)
+    poll(lambda: client.query("SELECT count() FROM window_stats_latest WHERE equipment_id = {e:String}",
+                              parameters={"e": MACHINE}).result_rows[0][0] == total, 60,
+         "the window statistics in ClickHouse")  # fmt: skip
+    produce(settings, settings.kafka.anomalies_topic, verdicts(t0))
+    # The other machines' verdicts: every partition's watermark passes the episode, as with a real fleet
+    # (the test stack turns source idleness off, so a silent partition would hold the episode open).
+    healthy = [dict(v, equipment_id="agents-pump-0002", is_anomaly=False, severity="normal", detectors=[],
+                    rule_hits=[], top_sensors=[], summary="") for v in verdicts(t0)]  # fmt: skip
+    produce(settings, settings.kafka.anomalies_topic, healthy, every_partition=True)
+
+    def insights() -> dict | None:
+        rows = client.query(
+            "SELECT agent, kind, fault_type, sensors, severity, confidence, details, episode_id, window_start, "
+            "window_end FROM insights_latest WHERE equipment_id = {e:String}", parameters={"e": MACHINE},
+        ).named_results()  # fmt: skip
+        found = {(r["agent"], r["kind"]): r for r in rows}
+        return found if {("diagnostic", "diagnosis"), ("root_cause", "root_cause"),
+                         ("maintenance", "maintenance")} <= set(found) else None  # fmt: skip
+
+    found = poll(insights, 180, "the agents' insights in ClickHouse", interval=1.0)
+    diagnosis = found[("diagnostic", "diagnosis")]
+    assert diagnosis["fault_type"] == "sensor_stuck" and diagnosis["sensors"][0] == "speed"
+    assert diagnosis["episode_id"] == f"{MACHINE}@{t0 + BASELINE * W}"
+    assert int(diagnosis["window_end"].timestamp() * 1000) == t0 + (BASELINE + EPISODE) * W
+    assert orjson.loads(diagnosis["details"])["by"] == "rule"
+    assert found[("root_cause", "root_cause")]["sensors"][0] == "speed"
+    maintenance = orjson.loads(found[("maintenance", "maintenance")]["details"])
+    assert maintenance["actions"] and "sensor" in maintenance["actions"][0].lower()
+    assert 0 < maintenance["health_index"] <= 100

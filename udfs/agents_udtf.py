@@ -1,0 +1,86 @@
+"""RUN_AGENTS: the agents as a Flink table function, one call per closed anomaly episode.
+
+Per-episode Python is right here (unlike per-record scoring): episodes are rare next to windows -- a
+machine has one every few hours at worst -- and each call does real work: two ClickHouse reads
+(agents.episode_store) and every agent. Built once per Python worker in ``open``: the ClickHouse client,
+the diagnostic model (re-read from the registry when a new version is promoted), the knowledge base and
+any plug-in agents.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import orjson
+from pyflink.table import DataTypes, Row
+from pyflink.table.udf import FunctionContext, TableFunction, udtf
+
+from vigil.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME = "RUN_AGENTS"
+RESULT_FIELDS = (
+    ("equipment_id", DataTypes.STRING()),
+    ("agent", DataTypes.STRING()),
+    ("kind", DataTypes.STRING()),
+    ("episode_id", DataTypes.STRING()),
+    ("title", DataTypes.STRING()),
+    ("severity", DataTypes.STRING()),
+    ("confidence", DataTypes.DOUBLE()),
+    ("fault_type", DataTypes.STRING()),
+    ("sensors", DataTypes.ARRAY(DataTypes.STRING())),
+    ("details", DataTypes.STRING()),
+)
+
+
+def build_agents(settings: Settings) -> list:
+    """The built-in agents (diagnostic with the registry's live model, root cause, maintenance) plus plug-ins."""
+    from agents.diagnostic import DiagnosticAgent
+    from agents.maintenance import MaintenanceAgent
+    from agents.registry import discover
+    from agents.root_cause import RootCauseAgent
+    from onnx_models.registry import ModelRegistry
+
+    agents = [DiagnosticAgent(ModelRegistry(settings.models_dir)), RootCauseAgent(),
+              MaintenanceAgent(settings.scoring.rules_path)]  # fmt: skip
+    if settings.agents.plugins:
+        plugins, problems = discover()
+        agents += plugins
+        for problem in problems:
+            log.error(problem)
+    return agents
+
+
+class RunAgents(TableFunction):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = None
+        self.agents: list = []
+
+    def open(self, function_context: FunctionContext) -> None:
+        from agents.episode_store import EpisodeStore
+        from connectors.clickhouse import make_client
+
+        self.store = EpisodeStore(self.settings, make_client(self.settings.clickhouse))
+        self.agents = build_agents(self.settings)
+
+    def eval(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int) -> Iterator[Row]:
+        from agents.registry import run_agents
+
+        assert self.store is not None
+        try:
+            episode = self.store.episode(equipment_id, site, equipment_type, int(start_ms), int(end_ms))
+        except Exception:  # noqa: BLE001 - a failed read must not fail the job; the episode is reported
+            log.exception("agents: cannot read episode %s@%s from ClickHouse", equipment_id, start_ms)
+            return
+        for insight in run_agents(self.agents, [episode]):
+            yield Row(insight.equipment_id, insight.agent, insight.kind, insight.episode_id, insight.title,
+                      insight.severity, float(insight.confidence), insight.fault_type, list(insight.sensors),
+                      orjson.dumps(insight.details, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+                                   ).decode())  # fmt: skip
+
+
+def run_agents_udtf(settings: Settings):
+    return udtf(RunAgents(settings), result_types=[t for _, t in RESULT_FIELDS])
