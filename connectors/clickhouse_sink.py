@@ -1,4 +1,4 @@
-"""Kafka topics into ClickHouse (the cold path): window statistics and anomaly verdicts.
+"""Kafka topics into ClickHouse (the cold path): window statistics, anomaly verdicts and the agents' insights.
 
 One sink class, parameterised by a :class:`TableSpec` (topic, record contract -> Arrow
 converter, table, consumer group); one instance per topic.
@@ -10,12 +10,12 @@ crash or retry can therefore insert a record twice; the ReplacingMergeTree table
 through ``FINAL`` / the ``window_stats_latest`` and ``anomalies_latest`` views.
 
 Each topic has its own consumer (group ``sink_consumer_group`` for window stats,
-``<sink_consumer_group>-anomalies`` for verdicts), in its own thread: a topic's committed
-offsets are exactly what its table holds, its lag shows per group, and a problem with one table
-(a rejected insert, a dropped table) stalls only that topic. The two streams share nothing but
-the ClickHouse server, so running them together buys no atomicity that separate groups lose.
+``<sink_consumer_group>-anomalies`` for verdicts, ``<sink_consumer_group>-insights`` for insights), in its
+own thread: a topic's committed offsets are exactly what its table holds, its lag shows per group, and a
+problem with one table (a rejected insert, a dropped table) stalls only that topic. The streams share
+nothing but the ClickHouse server, so running them together buys no atomicity that separate groups lose.
 
-Run: ``python -m connectors.clickhouse_sink`` (both topics, until SIGTERM/SIGINT).
+Run: ``python -m connectors.clickhouse_sink`` (every topic, until SIGTERM/SIGINT).
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ def consumer_groups(settings: Settings) -> dict[str, list[str]]:
         settings.scoring.consumer_group: [kafka.window_stats_topic],  # anomaly-scoring job
         settings.clickhouse.sink_consumer_group: [kafka.window_stats_topic],
         f"{settings.clickhouse.sink_consumer_group}-anomalies": [kafka.anomalies_topic],  # clickhouse_sink.py
+        f"{settings.clickhouse.sink_consumer_group}-insights": [kafka.insights_topic],  # clickhouse_sink.py
+        settings.agents.consumer_group: [kafka.anomalies_topic],  # agents job (commits at checkpoints)
         settings.prometheus.sink_consumer_group: [kafka.window_stats_topic, kafka.anomalies_topic],
         settings.alerting.publisher_consumer_group: [kafka.anomalies_topic],
     }

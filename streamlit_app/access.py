@@ -200,7 +200,7 @@ def principal_for_email(users: UsersFile, email: str | None) -> Principal | None
 
 # Vigil's tables and views an analyst may read (every one has a `site` column).
 SITE_TABLES = ("window_stats", "window_stats_latest", "anomalies", "anomalies_latest", "alert_deliveries",
-               "machine_state")  # fmt: skip
+               "machine_state", "insights", "insights_latest")  # fmt: skip
 
 
 def _quote(value: str) -> str:

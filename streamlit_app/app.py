@@ -68,6 +68,7 @@ else:
         st.Page(VIEWS / "fleet.py", title="Fleet", icon=":material/factory:", default=True),
         st.Page(VIEWS / "equipment.py", title="Equipment", icon=":material/precision_manufacturing:"),
         st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications_active:"),
+        st.Page(VIEWS / "insights.py", title="Insights", icon=":material/psychology:"),
         st.Page(VIEWS / "sql.py", title="SQL", icon=":material/database:"),
         st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
     ]

@@ -55,6 +55,7 @@ class MachineHistory:
     scores: pd.DataFrame  # the combined score over time (ConsoleData.score_history)
     anomalies: pd.DataFrame  # anomalous verdicts, newest first (ConsoleData.anomalous_windows)
     faults: pd.DataFrame
+    insights: pd.DataFrame  # the agents' insights about the machine's episodes (ConsoleData.insights)
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,25 @@ class ConsoleData:
             n=limit, **_machine_range(equipment_id, start, end),
         )  # fmt: skip
 
+    def insights(self, start: datetime, end: datetime, equipment_id: str | None = None,
+                 limit: int = 500) -> pd.DataFrame:  # fmt: skip
+        """The agents' insights about episodes ending in [start, end), newest first: one machine's, or those of
+        every visible machine (shared causes included). ``details`` is parsed from its JSON."""
+        machine = " AND equipment_id = {e:String}" if equipment_id is not None else ""
+        frame = self.query(
+            "SELECT window_start, window_end, equipment_id, site, equipment_type, agent, kind, title, severity, "
+            f"confidence, fault_type, sensors, details FROM {self.settings.clickhouse.insights_table}_latest "
+            "WHERE window_end >= {s:DateTime64(3)} AND window_end < {t:DateTime64(3)}" + machine +
+            " ORDER BY window_end DESC, agent LIMIT {n:UInt32}",
+            s=_utc(start), t=_utc(end), e=equipment_id or "", n=limit,
+        )  # fmt: skip
+        if frame.empty:  # an empty result has no columns
+            return pd.DataFrame(columns=["window_start", "window_end", "equipment_id", "site", "equipment_type",
+                                         "agent", "kind", "title", "severity", "confidence", "fault_type", "sensors",
+                                         "details"])  # fmt: skip
+        frame["details"] = frame["details"].map(orjson.loads)
+        return frame
+
     def deliveries(self, hours: int = 24, limit: int = 500) -> pd.DataFrame:
         """The relay's delivery log (who was told what, when, and how it went)."""
         return self.query(
@@ -263,16 +283,18 @@ class ConsoleData:
         return self.cold_windows(equipment_id, start, end), "cold path (ClickHouse)"
 
     def machine_history(self, equipment_id: str, site: str, start: datetime, end: datetime) -> MachineHistory:
-        """Windows, scores, anomalies and fault labels of one machine, fetched concurrently (the client has no
+        """Windows, scores, anomalies, fault labels and insights of one machine, fetched concurrently (the client has no
         HTTP session, so its connection pool serves parallel queries): the page waits for the slowest, not the sum."""
         _ = self.clickhouse  # create the client before the threads share it
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="console-fetch") as pool:
+        with ThreadPoolExecutor(max_workers=5, thread_name_prefix="console-fetch") as pool:
             windows = pool.submit(self.live_windows, equipment_id, site, start, end)
             scores = pool.submit(self.score_history, equipment_id, start, end)
             anomalies = pool.submit(self.anomalous_windows, equipment_id, start, end)
             faults = pool.submit(self.faults, equipment_id, start, end)
+            insights = pool.submit(self.insights, start, end, equipment_id)
             frame, source = windows.result()
-            return MachineHistory(frame, source, scores.result(), anomalies.result(), faults.result())
+            return MachineHistory(frame, source, scores.result(), anomalies.result(), faults.result(),
+                                  insights.result())
 
     # -- fault labels (simulator ground truth) -------------------------------------------------------------
     def faults(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:

@@ -15,12 +15,15 @@ from collections.abc import Iterator
 import orjson
 from pyflink.table import DataTypes, Row
 from pyflink.table.udf import FunctionContext, TableFunction, udtf
+from tenacity import Retrying, stop_after_delay, wait_exponential
 
+from agents.base import Episode
 from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
 
 NAME = "RUN_AGENTS"
+READ_RETRY_S = 60.0
 RESULT_FIELDS = (
     ("equipment_id", DataTypes.STRING()),
     ("agent", DataTypes.STRING()),
@@ -69,17 +72,25 @@ class RunAgents(TableFunction):
     def eval(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int) -> Iterator[Row]:
         from agents.registry import run_agents
 
-        assert self.store is not None
-        try:
-            episode = self.store.episode(equipment_id, site, equipment_type, int(start_ms), int(end_ms))
-        except Exception:  # noqa: BLE001 - a failed read must not fail the job; the episode is reported
-            log.exception("agents: cannot read episode %s@%s from ClickHouse", equipment_id, start_ms)
-            return
+        episode = self._read(equipment_id, site, equipment_type, int(start_ms), int(end_ms))
         for insight in run_agents(self.agents, [episode]):
             yield Row(insight.equipment_id, insight.agent, insight.kind, insight.episode_id, insight.title,
                       insight.severity, float(insight.confidence), insight.fault_type, list(insight.sensors),
                       orjson.dumps(insight.details, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
                                    ).decode())  # fmt: skip
+
+    def _read(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int) -> Episode:
+        """The episode's evidence, retried for up to READ_RETRY_S while ClickHouse is unreachable; after that the
+        error fails the task, and Flink restarts the job from its last checkpoint: the episode is analysed
+        again, never skipped."""
+        for attempt in Retrying(stop=stop_after_delay(READ_RETRY_S), wait=wait_exponential(0.5, max=8), reraise=True,
+                                before_sleep=lambda state: log.warning(
+                                    "agents: reading episode %s@%s from ClickHouse failed (%s); retrying",
+                                    equipment_id, start_ms, state.outcome.exception())):  # fmt: skip
+            with attempt:
+                assert self.store is not None, "open() builds the store"
+                return self.store.episode(equipment_id, site, equipment_type, start_ms, end_ms)
+        raise AssertionError("unreachable")
 
 
 def run_agents_udtf(settings: Settings):

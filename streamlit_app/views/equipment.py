@@ -96,6 +96,16 @@ def machine_view() -> None:
         table["detectors"] = table["detectors"].map(", ".join)
         table["top_sensors"] = table["top_sensors"].map(", ".join)
         st.dataframe(table, hide_index=True, width="stretch")
+    insights = history.insights
+    st.subheader("Agent insights")
+    if insights.empty:
+        st.caption("none in this range (the agents analyse an episode once it is over)")
+    else:
+        st.dataframe(insights[["window_end", "agent", "title", "severity", "confidence"]], hide_index=True,
+                     width="stretch")  # fmt: skip
+        plan = insights[insights["kind"] == "maintenance"]
+        if not plan.empty:
+            st.markdown("**Recommended actions** (newest episode): " + "; ".join(plan["details"].iloc[0]["actions"]))
     if not faults.empty:
         st.subheader("Injected faults (simulator labels)")
         st.dataframe(faults, hide_index=True, width="stretch")

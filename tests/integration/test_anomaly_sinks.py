@@ -195,7 +195,7 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
 
     def run() -> None:
         try:
-            sinks.extend(run_sinks(settings, stop))  # both topics, as `python -m connectors.clickhouse_sink`
+            sinks.extend(run_sinks(settings, stop))  # every topic, as `python -m connectors.clickhouse_sink`
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -239,9 +239,10 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
         client.close()
     assert not thread.is_alive(), "sinks did not stop within 30 s"
     assert not errors, errors
-    window_sink, anomaly_sink = sinks
+    window_sink, anomaly_sink, insight_sink = sinks  # one per topic, the insights topic's idle here
     assert (window_sink.stats().rows_written, window_sink.stats().malformed) == (1, 0)
     assert (anomaly_sink.stats().rows_written, anomaly_sink.stats().malformed) == (len(records) + 2, 1)
+    assert (insight_sink.stats().rows_written, insight_sink.stats().malformed) == (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from connectors.alertmanager import AlertmanagerClient, rfc3339
-from connectors.clickhouse import make_client
+from connectors.clickhouse import INSIGHT_RECORDS, insert_rows, make_client, records_to_arrow
 from edge.simulator.equipment import EQUIPMENT_TYPES
 from onnx_models.registry import ModelRegistry
 from streamlit_app.access import AccessError, Principal, set_user
@@ -186,6 +187,55 @@ def test_long_ranges_are_aggregated_in_clickhouse_into_chart_points(env: LiveFle
                           "AND kind = 'window'", e=machine)  # fmt: skip
     assert len(scores) == verdicts["window_start"].dt.floor(f"{bucket}s").nunique()
     assert scores["score"].max() == pytest.approx(verdicts["score"].max()), "a bucket keeps its highest score"
+
+
+# -- Insights ------------------------------------------------------------------------------------------------
+
+
+def post_insights(settings: Settings, live: LiveFleet) -> dict[str, str]:
+    """One episode per site, as the agents job would have written them: diagnosis + maintenance each."""
+    truth = machine_sites(settings)
+    picked = {site: sorted(m for m in live.ids(site) if truth[m] == {site})[0] for site in ("site-1", "site-2")}
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    records = []
+    for site, machine in picked.items():
+        base = {"equipment_id": machine, "site": site, "equipment_type": machine.split("-")[1],
+                "episode_id": f"{machine}@{now - 60_000}", "window_start_ms": now - 60_000,
+                "window_end_ms": now - 5_000, "sensors": ["vibration_rms"], "emitted_at_ms": now}  # fmt: skip
+        records.append(base | {"agent": "diagnostic", "kind": "diagnosis", "title": f"Bearing wear on {machine}",
+                               "severity": "warning", "confidence": 0.8, "fault_type": "bearing_wear",
+                               "details": orjson.dumps({"by": "model"}).decode()})  # fmt: skip
+        records.append(base | {"agent": "maintenance", "kind": "maintenance",
+                               "title": "Bearing wear: act within 3 days", "severity": "warning", "confidence": 0.8,
+                               "fault_type": "bearing_wear",
+                               "details": orjson.dumps({"health_index": 71.5, "time_to_failure_h": 30.0,
+                                                        "due_ms": now + 3_600_000, "line": "line-1",
+                                                        "actions": ["Measure the vibration spectrum"]}).decode()})
+    table, malformed = records_to_arrow([orjson.dumps(r) for r in records], INSIGHT_RECORDS)
+    assert not malformed
+    insert_rows(make_client(settings.clickhouse), settings.clickhouse.insights_table, table)
+    return picked
+
+
+def test_insights_page_and_equipment_panel_show_only_the_analysts_sites(env: LiveFleet) -> None:
+    picked = post_insights(env.settings, env)
+    app = page("insights", ANALYST)
+    shown = " ".join(" ".join(map(str, f.to_numpy().ravel())) for f in frames(app))
+    assert picked["site-1"] in shown and picked["site-2"] not in shown
+    plan = frames(app)[0]
+    assert list(plan["first action"]) == ["Measure the vibration spectrum"] and list(plan["health"]) == [71.5]
+    app = page("insights", ADMIN)
+    shown = " ".join(" ".join(map(str, f.to_numpy().ravel())) for f in frames(app))
+    assert picked["site-1"] in shown and picked["site-2"] in shown
+
+    app = page("equipment", ANALYST, equipment=picked["site-1"])
+    app.radio(key="equipment_range").set_value("15 min").run()
+    titles = [t for f in frames(app) if "title" in f for t in f["title"]]
+    assert f"Bearing wear on {picked['site-1']}" in titles
+    assert any("Measure the vibration spectrum" in m.value for m in app.markdown)
+    # the workbench's site scope covers the insights table too
+    rows = ConsoleData(env.settings, ANALYST).run_sql("SELECT DISTINCT site FROM insights").frame
+    assert set(rows["site"]) == {"site-1"}
 
 
 # -- Alerts --------------------------------------------------------------------------------------------------
