@@ -97,7 +97,8 @@ class DiagnosticAgent(Agent):
             severity = _severity(episode, name)
             insights.append(Insight(
                 agent=self.name, kind="diagnosis", equipment_id=episode.equipment_id, site=episode.site,
-                episode_id=episode.episode_id, title=_title(name, conf, culprits), severity=severity,
+                episode_id=episode.episode_id, severity=severity,
+                title=("" if episode.closed else "Preliminary: ") + _title(name, conf, culprits),
                 confidence=round(conf, 3), fault_type=name, sensors=tuple(culprits),
                 details={"model_version": self._version if ruled is None else None, "by": "rule" if ruled else "model",
                          "windows": len(episode.verdicts), "open": not episode.closed},

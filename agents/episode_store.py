@@ -32,8 +32,10 @@ class EpisodeStore:
         self.baseline_windows = settings.agents.baseline_windows
         self._lines = _lines(settings.edge.equipment_registry)
 
-    def episode(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int) -> Episode:
-        """The episode [start_ms, end_ms) of one machine with its baseline statistics and verdicts."""
+    def episode(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,
+                closed: bool = True) -> Episode:  # fmt: skip
+        """The episode [start_ms, end_ms) of one machine with its baseline statistics and verdicts; ``closed``
+        False: it is still going on (its analysis is preliminary)."""
         params = {"e": equipment_id, "s": start_ms - self.baseline_windows * self.window_ms, "a": start_ms,
                   "t": end_ms}  # fmt: skip
         stats = self.client.query_df(
@@ -55,7 +57,7 @@ class EpisodeStore:
         if verdicts.empty:
             verdicts = pd.DataFrame(columns=list(VERDICT_COLUMNS))
         return Episode(equipment_id, site, equipment_type, int(start_ms), int(end_ms), self.window_ms,
-                       stats[list(STAT_COLUMNS)], verdicts, self._lines.get(equipment_id, ""))  # fmt: skip
+                       stats[list(STAT_COLUMNS)], verdicts, self._lines.get(equipment_id, ""), closed)  # fmt: skip
 
 
 def _lines(registry: Path | None) -> dict[str, str]:

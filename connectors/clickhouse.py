@@ -104,6 +104,7 @@ INSIGHTS_ARROW_SCHEMA = pa.schema(
         ("episode_id", pa.string()),
         ("window_start", _TS),
         ("window_end", _TS),
+        ("closed", pa.uint8()),
         ("title", pa.string()),
         ("severity", _DICT),
         ("confidence", pa.float64()),

@@ -51,6 +51,8 @@ INSIGHT_SEVERITIES = ("info", "warning", "critical")
 INSIGHT_JSON_SCHEMA = pa.schema(
     [(name, pa.string()) for name in ("equipment_id", "site", "equipment_type", "agent", "kind", "episode_id")]
     + [("window_start_ms", pa.int64()), ("window_end_ms", pa.int64())]
+    # false: the episode was still going on (a preliminary analysis, replaced once it is over)
+    + [("closed", pa.bool_())]
     + [("title", pa.string()), ("severity", pa.string()), ("confidence", pa.float64())]
     + [("fault_type", pa.string()), ("sensors", pa.list_(pa.string()))]
     + [("details", pa.string())]  # JSON object: the agent's own fields (ranking, health index, actions, ...)

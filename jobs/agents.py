@@ -2,7 +2,9 @@
 
 Reads the anomalies topic (what the anomaly-scoring job decided per machine and window), merges each
 machine's anomalous windows into episodes with a Flink session window (sql/flink/agents_episodes.sql), and
-runs every agent on each closed episode in a Python table function (udfs/agents_udtf.py) that reads the
+runs every agent on each closed episode -- and, once an episode has ``agents.early_windows`` anomalous
+windows, on the episode as it stands (sql/flink/agents_open_*.sql: a preliminary analysis the closed one
+replaces) -- in a Python table function (udfs/agents_udtf.py) that reads the
 episode's evidence from ClickHouse. Insights go to the insights topic; the ClickHouse sink stores them in
 the insights table for the console.
 
@@ -31,6 +33,7 @@ from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-agents"
 DDL = ("agents_source", "agents_flagged", "agents_episodes", "agents_sink")
+OPEN_DDL = ("agents_open_marked", "agents_open_numbered", "agents_open_episodes")  # preliminary analyses
 
 
 def statements(settings: Settings) -> tuple[list[str], list[str]]:
@@ -45,9 +48,13 @@ def statements(settings: Settings) -> tuple[list[str], list[str]]:
         # starts (gap_windows + 1) windows apart still join: the gap must exceed that by a millisecond
         "session_gap_s": f"{((agents.gap_windows + 1) * size_ms + 1) / 1000:.3f}",
         "gap_windows": agents.gap_windows,
+        "episode_gap_ms": (agents.gap_windows + 1) * size_ms,
+        "early_windows": agents.early_windows,
     }  # fmt: skip
-    ddl = [render_sql(name, settings, **params) for name in DDL]
-    return ddl, [render_sql("agents", settings, **params)]
+    early = agents.early_windows > 0
+    ddl = [render_sql(name, settings, **params) for name in (*DDL, *(OPEN_DDL if early else ()))]
+    inserts = [render_sql(name, settings, **params) for name in ("agents", *(("agents_open",) if early else ()))]
+    return ddl, inserts
 
 
 def udf_signature() -> str:

@@ -1,4 +1,4 @@
-"""RUN_AGENTS: the agents as a Flink table function, one call per closed anomaly episode.
+"""RUN_AGENTS: the agents as a Flink table function, one call per anomaly episode (closed, or open: preliminary).
 
 Per-episode Python is right here (unlike per-record scoring): episodes are rare next to windows -- a
 machine has one every few hours at worst -- and each call does real work: two ClickHouse reads
@@ -69,17 +69,19 @@ class RunAgents(TableFunction):
         self.store = EpisodeStore(self.settings, make_client(self.settings.clickhouse))
         self.agents = build_agents(self.settings)
 
-    def eval(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int) -> Iterator[Row]:
+    def eval(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,
+             closed: bool) -> Iterator[Row]:  # fmt: skip
         from agents.registry import run_agents
 
-        episode = self._read(equipment_id, site, equipment_type, int(start_ms), int(end_ms))
+        episode = self._read(equipment_id, site, equipment_type, int(start_ms), int(end_ms), bool(closed))
         for insight in run_agents(self.agents, [episode]):
             yield Row(insight.equipment_id, insight.agent, insight.kind, insight.episode_id, insight.title,
                       insight.severity, float(insight.confidence), insight.fault_type, list(insight.sensors),
                       orjson.dumps(insight.details, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
                                    ).decode())  # fmt: skip
 
-    def _read(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int) -> Episode:
+    def _read(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,
+              closed: bool) -> Episode:  # fmt: skip
         """The episode's evidence, retried for up to READ_RETRY_S while ClickHouse is unreachable; after that the
         error fails the task, and Flink restarts the job from its last checkpoint: the episode is analysed
         again, never skipped."""
@@ -89,7 +91,7 @@ class RunAgents(TableFunction):
                                     equipment_id, start_ms, state.outcome.exception())):  # fmt: skip
             with attempt:
                 assert self.store is not None, "open() builds the store"
-                return self.store.episode(equipment_id, site, equipment_type, start_ms, end_ms)
+                return self.store.episode(equipment_id, site, equipment_type, start_ms, end_ms, closed)
         raise AssertionError("unreachable")
 
 

@@ -198,6 +198,9 @@ class AgentsSettings(BaseModel):
     # Anomalous windows at most this many windows apart are one episode (a Flink session window); an
     # episode is analysed once this many windows passed without a new anomalous window.
     gap_windows: int = Field(2, ge=0, le=120)
+    # An episode still going on is analysed once it has this many anomalous windows (a preliminary
+    # insight, replaced by the closed episode's); 0: only closed episodes are analysed.
+    early_windows: int = Field(3, ge=0, le=1000)
     # Window statistics before the episode that say what "normal" was (read from ClickHouse).
     baseline_windows: int = Field(60, ge=4, le=2000)
     # Also run agents installed through the "vigil.agents" entry points (agents/registry.py).

@@ -9,6 +9,7 @@ CREATE TABLE insights_out (
     episode_id STRING,
     window_start_ms BIGINT,
     window_end_ms BIGINT,
+    closed BOOLEAN,
     title STRING,
     severity STRING,
     confidence DOUBLE,

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from connectors.clickhouse import make_client
-from connectors.kafka import make_producer
+from connectors.clickhouse import INSIGHT_RECORDS, insert_rows, make_client, records_to_arrow
+from connectors.kafka import make_consumer, make_producer
 from edge.simulator.equipment import EQUIPMENT_TYPES
 from tests.conftest import stack_test_settings
 from tests.integration.test_pipeline_e2e import poll
@@ -115,3 +115,36 @@ def test_a_closed_episode_becomes_insights_in_kafka_and_clickhouse(stack: Stack)
     maintenance = orjson.loads(found[("maintenance", "maintenance")]["details"])
     assert maintenance["actions"] and "sensor" in maintenance["actions"][0].lower()
     assert 0 < maintenance["health_index"] <= 100
+    assert orjson.loads(diagnosis["details"])["open"] is False, "the closed episode's analysis is the one kept"
+
+    # On the topic, the episode was also analysed as it stood at its 3rd anomalous window (preliminary: 9
+    # windows shorter). Replayed at once here, the two may arrive in either order; ClickHouse kept the closed one.
+    consumer = make_consumer(settings.kafka, "agents-test-reader")
+    consumer.subscribe([settings.kafka.insights_topic])
+    seen: list[dict] = []
+
+    def both() -> bool:
+        for message in consumer.consume(500, timeout=1.0):
+            if message.error() is None:
+                seen.append(orjson.loads(message.value()))
+        kinds = [(r["kind"], orjson.loads(r["details"]).get("open")) for r in seen if r["agent"] == "diagnostic"]
+        return ("diagnosis", True) in kinds and ("diagnosis", False) in kinds
+
+    try:
+        poll(both, 60, "a preliminary and a final diagnosis on the insights topic", interval=0.0)
+    finally:
+        consumer.close()
+    diagnoses = {r["closed"]: r for r in seen if r["agent"] == "diagnostic"}
+    early, final = diagnoses[False], diagnoses[True]
+    assert early["title"].startswith("Preliminary: Sensor stuck (speed)") and early["fault_type"] == "sensor_stuck"
+    assert early["episode_id"] == final["episode_id"]
+    assert final["window_end_ms"] - early["window_end_ms"] == (EPISODE - 3) * W
+
+    # A preliminary analysis arriving after the closed one (a catch-up emits both at once) does not replace it.
+    late = dict(early, emitted_at_ms=final["emitted_at_ms"] + 60_000, title="Preliminary: something else")
+    table, malformed = records_to_arrow([orjson.dumps(late)], INSIGHT_RECORDS)
+    assert not malformed
+    insert_rows(client, settings.clickhouse.insights_table, table)
+    kept = client.query("SELECT title, closed FROM insights_latest WHERE episode_id = {e:String} "
+                        "AND agent = 'diagnostic'", parameters={"e": final["episode_id"]}).result_rows  # fmt: skip
+    assert kept == [(final["title"], 1)]

@@ -201,7 +201,8 @@ def post_insights(settings: Settings, live: LiveFleet) -> dict[str, str]:
     for site, machine in picked.items():
         base = {"equipment_id": machine, "site": site, "equipment_type": machine.split("-")[1],
                 "episode_id": f"{machine}@{now - 60_000}", "window_start_ms": now - 60_000,
-                "window_end_ms": now - 5_000, "sensors": ["vibration_rms"], "emitted_at_ms": now}  # fmt: skip
+                "window_end_ms": now - 5_000, "closed": True, "sensors": ["vibration_rms"],
+                "emitted_at_ms": now}  # fmt: skip
         records.append(base | {"agent": "diagnostic", "kind": "diagnosis", "title": f"Bearing wear on {machine}",
                                "severity": "warning", "confidence": 0.8, "fault_type": "bearing_wear",
                                "details": orjson.dumps({"by": "model"}).decode()})  # fmt: skip

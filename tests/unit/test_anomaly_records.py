@@ -187,8 +187,8 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
     assert "pca_t2q          Nullable(Float64)," in table
     assert view.endswith("FROM db1.verdicts FINAL")
     assert ddl[-3].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
-    assert "ORDER BY (equipment_id, episode_id, agent, kind)" in ddl[-2]
-    assert ddl[-1].endswith("FROM db1.findings FINAL")
+    assert "ORDER BY (equipment_id, episode_id, agent, kind, closed)" in ddl[-2]
+    assert "FROM db1.findings FINAL" in ddl[-1] and ddl[-1].endswith("LIMIT 1 BY equipment_id, episode_id, agent, kind")
     with pytest.raises(ValueError, match="VIGIL_CLICKHOUSE__ANOMALIES_TABLE='bad-name'"):
         render_schema(ClickHouseSettings(anomalies_table="bad-name"))
 
