@@ -62,8 +62,14 @@ def udf_signature() -> str:
     return f"-- python table function {AGENTS_FUNCTION} RETURNS {[name for name, _ in RESULT_FIELDS]}"
 
 
+# The open-episode OVER aggregates keep an accumulator per (machine, episode) that no timer clears: state of
+# episodes idle this long is dropped (window TVFs -- the closed episodes -- clear their own state anyway).
+STATE_TTL = "1 d"
+
+
 def build(env: TableEnvironment, settings: Settings):
-    """Register RUN_AGENTS, run the DDL and return the statement set holding the INSERT."""
+    """Register RUN_AGENTS, run the DDL and return the statement set holding the INSERTs."""
+    env.get_config().set("table.exec.state.ttl", STATE_TTL)
     env.create_temporary_system_function(AGENTS_FUNCTION, run_agents_udtf(settings))
     return statement_set_of(env, *statements(settings))
 
