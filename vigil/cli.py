@@ -268,8 +268,15 @@ def evaluate(
     = None,
     threshold: Annotated[float, typer.Option(help="nab: alarm when the score exceeds this (fixed in advance)")] = 4.0,
     rearm_rows: Annotated[int, typer.Option(help="nab: suppress repeat alarms within this many rows")] = 0,
-    target_far: Annotated[float, typer.Option(help="skab: false-alarm rate the alarm level is set for, on "
-                                                   "anomaly-free data only")] = 0.10,
+    target_far: Annotated[float, typer.Option(help="skab --protocol vigil: false-alarm rate the alarm level is "
+                                                   "set for, on anomaly-free data only")] = 0.10,
+    protocol: Annotated[str, typer.Option(help="skab: 'skab' (SKAB's leaderboard protocol: first 400 rows of each "
+                                               "file fit, rest scored) or 'vigil' (ours, reported apart)")] = "skab",
+    limit: Annotated[str | None, typer.Option(help="skab: train-quantile (default for --protocol skab), spc, or "
+                                                   "anomaly-free (--protocol vigil only, its default)")] = None,
+    results_dir: Annotated[Path | None, typer.Option(help="skab/nab: also write result files in the benchmark's "
+                                                          "own format here, with the threshold used")] = None,
+    results_name: Annotated[str, typer.Option(help="nab: detector name in the result files (no '_')")] = "vigil",
     machines: Annotated[int, typer.Option(help="sim: simulated machines (types rotate)", min=1)] = 60,
     minutes: Annotated[float, typer.Option(help="sim: simulated minutes (the first 40 % train the models)",
                                            min=1.0)] = 120.0,
@@ -323,22 +330,45 @@ def evaluate(
     if not folder.is_dir():
         _fail(f"no data folder {folder}: pass --data-dir with a folder in {dataset.upper()}'s format")
     if dataset == "skab":
-        from vigil.evaluate.skab import DETECTORS, evaluate_skab, print_result
+        from vigil.evaluate.result_files import write_skab_results
+        from vigil.evaluate.skab import DEFAULT_LIMIT, DETECTORS, PROTOCOLS, AlarmRule, evaluate_skab, print_result
 
         names = [detector] if detector else sorted(DETECTORS)
+        if results_dir is not None and len(names) != 1:
+            _fail("--results-dir writes one detector's results: pass --detector too")
+        if protocol not in PROTOCOLS:
+            _fail(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
         for name in names:
             if name not in DETECTORS:
                 _fail(f"unknown skab detector {name!r}; choose from {', '.join(sorted(DETECTORS))}")
-            print_result(evaluate_skab(folder, name, target_far=target_far), console)
+            try:
+                rule = AlarmRule(limit=limit or DEFAULT_LIMIT[protocol], target_far=target_far)
+                result = evaluate_skab(folder, name, protocol=protocol, rule=rule)
+            except (ValueError, FileNotFoundError) as exc:
+                _fail(str(exc))
+            print_result(result, console)
+            if results_dir is not None:
+                paths = write_skab_results(result, results_dir)
+                console.print(f"{len(paths)} SKAB result files and thresholds.json written under "
+                              f"{results_dir / 'skab'}")
     elif dataset == "nab":
-        from vigil.evaluate.nab_eval import STREAMING_DETECTORS, evaluate_nab_profiles, print_nab_table
+        from vigil.evaluate.nab_eval import STREAMING_DETECTORS, print_nab_table, run_nab, write_results
 
         name = detector or "ewma_zscore"
         if name not in STREAMING_DETECTORS:
             _fail(f"unknown nab detector {name!r}; choose from {', '.join(sorted(STREAMING_DETECTORS))}")
-        scores = evaluate_nab_profiles(folder, name, threshold, rearm_rows=rearm_rows)
-        print_nab_table(scores, title=f"NAB: {name} > {threshold} (fixed), re-arm {rearm_rows} rows, {folder}",
-                        console=console)
+        from vigil.evaluate.result_files import check_detector_name
+
+        try:
+            check_detector_name(results_name)
+        except ValueError as exc:
+            _fail(str(exc))
+        run = run_nab(folder, name, threshold, rearm_rows=rearm_rows)
+        print_nab_table(run.profile_scores, title=f"NAB: {name} > {threshold} (fixed in advance, not optimised on "
+                        f"the labels), re-arm {rearm_rows} rows, {folder}", console=console)
+        if results_dir is not None:
+            paths = write_results(run, results_dir, results_name, name, threshold, rearm_rows)
+            console.print(f"{len(paths)} NAB result files and thresholds.json written under {results_dir}")
     else:
         _fail("--dataset must be skab, nab or sim")
 

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import stack_test_settings
+from tests.unit.skab_files import write_skab_file
 from vigil.cli import app
 from vigil.settings import PROJECT_ROOT, get_settings
 
@@ -46,3 +47,20 @@ def test_evaluate_refuses_an_unknown_dataset_folder(tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", "--dataset", "skab", "--data-dir", str(tmp_path / "missing")])
     assert result.exit_code == 1
     assert "no data folder" in result.output
+
+
+def test_evaluate_skab_writes_results_under_the_skab_protocol_and_refuses_anomaly_free_levels(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "skab"
+    write_skab_file(data / "valve7" / "1.csv", 520, 450, seed=1)  # 400 training rows, as SKAB's protocol has it
+    out = tmp_path / "results"
+    args = ["evaluate", "--dataset", "skab", "--data-dir", str(data), "--detector", "pca_t2q"]
+    result = runner.invoke(app, [*args, "--results-dir", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "SKAB protocol" in result.output
+    assert (out / "skab" / "valve7" / "1.csv").exists() and (out / "skab" / "thresholds.json").exists()
+    refused = runner.invoke(app, [*args, "--limit", "anomaly-free"], env={"COLUMNS": "200"})
+    assert refused.exit_code == 1 and "anomaly-free.csv cannot set the alarm level" in refused.output
+    several = runner.invoke(app, ["evaluate", "--dataset", "skab", "--data-dir", str(data), "--results-dir", str(out)])
+    assert several.exit_code == 1 and "pass --detector" in several.output

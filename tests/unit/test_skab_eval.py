@@ -63,7 +63,7 @@ def test_counts_equal_hand_computed_when_every_point_alarms(skab_dir: Path) -> N
     # counted on the rows after the training rows only.
     # 2.csv: 200 rows, trains on 0..99; test rows 100..199 hold anomalies 150..179 -> TP 30, FP 100 - 30 = 70.
     # 10.csv: 180 rows, trains on 0..59 (anomaly from row 60); test rows 60..179 are all anomalous -> TP 120.
-    result = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3, alarm_level=-np.inf)
+    result = evaluate_skab(skab_dir, "pca_t2q", protocol="vigil", train_rows=100, history=3, alarm_level=-np.inf)
     counts = {f.name: f.counts for f in result.files}
     a, b = counts[str(Path("valve9/2.csv"))], counts[str(Path("valve9/10.csv"))]
     assert (a.tp, a.fp, a.tn, a.fn) == (30, 70, 0, 0)
@@ -75,7 +75,7 @@ def test_counts_equal_hand_computed_when_every_point_alarms(skab_dir: Path) -> N
 
 @pytest.mark.parametrize("detector", ["pca_t2q", "isolation_forest", "knn_distance"])
 def test_evaluator_runs_and_finds_gross_steps(skab_dir: Path, detector: str) -> None:
-    result = evaluate_skab(skab_dir, detector, train_rows=100, history=3, pseudo_rows=300)
+    result = evaluate_skab(skab_dir, detector, protocol="vigil", train_rows=100, history=3, pseudo_rows=300)
     assert np.isfinite(result.alarm_level)
     assert result.pooled.total == (200 - 100) + (180 - 60)  # test rows only: after each file's training rows
     # A 25-sigma step in one sensor: PCA's Q and the k-NN distance catch nearly all of it; Isolation Forest's
@@ -147,7 +147,8 @@ def test_training_rows_count_only_in_skabs_all_row_counting(skab_dir: Path) -> N
     # Test rows are unchanged from the every-row case; the all-row count adds the training rows:
     # 2.csv 100 training rows -> FP 96, TN 4; 10.csv 60 -> FP 56, TN 4.
     result = evaluate_skab(
-        skab_dir, "pca_t2q", train_rows=100, history=3, alarm_level=-np.inf, rule=AlarmRule(run_length=5)
+        skab_dir, "pca_t2q", protocol="vigil", train_rows=100, history=3, alarm_level=-np.inf,
+        rule=AlarmRule(run_length=5),
     )
     assert (result.pooled.tp, result.pooled.fp, result.pooled.tn) == (150, 70, 0)
     everything = result.pooled_all_rows
@@ -158,7 +159,7 @@ def test_train_quantile_limit_is_the_files_own_quantile(skab_dir: Path) -> None:
     # factor 1 x q0.99 of the training rows' own scores: exactly one training row per file lies above it
     # (the largest; 100 and 60 rows), so training rows add 2 false alarms to SKAB's all-row counting.
     rule = AlarmRule(limit="train-quantile", ucl_factor=1.0, ucl_quantile=0.99)
-    result = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3, rule=rule)
+    result = evaluate_skab(skab_dir, "pca_t2q", protocol="vigil", train_rows=100, history=3, rule=rule)
     assert result.alarm_level == 1.0
     assert result.pooled_all_rows.fp - result.pooled.fp == 2
     assert result.pooled_all_rows.total - result.pooled.total == 160
@@ -167,11 +168,42 @@ def test_train_quantile_limit_is_the_files_own_quantile(skab_dir: Path) -> None:
 
 def test_spc_limits_find_gross_steps_and_refuse_detectors_without_t2_q(skab_dir: Path) -> None:
     rule = AlarmRule(limit="spc", alpha=0.001, median_window=5)
-    result = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3, rule=rule)
+    result = evaluate_skab(skab_dir, "pca_t2q", protocol="vigil", train_rows=100, history=3, rule=rule)
     assert result.pooled.recall > 0.8 and result.limit == "spc"
     with pytest.raises(ValueError, match="only pca_t2q"):
-        evaluate_skab(skab_dir, "knn_distance", train_rows=100, history=3, rule=rule)
+        evaluate_skab(skab_dir, "knn_distance", protocol="vigil", train_rows=100, history=3, rule=rule)
     with pytest.raises(ValueError, match="anomaly-free"):
-        evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3, rule=rule, alarm_level=2.0)
+        evaluate_skab(skab_dir, "pca_t2q", protocol="vigil", train_rows=100, history=3, rule=rule, alarm_level=2.0)
     with pytest.raises(ValueError, match="unknown limit rule"):
         AlarmRule(limit="nope")
+
+
+def test_skab_protocol_fits_exactly_the_first_rows_and_pools_hand_computed_counts(skab_dir: Path) -> None:
+    # SKAB's leaderboard: fit on the first 100 rows here (400 in SKAB) even when a label falls inside them
+    # (10.csv is anomalous from row 60), score the rest. A factor of 1e-12 on the training quantile puts
+    # every row above the limit; 1e12 puts none above it. Test rows: 2.csv 100..199 (30 anomalous),
+    # 10.csv 100..179 (80 anomalous): 110 anomalous and 70 normal rows pooled.
+    every = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3,
+                          rule=AlarmRule(limit="train-quantile", ucl_factor=1e-12))
+    assert [f.train_rows for f in every.files] == [100, 100]
+    c = every.pooled
+    assert (c.tp, c.fp, c.tn, c.fn) == (110, 70, 0, 0)
+    assert c.far == 1.0 and c.mar == 0.0 and c.f1 == pytest.approx(2 * 110 / (2 * 110 + 70))
+    none = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3,
+                         rule=AlarmRule(limit="train-quantile", ucl_factor=1e12)).pooled
+    assert (none.tp, none.fp, none.tn, none.fn) == (0, 0, 70, 110)
+    assert none.far == 0.0 and none.mar == 1.0 and none.f1 == 0.0
+
+
+def test_skab_protocol_skips_files_without_anomalies_and_refuses_anomaly_free_levels(skab_dir: Path) -> None:
+    _write(skab_dir / "valve9" / "3.csv", 150, np.zeros(150), seed=3)
+    result = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3)  # protocol skab, train-quantile
+    assert result.protocol == "skab" and result.limit == "train-quantile"
+    assert result.skipped == [str(Path("valve9/3.csv"))]
+    assert [f.name for f in result.files] == [str(Path("valve9/2.csv")), str(Path("valve9/10.csv"))]
+    with pytest.raises(ValueError, match="anomaly-free.csv cannot set the alarm level"):
+        evaluate_skab(skab_dir, "pca_t2q", rule=AlarmRule(limit="anomaly-free"))
+    with pytest.raises(ValueError, match="anomaly-free.csv cannot set the alarm level"):
+        evaluate_skab(skab_dir, "pca_t2q", alarm_level=1.0)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        evaluate_skab(skab_dir, "pca_t2q", protocol="nope")

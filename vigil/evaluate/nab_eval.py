@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -29,18 +28,21 @@ from udfs.detectors.ewma_zscore import EwmaZScore
 from udfs.detectors.knn_cad import KnnCad
 from vigil.evaluate.nab import (
     NabFile,
+    NabProfile,
     NabScore,
     get_profile,
     load_nab,
     load_profiles,
     nab_score,
 )
+from vigil.evaluate.result_files import nab_thresholds, read_nab_results, write_nab_results
 
 STREAMING_DETECTORS: dict[str, type[StreamingDetector]] = {
     EwmaZScore.name: EwmaZScore,
     AnomalyLikelihood.name: AnomalyLikelihood,
     KnnCad.name: KnnCad,
 }
+PROFILE_NAMES = ("standard", "reward_low_FP", "reward_low_FN")
 # Values handed to update() at a time: the replay is streamed, not one call per file.
 REPLAY_BLOCK = 512
 
@@ -116,12 +118,40 @@ def detector_scores(
     return out
 
 
+@dataclass(frozen=True)
+class NabRun:
+    """One detector replayed over a NAB folder: what the scorecard and the result writer need."""
+
+    files: list[NabFile]
+    scores: dict[str, np.ndarray]
+    alarms: dict[str, np.ndarray]
+    profile_scores: dict[str, NabScore]
+
+
+def run_nab(
+    data_dir: Path,
+    detector: str,
+    threshold: float,
+    normalize: bool = False,
+    profile_names: Sequence[str] = PROFILE_NAMES,
+    rearm_rows: int = 0,
+    **params: Any,
+) -> NabRun:
+    """Replay every file, alarm where score > ``threshold`` (then re-arm), score under each profile."""
+    files = load_nab(data_dir)
+    profiles = load_profiles(data_dir)
+    scores = detector_scores(files, detector, normalize, **params)
+    alarms = {name: rearm(s > threshold, rearm_rows) for name, s in scores.items()}
+    return NabRun(files, scores, alarms,
+                  {p: nab_score(files, alarms, get_profile(profiles, p)) for p in profile_names})
+
+
 def evaluate_nab_profiles(
     data_dir: Path,
     detector: str,
     threshold: float,
     normalize: bool = False,
-    profile_names: Sequence[str] = ("standard", "reward_low_FP", "reward_low_FN"),
+    profile_names: Sequence[str] = PROFILE_NAMES,
     rearm_rows: int = 0,
     **params: Any,
 ) -> dict[str, NabScore]:
@@ -129,11 +159,7 @@ def evaluate_nab_profiles(
 
     ``rearm_rows`` > 0 drops alarms that follow a kept alarm within that many rows (see :func:`rearm`).
     """
-    files = load_nab(data_dir)
-    profiles = load_profiles(data_dir)
-    scores = detector_scores(files, detector, normalize, **params)
-    alarms = {name: rearm(s > threshold, rearm_rows) for name, s in scores.items()}
-    return {p: nab_score(files, alarms, get_profile(profiles, p)) for p in profile_names}
+    return run_nab(data_dir, detector, threshold, normalize, profile_names, rearm_rows, **params).profile_scores
 
 
 def evaluate_nab(
@@ -162,6 +188,19 @@ def print_nab_table(
     (console or Console()).print(table)
 
 
+def rescore_results(
+    files: Sequence[NabFile], profiles: Mapping[str, NabProfile], results_dir: Path, detector: str,
+    thresholds: Mapping[str, float],
+) -> dict[str, NabScore]:
+    """Score a NAB results folder as NAB does: alarms are ``anomaly_score >= threshold`` per profile."""
+    scores = read_nab_results(results_dir, detector, files)
+    return {
+        name: nab_score(files, {k: v >= thresholds[name] for k, v in scores.items()}, profile)
+        for name, profile in profiles.items()
+        if name in thresholds
+    }
+
+
 def check_published_results(nab_root: Path, detector: str = "windowedGaussian") -> dict[str, NabScore]:
     """Re-score the results NAB ships for ``detector`` with this scorer (a check of the scorer).
 
@@ -172,20 +211,26 @@ def check_published_results(nab_root: Path, detector: str = "windowedGaussian") 
     root = Path(nab_root)
     files = load_nab(root / "data", root / "labels" / "combined_windows.json")
     profiles = load_profiles(path=root / "config" / "profiles.json")
-    thresholds = json.loads((root / "config" / "thresholds.json").read_text())[detector]
-    scores = {}
-    for f in files:
-        category, fname = f.name.split("/", 1)
-        path = root / "results" / detector / category / f"{detector}_{fname}"
-        col = pd.read_csv(path, usecols=["anomaly_score"])["anomaly_score"].to_numpy(dtype=np.float64)
-        if len(col) != len(f.values):
-            raise ValueError(f"{path}: {len(col)} rows, data file has {len(f.values)}")
-        scores[f.name] = col
-    out = {}
-    for name, profile in profiles.items():
-        thr = float(thresholds[name]["threshold"])
-        out[name] = nab_score(files, {k: v >= thr for k, v in scores.items()}, profile)
-    return out
+    thresholds = nab_thresholds(root / "config" / "thresholds.json", detector)
+    return rescore_results(files, profiles, root / "results", detector, thresholds)
+
+
+def rescore_own_results(data_dir: Path, results_dir: Path, detector: str = "vigil") -> dict[str, NabScore]:
+    """Re-score result files written by ``--results-dir`` (with their thresholds.json) against ``data_dir``."""
+    files = load_nab(data_dir)
+    profiles = load_profiles(data_dir)
+    thresholds = nab_thresholds(Path(results_dir) / "thresholds.json", detector)
+    return rescore_results(files, profiles, results_dir, detector, thresholds)
+
+
+def write_results(run: NabRun, results_dir: Path, name: str, detector: str, threshold: float,
+                  rearm_rows: int) -> list[Path]:
+    """Write ``run`` as NAB result files under ``results_dir/<name>/`` (see :mod:`vigil.evaluate.result_files`)."""
+    how = (f"alarm where the {detector} score > {threshold:g}"
+           + (f", then re-arm {rearm_rows} rows" if rearm_rows else "")
+           + "; the threshold is given to the run, this command never optimises it on the scored labels")
+    return write_nab_results(results_dir, name, run.files, run.scores, run.alarms, threshold, run.profile_scores,
+                             how)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -200,7 +245,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--param", action="append", default=[], metavar="K=V", help="detector parameter")
     ap.add_argument("--check-nab", type=Path, metavar="NAB_ROOT", help="re-score NAB's shipped results")
     ap.add_argument("--check-detector", default="windowedGaussian")
+    ap.add_argument("--results-dir", type=Path, help="also write NAB-format result files here")
+    ap.add_argument("--results-name", default="vigil", help="detector name in the result files (no '_')")
+    ap.add_argument("--rescore", type=Path, metavar="RESULTS_DIR",
+                    help="score result files written by --results-dir against DATA_DIR with their thresholds.json")
     args = ap.parse_args(argv)
+    if args.rescore:
+        if args.data_dir is None:
+            ap.error("--rescore needs DATA_DIR (the NAB folder the results were written for)")
+        print_nab_table(rescore_own_results(args.data_dir, args.rescore, args.results_name),
+                        title=f"{args.rescore}/{args.results_name} re-scored from its files",
+                        console=Console(width=max(Console().width, 110)))
+        return
     if args.check_nab:
         print_nab_table(check_published_results(args.check_nab, args.check_detector),
                         title=f"NAB's {args.check_detector} results, re-scored",
@@ -211,11 +267,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.data_dir is None or args.threshold is None:
         ap.error("give DATA_DIR and --threshold (or --check-nab NAB_ROOT)")
     params = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (p.split("=", 1) for p in args.param)}
-    scores = evaluate_nab_profiles(
-        args.data_dir, args.detector, args.threshold, args.normalize, rearm_rows=args.rearm_rows, **params
-    )
+    run = run_nab(args.data_dir, args.detector, args.threshold, args.normalize, rearm_rows=args.rearm_rows, **params)
     title = f"NAB: {args.detector} > {args.threshold}, rearm {args.rearm_rows} rows {params or ''} on {args.data_dir}"
-    print_nab_table(scores, title=title, console=Console(width=max(Console().width, 110)))
+    print_nab_table(run.profile_scores, title=title, console=Console(width=max(Console().width, 110)))
+    if args.results_dir:
+        paths = write_results(run, args.results_dir, args.results_name, args.detector, args.threshold, args.rearm_rows)
+        print(f"{len(paths)} NAB result files and thresholds.json written under {args.results_dir}")
 
 
 if __name__ == "__main__":

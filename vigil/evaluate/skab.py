@@ -1,15 +1,19 @@
 """SKAB scorecard: replay any folder in SKAB's format through the same detector classes the Flink UDFs use.
 
-Protocol (as in the SKAB benchmark): each experiment file gets its own model, fitted on its leading
-anomaly-free rows (``train_rows``, 400 by default, cut short at the first labelled anomaly/changepoint);
-every row of the file is then scored in time order, and the rows AFTER the training rows are compared
-point-wise with ``anomaly`` (training rows are never counted: they would pad the true negatives and
-understate the false-alarm rate). Counts are pooled over all files for F1, FAR and MAR.
+Two protocols (``protocol``), both scoring every row of a file in time order with a model of that file
+and comparing the rows AFTER the training rows point-wise with ``anomaly``; counts are pooled over files
+for F1, FAR = FP/(FP+TN) and MAR = FN/(FN+TP):
 
-anomaly-free/anomaly-free.csv is used for the one tuned knob, without touching experiment labels: it is
-cut into pseudo-experiments of ``pseudo_rows`` rows, each is fitted on its first ``train_rows`` rows like a
-real experiment, and the alarm level ``k`` (in units of the training scores' 99 % quantile above their
-median) is set so that ``target_far`` of its held-out normal rows would alarm.
+- ``skab`` (SKAB's outlier leaderboard, the headline): every file with a labelled anomaly (not
+  anomaly-free.csv) is fitted on exactly its first ``train_rows`` (400) rows in time order, no shuffle,
+  and nothing else: the alarm rule must come from those rows alone (``train-quantile`` or ``spc``).
+- ``vigil`` (reported separately, named as such): the fit stops early at the first labelled
+  anomaly/changepoint, and the alarm level may be tuned on anomaly-free.csv (``limit`` ``anomaly-free``).
+
+``anomaly-free``: anomaly-free/anomaly-free.csv is cut into pseudo-experiments of ``pseudo_rows`` rows,
+each is fitted on its first ``train_rows`` rows like a real experiment, and the alarm level ``k`` (in
+units of the training scores' 99 % quantile above their median) is set so that ``target_far`` of its
+held-out normal rows would alarm; experiment labels are never touched.
 
 Other alarm rules (``limit``), each fixed per file from that file's own training rows, labels unused:
 
@@ -50,6 +54,12 @@ from vigil.evaluate.metrics import Confusion
 
 LABEL_COLUMNS = ("anomaly", "changepoint")
 LIMIT_RULES = ("anomaly-free", "train-quantile", "spc")
+PROTOCOLS = ("skab", "vigil")
+DEFAULT_LIMIT = {"skab": "train-quantile", "vigil": "anomaly-free"}
+PROTOCOL_TITLES = {
+    "skab": "SKAB protocol (first 400 rows fit, rest scored)",
+    "vigil": "Vigil protocol (NOT SKAB's: fit cut at first label, level may use anomaly-free.csv)",
+}
 TIME_COLUMN = "datetime"
 DETECTORS: dict[str, Callable[[], BatchDetector]] = {
     "pca_t2q": lambda: PcaT2Q(variance=0.99),
@@ -59,12 +69,24 @@ DETECTORS: dict[str, Callable[[], BatchDetector]] = {
 
 
 @dataclass(frozen=True)
+class FileRows:
+    """One file's per-row outcome in the data file's own row order (what the SKAB result writer needs)."""
+
+    datetime: list[str]  # verbatim from the data file
+    score: np.ndarray  # the rule's score, in the unit the alarm level is given in
+    pred: np.ndarray  # bool: the alarm (after any run rule)
+    truth: np.ndarray  # bool: the ``anomaly`` label
+    train: np.ndarray  # bool: the row was a training row (never counted)
+
+
+@dataclass(frozen=True)
 class FileResult:
     name: str
     rows: int
     train_rows: int
     counts: Confusion
     all_rows: Confusion = Confusion()  # SKAB's own counting: training rows included
+    per_row: FileRows | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -76,6 +98,8 @@ class SkabResult:
     train_rows: int
     limit: str = "anomaly-free"
     rule: str = ""  # human-readable alarm rule for the scorecard title
+    protocol: str = "vigil"
+    skipped: list[str] = field(default_factory=list)  # files without a labelled anomaly (skab protocol)
     pooled: Confusion = field(init=False)
     pooled_all_rows: Confusion = field(init=False)
 
@@ -85,15 +109,27 @@ class SkabResult:
 
 
 def load_skab_csv(path: Path) -> pd.DataFrame:
-    """One SKAB file (``;``-separated, ``datetime`` column) in time order."""
+    """One SKAB file (``;``-separated, ``datetime`` column) in time order.
+
+    ``frame.attrs["source_row"]`` holds each row's position in the file and ``frame.attrs["raw_datetime"]``
+    the datetime texts as written there, in the file's order, so results can be written back verbatim.
+    """
     try:
-        frame = pd.read_csv(path, sep=";")
+        frame = pd.read_csv(path, sep=";", dtype={TIME_COLUMN: str})
     except (OSError, pd.errors.ParserError) as exc:
         raise ValueError(f"{path}: not a readable SKAB CSV ({exc})") from exc
     if TIME_COLUMN not in frame.columns:
         raise ValueError(f"{path}: no '{TIME_COLUMN}' column (columns: {list(frame.columns)}); is it ';'-separated?")
-    frame[TIME_COLUMN] = pd.to_datetime(frame[TIME_COLUMN])
-    return frame.sort_values(TIME_COLUMN, kind="stable").reset_index(drop=True)
+    raw = frame[TIME_COLUMN].to_numpy(dtype=object)
+    try:
+        frame[TIME_COLUMN] = pd.to_datetime(frame[TIME_COLUMN])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: unreadable '{TIME_COLUMN}' values ({exc})") from exc
+    order = np.argsort(frame[TIME_COLUMN].to_numpy(), kind="stable")
+    frame = frame.iloc[order].reset_index(drop=True)
+    frame.attrs["source_row"] = order
+    frame.attrs["raw_datetime"] = raw.tolist()
+    return frame
 
 
 def sensor_columns(frame: pd.DataFrame) -> list[str]:
@@ -286,10 +322,18 @@ def tune_alarm_level(
     return float(np.quantile(np.concatenate(held_out), 1.0 - target_far))
 
 
+def _in_file_order(frame: pd.DataFrame, values: np.ndarray) -> np.ndarray:
+    """Values of time-ordered rows put back in the data file's own row order."""
+    out = np.empty_like(values)
+    out[frame.attrs["source_row"]] = values
+    return out
+
+
 def evaluate_skab(
     data_dir: Path,
     detector: str,
     *,
+    protocol: str = "skab",
     train_rows: int = 400,
     history: int = DEFAULT_HISTORY,
     target_far: float = 0.10,
@@ -298,16 +342,24 @@ def evaluate_skab(
     rule: AlarmRule | None = None,
     pca_variance: float | None = None,
 ) -> SkabResult:
-    """Run the SKAB protocol on every experiment file under ``data_dir``; see the module docstring.
+    """Run ``protocol`` on every experiment file under ``data_dir``; see the module docstring.
 
-    ``alarm_level`` overrides the level tuned on anomaly-free.csv (needed when a folder has none); it
-    applies to the ``anomaly-free`` rule only. ``rule`` picks another alarm rule (its ``target_far`` wins
-    over the ``target_far`` argument when given). ``pca_variance`` overrides the explained variance
-    ``pca_t2q`` keeps (0.99 by default; SKAB's T2+Q baseline keeps 0.85).
+    ``rule`` defaults to the protocol's own default limit (``DEFAULT_LIMIT``). ``alarm_level`` overrides
+    the level tuned on anomaly-free.csv (needed when a folder has none); it applies to the
+    ``anomaly-free`` rule only. ``rule.target_far`` wins over the ``target_far`` argument when a rule is
+    given. ``pca_variance`` overrides the explained variance ``pca_t2q`` keeps (0.99 by default; SKAB's
+    T2+Q baseline keeps 0.85).
     """
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DETECTORS)}")
-    rule = rule or AlarmRule(target_far=target_far)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
+    rule = rule or AlarmRule(limit=DEFAULT_LIMIT[protocol], target_far=target_far)
+    if protocol == "skab" and (rule.limit == "anomaly-free" or alarm_level is not None):
+        raise ValueError(
+            "the SKAB protocol fits each file on its first rows alone, so anomaly-free.csv cannot set the alarm "
+            "level: use limit 'train-quantile' or 'spc', or protocol 'vigil' (reported apart from SKAB's)"
+        )
     make = DETECTORS[detector]
     if pca_variance is not None:
         if detector != "pca_t2q":
@@ -321,6 +373,12 @@ def evaluate_skab(
             raise ValueError(f"{path}: sensor columns {sensor_columns(frame)} differ from {columns}")
         if "anomaly" not in frame.columns:
             raise ValueError(f"{path}: no 'anomaly' label column; experiment files need one")
+    skipped: list[str] = []
+    if protocol == "skab":  # the leaderboard scores the files that hold an anomaly
+        skipped = [str(p.relative_to(data_dir)) for p, f in frames if not (f["anomaly"].fillna(0) > 0).any()]
+        frames = [(p, f) for p, f in frames if (f["anomaly"].fillna(0) > 0).any()]
+        if not frames:
+            raise ValueError(f"no experiment file under {data_dir} has a labelled anomaly; nothing to score")
     if rule.limit != "anomaly-free":
         if alarm_level is not None:
             raise ValueError(f"alarm_level applies to the 'anomaly-free' rule only, not {rule.limit!r}")
@@ -334,16 +392,27 @@ def evaluate_skab(
         )
     results: list[FileResult] = []
     for path, frame in frames:
-        n_train = leading_normal_rows(frame, train_rows)
+        n_train = min(train_rows, len(frame)) if protocol == "skab" else leading_normal_rows(frame, train_rows)
         if n_train < 3:
             raise ValueError(f"{path}: only {n_train} leading normal rows; cannot fit a model")
-        above = _fit_and_score(make, frame, columns, n_train, history, rule) > alarm_level
-        alarms = apply_run_rule(above, rule.run_length)
+        scores = _fit_and_score(make, frame, columns, n_train, history, rule)
+        alarms = apply_run_rule(scores > alarm_level, rule.run_length)
         truth = frame["anomaly"].fillna(0).to_numpy() > 0
+        train = np.arange(len(frame)) < n_train
         name = str(path.relative_to(data_dir))
         counts = Confusion.from_labels(truth[n_train:], alarms[n_train:])
-        results.append(FileResult(name, len(frame), n_train, counts, Confusion.from_labels(truth, alarms)))
-    return SkabResult(detector, results, alarm_level, history, train_rows, rule.limit, rule.describe())
+        per_row = FileRows(
+            datetime=frame.attrs["raw_datetime"],
+            score=_in_file_order(frame, scores),
+            pred=_in_file_order(frame, alarms),
+            truth=_in_file_order(frame, truth),
+            train=_in_file_order(frame, train),
+        )
+        results.append(
+            FileResult(name, len(frame), n_train, counts, Confusion.from_labels(truth, alarms), per_row)
+        )
+    return SkabResult(detector, results, alarm_level, history, train_rows, rule.limit, rule.describe(), protocol,
+                      skipped)
 
 
 def _pct(value: float) -> str:
@@ -354,7 +423,7 @@ def print_result(result: SkabResult, console: Console | None = None) -> None:
     """Per-file and pooled scorecard."""
     console = console or Console()
     table = Table(
-        title=f"SKAB point-wise · {result.detector} · history {result.history} · "
+        title=f"{PROTOCOL_TITLES[result.protocol]} · {result.detector} · history {result.history} · "
         + (f"{result.rule} · " if result.rule else "")
         + f"alarm level {result.alarm_level:.3g}"
     )
@@ -373,6 +442,8 @@ def print_result(result: SkabResult, console: Console | None = None) -> None:
     # FAR is lower than ours for the same alarms. Shown for comparison only.
     row("pooled, all rows (SKAB's counting)", result.pooled_all_rows.total, "", result.pooled_all_rows)
     console.print(table)
+    if result.skipped:
+        console.print(f"not scored (no labelled anomaly): {', '.join(result.skipped)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -386,9 +457,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-rows", type=int, default=400, help="leading rows of each file to fit on")
     parser.add_argument("--alarm-level", type=float, default=None,
                         help="fixed alarm level instead of tuning it on anomaly-free data")
-    parser.add_argument("--limit", choices=LIMIT_RULES, default="anomaly-free",
-                        help="how the alarm level is set: tuned on anomaly-free data (default), factor x quantile "
-                             "of each file's training scores, or T2/Q control limits (pca_t2q)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="skab",
+                        help="skab: SKAB's leaderboard protocol (default); vigil: ours, reported apart from it")
+    parser.add_argument("--limit", choices=LIMIT_RULES, default=None,
+                        help="how the alarm level is set: factor x quantile of each file's training scores "
+                             "(default for --protocol skab), T2/Q control limits (pca_t2q), or tuned on "
+                             "anomaly-free data (default for --protocol vigil)")
     parser.add_argument("--ucl-quantile", type=float, default=0.99, help="train-quantile: quantile of training scores")
     parser.add_argument("--ucl-factor", type=float, default=2.5, help="train-quantile: factor on that quantile")
     parser.add_argument("--alpha", type=float, default=0.001, help="spc: false-alarm probability of each limit")
@@ -398,14 +472,28 @@ def main(argv: list[str] | None = None) -> None:
                         help="alarm only after this many consecutive rows above the limit (1 = off)")
     parser.add_argument("--pca-variance", type=float, default=None,
                         help="explained variance pca_t2q keeps (default 0.99; SKAB's T2+Q baseline keeps 0.85)")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="also write SKAB-format result files here (one --detector only)")
     args = parser.parse_args(argv)
-    rule = AlarmRule(limit=args.limit, target_far=args.target_far, ucl_quantile=args.ucl_quantile,
-                     ucl_factor=args.ucl_factor, alpha=args.alpha, median_window=args.median_window,
-                     run_length=args.run_length)
-    for name in args.detector or sorted(DETECTORS):
-        print_result(evaluate_skab(args.data_dir, name, train_rows=args.train_rows, history=args.history,
-                                   alarm_level=args.alarm_level, rule=rule,
-                                   pca_variance=args.pca_variance if name == "pca_t2q" else None))
+    names = args.detector or sorted(DETECTORS)
+    if args.results_dir is not None and len(names) != 1:
+        parser.error("--results-dir writes one detector's results: pass exactly one --detector")
+    rule = AlarmRule(limit=args.limit or DEFAULT_LIMIT[args.protocol], target_far=args.target_far,
+                     ucl_quantile=args.ucl_quantile, ucl_factor=args.ucl_factor, alpha=args.alpha,
+                     median_window=args.median_window, run_length=args.run_length)
+    for name in names:
+        try:
+            result = evaluate_skab(args.data_dir, name, protocol=args.protocol, train_rows=args.train_rows,
+                                   history=args.history, alarm_level=args.alarm_level, rule=rule,
+                                   pca_variance=args.pca_variance if name == "pca_t2q" else None)
+        except (ValueError, FileNotFoundError) as exc:
+            parser.exit(2, f"error: {exc}\n")
+        print_result(result)
+        if args.results_dir is not None:
+            from vigil.evaluate.result_files import write_skab_results
+
+            paths = write_skab_results(result, args.results_dir)
+            print(f"{len(paths)} SKAB result files and thresholds.json written under {args.results_dir / 'skab'}")
 
 
 if __name__ == "__main__":
