@@ -58,6 +58,7 @@ def consumer_groups(settings: Settings) -> dict[str, list[str]]:
         settings.agents.consumer_group: [kafka.anomalies_topic],  # agents job (commits at checkpoints)
         settings.prometheus.sink_consumer_group: [kafka.window_stats_topic, kafka.anomalies_topic],
         settings.alerting.publisher_consumer_group: [kafka.anomalies_topic],
+        settings.alerting.insights_consumer_group: [kafka.insights_topic],  # relay: diagnoses for alert text
     }
 
 

@@ -327,6 +327,12 @@ class AlertingSettings(BaseModel):
     )
     # ClickHouse table of every delivery attempt's outcome (sql/clickhouse/003_alert_deliveries.sql).
     delivery_table: str = "alert_deliveries"
+    # Agents' diagnoses in alert messages, and follow-ups to whoever was paged before the diagnosis was known
+    # (connectors/notify/diagnoses.py): the relay reads the insights topic with this consumer group.
+    insight_followups: bool = True
+    insights_consumer_group: str = "vigil-notify-insights"
+    # An alert starting within this long of an episode's first/last anomalous window belongs to the episode.
+    diagnosis_margin_s: float = Field(60.0, ge=0)
     # Local stand-in for Slack, the SMS provider and an SMTP server (demo, tests, `vigil bench latency`): it
     # records every request it gets. With ``use_standin`` the local stack sends every channel that has no real
     # endpoint configured above (no Slack webhook, no SMS account, no SMTP host) to it; real ones always win.

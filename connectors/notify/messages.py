@@ -20,13 +20,14 @@ from urllib.parse import quote
 from connectors.notify.payload import Alert
 
 # Annotations rendered in their own place; any other annotation is shown as an extra field.
-KNOWN_ANNOTATIONS = ("summary", "description", "console_url")
+KNOWN_ANNOTATIONS = ("summary", "description", "console_url", "diagnosis")
 WHOLE_MACHINE = "*"  # the publisher's sensor label of machine-wide alerts (connectors/alert_publisher.py)
 ELLIPSIS = "..."  # three GSM-7 characters; the one-character ellipsis would switch SMS to UCS-2 (70/segment)
 _STYLE = {  # severity -> (emoji, word)
     "critical": (":red_circle:", "CRITICAL"),
     "warning": (":large_orange_circle:", "WARNING"),
     "info": (":large_blue_circle:", "INFO"),
+    "update": (":mag:", "UPDATE"),  # a follow-up: the agents' diagnosis of an alert already sent
 }
 _RESOLVED = (":white_check_mark:", "RESOLVED")
 # An SMS keeps the console link only if at least this many septets of text still fit beside it.
@@ -183,6 +184,8 @@ def slack_message(alert: Alert, ctx: MessageContext) -> dict[str, Any]:
         story.append(f"*What:* {slack_escape(summary)}")
     if description:
         story.append(f"*Why:* {slack_escape(description)}")
+    if diagnosis := alert.annotations.get("diagnosis", ""):
+        story.append(f"*Diagnosis:* {slack_escape(diagnosis)}")
     if story:
         blocks.append({"type": "section", "text": _mrkdwn("\n".join(story))})
     fields = [_mrkdwn(f"*{name}*\n{slack_escape(_cut(value, _SLACK_FIELD_MAX - len(name) - 4))}")
@@ -257,7 +260,9 @@ def sms_text(alert: Alert, ctx: MessageContext) -> str:
     if (seconds := lasted(alert)) is not None:
         parts.append(f"after {format_duration(seconds)}")
     summary, description = alert.annotations.get("summary", ""), alert.annotations.get("description", "")
-    text = to_gsm(" - ".join(p for p in (" ".join(parts), summary, description) if p))
+    diagnosis = alert.annotations.get("diagnosis", "")  # before the why: the phone shows the start
+    diagnosis = f"Diagnosis: {diagnosis}" if diagnosis else ""
+    text = to_gsm(" - ".join(p for p in (" ".join(parts), summary, diagnosis, description) if p))
     link = to_gsm(console_link(alert, ctx))
     limit = ctx.sms_max_chars
     if link and gsm_length(link) + 1 + SMS_MIN_TEXT <= limit:  # the link stays if enough text fits beside it
@@ -283,7 +288,7 @@ def email_message(alert: Alert, ctx: MessageContext, sender: str, to: str, story
     if (seconds := lasted(alert)) is not None:
         subject += f", lasted {format_duration(seconds)}"
     lines = [headline(alert), ""]
-    for label, key in (("What", "summary"), ("Why", "description")):
+    for label, key in (("What", "summary"), ("Why", "description"), ("Diagnosis", "diagnosis")):
         if value := alert.annotations.get(key):
             lines.append(f"{label}: {value}")
     if len(lines) > 2:
@@ -315,7 +320,7 @@ def email_message(alert: Alert, ctx: MessageContext, sender: str, to: str, story
 # Batches: the new alerts of one Alertmanager notification for one recipient, as one message
 # ---------------------------------------------------------------------------------------------
 
-_SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1}
+_SEVERITY_RANK = {"critical": 3, "warning": 2, "info": 1, "update": 1}
 SLACK_GROUP_ITEMS = 10  # alerts listed one by one in a Slack batch message; the rest are counted
 
 
@@ -356,6 +361,15 @@ def item_text(alert: Alert, with_machine: bool, with_summary: bool = True) -> st
     return f"{what}: {summary}" if summary else what
 
 
+def _diagnoses_by_machine(alerts: list[Alert]) -> dict[str, str]:
+    """Each machine's diagnosis in a batch (its alerts of one episode carry the same one), worst machine first."""
+    found: dict[str, str] = {}
+    for alert in alerts:
+        if diagnosis := alert.annotations.get("diagnosis", ""):
+            found.setdefault(alert.label("equipment_id"), diagnosis)
+    return found
+
+
 def _one_machine(alerts: list[Alert]) -> bool:
     return len({a.label("equipment_id") for a in alerts}) == 1
 
@@ -387,6 +401,10 @@ def slack_group_message(alerts: list[Alert], ctx: MessageContext) -> dict[str, A
     blocks.append({"type": "section", "text": _mrkdwn("\n".join(lines))})
     if description := lead.annotations.get("description", ""):
         blocks.append({"type": "section", "text": _mrkdwn(f"*Why (first):* {slack_escape(description)}")})
+    if found := _diagnoses_by_machine(alerts):
+        text = "\n".join(f"- {slack_escape(machine)}: {slack_escape(d)}" if with_machine else slack_escape(d)
+                         for machine, d in found.items())  # fmt: skip
+        blocks.append({"type": "section", "text": _mrkdwn(f"*Diagnosis:*{chr(10) if with_machine else ' '}{text}")})
     link = console_link(lead, ctx)
     if not with_machine and link.startswith(("http://", "https://")) and len(link) <= _SLACK_URL_MAX:
         button: dict[str, Any] = {"type": "button", "url": link,
@@ -414,7 +432,9 @@ def sms_group_text(alerts: list[Alert], ctx: MessageContext) -> str:
     # Every condition in a few words first (what the phone shows), then the worst one's summary.
     items = "; ".join(item_text(a, with_machine, with_summary=False) for a in alerts)
     summary = lead.annotations.get("summary", "")
-    text = to_gsm(f"{head} - {items}" + (f" - {summary}" if summary else ""))
+    diagnosis = "; ".join(f"{m}: {d}" if with_machine else d for m, d in _diagnoses_by_machine(alerts).items())
+    text = to_gsm(f"{head} - {items}" + (f" - Diagnosis: {diagnosis}" if diagnosis else "")
+                  + (f" - {summary}" if summary else ""))
     link = to_gsm(console_link(lead, ctx) if not with_machine else ctx.console_url.rstrip("/"))
     limit = ctx.sms_max_chars
     if link and gsm_length(link) + 1 + SMS_MIN_TEXT <= limit:
@@ -437,7 +457,7 @@ def email_group_message(
     lines = [title, ""]
     for alert in alerts:
         lines += [headline(alert)]
-        for label, key in (("What", "summary"), ("Why", "description")):
+        for label, key in (("What", "summary"), ("Why", "description"), ("Diagnosis", "diagnosis")):
             if value := alert.annotations.get(key):
                 lines.append(f"  {label}: {value}")
         width = max((len(name) for name, _ in facts(alert)), default=0)

@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -35,15 +36,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from connectors.kafka import consume_batches, make_consumer
 from connectors.notify import RECEIVERS
 from connectors.notify.delivery_log import DeliveryLog
+from connectors.notify.diagnoses import follow_up_alert, parse_insights, with_diagnoses
 from connectors.notify.messages import MessageContext, email_group_message, slack_group_message, sms_group_text
 from connectors.notify.oncall import OnCall, OnCallConfigError, load_oncall
 from connectors.notify.payload import InvalidWebhook, WebhookPayload, parse_webhook
 from connectors.notify.ratelimit import RateLimits, message_priority
 from connectors.notify.retry import DeliveryError, delivery_retrying
 from connectors.notify.senders import EmailSender, SlackSender, SmsSender, read_secret
-from connectors.notify.store import DEAD, DELIVERED, Delivery, EnqueueResult, NewDelivery, Store
+from connectors.notify.store import DEAD, DELIVERED, Delivery, EnqueueResult, FollowUp, NewDelivery, Store
 from vigil.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ MAX_BATCH = 25  # alerts in one message at most (a bigger batch becomes several 
 HOUSEKEEPING_S = 1.0  # gauges and delivery-log shipping
 PRUNE_EVERY_S = 3600.0
 ERROR_MAX_CHARS = 1000
+FOLLOW_UP_POLL_S = 1.0  # how often the relay looks for paged recipients a new diagnosis has not reached
 PARK_S = 30.0  # a delivery that crashed (not a DeliveryError: e.g. the outbox failed) waits this long to rerun
 
 
@@ -123,6 +127,10 @@ class Deliverer:
         a = self.settings.alerting
         lead = rows[0]
         alerts = [row.alert() for row in rows]
+        # The agents' diagnosis, when known by now, goes into the message itself.
+        if a.insight_followups and (found := await asyncio.to_thread(self.store.diagnoses_for, alerts)):
+            alerts = with_diagnoses(alerts, found)
+            await asyncio.to_thread(self.store.mark_told, lead.receiver, lead.recipient, list(found.values()))
         ctx = MessageContext(console_url=a.console_url, sms_max_chars=a.sms_max_chars, external_url=lead.external_url)
         if lead.receiver == "slack":
             return await self.slack.send(self._slack_url(lead.recipient), slack_group_message(alerts, ctx))
@@ -237,6 +245,8 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
         self.deliverer: Deliverer | None = None
+        self._feed_stop = threading.Event()
+        self._feed: threading.Thread | None = None
         self._warn_unconfigured()
 
     def _warn_unconfigured(self) -> None:
@@ -258,6 +268,11 @@ class Relay:
         self._wake = {r: asyncio.Event() for r in RECEIVERS}
         self._tasks = [asyncio.create_task(self._worker(r), name=f"notify-{r}") for r in RECEIVERS]
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="notify-housekeeping"))
+        if self.settings.alerting.insight_followups:
+            self._tasks.append(asyncio.create_task(self._follow_up_loop(), name="notify-follow-ups"))
+            self._feed_stop.clear()
+            self._feed = threading.Thread(target=self._read_insights, name="notify-insights", daemon=True)
+            self._feed.start()
         depth = await asyncio.to_thread(self.store.queue_depth)
         log.info("relay started: state %s, on-call %s, %d messages to resume %s", self.store.path,
                  self.oncall.source, sum(depth.values()), depth or "")  # fmt: skip
@@ -268,6 +283,9 @@ class Relay:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._feed_stop.set()
+        if self._feed is not None:
+            await asyncio.to_thread(self._feed.join, 10.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.to_thread(self.delivery_log.flush), timeout=5.0)
         self.delivery_log.close()
@@ -332,6 +350,60 @@ class Relay:
             log.error("%s delivery #%s failed unexpectedly (stays pending, retried in %.0f s): %r", receiver,
                       ",".join(map(str, ids)), PARK_S, task.exception())  # fmt: skip
         self._wake[receiver].set()  # a slot is free, and a held-back resolved message may now go
+
+    # -- agent diagnoses ----------------------------------------------------------------------------
+    def _read_insights(self) -> None:
+        """Thread: insights topic -> diagnoses in the store; offsets committed after they are stored."""
+        a, kafka = self.settings.alerting, self.settings.kafka
+        consumer = make_consumer(kafka, a.insights_consumer_group)
+        try:
+            for messages in consume_batches(consumer, [kafka.insights_topic], self._feed_stop, timeout_s=0.5):
+                if not messages:
+                    continue
+                diagnoses, bad = parse_insights(m.value() or b"" for m in messages)
+                while not self._feed_stop.is_set():
+                    try:
+                        self.store.save_diagnoses(diagnoses, a.diagnosis_margin_s)
+                        break
+                    except sqlite3.Error as exc:
+                        log.error("cannot store %d diagnoses in %s (retrying): %s", len(diagnoses), self.store.path,
+                                  exc)  # fmt: skip
+                        self._feed_stop.wait(1.0)
+                else:
+                    return  # stopping: not committed, re-read on the next start
+                if bad:
+                    log.warning("skipped %d unreadable records on %s", bad, kafka.insights_topic)
+                consumer.commit(asynchronous=False)
+        except Exception:  # the relay keeps paging without diagnoses; the cause is in the log
+            log.exception("the insights reader stopped: alert messages go out without agent diagnoses until restart")
+        finally:
+            consumer.close()
+
+    async def _follow_up_loop(self) -> None:
+        while True:
+            try:
+                await self.send_follow_ups()
+            except sqlite3.Error as exc:
+                log.error("cannot read follow-ups from %s: %s", self.store.path, exc)
+            await asyncio.sleep(FOLLOW_UP_POLL_S)
+
+    async def send_follow_ups(self) -> EnqueueResult:
+        """Queue a diagnosis follow-up for each paged recipient who has not read it; wakes the workers."""
+        pending: list[FollowUp] = await asyncio.to_thread(self.store.follow_ups)
+        if not pending:
+            return EnqueueResult()
+        console = self.settings.alerting.console_url
+        items = [
+            (f, NewDelivery(f.receiver, f.recipient, f.address, follow_up_alert(f.diagnosis, console), f.external_url,
+                            batch_key=f"dx/{f.diagnosis.equipment_id}/{f.diagnosis.episode_id}/{f.recipient}"))
+            for f in pending
+        ]  # fmt: skip
+        result = await asyncio.to_thread(self.store.enqueue_follow_ups, items)
+        for receiver in {f.receiver for f in pending}:
+            if receiver in self._wake:
+                self._wake[receiver].set()
+        log.info("diagnosis follow-ups: %d queued for %d recipients", len(result.queued), len(pending))
+        return result
 
     async def _housekeeping(self) -> None:
         last_prune = 0.0

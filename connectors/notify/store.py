@@ -20,6 +20,7 @@ that long may page once more on its next repeat). Dead letters stay until resent
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 import threading
@@ -30,9 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
+from connectors.notify.diagnoses import FOLLOW_UP_ALERTNAME, Diagnosis, iso_ms
 from connectors.notify.payload import Alert
 
 KEEP_DAYS = 30.0
+FOLLOW_UP_WINDOW_S = 3600.0  # a diagnosis is followed up to recipients paged within this long of its arrival
 PENDING, DELIVERED, DEAD, RESENDING = "pending", "delivered", "dead", "resending"
 Outcome = Literal["delivered", "retry", "dead_letter"]
 
@@ -78,6 +83,28 @@ CREATE TABLE IF NOT EXISTS attempts (
 );
 CREATE INDEX IF NOT EXISTS attempts_unshipped ON attempts (id) WHERE shipped = 0;
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+CREATE INDEX IF NOT EXISTS deliveries_machine ON deliveries (equipment_id, starts_at);
+CREATE TABLE IF NOT EXISTS diagnoses (              -- newest agent diagnosis per (machine, episode)
+    equipment_id   TEXT NOT NULL,
+    episode_id     TEXT NOT NULL,
+    first_at       TEXT NOT NULL,                   -- alerts starting in [first_at, last_at] belong to it
+    last_at        TEXT NOT NULL,
+    closed         INTEGER NOT NULL,                -- 0: preliminary (episode still going on)
+    fault_type     TEXT NOT NULL,
+    diagnosis_json TEXT NOT NULL,
+    updated_at     REAL NOT NULL,
+    PRIMARY KEY (equipment_id, episode_id)
+);
+CREATE INDEX IF NOT EXISTS diagnoses_recent ON diagnoses (updated_at);
+CREATE TABLE IF NOT EXISTS told (                   -- who has read which diagnosis (in an alert or a follow-up)
+    receiver     TEXT NOT NULL,
+    recipient    TEXT NOT NULL,
+    equipment_id TEXT NOT NULL,
+    episode_id   TEXT NOT NULL,
+    fault_type   TEXT NOT NULL,
+    at           REAL NOT NULL,
+    PRIMARY KEY (receiver, recipient, equipment_id, episode_id, fault_type)
+);
 """
 
 
@@ -186,6 +213,48 @@ def _announced(db: sqlite3.Connection, story: str) -> bool:
     return db.execute(query, (story,)).fetchone() is not None
 
 
+def _insert(db: sqlite3.Connection, item: NewDelivery, result: EnqueueResult, now: float) -> None:
+    alert = item.alert
+    story = story_key(alert, item.receiver, item.recipient)
+    if alert.status == "resolved" and not _announced(db, story):
+        result.unannounced += 1
+        return
+    cursor = db.execute(
+        """INSERT INTO deliveries (idempotency_key, story_key, batch_key, receiver, recipient, address,
+               fingerprint, alert_status, starts_at, alertname, equipment_id, site, severity, alert_json,
+               external_url, state, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (idempotency_key) DO NOTHING""",
+        (
+            idempotency_key(alert, item.receiver, item.recipient), story, item.batch_key, item.receiver,
+            item.recipient, item.address, alert.fingerprint, alert.status, starts_at_key(alert),
+            alert.label("alertname"), alert.label("equipment_id"), alert.label("site"),
+            alert.label("severity"), alert.model_dump_json(), item.external_url, PENDING, now, now,
+        ),
+    )  # fmt: skip
+    if cursor.rowcount:
+        result.queued.append(int(cursor.lastrowid))  # type: ignore[arg-type]
+    else:
+        result.duplicates += 1
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A recipient who was paged about a machine's episode and has not read its current diagnosis yet."""
+
+    receiver: str
+    recipient: str
+    address: str
+    external_url: str
+    diagnosis: Diagnosis
+
+
+def _diagnosis(row: sqlite3.Row) -> Diagnosis:
+    data = orjson.loads(row["diagnosis_json"])
+    data["sensors"] = tuple(data.get("sensors", ()))
+    return Diagnosis(**data)
+
+
 class Store:
     """Thread-safe access to the relay's SQLite file (one connection, serialised; several processes may share it)."""
 
@@ -227,31 +296,9 @@ class Store:
     def enqueue(self, items: Sequence[NewDelivery]) -> EnqueueResult:
         """Queue every item not seen before, in one durable transaction (returns after the commit)."""
         result = EnqueueResult()
-        now = time.time()
         with self._tx() as db:
             for item in items:
-                alert = item.alert
-                story = story_key(alert, item.receiver, item.recipient)
-                if alert.status == "resolved" and not _announced(db, story):
-                    result.unannounced += 1
-                    continue
-                cursor = db.execute(
-                    """INSERT INTO deliveries (idempotency_key, story_key, batch_key, receiver, recipient, address,
-                           fingerprint, alert_status, starts_at, alertname, equipment_id, site, severity, alert_json,
-                           external_url, state, created_at, updated_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT (idempotency_key) DO NOTHING""",
-                    (
-                        idempotency_key(alert, item.receiver, item.recipient), story, item.batch_key, item.receiver,
-                        item.recipient, item.address, alert.fingerprint, alert.status, starts_at_key(alert),
-                        alert.label("alertname"), alert.label("equipment_id"), alert.label("site"),
-                        alert.label("severity"), alert.model_dump_json(), item.external_url, PENDING, now, now,
-                    ),
-                )  # fmt: skip
-                if cursor.rowcount:
-                    result.queued.append(int(cursor.lastrowid))  # type: ignore[arg-type]
-                else:
-                    result.duplicates += 1
+                _insert(db, item, result, time.time())
         return result
 
     def due(self, receiver: str, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Delivery]:
@@ -353,6 +400,81 @@ class Store:
             )
         return moved
 
+    # -- agent diagnoses (connectors/notify/diagnoses.py) ------------------------------------------
+    def save_diagnoses(self, diagnoses: Sequence[Diagnosis], margin_s: float) -> int:
+        """Keep the newest diagnosis per (machine, episode); a final one is never replaced by a preliminary
+        one that arrives late. Alerts starting within ``margin_s`` of the episode belong to it. Returns rows
+        written."""
+        now, written = time.time(), 0
+        margin_ms = int(margin_s * 1000)
+        with self._tx() as db:
+            for d in diagnoses:
+                cursor = db.execute(
+                    """INSERT INTO diagnoses (equipment_id, episode_id, first_at, last_at, closed, fault_type,
+                           diagnosis_json, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (equipment_id, episode_id) DO UPDATE SET first_at = excluded.first_at,
+                           last_at = excluded.last_at, closed = excluded.closed, fault_type = excluded.fault_type,
+                           diagnosis_json = excluded.diagnosis_json, updated_at = excluded.updated_at
+                       WHERE NOT (diagnoses.closed = 1 AND excluded.closed = 0)""",
+                    (d.equipment_id, d.episode_id, iso_ms(d.start_ms - margin_ms), iso_ms(d.end_ms + margin_ms),
+                     int(d.closed), d.fault_type, orjson.dumps(dataclasses.asdict(d)).decode(), now),
+                )  # fmt: skip
+                written += cursor.rowcount
+        return written
+
+    def diagnoses_for(self, alerts: Sequence[Alert]) -> dict[str, Diagnosis]:
+        """The newest diagnosis of the episode each firing alert belongs to, by alert fingerprint."""
+        found: dict[str, Diagnosis] = {}
+        for alert in alerts:
+            machine = alert.label("equipment_id")
+            if alert.status != "firing" or not machine or alert.label("alertname") == FOLLOW_UP_ALERTNAME:
+                continue
+            rows = self._query(
+                """SELECT diagnosis_json FROM diagnoses WHERE equipment_id = ? AND first_at <= ? AND last_at >= ?
+                   ORDER BY updated_at DESC LIMIT 1""",
+                (machine, starts_at_key(alert), starts_at_key(alert)),
+            )
+            if rows:
+                found[alert.fingerprint] = _diagnosis(rows[0])
+        return found
+
+    def mark_told(self, receiver: str, recipient: str, diagnoses: Sequence[Diagnosis]) -> None:
+        """Record that ``recipient`` was given these diagnoses (no follow-up repeats them)."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO told VALUES (?, ?, ?, ?, ?, ?)",
+                [(receiver, recipient, d.equipment_id, d.episode_id, d.fault_type, now) for d in diagnoses],
+            )
+
+    def follow_ups(self, window_s: float = FOLLOW_UP_WINDOW_S) -> list[FollowUp]:
+        """Recipients delivered a firing alert of a diagnosed episode who have not read its diagnosis."""
+        rows = self._query(
+            """SELECT DISTINCT d.receiver, d.recipient, d.address, d.external_url, g.diagnosis_json
+               FROM diagnoses g JOIN deliveries d
+                 ON d.equipment_id = g.equipment_id AND d.starts_at BETWEEN g.first_at AND g.last_at
+               WHERE g.updated_at >= ? AND d.alert_status = 'firing' AND d.state = 'delivered'
+                 AND d.alertname != ?
+                 AND NOT EXISTS (SELECT 1 FROM told t WHERE t.receiver = d.receiver AND t.recipient = d.recipient
+                     AND t.equipment_id = g.equipment_id AND t.episode_id = g.episode_id
+                     AND t.fault_type = g.fault_type)
+               ORDER BY g.updated_at, d.receiver, d.recipient""",
+            (time.time() - window_s, FOLLOW_UP_ALERTNAME),
+        )
+        return [FollowUp(r["receiver"], r["recipient"], r["address"], r["external_url"], _diagnosis(r))
+                for r in rows]  # fmt: skip
+
+    def enqueue_follow_ups(self, items: Sequence[tuple[FollowUp, NewDelivery]]) -> EnqueueResult:
+        """Queue follow-up messages and mark their diagnoses told, in one transaction."""
+        result, now = EnqueueResult(), time.time()
+        with self._tx() as db:
+            for follow, item in items:
+                _insert(db, item, result, now)
+                d = follow.diagnosis
+                db.execute("INSERT OR IGNORE INTO told VALUES (?, ?, ?, ?, ?, ?)",
+                           (follow.receiver, follow.recipient, d.equipment_id, d.episode_id, d.fault_type, now))
+        return result
+
     # -- figures -----------------------------------------------------------------------------------
     def queue_depth(self) -> dict[str, int]:
         """Deliveries not yet finished (pending or being resent), per receiver."""
@@ -391,4 +513,6 @@ class Store:
                    AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.delivery_id = deliveries.id AND a.shipped = 0)""",
                 (DELIVERED, cutoff),
             )
+            db.execute("DELETE FROM diagnoses WHERE updated_at < ?", (cutoff,))
+            db.execute("DELETE FROM told WHERE at < ?", (cutoff,))
             return cursor.rowcount

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import email
 import email.policy
+import json
 import os
 import subprocess
 import sys
@@ -24,10 +25,12 @@ from aiosmtpd.controller import Controller
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from connectors.clickhouse import make_client
+from connectors.kafka import ensure_topics, make_producer
 from connectors.notify.messages import gsm_length
+from connectors.notify.payload import Alert
 from connectors.notify.store import DEAD, DELIVERED, PENDING, Delivery, Store
 from tests.conftest import clickhouse_server, free_port
-from vigil.settings import AlertingSettings, ClickHouseSettings, Settings
+from vigil.settings import AlertingSettings, ClickHouseSettings, KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +162,8 @@ def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSe
         yield server
 
 
-def relay_settings(folder: Path, standin: StandIn, smtp_port: int, ch: ClickHouseSettings, **alerting: Any) -> Settings:
+def relay_settings(folder: Path, standin: StandIn, smtp_port: int, ch: ClickHouseSettings,
+                   kafka: KafkaSettings | None = None, **alerting: Any) -> Settings:  # fmt: skip
     receivers = folder / "receivers.yaml"
     receivers.write_text(RECEIVERS_YAML)
     values: dict[str, Any] = {
@@ -171,9 +175,10 @@ def relay_settings(folder: Path, standin: StandIn, smtp_port: int, ch: ClickHous
         "rate_limit_per_minute": {"slack": 6000.0, "sms": 6000.0, "email": 6000.0},
         "console_url": "http://console.example:18501",
         "delivery_table": "alert_deliveries_test",  # not the default: the relay creates the table it is told to
+        "insight_followups": False,  # no broker here; test_diagnoses_reach_the_people_paged_* turns it on
         **alerting,
     }  # fmt: skip
-    return Settings(data_dir=folder, clickhouse=ch, alerting=AlertingSettings(**values))
+    return Settings(data_dir=folder, clickhouse=ch, alerting=AlertingSettings(**values), kafka=kafka or KafkaSettings())
 
 
 class RelayProcess:
@@ -593,3 +598,82 @@ def test_relay_refuses_to_start_with_a_broken_oncall_file(
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert "receivers.sms.recipients[2].phone: '555-0003' is not an E.164 phone number" in result.stderr
+
+
+def test_diagnoses_reach_the_people_paged_in_the_message_or_as_one_follow_up(
+    tmp_path: Path, standin: StandIn, smtp: tuple[Mailbox, int], ch_server: ClickHouseSettings,
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Page first, diagnosis later -> one follow-up per paged recipient; the final analysis agreeing -> nothing
+    more; an alert sent after the diagnosis is known carries it; a changed diagnosis -> one more follow-up."""
+    kafka = kafka_settings.model_copy(update={"insights_topic": f"vigil.insights.relay-{uuid.uuid4().hex[:8]}"})
+    ensure_topics(kafka, topics=[kafka.insights_topic])
+    settings = relay_settings(tmp_path, standin, smtp[1], ch_server, kafka=kafka, insight_followups=True,
+                              insights_consumer_group=f"relay-dx-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    relay = RelayProcess(settings, tmp_path / "relay.log").start()
+    producer = make_producer(kafka)
+    fp = new_fingerprint()
+    machine = f"pump-{fp[:6]}"
+    start_ms = int(STARTED.timestamp() * 1000)
+
+    def publish(agent: str, closed: bool, fault: str, title: str, **extra: Any) -> None:
+        record = {
+            "equipment_id": machine, "site": "site-1", "equipment_type": "pump", "agent": agent,
+            "kind": "diagnosis" if agent == "diagnostic" else agent, "episode_id": f"{machine}-ep",
+            "window_start_ms": start_ms, "window_end_ms": start_ms + 30_000, "closed": closed, "title": title,
+            "severity": "warning", "confidence": 0.8, "fault_type": fault, "sensors": ["bearing_temp"],
+            "details": "{}", "emitted_at_ms": start_ms + 30_000, **extra,
+        }  # fmt: skip
+        producer.produce(kafka.insights_topic, key=machine.encode(), value=json.dumps(record).encode())
+        producer.flush(10)
+
+    def slack_messages() -> list[dict[str, Any]]:
+        return [r for r in standin.requests(MAIN_SLACK, machine) if r["response"]["status"] == 200]
+
+    def sms_messages() -> list[dict[str, Any]]:
+        return standin.requests("/2010-04-01/", machine)
+
+    try:
+        for receiver in ("slack", "sms"):
+            assert relay.post(receiver, webhook(receiver, am_alert(fp))).status_code == 200
+        wait_for(lambda: len(slack_messages()) == 1 and len(sms_messages()) == 2, what="the page")
+
+        actions = json.dumps({"actions": ["Check lubrication and re-grease"]})
+        publish("diagnostic", False, "bearing_wear", "Preliminary: Bearing wear (bearing_temp), 80% sure")
+        publish("maintenance", False, "bearing_wear", "Bearing wear: act within 8 h", details=actions)
+        follow = wait_for(lambda: len(m := slack_messages()) == 2 and m[1], what="the Slack follow-up")
+        header = follow["json"]["blocks"][0]["text"]["text"]
+        assert header.endswith(f"UPDATE: VigilDiagnosis on {machine}")
+        assert "Bearing wear (bearing_temp), 80% sure" in json.dumps(follow["json"])
+        sms = wait_for(lambda: len(m := sms_messages()) == 4 and m[2:], what="the SMS follow-ups")
+        assert sorted(r["form"]["To"] for r in sms) == ["+15550000001", "+15550000002"]  # the people paged
+        assert all(r["form"]["Body"].startswith(f"UPDATE: VigilDiagnosis on {machine}") for r in sms)
+        assert all("Bearing wear" in r["form"]["Body"] for r in sms)
+
+        # The final analysis agrees: stored, but nobody reads the same thing twice.
+        publish("diagnostic", True, "bearing_wear", "Bearing wear (bearing_temp), 85% sure")
+        store = relay.store()
+        try:
+            wait_for(lambda: store.diagnoses_for([Alert.model_validate(am_alert(fp))]).get(fp, None)
+                     and store.diagnoses_for([Alert.model_validate(am_alert(fp))])[fp].closed,
+                     what="the final diagnosis in the relay")  # fmt: skip
+        finally:
+            store.close()
+        # A new alert of the same episode now carries the diagnosis itself, and prompts no follow-up.
+        fp2 = new_fingerprint()
+        second = am_alert(fp2)
+        second["labels"]["equipment_id"] = machine
+        second["labels"]["sensor"] = "vibration_rms"
+        assert relay.post("slack", webhook("slack", second)).status_code == 200
+        carried = wait_for(lambda: len(m := slack_messages()) == 3 and m[2], what="the second alert")
+        assert "*Diagnosis:* Bearing wear (bearing_temp), 85% sure" in json.dumps(carried["json"])
+        time.sleep(2.5)  # two follow-up sweeps: nothing new may arrive
+        assert len(slack_messages()) == 3 and len(sms_messages()) == 4
+
+        # A final analysis that changes the diagnosis is news: one more follow-up to each person paged.
+        publish("diagnostic", True, "overheating", "Overheating (bearing_temp), 70% sure")
+        changed = wait_for(lambda: len(m := slack_messages()) == 4 and m[3], what="the changed diagnosis")
+        assert "Overheating (bearing_temp), 70% sure" in json.dumps(changed["json"])
+        wait_for(lambda: len(sms_messages()) == 6, what="the changed diagnosis by SMS")
+    finally:
+        relay.stop()
