@@ -177,7 +177,7 @@ def schema_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
 
 def render_schema(settings: ClickHouseSettings, schema_dir: Path = SCHEMA_DIR) -> list[str]:
     """Every schema statement with names and TTLs filled in from settings."""
-    for field in ("database", "anomalies_table", "anomalies_view", "insights_table"):
+    for field in ("database", "anomalies_table", "anomalies_view", "insights_table", "fault_labels_table"):
         value = getattr(settings, field)
         if not _IDENTIFIER_RE.match(value):
             raise ValueError(
@@ -190,6 +190,7 @@ def render_schema(settings: ClickHouseSettings, schema_dir: Path = SCHEMA_DIR) -
         "anomalies_table": settings.anomalies_table,
         "anomalies_view": settings.anomalies_view,
         "insights_table": settings.insights_table,
+        "fault_labels_table": settings.fault_labels_table,
         "window_ttl_days": settings.window_ttl_days,
         "raw_ttl_days": settings.raw_ttl_days,
     }

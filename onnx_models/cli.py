@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,11 +14,16 @@ from onnx_models.registry import ModelRegistry, RegistryError, default_root
 from vigil.settings import get_settings
 
 models_app = typer.Typer(no_args_is_help=True, help="Trained models: list versions, promote, roll back.")
+labels_app = typer.Typer(no_args_is_help=True, help="Known faults in ClickHouse, for training the diagnostic agent.")
 console = Console()
 
 
 def _registry() -> ModelRegistry:
     return ModelRegistry(default_root(get_settings()))
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def _fail(message: str) -> None:
@@ -113,16 +119,39 @@ def train_command(
         float, typer.Option(help="threshold = this quantile of scores on held-out normal data")
     ] = 0.995,
     agents: Annotated[
-        bool, typer.Option("--agents", help="train the diagnostic agent's classifier instead (on a simulated fleet "
-                                            "with labelled plant faults), registered as agents/diagnostic")
+        bool, typer.Option("--agents", help="train the diagnostic agent's classifier instead, registered as "
+                                            "agents/diagnostic (see --source)")
     ] = False,
+    source: Annotated[
+        str, typer.Option(help="--agents: 'simulator' (a labelled simulated fleet) or 'clickhouse' (the episodes "
+                               "of --since/--until/--hours, labelled with `vigil labels import`ed faults)")
+    ] = "simulator",
+    unlabelled: Annotated[
+        str, typer.Option(help="--agents --source clickhouse: an episode without a label is 'no_fault' (labels "
+                               "complete, e.g. the simulator's) or 'skip' (only some faults are known)")
+    ] = "no_fault",
 ) -> None:
     """Train a model per equipment type and detector on ClickHouse history; register it as a new version."""
     if agents:
-        from onnx_models.train_agents import train_diagnostic
+        from connectors.clickhouse import ClickHouseUnavailable
+        from onnx_models.train_agents import train_diagnostic, train_diagnostic_from_clickhouse
 
         settings = get_settings()
-        version = train_diagnostic(settings, ModelRegistry.from_settings(settings), promote=promote, console=console)
+        registry = ModelRegistry.from_settings(settings)
+        if source not in ("simulator", "clickhouse"):
+            _fail(f"--source must be simulator or clickhouse, not {source!r}")
+        if source == "clickhouse":
+            end = datetime.fromisoformat(until) if until else datetime.now(UTC)
+            start = datetime.fromisoformat(since) if since else end - timedelta(hours=hours)
+            try:
+                version = train_diagnostic_from_clickhouse(
+                    settings, registry, int(_utc(start).timestamp() * 1000), int(_utc(end).timestamp() * 1000),
+                    promote=promote, unlabelled=unlabelled, console=console,
+                )  # fmt: skip
+            except (ValueError, ClickHouseUnavailable, RegistryError) as exc:
+                _fail(str(exc))
+        else:
+            version = train_diagnostic(settings, registry, promote=promote, console=console)
         metrics = version.metadata["metrics"]
         console.print(f"agents/diagnostic {version.version}{' (live)' if version.live else ''}: "
                       f"{metrics['episodes']} episodes, out-of-bag accuracy {metrics['oob_accuracy']:.3f}")
@@ -147,3 +176,25 @@ def train_command(
             f"{m['rows']['fit']} fit rows, threshold {v.threshold:.4g}, "
             f"test alarm rate {m['metrics']['alarm_rate_test']:.2%}"
         )
+
+
+@labels_app.command("import")
+def import_labels(
+    path: Annotated[Path, typer.Argument(help="simulator ground truth (.jsonl) or a work-order CSV (equipment_id, "
+                                              "fault_type, start, end[, site, equipment_type, sensors])")],
+) -> None:
+    """Load known faults into ClickHouse (importing a file again replaces, never doubles)."""
+    from connectors.clickhouse import ClickHouseUnavailable, apply_schema, make_client
+    from onnx_models.fault_labels import LabelFileError, insert_labels, read_label_file
+
+    settings = get_settings()
+    try:
+        labels = read_label_file(path)
+        client = make_client(settings.clickhouse)
+        apply_schema(client, settings.clickhouse)
+        written = insert_labels(client, settings, labels)
+    except (LabelFileError, ClickHouseUnavailable) as exc:
+        _fail(str(exc))
+    counts = labels["diagnosis"].value_counts().to_dict() if written else {}
+    console.print(f"{written} fault labels from {path} into {settings.clickhouse.database}."
+                  f"{settings.clickhouse.fault_labels_table}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

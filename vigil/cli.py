@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from onnx_models.cli import models_app, train_command
+from onnx_models.cli import labels_app, models_app, train_command
 from vigil.alerts_cli import alerts_app
 from vigil.console_cli import console_app
 from vigil.settings import get_settings
@@ -27,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(console_app, name="console")
 app.add_typer(models_app, name="models", help="The model registry: list, promote, roll back.")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(labels_app, name="labels")
 app.command("train")(train_command)
 console = Console()
 
@@ -291,6 +292,37 @@ def evaluate(
     """
     from vigil.settings import PROJECT_ROOT
 
+    if agents and dataset == "skab":
+        import json
+        import tempfile
+
+        from agents.diagnostic import DiagnosticAgent
+        from agents.maintenance import MaintenanceAgent
+        from agents.root_cause import RootCauseAgent
+        from onnx_models.registry import ModelRegistry
+        from onnx_models.train_agents import train_diagnostic
+        from vigil.evaluate.agents_skab import diagnose_skab, print_skab_report, report_dict
+        from vigil.settings import PROJECT_ROOT
+
+        folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / "skab"
+        if not folder.is_dir():
+            _fail(f"no data folder {folder}: pass --data-dir with a folder in SKAB's format")
+        settings = get_settings()
+        with tempfile.TemporaryDirectory(prefix="vigil-agent-models-") as models_dir:
+            registry = ModelRegistry(Path(models_dir))
+            console.print("[bold]agents[/] training the diagnostic model on the simulator (never on SKAB)")
+            train_diagnostic(settings, registry, console=console)
+            chosen = [DiagnosticAgent(registry), RootCauseAgent(), MaintenanceAgent(settings.scoring.rules_path)]
+            try:
+                report = diagnose_skab(folder, chosen)
+            except (ValueError, FileNotFoundError) as exc:
+                _fail(str(exc))
+        print_skab_report(report, console)
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(report_dict(report), indent=2, default=str))
+            console.print(f"SKAB agent report written to {output}")
+        return
     if agents:
         import json
 

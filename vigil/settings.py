@@ -228,6 +228,9 @@ class ClickHouseSettings(BaseModel):
     anomalies_view: str = "anomalies_latest"
     # The agents' insights (sql/clickhouse/005_insights.sql), one row per (episode, agent, kind).
     insights_table: str = "insights"
+    # Known faults (simulator ground truth, maintenance work orders): what `vigil train --agents --source
+    # clickhouse` labels episodes with (sql/clickhouse/006_fault_labels.sql, `vigil labels import`).
+    fault_labels_table: str = "fault_labels"
 
 
 class PrometheusSettings(BaseModel):

@@ -163,7 +163,7 @@ def test_malformed_verdicts_are_separated_with_their_position_and_reason() -> No
 
 def test_schema_renders_the_anomalies_table_and_view_under_their_configured_names() -> None:
     ddl = render_schema(ClickHouseSettings(database="db1", anomalies_table="verdicts", anomalies_view="verdicts_now",
-                                           insights_table="findings"))  # fmt: skip
+                                           insights_table="findings", fault_labels_table="known_faults"))  # fmt: skip
     creates = [re.search(r"^CREATE [^\n(]*", s, re.MULTILINE).group(0).strip() for s in ddl]  # type: ignore[union-attr]
     assert creates == [
         "CREATE DATABASE IF NOT EXISTS db1",
@@ -177,6 +177,7 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
         "CREATE MATERIALIZED VIEW IF NOT EXISTS db1.machine_state_mv TO db1.machine_state AS",
         "CREATE TABLE IF NOT EXISTS db1.findings",
         "CREATE OR REPLACE VIEW db1.findings_latest AS",
+        "CREATE TABLE IF NOT EXISTS db1.known_faults",
     ]  # 001 before 002: the database exists before the anomalies table is created in it; 003: the relay's log
     table, view = ddl[3], ddl[4]
     assert "ENGINE = ReplacingMergeTree(emitted_at)" in table
@@ -186,9 +187,10 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
     assert "is_anomaly       UInt8," in table
     assert "pca_t2q          Nullable(Float64)," in table
     assert view.endswith("FROM db1.verdicts FINAL")
-    assert ddl[-3].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
-    assert "ORDER BY (equipment_id, episode_id, agent, kind, closed)" in ddl[-2]
-    assert "FROM db1.findings FINAL" in ddl[-1] and ddl[-1].endswith("LIMIT 1 BY equipment_id, episode_id, agent, kind")
+    assert ddl[-4].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
+    assert "ORDER BY (equipment_id, episode_id, agent, kind, closed)" in ddl[-3]
+    assert "FROM db1.findings FINAL" in ddl[-2] and ddl[-2].endswith("LIMIT 1 BY equipment_id, episode_id, agent, kind")
+    assert "ORDER BY (equipment_id, start, label_id)" in ddl[-1]
     with pytest.raises(ValueError, match="VIGIL_CLICKHOUSE__ANOMALIES_TABLE='bad-name'"):
         render_schema(ClickHouseSettings(anomalies_table="bad-name"))
 

@@ -108,28 +108,41 @@ class SkabResult:
         self.pooled_all_rows = sum((f.all_rows for f in self.files), Confusion())
 
 
-def load_skab_csv(path: Path) -> pd.DataFrame:
-    """One SKAB file (``;``-separated, ``datetime`` column) in time order.
+@dataclass(frozen=True)
+class SkabFile:
+    """One SKAB file in time order, with what is needed to write results back in the file's own order."""
 
-    ``frame.attrs["source_row"]`` holds each row's position in the file and ``frame.attrs["raw_datetime"]``
-    the datetime texts as written there, in the file's order, so results can be written back verbatim.
-    """
+    frame: pd.DataFrame  # rows in time order
+    source_row: np.ndarray  # each row's position in the file
+    raw_datetime: list[str]  # the datetime texts as written in the file, in the file's order
+
+    def in_file_order(self, values: np.ndarray) -> np.ndarray:
+        """Values of the time-ordered rows put back in the file's row order."""
+        out = np.empty_like(values)
+        out[self.source_row] = values
+        return out
+
+
+def read_skab_file(path: Path) -> SkabFile:
+    """One SKAB file (``;``-separated, ``datetime`` column), sorted by time (stable)."""
     try:
         frame = pd.read_csv(path, sep=";", dtype={TIME_COLUMN: str})
     except (OSError, pd.errors.ParserError) as exc:
         raise ValueError(f"{path}: not a readable SKAB CSV ({exc})") from exc
     if TIME_COLUMN not in frame.columns:
         raise ValueError(f"{path}: no '{TIME_COLUMN}' column (columns: {list(frame.columns)}); is it ';'-separated?")
-    raw = frame[TIME_COLUMN].to_numpy(dtype=object)
+    raw = frame[TIME_COLUMN].tolist()
     try:
         frame[TIME_COLUMN] = pd.to_datetime(frame[TIME_COLUMN])
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable '{TIME_COLUMN}' values ({exc})") from exc
     order = np.argsort(frame[TIME_COLUMN].to_numpy(), kind="stable")
-    frame = frame.iloc[order].reset_index(drop=True)
-    frame.attrs["source_row"] = order
-    frame.attrs["raw_datetime"] = raw.tolist()
-    return frame
+    return SkabFile(frame.iloc[order].reset_index(drop=True), order, raw)
+
+
+def load_skab_csv(path: Path) -> pd.DataFrame:
+    """One SKAB file (``;``-separated, ``datetime`` column) in time order."""
+    return read_skab_file(path).frame
 
 
 def sensor_columns(frame: pd.DataFrame) -> list[str]:
@@ -322,13 +335,6 @@ def tune_alarm_level(
     return float(np.quantile(np.concatenate(held_out), 1.0 - target_far))
 
 
-def _in_file_order(frame: pd.DataFrame, values: np.ndarray) -> np.ndarray:
-    """Values of time-ordered rows put back in the data file's own row order."""
-    out = np.empty_like(values)
-    out[frame.attrs["source_row"]] = values
-    return out
-
-
 def evaluate_skab(
     data_dir: Path,
     detector: str,
@@ -366,7 +372,8 @@ def evaluate_skab(
             raise ValueError(f"pca_variance applies to pca_t2q only, not {detector!r}")
         make = partial(PcaT2Q, variance=pca_variance)
     free_path, experiments = discover(Path(data_dir))
-    frames = [(path, load_skab_csv(path)) for path in experiments]
+    files = {path: read_skab_file(path) for path in experiments}
+    frames = [(path, f.frame) for path, f in files.items()]
     columns = sensor_columns(frames[0][1])
     for path, frame in frames:
         if sensor_columns(frame) != columns:
@@ -401,12 +408,13 @@ def evaluate_skab(
         train = np.arange(len(frame)) < n_train
         name = str(path.relative_to(data_dir))
         counts = Confusion.from_labels(truth[n_train:], alarms[n_train:])
+        source = files[path]
         per_row = FileRows(
-            datetime=frame.attrs["raw_datetime"],
-            score=_in_file_order(frame, scores),
-            pred=_in_file_order(frame, alarms),
-            truth=_in_file_order(frame, truth),
-            train=_in_file_order(frame, train),
+            datetime=source.raw_datetime,
+            score=source.in_file_order(scores),
+            pred=source.in_file_order(alarms),
+            truth=source.in_file_order(truth),
+            train=source.in_file_order(train),
         )
         results.append(
             FileResult(name, len(frame), n_train, counts, Confusion.from_labels(truth, alarms), per_row)
