@@ -60,6 +60,36 @@ class EpisodeStore:
                        stats[list(STAT_COLUMNS)], verdicts, self._lines.get(equipment_id, ""), closed)  # fmt: skip
 
 
+    def line_of(self, equipment_id: str) -> str:
+        return self._lines.get(equipment_id, "")
+
+    def neighbours(self, equipment_id: str, site: str, start_ms: int, window_ms: int, gap_windows: int
+                   ) -> pd.DataFrame:  # fmt: skip
+        """Other machines of ``site`` whose anomalous episode began within ``window_ms`` of ``start_ms``:
+        ``equipment_id, first_ms, top_sensor`` (the first anomalous window's top sensor).
+
+        An episode begins at an anomalous window with none in the ``gap_windows`` windows before it; a
+        machine anomalous since before the range is left out (its episode began earlier). Read from the
+        verdicts, which the sink writes seconds after each window, long before the episodes close."""
+        lead = (gap_windows + 1) * self.window_ms
+        frame = self.client.query_df(
+            "SELECT equipment_id, toUnixTimestamp64Milli(min(window_start)) AS first_ms, "
+            "argMin(top_sensors, window_start) AS top "
+            f"FROM {self.settings.clickhouse.anomalies_table} "
+            "WHERE site = {site:String} AND equipment_id != {e:String} AND is_anomaly = 1 "
+            "AND window_start >= fromUnixTimestamp64Milli({lo:Int64}) "
+            "AND window_start <= fromUnixTimestamp64Milli({hi:Int64}) GROUP BY equipment_id",
+            parameters={"site": site, "e": equipment_id, "lo": start_ms - window_ms - lead,
+                        "hi": start_ms + window_ms},
+        )  # fmt: skip
+        if frame.empty:
+            return pd.DataFrame({"equipment_id": [], "first_ms": [], "top_sensor": []})
+        frame = frame[frame["first_ms"] >= start_ms - window_ms]
+        top = frame["top"].map(lambda sensors: str(sensors[0]) if len(sensors) else "")
+        return pd.DataFrame({"equipment_id": frame["equipment_id"].to_numpy(), "first_ms": frame["first_ms"].to_numpy(),
+                             "top_sensor": top.to_numpy()})  # fmt: skip
+
+
 def _lines(registry: Path | None) -> dict[str, str]:
     """equipment_id -> line from the edge's equipment registry CSV, when one is configured."""
     if registry is None or not Path(registry).exists():

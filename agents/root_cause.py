@@ -10,13 +10,13 @@ shared-cause insight for the group (one cause, one insight, not fifty).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from agents.base import Agent, AgentContext, Episode, Insight
-from agents.features import DEVIATING_Z
+from agents.features import DEVIATING_Z, role_of
 
 DECISIVE = 1e3  # a frozen or silent sensor outranks any shift
 
@@ -66,6 +66,37 @@ class RootCauseAgent(Agent):
             ))  # fmt: skip
         insights += self.shared_causes(episodes, leading_role)
         return insights
+
+    def shared_cause_with(self, episode: Episode, lead_sensor: str, neighbours: pd.DataFrame,
+                          lines: Mapping[str, str] | None = None) -> Insight | None:  # fmt: skip
+        """The streaming job's shared cause: ``episode`` (led by ``lead_sensor``) and the other machines of its
+        site (``neighbours``: equipment_id, first_ms, top_sensor; agents.episode_store) whose episodes began
+        within ``shared_window_ms`` of it, on the same line when lines are known, led by the same sensor role.
+
+        Every machine of the group computes the same identity (site, line, role and the group's first
+        start), so the insights table keeps ONE row for the event whichever machine's episode closed last."""
+        role = role_of(lead_sensor) if lead_sensor else ""
+        if not role or neighbours.empty:
+            return None
+        lines = lines or {}
+        near = neighbours[(neighbours["first_ms"] - episode.start_ms).abs() <= self.shared_window_ms]
+        near = near[near["top_sensor"].map(role_of) == role]
+        if episode.line:
+            near = near[near["equipment_id"].map(lambda m: lines.get(m, "")) == episode.line]
+        machines = sorted({episode.equipment_id, *near["equipment_id"]})
+        if len(machines) < self.min_machines:
+            return None
+        first = int(min(episode.start_ms, near["first_ms"].min()))
+        last = int(max(episode.start_ms, near["first_ms"].max()))
+        where = f"{episode.site}{' / ' + episode.line if episode.line else ''}"
+        return Insight(
+            agent=self.name, kind="shared_cause", equipment_id="", site=episode.site,
+            episode_id=f"shared:{episode.site}:{episode.line}:{role}:{first}",
+            title=f"{len(machines)} machines on {where} deviated together ({role}): look for one upstream cause",
+            severity="warning", confidence=float(min(1.0, len(machines) / (2 * self.min_machines))),
+            details={"machines": machines, "role": role, "first_ms": first, "last_ms": last,
+                     "reported_by": episode.episode_id},
+        )  # fmt: skip
 
     def shared_causes(self, episodes: Sequence[Episode], leading_role: dict[int, str]) -> list[Insight]:
         """Groups of episodes on one site and line, starting within ``shared_window_ms``, led by the same

@@ -74,11 +74,34 @@ class RunAgents(TableFunction):
         from agents.registry import run_agents
 
         episode = self._read(equipment_id, site, equipment_type, int(start_ms), int(end_ms), bool(closed))
-        for insight in run_agents(self.agents, [episode]):
+        insights = run_agents(self.agents, [episode])
+        if episode.closed:
+            insights += self._shared_cause(episode, insights)
+        for insight in insights:
             yield Row(insight.equipment_id, insight.agent, insight.kind, insight.episode_id, insight.title,
                       insight.severity, float(insight.confidence), insight.fault_type, list(insight.sensors),
                       orjson.dumps(insight.details, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
                                    ).decode())  # fmt: skip
+
+    def _shared_cause(self, episode: Episode, insights: list) -> list:
+        """One shared-cause insight when machines of the episode's site (and line) went wrong with it, led by
+        the same kind of sensor (agents.root_cause.RootCauseAgent.shared_cause_with); a failed read only
+        costs this insight, never the episode's own ones."""
+        from agents.root_cause import RootCauseAgent
+
+        agent = next((a for a in self.agents if isinstance(a, RootCauseAgent)), None)
+        ranked = next((i for i in insights if i.kind == "root_cause" and i.episode_id == episode.episode_id), None)
+        if agent is None or ranked is None or not ranked.sensors or self.store is None:
+            return []
+        try:
+            neighbours = self.store.neighbours(episode.equipment_id, episode.site, episode.start_ms,
+                                               agent.shared_window_ms, self.settings.agents.gap_windows)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 -- ClickHouse trouble: the episode's insights still go out
+            log.warning("agents: shared-cause lookup for %s failed: %s", episode.episode_id, exc)
+            return []
+        lines = {m: self.store.line_of(m) for m in neighbours["equipment_id"]}
+        found = agent.shared_cause_with(episode, ranked.sensors[0], neighbours, lines)
+        return [found] if found is not None else []
 
     def _read(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,
               closed: bool) -> Episode:  # fmt: skip

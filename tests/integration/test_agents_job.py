@@ -37,27 +37,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.down()
 
 
-def window_stats(settings: Settings, t0: int) -> list[dict]:
-    """A healthy pump whose speed reading freezes for the episode's windows."""
+def window_stats(settings: Settings, t0: int, machine: str = MACHINE, site: str = "site-1", shift: int = 0
+                 ) -> list[dict]:  # fmt: skip
+    """A healthy pump whose speed reading freezes for the episode's windows (``shift`` windows later)."""
     pump = EQUIPMENT_TYPES["pump"]
     rows = []
     for k in range(BASELINE + EPISODE + AFTER):
-        frozen = BASELINE <= k < BASELINE + EPISODE
+        frozen = BASELINE + shift <= k < BASELINE + shift + EPISODE
         for i, spec in enumerate(pump.sensors):
             avg = spec.base + spec.load_gain * 0.5 + 0.01 * spec.span * ((k * 7 + i) % 5 - 2)
             sd = 0.0 if frozen and spec.name == "speed" else max(spec.noise, 1e-3)
-            rows.append({"equipment_id": MACHINE, "site": "site-1", "equipment_type": "pump", "sensor": spec.name,
+            rows.append({"equipment_id": machine, "site": site, "equipment_type": "pump", "sensor": spec.name,
                          "unit": spec.unit, "window_start_ms": t0 + k * W, "window_end_ms": t0 + (k + 1) * W,
                          "count": 10, "avg": avg, "stddev": sd, "min": avg - 2 * sd, "max": avg + 2 * sd,
                          "emitted_at_ms": t0 + (k + 1) * W})  # fmt: skip
     return rows
 
 
-def verdicts(t0: int) -> list[dict]:
+def verdicts(t0: int, machine: str = MACHINE, site: str = "site-1", shift: int = 0) -> list[dict]:
     out = []
     for k in range(BASELINE + EPISODE + AFTER):
-        anomalous = BASELINE <= k < BASELINE + EPISODE
-        out.append({"equipment_id": MACHINE, "site": "site-1", "equipment_type": "pump",
+        anomalous = BASELINE + shift <= k < BASELINE + shift + EPISODE
+        out.append({"equipment_id": machine, "site": site, "equipment_type": "pump",
                     "window_start_ms": t0 + k * W, "window_end_ms": t0 + (k + 1) * W, "kind": "window",
                     "is_anomaly": anomalous, "severity": "warning" if anomalous else "normal",
                     "score": 1.5 if anomalous else 0.2, "pca_t2q": None, "isolation_forest": None,
@@ -148,3 +149,47 @@ def test_a_closed_episode_becomes_insights_in_kafka_and_clickhouse(stack: Stack)
     kept = client.query("SELECT title, closed FROM insights_latest WHERE episode_id = {e:String} "
                         "AND agent = 'diagnostic'", parameters={"e": final["episode_id"]}).result_rows  # fmt: skip
     assert kept == [(final["title"], 1)]
+
+
+def test_machines_of_a_site_going_wrong_together_are_one_shared_cause(stack: Stack) -> None:
+    """Three pumps of site-2 whose speed readings freeze within 15 s of each other: each closed episode looks up
+    its site's neighbours; all three name the event the same, so ClickHouse holds ONE shared-cause row."""
+    settings = stack.settings
+    client = make_client(settings.clickhouse)
+    # From now on: the other test's replay already moved the job's watermark to about now, and windows
+    # behind a watermark are late (dropped by the session windows), as they would be in production.
+    t0 = (int(time.time() * 1000) // W + 1) * W
+    pumps = {f"agents-line-000{i}": shift for i, shift in ((1, 0), (2, 1), (3, 3))}
+    for machine, shift in pumps.items():
+        produce(settings, settings.kafka.window_stats_topic, window_stats(settings, t0, machine, "site-2", shift))
+    produce(settings, settings.kafka.anomalies_topic,
+            [v for machine, shift in pumps.items() for v in verdicts(t0, machine, "site-2", shift)])
+    # The verdicts reach ClickHouse seconds after their windows, long before an episode closes; here the
+    # closing watermark (below) is held back until they are there.
+    ready = ("SELECT (SELECT uniqExact(equipment_id) FROM anomalies WHERE site = 'site-2' AND is_anomaly = 1), "
+             "(SELECT count() FROM window_stats_latest WHERE site = 'site-2')")
+    total = 3 * (BASELINE + EPISODE + AFTER) * len(EQUIPMENT_TYPES["pump"].sensors)
+    poll(lambda: client.query(ready).result_rows[0] == (3, total), 60, "the three pumps' statistics and verdicts")
+    healthy = [dict(v, equipment_id="agents-pump-0002", is_anomaly=False, severity="normal", detectors=[],
+                    rule_hits=[], top_sensors=[], summary="") for v in verdicts(t0)]  # fmt: skip
+    produce(settings, settings.kafka.anomalies_topic, healthy, every_partition=True)
+
+    def shared() -> list[dict] | None:
+        rows = client.query(
+            "SELECT episode_id, title, details FROM insights_latest WHERE kind = 'shared_cause' AND site = 'site-2'"
+        ).named_results()  # fmt: skip
+        rows = list(rows)
+        stated = [orjson.loads(r["details"]) for r in rows]
+        return rows if stated and all(len(d["machines"]) == 3 for d in stated) else None
+
+    rows = poll(shared, 180, "the shared cause in ClickHouse", interval=1.0)
+    reporters = client.query("SELECT uniqExact(equipment_id) FROM insights_latest WHERE site = 'site-2' "
+                             "AND kind = 'root_cause'").result_rows[0][0]  # fmt: skip
+    assert reporters == 3  # every pump's episode was analysed
+    client.command(f"OPTIMIZE TABLE {settings.clickhouse.insights_table} FINAL")
+    rows = shared()
+    assert rows is not None and len(rows) == 1, rows  # one cause, one insight
+    details = orjson.loads(rows[0]["details"])
+    assert details["machines"] == sorted(pumps) and details["role"] == "speed"
+    assert rows[0]["episode_id"] == f"shared:site-2::speed:{t0 + BASELINE * W}"
+    assert rows[0]["title"].startswith("3 machines on site-2 deviated together (speed)")

@@ -155,6 +155,34 @@ def test_episodes_of_one_line_starting_together_are_one_shared_cause() -> None:
     assert not [i for i in RootCauseAgent().analyse(together[:2], AgentContext()) if i.kind == "shared_cause"]
 
 
+def test_the_streaming_shared_cause_is_one_identity_whichever_machine_reports_it() -> None:
+    n, start = 30, 20
+    frame = stats({"motor_current": noisy(n, 30, 1), "flow": noisy(n, 100, 2)})
+    mine = episode(frame, start, n, machine="pump-0001")  # line-1, starts at window 20
+    t = mine.start_ms
+    neighbours = pd.DataFrame({
+        "equipment_id": ["pump-0002", "pump-0003", "pump-0004", "pump-0005", "pump-0006"],
+        "first_ms": [t + 5_000, t - 20_000, t + 4_000, t + 90_000, t + 1_000],
+        "top_sensor": ["current", "motor_current", "flow", "motor_current", "motor_current"],
+    })  # pump-0004: another role; pump-0005: too late; pump-0006: another line
+    lines = {"pump-0001": "line-1", "pump-0002": "line-1", "pump-0003": "line-1", "pump-0004": "line-1",
+             "pump-0005": "line-1",
+             "pump-0006": "line-2"}  # fmt: skip
+    agent = RootCauseAgent(min_machines=3)
+    found = agent.shared_cause_with(mine, "motor_current", neighbours, lines)
+    assert found is not None and found.kind == "shared_cause" and found.equipment_id == ""
+    assert found.details["machines"] == ["pump-0001", "pump-0002", "pump-0003"]
+    assert found.episode_id == f"shared:site-1:line-1:current:{t - 20_000}" and found.details["role"] == "current"
+    # pump-0003 (the first to go) reporting the same event names it the same: one row in the insights table.
+    theirs = Episode("pump-0003", "site-1", "pump", t - 20_000, mine.end_ms, W, frame, mine.verdicts, "line-1")
+    others = pd.DataFrame({"equipment_id": ["pump-0001", "pump-0002"], "first_ms": [t, t + 5_000],
+                           "top_sensor": ["motor_current", "motor_current"]})  # fmt: skip
+    assert agent.shared_cause_with(theirs, "motor_current", others, lines).episode_id == found.episode_id
+    # Two machines are not a shared cause; an unknown lead sensor role is none either.
+    assert agent.shared_cause_with(mine, "motor_current", neighbours.iloc[:1], lines) is None
+    assert agent.shared_cause_with(mine, "", neighbours, lines) is None
+
+
 # -- maintenance -----------------------------------------------------------------------------------------
 def test_time_to_limit_extrapolates_quadratic_and_linear_trends() -> None:
     hours = np.arange(0, 5, 0.25)
