@@ -28,13 +28,18 @@ def alert_rows(alerts: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ALERTS_KEY = "alerts_page_alerts"  # the fragment's newest read, which the acknowledge form lists (one read per run)
+
+
 @st.fragment(run_every=session.settings().console.refresh_s)
 def active_view() -> None:
     try:
         alerts = data.active_alerts()
     except AlertmanagerError as exc:
+        st.session_state.pop(ALERTS_KEY, None)
         st.error(f"Alertmanager is not answering: {exc}")
         return
+    st.session_state[ALERTS_KEY] = alerts
     frame = alert_rows(alerts)
     active = frame[frame["state"] == "active"] if not frame.empty else frame
     cols = st.columns(3)
@@ -57,13 +62,10 @@ st.subheader("Acknowledge")
 if not who.can("engineer"):
     st.caption("Acknowledging needs the engineer or admin role.")
 else:
-    try:
-        # Only what this user may acknowledge: alerts of their sites (admins: every alert, site-less ones too).
-        firing = [a for a in data.active_alerts() if a.get("status", {}).get("state") == "active"
-                  and (who.can("admin") or who.sees_site(a["labels"].get("site")))]  # fmt: skip
-    except AlertmanagerError as exc:
-        firing = []
-        st.error(f"Alertmanager is not answering: {exc}")
+    # Only what this user may acknowledge: alerts of their sites (admins: every alert, site-less ones too). The
+    # list is the one "Firing now" just read in this run (its error, if any, is shown there).
+    firing = [a for a in st.session_state.get(ALERTS_KEY, []) if a.get("status", {}).get("state") == "active"
+              and (who.can("admin") or who.sees_site(a["labels"].get("site")))]  # fmt: skip
     if not firing:
         st.caption("No firing alert to acknowledge.")
     else:

@@ -58,22 +58,28 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
 
         machine = f"cluster-{tag}"
         size = settings.window.size_ms
-        start = (int(time.time() * 1000) // size) * size - 4 * size
-        ts = start + np.arange(0, 4 * size, 250, dtype=np.int64)  # 3 full windows and a flush one
+        start = (int(time.time() * 1000) // size) * size - 7 * size
+
+        def send(first: int, windows: int, sequence: int) -> np.ndarray:
+            """``windows`` windows of 4-Hz samples from ``first`` for eight machines (so that every Kafka
+            partition moves its watermark: the tests run without idleness)."""
+            ts = first + np.arange(0, windows * size, 250, dtype=np.int64)
+            batches = [
+                telemetry_pb2.ReadingBatch(
+                    equipment_id=f"{machine}-{k}" if k else machine, site="site-1", equipment_type="pump",
+                    gateway_id="cluster-test", sequence=sequence,
+                    sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts.tolist(),
+                                                        values=(np.sin(ts / 1000.0) * 10 + 20).tolist())],
+                )
+                for k in range(8)
+            ]
+            with GatewayClient(settings, gateway_id=f"cluster-{tag}") as client:
+                ack = client.send(batches)
+            assert ack is not None and ack.accepted_batches == len(batches)
+            return ts
+
+        ts = send(start, 4, 1)  # 3 full windows and a flush one
         values = np.sin(ts / 1000.0) * 10 + 20
-        # Eight machines so that every Kafka partition moves its watermark (the tests run without idleness).
-        batches = [
-            telemetry_pb2.ReadingBatch(
-                equipment_id=f"{machine}-{k}" if k else machine, site="site-1", equipment_type="pump",
-                gateway_id="cluster-test", sequence=1,
-                sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts.tolist(),
-                                                    values=values.tolist())],
-            )
-            for k in range(8)
-        ]
-        with GatewayClient(settings, gateway_id=f"cluster-{tag}") as client:
-            ack = client.send(batches)
-        assert ack is not None and ack.accepted_batches == len(batches)
 
         windows = read_records(settings.kafka, settings.kafka.window_stats_topic, f"reader-{tag}",
                                lambda r: r["window_start_ms"], lambda r: r["equipment_id"] == machine, want=3)
@@ -84,7 +90,9 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
             assert record["avg"] == pytest.approx(inside.mean(), rel=1e-12)
             assert record["stddev"] == pytest.approx(inside.std(), rel=1e-9)
 
-        # The scoring job judges a window once the next one reached every partition: the first two here.
+        # The scoring job judges a window once the next one reached every partition: two more windows of data
+        # move every watermark on whatever the timing of the first batch was (the first two verdicts are due).
+        send(start + 4 * size, 2, 2)
         verdicts = read_records(settings.kafka, settings.kafka.anomalies_topic, f"verdicts-{tag}",
                                 lambda r: r["window_start_ms"],
                                 lambda r: r["equipment_id"] == machine and r["kind"] == "window", want=2)
