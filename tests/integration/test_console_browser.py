@@ -7,19 +7,24 @@ in docs/screenshots/ that the README shows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from connectors.alertmanager import AlertmanagerClient, rfc3339
+from connectors.clickhouse import make_client
 from streamlit_app.access import set_user
-from tests.conftest import LiveFleet
+from tests.conftest import LiveFleet, free_port, wait_for_port
 from vigil.settings import PROJECT_ROOT
 from vigil.stack.services import Stack
 
@@ -128,3 +133,75 @@ def test_sign_in_browse_live_data_and_acknowledge_an_alert(live_fleet: LiveFleet
         am.expire_silence(silence["id"])
     for name in ("console-fleet", "console-equipment", "console-alerts"):
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000, f"{name}.png looks empty"
+
+
+@pytest.fixture(scope="module")
+def oidc_console_url(live_fleet: LiveFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second console signing people in through an OpenID Connect provider (oidc-provider-mock, a real OIDC
+    server on a free port: discovery, authorization form, code exchange, signed ID tokens). Its users file
+    maps one e-mail address to an engineer of site 1."""
+    folder = tmp_path_factory.mktemp("oidc-console")
+    port = free_port()
+    provider = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--port", str(port)],
+                                stdout=(folder / "provider.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    base = live_fleet.settings
+    console = base.console.model_copy(update={
+        "port": free_port(), "oidc_client_id": "vigil-console", "oidc_client_secret": SecretStr("console-secret"),
+        "oidc_server_metadata_url": f"http://127.0.0.1:{port}/.well-known/openid-configuration",
+    })  # fmt: skip
+    settings = base.model_copy(update={"data_dir": folder / "data", "console": console})
+    set_user(settings.console_users_path, "ana", "engineer", ["site-1"], email="ana@plant.example")
+    stack = Stack(settings)
+    try:
+        wait_for_port(port)
+        stack.up(("console",))
+        yield f"http://{settings.console.host}:{settings.console.port}"
+    finally:
+        stack.down(("console",))
+        provider.terminate()
+        provider.wait(10)
+
+
+def test_sign_in_through_an_openid_connect_provider(live_fleet: LiveFleet, oidc_console_url: str, browser,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    """The provider's e-mail claim picks the Vigil user: role and sites come from the users file; an address
+    the file does not know is signed in by the provider but gets no access."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(oidc_console_url)
+    page.get_by_role("button", name="Sign in with your identity provider").click()
+    page.locator("input[name=sub]").fill("ana@plant.example")  # the provider's authorization form
+    page.get_by_role("button", name="Authorize").click()
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    sidebar = page.locator("[data-testid='stSidebar']")
+    expect(sidebar.get_by_text("engineer")).to_be_visible()
+    expect(sidebar.get_by_text("site-1")).to_be_visible()
+    # The shared stack also holds other test modules' machines: count what ClickHouse has per site.
+    with contextlib.closing(make_client(live_fleet.settings.clickhouse)) as client:
+        site_1, everyone = client.query("SELECT countIf(site = 'site-1'), count() FROM machine_state FINAL"
+                                        ).result_rows[0]  # fmt: skip
+    assert 0 < site_1 < everyone
+    machines = page.locator("[data-testid='stMetric']").filter(has_text="machines").locator(
+        "[data-testid='stMetricValue']")  # fmt: skip
+    expect(machines).to_have_text(str(site_1))  # her site's machines only, counted in ClickHouse under her scope
+    time.sleep(2)  # let the tables paint before the picture
+    shoot(page, tmp_path, "console-oidc-fleet")
+    # The identity cookie signs her in on a new tab too (local accounts last one tab).
+    second = context.new_page()
+    second.goto(oidc_console_url)
+    expect(second.get_by_role("heading", name="Fleet")).to_be_visible()
+    context.close()
+
+    stranger = browser.new_context()
+    page = stranger.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(oidc_console_url)
+    page.get_by_role("button", name="Sign in with your identity provider").click()
+    page.locator("input[name=sub]").fill("someone@elsewhere.example")
+    page.get_by_role("button", name="Authorize").click()
+    expect(page.get_by_text("someone@elsewhere.example signed in, but has no Vigil role")).to_be_visible()
+    expect(page.get_by_role("heading", name="Fleet")).to_have_count(0)
+    stranger.close()
