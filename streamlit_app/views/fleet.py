@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from streamlit_app import session
+from streamlit_app.charts import state_by_site_spec
 from streamlit_app.data import STATES
 
 STATE_RANK = {state: rank for rank, state in enumerate(STATES)}  # critical first
@@ -51,6 +52,13 @@ def fleet_view() -> None:
     shown = _by_urgency(shown)
     st.caption(f"{len(shown):,} of {len(fleet):,} machines")
     st.dataframe(_machine_table(shown), hide_index=True, width="stretch", height=420, column_config=_COLUMNS)
+
+    # Last on the page: the browser loads the chart code here while people read the tables above, so the
+    # Equipment page they open next draws its charts without that wait.
+    st.subheader("States by site")
+    per_site = fleet.groupby(["site", "state"], as_index=False).agg(machines=("equipment_id", "count"))
+    st.vega_lite_chart(per_site.assign(rank=per_site["state"].map(STATE_RANK)), state_by_site_spec(),
+                       width="stretch")  # fmt: skip
 
 
 _COLUMNS = {

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from streamlit_app.access import Principal
-from streamlit_app.charts import score_spec, sensor_facets_spec, sensor_layers
+from streamlit_app.charts import score_spec, sensor_facets_spec, sensor_layers, state_by_site_spec
 from streamlit_app.data import ConsoleData
 from vigil.settings import Settings
 
@@ -60,3 +60,12 @@ def test_chart_resolution_is_one_window_until_the_range_exceeds_the_point_budget
     assert data.bucket_s(end - timedelta(hours=6), end) == 30
     assert data.bucket_s(end - timedelta(hours=24), end) == 120
     assert data.bucket_s(end - timedelta(days=7), end) == 840
+
+
+def test_state_by_site_stacks_every_state_in_its_own_colour_worst_first() -> None:
+    spec = state_by_site_spec()
+    colour = spec["encoding"]["color"]
+    assert colour["scale"]["domain"] == ["critical", "warning", "silent", "healthy"]
+    assert colour["scale"]["range"][0] == "#d62728" and len(set(colour["scale"]["range"])) == 4
+    assert spec["encoding"]["order"] == {"field": "rank", "type": "quantitative"}
+    assert {spec["encoding"][axis]["field"] for axis in ("x", "y")} == {"machines", "site"}
