@@ -7,7 +7,8 @@ Two sources, one table (sql/clickhouse/006_fault_labels.sql):
   the offline evaluation maps them (agents.diagnostic.DIAGNOSIS_OF_FAULT);
 - a plant's confirmed faults, e.g. exported from its maintenance system: CSV with ``equipment_id,
   fault_type, start, end`` and optionally ``site, equipment_type, sensors`` (``;``-separated names),
-  fault_type one of the agent's classes (``bearing_wear``, ``overheating``, ...).
+  fault_type one of the agent's classes (``bearing_wear``, ``overheating``, ...), times in ISO 8601
+  (UTC when they carry no zone).
 
 Every label gets a ``label_id`` digest of its content, so importing a file twice changes nothing.
 """
@@ -78,8 +79,8 @@ def read_work_orders(path: Path) -> pd.DataFrame:
     if unknown:
         raise LabelFileError(f"{path}: fault_type {unknown} is not a diagnostic class; use one of {sorted(CLASSES)}")
     try:
-        start = pd.to_datetime(data["start"], utc=True)
-        end = pd.to_datetime(data["end"], utc=True)
+        start = pd.to_datetime(data["start"], utc=True, format="ISO8601")  # each row may spell it its own way
+        end = pd.to_datetime(data["end"], utc=True, format="ISO8601")
     except (ValueError, TypeError) as exc:
         raise LabelFileError(f"{path}: unreadable start/end time ({exc})") from exc
     bad = np.flatnonzero((end <= start).to_numpy())
