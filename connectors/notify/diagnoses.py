@@ -65,9 +65,10 @@ def maintenance_action(record: Mapping[str, Any]) -> str:
     """'act within 4 h; failure in ~6 h: <first recommended action>' from a maintenance insight record."""
     title = _text(record.get("title"))
     when = title.split(": ", 1)[1] if ": " in title else title
-    try:
-        details = orjson.loads(record.get("details") or "{}")
-    except orjson.JSONDecodeError:
+    raw = record.get("details") or "{}"
+    try:  # the contract carries details as JSON text; tolerate an object too
+        details = raw if isinstance(raw, dict) else orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
         details = {}
     steps = details.get("actions") if isinstance(details, dict) else None
     first = steps[0] if isinstance(steps, list) and steps and isinstance(steps[0], str) else ""

@@ -70,6 +70,10 @@ def test_parse_insights_pairs_the_diagnosis_with_the_maintenance_action_of_the_s
     assert d.action == "act within 4 h; failure in ~6 h: Measure vibration spectrum at the bearing housings"
     assert d.text() == ("Bearing wear (vibration_rms), 70% sure (preliminary, episode still going on). "
                         "Action: act within 4 h; failure in ~6 h: Measure vibration spectrum at the bearing housings")
+    # details that are not JSON text cost the action's first step, not the diagnosis
+    odd, bad = parse_insights([insight("diagnostic"), insight("maintenance", title="Overheating: act within 8 h",
+                                                              details=5)])  # fmt: skip
+    assert bad == 0 and odd[0].action == "act within 8 h"
 
 
 @pytest.fixture()
