@@ -257,6 +257,17 @@ def bench_latency(
         _fail(str(exc))
 
 
+def _write_json(output: Path | None, data: object, what: str) -> None:
+    """``data`` as indented JSON at ``output`` (when given), saying where it went."""
+    if output is None:
+        return
+    import json
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=2, default=str))
+    console.print(f"{what} written to {output}")
+
+
 @app.command()
 def evaluate(
     dataset: Annotated[str | None, typer.Option(help="skab, nab or sim")] = None,
@@ -293,39 +304,20 @@ def evaluate(
     from vigil.settings import PROJECT_ROOT
 
     if agents and dataset == "skab":
-        import json
-        import tempfile
-
-        from agents.diagnostic import DiagnosticAgent
-        from agents.maintenance import MaintenanceAgent
-        from agents.root_cause import RootCauseAgent
-        from onnx_models.registry import ModelRegistry
-        from onnx_models.train_agents import train_diagnostic
-        from vigil.evaluate.agents_skab import diagnose_skab, print_skab_report, report_dict
+        from vigil.evaluate.agents_skab import evaluate_skab_agents, print_skab_report, report_dict
         from vigil.settings import PROJECT_ROOT
 
         folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / "skab"
         if not folder.is_dir():
             _fail(f"no data folder {folder}: pass --data-dir with a folder in SKAB's format")
-        settings = get_settings()
-        with tempfile.TemporaryDirectory(prefix="vigil-agent-models-") as models_dir:
-            registry = ModelRegistry(Path(models_dir))
-            console.print("[bold]agents[/] training the diagnostic model on the simulator (never on SKAB)")
-            train_diagnostic(settings, registry, console=console)
-            chosen = [DiagnosticAgent(registry), RootCauseAgent(), MaintenanceAgent(settings.scoring.rules_path)]
-            try:
-                report = diagnose_skab(folder, chosen)
-            except (ValueError, FileNotFoundError) as exc:
-                _fail(str(exc))
+        try:
+            report = evaluate_skab_agents(get_settings(), folder, console)
+        except (ValueError, FileNotFoundError) as exc:
+            _fail(str(exc))
         print_skab_report(report, console)
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(report_dict(report), indent=2, default=str))
-            console.print(f"SKAB agent report written to {output}")
+        _write_json(output, report_dict(report), "SKAB agent report")
         return
     if agents:
-        import json
-
         from vigil.evaluate.agents_eval import (
             AgentRunOptions,
             evaluate_agents,
@@ -337,26 +329,18 @@ def evaluate(
                               fault_rate=fault_rate if fault_rate is not None else AgentRunOptions.fault_rate)
         result = evaluate_agents(get_settings(), run, console)
         print_agent_evaluation(result, console)
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(evaluation_dict(result), indent=2, default=str))
-            console.print(f"agent scorecard written to {output}")
+        _write_json(output, evaluation_dict(result), "agent scorecard")
         return
     if dataset is None:
         _fail("pass --dataset skab|nab|sim, or --agents")
     if dataset == "sim":
-        import json
-
         from vigil.evaluate.sim import SimOptions, evaluate_sim, print_sim_result, summary_dict
 
         options = SimOptions(machines=machines, duration_s=minutes * 60.0, seed=seed, fault_rate=fault_rate,
                              samples_per_sensor=samples_per_sensor)
         result = evaluate_sim(get_settings(), options, console)
         print_sim_result(result, console)
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(summary_dict(result), indent=2))
-            console.print(f"scorecard written to {output}")
+        _write_json(output, summary_dict(result), "scorecard")
         return
     folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / dataset
     if not folder.is_dir():

@@ -28,6 +28,7 @@ from rich.table import Table
 from agents.base import STAT_COLUMNS, Episode, Insight
 from agents.episodes import build_episodes
 from vigil.evaluate.skab import TIME_COLUMN, discover, load_skab_csv
+from vigil.settings import Settings
 
 WINDOW_MS = 5000
 EQUIPMENT_TYPE = "pump"
@@ -134,6 +135,26 @@ def diagnose_skab(data_dir: Path, agents: list[Any]) -> SkabAgentReport:
         ))  # fmt: skip
     version = next((a.model_version for a in agents if getattr(a, "name", "") == "diagnostic"), None)
     return SkabAgentReport(rows, version, skipped)
+
+
+def evaluate_skab_agents(settings: Settings, data_dir: Path, console: Console | None = None) -> SkabAgentReport:
+    """The diagnostic model trained on the simulator (never on SKAB; a temporary registry, as `vigil evaluate
+    --agents` does), then the diagnostic, root-cause and maintenance agents over ``data_dir``'s episodes."""
+    import tempfile
+
+    from agents.diagnostic import DiagnosticAgent
+    from agents.maintenance import MaintenanceAgent
+    from agents.root_cause import RootCauseAgent
+    from onnx_models.registry import ModelRegistry
+    from onnx_models.train_agents import train_diagnostic
+
+    console = console or Console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="vigil-agent-models-") as models_dir:
+        registry = ModelRegistry(Path(models_dir))
+        console.print("[bold]agents[/] training the diagnostic model on the simulator (never on SKAB)")
+        train_diagnostic(settings, registry, console=console)
+        chosen = [DiagnosticAgent(registry), RootCauseAgent(), MaintenanceAgent(settings.scoring.rules_path)]
+        return diagnose_skab(data_dir, chosen)
 
 
 def print_skab_report(report: SkabAgentReport, console: Console) -> None:
