@@ -3,8 +3,8 @@
 Reads the anomalies topic (what the anomaly-scoring job decided per machine and window), merges each
 machine's anomalous windows into episodes with a Flink session window (sql/flink/agents_episodes.sql), and
 runs every agent on each closed episode -- and, once an episode has ``agents.early_windows`` anomalous
-windows, on the episode as it stands (sql/flink/agents_open_*.sql: a preliminary analysis the closed one
-replaces) -- in a Python table function (udfs/agents_udtf.py) that reads the
+windows, on the episode as it stands (sql/flink/agents_open_*.sql, then agents.sql for open episodes: a
+preliminary analysis the closed one replaces) -- in a Python table function (udfs/agents_udtf.py) that reads the
 episode's evidence from ClickHouse. Insights go to the insights topic; the ClickHouse sink stores them in
 the insights table for the console.
 
@@ -53,7 +53,8 @@ def statements(settings: Settings) -> tuple[list[str], list[str]]:
     }  # fmt: skip
     early = agents.early_windows > 0
     ddl = [render_sql(name, settings, **params) for name in (*DDL, *(OPEN_DDL if early else ()))]
-    inserts = [render_sql(name, settings, **params) for name in ("agents", *(("agents_open",) if early else ()))]
+    runs = [("episodes", "TRUE"), *((("open_episodes", "FALSE"),) if early else ())]  # closed, then preliminary
+    inserts = [render_sql("agents", settings, **params, episodes_view=view, closed=closed) for view, closed in runs]
     return ddl, inserts
 
 
