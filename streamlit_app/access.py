@@ -14,6 +14,7 @@ may do (by e-mail).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -31,8 +32,6 @@ Role = Literal["analyst", "engineer", "admin"]
 ROLE_RANK: dict[str, int] = {"analyst": 0, "engineer": 1, "admin": 2}
 ALL_SITES = "*"
 _HASHER = PasswordHasher()
-# A hash to verify against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
@@ -173,10 +172,17 @@ def ensure_initial_admin(path: Path) -> str | None:
     return password
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against when the user does not exist, so a wrong name costs as long as a wrong password
+    (made on first need: hashing costs ~0.3 s, which every process importing this module paid before)."""
+    return _HASHER.hash(secrets.token_hex(16))
+
+
 def authenticate(users: UsersFile, name: str, password: str) -> Principal | None:
     """The principal if ``password`` is the user's; None otherwise (same work whether or not the user exists)."""
     entry = users.users.get(name.strip())
-    stored = entry.password_hash if entry and entry.password_hash else _DUMMY_HASH
+    stored = entry.password_hash if entry and entry.password_hash else _dummy_hash()
     try:
         _HASHER.verify(stored, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):

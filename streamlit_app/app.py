@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from streamlit_app import session
@@ -21,6 +22,20 @@ st.set_page_config(page_title="Vigil", page_icon=":material/monitor_heart:", lay
 
 def oidc_enabled() -> bool:
     return bool(session.settings().console.oidc_client_id)
+
+
+def load_page_code() -> None:
+    """Mount an empty table and chart out of sight while the person types their password.
+
+    Streamlit's browser code for tables (the data grid) and charts (Vega) loads on first use; without this,
+    the first page after sign-in (Fleet, or Equipment from an alert link) waits for it on top of its own data.
+    """
+    st.html("<style>.st-key-page-code{position:absolute;left:-10000px;width:320px;height:1px;overflow:hidden}</style>")
+    with st.container(key="page-code"):
+        st.dataframe(pd.DataFrame({"machine": ["-"]}), hide_index=True)
+        st.vega_lite_chart(pd.DataFrame({"t": [0], "v": [0]}),
+                           {"mark": "line", "encoding": {"x": {"field": "t", "type": "quantitative"},
+                                                         "y": {"field": "v", "type": "quantitative"}}})  # fmt: skip
 
 
 def login_page() -> None:
@@ -58,15 +73,19 @@ def login_page() -> None:
         else:
             session.sign_in(who)
             st.rerun()
+    load_page_code()
 
 
 who = session.principal()
 if who is None:
     st.navigation([st.Page(login_page, title="Sign in", icon=":material/login:")]).run()
 else:
+    # Alert links point at <console>/?equipment=<id>: that machine's page is then the one at the root URL, so it
+    # opens in this run (switching pages from Fleet cost one more script run, ~0.2 s).
+    linked = "equipment" in st.query_params
     pages = [
-        st.Page(VIEWS / "fleet.py", title="Fleet", icon=":material/factory:", default=True),
-        st.Page(VIEWS / "equipment.py", title="Equipment", icon=":material/precision_manufacturing:"),
+        st.Page(VIEWS / "fleet.py", title="Fleet", icon=":material/factory:", default=not linked),
+        st.Page(VIEWS / "equipment.py", title="Equipment", icon=":material/precision_manufacturing:", default=linked),
         st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications_active:"),
         st.Page(VIEWS / "insights.py", title="Insights", icon=":material/psychology:"),
         st.Page(VIEWS / "sql.py", title="SQL", icon=":material/database:"),
@@ -80,8 +99,4 @@ else:
                 st.logout()
             session.sign_out()
             st.rerun()
-    page = st.navigation(pages)
-    # Alert links point at <console>/?equipment=<id>: open that machine's page.
-    if "equipment" in st.query_params and page.title == "Fleet":
-        st.switch_page(pages[1], query_params={"equipment": st.query_params["equipment"]})
-    page.run()
+    st.navigation(pages).run()

@@ -78,18 +78,25 @@ def sensor_facets_spec(span: tuple[datetime, datetime], with_band: bool) -> dict
 
 
 def score_spec() -> dict[str, Any]:
-    """The combined anomaly score (1 = at the alarm limit) per window, coloured by severity."""
+    """The combined anomaly score (1 = at the alarm limit) per window as a line, with a dot coloured by severity
+    on each anomalous window only: a dot on every window (360 SVG marks an hour) cost ~0.2 s to draw."""
+    x = {"field": "window_end", "type": "temporal"}
+    y = {"field": "score", "type": "quantitative", "title": "score / threshold"}
     return {
-        "mark": {"type": "line", "point": True},
         "height": 160,
-        "encoding": {
-            "x": {"field": "window_end", "type": "temporal"},
-            "y": {"field": "score", "type": "quantitative", "title": "score / threshold"},
-            "color": {"field": "severity", "type": "nominal"},
-            "tooltip": [{"field": "window_end", "type": "temporal"}, {"field": "score", "type": "quantitative"},
-                        {"field": "severity", "type": "nominal"}, {"field": "summary", "type": "nominal"}],
-        },
-    }
+        "layer": [
+            {"mark": {"type": "line", "color": "#7f7f7f"}, "encoding": {"x": x, "y": y}},
+            {"mark": {"type": "point", "filled": True, "size": 40},
+             "transform": [{"filter": "datum.severity != 'normal'"}],
+             "encoding": {"x": x, "y": y,
+                          "color": {"field": "severity", "type": "nominal",
+                                    "scale": {"domain": ["warning", "critical"],
+                                              "range": [STATE_COLOURS["warning"], STATE_COLOURS["critical"]]}},
+                          "tooltip": [x, {"field": "score", "type": "quantitative"},
+                                      {"field": "severity", "type": "nominal"},
+                                      {"field": "summary", "type": "nominal"}]}},
+        ],
+    }  # fmt: skip
 
 
 def state_by_site_spec() -> dict[str, Any]:

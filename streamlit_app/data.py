@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 STATES = ("critical", "warning", "silent", "healthy")
 # The hot path keeps this much history worth charting (Prometheus holds more, at scrape resolution).
 HOT_PATH_SPAN = timedelta(hours=1)
+# How the hot path folds a chart bucket's samples of each exported window statistic into one point.
+HOT_STAT_OVER_TIME = {"avg": "avg_over_time", "stddev": "avg_over_time", "min": "min_over_time",
+                      "max": "max_over_time"}  # fmt: skip
 
 
 class WorkbenchError(ValueError):
@@ -246,14 +249,21 @@ class ConsoleData:
 
     # -- hot path (Prometheus) -----------------------------------------------------------------------------
     def hot_windows(self, equipment_id: str, start: datetime, end: datetime, site: str) -> pd.DataFrame:
-        """The machine's window averages (and stddev) as Prometheus scraped them from the Pushgateway."""
+        """The machine's window statistics as Prometheus scraped them from the Pushgateway.
+
+        A step longer than the scrape interval aggregates the samples of each step (mean of the means and
+        standard deviations, lowest minimum, highest maximum), so a bucketed chart keeps every extreme."""
         self.principal.check_site(site, "read the machine's live statistics")
-        step = max(self.settings.prometheus.scrape_interval_s, self.bucket_s(start, end))
+        scrape = self.settings.prometheus.scrape_interval_s
+        step = max(scrape, self.bucket_s(start, end))
         selector = f'equipment_id="{_promql_escape(equipment_id)}",site="{_promql_escape(site)}"'
         rows: list[tuple[float, str, str, float]] = []
         for stat in self.settings.prometheus.exported_stats:
-            if stat in ("avg", "stddev", "min", "max"):
-                for series in self._prometheus_range(f"vigil_window_{stat}{{{selector}}}", start, end, step):
+            if stat in HOT_STAT_OVER_TIME:
+                promql = f"vigil_window_{stat}{{{selector}}}"
+                if step > scrape:
+                    promql = f"{HOT_STAT_OVER_TIME[stat]}({promql}[{step}s])"
+                for series in self._prometheus_range(promql, start, end, step):
                     sensor = series["metric"].get("sensor", "")
                     rows += [(float(t), sensor, stat, float(v)) for t, v in series.get("values", [])]
         if not rows:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -156,16 +157,51 @@ def test_equipment_page_charts_a_machine_and_refuses_another_sites_machine(env: 
                                                        datetime.now(UTC), "site-2")  # fmt: skip
 
 
+def test_hot_path_buckets_keep_each_steps_extremes(env: LiveFleet) -> None:
+    """An hour from Prometheus at 240 chart points is stepped every 15 s: each point must fold the samples of its
+    step (lowest minimum, highest maximum, mean of means), not be the one sample at the step's end."""
+    data = ConsoleData(env.settings, ADMIN)
+    truth = machine_sites(env.settings)
+    machine = sorted(m for m in env.ids("site-1") if truth[m] == {"site-1"})[0]
+    end = datetime.now(UTC)
+    start = end - timedelta(hours=1)
+    step = data.bucket_s(start, end)
+    assert step == 15 > env.settings.prometheus.scrape_interval_s
+    got = data.hot_windows(machine, start, end, "site-1")
+    assert not got.empty and got.groupby("sensor").size().max() <= env.settings.console.chart_points + 1
+    selector = f'equipment_id="{machine}",site="site-1"'
+    query = f"{env.settings.prometheus.prometheus_url}/api/v1/query"
+    for stat, fold in (("max", np.max), ("min", np.min), ("avg", np.mean)):
+        # every raw sample of the hour: an instant query of a range vector returns them unevaluated
+        resp = httpx.get(query, params={"query": f"vigil_window_{stat}{{{selector}}}[1h]", "time": end.timestamp()})
+        resp.raise_for_status()
+        for series in resp.json()["data"]["result"]:
+            points = got[got["sensor"] == series["metric"]["sensor"]].set_index("window_end")[stat]
+            times = np.array([float(t) for t, _ in series["values"]])
+            values = np.array([float(v) for _, v in series["values"]])
+            checked = 0
+            for at, value in points.items():
+                inside = (times > at.timestamp() - step) & (times <= at.timestamp())
+                if inside.sum() > 1:
+                    assert value == pytest.approx(fold(values[inside]), rel=1e-9), (stat, series["metric"], at)
+                    checked += 1
+            assert checked > 0, (stat, series["metric"])
+
+
 def test_long_ranges_are_aggregated_in_clickhouse_into_chart_points(env: LiveFleet) -> None:
-    """24 hours at 5-s windows would ship 17,280 points per sensor: ClickHouse buckets them (120 s here) with
-    the count-weighted mean, the pooled standard deviation and the extremes of the windows in each bucket."""
+    """24 hours at 5-s windows would ship 17,280 points per sensor: ClickHouse buckets them (360 s at the
+    default 240 chart points) with the count-weighted mean, the pooled standard deviation and the extremes of the
+    windows in each bucket."""
     data = ConsoleData(env.settings, ADMIN)
     machine = sorted(env.ids("site-1"))[0]
     end = datetime.now(UTC)
-    raw = data.cold_windows(machine, end - timedelta(hours=1), end)  # the fleet streamed minutes: all of it
-    assert data.bucket_s(end - timedelta(hours=1), end) == 5 and len(raw) > 0
+    assert data.bucket_s(end - timedelta(minutes=15), end) == 5  # 180 windows: every one
+    assert len(data.cold_windows(machine, end - timedelta(minutes=15), end)["window_start"].unique()) > 1
+    assert data.bucket_s(end - timedelta(hours=1), end) == 15
+    raw = data.query("SELECT window_start, sensor, count, avg, stddev, min, max FROM window_stats_latest "
+                     "WHERE equipment_id = {e:String}", e=machine)  # every window the fleet streamed
     bucket = data.bucket_s(end - timedelta(hours=24), end)
-    assert bucket == 120
+    assert bucket == 360
     agg = data.cold_windows(machine, end - timedelta(hours=24), end)
     assert len(agg) < len(raw)
 

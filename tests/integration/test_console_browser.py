@@ -135,6 +135,33 @@ def test_sign_in_browse_live_data_and_acknowledge_an_alert(live_fleet: LiveFleet
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000, f"{name}.png looks empty"
 
 
+def test_an_alert_link_opens_its_machine_right_after_sign_in(live_fleet: LiveFleet, console_url: str,
+                                                             browser) -> None:  # fmt: skip
+    """Alertmanager's messages link to <console>/?equipment=ID: in a new browser that is sign-in, then that
+    machine's page (the Equipment page serves the root URL for such a link), and the other pages still open."""
+    from playwright.sync_api import expect
+
+    machine = sorted(live_fleet.ids("site-1"))[-1]
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{console_url}/?equipment={machine}")
+    page.get_by_role("textbox", name="user name").fill("eng")
+    page.get_by_role("textbox", name="password").fill("eng-password-1")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Equipment")).to_be_visible()
+    expect(page.get_by_role("textbox", name="machine")).to_have_value(machine)
+    expect(page.get_by_text("severity now")).to_be_visible()
+    assert f"equipment={machine}" in page.url
+    page.get_by_role("link", name="Fleet").click()
+    expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+    expect(page.get_by_text("By site and line")).to_be_visible()
+    page.get_by_role("link", name="Equipment").click()
+    expect(page.get_by_role("heading", name="Equipment")).to_be_visible()
+    expect(page.get_by_text("severity now")).to_be_visible()
+    context.close()
+
+
 @pytest.fixture(scope="module")
 def oidc_console_url(live_fleet: LiveFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second console signing people in through an OpenID Connect provider (oidc-provider-mock, a real OIDC

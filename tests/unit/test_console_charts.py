@@ -49,17 +49,22 @@ def test_facet_spec_rows_per_sensor_with_the_band_only_when_min_max_exist() -> N
     assert spec["resolve"] == {"scale": {"y": "independent"}}
     without = sensor_facets_spec(span, with_band=False)
     assert [layer["mark"]["type"] for layer in without["spec"]["layer"]] == marks[1:]
-    assert score_spec()["encoding"]["y"]["field"] == "score"
+    line, dots = score_spec()["layer"]
+    assert line["mark"]["type"] == "line" and line["encoding"]["y"]["field"] == "score"
+    assert dots["transform"] == [{"filter": "datum.severity != 'normal'"}], "a dot on anomalous windows only"
+    assert dots["encoding"]["color"]["scale"]["domain"] == ["warning", "critical"]
 
 
 def test_chart_resolution_is_one_window_until_the_range_exceeds_the_point_budget() -> None:
     data = ConsoleData(Settings(), Principal("a", "admin", None))  # no connection is made until a query
     end = datetime(2026, 11, 29, tzinfo=UTC)
-    assert data.bucket_s(end - timedelta(minutes=15), end) == 5
-    assert data.bucket_s(end - timedelta(hours=1), end) == 5  # 720 windows: exactly the budget
-    assert data.bucket_s(end - timedelta(hours=6), end) == 30
-    assert data.bucket_s(end - timedelta(hours=24), end) == 120
-    assert data.bucket_s(end - timedelta(days=7), end) == 840
+    assert data.settings.console.chart_points == 240
+    assert data.bucket_s(end - timedelta(minutes=15), end) == 5  # 180 windows: every one
+    assert data.bucket_s(end - timedelta(minutes=20), end) == 5  # 240 windows: exactly the budget
+    assert data.bucket_s(end - timedelta(hours=1), end) == 15
+    assert data.bucket_s(end - timedelta(hours=6), end) == 90
+    assert data.bucket_s(end - timedelta(hours=24), end) == 360
+    assert data.bucket_s(end - timedelta(days=7), end) == 2520
 
 
 def test_state_by_site_stacks_every_state_in_its_own_colour_worst_first() -> None:

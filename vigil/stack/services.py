@@ -219,7 +219,10 @@ def console_spec(settings: Settings, env: dict[str, str]) -> ServiceSpec:
     argv = [*_python_module("streamlit"), "run", str(PROJECT_ROOT / "streamlit_app" / "app.py"),
             "--server.headless", "true", "--server.address", settings.console.host,
             "--server.port", str(settings.console.port), "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal"]  # fmt: skip
+            "--client.toolbarMode", "minimal",
+            # No source watcher: after every script run it walked every imported module's path on the event
+            # loop (~0.45 s of a sign-in -> Equipment journey, py-spy), holding back the page's messages.
+            "--server.fileWatcherType", "none", "--server.runOnSave", "false"]  # fmt: skip
     if settings.console.oidc_client_id:
         argv += ["--secrets.files", str(secrets_path)]
     return ServiceSpec(
