@@ -72,11 +72,20 @@ def login_page() -> None:
             st.error("Wrong user name or password.")
         else:
             session.sign_in(who)
+            session.remember_sign_in(who, users)
             st.rerun()
     load_page_code()
+    session.render_cookie_script()  # after a sign-out: this browser's other tabs are signed out too
 
 
 who = session.principal()
+if who is None:
+    try:  # a password sign-in this browser remembers (another tab, an alert link opened later)
+        who = session.remembered(load_users(session.settings().console_users_path))
+    except ValueError:
+        who = None  # the users file is invalid: the sign-in page says so
+    if who is not None:
+        session.sign_in(who)
 if who is None:
     st.navigation([st.Page(login_page, title="Sign in", icon=":material/login:")]).run()
 else:
@@ -92,6 +101,7 @@ else:
         st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
     ]
     with st.sidebar:
+        session.render_cookie_script()
         st.markdown(f"**{who.display_name}** · {who.role}  \n{who.sites_label}")
         if st.button("Sign out"):
             if oidc_enabled() and st.user.is_logged_in:

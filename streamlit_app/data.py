@@ -100,10 +100,20 @@ class ConsoleData:
         return self._clickhouse
 
     def query(self, sql: str, settings: dict[str, Any] | None = None, **params: Any) -> pd.DataFrame:
-        """A console query under the principal's site scope (kept in ``last_query`` for benchmarks)."""
+        """A console query under the principal's site scope (kept in ``last_query`` for benchmarks).
+
+        An empty result still has its columns (the client returns a frame without any: they are asked of
+        ClickHouse with DESCRIBE), so callers select and rename columns without a special case."""
         merged = {**self.scope.settings(), **(settings or {})}
         self.last_query = (sql, params, merged)
-        return self.clickhouse.query_df(sql, parameters=params, settings=merged)
+        return self._query_df(sql, params, merged)
+
+    def _query_df(self, sql: str, params: dict[str, Any], settings: dict[str, Any]) -> pd.DataFrame:
+        frame = self.clickhouse.query_df(sql, parameters=params, settings=settings)
+        if frame.columns.empty:
+            described = self.clickhouse.query(f"DESCRIBE ({sql})", parameters=params, settings=settings)
+            frame = pd.DataFrame(columns=list(described.result_columns[0]))
+        return frame
 
     def fleet(self) -> pd.DataFrame:
         """One row per visible machine: its newest verdict and a state (critical/warning/silent/healthy)."""
@@ -117,7 +127,7 @@ class ConsoleData:
             silent=silent_s,
         )
         registry = self.equipment_registry()
-        if registry is not None and not frame.empty:
+        if registry is not None:
             frame = frame.merge(registry[["equipment_id", "line"]], on="equipment_id", how="left")
         if "line" not in frame:
             frame["line"] = ""
@@ -196,8 +206,6 @@ class ConsoleData:
             "GROUP BY bucket ORDER BY bucket",
             b=bucket, **_machine_range(equipment_id, start, end),
         )  # fmt: skip
-        if frame.empty:  # an empty result has no columns
-            return pd.DataFrame(columns=["window_end", "score", "severity", "summary"])
         return frame.drop(columns="bucket").rename(columns={"bucket_end": "window_end", "top_score": "score",
                                                             "top_severity": "severity", "top_summary": "summary"})
 
@@ -222,10 +230,6 @@ class ConsoleData:
             " ORDER BY window_end DESC, agent LIMIT {n:UInt32}",
             s=_utc(start), t=_utc(end), e=equipment_id or "", n=limit,
         )  # fmt: skip
-        if frame.empty:  # an empty result has no columns
-            return pd.DataFrame(columns=["window_start", "window_end", "equipment_id", "site", "equipment_type",
-                                         "agent", "kind", "title", "severity", "confidence", "fault_type", "sensors",
-                                         "details"])  # fmt: skip
         frame["details"] = frame["details"].map(orjson.loads)
         return frame
 
@@ -393,7 +397,7 @@ class ConsoleData:
         limits = {"max_execution_time": timeout_s, "max_result_rows": max_rows + 1, "result_overflow_mode": "break"}
         started = datetime.now(UTC)
         try:
-            frame = self.clickhouse.query_df(sql, settings={**self.scope.settings(), **limits, "readonly": 1})
+            frame = self._query_df(sql, {}, {**self.scope.settings(), **limits, "readonly": 1})
         except Exception as exc:
             raise WorkbenchError(_clickhouse_message(exc)) from exc
         elapsed = (datetime.now(UTC) - started).total_seconds()

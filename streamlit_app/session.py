@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from streamlit_app.access import Principal
+from streamlit_app import remember
+from streamlit_app.access import Principal, UsersFile
 from streamlit_app.data import ConsoleData
 from vigil.settings import Settings, get_settings
 
 PRINCIPAL_KEY = "vigil_principal"
+SIGNED_OUT_KEY = "vigil_signed_out"  # this tab signed out: its (connect-time) cookie no longer signs it in
+COOKIE_SCRIPT_KEY = "vigil_cookie_script"  # set or clear the remembered sign-in on the next render
 
 
 def settings() -> Settings:
@@ -27,6 +30,33 @@ def sign_in(who: Principal) -> None:
 def sign_out() -> None:
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    st.session_state[SIGNED_OUT_KEY] = True
+    st.session_state[COOKIE_SCRIPT_KEY] = remember.clear_cookie_script()
+
+
+def remember_sign_in(who: Principal, users: UsersFile) -> None:
+    """After a password sign-in: have this browser's other tabs signed in too (``console.remember_hours``)."""
+    hours = settings().console.remember_hours
+    if hours > 0:
+        token = remember.issue(remember.load_key(settings().console_signin_key_path), users, who.name)
+        secure = (st.context.url or "").startswith("https://")
+        st.session_state[COOKIE_SCRIPT_KEY] = remember.set_cookie_script(token, int(hours * 3600), secure)
+
+
+def remembered(users: UsersFile) -> Principal | None:
+    """Who this tab's browser signed in as (the cookie it connected with), unless this tab has signed out."""
+    hours = settings().console.remember_hours
+    token = st.context.cookies.get(remember.COOKIE)
+    if hours <= 0 or not token or st.session_state.get(SIGNED_OUT_KEY):
+        return None
+    return remember.redeem(remember.load_key(settings().console_signin_key_path), users, token, hours * 3600)
+
+
+def render_cookie_script() -> None:
+    """Run the pending cookie change in the browser (an empty element, out of the layout's way)."""
+    script = st.session_state.pop(COOKIE_SCRIPT_KEY, None)
+    if script:
+        st.html(script, unsafe_allow_javascript=True, width=1)
 
 
 def data() -> ConsoleData:

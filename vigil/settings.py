@@ -358,6 +358,9 @@ class ConsoleSettings(BaseModel):
     oidc_client_id: str | None = None
     oidc_client_secret: SecretStr | None = None
     oidc_client_secret_file: Path | None = None
+    # A password sign-in is remembered by the browser (a signed cookie) for this long, so new tabs and alert
+    # links do not ask again; 0 = every tab signs in. Deleting <data_dir>/console/signin.key signs everyone out.
+    remember_hours: float = Field(12.0, ge=0, le=24 * 30)
     # SQL workbench limits (ClickHouse enforces them: max_execution_time, max_result_rows).
     sql_timeout_s: float = Field(20.0, gt=0, le=600)
     sql_max_rows: int = Field(10_000, ge=1, le=1_000_000)
@@ -477,6 +480,10 @@ class Settings(BaseSettings):
     @property
     def console_users_path(self) -> Path:
         return self.console.users_path or (self.data_dir / "console" / "users.yaml")
+
+    @property
+    def console_signin_key_path(self) -> Path:
+        return self.data_dir / "console" / "signin.key"
 
     @property
     def ground_truth_path(self) -> Path:

@@ -14,6 +14,10 @@ data = session.data()
 who = data.principal
 
 
+ALERT_COLUMNS = ["alert", "severity", "site", "machine", "sensor", "detector", "state", "since", "summary",
+                 "fingerprint"]  # fmt: skip
+
+
 def alert_rows(alerts: list[dict]) -> pd.DataFrame:
     rows = []
     for a in alerts:
@@ -25,7 +29,7 @@ def alert_rows(alerts: list[dict]) -> pd.DataFrame:
             "state": status.get("state", ""), "since": a.get("startsAt", "")[:19].replace("T", " "),
             "summary": a.get("annotations", {}).get("summary", ""), "fingerprint": a.get("fingerprint", ""),
         })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ALERT_COLUMNS)
 
 
 ALERTS_KEY = "alerts_page_alerts"  # the fragment's newest read, which the acknowledge form lists (one read per run)
@@ -41,10 +45,10 @@ def active_view() -> None:
         return
     st.session_state[ALERTS_KEY] = alerts
     frame = alert_rows(alerts)
-    active = frame[frame["state"] == "active"] if not frame.empty else frame
+    active = frame[frame["state"] == "active"]
     cols = st.columns(3)
     cols[0].metric("firing", len(active))
-    cols[1].metric("critical", int((active["severity"] == "critical").sum()) if not active.empty else 0)
+    cols[1].metric("critical", int((active["severity"] == "critical").sum()))
     cols[2].metric("silenced / inhibited", len(frame) - len(active))
     if frame.empty:
         st.success("Nothing is firing.")

@@ -28,15 +28,13 @@ def insights_view() -> None:
         st.info("No agent insight in this range. The agents job (`vigil stack up --pipeline`) analyses every "
                 "anomaly episode once it is over.")  # fmt: skip
         return
-    by_kind = {kind: frame for kind, frame in insights.groupby("kind")}
-    plan = by_kind.get("maintenance", pd.DataFrame())
-    diagnoses = by_kind.get("diagnosis", pd.DataFrame())
-    shared = by_kind.get("shared_cause", pd.DataFrame())
+    plan = insights[insights["kind"] == "maintenance"]
+    diagnoses = insights[insights["kind"] == "diagnosis"]
+    shared = insights[insights["kind"] == "shared_cause"]
     cols = st.columns(4)
     cols[0].metric("episodes analysed", f"{len(diagnoses):,}")  # every episode gets one diagnosis
-    cols[1].metric("critical", int((plan["severity"] == "critical").sum()) if not plan.empty else 0)
-    cols[2].metric("faults diagnosed", int((~diagnoses["fault_type"].isin(["no_fault", "unknown"])).sum())
-                   if not diagnoses.empty else 0)  # fmt: skip
+    cols[1].metric("critical", int((plan["severity"] == "critical").sum()))
+    cols[2].metric("faults diagnosed", int((~diagnoses["fault_type"].isin(["no_fault", "unknown"])).sum()))
     cols[3].metric("shared causes", len(shared))
 
     st.subheader("Maintenance plan")

@@ -188,6 +188,21 @@ def test_hot_path_buckets_keep_each_steps_extremes(env: LiveFleet) -> None:
             assert checked > 0, (stat, series["metric"])
 
 
+def test_an_empty_result_keeps_its_columns(env: LiveFleet) -> None:
+    """The ClickHouse client returns an empty result without columns; the facade asks for them, so a page can
+    select and rename columns of a machine with no data in range (a new machine, a quiet week)."""
+    data = ConsoleData(env.settings, ANALYST)
+    machine = sorted(env.ids("site-1"))[0]
+    long_ago = datetime(2020, 1, 1, tzinfo=UTC)
+    scores = data.score_history(machine, long_ago, long_ago + timedelta(hours=1))
+    assert scores.empty and list(scores.columns) == ["window_end", "score", "severity", "summary"]
+    windows = data.cold_windows(machine, long_ago, long_ago + timedelta(days=7))  # the aggregated branch
+    assert windows.empty and {"window_start", "window_end", "sensor", "avg", "stddev", "min", "max"} <= set(windows)
+    assert "details" in data.insights(long_ago, long_ago + timedelta(hours=1), machine)
+    nothing = data.run_sql("SELECT equipment_id, avg FROM window_stats WHERE site = 'no-such-site'").frame
+    assert nothing.empty and list(nothing.columns) == ["equipment_id", "avg"]
+
+
 def test_long_ranges_are_aggregated_in_clickhouse_into_chart_points(env: LiveFleet) -> None:
     """24 hours at 5-s windows would ship 17,280 points per sensor: ClickHouse buckets them (360 s at the
     default 240 chart points) with the count-weighted mean, the pooled standard deviation and the extremes of the

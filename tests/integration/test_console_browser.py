@@ -162,6 +162,35 @@ def test_an_alert_link_opens_its_machine_right_after_sign_in(live_fleet: LiveFle
     context.close()
 
 
+def test_a_password_sign_in_holds_for_the_browsers_new_tabs_until_sign_out(console_url: str, browser) -> None:
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    first = context.new_page()
+    first.goto(console_url)
+    first.get_by_role("textbox", name="user name").fill("eng")
+    first.get_by_role("textbox", name="password").fill("eng-password-1")
+    first.get_by_role("button", name="Sign in").click()
+    expect(first.get_by_role("heading", name="Fleet")).to_be_visible()
+    cookie = next(c for c in context.cookies() if c["name"] == "vigil_signin")
+    assert cookie["sameSite"] == "Strict" and "eng-password" not in cookie["value"]
+
+    second = context.new_page()  # a new tab: no password asked
+    second.goto(console_url)
+    expect(second.get_by_role("heading", name="Fleet")).to_be_visible()
+    expect(second.get_by_text("site-1").first).to_be_visible()
+    assert second.get_by_role("textbox", name="password").count() == 0
+
+    second.get_by_role("button", name="Sign out").click()
+    expect(second.get_by_role("textbox", name="password")).to_be_visible()
+    third = context.new_page()  # signed out in one tab: the browser's next tab asks again
+    third.goto(console_url)
+    expect(third.get_by_role("textbox", name="password")).to_be_visible()
+    assert not [c for c in context.cookies() if c["name"] == "vigil_signin"]
+    context.close()
+
+
 @pytest.fixture(scope="module")
 def oidc_console_url(live_fleet: LiveFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second console signing people in through an OpenID Connect provider (oidc-provider-mock, a real OIDC
