@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from streamlit_app import session
+from streamlit_app import preload, session
 from streamlit_app.access import authenticate, load_users, principal_for_email
 
 VIEWS = Path(__file__).parent / "views"
@@ -22,20 +21,6 @@ st.set_page_config(page_title="Vigil", page_icon=":material/monitor_heart:", lay
 
 def oidc_enabled() -> bool:
     return bool(session.settings().console.oidc_client_id)
-
-
-def load_page_code() -> None:
-    """Mount an empty table and chart out of sight while the person types their password.
-
-    Streamlit's browser code for tables (the data grid) and charts (Vega) loads on first use; without this,
-    the first page after sign-in (Fleet, or Equipment from an alert link) waits for it on top of its own data.
-    """
-    st.html("<style>.st-key-page-code{position:absolute;left:-10000px;width:320px;height:1px;overflow:hidden}</style>")
-    with st.container(key="page-code"):
-        st.dataframe(pd.DataFrame({"machine": ["-"]}), hide_index=True)
-        st.vega_lite_chart(pd.DataFrame({"t": [0], "v": [0]}),
-                           {"mark": "line", "encoding": {"x": {"field": "t", "type": "quantitative"},
-                                                         "y": {"field": "v", "type": "quantitative"}}})  # fmt: skip
 
 
 def login_page() -> None:
@@ -74,7 +59,7 @@ def login_page() -> None:
             session.sign_in(who)
             session.remember_sign_in(who, users)
             st.rerun()
-    load_page_code()
+    preload.page_code()  # while the person types
     session.render_cookie_script()  # after a sign-out: this browser's other tabs are signed out too
 
 
