@@ -36,7 +36,9 @@ if not st.session_state.get("equipment_id"):
 # A search box, not a list: a 10,000-option select box alone took ~0.5 s to mount in the browser.
 typed = st.text_input("machine", key="equipment_id", help="an equipment id, or part of one to search",
                       on_change=lambda: pick(st.session_state["equipment_id"].strip())).strip()  # fmt: skip
-if data.machine(typed) is None:
+# The newest state read for this full run, which the fragment's first call uses (its timed reruns read again).
+state_of_this_run = [data.machine(typed)]
+if state_of_this_run[0] is None:
     found = data.find_machines(typed)
     if not found:
         st.error(f"No machine {typed!r} among the machines you may see ({data.principal.sites_label}).")
@@ -59,7 +61,7 @@ def limits(equipment_type: str) -> pd.DataFrame:
 
 @st.fragment(run_every=session.settings().console.refresh_s)
 def machine_view() -> None:
-    info = data.machine(equipment)
+    info = state_of_this_run.pop() if state_of_this_run else data.machine(equipment)
     if info is None:
         st.warning("This machine has no verdict yet.")
         return
