@@ -10,7 +10,8 @@ as Arrow. Then it times, as an admin (every site, so no filter narrows the work)
 - each page's first render and refresh (streamlit AppTest: the script run, queries and chart specs included;
   a browser paints on top of that);
 - Fleet and Equipment in headless Chromium: navigation to the page until its tables / charts are visible, and
-  an alert link opened in a fresh browser: sign-in until that machine's charts are drawn.
+  an alert link (in a new tab of the signed-in browser; in a fresh browser, sign-in first) until that
+  machine's charts are drawn.
 """
 
 from __future__ import annotations
