@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import streamlit as st
+import hashlib
 
+import streamlit as st
+from clickhouse_connect.driver.client import Client
+
+from connectors.clickhouse import make_client
 from streamlit_app import remember
 from streamlit_app.access import Principal, UsersFile
 from streamlit_app.data import ConsoleData
-from vigil.settings import Settings, get_settings
+from vigil.settings import ClickHouseSettings, Settings, get_settings
 
 PRINCIPAL_KEY = "vigil_principal"
 SIGNED_OUT_KEY = "vigil_signed_out"  # this tab signed out: its (connect-time) cookie no longer signs it in
@@ -59,13 +63,28 @@ def render_cookie_script() -> None:
         st.html(script, unsafe_allow_javascript=True, width=1)
 
 
+@st.cache_resource(show_spinner=False)
+def _shared_clickhouse(server: str, _settings: ClickHouseSettings) -> Client:
+    """One ClickHouse client for every session of this console process (``server`` keys it).
+
+    Connecting costs two round trips (version, settings: ~0.1 s), which a new tab or an alert link paid on top of
+    its first query. Sharing is safe: the client has no HTTP session, so the principal's site filter and the
+    workbench's readonly travel as settings of each query, and its connection pool serves concurrent queries."""
+    return make_client(_settings, autogenerate_session_id=False)
+
+
+def clickhouse_client(cfg: ClickHouseSettings) -> Client:
+    secret = hashlib.sha256(cfg.password.get_secret_value().encode()).hexdigest()
+    return _shared_clickhouse(f"{cfg.username}@{cfg.host}:{cfg.port}/{cfg.database} secure={cfg.secure} {secret}", cfg)
+
+
 def data() -> ConsoleData:
-    """This session's facade, with its own ClickHouse client (created on first use, rebuilt for a new principal)."""
+    """This session's facade (rebuilt for a new principal) over the process's shared ClickHouse client."""
     who = principal()
     if who is None:
         st.stop()
     cached = st.session_state.get("vigil_data")
     if cached is None or cached.principal != who:
-        cached = ConsoleData(settings(), who)
+        cached = ConsoleData(settings(), who, clickhouse_client(settings().clickhouse))
         st.session_state["vigil_data"] = cached
     return cached

@@ -613,6 +613,10 @@ class ClickHouseHTTPServer(ThreadingHTTPServer):
 class ClickHouseHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ClickHouse-chDB"
+    # TCP_NODELAY: a response goes out as headers, then body. With Nagle's algorithm on, the body waited for the
+    # client's delayed ACK of the headers, ~40 ms on every query (clickhouse-connect's SELECT 1 took 48 ms, 5 ms
+    # with this).
+    disable_nagle_algorithm = True
     timeout = 600  # idle keep-alive connections are dropped after this
     server: ClickHouseHTTPServer
 
