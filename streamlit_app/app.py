@@ -40,6 +40,7 @@ def login_page() -> None:
                 st.button("Sign out", on_click=st.logout)
                 st.stop()
             session.sign_in(who)
+            session.forget_remembered_sign_in()
             st.rerun()
         st.button("Sign in with your identity provider", on_click=st.login, type="primary")
         st.divider()

@@ -47,6 +47,12 @@ def remember_sign_in(who: Principal, users: UsersFile) -> None:
         st.session_state[COOKIE_SCRIPT_KEY] = remember.set_cookie_script(token, int(hours * 3600), secure)
 
 
+def forget_remembered_sign_in() -> None:
+    """After a sign-in through the identity provider: drop a password sign-in this browser may still remember, so
+    that signing out (st.logout reloads the page before any cookie script could run) leaves no one signed in."""
+    st.session_state[COOKIE_SCRIPT_KEY] = remember.clear_cookie_script()
+
+
 def remembered(users: UsersFile) -> Principal | None:
     """Who this tab's browser signed in as (the cookie it connected with), unless this tab has signed out."""
     hours = settings().console.remember_hours

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from connectors.alertmanager import AlertmanagerClient, rfc3339
 from connectors.clickhouse import make_client
+from streamlit_app import remember
 from streamlit_app.access import set_user
 from tests.conftest import LiveFleet, free_port, wait_for_port
 from vigil.settings import PROJECT_ROOT
@@ -228,6 +229,9 @@ def test_sign_in_through_an_openid_connect_provider(live_fleet: LiveFleet, oidc_
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(oidc_console_url)
+    # A password sign-in this browser remembered (here a stale token, so the sign-in page shows) must not outlive
+    # her session: st.logout reloads the page before a cookie script could clear it, so her sign-in clears it.
+    context.add_cookies([{"name": remember.COOKIE, "value": "an-earlier-local-sign-in", "url": oidc_console_url}])
     page.get_by_role("button", name="Sign in with your identity provider").click()
     page.locator("input[name=sub]").fill("ana@plant.example")  # the provider's authorization form
     page.get_by_role("button", name="Authorize").click()
@@ -235,6 +239,8 @@ def test_sign_in_through_an_openid_connect_provider(live_fleet: LiveFleet, oidc_
     sidebar = page.locator("[data-testid='stSidebar']")
     expect(sidebar.get_by_text("engineer")).to_be_visible()
     expect(sidebar.get_by_text("site-1")).to_be_visible()
+    page.wait_for_function(f"!document.cookie.includes('{remember.COOKIE}=')")
+    assert remember.COOKIE not in {c["name"] for c in context.cookies()}
     # The shared stack also holds other test modules' machines: count what ClickHouse has per site.
     with contextlib.closing(make_client(live_fleet.settings.clickhouse)) as client:
         site_1, everyone = client.query("SELECT countIf(site = 'site-1'), count() FROM machine_state FINAL"
@@ -245,7 +251,7 @@ def test_sign_in_through_an_openid_connect_provider(live_fleet: LiveFleet, oidc_
     expect(machines).to_have_text(str(site_1))  # her site's machines only, counted in ClickHouse under her scope
     time.sleep(2)  # let the tables paint before the picture
     shoot(page, tmp_path, "console-oidc-fleet")
-    # The identity cookie signs her in on a new tab too (local accounts last one tab).
+    # The identity cookie signs her in on a new tab too.
     second = context.new_page()
     second.goto(oidc_console_url)
     expect(second.get_by_role("heading", name="Fleet")).to_be_visible()
