@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -99,10 +100,14 @@ def _machine_range(equipment_id: str, start: datetime, end: datetime) -> dict[st
 class ConsoleData:
     """Everything a console page reads or changes, scoped to ``principal``."""
 
-    def __init__(self, settings: Settings, principal: Principal, clickhouse: Client | None = None) -> None:
+    def __init__(self, settings: Settings, principal: Principal, clickhouse: Client | None = None,
+                 connect: Callable[[], Client] | None = None) -> None:  # fmt: skip
+        """``clickhouse``: a client to use; else ``connect`` makes one on the first query (by default a client of
+        this facade's own), so pages that need no ClickHouse (active alerts) still work while it is down."""
         self.settings = settings
         self.principal = principal
         self._clickhouse = clickhouse
+        self._connect = connect
         self.scope = QueryScope(principal, settings.clickhouse.database)
         self.last_query: tuple[str, dict[str, Any], dict[str, Any]] | None = None
 
@@ -111,7 +116,8 @@ class ConsoleData:
     def clickhouse(self) -> Client:
         if self._clickhouse is None:
             # No HTTP session: every query's settings (site filter, readonly) apply to that query alone.
-            self._clickhouse = make_client(self.settings.clickhouse, autogenerate_session_id=False)
+            self._clickhouse = (self._connect() if self._connect is not None
+                                else make_client(self.settings.clickhouse, autogenerate_session_id=False))  # fmt: skip
         return self._clickhouse
 
     def query(self, sql: str, settings: dict[str, Any] | None = None, **params: Any) -> pd.DataFrame:

@@ -80,6 +80,7 @@ def _shared_clickhouse(server: str, _settings: ClickHouseSettings) -> Client:
 
 
 def clickhouse_client(cfg: ClickHouseSettings) -> Client:
+    """The process's client for the server and account ``cfg`` names (made on first use)."""
     secret = hashlib.sha256(cfg.password.get_secret_value().encode()).hexdigest()
     return _shared_clickhouse(f"{cfg.username}@{cfg.host}:{cfg.port}/{cfg.database} secure={cfg.secure} {secret}", cfg)
 
@@ -91,6 +92,6 @@ def data() -> ConsoleData:
         st.stop()
     cached = st.session_state.get("vigil_data")
     if cached is None or cached.principal != who:
-        cached = ConsoleData(settings(), who, clickhouse_client(settings().clickhouse))
+        cached = ConsoleData(settings(), who, connect=lambda: clickhouse_client(settings().clickhouse))
         st.session_state["vigil_data"] = cached
     return cached

@@ -22,7 +22,7 @@ from edge.simulator.equipment import EQUIPMENT_TYPES
 from onnx_models.registry import ModelRegistry
 from streamlit_app.access import AccessError, Principal, set_user
 from streamlit_app.data import ConsoleData, WorkbenchError
-from tests.conftest import LiveFleet
+from tests.conftest import LiveFleet, free_port
 from tests.integration.test_pipeline_e2e import poll
 from udfs.detectors.pca_t2q import PcaT2Q
 from vigil.settings import PROJECT_ROOT, Settings, get_settings
@@ -338,6 +338,22 @@ def test_alerts_are_scoped_by_site_and_an_engineer_acknowledges_with_a_silence(e
     app.button(key=f"unsilence-{silence['id']}").click().run()
     with AlertmanagerClient(env.settings.prometheus.alertmanager_url) as am:
         assert silence["id"] not in {s["id"] for s in am.list_silences()}
+
+
+def test_alerts_page_works_while_clickhouse_is_down(env: LiveFleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Firing alerts and silences come from Alertmanager: with ClickHouse unreachable an on-call engineer still sees
+    and acknowledges them (the facade connects on its first ClickHouse query); the history part says what is
+    wrong and what to do."""
+    picked = post_alerts(env.settings, env)
+    monkeypatch.setenv("VIGIL_CLICKHOUSE__PORT", str(free_port()))  # nothing listens there
+    get_settings.cache_clear()
+    app = AppTest.from_file(str(APP / "views" / "alerts.py"), default_timeout=60)
+    app.session_state["vigil_principal"] = ENGINEER
+    app.run()
+    assert picked["site-1"] in set(frames(app)[1]["machine"])
+    assert [h.value for h in app.subheader][:3] == ["Firing now", "Acknowledge", "Silences"]
+    assert app.selectbox[0].options, "alerts to acknowledge"
+    assert any("cannot reach ClickHouse" in e.value and "vigil stack up" in e.value for e in app.exception)
 
 
 # -- SQL workbench -------------------------------------------------------------------------------------------
