@@ -294,11 +294,11 @@ def _time_browser(settings: Settings, machines: int, console: Console) -> dict[s
                 _shown(page, "[data-testid='stHeading']", "Most urgent now")
                 _shown(page, "[data-testid='stDataFrame']", count=3)
 
-            def fleet_read(page: Any) -> float:
-                """Fleet's last element (the chart by site) drawn: its seconds since ``started``; then the page
+            def fleet_read(page: Any, since: float) -> float:
+                """Fleet's last element (the chart by site) drawn: its seconds since ``since``; then the page
                 settles (no requests for 0.5 s) before the next click, as a person reads before clicking."""
                 _shown(page, "[data-testid='stVegaLiteChart']", "machines")
-                seconds = time.perf_counter() - started
+                seconds = time.perf_counter() - since
                 page.wait_for_load_state("networkidle")
                 return seconds
 
@@ -310,7 +310,7 @@ def _time_browser(settings: Settings, machines: int, console: Console) -> dict[s
             page.get_by_role("button", name="Sign in").click()
             fleet_drawn(page)
             out["fleet (after sign-in)"] = time.perf_counter() - started
-            out["fleet (after sign-in): its chart too"] = fleet_read(page)
+            out["fleet (after sign-in): its chart too"] = fleet_read(page, started)
             started = time.perf_counter()
             page.get_by_role("link", name="Equipment").click()
             state_shown(page)
@@ -321,7 +321,7 @@ def _time_browser(settings: Settings, machines: int, console: Console) -> dict[s
             page.get_by_role("link", name="Fleet").click()
             fleet_drawn(page)
             out["fleet (from equipment)"] = time.perf_counter() - started
-            fleet_read(page)
+            fleet_read(page, started)
             started = time.perf_counter()
             page.get_by_role("link", name="Equipment").click()
             state_shown(page)
