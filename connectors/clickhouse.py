@@ -23,6 +23,7 @@ import pyarrow.json as pa_json
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from connectors.clickhouse_access import VigilTables
 from connectors.contracts import (
     ANOMALY_JSON_SCHEMA,
     ANOMALY_KINDS,
@@ -41,6 +42,7 @@ SCHEMA_DIR = PROJECT_ROOT / "sql" / "clickhouse"
 WINDOW_STATS_TABLE = "window_stats"
 # One row per (equipment_id, sensor, window_start): what every reader should query.
 WINDOW_STATS_VIEW = "window_stats_latest"
+MACHINE_STATE_TABLE = "machine_state"
 MALFORMED_REASON = "malformed_window_stats"
 ANOMALY_MALFORMED_REASON = "malformed_anomaly"
 INSIGHT_MALFORMED_REASON = "malformed_insight"
@@ -134,18 +136,26 @@ class MalformedRecord:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_client(settings: ClickHouseSettings, **kwargs: object) -> Client:
-    """A clickhouse-connect client for ``settings``, with ``settings.database`` as its database.
+def make_client(settings: ClickHouseSettings, identity: str, **kwargs: object) -> Client:
+    """A clickhouse-connect client connected as ``identity`` (its password from its file), in ``settings.database``.
 
     Works before the database exists (``apply_schema`` creates it). Raises
     :class:`ClickHouseUnavailable` with what to do when the server is down or refuses us.
     """
     where = f"{settings.host}:{settings.port}"
+    user = settings.user(identity)
+    try:
+        password = settings.password_file(identity).read_text().strip()
+    except FileNotFoundError:
+        raise ClickHouseUnavailable(
+            f"no password file for ClickHouse identity {identity!r} at {settings.password_file(identity)}: the local "
+            "stack writes it at its first start (`vigil stack up`); for a real cluster, put that user's password there"
+        ) from None
     params: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,
-        "username": settings.username,
-        "password": settings.password.get_secret_value(),
+        "username": user,
+        "password": password,
         "secure": settings.secure,
         "connect_timeout": 5,
         **kwargs,
@@ -160,14 +170,40 @@ def make_client(settings: ClickHouseSettings, **kwargs: object) -> Client:
     except DatabaseError as exc:
         if getattr(exc, "code", None) in _AUTH_CODES:
             raise ClickHouseUnavailable(
-                f"ClickHouse at {where} rejected user {settings.username!r}: check "
-                "VIGIL_CLICKHOUSE__USERNAME / VIGIL_CLICKHOUSE__PASSWORD."
+                f"ClickHouse at {where} rejected user {user!r} (identity {identity}): check its password file "
+                f"{settings.password_file(identity)} and VIGIL_CLICKHOUSE__USERS."
             ) from exc
         raise
     # Set after connecting rather than passed to get_client, which fails while the database does
     # not exist yet (apply_schema creates it); queries then run in it as usual.
     client.database = settings.database
     return client
+
+
+def vigil_tables(settings: ClickHouseSettings) -> VigilTables:
+    """Vigil's tables and views under their configured names (what identities are granted and filtered on)."""
+    return VigilTables(
+        database=settings.database,
+        window_stats=WINDOW_STATS_TABLE,
+        window_stats_view=WINDOW_STATS_VIEW,
+        anomalies=settings.anomalies_table,
+        anomalies_view=settings.anomalies_view,
+        machine_state=MACHINE_STATE_TABLE,
+        insights=settings.insights_table,
+        insights_view=f"{settings.insights_table}_latest",
+        fault_labels=settings.fault_labels_table,
+        deliveries=settings.deliveries_table,
+    )
+
+
+def require_tables(client: Client, settings: ClickHouseSettings, tables: list[str]) -> None:
+    """Fail with what to do when the schema is not applied (a component's identity may not create it)."""
+    for table in tables:
+        if not int(client.command(f"EXISTS TABLE {settings.database}.{table}", use_database=False)):
+            raise ClickHouseUnavailable(
+                f"ClickHouse table {settings.database}.{table} does not exist: apply the schema as the admin "
+                "identity (`vigil stack up` does it when it starts ClickHouse)"
+            )
 
 
 def schema_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
@@ -177,7 +213,8 @@ def schema_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
 
 def render_schema(settings: ClickHouseSettings, schema_dir: Path = SCHEMA_DIR) -> list[str]:
     """Every schema statement with names and TTLs filled in from settings."""
-    for field in ("database", "anomalies_table", "anomalies_view", "insights_table", "fault_labels_table"):
+    for field in ("database", "anomalies_table", "anomalies_view", "insights_table", "fault_labels_table",
+                  "deliveries_table"):  # fmt: skip
         value = getattr(settings, field)
         if not _IDENTIFIER_RE.match(value):
             raise ValueError(
@@ -191,6 +228,7 @@ def render_schema(settings: ClickHouseSettings, schema_dir: Path = SCHEMA_DIR) -
         "anomalies_view": settings.anomalies_view,
         "insights_table": settings.insights_table,
         "fault_labels_table": settings.fault_labels_table,
+        "deliveries_table": settings.deliveries_table,
         "window_ttl_days": settings.window_ttl_days,
         "raw_ttl_days": settings.raw_ttl_days,
     }

@@ -42,10 +42,10 @@ from connectors.clickhouse import (
     WINDOW_STATS_TABLE,
     ClickHouseUnavailable,
     RecordSpec,
-    apply_schema,
     insert_rows,
     make_client,
     records_to_arrow,
+    require_tables,
 )
 from connectors.kafka import DeadLetterWriter, consume_batches, ensure_topics, make_consumer, make_producer
 from connectors.self_metrics import push_self_metrics
@@ -193,12 +193,14 @@ class ClickHouseSink:
             log.info("ClickHouse sink for %s stopped: %s", spec.topic, self.stats())
 
     def _connect(self, stop: threading.Event) -> Client | None:
-        """Connect and apply the schema, retrying while ClickHouse is not up yet."""
+        """Connect as the sink's identity and check its table exists, retrying while ClickHouse is not ready.
+
+        The sink may only insert: the schema is applied by the admin identity (`vigil stack up` does)."""
         backoff = 0.5
         while not stop.is_set():
             try:
-                client = make_client(self.settings.clickhouse)
-                apply_schema(client, self.settings.clickhouse)
+                client = make_client(self.settings.clickhouse, "sink")
+                require_tables(client, self.settings.clickhouse, [self.spec.table.rpartition(".")[2]])
                 return client
             except (ClickHouseUnavailable, DriverError) as exc:
                 self._count(errors=1, last_error=str(exc))
@@ -252,10 +254,8 @@ class ClickHouseSink:
                     table.num_rows, self.spec.table, backoff, exc,
                 )  # fmt: skip
                 if code in _UNKNOWN_TABLE_CODES:
-                    try:
-                        apply_schema(self._client, self.settings.clickhouse)  # type: ignore[arg-type]
-                    except Exception as schema_exc:
-                        log.error("re-applying the ClickHouse schema failed: %s", schema_exc)
+                    log.error("table %s is gone: apply the schema as the admin identity (`vigil stack up` does it "
+                              "when it starts ClickHouse); the sink keeps retrying", self.spec.table)  # fmt: skip
                 if final:
                     if time.monotonic() + backoff > give_up_at:
                         log.error("giving up on %d rows at shutdown; they will be re-read", table.num_rows)

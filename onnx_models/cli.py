@@ -190,7 +190,7 @@ def import_labels(
     settings = get_settings()
     try:
         labels = read_label_file(path)
-        client = make_client(settings.clickhouse)
+        client = make_client(settings.clickhouse, "admin")
         apply_schema(client, settings.clickhouse)
         written = insert_labels(client, settings, labels)
     except (LabelFileError, ClickHouseUnavailable) as exc:

@@ -215,7 +215,7 @@ def train(
     console = console or Console(stderr=True)
     registry = registry or ModelRegistry(default_root(settings))
     size_ms = settings.window.size_ms
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     try:
         types = list(equipment_types) if equipment_types else _equipment_types(client, since_ms, until_ms)
         if not types:

@@ -139,7 +139,7 @@ def train_diagnostic_from_clickhouse(settings: Settings, registry: ModelRegistry
     """``vigil train --agents --source clickhouse``: fit the classifier on ClickHouse history and labels."""
     from connectors.clickhouse import make_client
 
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     try:
         data = clickhouse_labelled_episodes(settings, client, start_ms, end_ms, unlabelled, console)
     finally:

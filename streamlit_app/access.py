@@ -1,11 +1,11 @@
 """Who may see what: console users, roles, and the site scope every console query runs under.
 
-The scope is enforced where the data is read, not in the UI: every ClickHouse query of a site-scoped user
-carries ClickHouse's ``additional_table_filters`` setting (the engine adds ``site IN (...)`` to every read
-of every Vigil table, also inside views, joins and sub-queries), and an analyst's own SQL is first parsed by
-ClickHouse itself (``EXPLAIN AST``) and refused unless it is one read-only SELECT over Vigil's tables, with
-no SETTINGS clause that could lift the filter and no table function. Alertmanager reads and silences are
-filtered and checked by the ``site`` label the same way.
+The scope is enforced where the data is read, not in the UI: the console reads ClickHouse as its own
+least-privilege identity, and every query names the principal's site roles; the server (a row policy in
+production) adds ``site IN (...)`` to every read of every Vigil table, also inside views, joins and
+sub-queries, whatever the query says. An analyst's own SQL is first parsed by ClickHouse itself
+(``EXPLAIN AST``) and refused unless it passes an allowlist of shape, tables and functions; the server checks
+the same again. Alertmanager reads and silences are filtered and checked by the ``site`` label the same way.
 
 Local users live in a YAML file (``settings.console.users_path``) with Argon2 password hashes; with an
 OpenID Connect provider configured, the provider proves who someone is and this file still says what they
@@ -27,6 +27,17 @@ import yaml
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.clickhouse_access import (
+    AccessDenied,
+    FunctionCatalogue,
+    VigilTables,
+    has_output_clause,
+    parse_ast,
+    references,
+    site_roles,
+    statement_kind,
+)
 
 Role = Literal["analyst", "engineer", "admin"]
 ROLE_RANK: dict[str, int] = {"analyst": 0, "engineer": 1, "admin": 2}
@@ -165,11 +176,25 @@ def ensure_initial_admin(path: Path) -> str | None:
         return None
     password = secrets.token_urlsafe(12)
     set_user(path, "admin", "admin", [ALL_SITES], password)
-    secret = path.with_name("initial-admin-password")
+    secret = initial_password_path(path)
     fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(password + "\n")
     return password
+
+
+def initial_password_path(users_path: Path) -> Path:
+    return users_path.with_name("initial-admin-password")
+
+
+def forget_initial_password(users_path: Path, signed_in: str) -> bool:
+    """After the first admin's first sign-in its generated password is known to them: the file goes (it would
+    otherwise lie on disk for ever). Returns whether it was removed."""
+    path = initial_password_path(users_path)
+    if signed_in != "admin" or not path.exists():
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 @functools.cache
@@ -204,87 +229,61 @@ def principal_for_email(users: UsersFile, email: str | None) -> Principal | None
 
 # -- ClickHouse scope ----------------------------------------------------------------------------------------
 
-# Vigil's tables and views an analyst may read (every one has a `site` column).
-SITE_TABLES = ("window_stats", "window_stats_latest", "anomalies", "anomalies_latest", "alert_deliveries",
-               "machine_state", "insights", "insights_latest")  # fmt: skip
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
 
 @dataclass(frozen=True)
 class QueryScope:
-    """ClickHouse settings that confine a principal's reads to their sites, plus the SQL workbench limits."""
+    """What a principal's console queries carry: the site roles the server filters their reads by.
+
+    The console connects as its own ClickHouse identity, whose settings profile (limits, no settings changes)
+    and site filter the server applies; a query cannot name other roles than these, and the server ignores any
+    filter a client sends."""
 
     principal: Principal
-    database: str
-    tables: tuple[str, ...] = SITE_TABLES
+    tables: VigilTables
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    def site_filter(self) -> str:
-        sites = self.principal.sites
-        if sites is None:
-            return ""
-        return f"site IN ({', '.join(_quote(s) for s in sorted(sites))})" if sites else "0"
-
     def settings(self) -> dict[str, Any]:
-        """Per-query settings: the site filter on every Vigil table (both name forms), and any extras."""
-        out: dict[str, Any] = dict(self.extra)
-        condition = self.site_filter()
-        if condition:
-            filters = {f"{self.database}.{t}": condition for t in self.tables} | {t: condition for t in self.tables}
-            body = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in sorted(filters.items()))
-            out["additional_table_filters"] = "{" + body + "}"
-        return out
+        return {**self.extra, "role": site_roles(self.principal.sites)}
 
 
 # -- the SQL workbench guard ---------------------------------------------------------------------------------
 
-_AST_LINE = re.compile(r"^( *)(\S+)(?:\s+(.*))?$")
-_FORBIDDEN_NODES = {"Set": "a SETTINGS clause", "SetQuery": "SET", "InsertQuery": "INSERT",
-                    "AlterQuery": "ALTER", "CreateQuery": "CREATE", "DropQuery": "DROP", "SystemQuery": "SYSTEM",
-                    "RenameQuery": "RENAME", "OptimizeQuery": "OPTIMIZE", "UseQuery": "USE", "DeleteQuery": "DELETE"}
 MAX_SQL_CHARS = 20_000
+_CTE_NAME = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s+AS\s*\(", re.IGNORECASE)
 
 
-def check_workbench_sql(ast_lines: Iterable[str], database: str, existing_tables: Iterable[str] = (),
-                        allowed: Iterable[str] = SITE_TABLES) -> list[str]:  # fmt: skip
+def check_workbench_sql(ast_lines: Iterable[str], sql: str, tables: VigilTables,
+                        catalogue: FunctionCatalogue | None) -> list[str]:  # fmt: skip
     """Problems with a workbench query, given ClickHouse's ``EXPLAIN AST`` of it (empty list = may run).
 
-    One SELECT (UNION allowed) reading only Vigil's site-scoped tables, without a SETTINGS clause or a table
-    function (file(), url(), remote() ...). An unqualified name that is no table of ``database`` (one of
-    ``existing_tables``) is a WITH sub-query's name (the AST does not name those) or an error ClickHouse reports.
-    """
-    allowed = set(allowed)
-    existing = set(existing_tables)
-    lines = [line.rstrip() for line in ast_lines if line.strip()]
-    if not lines or not lines[0].lstrip().startswith("SelectWithUnionQuery"):
-        head = lines[0].split()[0] if lines else "nothing"
-        return [f"only a SELECT query may run here (this is {head})"]
+    An allowlist: of shape (one SELECT, UNION allowed, without SETTINGS, FORMAT or INTO OUTFILE), of tables
+    (Vigil's site-scoped ones; an unqualified other name only as a WITH sub-query's name), and of functions
+    (every function node of the parse, wherever it stands, must be one that only computes over values; no table
+    functions). The server checks the same again for the console's identity."""
+    try:
+        root = parse_ast(ast_lines)
+    except AccessDenied as exc:
+        return [str(exc)]
+    if root.kind != "SelectWithUnionQuery":
+        return [f"only a SELECT query may run here (this is {statement_kind(root)})"]
     problems: set[str] = set()
-    parents: list[tuple[int, str]] = []  # (indent, node) of the enclosing nodes
-    for line in lines:
-        match = _AST_LINE.match(line)
-        if not match:
-            continue
-        indent, node, rest = len(match.group(1)), match.group(2), (match.group(3) or "")
-        while parents and parents[-1][0] >= indent:
-            parents.pop()
-        parent = parents[-1][1] if parents else ""
-        parents.append((indent, node))
-        name = rest.split(" ")[0]
-        if node in _FORBIDDEN_NODES:
-            problems.add(f"{_FORBIDDEN_NODES[node]} is not allowed in the workbench")
-        elif node == "Function" and parent == "TableExpression":
-            problems.add(f"the table function {name}() is not allowed in the workbench")
-        elif node == "TableIdentifier":
-            db, _, table = name.rpartition(".")
-            readable = table in allowed if db else (table in allowed or table not in existing)
-            if db and db != database:
-                readable = False
-            if not readable:
-                problems.add(f"table {name!r} is not readable here; the workbench reads {', '.join(sorted(allowed))}")
+    clause = has_output_clause(root)
+    if clause:
+        problems.add(f"{clause} is not allowed in the workbench")
+    refs = references(root)
+    if refs.settings_clause:
+        problems.add("a SETTINGS clause is not allowed in the workbench")
+    problems |= {f"the table function {name}() is not allowed in the workbench" for name in refs.table_functions}
+    allowed = set(tables.site_tables)
+    ctes = {m.group(1) for m in _CTE_NAME.finditer(sql)}
+    for name in refs.tables:
+        db, _, table = name.rpartition(".")
+        readable = db == tables.database and table in allowed if db else (table in allowed or table in ctes)
+        if not readable:
+            problems.add(f"table {name!r} is not readable here; the workbench reads {', '.join(sorted(allowed))}")
+    if catalogue is not None:
+        problems |= {f"the function {f}() is not allowed in the workbench" for f in refs.functions
+                     if not catalogue.permits(f)}  # fmt: skip
     return sorted(problems)
 
 

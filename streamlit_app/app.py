@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from streamlit_app import preload, session
-from streamlit_app.access import authenticate, load_users, principal_for_email
+from streamlit_app.access import authenticate, forget_initial_password, load_users, principal_for_email
 
 VIEWS = Path(__file__).parent / "views"
 
@@ -59,6 +59,7 @@ def login_page() -> None:
         else:
             session.sign_in(who)
             session.remember_sign_in(who, users)
+            forget_initial_password(settings.console_users_path, who.name)
             st.rerun()
     preload.page_code()  # while the person types
     session.render_cookie_script()  # after a sign-out: this browser's other tabs are signed out too

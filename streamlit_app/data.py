@@ -27,10 +27,10 @@ import pandas as pd
 from clickhouse_connect.driver.client import Client
 
 from connectors.alertmanager import AlertmanagerClient
-from connectors.clickhouse import make_client
+from connectors.clickhouse import make_client, vigil_tables
+from connectors.clickhouse_access import COMBINATORS_QUERY, FUNCTIONS_QUERY, FunctionCatalogue
 from streamlit_app.access import (
     MAX_SQL_CHARS,
-    SITE_TABLES,
     AccessError,
     Principal,
     QueryScope,
@@ -108,16 +108,20 @@ class ConsoleData:
         self.principal = principal
         self._clickhouse = clickhouse
         self._connect = connect
-        self.scope = QueryScope(principal, settings.clickhouse.database)
+        self.tables = vigil_tables(settings.clickhouse)
+        self.scope = QueryScope(principal, self.tables)
         self.last_query: tuple[str, dict[str, Any], dict[str, Any]] | None = None
+        self._catalogue: FunctionCatalogue | None = None
 
     # -- cold path (ClickHouse) ----------------------------------------------------------------------------
     @property
     def clickhouse(self) -> Client:
         if self._clickhouse is None:
-            # No HTTP session: every query's settings (site filter, readonly) apply to that query alone.
-            self._clickhouse = (self._connect() if self._connect is not None
-                                else make_client(self.settings.clickhouse, autogenerate_session_id=False))  # fmt: skip
+            # No HTTP session: every query's site roles apply to that query alone.
+            if self._connect is not None:
+                self._clickhouse = self._connect()
+            else:
+                self._clickhouse = make_client(self.settings.clickhouse, "console", autogenerate_session_id=False)
         return self._clickhouse
 
     def query(self, sql: str, settings: dict[str, Any] | None = None, **params: Any) -> pd.DataFrame:
@@ -397,8 +401,16 @@ class ConsoleData:
         am.expire_silence(silence_id)
 
     # -- SQL workbench -------------------------------------------------------------------------------------
+    def _function_catalogue(self) -> FunctionCatalogue:
+        if self._catalogue is None:
+            functions = self.clickhouse.query(FUNCTIONS_QUERY, settings=self.scope.settings()).result_rows
+            combinators = self.clickhouse.query(COMBINATORS_QUERY, settings=self.scope.settings()).result_rows
+            self._catalogue = FunctionCatalogue.from_rows(functions, [row[0] for row in combinators])
+        return self._catalogue
+
     def run_sql(self, sql: str, max_rows: int | None = None, timeout_s: float | None = None) -> SqlResult:
-        """An analyst's SELECT, checked by ClickHouse's own parser, read-only, site-scoped, time- and row-limited."""
+        """An analyst's SELECT, checked by ClickHouse's own parser, read-only, site-scoped, row-limited (the
+        server's profile for the console's identity bounds its time, memory and bytes read)."""
         console = self.settings.console
         max_rows = max_rows or console.sql_max_rows
         timeout_s = timeout_s or console.sql_timeout_s
@@ -407,21 +419,22 @@ class ConsoleData:
             raise WorkbenchError("write a SELECT query first")
         if len(sql) > MAX_SQL_CHARS:
             raise WorkbenchError(f"the query is {len(sql):,} characters; the workbench takes at most {MAX_SQL_CHARS:,}")
-        database = self.settings.clickhouse.database
         try:
-            ast = self.clickhouse.raw_query(f"EXPLAIN AST {sql}", fmt="TabSeparatedRaw", settings={"readonly": 1})
-            existing = self.clickhouse.query(f"SHOW TABLES FROM {database}").result_rows
+            # No fmt: the client would append a FORMAT clause to the explained query (the server answers TSV).
+            ast = self.clickhouse.raw_query(f"EXPLAIN AST {sql}", settings=self.scope.settings())
+            catalogue = self._function_catalogue()
         except Exception as exc:  # the engine's own syntax error, for the analyst
             raise WorkbenchError(_clickhouse_message(exc)) from exc
-        tables = [row[0] for row in existing]
-        problems = check_workbench_sql(ast.decode().splitlines(), database, tables, SITE_TABLES)
+        problems = check_workbench_sql(ast.decode().splitlines(), sql, self.tables, catalogue)
         if problems:
             raise WorkbenchError("; ".join(problems))
-        # readonly last: ClickHouse applies a query's settings in order and refuses any change after readonly=1.
-        limits = {"max_execution_time": timeout_s, "max_result_rows": max_rows + 1, "result_overflow_mode": "break"}
+        # Rows and time are the workbench's own limits (the server lets a query lower its profile's limits, never
+        # raise them); memory and bytes read are the console identity's profile.
         started = datetime.now(UTC)
         try:
-            frame = self._query_df(sql, {}, {**self.scope.settings(), **limits, "readonly": 1})
+            # Newlines around the analyst's text: a trailing comment must not swallow the closing parenthesis.
+            frame = self._query_df(f"SELECT * FROM (\n{sql}\n) LIMIT {int(max_rows) + 1}", {},
+                                   {**self.scope.settings(), "max_execution_time": timeout_s})  # fmt: skip
         except Exception as exc:
             raise WorkbenchError(_clickhouse_message(exc)) from exc
         elapsed = (datetime.now(UTC) - started).total_seconds()

@@ -74,15 +74,17 @@ def _shared_clickhouse(server: str, _settings: ClickHouseSettings) -> Client:
     """One ClickHouse client for every session of this console process (``server`` keys it).
 
     Connecting costs two round trips (version, settings: ~0.1 s), which a new tab or an alert link paid on top of
-    its first query. Sharing is safe: the client has no HTTP session, so the principal's site filter and the
-    workbench's readonly travel as settings of each query, and its connection pool serves concurrent queries."""
-    return make_client(_settings, autogenerate_session_id=False)
+    its first query. Sharing is safe: the client has no HTTP session, so the principal's site roles travel with
+    each query (the server filters by them), and its connection pool serves concurrent queries."""
+    return make_client(_settings, "console", autogenerate_session_id=False)
 
 
 def clickhouse_client(cfg: ClickHouseSettings) -> Client:
-    """The process's client for the server and account ``cfg`` names (made on first use)."""
-    secret = hashlib.sha256(cfg.password.get_secret_value().encode()).hexdigest()
-    return _shared_clickhouse(f"{cfg.username}@{cfg.host}:{cfg.port}/{cfg.database} secure={cfg.secure} {secret}", cfg)
+    """The process's client, as the console's identity, for the server ``cfg`` names (made on first use)."""
+    secret = hashlib.sha256(cfg.password_file("console").read_bytes()).hexdigest() if cfg.password_file(
+        "console").exists() else ""  # fmt: skip
+    return _shared_clickhouse(f"{cfg.user('console')}@{cfg.host}:{cfg.port}/{cfg.database} secure={cfg.secure} "
+                              f"{secret}", cfg)  # fmt: skip
 
 
 def data() -> ConsoleData:

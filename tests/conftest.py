@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from connectors.clickhouse import apply_schema, make_client
 from vigil.settings import (
     AgentsSettings,
     AlertingSettings,
@@ -138,14 +139,27 @@ class RunLoop:
             raise self.error
 
 
+def start_clickhouse_with_schema(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the local ClickHouse server and apply the schema as the admin identity, as `vigil stack up` does
+    (components may only use the schema)."""
+    from vigil.stack.clickhouse_server import start_clickhouse_server_process
+
+    proc = start_clickhouse_server_process(settings, log_path)
+    with contextlib.closing(make_client(settings.clickhouse, "admin")) as admin:
+        apply_schema(admin, settings.clickhouse)
+    return proc
+
+
 @contextlib.contextmanager
-def clickhouse_server(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[ClickHouseSettings]:
-    """A ClickHouse server (chDB) on a free port with a fresh data directory, for one test module."""
-    from vigil.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory, database: str,
+                      **names: str) -> Iterator[ClickHouseSettings]:  # fmt: skip
+    """A ClickHouse server (chDB) on a free port with a fresh data directory and the schema, for one test module
+    (``names``: table-name settings; the server grants its identities on these)."""
+    from vigil.stack.clickhouse_server import stop_clickhouse_server_process
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("vigil-ch"),
-                        clickhouse=ClickHouseSettings(port=free_port(), database=database))  # fmt: skip
-    proc = start_clickhouse_server_process(settings, settings.logs_dir / "clickhouse.log")
+                        clickhouse=ClickHouseSettings(port=free_port(), database=database, **names))  # fmt: skip
+    proc = start_clickhouse_with_schema(settings, settings.logs_dir / "clickhouse.log")
     try:
         yield settings.clickhouse
     finally:
@@ -194,7 +208,7 @@ def live_fleet(pipeline_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
         settings=stack_settings, realtime=True, stop=stop, fleet=fleet, make_sender=make_sender, streams=2))
     thread.start()
     try:
-        client = make_client(settings.clickhouse)
+        client = make_client(settings.clickhouse, "admin")
         ids = [m.equipment_id for m in fleet.machines]
         since = time.time()
         deadline = time.monotonic() + 240

@@ -66,7 +66,7 @@ class RunAgents(TableFunction):
         from agents.episode_store import EpisodeStore
         from connectors.clickhouse import make_client
 
-        self.store = EpisodeStore(self.settings, make_client(self.settings.clickhouse))
+        self.store = EpisodeStore(self.settings, make_client(self.settings.clickhouse, "agents"))
         self.agents = build_agents(self.settings)
 
     def eval(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,

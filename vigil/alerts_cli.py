@@ -146,10 +146,10 @@ def _clickhouse_deliveries(settings: Settings, limit: int, receiver: str | None)
     from connectors.clickhouse import ClickHouseUnavailable, make_client
 
     try:
-        client = make_client(settings.clickhouse)
+        client = make_client(settings.clickhouse, "admin")
     except ClickHouseUnavailable as exc:
         _fail(str(exc))
-    table = f"{settings.clickhouse.database}.{settings.alerting.delivery_table}"
+    table = f"{settings.clickhouse.database}.{settings.clickhouse.deliveries_table}"
     where = "WHERE receiver = {receiver:String}" if receiver else ""
     try:
         result = client.query(

@@ -187,7 +187,7 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
     stop.set()
     simulator.join(30)
     monitor.stop()
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     frame = client.query_df(
         "SELECT count, toUnixTimestamp64Milli(inserted_at) AS ins, toUnixTimestamp64Milli(emitted_at) AS emi, "
         "toUnixTimestamp64Milli(window_end) AS wend FROM window_stats "

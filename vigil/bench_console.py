@@ -87,7 +87,7 @@ def seed(settings: Settings, machines: int, minutes: int, console: Console, reus
     """Fill the bench database (``reuse``: keep one of the same size); returns (seconds, window rows, verdicts)."""
     from connectors.clickhouse import apply_schema, make_client
 
-    client = make_client(settings.clickhouse, autogenerate_session_id=False)
+    client = make_client(settings.clickhouse, "admin", autogenerate_session_id=False)
     if reuse:
         try:
             counts = client.query("SELECT (SELECT uniqExact(equipment_id) FROM machine_state), "
@@ -237,7 +237,7 @@ def _alerted_machines(settings: Settings) -> tuple[str, str]:
     page draws anomaly marks and the anomalies table; a machine without any draws less)."""
     from connectors.clickhouse import make_client
 
-    client = make_client(settings.clickhouse, autogenerate_session_id=False)
+    client = make_client(settings.clickhouse, "admin", autogenerate_session_id=False)
     try:
         rows = client.query("SELECT equipment_id FROM anomalies WHERE is_anomaly GROUP BY equipment_id "
                             "ORDER BY count() DESC, equipment_id LIMIT 2").result_rows  # fmt: skip

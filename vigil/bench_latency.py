@@ -162,7 +162,7 @@ def _first_arrivals(messages: list[dict[str, Any]], timings: list[FaultTiming]) 
 def _first_verdicts(settings: Settings, timings: list[FaultTiming]) -> None:
     from connectors.clickhouse import make_client
 
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     frame = client.query_df(
         "SELECT equipment_id, toUnixTimestamp64Milli(window_end) AS wend, toUnixTimestamp64Milli(emitted_at) AS emi "
         f"FROM {settings.clickhouse.anomalies_table} FINAL WHERE is_anomaly AND kind = 'window' "

@@ -112,6 +112,24 @@ def stack_status() -> None:
     console.print(_status_table(Stack(get_settings()).status()))
 
 
+@stack_app.command("access-sql")
+def stack_access_sql(
+    sites: Annotated[list[str], typer.Option("--site", help="a site to create a role and row policies for")],
+) -> None:
+    """Print the ClickHouse users, profiles, grants, site roles and row policies for a real cluster
+    (docs/security.md): the identities the local server enforces, with the password files' SHA-256."""
+    from connectors.clickhouse import vigil_tables
+    from connectors.clickhouse_access import password_sha256, render_access_sql
+
+    ch = get_settings().clickhouse
+    try:
+        hashes = {name: password_sha256(ch.password_file(name).read_text().strip()) for name in ch.users}
+    except FileNotFoundError as exc:
+        _fail(f"{exc}: write each identity's password file first (or start the local stack once)")
+    for statement in render_access_sql(vigil_tables(ch), ch.users, hashes, sites):
+        typer.echo(statement + ";")
+
+
 @app.command()
 def demo(
     machines: Annotated[int, typer.Option(help="simulated machines")] = 1000,

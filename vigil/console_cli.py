@@ -28,9 +28,9 @@ def announce_console(settings: Settings) -> None:
     password = ensure_initial_admin(settings.console_users_path)
     console.print(f"console: http://{settings.console.host}:{settings.console.port}")
     if password:
-        console.print(f"  first sign-in: user [bold]admin[/], password [bold]{password}[/] (also in "
-                      f"{settings.console_users_path.with_name('initial-admin-password')}); add people with "
-                      f"`vigil console users add`")  # fmt: skip
+        secret = settings.console_users_path.with_name("initial-admin-password")
+        console.print(f"  first sign-in: user [bold]admin[/], password [bold]{password}[/] (also in {secret} until "
+                      "admin first signs in); add people with `vigil console users add`")  # fmt: skip
 
 
 @console_app.callback()

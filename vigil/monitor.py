@@ -134,7 +134,7 @@ class PipelineMonitor:
         client = None
         while not self._stop.wait(2.0):
             try:
-                client = client or make_client(self.settings.clickhouse)
+                client = client or make_client(self.settings.clickhouse, "admin")
                 self.clickhouse_rows = int(client.command("SELECT count() FROM window_stats"))
             except Exception as exc:  # server restarting: show it, keep trying
                 log.debug("clickhouse count failed: %s", exc)

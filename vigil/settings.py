@@ -26,6 +26,8 @@ from pydantic_settings import (
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "VIGIL_"
+# Vigil's components as ClickHouse identities (their rights: connectors/clickhouse_access.py).
+CLICKHOUSE_IDENTITIES = ("admin", "sink", "relay", "agents", "console", "api")
 ENV_NESTED = "__"
 
 
@@ -212,8 +214,12 @@ class ClickHouseSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 18123
-    username: str = "vigil"
-    password: SecretStr = SecretStr("vigil")
+    # Each component connects as its own least-privilege identity (connectors/clickhouse_access.py): this maps
+    # an identity to its ClickHouse user name; its password is read from <secrets_dir>/<identity>.password
+    # (mode 600; the local server creates missing ones at its first start). Never in settings, env or URLs.
+    users: dict[str, str] = Field(default_factory=lambda: {name: f"vigil_{name}" for name in CLICKHOUSE_IDENTITIES})
+    # Default: <data_dir>/secrets/clickhouse (filled in by Settings).
+    secrets_dir: Path | None = None
     database: str = "vigil"
     secure: bool = False
     window_ttl_days: int = Field(400, ge=1)
@@ -231,6 +237,26 @@ class ClickHouseSettings(BaseModel):
     # Known faults (simulator ground truth, maintenance work orders): what `vigil train --agents --source
     # clickhouse` labels episodes with (sql/clickhouse/006_fault_labels.sql, `vigil labels import`).
     fault_labels_table: str = "fault_labels"
+    # The notification relay's delivery log (sql/clickhouse/003_alert_deliveries.sql).
+    deliveries_table: str = "alert_deliveries"
+
+    @field_validator("users")
+    @classmethod
+    def _every_identity(cls, users: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(users) - set(CLICKHOUSE_IDENTITIES))
+        if unknown:
+            raise ValueError(f"unknown ClickHouse identities {unknown}; they are {', '.join(CLICKHOUSE_IDENTITIES)}")
+        return {name: users.get(name, f"vigil_{name}") for name in CLICKHOUSE_IDENTITIES}
+
+    def user(self, identity: str) -> str:
+        try:
+            return self.users[identity]
+        except KeyError:
+            raise ValueError(f"no ClickHouse user configured for identity {identity!r} (clickhouse.users)") from None
+
+    def password_file(self, identity: str) -> Path:
+        base = self.secrets_dir or (PROJECT_ROOT / ".vigil" / "secrets" / "clickhouse")
+        return base / f"{identity}.password"
 
 
 class PrometheusSettings(BaseModel):
@@ -328,8 +354,6 @@ class AlertingSettings(BaseModel):
     rate_limit_per_minute: dict[str, float] = Field(
         default_factory=lambda: {"slack": 60.0, "sms": 60.0, "email": 60.0}
     )
-    # ClickHouse table of every delivery attempt's outcome (sql/clickhouse/003_alert_deliveries.sql).
-    delivery_table: str = "alert_deliveries"
     # Agents' diagnoses in alert messages, and follow-ups to whoever was paged before the diagnosis was known
     # (connectors/notify/diagnoses.py): the relay reads the insights topic with this consumer group.
     insight_followups: bool = True
@@ -362,7 +386,7 @@ class ConsoleSettings(BaseModel):
     # links do not ask again; 0 = every tab signs in. Deleting <data_dir>/console/signin.key signs everyone out.
     remember_hours: float = Field(12.0, ge=0, le=24 * 30)
     # SQL workbench limits (ClickHouse enforces them: max_execution_time, max_result_rows).
-    sql_timeout_s: float = Field(20.0, gt=0, le=600)
+    sql_timeout_s: float = Field(20.0, gt=0, le=60)  # at most the console identity's max_execution_time
     sql_max_rows: int = Field(10_000, ge=1, le=1_000_000)
     # Live pages re-read their data this often.
     refresh_s: float = Field(5.0, ge=1.0)
@@ -420,6 +444,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _clickhouse_secrets_dir(self) -> Settings:
+        if self.clickhouse.secrets_dir is None:  # a copy: the ClickHouseSettings passed in may be shared
+            secrets_dir = self.data_dir / "secrets" / "clickhouse"
+            self.clickhouse = self.clickhouse.model_copy(update={"secrets_dir": secrets_dir})
+        return self
 
     @model_validator(mode="after")
     def _check_windows(self) -> Settings:

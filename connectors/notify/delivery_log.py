@@ -1,4 +1,4 @@
-"""Every delivery attempt's outcome into ClickHouse (``settings.alerting.delivery_table``), in batches.
+"""Every delivery attempt's outcome into ClickHouse (``settings.clickhouse.deliveries_table``), in batches.
 
 Attempts are first written to the relay's SQLite store (in the same transaction that moves the delivery on),
 then shipped from there: ClickHouse being down never slows or stops a delivery, nothing is lost while it is
@@ -8,7 +8,6 @@ down (the rows wait in SQLite and ship when it is back), and the relay logs one 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -16,14 +15,12 @@ from datetime import UTC, datetime
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from connectors.clickhouse import SCHEMA_DIR, ClickHouseUnavailable, make_client
+from connectors.clickhouse import ClickHouseUnavailable, make_client, require_tables
 from connectors.notify.store import AttemptRecord, Store
 from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCHEMA_FILE = SCHEMA_DIR / "003_alert_deliveries.sql"
-SCHEMA_TABLE_NAME = "alert_deliveries"  # the name written in SCHEMA_FILE
 BATCH_ROWS = 5_000
 # While ClickHouse is down, reconnect after 1, 2, 4 ... at most 60 s (each try logs in the client library).
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 60.0
@@ -31,19 +28,6 @@ COLUMNS = (
     "time", "receiver", "recipient", "fingerprint", "alertname", "equipment_id", "site", "severity",
     "alert_status", "status", "attempt", "http_status", "error", "latency_ms", "delivery_id",
 )  # fmt: skip
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def render_delivery_schema(settings: Settings) -> list[str]:
-    """The statements of SCHEMA_FILE for the configured database, TTL and table name."""
-    ch, table = settings.clickhouse, settings.alerting.delivery_table
-    for name, value in (("CLICKHOUSE__DATABASE", ch.database), ("ALERTING__DELIVERY_TABLE", table)):
-        if not _IDENTIFIER.match(value):
-            raise ValueError(f"VIGIL_{name}={value!r} is not a plain identifier (letters, digits, _)")
-    text = SCHEMA_FILE.read_text().format_map({"database": ch.database, "window_ttl_days": ch.window_ttl_days})
-    text = text.replace(f"{ch.database}.{SCHEMA_TABLE_NAME}", f"{ch.database}.{table}")
-    statements = re.split(r";[ \t]*(?:\n|$)", text)
-    return [s.strip() for s in statements if re.sub(r"--[^\n]*", "", s).strip()]
 
 
 def to_row(record: AttemptRecord) -> list[object]:
@@ -60,7 +44,7 @@ class DeliveryLog:
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.table = f"{settings.clickhouse.database}.{settings.alerting.delivery_table}"
+        self.table = f"{settings.clickhouse.database}.{settings.clickhouse.deliveries_table}"
         self._client: Client | None = None
         self._down = False  # an outage is being reported (warn once, info when it ends)
         self._retry_at = 0.0
@@ -70,9 +54,9 @@ class DeliveryLog:
 
     def _connect(self) -> Client:
         if self._client is None:
-            client = make_client(self.settings.clickhouse)
-            for statement in render_delivery_schema(self.settings):
-                client.command(statement, use_database=False)
+            # The relay's identity may only insert here; the table comes with the schema (`vigil stack up`).
+            client = make_client(self.settings.clickhouse, "relay")
+            require_tables(client, self.settings.clickhouse, [self.settings.clickhouse.deliveries_table])
             self._client = client
         return self._client
 

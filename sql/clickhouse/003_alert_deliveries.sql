@@ -3,15 +3,14 @@
 -- relay's SQLite attempt log by connectors/notify/delivery_log.py.
 -- Placeholders are filled by connectors.clickhouse.apply_schema from settings; statements end with
 -- ';' at the end of a line. Every statement is idempotent.
--- The table is named by settings.alerting.delivery_table (default alert_deliveries): apply_schema has no
--- placeholder for it, so the relay applies this file itself with the configured name in place of
--- alert_deliveries (connectors.notify.delivery_log.render_delivery_schema).
+-- The table is named by settings.clickhouse.deliveries_table. The stack applies it with the rest of the schema
+-- (the relay's own ClickHouse identity may only insert into it).
 
 CREATE DATABASE IF NOT EXISTS {database};
 
 -- The relay marks attempts shipped after ClickHouse accepted them, so a crash in between ships them
 -- again: ReplacingMergeTree collapses a re-shipped attempt (same receiver, time, delivery_id, attempt).
-CREATE TABLE IF NOT EXISTS {database}.alert_deliveries
+CREATE TABLE IF NOT EXISTS {database}.{deliveries_table}
 (
     time          DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
     receiver      LowCardinality(String),   -- slack | sms | email

@@ -8,7 +8,6 @@ import pandas as pd
 import streamlit as st
 
 from streamlit_app import session
-from streamlit_app.access import SITE_TABLES
 from streamlit_app.data import WorkbenchError
 
 EXAMPLES = {
@@ -52,7 +51,7 @@ def chart_of(frame: pd.DataFrame) -> None:
 st.title("SQL workbench")
 data = session.data()
 limits = session.settings().console
-st.caption(f"Read-only SELECTs over {', '.join(SITE_TABLES)}; {data.principal.sites_label}; "
+st.caption(f"Read-only SELECTs over {', '.join(data.tables.site_tables)}; {data.principal.sites_label}; "
            f"at most {limits.sql_max_rows:,} rows and {limits.sql_timeout_s:g} s per query.")
 example = st.selectbox("example queries", ["(write your own)", *EXAMPLES], key="sql_example")
 default = EXAMPLES.get(example, "SELECT site, count() AS windows FROM window_stats GROUP BY site")

@@ -53,7 +53,7 @@ def load_history(settings: Settings, result: SimEvaluation, shift_ms: int) -> No
     (the tables' TTL drops data older than window_ttl_days)."""
     run = result.run
     assert run is not None
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     apply_schema(client, settings.clickhouse)
     stats = run.stats
     start = _ms(stats["window_start_ms"] + shift_ms)
@@ -110,7 +110,7 @@ def test_episodes_and_labels_read_from_clickhouse_match_the_in_memory_pipeline_a
         again = runner.invoke(app, ["labels", "import", str(ground_truth)])  # replaces, never doubles
         assert again.exit_code == 0, again.output
 
-        client = make_client(ch)
+        client = make_client(ch, "admin")
         data = clickhouse_labelled_episodes(settings, client, sim.start_ms + shift, sim.end_ms + shift)
         client.close()
 

@@ -83,7 +83,7 @@ def produce(settings: Settings, topic: str, records: list[dict], every_partition
 
 def test_a_closed_episode_becomes_insights_in_kafka_and_clickhouse(stack: Stack) -> None:
     settings = stack.settings
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     t0 = (int(time.time() * 1000) // W - (BASELINE + EPISODE + AFTER)) * W
     produce(settings, settings.kafka.window_stats_topic, window_stats(settings, t0))
     total = (BASELINE + EPISODE + AFTER) * len(EQUIPMENT_TYPES["pump"].sensors)
@@ -155,7 +155,7 @@ def test_machines_of_a_site_going_wrong_together_are_one_shared_cause(stack: Sta
     """Three pumps of site-2 whose speed readings freeze within 15 s of each other: each closed episode looks up
     its site's neighbours; all three name the event the same, so ClickHouse holds ONE shared-cause row."""
     settings = stack.settings
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     # From now on: the other test's replay already moved the job's watermark to about now, and windows
     # behind a watermark are late (dropped by the session windows), as they would be in production.
     t0 = (int(time.time() * 1000) // W + 1) * W

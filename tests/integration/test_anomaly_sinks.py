@@ -24,9 +24,9 @@ from connectors.clickhouse_sink import anomalies_spec, run_sinks
 from connectors.kafka import ensure_topics, make_consumer, make_producer
 from connectors.pushgateway_sink import PushgatewaySink
 from onnx_models.train import _flagged_windows
-from tests.conftest import RunLoop, free_port
+from tests.conftest import RunLoop, free_port, start_clickhouse_with_schema
 from vigil.settings import ClickHouseSettings, KafkaSettings, Settings
-from vigil.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
+from vigil.stack.clickhouse_server import stop_clickhouse_server_process
 from vigil.stack.prometheus_configs import pushgateway_argv
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,7 @@ def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSe
         data_dir=tmp_path_factory.mktemp("vigil"),
         clickhouse=ClickHouseSettings(port=free_port(), database="anomaly_test", flush_interval_s=0.2),
     )
-    proc = start_clickhouse_server_process(settings, settings.logs_dir / "clickhouse.log")
+    proc = start_clickhouse_with_schema(settings, settings.logs_dir / "clickhouse.log")
     try:
         yield settings.clickhouse
     finally:
@@ -201,7 +201,7 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    client = make_client(ch)
+    client = make_client(ch, "admin")
     group, produced = anomalies_spec(settings).consumer_group, len(records) + 3
     try:
         wait_for(lambda: committed_total(kafka, group, kafka.anomalies_topic) == produced,

@@ -12,12 +12,12 @@ from pathlib import Path
 import clickhouse_connect
 import orjson
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pytest
 import requests
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
-from pydantic import SecretStr
 
 from connectors.clickhouse import (
     WINDOW_STATS_TABLE,
@@ -28,6 +28,7 @@ from connectors.clickhouse import (
     make_client,
     window_stats_to_arrow,
 )
+from connectors.clickhouse_access import ensure_passwords
 from tests.conftest import free_port
 from vigil.settings import ClickHouseSettings, Settings
 from vigil.stack.clickhouse_server import (
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.integration
 def _settings(data_dir: Path, database: str = "vigil_test") -> Settings:
     return Settings(
         data_dir=data_dir,
-        clickhouse=ClickHouseSettings(port=free_port(), username="tester", password="s3cret", database=database),
+        clickhouse=ClickHouseSettings(port=free_port(), users={"admin": "tester"}, database=database),
     )
 
 
@@ -60,7 +61,7 @@ def ch_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 @pytest.fixture(scope="module")
 def client(ch_settings: Settings) -> Iterator[Client]:
-    client = make_client(ch_settings.clickhouse)
+    client = make_client(ch_settings.clickhouse, "admin")
     apply_schema(client, ch_settings.clickhouse)
     yield client
     client.close()
@@ -101,40 +102,59 @@ def test_ping(ch_settings: Settings) -> None:
     assert response.text == "Ok.\n"
 
 
-def test_wrong_password_is_rejected(ch_settings: Settings) -> None:
+def test_wrong_password_is_rejected(ch_settings: Settings, tmp_path: Path) -> None:
     ch = ch_settings.clickhouse
     with pytest.raises(DatabaseError, match="Authentication failed") as info:
-        clickhouse_connect.get_client(host=ch.host, port=ch.port, username=ch.username, password="wrong")
+        clickhouse_connect.get_client(host=ch.host, port=ch.port, username=ch.user("admin"), password="wrong")
     assert info.value.code == 516
-    response = requests.post(_url(ch_settings), data=b"SELECT 1", auth=(ch.username, "wrong"), timeout=5)
+    response = requests.post(_url(ch_settings), data=b"SELECT 1", auth=(ch.user("admin"), "wrong"), timeout=5)
     assert response.status_code == 401
     assert response.headers["X-ClickHouse-Exception-Code"] == "516"
     assert requests.post(_url(ch_settings), data=b"SELECT 1", timeout=5).status_code == 401  # no credentials
+    # another identity's password does not open this one
+    other = ch.password_file("console").read_text().strip()
+    wrong_identity = requests.post(_url(ch_settings), data=b"SELECT 1", auth=(ch.user("admin"), other), timeout=5)
+    assert wrong_identity.status_code == 401
     # with make_client the message says what to check
-    bad = ch.model_copy(update={"password": SecretStr("wrong")})
-    with pytest.raises(ClickHouseUnavailable, match="VIGIL_CLICKHOUSE__PASSWORD"):
-        make_client(bad)
+    (tmp_path / "admin.password").write_text("wrong\n")
+    bad = ch.model_copy(update={"secrets_dir": tmp_path})
+    with pytest.raises(ClickHouseUnavailable, match="password file"):
+        make_client(bad, "admin")
+
+
+def test_passwords_are_files_of_their_own_never_arguments(ch_settings: Settings) -> None:
+    ch = ch_settings.clickhouse
+    assert ch.secrets_dir is not None and (ch.secrets_dir.stat().st_mode & 0o777) == 0o700
+    passwords = {name: ch.password_file(name).read_text().strip() for name in ch.users}
+    assert len(set(passwords.values())) == len(passwords) and all(len(p) >= 24 for p in passwords.values())
+    assert all((ch.password_file(name).stat().st_mode & 0o777) == 0o600 for name in ch.users)
+    server = [p for p in psutil.process_iter(["cmdline", "environ"]) if "vigil.stack.clickhouse_server" in
+              " ".join(p.info["cmdline"] or []) and str(ch.port) in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    assert server, "the test server's process was not found"
+    environ = server[0].info["environ"] or {}
+    seen = " ".join(server[0].info["cmdline"]) + " ".join(f"{k}={v}" for k, v in environ.items())
+    assert not [name for name, password in passwords.items() if password in seen]
 
 
 def test_other_auth_forms_accepted(ch_settings: Settings) -> None:
     ch = ch_settings.clickhouse
-    secret = ch.password.get_secret_value()
+    secret = ch.password_file("admin").read_text().strip()
     by_headers = requests.post(
         _url(ch_settings),
         data=b"SELECT 40 + 2",
-        headers={"X-ClickHouse-User": ch.username, "X-ClickHouse-Key": secret},
+        headers={"X-ClickHouse-User": ch.user("admin"), "X-ClickHouse-Key": secret},
         timeout=5,
     )
     assert (by_headers.status_code, by_headers.text) == (200, "42\n")
     by_params = requests.get(
-        _url(ch_settings), params={"user": ch.username, "password": secret, "query": "SELECT 7"}, timeout=5
+        _url(ch_settings), params={"user": ch.user("admin"), "password": secret, "query": "SELECT 7"}, timeout=5
     )
     assert (by_params.status_code, by_params.text) == (200, "7\n")
 
 
 def test_unreachable_server_gives_actionable_error() -> None:
     with pytest.raises(ClickHouseUnavailable, match="vigil stack up"):
-        make_client(ClickHouseSettings(port=free_port()))
+        make_client(ClickHouseSettings(port=free_port()), "admin")
 
 
 def test_arrow_round_trip_exact_values_and_types(client: Client) -> None:
@@ -183,7 +203,7 @@ def test_arrow_round_trip_exact_values_and_types(client: Client) -> None:
 def test_insert_df_with_each_compression(ch_settings: Settings, compress: str | bool) -> None:
     """clickhouse-connect streams Native blocks (chunked, one compressed frame per block)."""
     ch = ch_settings.clickhouse
-    client = make_client(ch, compress=compress)
+    client = make_client(ch, "admin", compress=compress)
     table = f"comp_{compress or 'none'}"
     client.command(f"DROP TABLE IF EXISTS {table}")
     client.command(f"CREATE TABLE {table} (k UInt64, s String) ENGINE = MergeTree ORDER BY k")
@@ -197,7 +217,7 @@ def test_insert_df_with_each_compression(ch_settings: Settings, compress: str | 
 def test_raw_http_forms(ch_settings: Settings, client: Client) -> None:
     """The query in the URL with data in the body, a gzip body, and INSERT ... VALUES."""
     ch = ch_settings.clickhouse
-    auth = (ch.username, ch.password.get_secret_value())
+    auth = (ch.user("admin"), ch.password_file("admin").read_text().strip())
     client.command("DROP TABLE IF EXISTS raw_forms")
     client.command("CREATE TABLE raw_forms (a UInt8, b String) ENGINE = MergeTree ORDER BY a")
     base = {"database": ch.database}
@@ -234,10 +254,10 @@ def test_bad_query_raises_database_error_with_clickhouse_message(client: Client)
 
 
 def test_session_settings_persist_within_a_session(ch_settings: Settings) -> None:
-    client = make_client(ch_settings.clickhouse)
+    client = make_client(ch_settings.clickhouse, "admin")
     client.command("SET max_threads = 1")
     assert client.command("SELECT getSetting('max_threads')") == 1
-    other = make_client(ch_settings.clickhouse)
+    other = make_client(ch_settings.clickhouse, "admin")
     assert other.command("SELECT getSetting('max_threads')") != 1
     assert client.query("SELECT getSetting('max_threads')", settings={"max_threads": 3}).result_rows == [(3,)]
     client.close()
@@ -252,7 +272,7 @@ def test_concurrent_clients(ch_settings: Settings, client: Client) -> None:
 
     def work(worker: int) -> None:
         try:
-            own = make_client(ch_settings.clickhouse)
+            own = make_client(ch_settings.clickhouse, "admin")
             for batch in range(5):
                 rows = pa.table(
                     {
@@ -313,7 +333,7 @@ def test_data_survives_restart(tmp_path: Path) -> None:
     log_path = tmp_path / "clickhouse.log"
     proc = start_clickhouse_server_process(settings, log_path)
     try:
-        client = make_client(settings.clickhouse)
+        client = make_client(settings.clickhouse, "admin")
         apply_schema(client, settings.clickhouse)
         start = _recent_window_ms()
         table, _ = window_stats_to_arrow([_stats_record("m-7", "temp", start, 4.5, start + 6000)])
@@ -323,7 +343,7 @@ def test_data_survives_restart(tmp_path: Path) -> None:
         assert stop_clickhouse_server_process(proc) == 0
     proc = start_clickhouse_server_process(settings, log_path)
     try:
-        client = make_client(settings.clickhouse)
+        client = make_client(settings.clickhouse, "admin")
         rows = client.query(f"SELECT equipment_id, sensor, avg FROM {WINDOW_STATS_VIEW}").result_rows
         assert rows == [("m-7", "temp", 4.5)]
         client.close()
@@ -356,3 +376,11 @@ def test_split_statement_data_starts_after_first_newline() -> None:
     assert b"".join(statement.data or []) == b"\t1\n2\n"
     statement = _split_statement(b"SELECT 1\n", iter([]))
     assert (statement.sql, statement.insert_format) == (b"SELECT 1\n", None)
+
+
+def test_refuses_a_non_loopback_bind_with_a_weak_password(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, clickhouse=ClickHouseSettings(host="0.0.0.0", port=free_port()))
+    ensure_passwords(settings.clickhouse.secrets_dir)
+    settings.clickhouse.password_file("sink").write_text("vigil\n")
+    with pytest.raises(RuntimeError, match="refusing to listen on 0.0.0.0: identity 'sink'"):
+        start_clickhouse_server_process(settings, tmp_path / "clickhouse.log", timeout=30)

@@ -15,9 +15,9 @@ from confluent_kafka import TopicPartition
 from connectors.clickhouse import MALFORMED_REASON, WINDOW_STATS_TABLE, WINDOW_STATS_VIEW, make_client
 from connectors.clickhouse_sink import ClickHouseSink
 from connectors.kafka import ensure_topics, make_consumer, make_producer
-from tests.conftest import clickhouse_server, free_port
+from tests.conftest import clickhouse_server, free_port, start_clickhouse_with_schema
 from vigil.settings import ClickHouseSettings, KafkaSettings, Settings
-from vigil.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
+from vigil.stack.clickhouse_server import stop_clickhouse_server_process
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def settings(kafka_settings: KafkaSettings, ch_server: ClickHouseSettings, tmp_p
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[Client]:
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     yield client
     client.close()
 
@@ -227,7 +227,7 @@ def test_offsets_not_committed_while_clickhouse_is_down(kafka_settings: KafkaSet
     )
     ensure_topics(settings.kafka)
     log_path = tmp_path / "clickhouse.log"
-    proc = start_clickhouse_server_process(settings, log_path)
+    proc = start_clickhouse_with_schema(settings, log_path)
     sink = ClickHouseSink(settings)
     stop = threading.Event()
     thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
@@ -244,9 +244,9 @@ def test_offsets_not_committed_while_clickhouse_is_down(kafka_settings: KafkaSet
         wait_for(lambda: sink.stats().errors >= 2, what="failed insert attempts")
         assert committed_total(settings) == len(first)  # nothing committed past unwritten data
 
-        proc = start_clickhouse_server_process(settings, log_path)
+        proc = start_clickhouse_with_schema(settings, log_path)
         wait_for(lambda: committed_total(settings) == len(first) + len(second), what="second batch committed")
-        client = make_client(settings.clickhouse)
+        client = make_client(settings.clickhouse, "admin")
         assert [row[:3] for row in view_rows(client, ["out-1", "out-2"])] == sorted(
             (r["equipment_id"], r["sensor"], r["window_start_ms"]) for r in first + second
         )

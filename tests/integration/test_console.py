@@ -93,7 +93,8 @@ def test_sign_in_with_a_local_password(env: LiveFleet) -> None:
 
 def machine_sites(settings: Settings) -> dict[str, set[str]]:
     """Every machine's site(s) in machine_state, read without any scope (other tests reuse machine names)."""
-    rows = make_client(settings.clickhouse).query("SELECT equipment_id, site FROM machine_state FINAL").result_rows
+    admin = make_client(settings.clickhouse, "admin")
+    rows = admin.query("SELECT equipment_id, site FROM machine_state FINAL").result_rows
     sites: dict[str, set[str]] = {}
     for equipment_id, site in rows:
         sites.setdefault(equipment_id, set()).add(site)
@@ -265,7 +266,7 @@ def post_insights(settings: Settings, live: LiveFleet) -> dict[str, str]:
                                                         "actions": ["Measure the vibration spectrum"]}).decode()})
     table, malformed = records_to_arrow([orjson.dumps(r) for r in records], INSIGHT_RECORDS)
     assert not malformed
-    insert_rows(make_client(settings.clickhouse), settings.clickhouse.insights_table, table)
+    insert_rows(make_client(settings.clickhouse, "admin"), settings.clickhouse.insights_table, table)
     return picked
 
 

@@ -242,7 +242,7 @@ def test_sign_in_through_an_openid_connect_provider(live_fleet: LiveFleet, oidc_
     page.wait_for_function(f"!document.cookie.includes('{remember.COOKIE}=')")
     assert remember.COOKIE not in {c["name"] for c in context.cookies()}
     # The shared stack also holds other test modules' machines: count what ClickHouse has per site.
-    with contextlib.closing(make_client(live_fleet.settings.clickhouse)) as client:
+    with contextlib.closing(make_client(live_fleet.settings.clickhouse, "admin")) as client:
         site_1, everyone = client.query("SELECT countIf(site = 'site-1'), count() FROM machine_state FINAL"
                                         ).result_rows[0]  # fmt: skip
     assert 0 < site_1 < everyone

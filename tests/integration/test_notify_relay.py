@@ -158,7 +158,8 @@ def smtp() -> Iterator[tuple[Mailbox, int]]:
 
 @pytest.fixture(scope="module")
 def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSettings]:
-    with clickhouse_server(tmp_path_factory, "notify_test") as server:
+    # Not the default table name: the schema, the relay and the server's grants all follow the setting.
+    with clickhouse_server(tmp_path_factory, "notify_test", deliveries_table="alert_deliveries_test") as server:
         yield server
 
 
@@ -174,7 +175,6 @@ def relay_settings(folder: Path, standin: StandIn, smtp_port: int, ch: ClickHous
         "max_attempts": 3, "backoff_initial_s": 0.05, "backoff_max_s": 2.0, "request_timeout_s": 1.0,
         "rate_limit_per_minute": {"slack": 6000.0, "sms": 6000.0, "email": 6000.0},
         "console_url": "http://console.example:18501",
-        "delivery_table": "alert_deliveries_test",  # not the default: the relay creates the table it is told to
         "insight_followups": False,  # no broker here; test_diagnoses_reach_the_people_paged_* turns it on
         **alerting,
     }  # fmt: skip
@@ -412,7 +412,7 @@ def test_server_errors_are_retried_until_delivered(relay: RelayProcess, standin:
     assert statuses(standin.requests(MAIN_SLACK, fp)) == [500, 500, 200]
 
     # Every attempt's outcome is in the ClickHouse delivery log (shipped in batches by the relay).
-    client = make_client(ch_server)
+    client = make_client(ch_server, "admin")
     try:
         query = ("SELECT attempt, status, http_status, receiver, recipient, equipment_id, site, severity, alertname "
                  "FROM alert_deliveries_test WHERE fingerprint = {fp:String} ORDER BY attempt")  # fmt: skip

@@ -113,7 +113,7 @@ def streamed(pipeline_stack: Stack):
 
 def test_window_statistics_in_clickhouse_are_exact(pipeline_stack: Stack, streamed) -> None:
     expected, first_full, last_end, _ = streamed
-    client = make_client(pipeline_stack.settings.clickhouse)
+    client = make_client(pipeline_stack.settings.clickhouse, "admin")
     query = (
         "SELECT equipment_id, sensor, toUnixTimestamp64Milli(window_start) AS window_start_ms, count, avg, stddev, "
         "min, max FROM window_stats FINAL WHERE window_start >= fromUnixTimestamp64Milli({a:Int64}) "
@@ -148,7 +148,7 @@ def test_latest_windows_reach_pushgateway_and_prometheus(pipeline_stack: Stack, 
     settings = pipeline_stack.settings
     row = expected.iloc[len(expected) // 2]
     equipment, sensor = row.equipment_id, row.sensor
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
 
     def latest_pushed():
         text = requests.get(f"{settings.prometheus.pushgateway_url}/metrics", timeout=5).text

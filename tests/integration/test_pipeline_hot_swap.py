@@ -52,7 +52,7 @@ def test_promoted_models_swap_in_and_a_mismatched_one_is_refused(pipeline_stack:
     good, meta = train_pump_model()
     bad, bad_meta = train_pump_model(drop_sensor="flow")
     ids = sorted(m.equipment_id for m in fleet.machines)
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     pid = pipeline_stack.processes.pid(JOB)
     flink_logs = settings.logs_dir / "flink-anomaly-scoring"
 

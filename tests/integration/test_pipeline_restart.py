@@ -48,7 +48,7 @@ def test_sigkill_and_restart_keeps_every_window_exactly_once(pipeline_stack: Sta
     _last_tick["end"] = ticks[-1]
     before, while_down, flush = ticks[:4], ticks[4:8], ticks[8:]
     sent = []
-    client = make_client(settings.clickhouse)
+    client = make_client(settings.clickhouse, "admin")
     ids = sorted(m.equipment_id for m in fleet.machines)
 
     def send(ends: list[int]) -> None:

@@ -106,7 +106,7 @@ def trained_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     )
     proc = start_clickhouse_server_process(settings, settings.logs_dir / "clickhouse.log")
     try:
-        client = make_client(settings.clickhouse)
+        client = make_client(settings.clickhouse, "admin")
         apply_schema(client, settings.clickhouse)
         rng = np.random.default_rng(3)
         frames = {etype: _window_stats(etype, rng) for etype in TYPES}

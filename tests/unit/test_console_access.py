@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors.clickhouse import vigil_tables
 from streamlit_app.access import (
     AccessError,
     Principal,
@@ -14,11 +15,13 @@ from streamlit_app.access import (
     authenticate,
     check_workbench_sql,
     ensure_initial_admin,
+    forget_initial_password,
     load_users,
     principal_for_email,
     remove_user,
     set_user,
 )
+from vigil.settings import ClickHouseSettings
 
 
 def test_users_file_round_trip_keeps_only_an_argon2_hash(tmp_path: Path) -> None:
@@ -57,6 +60,8 @@ def test_the_first_admin_is_created_once_with_a_random_password(tmp_path: Path) 
     assert authenticate(load_users(path), "admin", password).sites is None  # type: ignore[union-attr]
     assert (tmp_path / "initial-admin-password").read_text().strip() == password
     assert ensure_initial_admin(path) is None
+    assert not forget_initial_password(path, "ana")  # someone else signing in leaves it
+    assert forget_initial_password(path, "admin") and not (tmp_path / "initial-admin-password").exists()
 
 
 def test_roles_and_sites() -> None:
@@ -70,14 +75,12 @@ def test_roles_and_sites() -> None:
         analyst.check_site("site-2", "read the statistics")
 
 
-def test_scope_filters_every_vigil_table_for_a_site_user_and_nothing_for_an_admin() -> None:
-    scoped = QueryScope(Principal("ana", "analyst", frozenset({"site-1", "o'brien"})), "vigil").settings()
-    filters = scoped["additional_table_filters"]
-    assert "'vigil.window_stats': 'site IN (\\'o\\\\\\'brien\\', \\'site-1\\')'" in filters
-    assert "'anomalies_latest': " in filters and "'alert_deliveries': " in filters
-    assert QueryScope(Principal("root", "admin", None), "vigil").settings() == {}
-    nothing = QueryScope(Principal("new", "analyst", frozenset()), "vigil").settings()
-    assert "'anomalies': '0'" in nothing["additional_table_filters"]  # no sites: no rows
+def test_scope_names_the_principals_site_roles_and_no_filter_of_its_own() -> None:
+    tables = vigil_tables(ClickHouseSettings())
+    scoped = QueryScope(Principal("ana", "analyst", frozenset({"site-1", "site-2"})), tables).settings()
+    assert scoped == {"role": "vigil_site_site-1,vigil_site_site-2"}  # the server turns roles into the filter
+    assert QueryScope(Principal("root", "admin", None), tables).settings() == {"role": "vigil_all_sites"}
+    assert QueryScope(Principal("new", "analyst", frozenset()), tables).settings() == {"role": ""}
 
 
 def ast(text: str) -> list[str]:
@@ -121,8 +124,11 @@ SelectWithUnionQuery (children 1)
 """
 
 
+TABLES = vigil_tables(ClickHouseSettings())
+
+
 def test_workbench_guard_accepts_a_select_over_vigil_tables() -> None:
-    assert check_workbench_sql(ast(SELECT_JOIN), "vigil", ["window_stats", "anomalies"]) == []
+    assert check_workbench_sql(ast(SELECT_JOIN), "SELECT ...", TABLES, None) == []
 
 
 @pytest.mark.parametrize(("tree", "problem"), [
@@ -130,16 +136,19 @@ def test_workbench_guard_accepts_a_select_over_vigil_tables() -> None:
     (SETTINGS_CLAUSE, "a SETTINGS clause is not allowed"),
     (SELECT_JOIN.replace("vigil.window_stats", "system.tables"), "table 'system.tables' is not readable"),
     (SELECT_JOIN.replace("vigil.window_stats", "other.window_stats"), "table 'other.window_stats' is not readable"),
-    ("InsertQuery   (children 1)\n Identifier t", "only a SELECT query may run here (this is InsertQuery)"),
-    ("ShowTables", "only a SELECT query may run here (this is ShowTables)"),
+    (SELECT_JOIN.replace("TableIdentifier anomalies", "TableIdentifier machine_state_mv"),
+     "table 'machine_state_mv' is not readable"),
+    (SELECT_JOIN + " Identifier JSON", "a FORMAT clause is not allowed"),
+    (SELECT_JOIN + " Literal 'x.txt'", "INTO OUTFILE is not allowed"),
+    ("InsertQuery   (children 1)\n Identifier t", "only a SELECT query may run here (this is INSERT)"),
+    ("ShowTables", "only a SELECT query may run here (this is SHOW)"),
 ])  # fmt: skip
 def test_workbench_guard_refuses(tree: str, problem: str) -> None:
-    problems = check_workbench_sql(ast(tree), "vigil", ["window_stats", "anomalies", "secrets"])
+    problems = check_workbench_sql(ast(tree), "SELECT ...", TABLES, None)
     assert any(problem in p for p in problems), problems
 
 
-def test_an_unqualified_name_is_a_with_alias_unless_it_is_a_table_outside_the_scope() -> None:
+def test_an_unqualified_name_outside_the_scope_is_read_only_as_a_with_name() -> None:
     with_alias = SELECT_JOIN.replace("TableIdentifier anomalies", "TableIdentifier recent")
-    assert check_workbench_sql(ast(with_alias), "vigil", ["window_stats", "anomalies"]) == []
-    other_table = SELECT_JOIN.replace("TableIdentifier anomalies", "TableIdentifier secrets")
-    assert check_workbench_sql(ast(other_table), "vigil", ["window_stats", "anomalies", "secrets"]) != []
+    assert check_workbench_sql(ast(with_alias), "WITH recent AS (SELECT 1) SELECT ...", TABLES, None) == []
+    assert check_workbench_sql(ast(with_alias), "SELECT * FROM recent", TABLES, None) != []

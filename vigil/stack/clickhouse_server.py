@@ -35,6 +35,7 @@ import hmac
 import json
 import logging
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -46,10 +47,28 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from connectors.clickhouse import vigil_tables
+from connectors.clickhouse_access import (
+    COMBINATORS_QUERY,
+    FUNCTIONS_QUERY,
+    AccessDenied,
+    FunctionCatalogue,
+    Identity,
+    VigilTables,
+    check_statement,
+    ensure_passwords,
+    identities,
+    parse_ast,
+    password_sha256,
+    read_password,
+    setting_changeable,
+    site_filter,
+    table_filters,
+)
 from vigil.signals import stop_event_on_signals
 
 if TYPE_CHECKING:
@@ -67,7 +86,15 @@ MAX_POOLED_HANDLES = 16
 # Coalesce body chunks so the engine parses in large pieces rather than per network read.
 INSERT_APPEND_BYTES = 16 * 1024 * 1024
 # Statements other than INSERT ... FORMAT are held in memory whole.
-MAX_TEXT_QUERY_BYTES = 512 * 1024 * 1024
+MAX_TEXT_QUERY_BYTES = 16 * 1024 * 1024
+# One request's body, as sent and after decompression (a gzip bomb stops here).
+MAX_REQUEST_BYTES = 2 * 1024 * 1024 * 1024
+# Requests served at once, and connections waiting for a worker beyond them (more are answered 503).
+MAX_WORKERS = 128
+MAX_WAITING = 512
+# Passwords a server listening beyond loopback refuses.
+WEAK_PASSWORDS = frozenset({"", "vigil", "default", "password", "clickhouse", "admin"})
+MIN_REMOTE_PASSWORD_CHARS = 16
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 
 # URL parameters that are part of the HTTP protocol, not engine settings.
@@ -123,6 +150,7 @@ _CODE_NAMES = {
     1001: "STD_EXCEPTION",
 }
 _CODE_RE = re.compile(r"Code: (\d+)\.")
+_CHECK_SCOPE_RE = re.compile(r": In scope (?:SELECT formatQuery|EXPLAIN AST).*?(?= \([A-Z_]+\)$|$)", re.S)
 
 _CONTENT_TYPES = {
     "tabseparated": "text/tab-separated-values; charset=UTF-8",
@@ -211,7 +239,10 @@ class ChdbEngine:
         self._chdb = chdb
         self.data_path = Path(data_path).resolve()
         self.data_path.mkdir(parents=True, exist_ok=True)
-        self._conn_str = str(self.data_path)
+        # file() and INTO OUTFILE resolve relative paths here: an empty directory of the server's own.
+        self.user_files = self.data_path.parent / f"{self.data_path.name}-user-files"
+        self.user_files.mkdir(parents=True, exist_ok=True)
+        self._conn_str = f"{self.data_path}?user_files_path={self.user_files}"
         try:
             self._root = chdb.connect(self._conn_str)
         except Exception as exc:
@@ -251,6 +282,7 @@ class ChdbEngine:
         session: tuple[str, str] | None = None,
         session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
         session_check: bool = False,
+        owner: str = "",
     ) -> Iterator[_Handle]:
         """A handle with ``settings`` applied: the session's own, or a pooled one.
 
@@ -258,7 +290,7 @@ class ChdbEngine:
         fails as in ClickHouse). Pooled handles return to the pool unless ``handle.discard``.
         """
         now = time.monotonic()
-        pool_key = tuple(sorted(settings.items()))
+        pool_key = (owner, *sorted(settings.items()))  # handles are never shared across identities
         handle: _Handle | None = None
         with self._lock:
             if self._closed:
@@ -353,6 +385,20 @@ class ChdbEngine:
             else:
                 handle.applied[name] = value
 
+    def function_catalogue(self) -> FunctionCatalogue:
+        """The functions a constrained identity may call, from this engine's own catalogue."""
+        handle = self._new_handle()
+        try:
+            rows = handle.conn.query(FUNCTIONS_QUERY, "TabSeparated").bytes().decode().splitlines()
+            combinators = handle.conn.query(COMBINATORS_QUERY, "TabSeparated").bytes().decode().split()
+        finally:
+            handle.close()
+        parsed = []
+        for row in rows:
+            name, categories, alias, aggregate, insensitive = (row.split("\t") + ["", "", "", "0", "0"])[:5]
+            parsed.append((name, categories, alias, int(aggregate or 0), int(insensitive or 0)))
+        return FunctionCatalogue.from_rows(parsed, combinators)
+
     def close(self, wait_s: float = 10.0) -> None:
         """Let running queries finish (up to ``wait_s``), then close every connection."""
         deadline = time.monotonic() + wait_s
@@ -367,6 +413,24 @@ class ChdbEngine:
             handle.close()
         with contextlib.suppress(Exception):
             self._root.close()
+
+
+def _lowers(identity: Identity, name: str, value: str) -> bool:
+    """A numeric limit of the identity's profile may be lowered by a query (ClickHouse's MAX constraint)."""
+    limit = identity.limits.get(name)
+    if limit is None or not limit.isdigit():
+        return False
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return 0 < number <= float(limit)
+
+
+def _tsv_escape(value: str) -> str:
+    """A query parameter's value as the engine reads it (escaped like TabSeparated)."""
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+            .replace("\0", "\\0"))  # fmt: skip
 
 
 def _setting_name(name: str) -> str:
@@ -387,6 +451,7 @@ def _quote(value: str) -> str:
 def _raw_body(rfile: Any, headers: Any) -> Iterator[bytes]:
     """The request body as it arrives (Content-Length or chunked)."""
     if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        total = 0
         while True:
             line = rfile.readline(65537)
             if not line:
@@ -396,6 +461,9 @@ def _raw_body(rfile: Any, headers: Any) -> Iterator[bytes]:
                 while rfile.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
                     pass
                 return
+            total += size
+            if total > MAX_REQUEST_BYTES:
+                raise ClickHouseError(36, f"Request body over {MAX_REQUEST_BYTES >> 20} MiB; send it in parts")
             remaining = size
             while remaining:
                 piece = rfile.read(min(remaining, READ_CHUNK_BYTES))
@@ -404,7 +472,12 @@ def _raw_body(rfile: Any, headers: Any) -> Iterator[bytes]:
                 remaining -= len(piece)
                 yield piece
             rfile.readline(3)
-    length = int(headers.get("Content-Length") or 0)
+    try:
+        length = int(headers.get("Content-Length") or 0)
+    except ValueError:
+        raise ClickHouseError(36, "Invalid Content-Length header") from None
+    if length > MAX_REQUEST_BYTES:
+        raise ClickHouseError(36, f"Request body over {MAX_REQUEST_BYTES >> 20} MiB; send it in parts")
     while length > 0:
         piece = rfile.read(min(length, READ_CHUNK_BYTES))
         if not piece:
@@ -440,13 +513,18 @@ def _decompressed(chunks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
         return
     decoder = factory()
     in_frame = False
+    total = 0
     try:
         for chunk in chunks:
             data = chunk
             while data:
                 in_frame = True
-                out = decoder.decompress(data)
-                if out:
+                for out in _inflate(decoder, data):
+                    total += len(out)
+                    if total > MAX_REQUEST_BYTES:
+                        raise ClickHouseError(
+                            271, f"The {encoding} request body decompresses to over {MAX_REQUEST_BYTES >> 20} MiB"
+                        )
                     yield out
                 if decoder.eof:  # frame complete; anything after it starts the next frame
                     data = decoder.unused_data
@@ -460,6 +538,27 @@ def _decompressed(chunks: Iterator[bytes], encoding: str) -> Iterator[bytes]:
         raise ClickHouseError(271, f"Cannot decompress the {encoding} request body: {exc}") from exc
     if in_frame:
         raise ClickHouseError(271, f"The {encoding} request body ends in the middle of a compressed frame")
+
+
+def _inflate(decoder: Any, data: bytes) -> Iterator[bytes]:
+    """Decompress ``data`` in pieces of at most READ_CHUNK_BYTES, so a small bomb never becomes one huge buffer."""
+    if hasattr(decoder, "unconsumed_tail"):  # zlib
+        out = decoder.decompress(data, READ_CHUNK_BYTES)
+        if out:
+            yield out
+        while decoder.unconsumed_tail and not decoder.eof:
+            out = decoder.decompress(decoder.unconsumed_tail, READ_CHUNK_BYTES)
+            if out:
+                yield out
+        return
+    out = decoder.decompress(data, max_length=READ_CHUNK_BYTES)  # lz4 frame, zstd
+    if out:
+        yield out
+    while not decoder.eof and not decoder.needs_input:
+        out = decoder.decompress(b"", max_length=READ_CHUNK_BYTES)
+        if not out:
+            break
+        yield out
 
 
 @dataclass
@@ -594,20 +693,56 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Account:
+    """A ClickHouse user of this server: the identity it is and the SHA-256 of its password."""
+
+    identity: Identity
+    password_sha256: str
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    username: str
-    password: str
+    accounts: dict[str, Account]  # by user name
+    tables: VigilTables
+    catalogue: FunctionCatalogue | None = None
 
 
-class ClickHouseHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+class ClickHouseHTTPServer(HTTPServer):
+    """HTTP/1.1 server with a bounded pool of workers: MAX_WORKERS connections served at once, MAX_WAITING
+    queued for a worker; beyond that a connection is answered 503 at once instead of costing a thread.
+    Workers are daemon threads, so an idle keep-alive connection never holds up shutdown."""
+
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], engine: ChdbEngine, config: ServerConfig) -> None:
+    def __init__(self, address: tuple[str, int], engine: ChdbEngine, config: ServerConfig,
+                 max_workers: int = MAX_WORKERS, max_waiting: int = MAX_WAITING) -> None:  # fmt: skip
         self.engine = engine
         self.config = config
+        self._waiting: queue.Queue[tuple[Any, Any]] = queue.Queue(max_waiting)
         super().__init__(address, ClickHouseHandler)
+        for number in range(max_workers):
+            threading.Thread(target=self._work, name=f"clickhouse-http-{number}", daemon=True).start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            self._waiting.put_nowait((request, client_address))
+        except queue.Full:
+            body = b"Code: 202. DB::Exception: Too many simultaneous connections; retry later\n"
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+            self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while True:
+            request, client_address = self._waiting.get()
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
 
 
 class ClickHouseHandler(BaseHTTPRequestHandler):
@@ -658,7 +793,9 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
-        params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        pairs = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+        params = dict(pairs)
+        self._roles = [value for key, value in pairs if key == "role"]  # ClickHouse takes role=a&role=b
         if path in ("/ping", "/replicas_status") or (path == "/" and self.command != "POST" and "query" not in params):
             self._drain_quietly()
             self._send(200, b"Ok.\n", {})
@@ -671,8 +808,8 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         self._sql = b""
         try:
-            user = self._authenticate(params)
-            self._handle_query(user, params, query_id, started)
+            user, identity = self._authenticate(params)
+            self._handle_query(user, identity, params, query_id, started)
         except ClickHouseError as error:
             self._log_error(error, params)
             self._abandon_body()
@@ -693,6 +830,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
 
     # -- body handling -----------------------------------------------------------------------------
     _body_iter: Iterator[bytes] | None = None
+    _roles: list[str] = []  # noqa: RUF012 - replaced per request, never mutated
     _sql: bytes = b""  # the statement being served, for error logs
 
     def _drain_quietly(self) -> None:
@@ -713,7 +851,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     # -- auth ------------------------------------------------------------------------------------
-    def _authenticate(self, params: dict[str, str]) -> str:
+    def _authenticate(self, params: dict[str, str]) -> tuple[str, Identity]:
         user, password = "default", ""
         auth = self.headers.get("Authorization") or ""
         if auth.lower().startswith("basic "):
@@ -726,18 +864,18 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
             password = self.headers.get("X-ClickHouse-Key", "")
         if "user" in params:
             user, password = params["user"], params.get("password", "")
-        expected = self.server.config
-        ok_user = hmac.compare_digest(user.encode(), expected.username.encode())
-        ok_password = hmac.compare_digest(password.encode(), expected.password.encode())
-        if not (ok_user and ok_password):
+        account = self.server.config.accounts.get(user)
+        expected = account.password_sha256 if account else "0" * 64  # same work for an unknown user
+        if not hmac.compare_digest(password_sha256(password), expected) or account is None:
             raise ClickHouseError(
                 516,
                 f"{user}: Authentication failed: password is incorrect, or there is no user with such name.",
             )
-        return user
+        return user, account.identity
 
     # -- queries ---------------------------------------------------------------------------------
-    def _handle_query(self, user: str, params: dict[str, str], query_id: str, started: float) -> None:
+    def _handle_query(self, user: str, identity: Identity, params: dict[str, str], query_id: str,
+                      started: float) -> None:  # fmt: skip
         content_type = self.headers.get("Content-Type") or ""
         body = _raw_body(self.rfile, self.headers)
         self._body_iter = body
@@ -762,6 +900,27 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
 
         query_params = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         settings = {k: v for k, v in params.items() if k not in TRANSPORT_PARAMS and not k.startswith("param_")}
+        database = params.get("database")
+        config = self.server.config
+        if not identity.unrestricted:
+            # The identity's settings profile: nothing the client sends can change its limits or site filter.
+            fixed = sorted(k for k, v in settings.items() if not setting_changeable(k) and not _lowers(identity, k, v))
+            if fixed:
+                raise ClickHouseError(
+                    164,
+                    f"Cannot modify {', '.join(fixed)}: the settings profile of ClickHouse identity "
+                    f"{identity.name!r} fixes it (only data-format settings may be sent)",
+                    status=403,
+                )
+            if database and database != config.tables.database:
+                raise ClickHouseError(497, f"{user}: Not enough privileges to use database {database}")
+            database = config.tables.database
+        settings = {**identity.limits, **settings}  # a client's value here only lowers a limit (checked above)
+        if identity.site_scoped:
+            roles = [r for value in self._roles for r in value.split(",")]
+            condition = site_filter(roles)
+            if condition is not None:
+                settings["additional_table_filters"] = table_filters(config.tables, condition)
         session = (user, params["session_id"]) if params.get("session_id") else None
         try:
             session_timeout = float(params.get("session_timeout") or DEFAULT_SESSION_TIMEOUT_S)
@@ -773,10 +932,10 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         if default_format.lower() in _PYTHON_ONLY_FORMATS:
             raise ClickHouseError(73, f"Unknown format {default_format}", status=404)
         keyword = _first_keyword(statement.sql)
-        database = params.get("database")
 
         engine = self.server.engine
-        with engine.acquire(settings, session, session_timeout, params.get("session_check") in ("1", "true")) as handle:
+        check_session = params.get("session_check") in ("1", "true")
+        with engine.acquire(settings, session, session_timeout, check_session, owner=user) as handle:
             wanted_db = database or (None if session else "default")
             if wanted_db and wanted_db != handle.database:
                 try:
@@ -784,6 +943,10 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
                 except Exception as exc:
                     raise ClickHouseError.from_engine(exc) from exc
                 handle.database = wanted_db
+            checked = statement.sql
+            if statement.insert_format is not None:  # the data follows; the statement ends with its format
+                checked += b" FORMAT " + statement.insert_format.encode()
+            self._check_statement(handle, identity, checked, query_params)
             if statement.insert_format is not None:
                 result = self._stream_insert(handle, statement)
                 response = b""
@@ -830,6 +993,35 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
             headers["Content-Type"] = _CONTENT_TYPES.get(out_format.lower(), "application/octet-stream")
         self._send(200, response, headers)
 
+    def _check_statement(self, handle: _Handle, identity: Identity, sql_bytes: bytes, params: dict[str, str]) -> None:
+        """Parse with the engine's own parser and refuse what ``identity`` may not run.
+
+        formatQuery takes the text as a value, so it cannot execute anything, and it refuses a second statement
+        (the engine would otherwise run every statement of ``SELECT 1; INSERT ...``); the single statement it
+        returns is then explained as a tree."""
+        sql = sql_bytes.decode("utf-8", errors="surrogateescape")
+        try:
+            formatted = handle.conn.query(
+                "SELECT formatQuery({vigil_sql:String})", "TabSeparatedRaw", params={"vigil_sql": _tsv_escape(sql)}
+            ).bytes().decode().rstrip("\n")
+            ast = handle.conn.query(f"EXPLAIN AST {formatted}", "TabSeparatedRaw", params=params).bytes().decode()
+            existing: list[str] = []
+            if not identity.unrestricted:
+                existing = handle.conn.query(
+                    "SELECT name FROM system.tables WHERE database = {vigil_db:String}",
+                    "TabSeparatedRaw",
+                    params={"vigil_db": self.server.config.tables.database},
+                ).bytes().decode().split()
+        except Exception as exc:
+            error = ClickHouseError.from_engine(exc)
+            error.message = _CHECK_SCOPE_RE.sub("", error.message)  # the engine names our wrapper query
+            raise error from exc
+        try:
+            root = parse_ast(ast.splitlines())
+            check_statement(root, identity, self.server.config.tables.database, existing, self.server.config.catalogue)
+        except AccessDenied as exc:
+            raise ClickHouseError(497, f"{exc} (ACCESS_DENIED)", status=403) from None
+
     def _stream_insert(self, handle: _Handle, statement: _Statement) -> Any:
         sql = statement.sql.decode("utf-8", errors="surrogateescape")
         try:
@@ -864,22 +1056,54 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
 # ---------------------------------------------------------------------------------------------
 
 
-def serve(host: str, port: int, data_path: Path, username: str, password: str, stop: threading.Event) -> None:
+def load_accounts(settings: Settings) -> dict[str, Account]:
+    """Every identity's account, creating missing password files (the first start of the local stack)."""
+    ch = settings.clickhouse
+    assert ch.secrets_dir is not None
+    ensure_passwords(ch.secrets_dir)
+    accounts = {}
+    for name, identity in identities(vigil_tables(ch)).items():
+        accounts[ch.user(name)] = Account(identity, password_sha256(read_password(ch.secrets_dir, name)))
+    return accounts
+
+
+def _check_bind(host: str, settings: Settings) -> None:
+    """Beyond loopback, every password must be a real one (the files may have been written by hand)."""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return
+    ch = settings.clickhouse
+    assert ch.secrets_dir is not None
+    for name in ch.users:
+        password = read_password(ch.secrets_dir, name)
+        if password.lower() in WEAK_PASSWORDS or len(password) < MIN_REMOTE_PASSWORD_CHARS:
+            raise RuntimeError(
+                f"refusing to listen on {host}: identity {name!r} has an empty, default or short password "
+                f"({ch.password_file(name)}); write at least {MIN_REMOTE_PASSWORD_CHARS} random characters there, "
+                "or bind to 127.0.0.1"
+            )
+
+
+def serve(host: str, port: int, data_path: Path, settings: Settings, stop: threading.Event) -> None:
     """Serve until ``stop`` is set, then finish in-flight queries and close the store cleanly."""
+    accounts = load_accounts(settings)
+    _check_bind(host, settings)
     engine = ChdbEngine(data_path)
+    os.chdir(engine.user_files)  # relative file paths of the engine resolve into the empty directory
+    config = ServerConfig(accounts, vigil_tables(settings.clickhouse), engine.function_catalogue())
     try:
-        server = ClickHouseHTTPServer((host, port), engine, ServerConfig(username, password))
+        server = ClickHouseHTTPServer((host, port), engine, config)
     except OSError as exc:
         engine.close()
         raise RuntimeError(f"cannot listen on {host}:{port}: {exc}. Is another server using this port?") from exc
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     log.info(
-        "ClickHouse HTTP interface (chDB engine %s) listening on http://%s:%d, data in %s",
+        "ClickHouse HTTP interface (chDB engine %s) listening on http://%s:%d, data in %s, users %s",
         engine.version,
         host,
         port,
         engine.data_path,
+        ", ".join(sorted(accounts)),
     )
     try:
         stop.wait()
@@ -945,20 +1169,20 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings()
     ch = settings.clickhouse
-    parser = argparse.ArgumentParser(description="ClickHouse HTTP interface over embedded chDB")
+    parser = argparse.ArgumentParser(
+        description="ClickHouse HTTP interface over embedded chDB (users and passwords: settings.clickhouse)"
+    )
     parser.add_argument("--host", default=ch.host)
     parser.add_argument("--port", type=int, default=ch.port)
     parser.add_argument("--data-path", type=Path, default=settings.data_dir / "clickhouse")
-    parser.add_argument("--user", default=ch.username)
-    parser.add_argument("--password", default=ch.password.get_secret_value())
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     stop = stop_event_on_signals()
     try:
-        serve(args.host, args.port, args.data_path, args.user, args.password, stop)
-    except RuntimeError as exc:
+        serve(args.host, args.port, args.data_path.resolve(), settings, stop)
+    except (RuntimeError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -109,11 +109,11 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
         "clickhouse": ServiceSpec(
             "clickhouse",
             [*_python_module("vigil.stack.clickhouse_server"), "--host", ch.host, "--port", str(ch.port),
-             "--data-path", str(settings.data_dir / "clickhouse"), "--user", ch.username,
-             "--password", ch.password.get_secret_value()],
+             "--data-path", str(settings.data_dir / "clickhouse")],
             ch.port,
             health_url=f"http://{ch.host}:{ch.port}/ping",
             cwd=PROJECT_ROOT,
+            env=settings.to_env(),  # table names, users and the secrets directory (no password is in it)
             description="ClickHouse HTTP interface (chDB engine)",
         ),
         "pushgateway": ServiceSpec(
@@ -306,7 +306,7 @@ class Stack:
             if name == "clickhouse":
                 from connectors.clickhouse import apply_schema, make_client
 
-                apply_schema(make_client(self.settings.clickhouse), self.settings.clickhouse)
+                apply_schema(make_client(self.settings.clickhouse, "admin"), self.settings.clickhouse)
         return statuses
 
     def _forget_offsets_of_a_lost_log(self) -> None:
