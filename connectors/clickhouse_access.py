@@ -47,7 +47,7 @@ SAFE_FUNCTION_CATEGORIES = frozenset({
     "Time Window", "Tuple", "Type Conversion", "URL", "UUID",
 })  # fmt: skip
 # Operators and handshake functions that the catalogue files under "Other" or not at all.
-SAFE_EXTRA_FUNCTIONS = frozenset({"lambda", "tuple", "version", "timezone", "toTypeName", "currentDatabase"})
+SAFE_EXTRA_FUNCTIONS = frozenset({"lambda", "tuple", "_CAST", "version", "timezone", "toTypeName", "currentDatabase"})
 # Never callable by a constrained identity, whatever category a future engine files them under.
 DENIED_FUNCTIONS = frozenset({
     "file", "url", "s3", "input", "executable", "remote", "remoteSecure", "cluster", "clusterAllReplicas",
