@@ -373,10 +373,12 @@ def test_sql_workbench_returns_only_the_analysts_sites_whatever_the_query(env: L
     assert set(ConsoleData(env.settings, ADMIN).run_sql("SELECT DISTINCT site FROM window_stats").frame["site"]) == {
         "site-1", "site-2"}
     for sql, reason in (
-        ("SELECT * FROM system.tables", "not readable"),
-        ("SELECT DISTINCT site FROM window_stats SETTINGS additional_table_filters = {}", "SETTINGS clause"),
-        ("SELECT * FROM file('/etc/passwd', 'LineAsString')", "table function file()"),
-        ("DROP TABLE window_stats", "only a SELECT query"),
+        # the guard's message, or the server's when it refuses the parse request itself
+        ("SELECT * FROM system.tables", "not readable|may not read"),
+        ("SELECT DISTINCT site FROM window_stats SETTINGS additional_table_filters = {}",
+         "SETTINGS clause|may not change settings"),
+        ("SELECT * FROM file('/etc/passwd', 'LineAsString')", r"table function file\(\)|table functions \(file\(\)\)"),
+        ("DROP TABLE window_stats", "only a SELECT query|may not run DROP"),
         ("SELEC site FROM window_stats", "Syntax error"),
     ):
         with pytest.raises(WorkbenchError, match=reason):
