@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY_TYPE = "agents"  # the registry's "equipment type" slot for agent models
 MODEL_NAME = "diagnostic"
-# The simulator's fault categories (vigil.evaluate.sim.fault_category) as a maintenance team names them.
+# The simulator's fault categories (operations.evaluate.sim.fault_category) as a maintenance team names them.
 DIAGNOSIS_OF_FAULT = {
     "degradation": "bearing_wear", "overheating": "overheating", "cavitation": "cavitation",
     "electrical": "electrical_fault", "stuck": "sensor_stuck", "drift": "sensor_drift", "spike": "sensor_spike",

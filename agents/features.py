@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from agents.base import Episode
+from agents.records import Episode
 
 ROLES: dict[str, tuple[str, ...]] = {
     "temperature": ("bearing_temp", "winding_temp", "discharge_temp", "inlet_temp"),

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.base import Agent, AgentContext, Episode, Insight
 from agents.features import role_of
-from udfs.rules import load_rules
+from vigil.rules import load_rules
 
 KNOWLEDGE_BASE = Path(__file__).with_name("knowledge_base.yaml")
 HOUR_MS = 3_600_000

@@ -3,7 +3,7 @@
 One converter serves every topic: a :class:`RecordSpec` names the JSON contract, the table's
 Arrow shape and the checks a record must pass (window stats, anomaly verdicts).
 
-Works against the local chDB-backed server (``vigil.stack.clickhouse_server``) and against any
+Works against the local chDB-backed server (``operations.stack.clickhouse_server``) and against any
 real ClickHouse; the only difference is ``settings.clickhouse``.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +24,14 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from connectors.clickhouse_access import VigilTables
-from connectors.contracts import (
-    ANOMALY_JSON_SCHEMA,
+from vigil.contracts import (
     ANOMALY_KINDS,
-    DETECTOR_SCORE_FIELDS,
     INSIGHT_JSON_SCHEMA,
     INSIGHT_SEVERITIES,
+    SCORES_FIELD,
     SEVERITIES,
     WINDOW_STATS_JSON_SCHEMA,
+    anomaly_json_schema,
 )
 from vigil.settings import PROJECT_ROOT, ClickHouseSettings
 
@@ -85,7 +85,7 @@ ANOMALIES_ARROW_SCHEMA = pa.schema(
         ("is_anomaly", pa.uint8()),
         ("severity", _DICT),
         ("score", pa.float64()),
-        *[(name, pa.float64()) for name in DETECTOR_SCORE_FIELDS],
+        ("scores", pa.map_(pa.string(), pa.float64())),
         ("detectors", _STRINGS),
         ("rule_hits", _STRINGS),
         ("top_sensors", _STRINGS),
@@ -263,7 +263,7 @@ class RecordSpec:
     """How the JSON records of one topic become rows of one ClickHouse table."""
 
     name: str  # what the records are, for log messages
-    json_schema: pa.Schema  # the contract (connectors.contracts)
+    json_schema: pa.Schema  # the contract (vigil.contracts)
     arrow_schema: pa.Schema  # the table's columns; ``<name>`` timestamps come from ``<name>_ms``
     malformed_reason: str  # dead-letter reason of records that cannot become rows
     checks: Checks
@@ -320,14 +320,18 @@ WINDOW_STATS_RECORDS = RecordSpec(
     malformed_reason=MALFORMED_REASON,
     checks=_window_stats_checks,
 )
-ANOMALY_RECORDS = RecordSpec(
-    name="anomaly",
-    json_schema=ANOMALY_JSON_SCHEMA,
-    arrow_schema=ANOMALIES_ARROW_SCHEMA,
-    malformed_reason=ANOMALY_MALFORMED_REASON,
-    checks=_anomaly_checks,
-    nullable=frozenset(DETECTOR_SCORE_FIELDS),
-)
+
+
+def anomaly_records(score_names: Sequence[str]) -> RecordSpec:
+    """Verdict records, reading these scores out of each record's ``scores`` object (others are ignored)."""
+    return RecordSpec(
+        name="anomaly",
+        json_schema=anomaly_json_schema(score_names),
+        arrow_schema=ANOMALIES_ARROW_SCHEMA,
+        malformed_reason=ANOMALY_MALFORMED_REASON,
+        checks=_anomaly_checks,
+        nullable=frozenset({SCORES_FIELD}),  # a verdict without scores has an empty map
+    )
 INSIGHT_RECORDS = RecordSpec(
     name="insight",
     json_schema=INSIGHT_JSON_SCHEMA,
@@ -342,9 +346,9 @@ def window_stats_to_arrow(values: list[bytes]) -> tuple[pa.Table, list[Malformed
     return records_to_arrow(values, WINDOW_STATS_RECORDS)
 
 
-def anomalies_to_arrow(values: list[bytes]) -> tuple[pa.Table, list[MalformedRecord]]:
+def anomalies_to_arrow(values: list[bytes], score_names: Sequence[str]) -> tuple[pa.Table, list[MalformedRecord]]:
     """Anomaly-verdict JSON records -> rows of the anomalies table (see :func:`records_to_arrow`)."""
-    return records_to_arrow(values, ANOMALY_RECORDS)
+    return records_to_arrow(values, anomaly_records(score_names))
 
 
 def records_to_arrow(values: list[bytes], spec: RecordSpec) -> tuple[pa.Table, list[MalformedRecord]]:
@@ -480,10 +484,34 @@ def _to_clickhouse_shape(raw: pa.Table, schema: pa.Schema) -> pa.Table:
             column = raw.column(f"{field.name}_ms").cast(pa.int64()).cast(_TS)
         elif field.type == _DICT:
             column = pc.dictionary_encode(raw.column(field.name)).cast(_DICT)
+        elif pa.types.is_map(field.type):
+            column = struct_to_map(raw.column(field.name))
         else:
             column = raw.column(field.name).cast(field.type)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def struct_to_map(column: pa.ChunkedArray | pa.Array) -> pa.MapArray:
+    """A struct of float fields (the JSON reader's view of an object) -> map<string, double>, vectorised.
+
+    Null fields (and every field of a null struct) are left out of the row's map.
+    """
+    struct = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    names = [f.name for f in struct.type]
+    n = len(struct)
+    if names:
+        fields = struct.flatten()  # honours the struct's own nulls
+        values = np.column_stack([f.to_numpy(zero_copy_only=False).astype(np.float64) for f in fields])
+    else:
+        values = np.zeros((n, 0))
+    present = ~np.isnan(values)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(present.sum(axis=1), out=offsets[1:])
+    keys = np.broadcast_to(np.asarray(names, dtype=object), values.shape)[present]
+    return pa.MapArray.from_arrays(
+        pa.array(offsets, pa.int32()), pa.array(keys, pa.string()), pa.array(values[present], pa.float64())
+    )
 
 
 def insert_rows(client: Client, table_name: str, table: pa.Table) -> int:

@@ -3,7 +3,7 @@
 Reads the window-stats topic (event time = window start). Per (machine, sensor) series the JVM checks
 static thresholds, a rate-of-change limit, a stuck sensor (no variance for N windows) and a z-score
 against an EWMA baseline held in Flink keyed state (a Java UDAF); limits come from
-flink-conf/rules.yaml, validated by udfs/rules.py and rendered into the SQL as CASE expressions. A HOP
+flink-conf/rules.yaml, validated by vigil/rules.py and rendered into the SQL as CASE expressions. A HOP
 window then gathers each machine's last few windows (its feature history, held as window state), and
 a vectorised pandas UDF (udfs/scoring_udf.py) scores them in Arrow batches with the live ONNX models
 of each equipment type (Isolation Forest, PCA T2/Q; hot-swapped from the registry), notices dead
@@ -31,9 +31,9 @@ from jobs.flink_env import (
     sql_escape,
     statement_set_of,
 )
-from udfs.rules import ResolvedRules, RulesConfig, load_rules, sensor_key
 from udfs.scoring_udf import NAME as SCORE_FUNCTION
 from udfs.scoring_udf import RESULT_TYPE, score_hops_udf
+from vigil.rules import ResolvedRules, RulesConfig, load_rules, sensor_key
 from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-anomaly-scoring"

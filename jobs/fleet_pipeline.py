@@ -20,7 +20,7 @@ from pyflink.table import TableEnvironment
 
 from jobs import anomaly_scoring, window_stats
 from jobs.flink_env import create_table_env, execute, render_sql
-from udfs.rules import RulesConfig, load_rules
+from vigil.rules import RulesConfig, load_rules
 from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-fleet-pipeline"

@@ -15,7 +15,7 @@ import yaml
 from pyflink.common import Configuration
 from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment
 
-from vigil.flink_jars import UDF_SOURCES, job_jars
+from jobs.flink_jars import UDF_SOURCES, job_jars
 from vigil.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)

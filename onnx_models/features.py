@@ -4,7 +4,7 @@ ClickHouse (and the window-stats topic) hold one row per (machine, sensor, windo
 row per (machine, window), with every sensor's statistics side by side in a FIXED column order
 (``<sensor>.<stat>``, sensors sorted, then the stats in :data:`FEATURE_STATS` order), so the columns
 a model was trained on are exactly the columns it is later scored on. Short causal history (rolling
-mean/std and first difference, from :mod:`udfs.features`) is appended per machine.
+mean/std and first difference, from :mod:`onnx_models.history`) is appended per machine.
 
 Streaming use: history needs the machine's previous windows, so the UDF passes the current windows
 plus the last ``history - 1`` windows of each machine it keeps in state, and scores only the new rows
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from udfs.features import DEFAULT_HISTORY, history_feature_names, history_features
+from onnx_models.history import DEFAULT_HISTORY, history_feature_names, history_features
 
 FEATURE_STATS: tuple[str, ...] = ("avg", "stddev", "min", "max", "count")
 KEY_COLUMNS: tuple[str, ...] = ("equipment_id", "window_start")

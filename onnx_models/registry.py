@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from onnx_models.features import check_feature_names
-from udfs.onnx_scoring import OnnxModel
+from onnx_models.runtime import OnnxModel
 
 if TYPE_CHECKING:
     from vigil.settings import Settings

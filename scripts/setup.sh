@@ -38,5 +38,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 # 3. Flink Kafka connector jars.
-.venv/bin/python -m vigil.flink_jars >/dev/null
+.venv/bin/python -m jobs.flink_jars >/dev/null
 say "ready: $ROOT/.venv (vigil $(.venv/bin/vigil --help >/dev/null && echo ok))"

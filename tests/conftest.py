@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from connectors.clickhouse import apply_schema, make_client
+from operations.stack.services import INFRA, PIPELINE, Stack
 from vigil.settings import (
     AgentsSettings,
     AlertingSettings,
@@ -28,7 +29,6 @@ from vigil.settings import (
     Settings,
     WindowSettings,
 )
-from vigil.stack.services import INFRA, PIPELINE, Stack
 
 
 def free_port() -> int:
@@ -142,7 +142,7 @@ class RunLoop:
 def start_clickhouse_with_schema(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """Start the local ClickHouse server and apply the schema as the admin identity, as `vigil stack up` does
     (components may only use the schema)."""
-    from vigil.stack.clickhouse_server import start_clickhouse_server_process
+    from operations.stack.clickhouse_server import start_clickhouse_server_process
 
     proc = start_clickhouse_server_process(settings, log_path)
     with contextlib.closing(make_client(settings.clickhouse, "admin")) as admin:
@@ -155,7 +155,7 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory, database: str,
                       **names: str) -> Iterator[ClickHouseSettings]:  # fmt: skip
     """A ClickHouse server (chDB) on a free port with a fresh data directory and the schema, for one test module
     (``names``: table-name settings; the server grants its identities on these)."""
-    from vigil.stack.clickhouse_server import stop_clickhouse_server_process
+    from operations.stack.clickhouse_server import stop_clickhouse_server_process
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("vigil-ch"),
                         clickhouse=ClickHouseSettings(port=free_port(), database=database, **names))  # fmt: skip
@@ -193,7 +193,7 @@ def live_fleet(pipeline_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
     from connectors.clickhouse import make_client
     from edge.simulator.fleet import Fleet
     from edge.simulator.runner import run_simulation
-    from vigil.demo import _sender_factory
+    from operations.demo import _sender_factory
 
     stack_settings = pipeline_stack.settings
     # Own machine names: other tests' fleets (pump-0001 ...) reported to the same stack from other sites.

@@ -18,6 +18,13 @@ from pyflink.table.udf import FunctionContext, TableFunction, udtf
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from agents.base import Episode
+from agents.diagnostic import DiagnosticAgent
+from agents.episode_store import EpisodeStore
+from agents.maintenance import MaintenanceAgent
+from agents.registry import discover, run_agents
+from agents.root_cause import RootCauseAgent
+from connectors.clickhouse import make_client
+from onnx_models.registry import ModelRegistry
 from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,11 +47,6 @@ RESULT_FIELDS = (
 
 def build_agents(settings: Settings) -> list:
     """The built-in agents (diagnostic with the registry's live model, root cause, maintenance) plus plug-ins."""
-    from agents.diagnostic import DiagnosticAgent
-    from agents.maintenance import MaintenanceAgent
-    from agents.registry import discover
-    from agents.root_cause import RootCauseAgent
-    from onnx_models.registry import ModelRegistry
 
     agents = [DiagnosticAgent(ModelRegistry(settings.models_dir)), RootCauseAgent(),
               MaintenanceAgent(settings.scoring.rules_path)]  # fmt: skip
@@ -63,15 +65,12 @@ class RunAgents(TableFunction):
         self.agents: list = []
 
     def open(self, function_context: FunctionContext) -> None:
-        from agents.episode_store import EpisodeStore
-        from connectors.clickhouse import make_client
 
         self.store = EpisodeStore(self.settings, make_client(self.settings.clickhouse, "agents"))
         self.agents = build_agents(self.settings)
 
     def eval(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,
              closed: bool) -> Iterator[Row]:  # fmt: skip
-        from agents.registry import run_agents
 
         episode = self._read(equipment_id, site, equipment_type, int(start_ms), int(end_ms), bool(closed))
         insights = run_agents(self.agents, [episode])
@@ -87,7 +86,6 @@ class RunAgents(TableFunction):
         """One shared-cause insight when machines of the episode's site (and line) went wrong with it, led by
         the same kind of sensor (agents.root_cause.RootCauseAgent.shared_cause_with); a failed read only
         costs this insight, never the episode's own ones."""
-        from agents.root_cause import RootCauseAgent
 
         agent = next((a for a in self.agents if isinstance(a, RootCauseAgent)), None)
         ranked = next((i for i in insights if i.kind == "root_cause" and i.episode_id == episode.episode_id), None)

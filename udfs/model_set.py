@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detectors import job_detectors
 from onnx_models.features import feature_names_for, sensors_from_feature_names
+from onnx_models.history import DEFAULT_HISTORY
 from onnx_models.registry import FeatureMismatchError, LoadedModel, ModelRegistry, RegistryError
-from udfs.features import DEFAULT_HISTORY
 
 log = logging.getLogger(__name__)
-
-DETECTORS: tuple[str, ...] = ("pca_t2q", "isolation_forest")
-
 
 @dataclass(frozen=True)
 class LiveModel:
@@ -59,7 +57,7 @@ class ModelSet:
         registry: ModelRegistry,
         expected_sensors: Callable[[str], list[str] | None],
         *,
-        detectors: Iterable[str] = DETECTORS,
+        detectors: Iterable[str] | None = None,
         max_history: int = DEFAULT_HISTORY,
         window_ms: int = 5000,
         poll_s: float = 5.0,
@@ -68,7 +66,7 @@ class ModelSet:
     ) -> None:
         self.registry = registry
         self.expected_sensors = expected_sensors
-        self.detectors = tuple(detectors)
+        self.detectors = tuple(detectors) if detectors is not None else job_detectors()
         self.max_history = max_history
         self.window_ms = window_ms
         self.poll_s = poll_s

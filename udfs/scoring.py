@@ -12,10 +12,11 @@ Input, long format (one row per sensor and window of a hop; ``group`` is the hop
 ``|z| / zscore_max`` (NaN while the EWMA baseline warms up). ``current`` has one row per hop:
 ``equipment_id, site, equipment_type, window_start_ms`` (the window being judged).
 
-Verdict (see connectors/contracts.py ANOMALY_JSON_SCHEMA): every detector's score normalised to its own
-threshold (1.0 = at the limit), the detectors that fired, a severity, the sensors that contributed most
-and one readable line. A hop whose current window has no data is a silent machine: it yields one
-``dead_machine`` verdict when the silence first reaches ``dead_after_ms`` and nothing otherwise.
+Verdict (see vigil/contracts.py ANOMALY_JSON_SCHEMA): every detector's score normalised to its own
+threshold (1.0 = at the limit; one column each here, the ``scores`` map in the record), the
+detectors that fired, a severity, the sensors that contributed most and one readable line. A hop
+whose current window has no data is a silent machine: it yields one ``dead_machine`` verdict when the
+silence first reaches ``dead_after_ms`` and nothing otherwise.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from detectors import job_detectors
 from onnx_models.features import window_features
 from udfs.model_set import LiveModel, ModelSet
+from vigil.contracts import RULES_SCORE
 
 LONG_COLUMNS = ("group", "sensor", "window_start_ms", "count", "avg", "stddev", "min", "max", "rule_hits", "zratio")
 CURRENT_COLUMNS = ("equipment_id", "site", "equipment_type", "window_start_ms")
+# A verdict frame has these columns plus one float column per score (see WindowScorer.score_names).
 VERDICT_COLUMNS = (
-    "emit", "kind", "is_anomaly", "severity", "score", "pca_t2q", "isolation_forest", "rules", "detectors",
-    "rule_hits", "top_sensors", "dead_sensors", "model_versions", "summary", "last_seen_ms",
+    "emit", "kind", "is_anomaly", "severity", "score", "detectors", "rule_hits", "top_sensors", "dead_sensors",
+    "model_versions", "summary", "last_seen_ms",
 )
 THRESHOLD_RULES = ("threshold_min", "threshold_max")
 # How strongly each kind of evidence points at a sensor when ranking contributors. Hard evidence about
@@ -82,6 +86,9 @@ class WindowScorer:
         self.expected_sensors = {k: sorted(v) for k, v in expected_sensors.items()}
         self.models = models
         self.config = config or ScoringConfig()
+        # The models that may score (each has a score column, NaN where it did not score), then the rules'.
+        self.model_names: tuple[str, ...] = models.detectors if models is not None else job_detectors()
+        self.score_names: tuple[str, ...] = (*self.model_names, RULES_SCORE)
 
     def score(self, long: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
         """One verdict row per ``current`` row (``emit`` False for hops that say nothing new)."""
@@ -105,9 +112,7 @@ class WindowScorer:
         out = pd.DataFrame({
             "emit": has_current | dead_machine,
             "kind": np.where(dead_machine, "dead_machine", "window"),
-            "pca_t2q": np.nan,
-            "isolation_forest": np.nan,
-            "rules": np.nan,
+            **dict.fromkeys(self.score_names, np.nan),
             "last_seen_ms": np.where(has_current, cur_end, last_seen),
         })
         weights: list[pd.DataFrame] = []  # (group, sensor, weight): evidence per sensor for ranking
@@ -118,7 +123,7 @@ class WindowScorer:
         cur_group = group[is_current]
         rules_score = np.full(n, -np.inf)
         np.maximum.at(rules_score, cur_group, np.where(np.isfinite(zratio), zratio, -np.inf))
-        out["rules"] = np.where(np.isfinite(rules_score), rules_score, np.nan)
+        out[RULES_SCORE] = np.where(np.isfinite(rules_score), rules_score, np.nan)
         weights.append(pd.DataFrame({"group": cur_group, "sensor": cur_rows["sensor"].to_numpy(), "weight": zratio}))
         hits = cur_rows.assign(group=cur_group, rule=cur_rows["rule_hits"].fillna(""))
         hits = hits.loc[hits["rule"] != "", ["group", "sensor", "rule"]]
@@ -138,7 +143,8 @@ class WindowScorer:
 
         # -- models, per equipment type ----------------------------------------------------------------
         versions = np.full(n, "", dtype=object)
-        model_fired = {c: np.zeros(n, dtype=bool) for c in ("pca_t2q", "isolation_forest")}
+        model_cols = list(self.model_names)
+        model_fired = {c: np.zeros(n, dtype=bool) for c in model_cols}
         if self.models is not None:
             for etype in pd.unique(current.loc[has_current, "equipment_type"]):
                 models = self.models.models_for(str(etype))
@@ -155,8 +161,7 @@ class WindowScorer:
                         weights.append(contrib)
 
         # -- combine ---------------------------------------------------------------------------------
-        model_cols = ["pca_t2q", "isolation_forest"]
-        any_model = np.logical_or.reduce([model_fired[c] for c in model_cols])
+        any_model = np.logical_or.reduce([model_fired[c] for c in model_cols] + [np.zeros(n, dtype=bool)])
         any_rule = np.bincount(hit_groups, minlength=n) > 0
         any_dead_sensor = np.bincount(dead_pairs["group"].to_numpy(np.int64), minlength=n) > 0
         threshold_hit = np.bincount(hit_groups[hits["rule"].isin(THRESHOLD_RULES).to_numpy()], minlength=n) > 0
@@ -166,7 +171,7 @@ class WindowScorer:
         is_anomaly = dead_machine | (families > 0)
         out["is_anomaly"] = is_anomaly
         out["severity"] = np.where(critical & is_anomaly, "critical", np.where(is_anomaly, "warning", "normal"))
-        scores = np.vstack([out[c].to_numpy() for c in (*model_cols, "rules")])
+        scores = np.vstack([out[c].to_numpy() for c in self.score_names])
         out["score"] = np.where(np.isfinite(scores), scores, 0.0).max(axis=0, initial=0.0)
 
         # Which detectors fired, as (group, name) pairs in a fixed order: models, rules, silence.
@@ -184,7 +189,7 @@ class WindowScorer:
         out["top_sensors"] = self._top_sensors(weights, is_anomaly & ~dead_machine, n)
         out["model_versions"] = versions
         out["summary"] = self._summaries(out, current, silence)
-        return out[list(VERDICT_COLUMNS)]
+        return out[[*VERDICT_COLUMNS, *self.score_names]]
 
     # -- pieces ----------------------------------------------------------------------------------------
     def _dead_sensors(
@@ -266,7 +271,7 @@ class WindowScorer:
         if anomalous.any():
             sub = out.loc[anomalous]
             models = ""
-            for col in ("pca_t2q", "isolation_forest"):
+            for col in self.model_names:
                 fired = sub["detectors"].map(lambda names, c=col: c in names)
                 models = models + np.where(fired, f"; {col} " + sub[col].round(2).astype(str) + "x limit", "")
             text = (

@@ -32,9 +32,9 @@ RESULT_TYPE = DataTypes.ROW([
     DataTypes.FIELD("is_anomaly", DataTypes.BOOLEAN()),
     DataTypes.FIELD("severity", DataTypes.STRING()),
     DataTypes.FIELD("score", DataTypes.DOUBLE()),
-    DataTypes.FIELD("pca_t2q", DataTypes.DOUBLE()),
-    DataTypes.FIELD("isolation_forest", DataTypes.DOUBLE()),
-    DataTypes.FIELD("rules", DataTypes.DOUBLE()),
+    # The scores map as two parallel arrays (the SQL builds MAP_FROM_ARRAYS): only what scored the window.
+    DataTypes.FIELD("score_names", _STRINGS),
+    DataTypes.FIELD("score_values", DataTypes.ARRAY(DataTypes.DOUBLE())),
     DataTypes.FIELD("detectors", _STRINGS),
     DataTypes.FIELD("rule_hits", _STRINGS),
     DataTypes.FIELD("top_sensors", _STRINGS),
@@ -49,6 +49,17 @@ RESULT_FIELDS = tuple(RESULT_TYPE.field_names())
 def _flat(column: pd.Series, dtype: object) -> np.ndarray:
     arrays = column.to_numpy()
     return np.concatenate(arrays).astype(dtype, copy=False) if len(arrays) else np.zeros(0, dtype=dtype)
+
+
+def score_arrays(verdicts: pd.DataFrame, names: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per verdict, the names and values of the scores it has (NaN columns left out), without a row loop."""
+    values = verdicts[list(names)].to_numpy(np.float64)
+    if not len(values):
+        return [], []
+    present = np.isfinite(values)
+    cuts = np.cumsum(present.sum(axis=1))[:-1]
+    flat_names = np.broadcast_to(np.asarray(names, dtype=object), values.shape)[present]
+    return np.split(flat_names, cuts), np.split(values[present], cuts)
 
 
 def hops_to_frames(
@@ -127,6 +138,7 @@ class ScoreHops(ScalarFunction):
         verdicts = self.scorer.score(long, current)
         verdicts["window_start_ms"] = current["window_start_ms"].to_numpy()
         verdicts["window_end_ms"] = verdicts["window_start_ms"] + self.window_ms
+        verdicts["score_names"], verdicts["score_values"] = score_arrays(verdicts, self.scorer.score_names)
         emitted = verdicts["emit"].to_numpy()
         self._windows.inc(int((emitted & (verdicts["kind"] == "window").to_numpy()).sum()))
         self._anomalies.inc(int((emitted & verdicts["is_anomaly"].to_numpy()).sum()))

@@ -153,7 +153,7 @@ class FlinkSettings(BaseModel):
     checkpoint_interval_ms: int = Field(5000, ge=200)
     rest_port: int = 18081
     consumer_group: str = "vigil-window-stats"
-    # Kafka connector jars are extracted here by scripts/setup.sh (see vigil.flink_jars).
+    # Kafka connector jars are extracted here by scripts/setup.sh (see jobs.flink_jars).
     jars_dir: Path | None = None
 
 
@@ -162,7 +162,7 @@ class ScoringSettings(BaseModel):
 
     # Kafka consumer group of the scoring job (reads the window-stats topic).
     consumer_group: str = "vigil-anomaly-scoring"
-    # Per equipment type and sensor limits, and each type's expected sensors (validated by udfs/rules.py).
+    # Per equipment type and sensor limits, and each type's expected sensors (validated by vigil/rules.py).
     rules_path: Path = PROJECT_ROOT / "flink-conf" / "rules.yaml"
     # Windows of history a model sees (the current one included).
     history_windows: int = Field(5, ge=1, le=24)
@@ -303,7 +303,7 @@ class AlertingSettings(BaseModel):
     e-mail. Secrets come from the environment (``VIGIL_ALERTING__SLACK_WEBHOOK_URL``) or from files
     (``*_file``), never from the repo."""
 
-    # -- alert publisher (connectors/alert_publisher.py): verdicts -> Alertmanager ------------------------
+    # -- alert publisher (jobs/alert_publisher.py): verdicts -> Alertmanager ------------------------
     publisher_consumer_group: str = "vigil-alert-publisher"
     # endsAt of a firing alert is this far ahead; the publisher re-posts firing alerts before it passes,
     # so an alert whose publisher died resolves by itself instead of firing forever.
@@ -320,7 +320,7 @@ class AlertingSettings(BaseModel):
     group_wait_s: float = Field(1.0, ge=0)
     group_interval_s: float = Field(1.0, gt=0)  # <= the 5-s window: a storm stays one message per window
     repeat_interval: str = "4h"
-    # -- notification relay (connectors/notify/): Alertmanager webhook -> receivers --------------------------
+    # -- notification relay (alerting/): Alertmanager webhook -> receivers --------------------------
     relay_host: str = "127.0.0.1"
     relay_port: int = 18090
     # SQLite file with the outbox, idempotency keys and dead letters (default <data_dir>/alerting/relay.db).
@@ -355,7 +355,7 @@ class AlertingSettings(BaseModel):
         default_factory=lambda: {"slack": 60.0, "sms": 60.0, "email": 60.0}
     )
     # Agents' diagnoses in alert messages, and follow-ups to whoever was paged before the diagnosis was known
-    # (connectors/notify/diagnoses.py): the relay reads the insights topic with this consumer group.
+    # (alerting/diagnoses.py): the relay reads the insights topic with this consumer group.
     insight_followups: bool = True
     insights_consumer_group: str = "vigil-notify-insights"
     # An alert starting within this long of an episode's first/last anomalous window belongs to the episode.

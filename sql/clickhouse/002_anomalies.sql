@@ -1,5 +1,5 @@
 -- Cold path: one verdict per scored (machine, 5-s window) from the anomalies topic -- normal windows
--- included -- plus `dead_machine` verdicts when a machine falls silent (connectors.contracts.ANOMALY_JSON_SCHEMA).
+-- included -- plus `dead_machine` verdicts when a machine falls silent (vigil.contracts.ANOMALY_JSON_SCHEMA).
 -- Placeholders are filled by connectors.clickhouse.apply_schema from settings; statements end with
 -- ';' at the end of a line. Every statement is idempotent.
 
@@ -15,15 +15,14 @@ CREATE TABLE IF NOT EXISTS {database}.{anomalies_table}
     window_start     DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
     window_end       DateTime64(3, 'UTC') CODEC(Delta, ZSTD(1)),
     kind             LowCardinality(String),  -- 'window' | 'dead_machine'
-    -- 0/1; onnx_models/train.py excludes rows with is_anomaly != 0 from training data.
+    -- 0/1; operations/training/detectors.py excludes rows with is_anomaly != 0 from training data.
     is_anomaly       UInt8,
     severity         LowCardinality(String),  -- 'normal' | 'warning' | 'critical'
     -- Detector scores normalised to their own threshold (1 = at the alarm limit); score is their max.
-    -- NULL: the detector did not score that window (no live model, incomplete window, warm-up).
+    -- scores has an entry per detector that scored the window (and 'rules'); none for one that did not
+    -- (no live model, incomplete window, warm-up). A new detector adds keys, never columns.
     score            Float64,
-    pca_t2q          Nullable(Float64),
-    isolation_forest Nullable(Float64),
-    rules            Nullable(Float64),
+    scores           Map(LowCardinality(String), Float64),
     detectors        Array(String),
     rule_hits        Array(String),
     top_sensors      Array(String),
@@ -42,10 +41,13 @@ ORDER BY (equipment_id, window_start)
 TTL toDateTime(window_start) + INTERVAL {window_ttl_days} DAY
 SETTINGS ttl_only_drop_parts = 1;
 
+-- A table created before scores became a map gets the column (its old per-detector columns stay, unused).
+ALTER TABLE {database}.{anomalies_table} ADD COLUMN IF NOT EXISTS scores Map(LowCardinality(String), Float64) AFTER score;
+
 -- Exactly one row per (equipment_id, window_start), whether or not parts have merged.
 CREATE OR REPLACE VIEW {database}.{anomalies_view} AS
 SELECT
     equipment_id, site, equipment_type, window_start, window_end, kind, is_anomaly, severity,
-    score, pca_t2q, isolation_forest, rules, detectors, rule_hits, top_sensors, dead_sensors,
+    score, scores, detectors, rule_hits, top_sensors, dead_sensors,
     model_versions, summary, last_seen, emitted_at, inserted_at
 FROM {database}.{anomalies_table} FINAL;

@@ -1,6 +1,6 @@
--- Notification relay (connectors/notify): one row per delivery attempt outcome -- which alert, to whom,
+-- Notification relay (alerting): one row per delivery attempt outcome -- which alert, to whom,
 -- delivered / retry / dead_letter, the provider's answer and how long it took. Shipped in batches from the
--- relay's SQLite attempt log by connectors/notify/delivery_log.py.
+-- relay's SQLite attempt log by alerting/delivery_log.py.
 -- Placeholders are filled by connectors.clickhouse.apply_schema from settings; statements end with
 -- ';' at the end of a line. Every statement is idempotent.
 -- The table is named by settings.clickhouse.deliveries_table. The stack applies it with the rest of the schema

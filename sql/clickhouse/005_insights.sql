@@ -1,4 +1,4 @@
--- The agents' insights (connectors.contracts.INSIGHT_JSON_SCHEMA), from the insights topic: one row per
+-- The agents' insights (vigil.contracts.INSIGHT_JSON_SCHEMA), from the insights topic: one row per
 -- (episode, agent, kind) -- diagnosis, root cause, shared cause, maintenance, and plug-in agents' own kinds.
 -- Placeholders are filled by connectors.clickhouse.apply_schema from settings; statements end with
 -- ';' at the end of a line. Every statement is idempotent.

@@ -1,4 +1,4 @@
--- The agents' insights (connectors/contracts.py INSIGHT_JSON_SCHEMA). Key: equipment_id (empty for a
+-- The agents' insights (vigil/contracts.py INSIGHT_JSON_SCHEMA). Key: equipment_id (empty for a
 -- shared cause); dedup key downstream: (episode_id, agent, kind).
 CREATE TABLE insights_out (
     equipment_id STRING,

@@ -1,4 +1,4 @@
--- Verdicts of the anomaly-scoring job (connectors/contracts.py ANOMALY_JSON_SCHEMA); the agents job needs
+-- Verdicts of the anomaly-scoring job (vigil/contracts.py ANOMALY_JSON_SCHEMA); the agents job needs
 -- only which machine was anomalous when. Event time is the window's start; the watermark trails the
 -- newest start by one window + 1 ms, as in the scoring job.
 CREATE TABLE anomalies_in (

@@ -1,5 +1,5 @@
 -- Each window with its sensor's limits from flink-conf/rules.yaml (rendered and validated by
--- udfs/rules.py). Types and sensors the file does not list get the defaults: z-score and stuck only.
+-- vigil/rules.py). Types and sensors the file does not list get the defaults: z-score and stuck only.
 CREATE TEMPORARY VIEW window_stats_limits AS
 SELECT
     *,

@@ -3,7 +3,7 @@
 INSERT INTO anomalies_out
 SELECT
     equipment_id, site, equipment_type, v.window_start_ms, v.window_end_ms, v.kind, v.is_anomaly, v.severity,
-    v.score, v.pca_t2q, v.isolation_forest, v.rules, v.detectors, v.rule_hits, v.top_sensors, v.dead_sensors,
+    v.score, MAP_FROM_ARRAYS(v.score_names, v.score_values) AS scores, v.detectors, v.rule_hits, v.top_sensors, v.dead_sensors,
     v.model_versions, v.summary, v.last_seen_ms, {now_ms_expr} AS emitted_at_ms
 FROM (
     SELECT equipment_id, site, equipment_type,

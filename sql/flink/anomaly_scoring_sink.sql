@@ -1,5 +1,5 @@
 -- One verdict per scored (machine, window), plus one per machine that fell silent
--- (connectors/contracts.py ANOMALY_JSON_SCHEMA). Key: equipment_id; dedup key downstream:
+-- (vigil/contracts.py ANOMALY_JSON_SCHEMA). Key: equipment_id; dedup key downstream:
 -- (equipment_id, window_start_ms).
 CREATE TABLE anomalies_out (
     equipment_id STRING,
@@ -11,9 +11,7 @@ CREATE TABLE anomalies_out (
     is_anomaly BOOLEAN,
     severity STRING,
     score DOUBLE,
-    pca_t2q DOUBLE,
-    isolation_forest DOUBLE,
-    rules DOUBLE,
+    scores MAP<STRING, DOUBLE>,
     detectors ARRAY<STRING>,
     rule_hits ARRAY<STRING>,
     top_sensors ARRAY<STRING>,

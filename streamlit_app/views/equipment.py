@@ -9,7 +9,7 @@ import streamlit as st
 
 from streamlit_app import session
 from streamlit_app.charts import score_spec, sensor_facets_spec, sensor_layers
-from udfs.rules import load_rules
+from vigil.rules import load_rules
 
 RANGES = {"15 min": timedelta(minutes=15), "1 hour": timedelta(hours=1), "6 hours": timedelta(hours=6),
           "24 hours": timedelta(days=1), "7 days": timedelta(days=7)}  # fmt: skip

@@ -19,13 +19,14 @@ from agents.base import AgentContext
 from agents.diagnostic import MODEL_NAME, REGISTRY_TYPE, DiagnosticAgent
 from agents.episodes import build_episodes
 from agents.features import episode_matrix
-from connectors.clickhouse import apply_schema, make_client
+from connectors.clickhouse import apply_schema, make_client, struct_to_map
+from detectors import score_names
 from onnx_models.registry import ModelRegistry
-from onnx_models.train_agents import clickhouse_labelled_episodes
+from operations.cli import app
+from operations.evaluate.labelled_episodes import label_episodes
+from operations.evaluate.sim import SimEvaluation, SimOptions, evaluate_sim
+from operations.training.agents import clickhouse_labelled_episodes
 from tests.conftest import clickhouse_server
-from vigil.cli import app
-from vigil.evaluate.agents_eval import label_episodes
-from vigil.evaluate.sim import SimEvaluation, SimOptions, evaluate_sim
 from vigil.settings import ClickHouseSettings, Settings
 
 pytestmark = pytest.mark.integration
@@ -71,13 +72,14 @@ def load_history(settings: Settings, result: SimEvaluation, shift_ms: int) -> No
     def strings(column: str) -> pa.Array:
         return pa.array([list(x) for x in v[column]], type=pa.list_(pa.string()))
 
+    names = [n for n in score_names() if n in v.columns]
     client.insert_arrow(settings.clickhouse.anomalies_table, pa.table({
         "equipment_id": v["equipment_id"].to_numpy(str), "site": v["site"].to_numpy(str),
         "equipment_type": v["equipment_type"].to_numpy(str), "window_start": vstart,
         "window_end": vstart + np.timedelta64(5000, "ms"), "kind": v["kind"].to_numpy(str),
         "is_anomaly": v["is_anomaly"].to_numpy(np.uint8), "severity": v["severity"].to_numpy(str),
-        "score": v["score"].to_numpy(float), "pca_t2q": v["pca_t2q"].to_numpy(float),
-        "isolation_forest": v["isolation_forest"].to_numpy(float), "rules": v["rules"].to_numpy(float),
+        "score": v["score"].to_numpy(float), "scores": struct_to_map(pa.StructArray.from_arrays(
+            [pa.array(v[n].to_numpy(float), from_pandas=True) for n in names], names=list(names))),
         "detectors": strings("detectors"), "rule_hits": strings("rule_hits"), "top_sensors": strings("top_sensors"),
         "dead_sensors": strings("dead_sensors"), "model_versions": np.full(len(v), "sim"),
         "summary": np.full(len(v), ""), "last_seen": vstart, "emitted_at": vstart + np.timedelta64(7500, "ms"),

@@ -14,10 +14,10 @@ import pytest
 from connectors.clickhouse import INSIGHT_RECORDS, insert_rows, make_client, records_to_arrow
 from connectors.kafka import make_consumer, make_producer
 from edge.simulator.equipment import EQUIPMENT_TYPES
+from operations.stack.services import Stack
 from tests.conftest import stack_test_settings
 from tests.integration.test_pipeline_e2e import poll
 from vigil.settings import Settings
-from vigil.stack.services import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +61,8 @@ def verdicts(t0: int, machine: str = MACHINE, site: str = "site-1", shift: int =
         out.append({"equipment_id": machine, "site": site, "equipment_type": "pump",
                     "window_start_ms": t0 + k * W, "window_end_ms": t0 + (k + 1) * W, "kind": "window",
                     "is_anomaly": anomalous, "severity": "warning" if anomalous else "normal",
-                    "score": 1.5 if anomalous else 0.2, "pca_t2q": None, "isolation_forest": None,
-                    "rules": 1.5 if anomalous else 0.0, "detectors": ["stuck"] if anomalous else [],
+                    "score": 1.5 if anomalous else 0.2,
+                    "scores": {"rules": 1.5 if anomalous else 0.0}, "detectors": ["stuck"] if anomalous else [],
                     "rule_hits": ["speed:stuck"] if anomalous else [], "top_sensors": ["speed"] if anomalous else [],
                     "dead_sensors": [], "model_versions": "", "summary": "speed stuck" if anomalous else "",
                     "last_seen_ms": t0 + (k + 1) * W, "emitted_at_ms": t0 + (k + 1) * W})  # fmt: skip

@@ -1,8 +1,8 @@
-"""Verdicts on Kafka -> connectors.alert_publisher -> a real Alertmanager (rendered Vigil config) -> webhooks.
+"""Verdicts on Kafka -> jobs.alert_publisher -> a real Alertmanager (rendered Vigil config) -> webhooks.
 
 Real servers: the session's Tansu broker, an Alertmanager and a Pushgateway from the Debian packages, and a local
 HTTP server standing in for the notification relay (it records every webhook Alertmanager sends). Also covers
-connectors.kafka_lag (the publisher's committed offsets, read the way the exporter reads them).
+jobs.kafka_lag (the publisher's committed offsets, read the way the exporter reads them).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 
-from connectors.alert_publisher import ALERT_ANOMALY, ALERT_DEAD, SOURCE, AlertPublisher
+from alerting.policy import ALERT_ANOMALY, ALERT_DEAD, SOURCE
 from connectors.alertmanager import AlertmanagerClient, AlertmanagerUnavailable
 from connectors.kafka import ensure_topics, make_producer
-from connectors.kafka_lag import KafkaLagExporter
+from jobs.alert_publisher import AlertPublisher
+from jobs.kafka_lag import KafkaLagExporter
+from operations.stack.prometheus_configs import alertmanager_argv, config_dir, pushgateway_argv, render_configs
 from tests.conftest import RunLoop, free_port
 from vigil.settings import KafkaSettings, Settings
-from vigil.stack.prometheus_configs import alertmanager_argv, config_dir, pushgateway_argv, render_configs
 
 pytestmark = pytest.mark.integration
 W = 5000
@@ -183,7 +184,7 @@ def verdict(eid: str, n: int, severity: str = "normal", *, site: str = "north", 
         "equipment_id": eid, "site": site, "equipment_type": "pump", "window_start_ms": start,
         "window_end_ms": start + W, "kind": kind, "is_anomaly": severity != "normal", "severity": severity,
         "score": 2.5 if severity == "critical" else (1.3 if severity == "warning" else 0.2),
-        "pca_t2q": None, "isolation_forest": 1.3, "rules": 0.5, "detectors": list(detectors),
+        "scores": {"isolation_forest": 1.3, "rules": 0.5}, "detectors": list(detectors),
         "rule_hits": list(hits), "top_sensors": list(top), "dead_sensors": [],
         "model_versions": "isolation_forest=v0007", "summary": f"{severity}: {', '.join(detectors)}",
         "last_seen_ms": start + W, "emitted_at_ms": start + W + 300,
@@ -211,7 +212,7 @@ def by_condition(alerts: list[dict[str, Any]]) -> dict[tuple[str, str, str, str,
 
 
 def publisher_lag(settings: Settings) -> int | None:
-    """The publisher group's lag, read by connectors.kafka_lag (None: the group committed nothing yet)."""
+    """The publisher group's lag, read by jobs.kafka_lag (None: the group committed nothing yet)."""
     group = settings.alerting.publisher_consumer_group
     exporter = KafkaLagExporter(settings, groups={group: [settings.kafka.anomalies_topic]})
     try:
@@ -369,7 +370,7 @@ def test_unreachable_alertmanager_says_what_to_do() -> None:
 
 
 def test_kafka_lag_exporter_pushes_lag_per_group(settings: Settings, publisher: RunLoop) -> None:
-    """connectors.kafka_lag against real Kafka and the Pushgateway: committed groups only, with their lag."""
+    """jobs.kafka_lag against real Kafka and the Pushgateway: committed groups only, with their lag."""
     # Two batches: Tansu reports a partition's end offset as the last batch's base offset + 1 (real Kafka: the
     # offset after its last record), so only single-record batches give exact end offsets on Tansu.
     produce(settings, [verdict("k1", 0)])

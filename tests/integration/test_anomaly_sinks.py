@@ -20,14 +20,17 @@ from confluent_kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.clickhouse import ANOMALY_MALFORMED_REASON, WINDOW_STATS_VIEW, make_client
-from connectors.clickhouse_sink import anomalies_spec, run_sinks
 from connectors.kafka import ensure_topics, make_consumer, make_producer
-from connectors.pushgateway_sink import PushgatewaySink
-from onnx_models.train import _flagged_windows
+from detectors import score_names
+from jobs.clickhouse_sink import anomalies_spec, run_sinks
+from jobs.pushgateway_sink import PushgatewaySink
+from operations.stack.clickhouse_server import stop_clickhouse_server_process
+from operations.stack.prometheus_configs import pushgateway_argv
+from operations.training.detectors import _flagged_windows
 from tests.conftest import RunLoop, free_port, start_clickhouse_with_schema
 from vigil.settings import ClickHouseSettings, KafkaSettings, Settings
-from vigil.stack.clickhouse_server import stop_clickhouse_server_process
-from vigil.stack.prometheus_configs import pushgateway_argv
+
+SCORE_NAMES = score_names()
 
 pytestmark = pytest.mark.integration
 
@@ -61,16 +64,22 @@ def recent_window_ms() -> int:
 
 
 def verdict(equipment_id: str, start_ms: int, *, site: str = "plant-a", **overrides: object) -> dict:
-    """A normal window verdict, shaped exactly like connectors.contracts.ANOMALY_JSON_SCHEMA."""
+    """A normal window verdict, shaped exactly like vigil.contracts.ANOMALY_JSON_SCHEMA."""
     record = {
         "equipment_id": equipment_id, "site": site, "equipment_type": "pump",
         "window_start_ms": start_ms, "window_end_ms": start_ms + 5000, "kind": "window",
-        "is_anomaly": False, "severity": "normal", "score": 0.5, "pca_t2q": 0.5, "isolation_forest": 0.25,
-        "rules": None, "detectors": [], "rule_hits": [], "top_sensors": [], "dead_sensors": [],
+        "is_anomaly": False, "severity": "normal", "score": 0.5, "scores": {"pca_t2q": 0.5, "isolation_forest": 0.25},
+        "detectors": [], "rule_hits": [], "top_sensors": [], "dead_sensors": [],
         "model_versions": "isolation_forest=v0001 pca_t2q=v0001", "summary": "",
         "last_seen_ms": start_ms + 5000, "emitted_at_ms": start_ms + 5300,
     }  # fmt: skip
-    record.update(overrides)
+    scores = dict(record["scores"])  # type: ignore[call-overload]
+    for name in [k for k in overrides if k in SCORE_NAMES]:  # a score by name (None: it did not score)
+        value = overrides.pop(name)
+        scores.pop(name, None)
+        if value is not None:
+            scores[name] = value
+    record.update(scores=scores, **overrides)
     return record
 
 
@@ -128,8 +137,8 @@ def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSe
 
 def latest_rows(client: Client, machines: list[str]) -> list[tuple]:
     return client.query(
-        "SELECT equipment_id, toUnixTimestamp64Milli(window_start), kind, is_anomaly, severity, score, pca_t2q, "
-        "isolation_forest, rules, detectors, rule_hits, top_sensors, dead_sensors, summary, "
+        "SELECT equipment_id, toUnixTimestamp64Milli(window_start), kind, is_anomaly, severity, score, scores, "
+        "detectors, rule_hits, top_sensors, dead_sensors, summary, "
         "toUnixTimestamp64Milli(last_seen), toUnixTimestamp64Milli(emitted_at) FROM anomalies_latest "
         "WHERE equipment_id IN {ids:Array(String)} ORDER BY equipment_id, window_start",
         parameters={"ids": machines},
@@ -139,7 +148,7 @@ def latest_rows(client: Client, machines: list[str]) -> list[tuple]:
 def as_row(r: dict) -> tuple:
     return (
         r["equipment_id"], r["window_start_ms"], r["kind"], int(r["is_anomaly"]), r["severity"], r["score"],
-        r["pca_t2q"], r["isolation_forest"], r["rules"], r["detectors"], r["rule_hits"], r["top_sensors"],
+        r["scores"], r["detectors"], r["rule_hits"], r["top_sensors"],
         r["dead_sensors"], r["summary"], r["last_seen_ms"], r["emitted_at_ms"],
     )
 
@@ -195,7 +204,7 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
 
     def run() -> None:
         try:
-            sinks.extend(run_sinks(settings, stop))  # every topic, as `python -m connectors.clickhouse_sink`
+            sinks.extend(run_sinks(settings, stop))  # every topic, as `python -m jobs.clickhouse_sink`
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -228,7 +237,7 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
                  what="the window-stats row")
 
         # Training excludes the windows flagged anomalous (here: an-1's second window, an-2's dead machine,
-        # an-3's re-emitted verdict), reading the table the way onnx_models/train.py does.
+        # an-3's re-emitted verdict), reading the table the way operations/training/detectors.py does.
         flagged = _flagged_windows(client, settings, start - 60_000, start + 60_000)
         assert sorted(map(tuple, flagged[["equipment_id", "window_start_ms"]].to_numpy().tolist())) == [
             ("an-1", start + 5000), ("an-2", start + 15_000), ("an-3", start + 5000),

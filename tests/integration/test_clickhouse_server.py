@@ -29,14 +29,14 @@ from connectors.clickhouse import (
     window_stats_to_arrow,
 )
 from connectors.clickhouse_access import ensure_passwords
-from tests.conftest import free_port
-from vigil.settings import ClickHouseSettings, Settings
-from vigil.stack.clickhouse_server import (
+from operations.stack.clickhouse_server import (
     _find_insert_format,
     _split_statement,
     start_clickhouse_server_process,
     stop_clickhouse_server_process,
 )
+from tests.conftest import free_port
+from vigil.settings import ClickHouseSettings, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +128,7 @@ def test_passwords_are_files_of_their_own_never_arguments(ch_settings: Settings)
     passwords = {name: ch.password_file(name).read_text().strip() for name in ch.users}
     assert len(set(passwords.values())) == len(passwords) and all(len(p) >= 24 for p in passwords.values())
     assert all((ch.password_file(name).stat().st_mode & 0o777) == 0o600 for name in ch.users)
-    server = [p for p in psutil.process_iter(["cmdline", "environ"]) if "vigil.stack.clickhouse_server" in
+    server = [p for p in psutil.process_iter(["cmdline", "environ"]) if "operations.stack.clickhouse_server" in
               " ".join(p.info["cmdline"] or []) and str(ch.port) in " ".join(p.info["cmdline"] or [])]  # fmt: skip
     assert server, "the test server's process was not found"
     environ = server[0].info["environ"] or {}

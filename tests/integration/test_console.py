@@ -18,13 +18,13 @@ from streamlit.testing.v1 import AppTest
 
 from connectors.alertmanager import AlertmanagerClient, rfc3339
 from connectors.clickhouse import INSIGHT_RECORDS, insert_rows, make_client, records_to_arrow
+from detectors.pca_t2q import PcaT2Q
 from edge.simulator.equipment import EQUIPMENT_TYPES
 from onnx_models.registry import ModelRegistry
 from streamlit_app.access import AccessError, Principal, set_user
 from streamlit_app.data import ConsoleData, WorkbenchError
 from tests.conftest import LiveFleet, free_port
 from tests.integration.test_pipeline_e2e import poll
-from udfs.detectors.pca_t2q import PcaT2Q
 from vigil.settings import PROJECT_ROOT, Settings, get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.streams_live]

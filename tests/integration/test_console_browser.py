@@ -23,11 +23,11 @@ from pydantic import SecretStr
 
 from connectors.alertmanager import AlertmanagerClient, rfc3339
 from connectors.clickhouse import make_client
+from operations.stack.services import Stack
 from streamlit_app import remember
 from streamlit_app.access import set_user
 from tests.conftest import LiveFleet, free_port, wait_for_port
 from vigil.settings import PROJECT_ROOT
-from vigil.stack.services import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.streams_live]
 

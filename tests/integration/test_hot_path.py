@@ -14,10 +14,10 @@ import pytest
 import requests
 
 from connectors.kafka import ensure_topics, make_producer
-from connectors.pushgateway_sink import PushgatewaySink
+from jobs.pushgateway_sink import PushgatewaySink
+from operations.stack.prometheus_configs import start_hot_path, stop_hot_path
 from tests.conftest import RunLoop, free_port
 from vigil.settings import KafkaSettings, Settings
-from vigil.stack.prometheus_configs import start_hot_path, stop_hot_path
 
 pytestmark = pytest.mark.integration
 

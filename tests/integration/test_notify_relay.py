@@ -24,11 +24,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from alerting.messages import gsm_length
+from alerting.payload import Alert
+from alerting.store import DEAD, DELIVERED, PENDING, Delivery, Store
 from connectors.clickhouse import make_client
 from connectors.kafka import ensure_topics, make_producer
-from connectors.notify.messages import gsm_length
-from connectors.notify.payload import Alert
-from connectors.notify.store import DEAD, DELIVERED, PENDING, Delivery, Store
 from tests.conftest import clickhouse_server, free_port
 from vigil.settings import AlertingSettings, ClickHouseSettings, KafkaSettings, Settings
 
@@ -119,7 +119,7 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
     port, log = free_port(), folder / "standin.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vigil.stack.saas_standin", "--port", str(port), "--record",
+            [sys.executable, "-m", "operations.stack.saas_standin", "--port", str(port), "--record",
              str(folder / "requests.jsonl")],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -182,7 +182,7 @@ def relay_settings(folder: Path, standin: StandIn, smtp_port: int, ch: ClickHous
 
 
 class RelayProcess:
-    """``python -m connectors.notify.relay`` with the given settings (stoppable, killable, restartable)."""
+    """``python -m alerting.relay`` with the given settings (stoppable, killable, restartable)."""
 
     def __init__(self, settings: Settings, log: Path) -> None:
         self.settings = settings
@@ -193,7 +193,7 @@ class RelayProcess:
     def start(self) -> RelayProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "connectors.notify.relay"],
+                [sys.executable, "-m", "alerting.relay"],
                 env={**os.environ, **self.settings.to_env()}, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_http(f"{self.url}/healthz", self.proc, self.log)
@@ -304,7 +304,7 @@ def statuses(records: list[dict[str, Any]]) -> list[int]:
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """`vigil alerts ...` as the lead mounts it (alerts_app), in its own process with these settings."""
-    code = "import sys; from vigil.alerts_cli import alerts_app; sys.argv[0] = 'vigil alerts'; alerts_app()"
+    code = "import sys; from operations.alerts_cli import alerts_app; sys.argv[0] = 'vigil alerts'; alerts_app()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], env={**os.environ, **settings.to_env(), "COLUMNS": "200"},
         capture_output=True, text=True, timeout=60,
@@ -594,7 +594,7 @@ def test_relay_refuses_to_start_with_a_broken_oncall_file(
 ) -> None:
     settings = relay_settings(tmp_path, standin, smtp[1], ch_server)
     settings.alerting.receivers_path.write_text(RECEIVERS_YAML.replace('"+15550000003"', '"555-0003"'))
-    result = subprocess.run([sys.executable, "-m", "connectors.notify.relay"], env={**os.environ, **settings.to_env()},
+    result = subprocess.run([sys.executable, "-m", "alerting.relay"], env={**os.environ, **settings.to_env()},
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert "receivers.sms.recipients[2].phone: '555-0003' is not an E.164 phone number" in result.stderr

@@ -22,7 +22,7 @@ from connectors.kafka import make_consumer
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.simulator.fleet import Fleet
-from vigil.stack.services import Stack
+from operations.stack.services import Stack
 
 pytestmark = pytest.mark.integration
 

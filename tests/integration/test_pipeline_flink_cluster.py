@@ -17,10 +17,10 @@ import pytest
 from connectors.kafka import ensure_topics, make_consumer
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2
+from operations.stack.flink_cluster import start_cluster, stop_cluster, submit
+from operations.stack.services import Stack
 from tests.conftest import free_port
-from vigil.flink_cluster import start_cluster, stop_cluster, submit
 from vigil.settings import FlinkSettings
-from vigil.stack.services import Stack
 
 pytestmark = pytest.mark.integration
 

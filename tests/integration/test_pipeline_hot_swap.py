@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 
 from connectors.clickhouse import make_client
+from detectors.pca_t2q import PcaT2Q
 from edge.gateway import GatewayClient
 from edge.simulator.fleet import Fleet
 from onnx_models.features import window_features
 from onnx_models.registry import ModelRegistry
+from operations.stack.services import Stack
 from tests.integration.test_pipeline_e2e import expected_windows, poll, samples_frame
-from udfs.detectors.pca_t2q import PcaT2Q
-from vigil.stack.services import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from connectors.clickhouse import make_client
 from edge.gateway import GatewayClient
 from edge.simulator.fleet import Fleet
 from jobs.flink_env import latest_checkpoint
+from operations.stack.services import Stack
 from tests.integration.test_pipeline_e2e import expected_windows, poll, samples_frame
-from vigil.stack.services import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from agents.maintenance import MaintenanceAgent, load_knowledge_base, maintenanc
 from agents.root_cause import RootCauseAgent
 from edge.simulator.faults import FaultLabel
 from onnx_models.registry import ModelRegistry
-from onnx_models.train_agents import fit_diagnostic
-from vigil.evaluate.agents_eval import failure_time_ms, macro_f1, root_cause_hits, shared_cause_scores
+from operations.evaluate.agents_eval import failure_time_ms, macro_f1, root_cause_hits, shared_cause_scores
+from operations.training.agents import fit_diagnostic
 from vigil.settings import Settings
 
 W = 5000

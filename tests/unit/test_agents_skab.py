@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 
 from agents.root_cause import RootCauseAgent
-from vigil.evaluate.agents_skab import (
+from operations.evaluate.agents_skab import (
     SKAB_SENSORS,
     diagnose_skab,
     labelled_verdicts,
     skab_episodes,
     window_stats,
 )
-from vigil.evaluate.skab import load_skab_csv
+from operations.evaluate.skab import load_skab_csv
 
 
 def write_experiment(path: Path, rows: int = 600, anomaly: tuple[int, int] = (450, 540), seed: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""Verdict batches -> Alertmanager alert changes (connectors.alert_publisher.AlertMapper), no I/O."""
+"""Verdict batches -> Alertmanager alert changes (alerting.policy.AlertMapper), no I/O."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.alert_publisher import ALERT_ANOMALY, ALERT_DEAD, SOURCE, AlertMapper
+from alerting.policy import ALERT_ANOMALY, ALERT_DEAD, SOURCE, AlertMapper
 from connectors.alertmanager import parse_matcher, rfc3339
 from vigil.settings import Settings
 
@@ -34,7 +34,7 @@ def verdict(
     return orjson.dumps({
         "equipment_id": eid, "site": site, "equipment_type": "pump", "window_start_ms": start,
         "window_end_ms": start + W, "kind": kind, "is_anomaly": severity != "normal", "severity": severity,
-        "score": score, "pca_t2q": None, "isolation_forest": score, "rules": 0.1, "detectors": list(detectors),
+        "score": score, "scores": {"isolation_forest": score, "rules": 0.1}, "detectors": list(detectors),
         "rule_hits": list(hits), "top_sensors": list(top), "dead_sensors": list(dead),
         "model_versions": "isolation_forest=v0003" if "isolation_forest" in detectors else "",
         "summary": f"{severity}: {', '.join(detectors)}", "last_seen_ms": start + W if kind == "window" else start - W,

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.alert_publisher import HEARTBEAT_S
+from jobs.alert_publisher import HEARTBEAT_S
+from operations.stack import prometheus_configs
+from operations.stack.prometheus_configs import render_configs
 from vigil.settings import Settings
-from vigil.stack import prometheus_configs
-from vigil.stack.prometheus_configs import render_configs
 
-# Found the way vigil.stack.prometheus_configs finds its binaries: on PATH (the Debian packages `prometheus`,
+# Found the way operations.stack.prometheus_configs finds its binaries: on PATH (the Debian packages `prometheus`,
 # which ships promtool, and `prometheus-alertmanager`, which ships amtool).
 PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")

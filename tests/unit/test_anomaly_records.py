@@ -9,15 +9,17 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-import connectors.pushgateway_sink as pushgateway_sink
+import jobs.pushgateway_sink as pushgateway_sink
 from connectors.clickhouse import ANOMALIES_ARROW_SCHEMA, ANOMALY_MALFORMED_REASON, anomalies_to_arrow, render_schema
-from connectors.clickhouse_sink import anomalies_spec, insights_spec, table_specs, window_stats_spec
-from connectors.contracts import ANOMALY_JSON_SCHEMA
-from connectors.pushgateway_sink import PushgatewaySink
+from detectors import score_names
+from jobs.clickhouse_sink import anomalies_spec, insights_spec, table_specs, window_stats_spec
+from jobs.pushgateway_sink import PushgatewaySink
+from vigil.contracts import anomaly_json_schema
 from vigil.settings import ClickHouseSettings, Settings
 
 NOW = 1_700_000_100.0  # wall clock of every render (seconds)
 T0 = 1_717_000_000_000  # 2024-05-29 16:26:40 UTC, in ms
+SCORE_NAMES = score_names()
 
 
 def verdict(equipment_id: str = "m1", start_ms: int = T0, **overrides: object) -> dict:
@@ -31,9 +33,7 @@ def verdict(equipment_id: str = "m1", start_ms: int = T0, **overrides: object) -
         "is_anomaly": True,
         "severity": "critical",
         "score": 2.5,
-        "pca_t2q": 2.5,
-        "isolation_forest": None,
-        "rules": 1.25,
+        "scores": {"pca_t2q": 2.5, "rules": 1.25},
         "detectors": ["pca_t2q", "threshold_max"],
         "rule_hits": ["bearing_temp:threshold_max"],
         "top_sensors": ["bearing_temp", "vibration"],
@@ -43,7 +43,14 @@ def verdict(equipment_id: str = "m1", start_ms: int = T0, **overrides: object) -
         "last_seen_ms": start_ms + 5000,
         "emitted_at_ms": start_ms + 5400,
     }
-    base.update(overrides)
+    # A detector's score given by name (None: it did not score) goes into the scores object.
+    scores = dict(overrides.pop("scores", base["scores"]))  # type: ignore[call-overload]
+    for name in [k for k in overrides if k in SCORE_NAMES]:
+        value = overrides.pop(name)
+        scores.pop(name, None)
+        if value is not None:
+            scores[name] = value
+    base.update(scores=scores, **overrides)
     return base
 
 
@@ -52,7 +59,7 @@ def encode(*records: dict) -> list[bytes]:
 
 
 def test_test_record_has_exactly_the_contract_fields() -> None:
-    assert list(verdict()) == ANOMALY_JSON_SCHEMA.names
+    assert list(verdict()) == anomaly_json_schema(SCORE_NAMES).names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +73,7 @@ def test_verdicts_become_exact_rows_of_the_anomalies_table() -> None:
         detectors=["dead_machine"], rule_hits=[], top_sensors=[], dead_sensors=["flow", "rpm"], model_versions="",
         summary="critical: no data from m2 for 15 s", last_seen_ms=T0 - 10_000,
     )
-    table, malformed = anomalies_to_arrow(encode(verdict(), dead))
+    table, malformed = anomalies_to_arrow(encode(verdict(), dead), SCORE_NAMES)
     assert malformed == []
     assert table.schema == ANOMALIES_ARROW_SCHEMA
     rows = table.to_pylist()
@@ -80,9 +87,7 @@ def test_verdicts_become_exact_rows_of_the_anomalies_table() -> None:
         "is_anomaly": 1,
         "severity": "critical",
         "score": 2.5,
-        "pca_t2q": 2.5,
-        "isolation_forest": None,
-        "rules": 1.25,
+        "scores": [("pca_t2q", 2.5), ("rules", 1.25)],
         "detectors": ["pca_t2q", "threshold_max"],
         "rule_hits": ["bearing_temp:threshold_max"],
         "top_sensors": ["bearing_temp", "vibration"],
@@ -102,9 +107,7 @@ def test_verdicts_become_exact_rows_of_the_anomalies_table() -> None:
         "is_anomaly": 1,
         "severity": "critical",
         "score": 0.0,
-        "pca_t2q": None,
-        "isolation_forest": None,
-        "rules": None,
+        "scores": [],
         "detectors": ["dead_machine"],
         "rule_hits": [],
         "top_sensors": [],
@@ -118,11 +121,16 @@ def test_verdicts_become_exact_rows_of_the_anomalies_table() -> None:
 
 def test_normal_verdict_and_absent_detector_scores() -> None:
     record = verdict(is_anomaly=False, severity="normal", score=0.5, pca_t2q=0.5, rules=0.25, detectors=[])
-    del record["isolation_forest"]  # a nullable score may be left out altogether
-    table, malformed = anomalies_to_arrow(encode(record))
+    unknown = verdict("m9", scores={"not_a_detector": 3.0, "isolation_forest": 0.75})
+    no_scores = verdict("m8")
+    del no_scores["scores"]  # a verdict may leave the scores out altogether
+    table, malformed = anomalies_to_arrow(encode(record, unknown, no_scores), SCORE_NAMES)
     assert malformed == []
-    assert table.select(["is_anomaly", "severity", "score", "pca_t2q", "isolation_forest", "rules"]).to_pylist() == [
-        {"is_anomaly": 0, "severity": "normal", "score": 0.5, "pca_t2q": 0.5, "isolation_forest": None, "rules": 0.25}
+    assert table.select(["is_anomaly", "severity", "score", "scores"]).to_pylist() == [
+        {"is_anomaly": 0, "severity": "normal", "score": 0.5, "scores": [("pca_t2q", 0.5), ("rules", 0.25)]},
+        # a key no declared detector has is not stored (the registry names what a verdict can score)
+        {"is_anomaly": 1, "severity": "critical", "score": 2.5, "scores": [("isolation_forest", 0.75)]},
+        {"is_anomaly": 1, "severity": "critical", "score": 2.5, "scores": []},
     ]
 
 
@@ -143,7 +151,7 @@ def test_malformed_verdicts_are_separated_with_their_position_and_reason() -> No
         orjson.dumps(verdict("m-11", is_anomaly=None)),  # 10
     ]
     values += encode(verdict("m-12"))
-    table, malformed = anomalies_to_arrow(values)
+    table, malformed = anomalies_to_arrow(values, SCORE_NAMES)
 
     assert table.column("equipment_id").to_pylist() == ["m-0", "m-12"]
     assert [m.index for m in malformed] == list(range(1, 11))
@@ -164,12 +172,13 @@ def test_malformed_verdicts_are_separated_with_their_position_and_reason() -> No
 def test_schema_renders_the_anomalies_table_and_view_under_their_configured_names() -> None:
     ddl = render_schema(ClickHouseSettings(database="db1", anomalies_table="verdicts", anomalies_view="verdicts_now",
                                            insights_table="findings", fault_labels_table="known_faults"))  # fmt: skip
-    creates = [re.search(r"^CREATE [^\n(]*", s, re.MULTILINE).group(0).strip() for s in ddl]  # type: ignore[union-attr]
+    creates = [re.search(r"^(CREATE|ALTER) [^\n(]*", s, re.MULTILINE).group(0).strip() for s in ddl]  # type: ignore[union-attr]
     assert creates == [
         "CREATE DATABASE IF NOT EXISTS db1",
         "CREATE TABLE IF NOT EXISTS db1.window_stats",
         "CREATE OR REPLACE VIEW db1.window_stats_latest AS",
         "CREATE TABLE IF NOT EXISTS db1.verdicts",
+        "ALTER TABLE db1.verdicts ADD COLUMN IF NOT EXISTS scores Map",
         "CREATE OR REPLACE VIEW db1.verdicts_now AS",
         "CREATE DATABASE IF NOT EXISTS db1",
         "CREATE TABLE IF NOT EXISTS db1.alert_deliveries",
@@ -179,13 +188,13 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
         "CREATE OR REPLACE VIEW db1.findings_latest AS",
         "CREATE TABLE IF NOT EXISTS db1.known_faults",
     ]  # 001 before 002: the database exists before the anomalies table is created in it; 003: the relay's log
-    table, view = ddl[3], ddl[4]
+    table, view = ddl[3], ddl[5]
     assert "ENGINE = ReplacingMergeTree(emitted_at)" in table
     assert "PARTITION BY toDate(window_start)" in table
     assert "ORDER BY (equipment_id, window_start)" in table
     assert "TTL toDateTime(window_start) + INTERVAL 400 DAY" in table
     assert "is_anomaly       UInt8," in table
-    assert "pca_t2q          Nullable(Float64)," in table
+    assert "scores           Map(LowCardinality(String), Float64)," in table
     assert view.endswith("FROM db1.verdicts FINAL")
     assert ddl[-4].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
     assert "ORDER BY (equipment_id, episode_id, agent, kind, closed)" in ddl[-3]

@@ -15,10 +15,11 @@ import orjson
 import pandas as pd
 import pytest
 
+from detectors import score_names
+from detectors.pca_t2q import PcaT2Q
 from onnx_models.features import window_features
 from onnx_models.registry import ModelRegistry
-from udfs.detectors.pca_t2q import PcaT2Q
-from udfs.rules import RulesConfig, parse_rules
+from vigil.rules import RulesConfig, parse_rules
 from vigil.settings import ScoringSettings, Settings, WindowSettings
 
 SIZE_MS = 5000
@@ -131,7 +132,7 @@ def file_overrides(source, out, dead_letters) -> dict[str, str]:
 def table_env(jars_dir):
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from vigil.flink_jars import udf_jar
+    from jobs.flink_jars import udf_jar
 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     env.get_config().set("parallelism.default", "2")
@@ -141,9 +142,15 @@ def table_env(jars_dir):
 
 
 def read_json_dir(path) -> pd.DataFrame:
+    """The job's JSON output; a verdict's ``scores`` map becomes one column per known score (NaN: absent)."""
     lines = [json.loads(line) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
              for line in p.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(lines)
+    frame = pd.DataFrame(lines)
+    if "scores" in frame:
+        assert all(isinstance(v, dict) for v in frame["scores"]), "scores must be a JSON object in every verdict"
+        columns = {name: frame["scores"].map(lambda d, n=name: d.get(n, np.nan)) for name in score_names()}
+        frame = frame.assign(**columns)
+    return frame
 
 
 def train_pump_model(registry: ModelRegistry) -> PcaT2Q:

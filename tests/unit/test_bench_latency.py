@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vigil.bench_latency import FaultTiming, _duplicates, _first_arrivals, _pct, stage_breakdown
+from operations.bench.latency import FaultTiming, _duplicates, _first_arrivals, _pct, stage_breakdown
 
 
 def message(channel: str, at_ms: int, machines: list[str], text: str = "CRITICAL: x", to: str = "+1") -> dict:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from operations.cli import app
 from tests.conftest import stack_test_settings
 from tests.unit.skab_files import write_skab_file
-from vigil.cli import app
 from vigil.settings import PROJECT_ROOT, get_settings
 
 SHARED = PROJECT_ROOT.parent / "shared" / "data"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from udfs.detectors.anomaly_likelihood import TAIL_FLOOR, AnomalyLikelihood
-from udfs.detectors.ewma_zscore import EwmaZScore
+from detectors.anomaly_likelihood import TAIL_FLOOR, AnomalyLikelihood
+from detectors.ewma_zscore import EwmaZScore
 
 
 def reference_scores(x: np.ndarray, det: AnomalyLikelihood) -> np.ndarray:

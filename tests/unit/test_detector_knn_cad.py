@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from udfs.detectors.knn_cad import SUPPRESSED_SCORE, KnnCad
-from vigil.evaluate.nab import NabFile
-from vigil.evaluate.nab_eval import file_params
+from detectors.knn_cad import SUPPRESSED_SCORE, KnnCad
+from operations.evaluate.nab import NabFile
+from operations.evaluate.nab_eval import file_params
 
 
 def reference_scores(x: np.ndarray, det: KnnCad) -> np.ndarray:

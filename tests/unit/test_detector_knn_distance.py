@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from udfs.detectors.knn_distance import KnnDistance
-from udfs.onnx_scoring import OnnxModel
+from detectors.knn_distance import KnnDistance
+from onnx_models.runtime import OnnxModel
 
 NAMES = ["a", "b"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from udfs.detectors.isolation_forest import IsolationForestDetector
-from udfs.detectors.pca_t2q import PcaT2Q
-from udfs.onnx_scoring import OnnxModel
+from detectors.isolation_forest import IsolationForestDetector
+from detectors.pca_t2q import PcaT2Q
+from onnx_models.runtime import OnnxModel
 
 NAMES = [f"s{i}" for i in range(6)]
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vigil.evaluate.metrics import Confusion, confusion
+from operations.evaluate.metrics import Confusion, confusion
 
 
 def test_hand_computed_case() -> None:

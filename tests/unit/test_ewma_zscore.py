@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from udfs.detectors.ewma_zscore import EwmaZScore
+from detectors.ewma_zscore import EwmaZScore
 
 
 def reference_scores(x: np.ndarray, alpha: float, warmup: int, eps: float) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from onnx_models.fault_labels import LabelFileError, read_label_file
+from operations.training.fault_labels import LabelFileError, read_label_file
 
 
 def test_work_orders_become_labels_with_stable_ids(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from udfs.features import history_feature_names, history_features
+from onnx_models.history import history_feature_names, history_features
 
 
 def pandas_reference(frame: pd.DataFrame, columns: list[str], history: int, group: str | None) -> np.ndarray:

@@ -10,6 +10,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from detectors.pca_t2q import PcaT2Q
 from onnx_models.features import check_feature_names, feature_names_for, sensors_from_feature_names, window_features
 from onnx_models.registry import (
     METADATA_FILE,
@@ -18,7 +19,6 @@ from onnx_models.registry import (
     ModelRegistry,
     RegistryError,
 )
-from udfs.detectors.pca_t2q import PcaT2Q
 
 NAMES = ["a.avg", "a.stddev", "b.avg", "b.stddev"]
 

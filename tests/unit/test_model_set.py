@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from detectors.pca_t2q import PcaT2Q
 from onnx_models.features import window_features
 from onnx_models.registry import ModelRegistry
-from udfs.detectors.pca_t2q import PcaT2Q
 from udfs.model_set import ModelSet
 
 SIZE_MS = 5000

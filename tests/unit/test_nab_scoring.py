@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vigil.evaluate.nab import (
+from operations.evaluate.nab import (
     DEFAULT_PROFILES,
     NabFile,
     get_profile,
@@ -25,7 +25,7 @@ from vigil.evaluate.nab import (
     scaled_sigmoid,
     score_detections,
 )
-from vigil.evaluate.nab_eval import evaluate_nab, evaluate_nab_profiles
+from operations.evaluate.nab_eval import evaluate_nab, evaluate_nab_profiles
 
 STANDARD = DEFAULT_PROFILES["standard"]
 LOW_FP = DEFAULT_PROFILES["reward_low_FP_rate"]
@@ -208,7 +208,7 @@ def test_evaluate_nab_end_to_end(tmp_path: Path) -> None:
 
 
 def test_rearm_keeps_the_first_alarm_of_each_burst() -> None:
-    from vigil.evaluate.nab_eval import rearm
+    from operations.evaluate.nab_eval import rearm
 
     # Alarms at 2, 3, 5, 9, 10 with gap 3: keep 2; 3 and 5 are within 3 rows of 2; 9 kept; 10 dropped.
     a = alarms_at(12, 2, 3, 5, 9, 10)

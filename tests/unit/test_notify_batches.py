@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from connectors.notify.messages import (
+from alerting.messages import (
     MessageContext,
     email_group_message,
     email_message,
@@ -18,9 +18,9 @@ from connectors.notify.messages import (
     sms_group_text,
     sms_text,
 )
-from connectors.notify.payload import Alert
-from connectors.notify.relay import MAX_BATCH, batches
-from connectors.notify.store import Delivery
+from alerting.payload import Alert
+from alerting.relay import MAX_BATCH, batches
+from alerting.store import Delivery
 
 STARTED = datetime(2026, 3, 2, 8, 15, 0, tzinfo=UTC)
 CTX = MessageContext(console_url="http://console.example:18501", sms_max_chars=160)

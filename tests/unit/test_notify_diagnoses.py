@@ -10,16 +10,16 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.notify.diagnoses import (
+from alerting.diagnoses import (
     FOLLOW_UP_ALERTNAME,
     Diagnosis,
     follow_up_alert,
     parse_insights,
     with_diagnoses,
 )
-from connectors.notify.messages import MessageContext, slack_group_message, slack_message, sms_group_text, sms_text
-from connectors.notify.payload import Alert
-from connectors.notify.store import DELIVERED, NewDelivery, Store
+from alerting.messages import MessageContext, slack_group_message, slack_message, sms_group_text, sms_text
+from alerting.payload import Alert
+from alerting.store import DELIVERED, NewDelivery, Store
 
 EPISODE_START = datetime(2026, 3, 2, 8, 15, 0, tzinfo=UTC)
 START_MS = int(EPISODE_START.timestamp() * 1000)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.notify.messages import (
+from alerting.messages import (
     ELLIPSIS,
     GSM_BASIC,
     GSM_EXTENSION,
@@ -23,8 +23,8 @@ from connectors.notify.messages import (
     story_title,
     to_gsm,
 )
-from connectors.notify.oncall import OnCallConfigError, is_e164, load_oncall, parse_oncall
-from connectors.notify.payload import Alert, InvalidWebhook, parse_webhook
+from alerting.oncall import OnCallConfigError, is_e164, load_oncall, parse_oncall
+from alerting.payload import Alert, InvalidWebhook, parse_webhook
 from vigil.settings import PROJECT_ROOT
 
 STARTED = datetime(2026, 3, 2, 8, 15, 0, tzinfo=UTC)

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from tenacity import AsyncRetrying, Future, RetryCallState
 
-from connectors.notify.payload import Alert
-from connectors.notify.ratelimit import NOTICE, PAGE, RESOLUTION, TokenBucket, message_priority
-from connectors.notify.retry import (
+from alerting.payload import Alert
+from alerting.ratelimit import NOTICE, PAGE, RESOLUTION, TokenBucket, message_priority
+from alerting.retry import (
     DeliveryError,
     delivery_retrying,
     parse_retry_after,
     retryable_status,
     wait_retry_after_or_jitter,
 )
-from connectors.notify.store import DEAD, DELIVERED, PENDING, NewDelivery, Store
+from alerting.store import DEAD, DELIVERED, PENDING, NewDelivery, Store
 
 NOW = 1_800_000_000.0
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vigil.settings import Settings
-from vigil.stack.prometheus_configs import (
+from operations.stack.prometheus_configs import (
     alertmanager_argv,
     health_urls,
     prometheus_argv,
     pushgateway_argv,
     render_configs,
 )
+from vigil.settings import Settings
 
 PROMTOOL = shutil.which("promtool")
 AMTOOL = shutil.which("amtool")
@@ -145,7 +145,7 @@ tests:
           - exp_labels: {{severity: critical, category: pipeline, job: vigil_pushgateway_sink}}
             exp_annotations:
               summary: "Pushgateway sink has not pushed for 2m 0s"
-              description: "connectors.pushgateway_sink is dead or every push fails; check its log."
+              description: "jobs.pushgateway_sink is dead or every push fails; check its log."
 """
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from connectors.pushgateway_sink import PushgatewaySink, escape_label_values, format_values, grouping_path
+from jobs.pushgateway_sink import PushgatewaySink, escape_label_values, format_values, grouping_path
 from tests.conftest import free_port
 from vigil.settings import Settings
 

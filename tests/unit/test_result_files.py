@@ -10,17 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from operations.evaluate.metrics import Confusion
+from operations.evaluate.nab_eval import rescore_own_results, run_nab, write_results
+from operations.evaluate.result_files import NAB_COLUMNS, check_detector_name, nab_anomaly_score
+from operations.evaluate.skab import SKAB_COLUMNS, AlarmRule, evaluate_skab, write_skab_results
 from tests.unit.skab_files import write_skab_file
-from vigil.evaluate.metrics import Confusion
-from vigil.evaluate.nab_eval import rescore_own_results, run_nab, write_results
-from vigil.evaluate.result_files import (
-    NAB_COLUMNS,
-    SKAB_COLUMNS,
-    check_detector_name,
-    nab_anomaly_score,
-    write_skab_results,
-)
-from vigil.evaluate.skab import AlarmRule, evaluate_skab
 
 
 def test_nab_anomaly_score_is_hand_computed_and_half_separates_alarms() -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from edge.simulator.equipment import EQUIPMENT_TYPES
-from udfs.rules import RulesConfigError, load_rules, parse_rules
+from vigil.rules import RulesConfigError, load_rules, parse_rules
 from vigil.settings import Settings
 
 VALID = {

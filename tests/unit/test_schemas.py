@@ -104,9 +104,10 @@ def test_scoring_job_reads_exactly_what_the_window_job_writes() -> None:
 
 
 def test_scoring_job_writes_exactly_the_anomaly_contract() -> None:
-    from connectors.contracts import ANOMALY_JSON_SCHEMA
     from jobs.anomaly_scoring import statements as scoring_statements
+    from vigil.contracts import anomaly_json_schema
 
     ddl, _ = scoring_statements(Settings())
     sink = next(statement for statement in ddl if "CREATE TABLE anomalies_out" in statement)
-    assert _columns(sink) == list(ANOMALY_JSON_SCHEMA.names)
+    assert _columns(sink) == list(anomaly_json_schema([]).names)
+    assert "scores MAP<STRING, DOUBLE>," in sink

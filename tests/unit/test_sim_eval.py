@@ -14,10 +14,8 @@ import pytest
 from rich.console import Console
 
 from edge.simulator.faults import FaultLabel
-from tests.unit.test_anomaly_scoring_sql import reference_zscores
-from udfs.rules import parse_rules
-from vigil.evaluate.metrics import fault_scorecard, fault_window_pairs
-from vigil.evaluate.sim import (
+from operations.evaluate.metrics import fault_scorecard, fault_window_pairs
+from operations.evaluate.sim import (
     PlannedFault,
     SimEvaluation,
     SimOptions,
@@ -29,6 +27,8 @@ from vigil.evaluate.sim import (
     summary_dict,
     window_stats,
 )
+from tests.unit.test_anomaly_scoring_sql import reference_zscores
+from vigil.rules import parse_rules
 from vigil.settings import Settings
 
 W = 5000
@@ -237,7 +237,7 @@ def test_print_sim_result(tiny_run) -> None:
 def test_cli_evaluate_sim_writes_the_scorecard(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from vigil.cli import app
+    from operations.cli import app
 
     out = tmp_path / "sim.json"
     result = CliRunner().invoke(app, ["evaluate", "--dataset", "sim", "--machines", "4", "--minutes", "8",

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 
 from onnx_models.registry import ModelRegistry
+from operations.evaluate.sim import PlannedFault, SimOptions, rule_results, score_run, simulate, train_models
 from tests.unit.test_anomaly_scoring_sql import file_overrides, read_json_dir, table_env
 from udfs.model_set import ModelSet
-from udfs.rules import load_rules
 from udfs.scoring import ScoringConfig, WindowScorer
-from vigil.evaluate.sim import PlannedFault, SimOptions, rule_results, score_run, simulate, train_models
+from vigil.rules import load_rules
 from vigil.settings import Settings
 
 W = 5000

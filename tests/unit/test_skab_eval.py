@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from vigil.evaluate.skab import (
+from operations.evaluate.skab import (
     AlarmRule,
     apply_run_rule,
     causal_median,

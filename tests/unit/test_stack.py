@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from operations.stack.process import ProcessManager, ServiceSpec
+from operations.stack.services import Stack
 from tests.conftest import free_port
 from vigil.settings import KafkaSettings, Settings
-from vigil.stack.process import ProcessManager, ServiceSpec
-from vigil.stack.services import Stack
 
 
 def http_server(port: int) -> ServiceSpec:

@@ -72,7 +72,7 @@ def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFram
         "source_options": f"'connector' = 'filesystem', 'path' = '{source}', 'format' = 'json'",
         "window_stats_sink_options": f"'connector' = 'filesystem', 'path' = '{out}', 'format' = 'json'",
     }
-    from vigil.flink_jars import udf_jar
+    from jobs.flink_jars import udf_jar
 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     env.get_config().set("parallelism.default", "2")

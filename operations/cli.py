@@ -1,0 +1,416 @@
+"""The `vigil` command: local stack, demo, simulator, Flink jobs and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connectors.clickhouse import vigil_tables
+from connectors.clickhouse_access import password_sha256, render_access_sql
+from operations.alerts_cli import alerts_app
+from operations.bench.console import results_tables, run_console_bench, write_json
+from operations.bench.latency import run_latency_bench
+from operations.bench.throughput import run_throughput_bench
+from operations.console_cli import console_app
+from operations.demo import print_dead_letters, run_demo, run_simulator_with_progress
+from operations.evaluate.agents_eval import AgentRunOptions, evaluate_agents, evaluation_dict, print_agent_evaluation
+from operations.evaluate.agents_skab import evaluate_skab_agents, print_skab_report, report_dict
+from operations.evaluate.nab_eval import print_nab_table, run_nab, streaming_detectors, write_results
+from operations.evaluate.result_files import check_detector_name
+from operations.evaluate.sim import SimOptions, evaluate_sim, print_sim_result, summary_dict
+from operations.evaluate.skab import (
+    DEFAULT_LIMIT,
+    PROTOCOLS,
+    AlarmRule,
+    evaluate_skab,
+    print_result,
+    skab_detectors,
+    write_skab_results,
+)
+from operations.stack.flink_cluster import JOBS, start_cluster, stop_cluster, submit
+from operations.stack.services import INFRA, Stack, pipeline_names
+from operations.training.cli import labels_app, models_app, train_command
+from vigil.settings import PROJECT_ROOT, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local servers.")
+job_app = typer.Typer(no_args_is_help=True, help="Run Flink jobs (in-process or on a standalone cluster).")
+cluster_app = typer.Typer(no_args_is_help=True, help="The standalone Flink cluster (start-cluster.sh).")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures (see docs/benchmarks.md).")
+app.add_typer(stack_app, name="stack")
+app.add_typer(job_app, name="job")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(bench_app, name="bench")
+app.add_typer(console_app, name="console")
+app.add_typer(models_app, name="models", help="The model registry: list, promote, roll back.")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(labels_app, name="labels")
+app.command("train")(train_command)
+console = Console()
+
+
+def _with_samples(samples_per_sensor: int | None, fault_rate: float | None = None):
+    """Settings with the simulator's load and fault rate overridden (None keeps the setting)."""
+    settings = get_settings()
+    update: dict[str, object] = {}
+    if samples_per_sensor is not None:
+        update["samples_per_sensor"] = samples_per_sensor
+    if fault_rate is not None:
+        update["fault_rate_per_machine_hour"] = fault_rate
+    if not update:
+        return settings
+    return settings.model_copy(update={"simulator": settings.simulator.model_copy(update=update)})
+
+
+FaultRateOption = Annotated[
+    float | None,
+    typer.Option(help="random labelled faults per machine-hour (ground truth: <data_dir>/ground_truth.jsonl)"),
+]
+SamplesOption = Annotated[
+    int | None,
+    typer.Option(help="samples per sensor in each 5-s batch (default from settings: 70 = the seed's "
+                      "~100K points/s per 1,000 machines; 10 = 2 Hz)"),
+]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _status_table(statuses) -> Table:
+    table = Table(title="Vigil local stack")
+    for column in ("service", "port", "pid", "state", "what"):
+        table.add_column(column)
+    for status in statuses:
+        if status.healthy:
+            state = "[green]healthy[/]"
+        elif status.running:
+            state = "[yellow]running, not healthy[/]"
+        else:
+            state = "[dim]stopped[/]"
+        port = str(status.port) if status.port else "-"
+        what = status.description + (f" ({status.detail})" if status.detail else "")
+        table.add_row(status.name, port, str(status.pid or "-"), state, what)
+    return table
+
+
+@stack_app.command("up")
+def stack_up(
+    pipeline: Annotated[bool, typer.Option(help="also start the edge service, Flink job and sinks")] = False,
+) -> None:
+    """Start every local server (idempotent: running ones are left alone)."""
+
+    stack = Stack(get_settings())
+    names = INFRA + (pipeline_names(get_settings()) if pipeline else ())
+    try:
+        with console.status("starting the local stack...") as status:
+            stack.up(names, on_started=lambda s: status.update(f"{s.name} is up on port {s.port}..."))
+    except Exception as exc:
+        _fail(str(exc))
+    console.print(_status_table(stack.status()))
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop every process the stack started."""
+
+    stopped = Stack(get_settings()).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Report each server with its port, pid and health."""
+
+    console.print(_status_table(Stack(get_settings()).status()))
+
+
+@stack_app.command("access-sql")
+def stack_access_sql(
+    sites: Annotated[list[str], typer.Option("--site", help="a site to create a role and row policies for")],
+) -> None:
+    """Print the ClickHouse users, profiles, grants, site roles and row policies for a real cluster
+    (docs/security.md): the identities the local server enforces, with the password files' SHA-256."""
+
+    ch = get_settings().clickhouse
+    try:
+        hashes = {name: password_sha256(ch.password_file(name).read_text().strip()) for name in ch.users}
+    except FileNotFoundError as exc:
+        _fail(f"{exc}: write each identity's password file first (or start the local stack once)")
+    for statement in render_access_sql(vigil_tables(ch), ch.users, hashes, sites):
+        typer.echo(statement + ";")
+
+
+@app.command()
+def demo(
+    machines: Annotated[int, typer.Option(help="simulated machines")] = 1000,
+    duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
+    stop_after: Annotated[bool, typer.Option(help="stop the pipeline processes when the demo ends")] = False,
+    samples_per_sensor: SamplesOption = None,
+    fault_rate: FaultRateOption = None,
+    train_after: Annotated[float, typer.Option(help="seconds of data after which the demo trains and promotes "
+                                                    "models (0: never; skipped when models are live)")] = 120.0,
+) -> None:
+    """Start the stack and pipeline, stream a simulated fleet through it, and show live figures."""
+
+    try:
+        run_demo(_with_samples(samples_per_sensor, fault_rate), machines=machines, duration_s=duration,
+                 stop_after=stop_after, console=console, train_after_s=train_after)
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def simulate(
+    machines: Annotated[int, typer.Option(help="simulated machines")] = 1000,
+    duration: Annotated[float | None, typer.Option(help="seconds to run (default: until Ctrl-C)")] = None,
+    fast: Annotated[bool, typer.Option(help="generate consecutive ticks as fast as possible")] = False,
+    target: Annotated[str | None, typer.Option(help="edge service host:port (default from settings)")] = None,
+    samples_per_sensor: SamplesOption = None,
+    fault_rate: FaultRateOption = None,
+) -> None:
+    """Stream a simulated fleet to the edge service through gateway clients."""
+
+    run_simulator_with_progress(_with_samples(samples_per_sensor, fault_rate), machines, duration,
+                                realtime=not fast, target=target, console=console)
+
+
+@job_app.command("submit")
+def job_submit(
+    job: Annotated[str, typer.Argument(help="window-stats | anomaly-scoring | fleet-pipeline | agents")]
+    = "window-stats",
+    target: Annotated[str, typer.Option(help="local (in-process PyFlink) or cluster (flink run)")] = "local",
+    detach: Annotated[bool, typer.Option(help="return once submitted (cluster) / run in background (local)")] = False,
+    resume: Annotated[bool, typer.Option(help="resume from the newest retained checkpoint")] = True,
+) -> None:
+    """Run a Flink job in-process (local mode) or submit it with `flink run` to the standalone cluster."""
+
+    if job not in JOBS:
+        _fail(f"unknown job {job!r}; known jobs: {', '.join(JOBS)}")
+    if target not in ("local", "cluster"):
+        _fail("--target must be 'local' or 'cluster'")
+    logging.basicConfig(level=logging.INFO)
+    try:
+        code = submit(get_settings(), job, target=target, detach=detach, resume=resume)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@cluster_app.command("start")
+def cluster_start() -> None:
+    """Start a standalone Flink cluster (JobManager + TaskManager) with flink-conf/cluster."""
+
+    try:
+        url = start_cluster(get_settings())
+    except RuntimeError as exc:
+        _fail(str(exc))
+    console.print(f"Flink cluster up: {url}")
+
+
+@cluster_app.command("stop")
+def cluster_stop() -> None:
+    """Stop the standalone Flink cluster."""
+
+    stop_cluster(get_settings())
+    console.print("Flink cluster stopped")
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    machines: Annotated[list[int], typer.Option(help="fleet sizes to measure")] = [1000, 2000],  # noqa: B006
+    duration: Annotated[float, typer.Option(help="seconds of steady streaming per fleet size")] = 60.0,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    samples_per_sensor: SamplesOption = None,
+    scoring: Annotated[str, typer.Option(help="anomaly-scoring job: on (models trained on the warm-up), off, "
+                                              "or both (one run each, for comparison)")] = "on",
+) -> None:
+    """Sustained points/s from gRPC ingest to rows in ClickHouse, verdicts/s, latency and peak memory."""
+
+    modes = {"on": (True,), "off": (False,), "both": (False, True)}
+    if scoring not in modes:
+        _fail(f"--scoring must be on, off or both, not {scoring!r}")
+    run_throughput_bench(_with_samples(samples_per_sensor), machines, duration, output, console, modes[scoring])
+
+
+@bench_app.command("console")
+def bench_console(
+    machines: Annotated[int, typer.Option(help="machines whose data the console shows")] = 10_000,
+    minutes: Annotated[int, typer.Option(help="minutes of 5-s windows to seed per machine")] = 30,
+    repeats: Annotated[int, typer.Option(help="runs of each query (median and max are shown)")] = 5,
+    browser: Annotated[bool, typer.Option(help="also time Fleet and Equipment in headless Chromium")] = True,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    reuse: Annotated[bool, typer.Option(help="keep an already seeded bench database of the same size")] = False,
+) -> None:
+    """Console pages and their ClickHouse queries at fleet scale (a dedicated, seeded database)."""
+
+    result = run_console_bench(get_settings(), machines, minutes, repeats, browser, console, reuse)
+    for table in results_tables(result):
+        console.print(table)
+    if output:
+        write_json(result, output)
+        console.print(f"figures written to {output}")
+
+
+@bench_app.command("latency")
+def bench_latency(
+    machines: Annotated[int, typer.Option(help="simulated machines streaming during the run")] = 1000,
+    faults: Annotated[int, typer.Option(help="faults to inject, each on its own machine")] = 60,
+    spacing: Annotated[float, typer.Option(help="seconds between fault slots (each starts at a random instant of "
+                                                "its slot)")] = 5.0,
+    fault_duration: Annotated[float, typer.Option(help="seconds each fault lasts")] = 40.0,
+    warmup: Annotated[float, typer.Option(help="seconds of streaming before the first fault (the jobs reach "
+                                               "steady state in about a minute)")] = 90.0,
+    tail: Annotated[float, typer.Option(help="seconds to wait after the last fault ends")] = 20.0,
+    topology: Annotated[str, typer.Option(help="Flink jobs: combined (windows and scoring in one job) or split")]
+    = "combined",
+    samples_per_sensor: SamplesOption = None,
+    output: Annotated[Path | None, typer.Option(help="also write every fault's timings as JSON here")] = None,
+) -> None:
+    """Injected fault -> Slack and SMS request at the (stand-in) receiver: p50/p95/p99 by stage, duplicates."""
+
+    if topology not in ("combined", "split"):
+        _fail(f"--topology must be combined or split, not {topology!r}")
+    try:
+        run_latency_bench(_with_samples(samples_per_sensor), machines, faults, spacing, fault_duration, warmup, tail,
+                          topology, output, console)  # fmt: skip
+    except (RuntimeError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _write_json(output: Path | None, data: object, what: str) -> None:
+    """``data`` as indented JSON at ``output`` (when given), saying where it went."""
+    if output is None:
+        return
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=2, default=str))
+    console.print(f"{what} written to {output}")
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[str | None, typer.Option(help="skab, nab or sim")] = None,
+    agents: Annotated[bool, typer.Option("--agents", help="score the diagnostic, root-cause and maintenance agents "
+                                         "on simulated fleets (the diagnostic model is trained on another run)")]
+    = False,
+    data_dir: Annotated[Path | None, typer.Option(help="folder in the benchmark's format "
+                                                       "(default: ../shared/data/<dataset>)")] = None,
+    detector: Annotated[str | None, typer.Option(help="detector name (default: each for skab, ewma_zscore for nab)")]
+    = None,
+    threshold: Annotated[float, typer.Option(help="nab: alarm when the score exceeds this (fixed in advance)")] = 4.0,
+    rearm_rows: Annotated[int, typer.Option(help="nab: suppress repeat alarms within this many rows")] = 0,
+    target_far: Annotated[float, typer.Option(help="skab --protocol vigil: false-alarm rate the alarm level is "
+                                                   "set for, on anomaly-free data only")] = 0.10,
+    protocol: Annotated[str, typer.Option(help="skab: 'skab' (SKAB's leaderboard protocol: first 400 rows of each "
+                                               "file fit, rest scored) or 'vigil' (ours, reported apart)")] = "skab",
+    limit: Annotated[str | None, typer.Option(help="skab: train-quantile (default for --protocol skab), spc, or "
+                                                   "anomaly-free (--protocol vigil only, its default)")] = None,
+    results_dir: Annotated[Path | None, typer.Option(help="skab/nab: also write result files in the benchmark's "
+                                                          "own format here, with the threshold used")] = None,
+    results_name: Annotated[str, typer.Option(help="nab: detector name in the result files (no '_')")] = "vigil",
+    machines: Annotated[int, typer.Option(help="sim: simulated machines (types rotate)", min=1)] = 60,
+    minutes: Annotated[float, typer.Option(help="sim: simulated minutes (the first 40 % train the models)",
+                                           min=1.0)] = 120.0,
+    seed: Annotated[int, typer.Option(help="sim: simulator seed (--agents: 7 means the agents' default, 303)")] = 7,
+    fault_rate: FaultRateOption = None,
+    samples_per_sensor: SamplesOption = None,
+    output: Annotated[Path | None, typer.Option(help="sim: also write the scorecard as JSON here")] = None,
+) -> None:
+    """Score the detectors on a labelled benchmark with the benchmark's own metrics.
+
+    sim: a simulated fleet with labelled faults, scored offline by the streaming job's own rules and scorer.
+    """
+
+    if agents and dataset == "skab":
+
+        folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / "skab"
+        if not folder.is_dir():
+            _fail(f"no data folder {folder}: pass --data-dir with a folder in SKAB's format")
+        try:
+            report = evaluate_skab_agents(get_settings(), folder, console)
+        except (ValueError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        print_skab_report(report, console)
+        _write_json(output, report_dict(report), "SKAB agent report")
+        return
+    if agents:
+
+        run = AgentRunOptions(machines=machines, duration_s=minutes * 60.0, seed=303 if seed == 7 else seed,
+                              fault_rate=fault_rate if fault_rate is not None else AgentRunOptions.fault_rate)
+        result = evaluate_agents(get_settings(), run, console)
+        print_agent_evaluation(result, console)
+        _write_json(output, evaluation_dict(result), "agent scorecard")
+        return
+    if dataset is None:
+        _fail("pass --dataset skab|nab|sim, or --agents")
+    if dataset == "sim":
+
+        options = SimOptions(machines=machines, duration_s=minutes * 60.0, seed=seed, fault_rate=fault_rate,
+                             samples_per_sensor=samples_per_sensor)
+        result = evaluate_sim(get_settings(), options, console)
+        print_sim_result(result, console)
+        _write_json(output, summary_dict(result), "scorecard")
+        return
+    folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / dataset
+    if not folder.is_dir():
+        _fail(f"no data folder {folder}: pass --data-dir with a folder in {dataset.upper()}'s format")
+    if dataset == "skab":
+
+        names = [detector] if detector else sorted(skab_detectors())
+        if results_dir is not None and len(names) != 1:
+            _fail("--results-dir writes one detector's results: pass --detector too")
+        if protocol not in PROTOCOLS:
+            _fail(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        for name in names:
+            if name not in skab_detectors():
+                _fail(f"unknown skab detector {name!r}; choose from {', '.join(sorted(skab_detectors()))}")
+            try:
+                rule = AlarmRule(limit=limit or DEFAULT_LIMIT[protocol], target_far=target_far)
+                result = evaluate_skab(folder, name, protocol=protocol, rule=rule)
+            except (ValueError, FileNotFoundError) as exc:
+                _fail(str(exc))
+            print_result(result, console)
+            if results_dir is not None:
+                paths = write_skab_results(result, results_dir)
+                console.print(f"{len(paths)} SKAB result files and thresholds.json written under "
+                              f"{results_dir / 'skab'}")
+    elif dataset == "nab":
+
+        name = detector or "ewma_zscore"
+        if name not in streaming_detectors():
+            _fail(f"unknown nab detector {name!r}; choose from {', '.join(sorted(streaming_detectors()))}")
+
+        try:
+            check_detector_name(results_name)
+        except ValueError as exc:
+            _fail(str(exc))
+        run = run_nab(folder, name, threshold, rearm_rows=rearm_rows)
+        print_nab_table(run.profile_scores, title=f"NAB: {name} > {threshold} (fixed in advance, not optimised on "
+                        f"the labels), re-arm {rearm_rows} rows, {folder}", console=console)
+        if results_dir is not None:
+            paths = write_results(run, results_dir, results_name, name, threshold, rearm_rows)
+            console.print(f"{len(paths)} NAB result files and thresholds.json written under {results_dir}")
+    else:
+        _fail("--dataset must be skab, nab or sim")
+
+
+@app.command("dead-letters")
+def dead_letters(
+    limit: Annotated[int, typer.Option(help="how many records to show")] = 20,
+    timeout: Annotated[float, typer.Option(help="seconds to read")] = 10.0,
+) -> None:
+    """Show records from the dead-letter topic with their reasons."""
+
+    print_dead_letters(get_settings(), limit, timeout, console)
+
+
+if __name__ == "__main__":
+    app()

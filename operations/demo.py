@@ -1,0 +1,199 @@
+"""`vigil demo` and `vigil simulate`: a simulated fleet streaming through the whole pipeline, live."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import orjson
+from rich.console import Console
+from rich.live import Live
+
+from agents.diagnostic import MODEL_NAME, REGISTRY_TYPE
+from connectors.kafka import make_consumer
+from detectors import job_detectors
+from edge.gateway import GatewayClient
+from edge.simulator.runner import run_simulation
+from onnx_models.registry import ModelRegistry
+from operations.console_cli import announce_console
+from operations.monitor import PipelineMonitor
+from operations.stack.services import CONSOLE, INFRA, Stack, pipeline_names
+from operations.training.agents import train_diagnostic
+from operations.training.detectors import TrainingDataError, train
+from vigil.rules import load_rules
+from vigil.settings import Settings
+
+
+def _sender_factory(settings: Settings, target: str | None = None):
+    """Each simulator stream gets its own gateway client (own channel and disk buffer)."""
+
+    def make_sender(index: int):
+        client = GatewayClient(settings, gateway_id=f"sim-gateway-{index}", target=target)
+        return client.send
+
+    return make_sender
+
+
+def start_simulator(settings: Settings, machines: int, duration_s: float | None, monitor: PipelineMonitor,
+                    stop: threading.Event, realtime: bool = True, target: str | None = None) -> threading.Thread:
+
+    def on_tick(stats) -> None:
+        monitor.record_sent(stats.batches, stats.points, errors=stats.send_errors, rejected=stats.rejected_batches,
+                            faults_active=stats.faults_active)
+
+    def run() -> None:
+        run_simulation(
+            settings,
+            make_sender=_sender_factory(settings, target),
+            machines=machines,
+            duration_s=duration_s,
+            realtime=realtime,
+            on_tick=on_tick,
+            stop=stop,
+        )
+
+    thread = threading.Thread(target=run, name="simulator", daemon=True)
+    thread.start()
+    return thread
+
+
+def _live_until(monitor: PipelineMonitor, simulator: threading.Thread, stop: threading.Event,
+                duration_s: float | None, console: Console, title: str) -> None:
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    with Live(monitor.table(title), console=console, refresh_per_second=2) as live:
+        try:
+            while simulator.is_alive() and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.5)
+                live.update(monitor.table(title))
+        except KeyboardInterrupt:
+            console.print("stopping (Ctrl-C)...")
+        finally:
+            stop.set()
+            simulator.join(30)
+            live.update(monitor.table(title))
+
+
+def start_model_training(settings: Settings, since_ms: int, after_s: float, monitor: PipelineMonitor,
+                         stop: threading.Event) -> threading.Thread | None:
+    """Train and promote models on the demo's first minutes, so the scoring job swaps them in live.
+
+    Skipped when every equipment type already has a live model (a demo run before this one trained them).
+    """
+
+    if after_s <= 0:
+        monitor.models_status = "no automatic training (--train-after 0): run `vigil train`"
+        return None
+    types = list(load_rules(settings.scoring.rules_path).equipment_types)
+    registry = ModelRegistry.from_settings(settings)
+    if types and all(registry.live_version(t, d) for t in types for d in job_detectors()):
+        live = ", ".join(f"{t} {registry.live_version(t, job_detectors()[0])}" for t in types)
+        monitor.models_status = f"live models from an earlier run ({live}); `vigil train --promote` to refresh"
+        return None
+
+    def train_later() -> None:
+
+        monitor.models_status = f"rules only; models train on the first {after_s:.0f} s of data"
+        if stop.wait(after_s):
+            return
+        monitor.models_status = "training models..."
+        try:
+            versions = train(settings, since=since_ms, until=int(time.time() * 1000), promote=True,
+                             console=Console(quiet=True))
+        except (TrainingDataError, ValueError, RuntimeError) as exc:
+            monitor.models_status = f"training failed: {exc}"
+            return
+        names = ", ".join(sorted({f"{v.equipment_type} {v.version}" for v in versions}))
+        monitor.models_status = (f"{len(versions)} models trained and promoted ({names}); the scoring job "
+                                 f"swaps them in within {settings.scoring.model_poll_s:.0f} s")
+
+    thread = threading.Thread(target=train_later, name="demo-training", daemon=True)
+    thread.start()
+    return thread
+
+
+def ensure_diagnostic_model(settings: Settings, console: Console) -> None:
+    """Train the diagnostic agent's classifier before the stack starts (about a minute, on the cores the
+    pipeline will need) unless the registry already has a live one; without it the agents job diagnoses
+    only what its rules decide."""
+
+    registry = ModelRegistry.from_settings(settings)
+    if registry.live_version(REGISTRY_TYPE, MODEL_NAME) is not None:
+        return
+
+    console.print("training the diagnostic agent's model on a simulated, labelled fleet (once; "
+                  "`vigil train --agents` retrains it)...")  # fmt: skip
+    version = train_diagnostic(settings, registry, promote=True, console=console)
+    console.print(f"agents/diagnostic {version.version} is live "
+                  f"(out-of-bag accuracy {version.metadata['metrics']['oob_accuracy']:.3f})")  # fmt: skip
+
+
+def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_after: bool,
+             console: Console, train_after_s: float = 120.0) -> None:
+
+    ensure_diagnostic_model(settings, console)
+    stack = Stack(settings)
+    with console.status("starting the local stack and the pipeline...") as status:
+        stack.up(INFRA + pipeline_names(settings) + CONSOLE,
+                 on_started=lambda s: status.update(f"{s.name} is up (port {s.port})..."))
+    console.print(
+        f"stack up: Kafka {settings.kafka.bootstrap_servers}, ClickHouse http://{settings.clickhouse.host}:"
+        f"{settings.clickhouse.port}, Prometheus {settings.prometheus.prometheus_url}, Flink UI "
+        f"http://127.0.0.1:{settings.flink.rest_port}, console http://{settings.console.host}:"
+        f"{settings.console.port}\ninjected faults are labelled in {settings.ground_truth_path}\n"
+        f"alerts: Alertmanager http://127.0.0.1:{settings.prometheus.alertmanager_port}, notifications the relay "
+        f"sent (Slack, SMS, e-mail stand-in) in {settings.logs_dir / 'saas_standin.jsonl'}; `vigil alerts deliveries`"
+    )
+
+    announce_console(settings)
+    monitor = PipelineMonitor(settings)
+    monitor.start()
+    stop = threading.Event()
+    started_ms = int(time.time() * 1000)
+    simulator = start_simulator(settings, machines, duration_s, monitor, stop)
+    start_model_training(settings, started_ms, train_after_s, monitor, stop)
+    title = f"Vigil demo: {machines:,} machines (Ctrl-C to stop)"
+    try:
+        _live_until(monitor, simulator, stop, duration_s, console, title)
+    finally:
+        monitor.stop()
+        if stop_after:
+            stopped = stack.down(CONSOLE + pipeline_names(settings))
+            console.print(f"stopped {', '.join(stopped)}; servers keep running (`vigil stack down` stops them)")
+        else:
+            console.print("the stack keeps running: `vigil stack status`, `vigil stack down` to stop it")
+
+
+def run_simulator_with_progress(settings: Settings, machines: int, duration_s: float | None, realtime: bool,
+                                target: str | None, console: Console) -> None:
+    monitor = PipelineMonitor(settings)
+    monitor.start()
+    stop = threading.Event()
+    simulator = start_simulator(settings, machines, duration_s, monitor, stop, realtime=realtime, target=target)
+    try:
+        _live_until(monitor, simulator, stop, duration_s, console, f"simulating {machines:,} machines")
+    finally:
+        monitor.stop()
+
+
+def print_dead_letters(settings: Settings, limit: int, timeout_s: float, console: Console) -> None:
+
+    consumer = make_consumer(settings.kafka, f"vigil-dlq-reader-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([settings.kafka.dead_letter_topic])
+    shown = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while shown < limit and time.monotonic() < deadline:
+            for message in consumer.consume(limit - shown, 1.0):
+                if message.error():
+                    continue
+                record = orjson.loads(message.value())
+                console.print(
+                    f"[bold]{record.get('reason')}[/] {record.get('equipment_id') or '(no id)'} "
+                    f"from {record.get('source')}: {record.get('detail')}"
+                )
+                shown += 1
+    finally:
+        consumer.close()
+    if not shown:
+        console.print(f"no dead letters in {settings.kafka.dead_letter_topic} (read for {timeout_s:.0f}s)")
