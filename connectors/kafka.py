@@ -11,10 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from vigil.settings import KafkaSettings
@@ -126,6 +126,64 @@ def consume_batches(
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("kafka consumer error on %s: %s", message.topic(), error)
         yield good
+
+
+class BatchSink(Protocol):
+    """What a consumer process does with its records; :func:`run_batches` decides polling and commits.
+
+    ``add`` takes each polled batch (possibly empty); ``due`` says whether to write now; ``write`` makes every
+    record added so far durable (inserted, pushed, posted) and returns False if it could not: nothing is
+    committed then (the next successful write covers those records too, or the next run reads them again).
+    """
+
+    def add(self, messages: list[Message]) -> None: ...
+
+    def due(self, polled: list[Message]) -> bool: ...
+
+    def write(self, stop: threading.Event, final: bool) -> bool: ...
+
+
+def run_batches(
+    consumer: Consumer,
+    topics: list[str],
+    stop: threading.Event,
+    sink: BatchSink,
+    *,
+    max_messages: int = 5000,
+    timeout_s: float = 0.5,
+) -> None:
+    """Consume -> ``sink.add`` -> ``sink.write`` when due -> commit, until ``stop``; then one final write.
+
+    Offsets are committed only after a write returned True, and only up to what was added before it, so
+    a crash at any point re-reads (never skips) records; sinks are idempotent for that reason.
+    """
+    uncommitted: dict[tuple[str, int], int] = {}
+    for batch in consume_batches(consumer, topics, stop, max_messages=max_messages, timeout_s=timeout_s):
+        sink.add(batch)
+        for m in batch:
+            key = (m.topic(), m.partition())
+            uncommitted[key] = max(uncommitted.get(key, 0), m.offset() + 1)
+        if sink.due(batch):
+            if sink.write(stop, final=False):
+                uncommitted = commit_offsets(consumer, uncommitted)
+            elif stop.is_set():
+                break  # stopped while the target kept failing: nothing more is committed
+    else:
+        if sink.write(stop, final=True):
+            commit_offsets(consumer, uncommitted)
+
+
+def commit_offsets(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Commit next offsets per (topic, partition); returns what is still uncommitted (all of it on failure)."""
+    if not offsets:
+        return offsets
+    try:
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+    except KafkaException as exc:
+        # E.g. a rebalance moved the partition: its new owner re-reads these records (the sinks are idempotent).
+        log.warning("offset commit failed (the records will be read again, harmlessly): %s", exc)
+        return offsets
+    return {}
 
 
 def dead_letter_value(

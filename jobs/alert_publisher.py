@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
@@ -44,7 +44,7 @@ from connectors.alertmanager import (
     AlertmanagerRejected,
     AlertmanagerUnavailable,
 )
-from connectors.kafka import consume_batches, ensure_topics, make_consumer
+from connectors.kafka import ensure_topics, make_consumer, run_batches
 from connectors.self_metrics import push_self_metrics
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
@@ -106,6 +106,9 @@ class AlertPublisher:
         self._lock = threading.Lock()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_MetricsCollector(lambda: self.counters))  # type: ignore[arg-type]
+        self._to_post: list[dict[str, Any]] = []  # alert changes not yet accepted by Alertmanager
+        self._next_repost = 0.0
+        self._last_post = 0.0
 
     @property
     def counters(self) -> PublisherCounters:
@@ -207,41 +210,41 @@ class AlertPublisher:
             self.client.base_url,
             alerting.publisher_consumer_group,
         )
-        next_repost = time.monotonic()  # at once: refresh the endsAt of rebuilt alerts
-        last_post = time.monotonic()
+        self._next_repost = time.monotonic()  # at once: refresh the endsAt of rebuilt alerts
+        self._last_post = time.monotonic()
         try:
-            for batch in consume_batches(
-                consumer, [topic], stop, max_messages=MAX_POLL_MESSAGES, timeout_s=POLL_TIMEOUT_S
-            ):
-                now = self._clock()
-                values = [m.value() for m in batch if m.value() is not None]
-                with self._lock:
-                    alerts = self.mapper.apply(values, now)
-                    if time.monotonic() >= next_repost:
-                        next_repost = time.monotonic() + alerting.repost_interval_s
-                        pending = {_label_key(a): a for a in self.mapper.firing_alerts(now)}
-                        alerts = list((pending | {_label_key(a): a for a in alerts}).values())
-                if alerts or time.monotonic() - last_post >= HEARTBEAT_S:
-                    if not self.post(alerts, stop):
-                        break  # stopped while Alertmanager is down: nothing of this batch is committed
-                    last_post = time.monotonic()
-                if batch:
-                    self._commit(consumer, batch)
+            run_batches(consumer, [topic], stop, self, max_messages=MAX_POLL_MESSAGES, timeout_s=POLL_TIMEOUT_S)
         finally:
             consumer.close()
             self.push_metrics()
             self.client.close()
             log.info("alert publisher stopped: %s", self.counters)
 
-    def _commit(self, consumer: Consumer, messages: list[Message]) -> None:
-        next_offsets: dict[tuple[str, int], int] = {}
-        for m in messages:
-            key = (m.topic(), m.partition())
-            next_offsets[key] = max(next_offsets.get(key, 0), m.offset() + 1)
-        try:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()], asynchronous=False)
-        except KafkaException as exc:  # re-read later: re-posting is harmless, replayed windows are skipped
-            log.warning("offset commit failed (the verdicts will be re-read; alerts are already posted): %s", exc)
+    # -- the batch it writes (run_batches polls and commits) ----------------------------------------
+    def add(self, messages: list[Message]) -> None:
+        """Fold verdicts into the active alerts; the changes (and due re-posts) wait for the next write."""
+        now = self._clock()
+        values = [m.value() for m in messages if m.value() is not None]
+        with self._lock:
+            alerts = self.mapper.apply(values, now)
+            if time.monotonic() >= self._next_repost:
+                self._next_repost = time.monotonic() + self.settings.alerting.repost_interval_s
+                alerts = list(self.mapper.firing_alerts(now)) + alerts
+        # Later changes of a label set replace earlier ones (a resolve after a re-post of the same alert).
+        self._to_post = list(({_label_key(a): a for a in (*self._to_post, *alerts)}).values())
+
+    def due(self, polled: list[Message]) -> bool:
+        """Every batch (its offsets are committed once its alerts are posted), and the heartbeat."""
+        return bool(polled) or bool(self._to_post) or time.monotonic() - self._last_post >= HEARTBEAT_S
+
+    def write(self, stop: threading.Event, final: bool) -> bool:
+        if not self._to_post and time.monotonic() - self._last_post < HEARTBEAT_S:
+            return True  # nothing to post: the batch's verdicts changed no alert
+        if not self.post(self._to_post, stop):
+            return False  # stopped while Alertmanager is down: nothing of this batch is committed
+        self._to_post = []
+        self._last_post = time.monotonic()
+        return True
 
 
 def _label_key(alert: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow.compute as pc
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaException, Message
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -47,7 +47,7 @@ from connectors.clickhouse import (
     records_to_arrow,
     require_tables,
 )
-from connectors.kafka import DeadLetterWriter, consume_batches, ensure_topics, make_consumer, make_producer
+from connectors.kafka import DeadLetterWriter, ensure_topics, make_consumer, make_producer, run_batches
 from connectors.self_metrics import push_self_metrics
 from detectors import score_names
 from vigil.settings import Settings
@@ -128,6 +128,9 @@ class ClickHouseSink:
         self._stats = SinkStats()
         self._lock = threading.Lock()
         self._client: Client | None = None
+        self._pending: list[Message] = []  # added since the last insert
+        self._first_pending_at = 0.0
+        self._dead_letters: DeadLetterWriter | None = None
 
     # -- counters --------------------------------------------------------------------------------
     def stats(self) -> SinkStats:
@@ -156,42 +159,47 @@ class ClickHouseSink:
         dead_letters = DeadLetterWriter(producer, kafka, source=DEAD_LETTER_SOURCE)
         spec = self.spec
         consumer = make_consumer(kafka, spec.consumer_group)
-        pending: list[Message] = []
-        first_pending_at = 0.0
-        poll_timeout = min(0.1, ch.flush_interval_s)
+        self._pending = []
+        self._dead_letters = dead_letters
         log.info(
             "ClickHouse sink: %s -> %s:%d/%s.%s (group %s, batch %d rows or %.2fs)",
             spec.topic, ch.host, ch.port, ch.database, spec.table, spec.consumer_group,
             ch.insert_batch_rows, ch.flush_interval_s,
         )  # fmt: skip
         try:
-            batches = consume_batches(
-                consumer,
-                [spec.topic],
-                stop,
-                max_messages=min(ch.insert_batch_rows, _MAX_POLL_MESSAGES),
-                timeout_s=poll_timeout,
-            )
-            for batch in batches:
-                if batch and not pending:
-                    first_pending_at = time.monotonic()
-                pending.extend(batch)
-                # Flush when full, when the oldest record waited long enough, or as soon as the
-                # topic goes quiet (a window burst has fully arrived): prompt visibility.
-                due = pending and (
-                    len(pending) >= ch.insert_batch_rows
-                    or time.monotonic() - first_pending_at >= ch.flush_interval_s
-                    or not batch
-                )
-                if due and self._flush(pending, consumer, dead_letters, stop):
-                    pending = []
-            if pending:
-                self._flush(pending, consumer, dead_letters, stop, final=True)
+            run_batches(
+                consumer, [spec.topic], stop, self,
+                max_messages=min(ch.insert_batch_rows, _MAX_POLL_MESSAGES), timeout_s=min(0.1, ch.flush_interval_s),
+            )  # fmt: skip
         finally:
             consumer.close()
             producer.flush(10)
             self._client.close()
             log.info("ClickHouse sink for %s stopped: %s", spec.topic, self.stats())
+
+    # -- the batch it writes (run_batches polls and commits) ----------------------------------------
+    def add(self, messages: list[Message]) -> None:
+        if messages and not self._pending:
+            self._first_pending_at = time.monotonic()
+        self._pending.extend(messages)
+
+    def due(self, polled: list[Message]) -> bool:
+        """Full, the oldest record waited long enough, or the topic went quiet (a window burst is in)."""
+        ch = self.settings.clickhouse
+        return bool(self._pending) and (
+            len(self._pending) >= ch.insert_batch_rows
+            or time.monotonic() - self._first_pending_at >= ch.flush_interval_s
+            or not polled
+        )
+
+    def write(self, stop: threading.Event, final: bool) -> bool:
+        if not self._pending:
+            return True
+        assert self._dead_letters is not None, "write() before run()"
+        if not self._flush(self._pending, self._dead_letters, stop, final=final):
+            return False
+        self._pending = []
+        return True
 
     def _connect(self, stop: threading.Event) -> Client | None:
         """Connect as the sink's identity and check its table exists, retrying while ClickHouse is not ready.
@@ -213,12 +221,11 @@ class ClickHouseSink:
     def _flush(
         self,
         messages: list[Message],
-        consumer: Consumer,
         dead_letters: DeadLetterWriter,
         stop: threading.Event,
         final: bool = False,
     ) -> bool:
-        """Insert ``messages``, dead-letter the malformed ones, then commit their offsets.
+        """Insert ``messages`` and dead-letter the malformed ones (run_batches then commits their offsets).
 
         Returns False (nothing committed) only if ``stop`` was set while ClickHouse kept failing;
         the records are then read again by the next run.
@@ -270,7 +277,6 @@ class ClickHouseSink:
         if table.num_rows:
             newest = pc.max(table.column("emitted_at")).value / 1000.0
             emit_lag = max(0.0, time.time() - newest)
-        self._commit(consumer, messages)
         self._count(
             rows_written=written,
             batches=1,
@@ -280,21 +286,6 @@ class ClickHouseSink:
         )
         log.debug("inserted %d rows into %s in %.1f ms", written, self.spec.table, latency * 1000)
         return True
-
-    def _commit(self, consumer: Consumer, messages: list[Message]) -> None:
-        """Commit the next offset of every partition in ``messages``."""
-        next_offsets: dict[tuple[str, int], int] = {}
-        for m in messages:
-            key = (m.topic(), m.partition())
-            next_offsets[key] = max(next_offsets.get(key, 0), m.offset() + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            # E.g. a rebalance moved the partition: its new owner re-reads and re-inserts these
-            # rows, which the ReplacingMergeTree de-duplicates.
-            self._count(errors=1, last_error=str(exc))
-            log.warning("offset commit failed (rows are stored; a re-read will be de-duplicated): %s", exc)
 
 
 STATS_JOB = "vigil_clickhouse_sink"

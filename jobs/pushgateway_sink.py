@@ -56,11 +56,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import requests
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Message
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from connectors.kafka import consume_batches, ensure_topics, make_consumer
+from connectors.kafka import ensure_topics, make_consumer, run_batches
 from detectors import score_names
 from vigil.contracts import (
     ANOMALY_KINDS,
@@ -294,6 +294,7 @@ class PushgatewaySink:
         self._counters = SinkCounters()
         self._rendered = {WINDOW_JOB: 0, ANOMALY_JOB: 0}
         self._session = _session()
+        self._next_push = 0.0  # monotonic time of the next push
 
     # -- counters -----------------------------------------------------------------------
     @property
@@ -664,38 +665,33 @@ class PushgatewaySink:
         if seeded:
             log.info("seeded %d series from the Pushgateway", seeded)
         consumer = make_consumer(kafka, self.settings.prometheus.sink_consumer_group)
-        uncommitted = False
-        next_push = time.monotonic()
+        self._next_push = time.monotonic()
         try:
-            for batch in consume_batches(consumer, topics, stop):
-                if batch:
-                    values: dict[str, list[bytes]] = {topic: [] for topic in topics}
-                    for message in batch:
-                        if message.value() is not None:
-                            values[message.topic()].append(message.value())
-                    self.ingest(values[kafka.window_stats_topic])
-                    self.ingest_anomalies(values[kafka.anomalies_topic])
-                    uncommitted = True
-                if time.monotonic() >= next_push:
-                    next_push = time.monotonic() + self._prom.push_interval_s
-                    if self.push() and uncommitted:
-                        uncommitted = not self._commit(consumer)
-            if self.push() and uncommitted:  # final round so a clean stop loses nothing
-                self._commit(consumer)
+            run_batches(consumer, topics, stop, self)
         finally:
             consumer.close()
             self._session.close()
 
-    @staticmethod
-    def _commit(consumer) -> bool:
-        try:
-            consumer.commit(asynchronous=False)
-            return True
-        except KafkaException as exc:
-            if exc.args and exc.args[0].code() == KafkaError._NO_OFFSET:
-                return True
-            log.warning("offset commit failed (%s); the records will be re-read and re-pushed", exc)
-            return False
+    # -- the batch it writes (run_batches polls and commits) ----------------------------------------
+    def add(self, messages: list[Message]) -> None:
+        """Fold a polled batch into the latest state (pushed at the next write)."""
+        if not messages:
+            return
+        kafka = self.settings.kafka
+        values: dict[str, list[bytes]] = {kafka.window_stats_topic: [], kafka.anomalies_topic: []}
+        for message in messages:
+            if message.value() is not None:
+                values.setdefault(message.topic(), []).append(message.value())
+        self.ingest(values[kafka.window_stats_topic])
+        self.ingest_anomalies(values[kafka.anomalies_topic])
+
+    def due(self, polled: list[Message]) -> bool:
+        return time.monotonic() >= self._next_push
+
+    def write(self, stop: threading.Event, final: bool) -> bool:
+        """Push every group; the records folded in so far are committed only if it succeeded."""
+        self._next_push = time.monotonic() + self._prom.push_interval_s
+        return self.push()
 
 
 def main() -> None:
