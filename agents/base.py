@@ -20,6 +20,7 @@ from agents.records import SEVERITIES, STAT_COLUMNS, Episode, Insight
 
 __all__ = ["SEVERITIES", "STAT_COLUMNS", "Agent", "AgentContext", "Episode", "Insight"]
 
+
 @dataclass
 class AgentContext:
     """What agents share in one run: the insights of the agents that ran before (the maintenance agent

@@ -53,11 +53,25 @@ class ComplianceAgent(Agent):
                     continue
                 seconds = int(over.sum()) * e.window_ms / 1000
                 peak = float(np.nanmax(rows["max"].to_numpy(float)))
-                out.append(Insight(
-                    agent=self.name, kind="compliance", equipment_id=e.equipment_id, site=e.site,
-                    episode_id=e.episode_id, severity="critical", fault_type="limit_breach", sensors=(str(sensor),),
-                    title=f"Regulated limit breached: {sensor} up to {peak:.1f} (limit {limit:g}) for {seconds:.0f} s",
-                    details={"limit": limit, "peak": peak, "seconds_over": seconds,
-                             "first_ms": int(rows["window_start_ms"].to_numpy()[over][0])},
-                ))  # fmt: skip
+                out.append(
+                    Insight(
+                        agent=self.name,
+                        kind="compliance",
+                        equipment_id=e.equipment_id,
+                        site=e.site,
+                        episode_id=e.episode_id,
+                        severity="critical",
+                        fault_type="limit_breach",
+                        sensors=(str(sensor),),
+                        title=(
+                            f"Regulated limit breached: {sensor} up to {peak:.1f} (limit {limit:g}) for {seconds:.0f} s"
+                        ),
+                        details={
+                            "limit": limit,
+                            "peak": peak,
+                            "seconds_over": seconds,
+                            "first_ms": int(rows["window_start_ms"].to_numpy()[over][0]),
+                        },
+                    )
+                )
         return out

@@ -24,11 +24,19 @@ REGISTRY_TYPE = "agents"  # the registry's "equipment type" slot for agent model
 MODEL_NAME = "diagnostic"
 # The simulator's fault categories (operations.evaluate.sim.fault_category) as a maintenance team names them.
 DIAGNOSIS_OF_FAULT = {
-    "degradation": "bearing_wear", "overheating": "overheating", "cavitation": "cavitation",
-    "electrical": "electrical_fault", "stuck": "sensor_stuck", "drift": "sensor_drift", "spike": "sensor_spike",
-    "step": "step_change", "dead_sensor": "sensor_dead", "dead_machine": "machine_offline",
-    "dropout_partial": "sensor_dropout", "none": "no_fault",
-}  # fmt: skip
+    "degradation": "bearing_wear",
+    "overheating": "overheating",
+    "cavitation": "cavitation",
+    "electrical": "electrical_fault",
+    "stuck": "sensor_stuck",
+    "drift": "sensor_drift",
+    "spike": "sensor_spike",
+    "step": "step_change",
+    "dead_sensor": "sensor_dead",
+    "dead_machine": "machine_offline",
+    "dropout_partial": "sensor_dropout",
+    "none": "no_fault",
+}
 RULED = ("machine_offline", "sensor_dead", "sensor_stuck")  # decided by rules, never by the model
 STUCK_SHARE = 0.5  # a sensor frozen in at least half the episode's windows is stuck
 
@@ -95,14 +103,26 @@ class DiagnosticAgent(Agent):
                 if conf < self.min_confidence:
                     name = "unknown"
             severity = _severity(episode, name)
-            insights.append(Insight(
-                agent=self.name, kind="diagnosis", equipment_id=episode.equipment_id, site=episode.site,
-                episode_id=episode.episode_id, severity=severity,
-                title=("" if episode.closed else "Preliminary: ") + _title(name, conf, culprits),
-                confidence=round(conf, 3), fault_type=name, sensors=tuple(culprits),
-                details={"model_version": self._version if ruled is None else None, "by": "rule" if ruled else "model",
-                         "windows": len(episode.verdicts), "open": not episode.closed},
-            ))  # fmt: skip
+            insights.append(
+                Insight(
+                    agent=self.name,
+                    kind="diagnosis",
+                    equipment_id=episode.equipment_id,
+                    site=episode.site,
+                    episode_id=episode.episode_id,
+                    severity=severity,
+                    title=("" if episode.closed else "Preliminary: ") + _title(name, conf, culprits),
+                    confidence=round(conf, 3),
+                    fault_type=name,
+                    sensors=tuple(culprits),
+                    details={
+                        "model_version": self._version if ruled is None else None,
+                        "by": "rule" if ruled else "model",
+                        "windows": len(episode.verdicts),
+                        "open": not episode.closed,
+                    },
+                )
+            )
         return insights
 
 

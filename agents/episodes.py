@@ -61,18 +61,20 @@ def build_episodes(
         machine = str(ids[lo])
         rows = flagged.iloc[lo:hi]
         head = rows.iloc[0]
-        out.append(Episode(
-            equipment_id=machine,
-            site=str(head.get("site", "")),
-            equipment_type=str(head.get("equipment_type", "")),
-            start_ms=first,
-            end_ms=last + window_ms,
-            window_ms=window_ms,
-            stats=_slice(by_machine.get(machine), first - baseline_windows * window_ms, last + window_ms),
-            verdicts=rows.reset_index(drop=True),
-            line=str(head.get("line", "") or ""),
-            closed=now_ms is None or last + window_ms <= now_ms - gap_windows * window_ms,
-        ))  # fmt: skip
+        out.append(
+            Episode(
+                equipment_id=machine,
+                site=str(head.get("site", "")),
+                equipment_type=str(head.get("equipment_type", "")),
+                start_ms=first,
+                end_ms=last + window_ms,
+                window_ms=window_ms,
+                stats=_slice(by_machine.get(machine), first - baseline_windows * window_ms, last + window_ms),
+                verdicts=rows.reset_index(drop=True),
+                line=str(head.get("line", "") or ""),
+                closed=now_ms is None or last + window_ms <= now_ms - gap_windows * window_ms,
+            )
+        )
     return out
 
 
@@ -95,13 +97,15 @@ def _slice(frame: pd.DataFrame | None, lo_ms: int, hi_ms: int) -> pd.DataFrame:
 
 def episodes_frame(episodes: Sequence[Episode]) -> pd.DataFrame:
     """One row per episode: what the evaluation matches against ground truth."""
-    return pd.DataFrame({
-        "episode_id": [e.episode_id for e in episodes],
-        "equipment_id": [e.equipment_id for e in episodes],
-        "site": [e.site for e in episodes],
-        "line": [e.line for e in episodes],
-        "equipment_type": [e.equipment_type for e in episodes],
-        "start_ms": np.array([e.start_ms for e in episodes], dtype=np.int64),
-        "end_ms": np.array([e.end_ms for e in episodes], dtype=np.int64),
-        "windows": np.array([len(e.verdicts) for e in episodes], dtype=np.int64),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "episode_id": [e.episode_id for e in episodes],
+            "equipment_id": [e.equipment_id for e in episodes],
+            "site": [e.site for e in episodes],
+            "line": [e.line for e in episodes],
+            "equipment_type": [e.equipment_type for e in episodes],
+            "start_ms": np.array([e.start_ms for e in episodes], dtype=np.int64),
+            "end_ms": np.array([e.end_ms for e in episodes], dtype=np.int64),
+            "windows": np.array([len(e.verdicts) for e in episodes], dtype=np.int64),
+        }
+    )

@@ -31,8 +31,14 @@ ROLES: dict[str, tuple[str, ...]] = {
 }
 SENSOR_ROLE = {sensor: role for role, sensors in ROLES.items() for sensor in sensors}
 ROLE_FEATURES = ("shift", "noise", "ramp", "present")
-GLOBAL_FEATURES = ("log_windows", "stuck_max", "count_ratio_min", "deviating_share", "peak_ratio_max",
-                   "top_shift_share")  # fmt: skip
+GLOBAL_FEATURES = (
+    "log_windows",
+    "stuck_max",
+    "count_ratio_min",
+    "deviating_share",
+    "peak_ratio_max",
+    "top_shift_share",
+)
 FEATURE_NAMES = [f"{role}_{f}" for role in ROLES for f in ROLE_FEATURES] + list(GLOBAL_FEATURES)
 DEVIATING_Z = 3.0
 ONSET_LEAD_WINDOWS = 6  # a sensor may be seen leaving its baseline this many windows before the episode
@@ -43,8 +49,15 @@ def role_of(sensor: str) -> str:
     """A sensor's role; unknown sensors (a plant's own) count by name fragments, else as ``other``."""
     if sensor in SENSOR_ROLE:
         return SENSOR_ROLE[sensor]
-    fragments = (("temp", "temperature"), ("vib", "vibration"), ("current", "current"), ("press", "pressure"),
-                 ("flow", "flow"), ("speed", "speed"), ("volt", "supply"))  # fmt: skip
+    fragments = (
+        ("temp", "temperature"),
+        ("vib", "vibration"),
+        ("current", "current"),
+        ("press", "pressure"),
+        ("flow", "flow"),
+        ("speed", "speed"),
+        ("volt", "supply"),
+    )
     for fragment, role in fragments:
         if fragment in sensor:
             return role
@@ -66,24 +79,54 @@ def sensor_features(episodes: Sequence[Episode]) -> pd.DataFrame:
         frame["lead"] = frame["window_start_ms"] >= e.start_ms - ONSET_LEAD_WINDOWS * e.window_ms
         parts.append(frame)
     if not parts:
-        return pd.DataFrame(columns=["episode", "sensor", "role", "shift_z", "noise_ratio", "ramp_z", "peak_ratio",
-                                     "stuck", "count_ratio", "onset_ms"])  # fmt: skip
+        return pd.DataFrame(
+            columns=[
+                "episode",
+                "sensor",
+                "role",
+                "shift_z",
+                "noise_ratio",
+                "ramp_z",
+                "peak_ratio",
+                "stuck",
+                "count_ratio",
+                "onset_ms",
+            ]
+        )
     data = pd.concat(parts, ignore_index=True)
     data["frozen"] = (data["stddev"] == 0) & (data["count"] >= 2)
     keys = ["episode", "sensor"]
     # the baseline stops ONSET_LEAD_WINDOWS before the episode: a sensor that went first must not raise its own
-    base = data[~data["during"] & ~data["lead"]].groupby(keys).agg(b_mean=("avg", "mean"), b_sd=("avg", "std"),
-                                                    b_noise=("stddev", "mean"), b_count=("count", "mean"))
-    dur = data[data["during"]].groupby(keys).agg(d_mean=("avg", "mean"), d_noise=("stddev", "mean"),
-                                                  d_count=("count", "mean"), d_max=("max", "max"), d_min=("min", "min"),
-                                                  stuck=("frozen", "mean"))  # fmt: skip
+    base = (
+        data[~data["during"] & ~data["lead"]]
+        .groupby(keys)
+        .agg(b_mean=("avg", "mean"), b_sd=("avg", "std"), b_noise=("stddev", "mean"), b_count=("count", "mean"))
+    )
+    dur = (
+        data[data["during"]]
+        .groupby(keys)
+        .agg(
+            d_mean=("avg", "mean"),
+            d_noise=("stddev", "mean"),
+            d_count=("count", "mean"),
+            d_max=("max", "max"),
+            d_min=("min", "min"),
+            stuck=("frozen", "mean"),
+        )
+    )
     early = data[data["third"] == 0].groupby(keys)["avg"].mean().rename("early")
     late = data[data["third"] == 2].groupby(keys)["avg"].mean().rename("late")
     f = base.join([dur, early, late], how="outer").reset_index()
     # One baseline deviation: the spread of the window means, floored by half the within-window noise and a
     # thousandth of the level (a perfectly flat baseline must not turn any change into an infinite z).
-    f["scale"] = np.maximum.reduce([f["b_sd"].fillna(0.0).to_numpy(), 0.5 * f["b_noise"].fillna(0.0).to_numpy(),
-                                    1e-3 * f["b_mean"].abs().fillna(0.0).to_numpy(), np.full(len(f), EPS)])
+    f["scale"] = np.maximum.reduce(
+        [
+            f["b_sd"].fillna(0.0).to_numpy(),
+            0.5 * f["b_noise"].fillna(0.0).to_numpy(),
+            1e-3 * f["b_mean"].abs().fillna(0.0).to_numpy(),
+            np.full(len(f), EPS),
+        ]
+    )
     scale = f["scale"]
     f["onset_ms"] = _onsets(data, f, keys)
     silent = f["d_count"].isna()
@@ -95,8 +138,20 @@ def sensor_features(episodes: Sequence[Episode]) -> pd.DataFrame:
     f["stuck"] = f["stuck"].fillna(0.0)
     f["count_ratio"] = np.where(silent, 0.0, (f["d_count"] / f["b_count"]).fillna(1.0))
     f["role"] = f["sensor"].map(role_of)
-    return f[["episode", "sensor", "role", "shift_z", "noise_ratio", "ramp_z", "peak_ratio", "stuck", "count_ratio",
-              "onset_ms"]]  # fmt: skip
+    return f[
+        [
+            "episode",
+            "sensor",
+            "role",
+            "shift_z",
+            "noise_ratio",
+            "ramp_z",
+            "peak_ratio",
+            "stuck",
+            "count_ratio",
+            "onset_ms",
+        ]
+    ]
 
 
 def _onsets(data: pd.DataFrame, f: pd.DataFrame, keys: list[str]) -> np.ndarray:

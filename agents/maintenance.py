@@ -85,8 +85,11 @@ class MaintenanceAgent(Agent):
         self.kb = knowledge_base or load_knowledge_base()
         self.horizon_h = horizon_h
         resolved = load_rules(rules_path).resolved()
-        self.spans = {(r.equipment_type, r.sensor): r.max - r.min for r in resolved
-                      if r.min is not None and r.max is not None and r.max > r.min}  # fmt: skip
+        self.spans = {
+            (r.equipment_type, r.sensor): r.max - r.min
+            for r in resolved
+            if r.min is not None and r.max is not None and r.max > r.min
+        }
 
     def analyse(self, episodes: Sequence[Episode], context: AgentContext) -> list[Insight]:
         out = []
@@ -98,21 +101,38 @@ class MaintenanceAgent(Agent):
             ttf_ms = self.time_to_failure(e, advice) if advice.failure_role else None
             now_ms = e.end_ms
             due_h = advice.urgency_h if ttf_ms is None else min(advice.urgency_h, ttf_ms / HOUR_MS / 2)
-            probability = None if ttf_ms is None else float(np.exp(-max(0.0, ttf_ms / HOUR_MS - self.horizon_h)
-                                                                    / self.horizon_h))  # fmt: skip
+            probability = (
+                None if ttf_ms is None else float(np.exp(-max(0.0, ttf_ms / HOUR_MS - self.horizon_h) / self.horizon_h))
+            )
             when = "" if ttf_ms is None else f"; failure in ~{_hours(ttf_ms)}"
-            severity = "critical" if due_h <= 8 or (ttf_ms is not None and ttf_ms <= self.horizon_h * HOUR_MS) else (
-                "warning" if due_h <= 72 else "info")
-            out.append(Insight(
-                agent=self.name, kind="maintenance", equipment_id=e.equipment_id, site=e.site,
-                episode_id=e.episode_id, title=f"{advice.title}: act within {_hours(due_h * HOUR_MS)}{when}",
-                severity=severity, confidence=diagnosis.confidence if diagnosis else 0.0, fault_type=name,
-                sensors=(worst,) if worst else (),
-                details={"health_index": health, "time_to_failure_h": None if ttf_ms is None else ttf_ms / HOUR_MS,
-                         "failure_probability_horizon": probability, "horizon_h": self.horizon_h,
-                         "due_ms": int(now_ms + due_h * HOUR_MS), "actions": advice.actions,
-                         "line": e.line},
-            ))  # fmt: skip
+            severity = (
+                "critical"
+                if due_h <= 8 or (ttf_ms is not None and ttf_ms <= self.horizon_h * HOUR_MS)
+                else ("warning" if due_h <= 72 else "info")
+            )
+            out.append(
+                Insight(
+                    agent=self.name,
+                    kind="maintenance",
+                    equipment_id=e.equipment_id,
+                    site=e.site,
+                    episode_id=e.episode_id,
+                    title=f"{advice.title}: act within {_hours(due_h * HOUR_MS)}{when}",
+                    severity=severity,
+                    confidence=diagnosis.confidence if diagnosis else 0.0,
+                    fault_type=name,
+                    sensors=(worst,) if worst else (),
+                    details={
+                        "health_index": health,
+                        "time_to_failure_h": None if ttf_ms is None else ttf_ms / HOUR_MS,
+                        "failure_probability_horizon": probability,
+                        "horizon_h": self.horizon_h,
+                        "due_ms": int(now_ms + due_h * HOUR_MS),
+                        "actions": advice.actions,
+                        "line": e.line,
+                    },
+                )
+            )
         return out
 
     def health_index(self, e: Episode) -> tuple[float, str]:
@@ -146,14 +166,35 @@ class MaintenanceAgent(Agent):
 
 def maintenance_plan(insights: Sequence[Insight]) -> pd.DataFrame:
     """The work to do, most urgent first, grouped by site: one row per machine (its most urgent item)."""
-    rows = [{"site": i.site, "line": i.details.get("line", ""), "equipment_id": i.equipment_id,
-             "due_ms": i.details["due_ms"], "fault": i.fault_type, "severity": i.severity,
-             "health_index": i.details["health_index"], "time_to_failure_h": i.details["time_to_failure_h"],
-             "action": i.details["actions"][0]}
-            for i in insights if i.kind == "maintenance"]  # fmt: skip
+    rows = [
+        {
+            "site": i.site,
+            "line": i.details.get("line", ""),
+            "equipment_id": i.equipment_id,
+            "due_ms": i.details["due_ms"],
+            "fault": i.fault_type,
+            "severity": i.severity,
+            "health_index": i.details["health_index"],
+            "time_to_failure_h": i.details["time_to_failure_h"],
+            "action": i.details["actions"][0],
+        }
+        for i in insights
+        if i.kind == "maintenance"
+    ]
     if not rows:
-        return pd.DataFrame(columns=["site", "line", "equipment_id", "due_ms", "fault", "severity", "health_index",
-                                     "time_to_failure_h", "action"])  # fmt: skip
+        return pd.DataFrame(
+            columns=[
+                "site",
+                "line",
+                "equipment_id",
+                "due_ms",
+                "fault",
+                "severity",
+                "health_index",
+                "time_to_failure_h",
+                "action",
+            ]
+        )
     plan = pd.DataFrame(rows).sort_values("due_ms").drop_duplicates("equipment_id")
     return plan.sort_values(["site", "due_ms"]).reset_index(drop=True)
 

@@ -53,22 +53,37 @@ class RootCauseAgent(Agent):
             leading_role[int(i)] = str(ranked["role"].iloc[0]) if len(ranked) else ""
             lead = f"; first to move: {order[0]}" if order else ""
             share = float(strong["evidence"].iloc[0] / (strong["evidence"].sum() + 1e-9)) if len(strong) else 0.0
-            insights.append(Insight(
-                agent=self.name, kind="root_cause", equipment_id=e.equipment_id, site=e.site,
-                episode_id=e.episode_id, title=f"Explained by {', '.join(top)}{lead}", severity="info",
-                confidence=min(1.0, share),
-                sensors=tuple(top),
-                details={"ranking": [{"sensor": r.sensor, "evidence": round(float(min(r.evidence, 1e6)), 3),
-                                      "shift_z": round(float(r.shift_z), 3),
-                                      "onset_ms": None if np.isnan(r.onset_ms) else int(r.onset_ms)}
-                                     for r in ranked.head(8).itertuples()],
-                         "onset_order": order},
-            ))  # fmt: skip
+            insights.append(
+                Insight(
+                    agent=self.name,
+                    kind="root_cause",
+                    equipment_id=e.equipment_id,
+                    site=e.site,
+                    episode_id=e.episode_id,
+                    title=f"Explained by {', '.join(top)}{lead}",
+                    severity="info",
+                    confidence=min(1.0, share),
+                    sensors=tuple(top),
+                    details={
+                        "ranking": [
+                            {
+                                "sensor": r.sensor,
+                                "evidence": round(float(min(r.evidence, 1e6)), 3),
+                                "shift_z": round(float(r.shift_z), 3),
+                                "onset_ms": None if np.isnan(r.onset_ms) else int(r.onset_ms),
+                            }
+                            for r in ranked.head(8).itertuples()
+                        ],
+                        "onset_order": order,
+                    },
+                )
+            )
         insights += self.shared_causes(episodes, leading_role)
         return insights
 
-    def shared_cause_with(self, episode: Episode, lead_sensor: str, neighbours: pd.DataFrame,
-                          lines: Mapping[str, str] | None = None) -> Insight | None:  # fmt: skip
+    def shared_cause_with(
+        self, episode: Episode, lead_sensor: str, neighbours: pd.DataFrame, lines: Mapping[str, str] | None = None
+    ) -> Insight | None:
         """The streaming job's shared cause: ``episode`` (led by ``lead_sensor``) and the other machines of its
         site (``neighbours``: equipment_id, first_ms, top_sensor; agents.episode_store) whose episodes began
         within ``shared_window_ms`` of it, on the same line when lines are known, led by the same sensor role.
@@ -90,21 +105,36 @@ class RootCauseAgent(Agent):
         last = int(max(episode.start_ms, near["first_ms"].max()))
         where = f"{episode.site}{' / ' + episode.line if episode.line else ''}"
         return Insight(
-            agent=self.name, kind="shared_cause", equipment_id="", site=episode.site,
+            agent=self.name,
+            kind="shared_cause",
+            equipment_id="",
+            site=episode.site,
             episode_id=f"shared:{episode.site}:{episode.line}:{role}:{first}",
             title=f"{len(machines)} machines on {where} deviated together ({role}): look for one upstream cause",
-            severity="warning", confidence=float(min(1.0, len(machines) / (2 * self.min_machines))),
-            details={"machines": machines, "role": role, "first_ms": first, "last_ms": last,
-                     "reported_by": episode.episode_id},
-        )  # fmt: skip
+            severity="warning",
+            confidence=float(min(1.0, len(machines) / (2 * self.min_machines))),
+            details={
+                "machines": machines,
+                "role": role,
+                "first_ms": first,
+                "last_ms": last,
+                "reported_by": episode.episode_id,
+            },
+        )
 
     def shared_causes(self, episodes: Sequence[Episode], leading_role: dict[int, str]) -> list[Insight]:
         """Groups of episodes on one site and line, starting within ``shared_window_ms``, led by the same
         sensor role, on at least ``min_machines`` machines: one insight per group."""
-        frame = pd.DataFrame({"i": range(len(episodes)), "site": [e.site for e in episodes],
-                              "line": [e.line for e in episodes], "start": [e.start_ms for e in episodes],
-                              "machine": [e.equipment_id for e in episodes],
-                              "role": [leading_role.get(i, "") for i in range(len(episodes))]})  # fmt: skip
+        frame = pd.DataFrame(
+            {
+                "i": range(len(episodes)),
+                "site": [e.site for e in episodes],
+                "line": [e.line for e in episodes],
+                "start": [e.start_ms for e in episodes],
+                "machine": [e.equipment_id for e in episodes],
+                "role": [leading_role.get(i, "") for i in range(len(episodes))],
+            }
+        )
         frame = frame.sort_values(["site", "line", "role", "start"], kind="stable")
         new = np.ones(len(frame), dtype=bool)
         key = frame[["site", "line", "role"]].to_numpy()
@@ -118,14 +148,24 @@ class RootCauseAgent(Agent):
                 continue
             first = episodes[int(g["i"].iloc[0])]
             where = f"{first.site}{' / ' + first.line if first.line else ''}"
-            out.append(Insight(
-                agent=self.name, kind="shared_cause", equipment_id="", site=first.site,
-                episode_id=first.episode_id,
-                title=f"{len(machines)} machines on {where} deviated together ({g['role'].iloc[0]}): "
-                      "look for one upstream cause",
-                severity="warning", confidence=float(min(1.0, len(machines) / (2 * self.min_machines))),
-                details={"machines": machines, "episodes": [episodes[int(i)].episode_id for i in g["i"]],
-                         "role": g["role"].iloc[0], "first_ms": int(g["start"].min()),
-                         "last_ms": int(g["start"].max())},
-            ))  # fmt: skip
+            out.append(
+                Insight(
+                    agent=self.name,
+                    kind="shared_cause",
+                    equipment_id="",
+                    site=first.site,
+                    episode_id=first.episode_id,
+                    title=f"{len(machines)} machines on {where} deviated together ({g['role'].iloc[0]}): "
+                    "look for one upstream cause",
+                    severity="warning",
+                    confidence=float(min(1.0, len(machines) / (2 * self.min_machines))),
+                    details={
+                        "machines": machines,
+                        "episodes": [episodes[int(i)].episode_id for i in g["i"]],
+                        "role": g["role"].iloc[0],
+                        "first_ms": int(g["start"].min()),
+                        "last_ms": int(g["start"].max()),
+                    },
+                )
+            )
         return out

@@ -25,17 +25,42 @@ BATCH_ROWS = 5_000
 # While ClickHouse is down, reconnect after 1, 2, 4 ... at most 60 s (each try logs in the client library).
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 60.0
 COLUMNS = (
-    "time", "receiver", "recipient", "fingerprint", "alertname", "equipment_id", "site", "severity",
-    "alert_status", "status", "attempt", "http_status", "error", "latency_ms", "delivery_id",
-)  # fmt: skip
+    "time",
+    "receiver",
+    "recipient",
+    "fingerprint",
+    "alertname",
+    "equipment_id",
+    "site",
+    "severity",
+    "alert_status",
+    "status",
+    "attempt",
+    "http_status",
+    "error",
+    "latency_ms",
+    "delivery_id",
+)
 
 
 def to_row(record: AttemptRecord) -> list[object]:
     return [
-        datetime.fromtimestamp(record.at, tz=UTC), record.receiver, record.recipient, record.fingerprint,
-        record.alertname, record.equipment_id, record.site, record.severity, record.alert_status,
-        record.outcome, record.attempt, record.status or 0, record.error, record.latency_ms, record.delivery_id,
-    ]  # fmt: skip
+        datetime.fromtimestamp(record.at, tz=UTC),
+        record.receiver,
+        record.recipient,
+        record.fingerprint,
+        record.alertname,
+        record.equipment_id,
+        record.site,
+        record.severity,
+        record.alert_status,
+        record.outcome,
+        record.attempt,
+        record.status or 0,
+        record.error,
+        record.latency_ms,
+        record.delivery_id,
+    ]
 
 
 class DeliveryLog:
@@ -101,8 +126,12 @@ class DeliveryLog:
             log.warning(
                 "ClickHouse delivery log unavailable (%s); deliveries go on, %d+ attempt rows wait in %s and "
                 "ship when %s:%d answers again",
-                exc, waiting, self.store.path, self.settings.clickhouse.host, self.settings.clickhouse.port,
-            )  # fmt: skip
+                exc,
+                waiting,
+                self.store.path,
+                self.settings.clickhouse.host,
+                self.settings.clickhouse.port,
+            )
             self._down = True
 
     def close(self) -> None:

@@ -99,13 +99,22 @@ def parse_insights(values: Iterable[bytes]) -> tuple[list[Diagnosis], int]:
     out = []
     for key, r in diagnostic.items():
         try:
-            out.append(Diagnosis(
-                equipment_id=key[0], episode_id=key[1], site=_text(r.get("site")),
-                equipment_type=_text(r.get("equipment_type")), start_ms=int(r["window_start_ms"]),
-                end_ms=int(r["window_end_ms"]), closed=key[2], fault_type=_text(r.get("fault_type")),
-                title=_text(r.get("title")), confidence=float(r.get("confidence") or 0.0),
-                sensors=tuple(s for s in (r.get("sensors") or ()) if isinstance(s, str)), action=actions.get(key, ""),
-            ))  # fmt: skip
+            out.append(
+                Diagnosis(
+                    equipment_id=key[0],
+                    episode_id=key[1],
+                    site=_text(r.get("site")),
+                    equipment_type=_text(r.get("equipment_type")),
+                    start_ms=int(r["window_start_ms"]),
+                    end_ms=int(r["window_end_ms"]),
+                    closed=key[2],
+                    fault_type=_text(r.get("fault_type")),
+                    title=_text(r.get("title")),
+                    confidence=float(r.get("confidence") or 0.0),
+                    sensors=tuple(s for s in (r.get("sensors") or ()) if isinstance(s, str)),
+                    action=actions.get(key, ""),
+                )
+            )
         except (KeyError, TypeError, ValueError):
             bad += 1
     return out, bad
@@ -125,10 +134,13 @@ def follow_up_alert(diagnosis: Diagnosis, console_url: str) -> Alert:
         "\x1f".join((diagnosis.equipment_id, diagnosis.episode_id, diagnosis.fault_type)).encode()
     ).hexdigest()[:16]
     labels = {
-        "alertname": FOLLOW_UP_ALERTNAME, "severity": FOLLOW_UP_SEVERITY, "site": diagnosis.site,
-        "equipment_id": diagnosis.equipment_id, "equipment_type": diagnosis.equipment_type,
+        "alertname": FOLLOW_UP_ALERTNAME,
+        "severity": FOLLOW_UP_SEVERITY,
+        "site": diagnosis.site,
+        "equipment_id": diagnosis.equipment_id,
+        "equipment_type": diagnosis.equipment_type,
         "detector": DIAGNOSTIC_AGENT,
-    }  # fmt: skip
+    }
     state = "final analysis" if diagnosis.closed else "preliminary analysis, episode still going on"
     annotations = {
         "summary": diagnosis.title.removeprefix("Preliminary: "),
@@ -136,9 +148,12 @@ def follow_up_alert(diagnosis: Diagnosis, console_url: str) -> Alert:
         "console_url": f"{console_url.rstrip('/')}/?equipment={diagnosis.equipment_id}",
     }
     return Alert(
-        status="firing", labels={k: v for k, v in labels.items() if v}, annotations=annotations,
-        startsAt=datetime.fromtimestamp(diagnosis.start_ms / 1000, UTC), fingerprint=fingerprint,
-    )  # fmt: skip
+        status="firing",
+        labels={k: v for k, v in labels.items() if v},
+        annotations=annotations,
+        startsAt=datetime.fromtimestamp(diagnosis.start_ms / 1000, UTC),
+        fingerprint=fingerprint,
+    )
 
 
 def with_diagnoses(alerts: Sequence[Alert], found: Mapping[str, Diagnosis]) -> list[Alert]:

@@ -49,10 +49,26 @@ GSM_BASIC = frozenset(
 )
 GSM_EXTENSION = frozenset("^{}\\[~]|€\f")
 _GSM_REPLACEMENTS = {
-    "\u2014": "-", "\u2013": "-", "\u2212": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
-    "\u2026": "...", "\u00b7": "-", "\u2022": "-", "\u00b0": " deg", "\u00d7": "x", "\u00b5": "u",
-    "\u00a0": " ", "\t": " ", "\u2192": "->", "\u2265": ">=", "\u2264": "<=", "`": "'",
-}  # fmt: skip
+    "\u2014": "-",
+    "\u2013": "-",
+    "\u2212": "-",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2026": "...",
+    "\u00b7": "-",
+    "\u2022": "-",
+    "\u00b0": " deg",
+    "\u00d7": "x",
+    "\u00b5": "u",
+    "\u00a0": " ",
+    "\t": " ",
+    "\u2192": "->",
+    "\u2265": ">=",
+    "\u2264": "<=",
+    "`": "'",
+}
 
 
 @dataclass(frozen=True)
@@ -173,9 +189,11 @@ def slack_message(alert: Alert, ctx: MessageContext) -> dict[str, Any]:
     title = headline(alert)
     summary, description = alert.annotations.get("summary", ""), alert.annotations.get("description", "")
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _SLACK_HEADER_MAX),
-                                    "emoji": True}},
-    ]  # fmt: skip
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _SLACK_HEADER_MAX), "emoji": True},
+        },
+    ]
     story: list[str] = []
     if resolved:
         seconds = lasted(alert)
@@ -188,8 +206,10 @@ def slack_message(alert: Alert, ctx: MessageContext) -> dict[str, Any]:
         story.append(f"*Diagnosis:* {slack_escape(diagnosis)}")
     if story:
         blocks.append({"type": "section", "text": _mrkdwn("\n".join(story))})
-    fields = [_mrkdwn(f"*{name}*\n{slack_escape(_cut(value, _SLACK_FIELD_MAX - len(name) - 4))}")
-              for name, value in facts(alert)[:_SLACK_FIELDS_MAX]]  # fmt: skip
+    fields = [
+        _mrkdwn(f"*{name}*\n{slack_escape(_cut(value, _SLACK_FIELD_MAX - len(name) - 4))}")
+        for name, value in facts(alert)[:_SLACK_FIELDS_MAX]
+    ]
     if fields:
         blocks.append({"type": "section", "fields": fields})
     link = console_link(alert, ctx)
@@ -326,8 +346,11 @@ SLACK_GROUP_ITEMS = 10  # alerts listed one by one in a Slack batch message; the
 
 def _reading_order(alert: Alert) -> tuple[int, str, str, str]:
     """Most severe first, then by machine, sensor and detector (a stable, readable order)."""
-    return -_SEVERITY_RANK.get(severity(alert), 2), alert.label("equipment_id"), alert.label("sensor"), alert.label(
-        "detector"
+    return (
+        -_SEVERITY_RANK.get(severity(alert), 2),
+        alert.label("equipment_id"),
+        alert.label("sensor"),
+        alert.label("detector"),
     )
 
 
@@ -354,8 +377,11 @@ def group_title(alerts: list[Alert], with_name: bool = True) -> str:
 def item_text(alert: Alert, with_machine: bool, with_summary: bool = True) -> str:
     """One alert of a batch in a few words: '[machine] sensor detector[: summary]'."""
     sensor = alert.label("sensor")
-    parts = [alert.label("equipment_id") if with_machine else "",
-             "whole machine" if sensor == WHOLE_MACHINE else sensor, alert.label("detector")]  # fmt: skip
+    parts = [
+        alert.label("equipment_id") if with_machine else "",
+        "whole machine" if sensor == WHOLE_MACHINE else sensor,
+        alert.label("detector"),
+    ]
     what = " ".join(p for p in parts if p) or alert.label("alertname") or "alert"
     summary = alert.annotations.get("summary", "") if with_summary else ""
     return f"{what}: {summary}" if summary else what
@@ -383,9 +409,11 @@ def slack_group_message(alerts: list[Alert], ctx: MessageContext) -> dict[str, A
     emoji = _RESOLVED[0] if resolved else _STYLE.get(severity(lead), _STYLE["warning"])[0]
     title = group_title(alerts)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _SLACK_HEADER_MAX),
-                                    "emoji": True}},
-    ]  # fmt: skip
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _SLACK_HEADER_MAX), "emoji": True},
+        },
+    ]
     with_machine = not _one_machine(alerts)
     lines = []
     for alert in alerts[:SLACK_GROUP_ITEMS]:
@@ -402,13 +430,18 @@ def slack_group_message(alerts: list[Alert], ctx: MessageContext) -> dict[str, A
     if description := lead.annotations.get("description", ""):
         blocks.append({"type": "section", "text": _mrkdwn(f"*Why (first):* {slack_escape(description)}")})
     if found := _diagnoses_by_machine(alerts):
-        text = "\n".join(f"- {slack_escape(machine)}: {slack_escape(d)}" if with_machine else slack_escape(d)
-                         for machine, d in found.items())  # fmt: skip
+        text = "\n".join(
+            f"- {slack_escape(machine)}: {slack_escape(d)}" if with_machine else slack_escape(d)
+            for machine, d in found.items()
+        )
         blocks.append({"type": "section", "text": _mrkdwn(f"*Diagnosis:*{chr(10) if with_machine else ' '}{text}")})
     link = console_link(lead, ctx)
     if not with_machine and link.startswith(("http://", "https://")) and len(link) <= _SLACK_URL_MAX:
-        button: dict[str, Any] = {"type": "button", "url": link,
-                                  "text": {"type": "plain_text", "text": "Open machine in console", "emoji": False}}
+        button: dict[str, Any] = {
+            "type": "button",
+            "url": link,
+            "text": {"type": "plain_text", "text": "Open machine in console", "emoji": False},
+        }
         if not resolved and severity(lead) == "critical":
             button["style"] = "danger"
         blocks.append({"type": "actions", "elements": [button]})
@@ -433,8 +466,9 @@ def sms_group_text(alerts: list[Alert], ctx: MessageContext) -> str:
     items = "; ".join(item_text(a, with_machine, with_summary=False) for a in alerts)
     summary = lead.annotations.get("summary", "")
     diagnosis = "; ".join(f"{m}: {d}" if with_machine else d for m, d in _diagnoses_by_machine(alerts).items())
-    text = to_gsm(f"{head} - {items}" + (f" - Diagnosis: {diagnosis}" if diagnosis else "")
-                  + (f" - {summary}" if summary else ""))
+    text = to_gsm(
+        f"{head} - {items}" + (f" - Diagnosis: {diagnosis}" if diagnosis else "") + (f" - {summary}" if summary else "")
+    )
     link = to_gsm(console_link(lead, ctx) if not with_machine else ctx.console_url.rstrip("/"))
     limit = ctx.sms_max_chars
     if link and gsm_length(link) + 1 + SMS_MIN_TEXT <= limit:

@@ -66,21 +66,43 @@ NOT_MODELS = (*RULE_NAMES, "dead_sensor", "dead_machine")
 WHOLE_MACHINE = "*"  # sensor label of machine-wide alerts (an empty label value would be dropped)
 
 _FIELDS = (
-    "equipment_id", "site", "equipment_type", "window_start_ms", "window_end_ms", "kind", "is_anomaly",
-    "severity", "score", "detectors", "rule_hits", "top_sensors", "dead_sensors", "model_versions", "summary",
-    "last_seen_ms", "emitted_at_ms",
-)  # fmt: skip
+    "equipment_id",
+    "site",
+    "equipment_type",
+    "window_start_ms",
+    "window_end_ms",
+    "kind",
+    "is_anomaly",
+    "severity",
+    "score",
+    "detectors",
+    "rule_hits",
+    "top_sensors",
+    "dead_sensors",
+    "model_versions",
+    "summary",
+    "last_seen_ms",
+    "emitted_at_ms",
+)
 _SCHEMA = pa.schema(ANOMALY_JSON_SCHEMA.field(name) for name in _FIELDS)
 KEY = ["equipment_id", "alertname", "detector", "cond_sensor"]
 _STATE_DTYPES: dict[str, Any] = {
-    "equipment_id": object, "alertname": object, "detector": object,
+    "equipment_id": object,
+    "alertname": object,
+    "detector": object,
     "cond_sensor": object,  # the sensor part of the identity: "" for models (their sensor label is sticky)
-    "site": object, "equipment_type": object, "sensor": object,
-    "starts_ms": np.int64, "warning": bool, "critical": bool,  # which severities of the condition fired
+    "site": object,
+    "equipment_type": object,
+    "sensor": object,
+    "starts_ms": np.int64,
+    "warning": bool,
+    "critical": bool,  # which severities of the condition fired
     "clear": np.int64,  # consecutive window verdicts of the machine without the condition
-    "win_start_ms": np.int64, "win_end_ms": np.int64,  # newest window that had the condition
-    "summary": object, "description": object,
-}  # fmt: skip
+    "win_start_ms": np.int64,
+    "win_end_ms": np.int64,  # newest window that had the condition
+    "summary": object,
+    "description": object,
+}
 _VERDICT_COLUMNS = ["site", "equipment_type", "severity", "win_start_ms", "win_end_ms", "summary", "description"]
 
 
@@ -204,17 +226,23 @@ class AlertMapper:
         # A window flagged by hard evidence alone (a threshold, stuck, missing samples) has no graded score.
         score_text = np.where(
             values > 0,
-            "Score " + score + " (normalised to each detector's limit: alarm at 1.0, critical at "
-            + str(float(self.critical_ratio)) + ").",
+            "Score "
+            + score
+            + " (normalised to each detector's limit: alarm at 1.0, critical at "
+            + str(float(self.critical_ratio))
+            + ").",
             "",
-        )  # fmt: skip
+        )
         window_text = (
             score_text
             + np.where(frame["top_text"] != "", " Top sensors: " + frame["top_text"] + ".", "")
             + np.where(frame["hits_text"] != "", " Rule hits: " + frame["hits_text"] + ".", "")
-            + np.where(frame["model_versions"].fillna("") != "", " Models: " + frame["model_versions"].fillna("")
-                       + ".", " Models: none live (rules only).")
-        )  # fmt: skip
+            + np.where(
+                frame["model_versions"].fillna("") != "",
+                " Models: " + frame["model_versions"].fillna("") + ".",
+                " Models: none live (rules only).",
+            )
+        )
         window_text = pd.Series(window_text, index=frame.index).str.strip()
         dead_text = "No window statistics from " + frame["equipment_id"] + " since " + _iso(last_seen) + "."
         return frame.assign(
@@ -275,9 +303,10 @@ class AlertMapper:
         # threshold breach stays firing with it and resolves with it (one RESOLVED message, not one per rule).
         by_sensor = conds[conds["cond_sensor"] != ""]  # rule hits and dead sensors (a model's top sensor is soft)
         pairs_now = pd.MultiIndex.from_arrays([by_sensor["equipment_id"], by_sensor["v_sensor"]])
-        held = pd.MultiIndex.from_arrays([merged["equipment_id"], merged["sensor"]]).isin(pairs_now) & (
-            merged["alertname"] == ALERT_ANOMALY
-        ).to_numpy()
+        held = (
+            pd.MultiIndex.from_arrays([merged["equipment_id"], merged["sensor"]]).isin(pairs_now)
+            & (merged["alertname"] == ALERT_ANOMALY).to_numpy()
+        )
         clear_now = absent & merged["equipment_id"].isin(with_data).to_numpy() & ~held
 
         critical_now = (merged["v_severity"] == "critical").to_numpy()
@@ -456,4 +485,3 @@ class AlertMapper:
         )
         self._set_firing()
         return len(state)
-

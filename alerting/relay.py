@@ -67,22 +67,34 @@ class RelayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.webhooks = Counter("vigil_notify_webhooks", "Alertmanager webhooks received, by outcome",
-                                ["receiver", "outcome"], registry=r)  # fmt: skip
+        self.webhooks = Counter(
+            "vigil_notify_webhooks", "Alertmanager webhooks received, by outcome", ["receiver", "outcome"], registry=r
+        )
         self.delivered = Counter("vigil_notify_delivered", "Messages delivered", ["receiver"], registry=r)
-        self.failed = Counter("vigil_notify_failed_attempts", "Delivery attempts that failed (retried or "
-                              "dead-lettered)", ["receiver"], registry=r)  # fmt: skip
-        self.dead_lettered = Counter("vigil_notify_dead_lettered", "Messages that became dead letters",
-                                     ["receiver"], registry=r)  # fmt: skip
-        self.deduplicated = Counter("vigil_notify_deduplicated", "Alerts re-sent by Alertmanager that were "
-                                    "already queued or delivered (nobody paged twice)", ["receiver"],
-                                    registry=r)  # fmt: skip
-        self.queue_depth = Gauge("vigil_notify_queue_depth", "Messages waiting to be delivered or retried",
-                                 ["receiver"], registry=r)  # fmt: skip
-        self.dead_letters = Gauge("vigil_notify_dead_letters", "Dead letters waiting for `vigil alerts resend`",
-                                  registry=r)  # fmt: skip
-        self.attempt_seconds = Histogram("vigil_notify_attempt_seconds", "Duration of one delivery attempt",
-                                         ["receiver"], registry=r)  # fmt: skip
+        self.failed = Counter(
+            "vigil_notify_failed_attempts",
+            "Delivery attempts that failed (retried or dead-lettered)",
+            ["receiver"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "vigil_notify_dead_lettered", "Messages that became dead letters", ["receiver"], registry=r
+        )
+        self.deduplicated = Counter(
+            "vigil_notify_deduplicated",
+            "Alerts re-sent by Alertmanager that were already queued or delivered (nobody paged twice)",
+            ["receiver"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "vigil_notify_queue_depth", "Messages waiting to be delivered or retried", ["receiver"], registry=r
+        )
+        self.dead_letters = Gauge(
+            "vigil_notify_dead_letters", "Dead letters waiting for `vigil alerts resend`", registry=r
+        )
+        self.attempt_seconds = Histogram(
+            "vigil_notify_attempt_seconds", "Duration of one delivery attempt", ["receiver"], registry=r
+        )
         for receiver in RECEIVERS:  # every series exists from the start (rate() and absent() need them)
             for metric in (self.delivered, self.failed, self.dead_lettered, self.deduplicated, self.queue_depth):
                 metric.labels(receiver)
@@ -115,13 +127,17 @@ class Deliverer:
         if env:
             if url := os.environ.get(env):
                 return url
-            raise DeliveryError(f"environment variable {env} (webhook of Slack channel {recipient!r}) is not set",
-                                retryable=False)  # fmt: skip
+            raise DeliveryError(
+                f"environment variable {env} (webhook of Slack channel {recipient!r}) is not set", retryable=False
+            )
         a = self.settings.alerting
         if url := read_secret(a.slack_webhook_url, a.slack_webhook_url_file):
             return url
-        raise DeliveryError("Slack is not configured: set VIGIL_ALERTING__SLACK_WEBHOOK_URL "
-                            "(or VIGIL_ALERTING__SLACK_WEBHOOK_URL_FILE)", retryable=False)  # fmt: skip
+        raise DeliveryError(
+            "Slack is not configured: set VIGIL_ALERTING__SLACK_WEBHOOK_URL "
+            "(or VIGIL_ALERTING__SLACK_WEBHOOK_URL_FILE)",
+            retryable=False,
+        )
 
     async def _send_once(self, rows: Sequence[Delivery]) -> int:
         a = self.settings.alerting
@@ -170,13 +186,28 @@ class Deliverer:
                         raise error from exc
                     latency_ms = (time.monotonic() - started) * 1000
                     for row in rows:
-                        await asyncio.to_thread(self.store.record_attempt, row.id, attempt_no, "delivered",
-                                                status=status, latency_ms=latency_ms)  # fmt: skip
+                        await asyncio.to_thread(
+                            self.store.record_attempt,
+                            row.id,
+                            attempt_no,
+                            "delivered",
+                            status=status,
+                            latency_ms=latency_ms,
+                        )
                     self.metrics.delivered.labels(lead.receiver).inc()
                     self.metrics.attempt_seconds.labels(lead.receiver).observe(latency_ms / 1000)
-                    log.info("%s: delivered %s %s of %s to %s (%d alert%s, attempt %d, %.0f ms)", lead.receiver,
-                             lead.alert_status, lead.alertname, lead.equipment_id or lead.site or "-", lead.recipient,
-                             len(rows), "s" if len(rows) > 1 else "", attempt_no, latency_ms)  # fmt: skip
+                    log.info(
+                        "%s: delivered %s %s of %s to %s (%d alert%s, attempt %d, %.0f ms)",
+                        lead.receiver,
+                        lead.alert_status,
+                        lead.alertname,
+                        lead.equipment_id or lead.site or "-",
+                        lead.recipient,
+                        len(rows),
+                        "s" if len(rows) > 1 else "",
+                        attempt_no,
+                        latency_ms,
+                    )
         except DeliveryError:
             return DEAD
         return DELIVERED
@@ -189,25 +220,46 @@ class Deliverer:
         final = not exc.retryable or attempt_no >= last
         reason = None
         if final:
-            reason = (f"gave up after {attempt_no} attempts: {error}" if exc.retryable
-                      else f"rejected, not retried: {error}")  # fmt: skip
+            reason = (
+                f"gave up after {attempt_no} attempts: {error}" if exc.retryable else f"rejected, not retried: {error}"
+            )
         for row in rows:
             await asyncio.to_thread(
-                self.store.record_attempt, row.id, attempt_no, "dead_letter" if final else "retry",
-                status=exc.status, error=error, latency_ms=latency_ms, reason=reason,
-            )  # fmt: skip
+                self.store.record_attempt,
+                row.id,
+                attempt_no,
+                "dead_letter" if final else "retry",
+                status=exc.status,
+                error=error,
+                latency_ms=latency_ms,
+                reason=reason,
+            )
         lead = rows[0]
         self.metrics.failed.labels(lead.receiver).inc()
         self.metrics.attempt_seconds.labels(lead.receiver).observe(latency_ms / 1000)
         ids = _ids(rows)
         if final:
             self.metrics.dead_lettered.labels(lead.receiver).inc()
-            log.error("%s: dead letter #%s (%s %s to %s): %s -- `vigil alerts resend %s` once fixed",
-                      lead.receiver, ids, lead.alert_status, lead.alertname, lead.recipient, reason,
-                      ids.replace(",", " "))  # fmt: skip
+            log.error(
+                "%s: dead letter #%s (%s %s to %s): %s -- `vigil alerts resend %s` once fixed",
+                lead.receiver,
+                ids,
+                lead.alert_status,
+                lead.alertname,
+                lead.recipient,
+                reason,
+                ids.replace(",", " "),
+            )
         else:
-            log.warning("%s: attempt %d/%d of #%s to %s failed, retrying: %s", lead.receiver, attempt_no, last,
-                        ids, lead.recipient, error)  # fmt: skip
+            log.warning(
+                "%s: attempt %d/%d of #%s to %s failed, retrying: %s",
+                lead.receiver,
+                attempt_no,
+                last,
+                ids,
+                lead.recipient,
+                error,
+            )
 
 
 def _ids(rows: Sequence[Delivery]) -> str:
@@ -258,8 +310,12 @@ class Relay:
         }
         for receiver, unset in missing.items():
             if unset and self.oncall.receiver(receiver).recipients:
-                log.warning("%s has recipients in %s but is not configured: its messages will become dead letters "
-                            "(see VIGIL_ALERTING__* settings)", receiver, self.oncall.source)  # fmt: skip
+                log.warning(
+                    "%s has recipients in %s but is not configured: its messages will become dead letters "
+                    "(see VIGIL_ALERTING__* settings)",
+                    receiver,
+                    self.oncall.source,
+                )
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -274,8 +330,13 @@ class Relay:
             self._feed = threading.Thread(target=self._read_insights, name="notify-insights", daemon=True)
             self._feed.start()
         depth = await asyncio.to_thread(self.store.queue_depth)
-        log.info("relay started: state %s, on-call %s, %d messages to resume %s", self.store.path,
-                 self.oncall.source, sum(depth.values()), depth or "")  # fmt: skip
+        log.info(
+            "relay started: state %s, on-call %s, %d messages to resume %s",
+            self.store.path,
+            self.oncall.source,
+            sum(depth.values()),
+            depth or "",
+        )
 
     async def stop(self) -> None:
         """Stop delivering (interrupted messages stay pending and resume on the next start)."""
@@ -307,8 +368,17 @@ class Relay:
                 continue
             recipients = self.oncall.route(receiver, alert.labels)
             not_routed += not recipients
-            items += [NewDelivery(receiver, r.name, r.address, alert, payload.externalURL,
-                                  batch_key=f"{webhook_id}/{r.name}/{alert.status}") for r in recipients]  # fmt: skip
+            items += [
+                NewDelivery(
+                    receiver,
+                    r.name,
+                    r.address,
+                    alert,
+                    payload.externalURL,
+                    batch_key=f"{webhook_id}/{r.name}/{alert.status}",
+                )
+                for r in recipients
+            ]
         result = await asyncio.to_thread(self.store.enqueue, items)
         self.metrics.deduplicated.labels(receiver).inc(result.duplicates)
         if result.queued and receiver in self._wake:
@@ -347,8 +417,13 @@ class Relay:
             # Not retried at once: if the message went out but recording it failed, a hot loop would re-send it.
             for delivery_id in ids:
                 self._parked[receiver][delivery_id] = time.monotonic() + PARK_S
-            log.error("%s delivery #%s failed unexpectedly (stays pending, retried in %.0f s): %r", receiver,
-                      ",".join(map(str, ids)), PARK_S, task.exception())  # fmt: skip
+            log.error(
+                "%s delivery #%s failed unexpectedly (stays pending, retried in %.0f s): %r",
+                receiver,
+                ",".join(map(str, ids)),
+                PARK_S,
+                task.exception(),
+            )
         self._wake[receiver].set()  # a slot is free, and a held-back resolved message may now go
 
     # -- agent diagnoses ----------------------------------------------------------------------------
@@ -366,8 +441,9 @@ class Relay:
                         self.store.save_diagnoses(diagnoses, a.diagnosis_margin_s)
                         break
                     except sqlite3.Error as exc:
-                        log.error("cannot store %d diagnoses in %s (retrying): %s", len(diagnoses), self.store.path,
-                                  exc)  # fmt: skip
+                        log.error(
+                            "cannot store %d diagnoses in %s (retrying): %s", len(diagnoses), self.store.path, exc
+                        )
                         self._feed_stop.wait(1.0)
                 else:
                     return  # stopping: not committed, re-read on the next start
@@ -394,10 +470,19 @@ class Relay:
             return EnqueueResult()
         console = self.settings.alerting.console_url
         items = [
-            (f, NewDelivery(f.receiver, f.recipient, f.address, follow_up_alert(f.diagnosis, console), f.external_url,
-                            batch_key=f"dx/{f.diagnosis.equipment_id}/{f.diagnosis.episode_id}/{f.recipient}"))
+            (
+                f,
+                NewDelivery(
+                    f.receiver,
+                    f.recipient,
+                    f.address,
+                    follow_up_alert(f.diagnosis, console),
+                    f.external_url,
+                    batch_key=f"dx/{f.diagnosis.equipment_id}/{f.diagnosis.episode_id}/{f.recipient}",
+                ),
+            )
             for f in pending
-        ]  # fmt: skip
+        ]
         result = await asyncio.to_thread(self.store.enqueue_follow_ups, items)
         for receiver in {f.receiver for f in pending}:
             if receiver in self._wake:
@@ -468,8 +553,12 @@ def create_app(settings: Settings | None = None, oncall: OnCall | None = None) -
             return JSONResponse({"error": f"outbox unavailable ({exc}); retry later"}, 503)
         relay.metrics.webhooks.labels(receiver, "accepted").inc()
         if payload.truncatedAlerts:
-            log.warning("%s: Alertmanager left %d alerts out of group %s (max_alerts of the webhook config)",
-                        receiver, payload.truncatedAlerts, payload.groupKey)  # fmt: skip
+            log.warning(
+                "%s: Alertmanager left %d alerts out of group %s (max_alerts of the webhook config)",
+                receiver,
+                payload.truncatedAlerts,
+                payload.groupKey,
+            )
         body = {
             "receiver": receiver,
             "alerts": len(payload.alerts),
@@ -500,8 +589,9 @@ async def deliver_now(settings: Settings, ids: Sequence[int] | None) -> list[Del
         if moved:
             oncall = load_oncall(settings.alerting.receivers_path)
             async with httpx.AsyncClient(timeout=settings.alerting.request_timeout_s) as client:
-                deliverer = Deliverer(settings, store, oncall, client, RelayMetrics(),
-                                      RateLimits(settings.alerting.rate_limit_per_minute))  # fmt: skip
+                deliverer = Deliverer(
+                    settings, store, oncall, client, RelayMetrics(), RateLimits(settings.alerting.rate_limit_per_minute)
+                )
                 await asyncio.gather(*(deliverer.deliver(batch) for batch in batches(store.get(moved))))
         # The attempts wait in the store; the relay ships them to ClickHouse (now if it runs, else on its start).
         return store.get(moved)

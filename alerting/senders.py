@@ -56,8 +56,9 @@ async def post(client: httpx.AsyncClient, provider: str, url: str, **kwargs: Any
     except httpx.TimeoutException as exc:
         raise DeliveryError(f"{provider} timed out ({type(exc).__name__})", retryable=True) from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:  # the URL itself may be a secret: not shown
-        raise DeliveryError(f"{provider} URL is unusable ({type(exc).__name__}): check its setting",
-                            retryable=False) from exc  # fmt: skip
+        raise DeliveryError(
+            f"{provider} URL is unusable ({type(exc).__name__}): check its setting", retryable=False
+        ) from exc
     except httpx.TransportError as exc:
         raise DeliveryError(f"{provider} unreachable: {type(exc).__name__}: {exc}", retryable=True) from exc
     if response.is_success:
@@ -81,9 +82,12 @@ class SlackSender:
 
     async def send(self, webhook_url: str, payload: dict[str, Any]) -> int:
         response = await post(
-            self.client, "Slack", webhook_url,
-            content=orjson.dumps(payload), headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+            self.client,
+            "Slack",
+            webhook_url,
+            content=orjson.dumps(payload),
+            headers={"Content-Type": "application/json"},
+        )
         return response.status_code
 
 
@@ -97,8 +101,15 @@ class SmsSender:
     def _credentials(self) -> tuple[str, str, str]:
         s = self.settings
         token = read_secret(s.sms_auth_token, s.sms_auth_token_file)
-        missing = [name for name, value in (("SMS_ACCOUNT_SID", s.sms_account_sid), ("SMS_AUTH_TOKEN", token),
-                                            ("SMS_FROM", s.sms_from)) if not value]  # fmt: skip
+        missing = [
+            name
+            for name, value in (
+                ("SMS_ACCOUNT_SID", s.sms_account_sid),
+                ("SMS_AUTH_TOKEN", token),
+                ("SMS_FROM", s.sms_from),
+            )
+            if not value
+        ]
         if missing:
             names = ", ".join(f"VIGIL_ALERTING__{name}" for name in missing)
             raise DeliveryError(f"SMS is not configured: set {names}", retryable=False)
@@ -110,9 +121,12 @@ class SmsSender:
     async def send(self, to: str, body: str) -> int:
         sid, token, sender = self._credentials()
         response = await post(
-            self.client, "SMS provider", self.messages_url(sid),
-            data={"To": to, "From": sender, "Body": body}, auth=(sid, token),
-        )  # fmt: skip
+            self.client,
+            "SMS provider",
+            self.messages_url(sid),
+            data={"To": to, "From": sender, "Body": body},
+            auth=(sid, token),
+        )
         return response.status_code
 
 
@@ -140,13 +154,17 @@ class EmailSender:
             return 250
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
-            raise DeliveryError(f"{where} refused the recipient: {code} {reply.decode(errors='replace')}",
-                                retryable=400 <= code < 500, status=code) from exc  # fmt: skip
+            raise DeliveryError(
+                f"{where} refused the recipient: {code} {reply.decode(errors='replace')}",
+                retryable=400 <= code < 500,
+                status=code,
+            ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             raise DeliveryError(f"{where}: {exc} (check VIGIL_ALERTING__SMTP_STARTTLS)", retryable=False) from exc
         except smtplib.SMTPResponseException as exc:  # includes authentication and sender refusals
             text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-            raise DeliveryError(f"{where} answered {exc.smtp_code} {text}",
-                                retryable=400 <= exc.smtp_code < 500, status=exc.smtp_code) from exc  # fmt: skip
+            raise DeliveryError(
+                f"{where} answered {exc.smtp_code} {text}", retryable=400 <= exc.smtp_code < 500, status=exc.smtp_code
+            ) from exc
         except (smtplib.SMTPException, OSError) as exc:  # disconnects, refused connections, timeouts
             raise DeliveryError(f"{where} unreachable: {type(exc).__name__}: {exc}", retryable=True) from exc

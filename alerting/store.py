@@ -226,12 +226,26 @@ def _insert(db: sqlite3.Connection, item: NewDelivery, result: EnqueueResult, no
            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (idempotency_key) DO NOTHING""",
         (
-            idempotency_key(alert, item.receiver, item.recipient), story, item.batch_key, item.receiver,
-            item.recipient, item.address, alert.fingerprint, alert.status, starts_at_key(alert),
-            alert.label("alertname"), alert.label("equipment_id"), alert.label("site"),
-            alert.label("severity"), alert.model_dump_json(), item.external_url, PENDING, now, now,
+            idempotency_key(alert, item.receiver, item.recipient),
+            story,
+            item.batch_key,
+            item.receiver,
+            item.recipient,
+            item.address,
+            alert.fingerprint,
+            alert.status,
+            starts_at_key(alert),
+            alert.label("alertname"),
+            alert.label("equipment_id"),
+            alert.label("site"),
+            alert.label("severity"),
+            alert.model_dump_json(),
+            item.external_url,
+            PENDING,
+            now,
+            now,
         ),
-    )  # fmt: skip
+    )
     if cursor.rowcount:
         result.queued.append(int(cursor.lastrowid))  # type: ignore[arg-type]
     else:
@@ -331,8 +345,9 @@ class Store:
         if receiver:
             where.append("receiver = ?")
             params.append(receiver)
-        rows = self._query(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY id",
-                           params)  # fmt: skip
+        rows = self._query(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE {' AND '.join(where)} ORDER BY id", params
+        )
         return [Delivery(**dict(row)) for row in rows]
 
     def record_attempt(
@@ -416,9 +431,17 @@ class Store:
                            last_at = excluded.last_at, closed = excluded.closed, fault_type = excluded.fault_type,
                            diagnosis_json = excluded.diagnosis_json, updated_at = excluded.updated_at
                        WHERE NOT (diagnoses.closed = 1 AND excluded.closed = 0)""",
-                    (d.equipment_id, d.episode_id, iso_ms(d.start_ms - margin_ms), iso_ms(d.end_ms + margin_ms),
-                     int(d.closed), d.fault_type, orjson.dumps(dataclasses.asdict(d)).decode(), now),
-                )  # fmt: skip
+                    (
+                        d.equipment_id,
+                        d.episode_id,
+                        iso_ms(d.start_ms - margin_ms),
+                        iso_ms(d.end_ms + margin_ms),
+                        int(d.closed),
+                        d.fault_type,
+                        orjson.dumps(dataclasses.asdict(d)).decode(),
+                        now,
+                    ),
+                )
                 written += cursor.rowcount
         return written
 
@@ -461,8 +484,7 @@ class Store:
                ORDER BY g.updated_at, d.receiver, d.recipient""",
             (time.time() - window_s, FOLLOW_UP_ALERTNAME),
         )
-        return [FollowUp(r["receiver"], r["recipient"], r["address"], r["external_url"], _diagnosis(r))
-                for r in rows]  # fmt: skip
+        return [FollowUp(r["receiver"], r["recipient"], r["address"], r["external_url"], _diagnosis(r)) for r in rows]
 
     def enqueue_follow_ups(self, items: Sequence[tuple[FollowUp, NewDelivery]]) -> EnqueueResult:
         """Queue follow-up messages and mark their diagnoses told, in one transaction."""
@@ -471,8 +493,10 @@ class Store:
             for follow, item in items:
                 _insert(db, item, result, now)
                 d = follow.diagnosis
-                db.execute("INSERT OR IGNORE INTO told VALUES (?, ?, ?, ?, ?, ?)",
-                           (follow.receiver, follow.recipient, d.equipment_id, d.episode_id, d.fault_type, now))
+                db.execute(
+                    "INSERT OR IGNORE INTO told VALUES (?, ?, ?, ?, ?, ?)",
+                    (follow.receiver, follow.recipient, d.equipment_id, d.episode_id, d.fault_type, now),
+                )
         return result
 
     # -- figures -----------------------------------------------------------------------------------

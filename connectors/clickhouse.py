@@ -213,8 +213,14 @@ def schema_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
 
 def render_schema(settings: ClickHouseSettings, schema_dir: Path = SCHEMA_DIR) -> list[str]:
     """Every schema statement with names and TTLs filled in from settings."""
-    for field in ("database", "anomalies_table", "anomalies_view", "insights_table", "fault_labels_table",
-                  "deliveries_table"):  # fmt: skip
+    for field in (
+        "database",
+        "anomalies_table",
+        "anomalies_view",
+        "insights_table",
+        "fault_labels_table",
+        "deliveries_table",
+    ):
         value = getattr(settings, field)
         if not _IDENTIFIER_RE.match(value):
             raise ValueError(
@@ -332,6 +338,8 @@ def anomaly_records(score_names: Sequence[str]) -> RecordSpec:
         checks=_anomaly_checks,
         nullable=frozenset({SCORES_FIELD}),  # a verdict without scores has an empty map
     )
+
+
 INSIGHT_RECORDS = RecordSpec(
     name="insight",
     json_schema=INSIGHT_JSON_SCHEMA,
@@ -383,8 +391,13 @@ def records_to_arrow(values: list[bytes], spec: RecordSpec) -> tuple[pa.Table, l
         parse = _Parse(
             read=pa_json.ReadOptions(block_size=max(8 << 20, 2 * max(map(len, lines)))),
             parse=pa_json.ParseOptions(explicit_schema=spec.json_schema, unexpected_field_behavior="ignore"),
-            lines=lines, idx=good_idx, values=values, chunks=chunks, parsed_idx=parsed_idx, malformed=malformed,
-        )  # fmt: skip
+            lines=lines,
+            idx=good_idx,
+            values=values,
+            chunks=chunks,
+            parsed_idx=parsed_idx,
+            malformed=malformed,
+        )
         parse.bisect(0, len(lines), joined)
     if not chunks:
         malformed.sort(key=lambda m: m.index)

@@ -40,22 +40,77 @@ ALL_SITES_ROLE = "vigil_all_sites"
 SITE_ROLE_PREFIX = "vigil_site_"
 
 # Function categories (system.functions.categories) that only compute over their arguments.
-SAFE_FUNCTION_CATEGORIES = frozenset({
-    "Aggregate Functions", "Arithmetic", "Arrays", "Bit", "Comparison", "Conditional", "Dates and Times",
-    "Distance", "Encoding", "Hash", "IP Address", "JSON", "Logical", "Map", "Mathematical", "Null",
-    "Random Number", "Rounding", "String", "String Replacement", "String Search", "String Splitting",
-    "Time Window", "Tuple", "Type Conversion", "URL", "UUID",
-})  # fmt: skip
+SAFE_FUNCTION_CATEGORIES = frozenset(
+    {
+        "Aggregate Functions",
+        "Arithmetic",
+        "Arrays",
+        "Bit",
+        "Comparison",
+        "Conditional",
+        "Dates and Times",
+        "Distance",
+        "Encoding",
+        "Hash",
+        "IP Address",
+        "JSON",
+        "Logical",
+        "Map",
+        "Mathematical",
+        "Null",
+        "Random Number",
+        "Rounding",
+        "String",
+        "String Replacement",
+        "String Search",
+        "String Splitting",
+        "Time Window",
+        "Tuple",
+        "Type Conversion",
+        "URL",
+        "UUID",
+    }
+)
 # Operators and handshake functions that the catalogue files under "Other" or not at all.
 SAFE_EXTRA_FUNCTIONS = frozenset({"lambda", "tuple", "_CAST", "version", "timezone", "toTypeName", "currentDatabase"})
 # Never callable by a constrained identity, whatever category a future engine files them under.
-DENIED_FUNCTIONS = frozenset({
-    "file", "url", "s3", "input", "executable", "remote", "remoteSecure", "cluster", "clusterAllReplicas",
-    "dictGet", "joinGet", "getSetting", "getSettingOrDefault", "hostName", "fqdn", "FQDN", "getMacro",
-    "filesystemAvailable", "filesystemCapacity", "filesystemUnreserved", "sleep", "sleepEachRow",
-    "currentUser", "currentProfiles", "currentRoles", "serverUUID", "getServerPort", "uptime",
-    "getClientHTTPHeader", "getOSKernelVersion", "displayName", "formatQuery", "formatQuerySingleLine",
-})  # fmt: skip
+DENIED_FUNCTIONS = frozenset(
+    {
+        "file",
+        "url",
+        "s3",
+        "input",
+        "executable",
+        "remote",
+        "remoteSecure",
+        "cluster",
+        "clusterAllReplicas",
+        "dictGet",
+        "joinGet",
+        "getSetting",
+        "getSettingOrDefault",
+        "hostName",
+        "fqdn",
+        "FQDN",
+        "getMacro",
+        "filesystemAvailable",
+        "filesystemCapacity",
+        "filesystemUnreserved",
+        "sleep",
+        "sleepEachRow",
+        "currentUser",
+        "currentProfiles",
+        "currentRoles",
+        "serverUUID",
+        "getServerPort",
+        "uptime",
+        "getClientHTTPHeader",
+        "getOSKernelVersion",
+        "displayName",
+        "formatQuery",
+        "formatQuerySingleLine",
+    }
+)
 # System tables every identity may read: catalogues without data (as in ClickHouse, where every user reads them).
 # The client library's handshake reads the settings it may send; the console's guard reads the functions.
 HANDSHAKE_TABLES = frozenset(
@@ -124,8 +179,17 @@ class VigilTables:
     @property
     def site_tables(self) -> tuple[str, ...]:
         """Every table and view with a ``site`` column: each gets the site filter."""
-        return (self.window_stats, self.window_stats_view, self.anomalies, self.anomalies_view, self.machine_state,
-                self.insights, self.insights_view, self.fault_labels, self.deliveries)  # fmt: skip
+        return (
+            self.window_stats,
+            self.window_stats_view,
+            self.anomalies,
+            self.anomalies_view,
+            self.machine_state,
+            self.insights,
+            self.insights_view,
+            self.fault_labels,
+            self.deliveries,
+        )
 
 
 def identities(tables: VigilTables) -> dict[IdentityName, Identity]:
@@ -230,15 +294,30 @@ def parse_ast(lines: Iterable[str]) -> Node:
     return root
 
 
-_IN_FUNCTIONS = frozenset({"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn",
-                           "globalNotNullIn"})  # fmt: skip
+_IN_FUNCTIONS = frozenset(
+    {"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn", "globalNotNullIn"}
+)
 _STATEMENT_NAMES = {
-    "SelectWithUnionQuery": "SELECT", "InsertQuery": "INSERT", "DescribeQuery": "DESCRIBE", "ExistsQuery": "EXISTS",
-    "ExistsTableQuery": "EXISTS", "SetQuery": "SET", "CreateQuery": "CREATE", "DropQuery": "DROP",
-    "AlterQuery": "ALTER", "SystemQuery": "SYSTEM", "UseQuery": "USE", "Explain": "EXPLAIN", "ShowTables": "SHOW",
-    "ShowTablesQuery": "SHOW", "OptimizeQuery": "OPTIMIZE", "RenameQuery": "RENAME", "DeleteQuery": "DELETE",
-    "KillQueryQuery": "KILL", "TruncateQuery": "TRUNCATE",
-}  # fmt: skip
+    "SelectWithUnionQuery": "SELECT",
+    "InsertQuery": "INSERT",
+    "DescribeQuery": "DESCRIBE",
+    "ExistsQuery": "EXISTS",
+    "ExistsTableQuery": "EXISTS",
+    "SetQuery": "SET",
+    "CreateQuery": "CREATE",
+    "DropQuery": "DROP",
+    "AlterQuery": "ALTER",
+    "SystemQuery": "SYSTEM",
+    "UseQuery": "USE",
+    "Explain": "EXPLAIN",
+    "ShowTables": "SHOW",
+    "ShowTablesQuery": "SHOW",
+    "OptimizeQuery": "OPTIMIZE",
+    "RenameQuery": "RENAME",
+    "DeleteQuery": "DELETE",
+    "KillQueryQuery": "KILL",
+    "TruncateQuery": "TRUNCATE",
+}
 
 
 def statement_kind(root: Node) -> str:
@@ -324,8 +403,12 @@ class FunctionCatalogue:
         safe -= DENIED_FUNCTIONS
         folded = {name.lower() for name, _c, _a, _agg, ci in rows if ci and name in safe}
         aggregates = {name for name, _c, _a, agg, _ci in rows if agg and name in safe}
-        return cls(frozenset(safe), frozenset(folded), frozenset(aggregates),
-                   tuple(sorted(set(combinators), key=len, reverse=True)))  # fmt: skip
+        return cls(
+            frozenset(safe),
+            frozenset(folded),
+            frozenset(aggregates),
+            tuple(sorted(set(combinators), key=len, reverse=True)),
+        )
 
     def permits(self, name: str) -> bool:
         return name in self.allowed or name.lower() in self.allowed_folded or self._aggregate(name, combined=False)
@@ -346,8 +429,9 @@ COMBINATORS_QUERY = "SELECT name FROM system.aggregate_function_combinators"
 # -- checking one statement -------------------------------------------------------------------------------
 
 
-def check_statement(root: Node, identity: Identity, database: str, existing_tables: Iterable[str],
-                    catalogue: FunctionCatalogue | None) -> None:  # fmt: skip
+def check_statement(
+    root: Node, identity: Identity, database: str, existing_tables: Iterable[str], catalogue: FunctionCatalogue | None
+) -> None:
     """Refuse (:class:`AccessDenied`) what ``identity`` may not run; every identity is refused INTO OUTFILE.
 
     An unqualified name that is no table of ``database`` (one of ``existing_tables``) is a WITH sub-query's name:
@@ -389,8 +473,10 @@ def check_statement(root: Node, identity: Identity, database: str, existing_tabl
     if catalogue is not None:
         refused = sorted(f for f in refs.functions if not catalogue.permits(f))
         if refused:
-            raise AccessDenied(f"{who} may not call {', '.join(f + '()' for f in refused)}: only functions that "
-                               "compute over values are allowed")  # fmt: skip
+            raise AccessDenied(
+                f"{who} may not call {', '.join(f + '()' for f in refused)}: only functions that "
+                "compute over values are allowed"
+            )
 
 
 def _may_read(table: str, granted: frozenset[str], database: str, existing: set[str]) -> bool:
@@ -411,7 +497,7 @@ def site_filter(roles: Iterable[str]) -> str | None:
     roles = {r.strip() for r in roles if r.strip()}
     if ALL_SITES_ROLE in roles:
         return None
-    sites = sorted(r[len(SITE_ROLE_PREFIX):] for r in roles if r.startswith(SITE_ROLE_PREFIX))
+    sites = sorted(r[len(SITE_ROLE_PREFIX) :] for r in roles if r.startswith(SITE_ROLE_PREFIX))
     if not sites:
         return "0"
     return f"site IN ({', '.join(quote(s) for s in sites)})"
@@ -443,8 +529,9 @@ def _profile_setting(name: str, value: str) -> str:
     return f"{name} = {value if value.isdigit() else quote(value)} CONST"
 
 
-def render_access_sql(tables: VigilTables, users: Mapping[str, str], password_hashes: Mapping[str, str],
-                      sites: Iterable[str]) -> list[str]:  # fmt: skip
+def render_access_sql(
+    tables: VigilTables, users: Mapping[str, str], password_hashes: Mapping[str, str], sites: Iterable[str]
+) -> list[str]:
     """ClickHouse statements that give a real cluster the identities the local server enforces.
 
     Users identified by SHA-256 of their password file, one settings profile per identity whose limits are
@@ -461,8 +548,10 @@ def render_access_sql(tables: VigilTables, users: Mapping[str, str], password_ha
         # A numeric limit may be lowered by a query (MAX), never raised; the rest is fixed (CONST).
         body = ", ".join(_profile_setting(k, v) for k, v in sorted(settings.items()))
         out.append(f"CREATE SETTINGS PROFILE OR REPLACE {profile}" + (f" SETTINGS {body}" if body else ""))
-        out.append(f"CREATE USER OR REPLACE {user} IDENTIFIED WITH sha256_hash BY {quote(password_hashes[name])} "
-                   f"SETTINGS PROFILE {profile}")  # fmt: skip
+        out.append(
+            f"CREATE USER OR REPLACE {user} IDENTIFIED WITH sha256_hash BY {quote(password_hashes[name])} "
+            f"SETTINGS PROFILE {profile}"
+        )
         if ident.unrestricted:
             out.append(f"GRANT ALL ON {db}.* TO {user}")
         for table in sorted(ident.select):
@@ -473,14 +562,18 @@ def render_access_sql(tables: VigilTables, users: Mapping[str, str], password_ha
     out.append(f"CREATE ROLE OR REPLACE {ALL_SITES_ROLE}")
     for table in tables.site_tables:
         unscoped = ", ".join([ALL_SITES_ROLE] + [users[n] for n, i in identities(tables).items() if not i.site_scoped])
-        out.append(f"CREATE ROW POLICY OR REPLACE vigil_all_sites ON {db}.{table} AS PERMISSIVE FOR SELECT "
-                   f"USING 1 TO {unscoped}")  # fmt: skip
+        out.append(
+            f"CREATE ROW POLICY OR REPLACE vigil_all_sites ON {db}.{table} AS PERMISSIVE FOR SELECT "
+            f"USING 1 TO {unscoped}"
+        )
     for site in sorted(set(sites)):
         role = f"`{SITE_ROLE_PREFIX}{site}`"
         out.append(f"CREATE ROLE OR REPLACE {role}")
         for table in tables.site_tables:
-            out.append(f"CREATE ROW POLICY OR REPLACE `vigil_site_{site}` ON {db}.{table} AS PERMISSIVE FOR SELECT "
-                       f"USING site = {quote(site)} TO {role}")  # fmt: skip
+            out.append(
+                f"CREATE ROW POLICY OR REPLACE `vigil_site_{site}` ON {db}.{table} AS PERMISSIVE FOR SELECT "
+                f"USING site = {quote(site)} TO {role}"
+            )
         for user in scoped:
             out.append(f"GRANT {role} TO {user}")
     for user in scoped:

@@ -118,8 +118,9 @@ class KnnCad(StreamingDetector):
         raw = np.concatenate((np.asarray(state["buf"], dtype=np.float64), xs))
         g0 = t0 - (raw.size - xs.size)  # row index of raw[0]
         hist = np.asarray(state["hist"], dtype=np.float64)
-        transform = np.asarray(state["transform"], dtype=np.float64).reshape(-1, self.dim) if state[
-            "transform"] else None
+        transform = (
+            np.asarray(state["transform"], dtype=np.float64).reshape(-1, self.dim) if state["transform"] else None
+        )
         out = np.zeros(xs.size)
         P, N, L = self.probation, self.n_ref, self.dim
         # windows[j] ends at row g0 + j + L - 1 (only read once a row >= P, so raw holds >= P >= L values).

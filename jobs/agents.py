@@ -40,17 +40,19 @@ def statements(settings: Settings) -> tuple[list[str], list[str]]:
     """The job as SQL: DDL (tables, views) and its INSERT."""
     agents, size_ms = settings.agents, settings.window.size_ms
     params: dict[str, object] = {
-        "anomalies_source_options": kafka_source_options(settings, settings.kafka.anomalies_topic,
-                                                         agents.consumer_group),
-        "insights_sink_options": kafka_sink_options(settings, settings.kafka.insights_topic,
-                                                    f"{agents.consumer_group}-insights"),
+        "anomalies_source_options": kafka_source_options(
+            settings, settings.kafka.anomalies_topic, agents.consumer_group
+        ),
+        "insights_sink_options": kafka_sink_options(
+            settings, settings.kafka.insights_topic, f"{agents.consumer_group}-insights"
+        ),
         "agents_watermark_delay_s": f"{(size_ms + 1) / 1000:.3f}",
         # starts (gap_windows + 1) windows apart still join: the gap must exceed that by a millisecond
         "session_gap_s": f"{((agents.gap_windows + 1) * size_ms + 1) / 1000:.3f}",
         "gap_windows": agents.gap_windows,
         "episode_gap_ms": (agents.gap_windows + 1) * size_ms,
         "early_windows": agents.early_windows,
-    }  # fmt: skip
+    }
     early = agents.early_windows > 0
     ddl = [render_sql(name, settings, **params) for name in (*DDL, *(OPEN_DDL if early else ()))]
     runs = [("episodes", "TRUE"), *((("open_episodes", "FALSE"),) if early else ())]  # closed, then preliminary
@@ -86,8 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_sql:
         print(";\n\n".join(ddl + inserts) + ";")
         return
-    env = create_table_env(settings, JOB_NAME, [*ddl, *inserts, udf_signature()], resume=not args.no_resume,
-                           rest_port=settings.agents.rest_port)  # fmt: skip
+    env = create_table_env(
+        settings,
+        JOB_NAME,
+        [*ddl, *inserts, udf_signature()],
+        resume=not args.no_resume,
+        rest_port=settings.agents.rest_port,
+    )
     execute(env, build(env, settings), JOB_NAME)
 
 

@@ -57,6 +57,7 @@ MAX_POLL_MESSAGES = 5000
 HEARTBEAT_S = 10.0  # post (possibly nothing) at least this often: proves the publisher and Alertmanager alive
 MAX_BACKOFF_S = 5.0  # retry Alertmanager at least this often while it is down
 
+
 class _MetricsCollector:
     """The publisher's counters as Prometheus metrics (read at each push)."""
 

@@ -43,8 +43,12 @@ def _double(value: float) -> str:
     return f"CAST({value!r} AS DOUBLE)"
 
 
-def limit_case(rules: list[ResolvedRules], pick: Callable[[ResolvedRules], float | int | None],
-               sql_type: str, default: float | int | None = None) -> str:
+def limit_case(
+    rules: list[ResolvedRules],
+    pick: Callable[[ResolvedRules], float | int | None],
+    sql_type: str,
+    default: float | int | None = None,
+) -> str:
     """``CASE CONCAT(equipment_type, '/', sensor) WHEN 'pump/flow' THEN ... END``: one WHEN per sensor."""
     literal = _double if sql_type == "DOUBLE" else str
     whens = [
@@ -84,8 +88,12 @@ def _ms_to_s(ms: int) -> str:
 KAFKA_INPUT = ("anomaly_scoring_source", "dead_letter_sink", "anomaly_scoring_classify", "anomaly_scoring_on_time")
 
 
-def statements(settings: Settings, config: RulesConfig | None = None, input_views: tuple[str, ...] = KAFKA_INPUT,
-               **overrides: object) -> tuple[list[str], list[str]]:
+def statements(
+    settings: Settings,
+    config: RulesConfig | None = None,
+    input_views: tuple[str, ...] = KAFKA_INPUT,
+    **overrides: object,
+) -> tuple[list[str], list[str]]:
     """The job as SQL: DDL (functions, tables, views) and its INSERTs. ``overrides`` replace template values.
 
     ``input_views`` are the templates defining ``window_stats_on_time``: the window-stats topic here, the
@@ -105,17 +113,32 @@ def statements(settings: Settings, config: RulesConfig | None = None, input_view
         **rules_params(config),
     }
     params.update(overrides)
-    ddl = [render_sql(name, settings, **params) for name in (
-        "anomaly_rules_functions", "anomaly_scoring_sink", *input_views,
-        "anomaly_rules_limits", "anomaly_rules_history",
-    )]
+    ddl = [
+        render_sql(name, settings, **params)
+        for name in (
+            "anomaly_rules_functions",
+            "anomaly_scoring_sink",
+            *input_views,
+            "anomaly_rules_limits",
+            "anomaly_rules_history",
+        )
+    ]
     ddl.append(render_sql("anomaly_rules_count", settings, **params))
     # One chained view per distinct stuck_windows N (each OVER frame needs its own SELECT).
     view = "window_stats_counted"
     counts = config.stuck_window_counts()
     for n in counts:
-        ddl.append(render_sql("anomaly_rules_stuck", settings, **params, n=n, n_preceding=n - 1,
-                              input_view=view, output_view=f"window_stats_flat_{n}"))
+        ddl.append(
+            render_sql(
+                "anomaly_rules_stuck",
+                settings,
+                **params,
+                n=n,
+                n_preceding=n - 1,
+                input_view=view,
+                output_view=f"window_stats_flat_{n}",
+            )
+        )
         view = f"window_stats_flat_{n}"
     stuck_case = "CASE stuck_windows " + " ".join(f"WHEN {n} THEN flat_last_{n} >= {n}" for n in counts) + " END"
     ddl.append(render_sql("anomaly_rules_checks", settings, **params, input_view=view, stuck_case=stuck_case))
@@ -134,11 +157,20 @@ def register_functions(env: TableEnvironment, settings: Settings, config: RulesC
     """SCORE_HOPS, configured from the settings (the Java functions are registered by the DDL)."""
     scoring = settings.scoring
     expected = {etype: sorted(sensors) for etype, sensors in config.equipment_types.items()}
-    env.create_temporary_system_function(SCORE_FUNCTION, score_hops_udf(
-        expected, settings.models_dir, settings.window.size_ms, scoring.history_windows,
-        scoring.dead_after_ms, scoring.critical_ratio, scoring.model_poll_s, scoring.onnx_threads,
-        scoring.model_persistence_windows,
-    ))
+    env.create_temporary_system_function(
+        SCORE_FUNCTION,
+        score_hops_udf(
+            expected,
+            settings.models_dir,
+            settings.window.size_ms,
+            scoring.history_windows,
+            scoring.dead_after_ms,
+            scoring.critical_ratio,
+            scoring.model_poll_s,
+            scoring.onnx_threads,
+            scoring.model_persistence_windows,
+        ),
+    )
 
 
 def configure_python(env: TableEnvironment) -> None:
@@ -174,8 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_sql:
         print(";\n\n".join(ddl + inserts) + ";")
         return
-    env = create_table_env(settings, JOB_NAME, [*ddl, *inserts, udf_signature(settings)],
-                           resume=not args.no_resume, rest_port=settings.scoring.rest_port)
+    env = create_table_env(
+        settings,
+        JOB_NAME,
+        [*ddl, *inserts, udf_signature(settings)],
+        resume=not args.no_resume,
+        rest_port=settings.scoring.rest_port,
+    )
     statement_set = assemble(env, settings, config, ddl, inserts)  # exactly the SQL the checkpoints are keyed by
     if args.explain:
         print(statement_set.explain())

@@ -163,14 +163,24 @@ class ClickHouseSink:
         self._dead_letters = dead_letters
         log.info(
             "ClickHouse sink: %s -> %s:%d/%s.%s (group %s, batch %d rows or %.2fs)",
-            spec.topic, ch.host, ch.port, ch.database, spec.table, spec.consumer_group,
-            ch.insert_batch_rows, ch.flush_interval_s,
-        )  # fmt: skip
+            spec.topic,
+            ch.host,
+            ch.port,
+            ch.database,
+            spec.table,
+            spec.consumer_group,
+            ch.insert_batch_rows,
+            ch.flush_interval_s,
+        )
         try:
             run_batches(
-                consumer, [spec.topic], stop, self,
-                max_messages=min(ch.insert_batch_rows, _MAX_POLL_MESSAGES), timeout_s=min(0.1, ch.flush_interval_s),
-            )  # fmt: skip
+                consumer,
+                [spec.topic],
+                stop,
+                self,
+                max_messages=min(ch.insert_batch_rows, _MAX_POLL_MESSAGES),
+                timeout_s=min(0.1, ch.flush_interval_s),
+            )
         finally:
             consumer.close()
             producer.flush(10)
@@ -259,11 +269,17 @@ class ClickHouseSink:
                 code = getattr(exc, "code", None)
                 log.error(
                     "ClickHouse insert of %d rows into %s failed (retrying in %.2fs, offsets not committed): %s",
-                    table.num_rows, self.spec.table, backoff, exc,
-                )  # fmt: skip
+                    table.num_rows,
+                    self.spec.table,
+                    backoff,
+                    exc,
+                )
                 if code in _UNKNOWN_TABLE_CODES:
-                    log.error("table %s is gone: apply the schema as the admin identity (`vigil stack up` does it "
-                              "when it starts ClickHouse); the sink keeps retrying", self.spec.table)  # fmt: skip
+                    log.error(
+                        "table %s is gone: apply the schema as the admin identity (`vigil stack up` does it "
+                        "when it starts ClickHouse); the sink keeps retrying",
+                        self.spec.table,
+                    )
                 if final:
                     if time.monotonic() + backoff > give_up_at:
                         log.error("giving up on %d rows at shutdown; they will be re-read", table.num_rows)
@@ -293,11 +309,19 @@ _STATS_METRICS = (  # (name, Prometheus type, help, SinkStats field)
     ("vigil_clickhouse_sink_rows_written", "counter", "Rows inserted since start.", "rows_written"),
     ("vigil_clickhouse_sink_errors", "counter", "Failed inserts, connects and commits since start.", "errors"),
     ("vigil_clickhouse_sink_malformed", "counter", "Records dead-lettered as malformed since start.", "malformed"),
-    ("vigil_clickhouse_sink_last_flush_timestamp_seconds", "gauge",
-     "Unix time of the last successful insert (0 = none yet).", "last_flush_at"),
-    ("vigil_clickhouse_sink_last_emit_to_visible_seconds", "gauge",
-     "Newest row's emitted_at to insert done, last insert.", "last_emit_to_visible_s"),
-)  # fmt: skip
+    (
+        "vigil_clickhouse_sink_last_flush_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful insert (0 = none yet).",
+        "last_flush_at",
+    ),
+    (
+        "vigil_clickhouse_sink_last_emit_to_visible_seconds",
+        "gauge",
+        "Newest row's emitted_at to insert done, last insert.",
+        "last_emit_to_visible_s",
+    ),
+)
 
 
 class _StatsCollector:

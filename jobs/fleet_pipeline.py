@@ -27,9 +27,9 @@ JOB_NAME = "vigil-fleet-pipeline"
 HANDOFF = ("fleet_pipeline_handoff",)
 
 
-def statements(settings: Settings, config: RulesConfig | None = None, **overrides: object) -> tuple[
-    list[str], list[str]
-]:
+def statements(
+    settings: Settings, config: RulesConfig | None = None, **overrides: object
+) -> tuple[list[str], list[str]]:
     """Both jobs' SQL with the scoring reading the windows in-job. ``overrides`` replace template values."""
     config = config if config is not None else load_rules(settings.scoring.rules_path)
     stats_ddl = [render_sql(name, settings, **overrides) for name in window_stats.DDL]
@@ -57,8 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.print_sql:
         print(";\n\n".join(ddl + inserts) + ";")
         return
-    env = create_table_env(settings, JOB_NAME, [*ddl, *inserts, anomaly_scoring.udf_signature(settings)],
-                           resume=not args.no_resume, rest_port=settings.flink.rest_port)
+    env = create_table_env(
+        settings,
+        JOB_NAME,
+        [*ddl, *inserts, anomaly_scoring.udf_signature(settings)],
+        resume=not args.no_resume,
+        rest_port=settings.flink.rest_port,
+    )
     statement_set = anomaly_scoring.assemble(env, settings, config, ddl, inserts)
     if args.explain:
         print(statement_set.explain())

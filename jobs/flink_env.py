@@ -55,10 +55,7 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 def kafka_properties_sql(settings: Settings) -> str:
     """``'properties.x' = 'y',`` lines for a Kafka table's WITH clause."""
-    lines = [
-        f"'properties.{key}' = '{sql_escape(value)}',"
-        for key, value in settings.kafka.java_properties().items()
-    ]
+    lines = [f"'properties.{key}' = '{sql_escape(value)}'," for key, value in settings.kafka.java_properties().items()]
     return "\n    ".join(lines)
 
 
@@ -102,8 +99,9 @@ def render_sql(name: str, settings: Settings, **extra: object) -> str:
     params: dict[str, object] = {
         "source_options": kafka_source_options(settings, settings.kafka.telemetry_topic, group),
         "source_metadata_columns": KAFKA_METADATA_COLUMNS,
-        "window_stats_sink_options": kafka_sink_options(settings, settings.kafka.window_stats_topic,
-                                                        f"{group}-window-stats"),
+        "window_stats_sink_options": kafka_sink_options(
+            settings, settings.kafka.window_stats_topic, f"{group}-window-stats"
+        ),
         "dead_letter_sink_options": kafka_sink_options(settings, settings.kafka.dead_letter_topic, f"{group}-late"),
         "window_size_ms": window.size_ms,
         "window_size_s": _seconds(window.size_ms),

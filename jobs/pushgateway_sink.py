@@ -91,21 +91,40 @@ _SCHEMA = pa.schema(
     + [(stat, pa.float64()) for stat in _STATS]
 )
 _STATE_DTYPES = {
-    **dict.fromkeys(_STRINGS, object), "window_end_ms": np.int64, **dict.fromkeys(_STATS, np.float64),
-    "series_labels": object, "machine_labels": object,
-}  # fmt: skip
+    **dict.fromkeys(_STRINGS, object),
+    "window_end_ms": np.int64,
+    **dict.fromkeys(_STATS, np.float64),
+    "series_labels": object,
+    "machine_labels": object,
+}
 _VERDICT_FIELDS = (
-    "equipment_id", "site", "equipment_type", "window_start_ms", "window_end_ms", "kind", "is_anomaly",
-    "severity", "score", SCORES_FIELD, "emitted_at_ms",
-)  # fmt: skip
+    "equipment_id",
+    "site",
+    "equipment_type",
+    "window_start_ms",
+    "window_end_ms",
+    "kind",
+    "is_anomaly",
+    "severity",
+    "score",
+    SCORES_FIELD,
+    "emitted_at_ms",
+)
 
 
 def _verdict_dtypes(names: Sequence[str]) -> dict[str, object]:
     return {
-        "site": object, "equipment_id": object, "equipment_type": object, "window_end_ms": np.int64,
-        "emitted_at_ms": np.int64, "kind": object, "severity": np.int64, "score": np.float64,
-        **dict.fromkeys(names, np.float64), "machine_labels": object,
-    }  # fmt: skip
+        "site": object,
+        "equipment_id": object,
+        "equipment_type": object,
+        "window_end_ms": np.int64,
+        "emitted_at_ms": np.int64,
+        "kind": object,
+        "severity": np.int64,
+        "score": np.float64,
+        **dict.fromkeys(names, np.float64),
+        "machine_labels": object,
+    }
 
 
 _SAFE_PATH_VALUE = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -282,7 +301,9 @@ class PushgatewaySink:
         self._score_names = score_names()
         self._anomaly_schema = pa.schema(anomaly_json_schema(self._score_names).field(n) for n in _VERDICT_FIELDS)
         self._verdicts = _Latest(
-            "machines' verdicts", ["equipment_id"], ["window_end_ms", "emitted_at_ms"],
+            "machines' verdicts",
+            ["equipment_id"],
+            ["window_end_ms", "emitted_at_ms"],
             _verdict_dtypes(self._score_names),
         )
         # Anomalous keys already counted (hash of equipment_id + window_start_ms) and their windows.
@@ -324,8 +345,11 @@ class PushgatewaySink:
             frame = frame[key_ok.to_numpy()]
             bad += int((~key_ok).sum())
         if bad:
-            log.warning("skipped %d window-stats records without equipment_id/site/sensor/window_end_ms "
-                        "or not JSON; fix the producer (Flink job) or inspect the topic", bad)
+            log.warning(
+                "skipped %d window-stats records without equipment_id/site/sensor/window_end_ms "
+                "or not JSON; fix the producer (Flink job) or inspect the topic",
+                bad,
+            )
         added = self._add(frame)
         self._count(windows_consumed=added, bad_records=bad)
         return added
@@ -360,9 +384,12 @@ class PushgatewaySink:
             frame = frame[ok.to_numpy()]
             bad += int((~ok).sum())
         if bad:
-            log.warning("skipped %d anomaly verdicts without equipment_id/site/window_start_ms/window_end_ms, "
-                        "with an unknown kind or severity, or not JSON; fix the producer (scoring job) or "
-                        "inspect the topic", bad)
+            log.warning(
+                "skipped %d anomaly verdicts without equipment_id/site/window_start_ms/window_end_ms, "
+                "with an unknown kind or severity, or not JSON; fix the producer (scoring job) or "
+                "inspect the topic",
+                bad,
+            )
         frame = frame.assign(
             window_start_ms=frame["window_start_ms"].astype(np.int64),
             window_end_ms=frame["window_end_ms"].astype(np.int64),
@@ -425,7 +452,9 @@ class PushgatewaySink:
             for stat in self._stats
         }
         last_end = (
-            "vigil_equipment_last_window_end_seconds{" + machines["machine_labels"] + "} "
+            "vigil_equipment_last_window_end_seconds{"
+            + machines["machine_labels"]
+            + "} "
             + format_values(machines["window_end_ms"] / 1000.0)
         )
         series_rows = state.groupby("site", sort=True).indices
@@ -433,19 +462,24 @@ class PushgatewaySink:
         texts: dict[str, str] = {}
         for site, rows in series_rows.items():
             parts = [
-                _family(f"vigil_window_{stat}", "gauge", _HELP[stat], families[stat].iloc[rows])
-                for stat in self._stats
+                _family(f"vigil_window_{stat}", "gauge", _HELP[stat], families[stat].iloc[rows]) for stat in self._stats
             ]
-            parts.append(_family(
-                "vigil_equipment_last_window_end_seconds", "gauge",
-                "End (event time, Unix seconds) of the machine's latest window.",
-                last_end.iloc[machine_rows[site]],
-            ))
-            parts.append(_family(
-                "vigil_site_machines_reporting", "gauge",
-                "Machines whose latest window is newer than machine_silent_after_s.",
-                [f"vigil_site_machines_reporting {int(reporting[site])}"],
-            ))
+            parts.append(
+                _family(
+                    "vigil_equipment_last_window_end_seconds",
+                    "gauge",
+                    "End (event time, Unix seconds) of the machine's latest window.",
+                    last_end.iloc[machine_rows[site]],
+                )
+            )
+            parts.append(
+                _family(
+                    "vigil_site_machines_reporting",
+                    "gauge",
+                    "Machines whose latest window is newer than machine_silent_after_s.",
+                    [f"vigil_site_machines_reporting {int(reporting[site])}"],
+                )
+            )
             texts[site] = "".join(parts)
         self._rendered[WINDOW_JOB] = len(state) * len(self._stats) + len(machines) + len(texts)
         return texts
@@ -459,23 +493,39 @@ class PushgatewaySink:
             return {}
         labels = "{" + state["machine_labels"] + "} "
         gauges = [
-            ("vigil_anomaly_score", "Combined anomaly score of the machine's latest verdict: the max of its detector "
-             "scores, each normalised to its threshold (above 1 fires).", format_values(state["score"])),
-            ("vigil_anomaly_severity", "Severity of the machine's latest verdict: 0 normal, 1 warning, 2 critical.",
-             state["severity"].astype(str)),
-            ("vigil_machine_silent", "1 after a dead_machine verdict until the machine's next window verdict, "
-             "else 0.", np.where(state["kind"] == "dead_machine", "1", "0")),
-            ("vigil_anomaly_window_end_seconds", "End (event time, Unix seconds) of the window of the machine's "
-             "latest verdict.", format_values(state["window_end_ms"] / 1000.0)),
-        ]  # fmt: skip
+            (
+                "vigil_anomaly_score",
+                "Combined anomaly score of the machine's latest verdict: the max of its detector "
+                "scores, each normalised to its threshold (above 1 fires).",
+                format_values(state["score"]),
+            ),
+            (
+                "vigil_anomaly_severity",
+                "Severity of the machine's latest verdict: 0 normal, 1 warning, 2 critical.",
+                state["severity"].astype(str),
+            ),
+            (
+                "vigil_machine_silent",
+                "1 after a dead_machine verdict until the machine's next window verdict, else 0.",
+                np.where(state["kind"] == "dead_machine", "1", "0"),
+            ),
+            (
+                "vigil_anomaly_window_end_seconds",
+                "End (event time, Unix seconds) of the window of the machine's latest verdict.",
+                format_values(state["window_end_ms"] / 1000.0),
+            ),
+        ]
         lines = {name: name + labels + values for name, _, values in gauges}
         # One vigil_detector_score per (machine, detector that scored), machine-major.
         names = [n for n in self._score_names if n in state.columns]
         scores = state[names].to_numpy(dtype=np.float64)
         rows, cols = np.nonzero(~np.isnan(scores))
         detector_lines = (
-            "vigil_detector_score{" + pd.Series(state["machine_labels"].to_numpy()[rows])
-            + ',detector="' + pd.Series(np.asarray(names, dtype=object)[cols]) + '"} '
+            "vigil_detector_score{"
+            + pd.Series(state["machine_labels"].to_numpy()[rows])
+            + ',detector="'
+            + pd.Series(np.asarray(names, dtype=object)[cols])
+            + '"} '
             + format_values(scores[rows, cols])
         )
         detector_sites = state["site"].to_numpy()[rows]
@@ -485,21 +535,30 @@ class PushgatewaySink:
         for site, site_rows in state.groupby("site", sort=True).indices.items():
             parts = [_family(name, "gauge", help_text, lines[name].iloc[site_rows]) for name, help_text, _ in gauges]
             if site in detector_rows:
-                parts.insert(2, _family(
-                    "vigil_detector_score", "gauge",
-                    "Score of each detector that scored the machine's latest verdict, normalised to its "
-                    "threshold (1 = at the alarm limit).",
-                    detector_lines.iloc[detector_rows[site]],
-                ))
+                parts.insert(
+                    2,
+                    _family(
+                        "vigil_detector_score",
+                        "gauge",
+                        "Score of each detector that scored the machine's latest verdict, normalised to its "
+                        "threshold (1 = at the alarm limit).",
+                        detector_lines.iloc[detector_rows[site]],
+                    ),
+                )
             # warning and critical always (a counter should exist before its first increase)
             severities = [s for s in SEVERITIES if s != "normal" or (site, s) in self._anomalous]
             counter_series += len(severities)
-            parts.append(_family(
-                "vigil_anomalous_windows_total", "counter",
-                "Window verdicts of the site's machines that were anomalous, by severity (each window once).",
-                [f'vigil_anomalous_windows_total{{severity="{s}"}} {self._anomalous.get((site, s), 0)}'
-                 for s in severities],
-            ))
+            parts.append(
+                _family(
+                    "vigil_anomalous_windows_total",
+                    "counter",
+                    "Window verdicts of the site's machines that were anomalous, by severity (each window once).",
+                    [
+                        f'vigil_anomalous_windows_total{{severity="{s}"}} {self._anomalous.get((site, s), 0)}'
+                        for s in severities
+                    ],
+                )
+            )
             texts[site] = "".join(parts)
         self._rendered[ANOMALY_JOB] = len(state) * len(gauges) + len(rows) + counter_series
         return texts
@@ -513,29 +572,52 @@ class PushgatewaySink:
 
     def render_pipeline(self) -> str:
         c = self.counters
-        return "".join([
-            _family("vigil_sink_last_push_timestamp_seconds", "gauge",
+        return "".join(
+            [
+                _family(
+                    "vigil_sink_last_push_timestamp_seconds",
+                    "gauge",
                     "Unix time of the sink's last successful push.",
-                    [f"vigil_sink_last_push_timestamp_seconds {format_values([c.last_push_ts])[0]}"]),
-            _family("vigil_sink_windows_consumed_total", "counter",
+                    [f"vigil_sink_last_push_timestamp_seconds {format_values([c.last_push_ts])[0]}"],
+                ),
+                _family(
+                    "vigil_sink_windows_consumed_total",
+                    "counter",
                     "Window-stats records consumed from Kafka since the sink started.",
-                    [f"vigil_sink_windows_consumed_total {c.windows_consumed}"]),
-            _family("vigil_sink_push_failures_total", "counter",
+                    [f"vigil_sink_windows_consumed_total {c.windows_consumed}"],
+                ),
+                _family(
+                    "vigil_sink_push_failures_total",
+                    "counter",
                     "Push rounds that failed since the sink started.",
-                    [f"vigil_sink_push_failures_total {c.failures}"]),
-            _family("vigil_sink_bad_records_total", "counter",
+                    [f"vigil_sink_push_failures_total {c.failures}"],
+                ),
+                _family(
+                    "vigil_sink_bad_records_total",
+                    "counter",
                     "Window-stats records skipped as invalid since the sink started.",
-                    [f"vigil_sink_bad_records_total {c.bad_records}"]),
-            _family("vigil_sink_verdicts_consumed_total", "counter",
+                    [f"vigil_sink_bad_records_total {c.bad_records}"],
+                ),
+                _family(
+                    "vigil_sink_verdicts_consumed_total",
+                    "counter",
                     "Anomaly verdicts consumed from Kafka since the sink started.",
-                    [f"vigil_sink_verdicts_consumed_total {c.verdicts_consumed}"]),
-            _family("vigil_sink_bad_verdicts_total", "counter",
+                    [f"vigil_sink_verdicts_consumed_total {c.verdicts_consumed}"],
+                ),
+                _family(
+                    "vigil_sink_bad_verdicts_total",
+                    "counter",
                     "Anomaly verdicts skipped as invalid since the sink started.",
-                    [f"vigil_sink_bad_verdicts_total {c.bad_verdicts}"]),
-            _family("vigil_sink_series_pushed", "gauge",
+                    [f"vigil_sink_bad_verdicts_total {c.bad_verdicts}"],
+                ),
+                _family(
+                    "vigil_sink_series_pushed",
+                    "gauge",
                     "Series in the last successful push.",
-                    [f"vigil_sink_series_pushed {c.series_pushed}"]),
-        ])
+                    [f"vigil_sink_series_pushed {c.series_pushed}"],
+                ),
+            ]
+        )
 
     # -- pushing ------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: str | None = None) -> str | None:
@@ -543,7 +625,10 @@ class PushgatewaySink:
         url = self._prom.pushgateway_url + path
         try:
             resp = self._session.request(
-                method, url, data=body.encode() if body is not None else None, timeout=HTTP_TIMEOUT,
+                method,
+                url,
+                data=body.encode() if body is not None else None,
+                timeout=HTTP_TIMEOUT,
                 headers={"Content-Type": "text/plain; version=0.0.4"},
             )
         except requests.RequestException as exc:
@@ -562,8 +647,10 @@ class PushgatewaySink:
         now = self._clock() if now is None else now
         groups = self.render_groups(now)
         errors = [self._request("PUT", grouping_path(job, site=site), text) for (job, site), text in groups.items()]
-        errors += [self._request("DELETE", grouping_path(job, site=site))
-                   for job, site in sorted(self._pushed_groups - groups.keys())]
+        errors += [
+            self._request("DELETE", grouping_path(job, site=site))
+            for job, site in sorted(self._pushed_groups - groups.keys())
+        ]
         errors = [e for e in errors if e]
         if errors:
             self._count(failures=1)
@@ -575,9 +662,12 @@ class PushgatewaySink:
         if pipeline_error and not errors:
             self._count(failures=1)
         if errors or pipeline_error:
-            log.error("push to Pushgateway %s failed (%d failed rounds so far; is it running?): %s",
-                      self._prom.pushgateway_url, self.counters.failures,
-                      "; ".join([*errors, pipeline_error or ""]).strip("; "))
+            log.error(
+                "push to Pushgateway %s failed (%d failed rounds so far; is it running?): %s",
+                self._prom.pushgateway_url,
+                self.counters.failures,
+                "; ".join([*errors, pipeline_error or ""]).strip("; "),
+            )
         return not errors
 
     def seed_from_pushgateway(self) -> int:
@@ -625,9 +715,11 @@ class PushgatewaySink:
     def _seed_verdicts(self, groups: list[dict]) -> int:
         key = ["site", "equipment_id", "equipment_type"]
         metrics = {
-            "score": "vigil_anomaly_score", "severity": "vigil_anomaly_severity", "silent": "vigil_machine_silent",
+            "score": "vigil_anomaly_score",
+            "severity": "vigil_anomaly_severity",
+            "silent": "vigil_machine_silent",
             "end_s": "vigil_anomaly_window_end_seconds",
-        }  # fmt: skip
+        }
         frames = [
             frame.reindex(columns=[*key, column]).set_index(key)
             for column, name in metrics.items()
@@ -698,8 +790,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = stop_event_on_signals()
     settings = get_settings()
-    log.info("pushing %s and %s -> %s every %.1f s", settings.kafka.window_stats_topic,
-             settings.kafka.anomalies_topic, settings.prometheus.pushgateway_url, settings.prometheus.push_interval_s)
+    log.info(
+        "pushing %s and %s -> %s every %.1f s",
+        settings.kafka.window_stats_topic,
+        settings.kafka.anomalies_topic,
+        settings.prometheus.pushgateway_url,
+        settings.prometheus.push_interval_s,
+    )
     PushgatewaySink(settings).run(stop)
 
 

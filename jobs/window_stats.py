@@ -21,7 +21,12 @@ from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-window-stats"
 DDL = (
-    "functions", "telemetry_source", "window_stats_sink", "dead_letter_sink", "classify_lateness", "samples_on_time",
+    "functions",
+    "telemetry_source",
+    "window_stats_sink",
+    "dead_letter_sink",
+    "classify_lateness",
+    "samples_on_time",
     "window_stats_windows",
 )
 INSERTS = ("window_stats", "late_records")

@@ -64,9 +64,16 @@ def dead_letters(
         table.add_column(column, overflow="fold")
     for row in rows:
         reason = row.reason or ("[yellow]in-process resend interrupted[/]" if row.state != "dead" else "-")
-        table.add_row(str(row.id), row.receiver, row.recipient,
-                      _alert(row.alertname, row.equipment_id, row.site, row.alert_status), reason,
-                      str(row.attempts), row.last_error or "-", _when(row.updated_at))  # fmt: skip
+        table.add_row(
+            str(row.id),
+            row.receiver,
+            row.recipient,
+            _alert(row.alertname, row.equipment_id, row.site, row.alert_status),
+            reason,
+            str(row.attempts),
+            row.last_error or "-",
+            _when(row.updated_at),
+        )
     console.print(table)
 
 
@@ -81,7 +88,6 @@ def resend(
         _fail("give dead-letter ids or --all (one of the two)")
     settings = get_settings()
     if now:
-
         if not settings.alerting_state_path.exists():
             _fail(f"no relay state at {settings.alerting_state_path}")
         logging.getLogger("alerting").setLevel(logging.CRITICAL)  # the outcome is printed below
@@ -104,8 +110,10 @@ def resend(
     if not moved:
         _fail("nothing to resend: no dead letter with those ids")
     missing = sorted(set(ids or []) - set(moved))
-    console.print(f"[green]{len(moved)} message(s) back in the outbox[/] ({', '.join(map(str, moved))}); "
-                  "the running relay delivers them within a second")  # fmt: skip
+    console.print(
+        f"[green]{len(moved)} message(s) back in the outbox[/] ({', '.join(map(str, moved))}); "
+        "the running relay delivers them within a second"
+    )
     if missing:
         console.print(f"[yellow]not dead letters (skipped): {', '.join(map(str, missing))}[/]")
 
@@ -126,8 +134,20 @@ def deliveries(
             records = store.recent_attempts(limit, receiver)
         finally:
             store.close()
-        rows = [(_when(r.at), r.receiver, r.recipient, _alert(r.alertname, r.equipment_id, r.site, r.alert_status),
-                 r.outcome, r.attempt, r.status, r.error, r.latency_ms) for r in records]  # fmt: skip
+        rows = [
+            (
+                _when(r.at),
+                r.receiver,
+                r.recipient,
+                _alert(r.alertname, r.equipment_id, r.site, r.alert_status),
+                r.outcome,
+                r.attempt,
+                r.status,
+                r.error,
+                r.latency_ms,
+            )
+            for r in records
+        ]
     elif source == "clickhouse":
         rows = _clickhouse_deliveries(settings, limit, receiver)
     else:
@@ -138,8 +158,17 @@ def deliveries(
     styles = {"delivered": "green", "retry": "yellow", "dead_letter": "red"}
     for when, recv, recipient, alert, outcome, attempt, status, error, latency in rows:
         style = styles.get(outcome, "")
-        table.add_row(when, recv, recipient, alert, f"[{style}]{outcome}[/]" if style else outcome, str(attempt),
-                      str(status or "-"), error or "", f"{latency:.0f}")  # fmt: skip
+        table.add_row(
+            when,
+            recv,
+            recipient,
+            alert,
+            f"[{style}]{outcome}[/]" if style else outcome,
+            str(attempt),
+            str(status or "-"),
+            error or "",
+            f"{latency:.0f}",
+        )
     console.print(table)
 
 
@@ -160,6 +189,4 @@ def _clickhouse_deliveries(settings: Settings, limit: int, receiver: str | None)
         )
     finally:
         client.close()
-    return [(when, recv, recipient, _alert(name, machine, site, status), outcome, attempt, http, error, latency)
-            for when, recv, recipient, name, machine, site, status, outcome, attempt, http, error, latency
-            in result.result_rows]  # fmt: skip
+    return [(row[0], row[1], row[2], _alert(*row[3:7]), *row[7:]) for row in result.result_rows]

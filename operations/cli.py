@@ -74,8 +74,10 @@ FaultRateOption = Annotated[
 ]
 SamplesOption = Annotated[
     int | None,
-    typer.Option(help="samples per sensor in each 5-s batch (default from settings: 70 = the seed's "
-                      "~100K points/s per 1,000 machines; 10 = 2 Hz)"),
+    typer.Option(
+        help="samples per sensor in each 5-s batch (default from settings: 70 = the seed's "
+        "~100K points/s per 1,000 machines; 10 = 2 Hz)"
+    ),
 ]
 
 
@@ -155,14 +157,25 @@ def demo(
     stop_after: Annotated[bool, typer.Option(help="stop the pipeline processes when the demo ends")] = False,
     samples_per_sensor: SamplesOption = None,
     fault_rate: FaultRateOption = None,
-    train_after: Annotated[float, typer.Option(help="seconds of data after which the demo trains and promotes "
-                                                    "models (0: never; skipped when models are live)")] = 120.0,
+    train_after: Annotated[
+        float,
+        typer.Option(
+            help="seconds of data after which the demo trains and promotes "
+            "models (0: never; skipped when models are live)"
+        ),
+    ] = 120.0,
 ) -> None:
     """Start the stack and pipeline, stream a simulated fleet through it, and show live figures."""
 
     try:
-        run_demo(_with_samples(samples_per_sensor, fault_rate), machines=machines, duration_s=duration,
-                 stop_after=stop_after, console=console, train_after_s=train_after)
+        run_demo(
+            _with_samples(samples_per_sensor, fault_rate),
+            machines=machines,
+            duration_s=duration,
+            stop_after=stop_after,
+            console=console,
+            train_after_s=train_after,
+        )
     except RuntimeError as exc:
         _fail(str(exc))
 
@@ -178,14 +191,21 @@ def simulate(
 ) -> None:
     """Stream a simulated fleet to the edge service through gateway clients."""
 
-    run_simulator_with_progress(_with_samples(samples_per_sensor, fault_rate), machines, duration,
-                                realtime=not fast, target=target, console=console)
+    run_simulator_with_progress(
+        _with_samples(samples_per_sensor, fault_rate),
+        machines,
+        duration,
+        realtime=not fast,
+        target=target,
+        console=console,
+    )
 
 
 @job_app.command("submit")
 def job_submit(
-    job: Annotated[str, typer.Argument(help="window-stats | anomaly-scoring | fleet-pipeline | agents")]
-    = "window-stats",
+    job: Annotated[
+        str, typer.Argument(help="window-stats | anomaly-scoring | fleet-pipeline | agents")
+    ] = "window-stats",
     target: Annotated[str, typer.Option(help="local (in-process PyFlink) or cluster (flink run)")] = "local",
     detach: Annotated[bool, typer.Option(help="return once submitted (cluster) / run in background (local)")] = False,
     resume: Annotated[bool, typer.Option(help="resume from the newest retained checkpoint")] = True,
@@ -229,8 +249,12 @@ def bench_throughput(
     duration: Annotated[float, typer.Option(help="seconds of steady streaming per fleet size")] = 60.0,
     output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
     samples_per_sensor: SamplesOption = None,
-    scoring: Annotated[str, typer.Option(help="anomaly-scoring job: on (models trained on the warm-up), off, "
-                                              "or both (one run each, for comparison)")] = "on",
+    scoring: Annotated[
+        str,
+        typer.Option(
+            help="anomaly-scoring job: on (models trained on the warm-up), off, or both (one run each, for comparison)"
+        ),
+    ] = "on",
 ) -> None:
     """Sustained points/s from gRPC ingest to rows in ClickHouse, verdicts/s, latency and peak memory."""
 
@@ -263,14 +287,20 @@ def bench_console(
 def bench_latency(
     machines: Annotated[int, typer.Option(help="simulated machines streaming during the run")] = 1000,
     faults: Annotated[int, typer.Option(help="faults to inject, each on its own machine")] = 60,
-    spacing: Annotated[float, typer.Option(help="seconds between fault slots (each starts at a random instant of "
-                                                "its slot)")] = 5.0,
+    spacing: Annotated[
+        float, typer.Option(help="seconds between fault slots (each starts at a random instant of its slot)")
+    ] = 5.0,
     fault_duration: Annotated[float, typer.Option(help="seconds each fault lasts")] = 40.0,
-    warmup: Annotated[float, typer.Option(help="seconds of streaming before the first fault (the jobs reach "
-                                               "steady state in about a minute)")] = 90.0,
+    warmup: Annotated[
+        float,
+        typer.Option(
+            help="seconds of streaming before the first fault (the jobs reach steady state in about a minute)"
+        ),
+    ] = 90.0,
     tail: Annotated[float, typer.Option(help="seconds to wait after the last fault ends")] = 20.0,
-    topology: Annotated[str, typer.Option(help="Flink jobs: combined (windows and scoring in one job) or split")]
-    = "combined",
+    topology: Annotated[
+        str, typer.Option(help="Flink jobs: combined (windows and scoring in one job) or split")
+    ] = "combined",
     samples_per_sensor: SamplesOption = None,
     output: Annotated[Path | None, typer.Option(help="also write every fault's timings as JSON here")] = None,
 ) -> None:
@@ -279,8 +309,18 @@ def bench_latency(
     if topology not in ("combined", "split"):
         _fail(f"--topology must be combined or split, not {topology!r}")
     try:
-        run_latency_bench(_with_samples(samples_per_sensor), machines, faults, spacing, fault_duration, warmup, tail,
-                          topology, output, console)  # fmt: skip
+        run_latency_bench(
+            _with_samples(samples_per_sensor),
+            machines,
+            faults,
+            spacing,
+            fault_duration,
+            warmup,
+            tail,
+            topology,
+            output,
+            console,
+        )
     except (RuntimeError, ValueError) as exc:
         _fail(str(exc))
 
@@ -298,27 +338,53 @@ def _write_json(output: Path | None, data: object, what: str) -> None:
 @app.command()
 def evaluate(
     dataset: Annotated[str | None, typer.Option(help="skab, nab or sim")] = None,
-    agents: Annotated[bool, typer.Option("--agents", help="score the diagnostic, root-cause and maintenance agents "
-                                         "on simulated fleets (the diagnostic model is trained on another run)")]
-    = False,
-    data_dir: Annotated[Path | None, typer.Option(help="folder in the benchmark's format "
-                                                       "(default: ../shared/data/<dataset>)")] = None,
-    detector: Annotated[str | None, typer.Option(help="detector name (default: each for skab, ewma_zscore for nab)")]
-    = None,
+    agents: Annotated[
+        bool,
+        typer.Option(
+            "--agents",
+            help="score the diagnostic, root-cause and maintenance agents "
+            "on simulated fleets (the diagnostic model is trained on another run)",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="folder in the benchmark's format (default: ../shared/data/<dataset>)")
+    ] = None,
+    detector: Annotated[
+        str | None, typer.Option(help="detector name (default: each for skab, ewma_zscore for nab)")
+    ] = None,
     threshold: Annotated[float, typer.Option(help="nab: alarm when the score exceeds this (fixed in advance)")] = 4.0,
     rearm_rows: Annotated[int, typer.Option(help="nab: suppress repeat alarms within this many rows")] = 0,
-    target_far: Annotated[float, typer.Option(help="skab --protocol vigil: false-alarm rate the alarm level is "
-                                                   "set for, on anomaly-free data only")] = 0.10,
-    protocol: Annotated[str, typer.Option(help="skab: 'skab' (SKAB's leaderboard protocol: first 400 rows of each "
-                                               "file fit, rest scored) or 'vigil' (ours, reported apart)")] = "skab",
-    limit: Annotated[str | None, typer.Option(help="skab: train-quantile (default for --protocol skab), spc, or "
-                                                   "anomaly-free (--protocol vigil only, its default)")] = None,
-    results_dir: Annotated[Path | None, typer.Option(help="skab/nab: also write result files in the benchmark's "
-                                                          "own format here, with the threshold used")] = None,
+    target_far: Annotated[
+        float,
+        typer.Option(
+            help="skab --protocol vigil: false-alarm rate the alarm level is set for, on anomaly-free data only"
+        ),
+    ] = 0.10,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="skab: 'skab' (SKAB's leaderboard protocol: first 400 rows of each "
+            "file fit, rest scored) or 'vigil' (ours, reported apart)"
+        ),
+    ] = "skab",
+    limit: Annotated[
+        str | None,
+        typer.Option(
+            help="skab: train-quantile (default for --protocol skab), spc, or "
+            "anomaly-free (--protocol vigil only, its default)"
+        ),
+    ] = None,
+    results_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="skab/nab: also write result files in the benchmark's own format here, with the threshold used"
+        ),
+    ] = None,
     results_name: Annotated[str, typer.Option(help="nab: detector name in the result files (no '_')")] = "vigil",
     machines: Annotated[int, typer.Option(help="sim: simulated machines (types rotate)", min=1)] = 60,
-    minutes: Annotated[float, typer.Option(help="sim: simulated minutes (the first 40 % train the models)",
-                                           min=1.0)] = 120.0,
+    minutes: Annotated[
+        float, typer.Option(help="sim: simulated minutes (the first 40 % train the models)", min=1.0)
+    ] = 120.0,
     seed: Annotated[int, typer.Option(help="sim: simulator seed (--agents: 7 means the agents' default, 303)")] = 7,
     fault_rate: FaultRateOption = None,
     samples_per_sensor: SamplesOption = None,
@@ -330,7 +396,6 @@ def evaluate(
     """
 
     if agents and dataset == "skab":
-
         folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / "skab"
         if not folder.is_dir():
             _fail(f"no data folder {folder}: pass --data-dir with a folder in SKAB's format")
@@ -342,9 +407,12 @@ def evaluate(
         _write_json(output, report_dict(report), "SKAB agent report")
         return
     if agents:
-
-        run = AgentRunOptions(machines=machines, duration_s=minutes * 60.0, seed=303 if seed == 7 else seed,
-                              fault_rate=fault_rate if fault_rate is not None else AgentRunOptions.fault_rate)
+        run = AgentRunOptions(
+            machines=machines,
+            duration_s=minutes * 60.0,
+            seed=303 if seed == 7 else seed,
+            fault_rate=fault_rate if fault_rate is not None else AgentRunOptions.fault_rate,
+        )
         result = evaluate_agents(get_settings(), run, console)
         print_agent_evaluation(result, console)
         _write_json(output, evaluation_dict(result), "agent scorecard")
@@ -352,9 +420,13 @@ def evaluate(
     if dataset is None:
         _fail("pass --dataset skab|nab|sim, or --agents")
     if dataset == "sim":
-
-        options = SimOptions(machines=machines, duration_s=minutes * 60.0, seed=seed, fault_rate=fault_rate,
-                             samples_per_sensor=samples_per_sensor)
+        options = SimOptions(
+            machines=machines,
+            duration_s=minutes * 60.0,
+            seed=seed,
+            fault_rate=fault_rate,
+            samples_per_sensor=samples_per_sensor,
+        )
         result = evaluate_sim(get_settings(), options, console)
         print_sim_result(result, console)
         _write_json(output, summary_dict(result), "scorecard")
@@ -363,7 +435,6 @@ def evaluate(
     if not folder.is_dir():
         _fail(f"no data folder {folder}: pass --data-dir with a folder in {dataset.upper()}'s format")
     if dataset == "skab":
-
         names = [detector] if detector else sorted(skab_detectors())
         if results_dir is not None and len(names) != 1:
             _fail("--results-dir writes one detector's results: pass --detector too")
@@ -380,10 +451,10 @@ def evaluate(
             print_result(result, console)
             if results_dir is not None:
                 paths = write_skab_results(result, results_dir)
-                console.print(f"{len(paths)} SKAB result files and thresholds.json written under "
-                              f"{results_dir / 'skab'}")
+                console.print(
+                    f"{len(paths)} SKAB result files and thresholds.json written under {results_dir / 'skab'}"
+                )
     elif dataset == "nab":
-
         name = detector or "ewma_zscore"
         if name not in streaming_detectors():
             _fail(f"unknown nab detector {name!r}; choose from {', '.join(sorted(streaming_detectors()))}")
@@ -393,8 +464,12 @@ def evaluate(
         except ValueError as exc:
             _fail(str(exc))
         run = run_nab(folder, name, threshold, rearm_rows=rearm_rows)
-        print_nab_table(run.profile_scores, title=f"NAB: {name} > {threshold} (fixed in advance, not optimised on "
-                        f"the labels), re-arm {rearm_rows} rows, {folder}", console=console)
+        print_nab_table(
+            run.profile_scores,
+            title=f"NAB: {name} > {threshold} (fixed in advance, not optimised on "
+            f"the labels), re-arm {rearm_rows} rows, {folder}",
+            console=console,
+        )
         if results_dir is not None:
             paths = write_results(run, results_dir, results_name, name, threshold, rearm_rows)
             console.print(f"{len(paths)} NAB result files and thresholds.json written under {results_dir}")

@@ -30,8 +30,10 @@ def announce_console(settings: Settings) -> None:
     console.print(f"console: http://{settings.console.host}:{settings.console.port}")
     if password:
         secret = settings.console_users_path.with_name("initial-admin-password")
-        console.print(f"  first sign-in: user [bold]admin[/], password [bold]{password}[/] (also in {secret} until "
-                      "admin first signs in); add people with `vigil console users add`")  # fmt: skip
+        console.print(
+            f"  first sign-in: user [bold]admin[/], password [bold]{password}[/] (also in {secret} until "
+            "admin first signs in); add people with `vigil console users add`"
+        )
 
 
 @console_app.callback()
@@ -72,8 +74,10 @@ def add_user(
         set_user(settings.console_users_path, name, role, sites or ["*"], password, email)  # type: ignore[arg-type]
     except ValueError as exc:
         _fail(str(exc))
-    console.print(f"{'updated' if exists else 'added'} {name} ({role}, sites: {', '.join(sites) or 'all'}) in "
-                  f"{settings.console_users_path}")  # fmt: skip
+    console.print(
+        f"{'updated' if exists else 'added'} {name} ({role}, sites: {', '.join(sites) or 'all'}) in "
+        f"{settings.console_users_path}"
+    )
 
 
 @users_app.command("list")
@@ -83,8 +87,9 @@ def list_users() -> None:
     settings = get_settings()
     table = Table("user", "role", "sites", "e-mail", "local password", title=str(settings.console_users_path))
     for name, entry in sorted(load_users(settings.console_users_path).users.items()):
-        table.add_row(name, entry.role, ", ".join(entry.sites) or "-", entry.email or "-",
-                      "yes" if entry.password_hash else "no")  # fmt: skip
+        table.add_row(
+            name, entry.role, ", ".join(entry.sites) or "-", entry.email or "-", "yes" if entry.password_hash else "no"
+        )
     console.print(table)
 
 

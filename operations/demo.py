@@ -35,12 +35,24 @@ def _sender_factory(settings: Settings, target: str | None = None):
     return make_sender
 
 
-def start_simulator(settings: Settings, machines: int, duration_s: float | None, monitor: PipelineMonitor,
-                    stop: threading.Event, realtime: bool = True, target: str | None = None) -> threading.Thread:
+def start_simulator(
+    settings: Settings,
+    machines: int,
+    duration_s: float | None,
+    monitor: PipelineMonitor,
+    stop: threading.Event,
+    realtime: bool = True,
+    target: str | None = None,
+) -> threading.Thread:
 
     def on_tick(stats) -> None:
-        monitor.record_sent(stats.batches, stats.points, errors=stats.send_errors, rejected=stats.rejected_batches,
-                            faults_active=stats.faults_active)
+        monitor.record_sent(
+            stats.batches,
+            stats.points,
+            errors=stats.send_errors,
+            rejected=stats.rejected_batches,
+            faults_active=stats.faults_active,
+        )
 
     def run() -> None:
         run_simulation(
@@ -58,8 +70,14 @@ def start_simulator(settings: Settings, machines: int, duration_s: float | None,
     return thread
 
 
-def _live_until(monitor: PipelineMonitor, simulator: threading.Thread, stop: threading.Event,
-                duration_s: float | None, console: Console, title: str) -> None:
+def _live_until(
+    monitor: PipelineMonitor,
+    simulator: threading.Thread,
+    stop: threading.Event,
+    duration_s: float | None,
+    console: Console,
+    title: str,
+) -> None:
     deadline = None if duration_s is None else time.monotonic() + duration_s
     with Live(monitor.table(title), console=console, refresh_per_second=2) as live:
         try:
@@ -74,8 +92,9 @@ def _live_until(monitor: PipelineMonitor, simulator: threading.Thread, stop: thr
             live.update(monitor.table(title))
 
 
-def start_model_training(settings: Settings, since_ms: int, after_s: float, monitor: PipelineMonitor,
-                         stop: threading.Event) -> threading.Thread | None:
+def start_model_training(
+    settings: Settings, since_ms: int, after_s: float, monitor: PipelineMonitor, stop: threading.Event
+) -> threading.Thread | None:
     """Train and promote models on the demo's first minutes, so the scoring job swaps them in live.
 
     Skipped when every equipment type already has a live model (a demo run before this one trained them).
@@ -98,14 +117,17 @@ def start_model_training(settings: Settings, since_ms: int, after_s: float, moni
             return
         monitor.models_status = "training models..."
         try:
-            versions = train(settings, since=since_ms, until=int(time.time() * 1000), promote=True,
-                             console=Console(quiet=True))
+            versions = train(
+                settings, since=since_ms, until=int(time.time() * 1000), promote=True, console=Console(quiet=True)
+            )
         except (TrainingDataError, ValueError, RuntimeError) as exc:
             monitor.models_status = f"training failed: {exc}"
             return
         names = ", ".join(sorted({f"{v.equipment_type} {v.version}" for v in versions}))
-        monitor.models_status = (f"{len(versions)} models trained and promoted ({names}); the scoring job "
-                                 f"swaps them in within {settings.scoring.model_poll_s:.0f} s")
+        monitor.models_status = (
+            f"{len(versions)} models trained and promoted ({names}); the scoring job "
+            f"swaps them in within {settings.scoring.model_poll_s:.0f} s"
+        )
 
     thread = threading.Thread(target=train_later, name="demo-training", daemon=True)
     thread.start()
@@ -121,21 +143,33 @@ def ensure_diagnostic_model(settings: Settings, console: Console) -> None:
     if registry.live_version(REGISTRY_TYPE, MODEL_NAME) is not None:
         return
 
-    console.print("training the diagnostic agent's model on a simulated, labelled fleet (once; "
-                  "`vigil train --agents` retrains it)...")  # fmt: skip
+    console.print(
+        "training the diagnostic agent's model on a simulated, labelled fleet (once; "
+        "`vigil train --agents` retrains it)..."
+    )
     version = train_diagnostic(settings, registry, promote=True, console=console)
-    console.print(f"agents/diagnostic {version.version} is live "
-                  f"(out-of-bag accuracy {version.metadata['metrics']['oob_accuracy']:.3f})")  # fmt: skip
+    console.print(
+        f"agents/diagnostic {version.version} is live "
+        f"(out-of-bag accuracy {version.metadata['metrics']['oob_accuracy']:.3f})"
+    )
 
 
-def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_after: bool,
-             console: Console, train_after_s: float = 120.0) -> None:
+def run_demo(
+    settings: Settings,
+    machines: int,
+    duration_s: float | None,
+    stop_after: bool,
+    console: Console,
+    train_after_s: float = 120.0,
+) -> None:
 
     ensure_diagnostic_model(settings, console)
     stack = Stack(settings)
     with console.status("starting the local stack and the pipeline...") as status:
-        stack.up(INFRA + pipeline_names(settings) + CONSOLE,
-                 on_started=lambda s: status.update(f"{s.name} is up (port {s.port})..."))
+        stack.up(
+            INFRA + pipeline_names(settings) + CONSOLE,
+            on_started=lambda s: status.update(f"{s.name} is up (port {s.port})..."),
+        )
     console.print(
         f"stack up: Kafka {settings.kafka.bootstrap_servers}, ClickHouse http://{settings.clickhouse.host}:"
         f"{settings.clickhouse.port}, Prometheus {settings.prometheus.prometheus_url}, Flink UI "
@@ -164,8 +198,9 @@ def run_demo(settings: Settings, machines: int, duration_s: float | None, stop_a
             console.print("the stack keeps running: `vigil stack status`, `vigil stack down` to stop it")
 
 
-def run_simulator_with_progress(settings: Settings, machines: int, duration_s: float | None, realtime: bool,
-                                target: str | None, console: Console) -> None:
+def run_simulator_with_progress(
+    settings: Settings, machines: int, duration_s: float | None, realtime: bool, target: str | None, console: Console
+) -> None:
     monitor = PipelineMonitor(settings)
     monitor.start()
     stop = threading.Event()

@@ -88,8 +88,9 @@ class PipelineMonitor:
         for thread in self._threads:
             thread.join(5)
 
-    def record_sent(self, batches: int, points: int, errors: int = 0, rejected: int = 0,
-                    faults_active: int | None = None) -> None:
+    def record_sent(
+        self, batches: int, points: int, errors: int = 0, rejected: int = 0, faults_active: int | None = None
+    ) -> None:
         self.batches_in.add(batches)
         self.points_in.add(points)
         self.send_errors += errors
@@ -179,8 +180,10 @@ class PipelineMonitor:
         emit = sorted(self.emit_lag_s)
         p50 = f"{emit[len(emit) // 2]:.1f} s" if emit else "-"
         table.add_row("points/s in (gRPC)", f"{self.points_in.per_second():,.0f}")
-        table.add_row("batches sent / send errors / rejected",
-                      f"{self.batches_in.total:,} / {self.send_errors:,} / {self.rejected:,}")
+        table.add_row(
+            "batches sent / send errors / rejected",
+            f"{self.batches_in.total:,} / {self.send_errors:,} / {self.rejected:,}",
+        )
         table.add_row("injected faults active (labelled)", f"{self.faults_active:,}")
         table.add_row("windows/s out (Flink)", f"{self.windows_out.per_second():,.0f}")
         table.add_row("windows out (total)", f"{self.windows_out.total:,}")

@@ -143,8 +143,9 @@ def save_users(path: Path, users: UsersFile) -> None:
     os.replace(tmp, path)
 
 
-def set_user(path: Path, name: str, role: Role, sites: Iterable[str], password: str | None = None,
-             email: str | None = None) -> UserEntry:  # fmt: skip
+def set_user(
+    path: Path, name: str, role: Role, sites: Iterable[str], password: str | None = None, email: str | None = None
+) -> UserEntry:
     """Add or update a user; ``password`` None keeps the current hash."""
     users = load_users(path)
     current = users.users.get(name)
@@ -252,8 +253,9 @@ MAX_SQL_CHARS = 20_000
 _CTE_NAME = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s+AS\s*\(", re.IGNORECASE)
 
 
-def check_workbench_sql(ast_lines: Iterable[str], sql: str, tables: VigilTables,
-                        catalogue: FunctionCatalogue | None) -> list[str]:  # fmt: skip
+def check_workbench_sql(
+    ast_lines: Iterable[str], sql: str, tables: VigilTables, catalogue: FunctionCatalogue | None
+) -> list[str]:
     """Problems with a workbench query, given ClickHouse's ``EXPLAIN AST`` of it (empty list = may run).
 
     An allowlist: of shape (one SELECT, UNION allowed, without SETTINGS, FORMAT or INTO OUTFILE), of tables
@@ -282,8 +284,9 @@ def check_workbench_sql(ast_lines: Iterable[str], sql: str, tables: VigilTables,
         if not readable:
             problems.add(f"table {name!r} is not readable here; the workbench reads {', '.join(sorted(allowed))}")
     if catalogue is not None:
-        problems |= {f"the function {f}() is not allowed in the workbench" for f in refs.functions
-                     if not catalogue.permits(f)}  # fmt: skip
+        problems |= {
+            f"the function {f}() is not allowed in the workbench" for f in refs.functions if not catalogue.permits(f)
+        }
     return sorted(problems)
 
 
@@ -298,8 +301,10 @@ def render_auth_secrets(settings: Any) -> Path | None:
     if not console.oidc_client_id:
         return None
     if not console.oidc_server_metadata_url:
-        raise ValueError("console.oidc_client_id is set but console.oidc_server_metadata_url is not: set "
-                         "VIGIL_CONSOLE__OIDC_SERVER_METADATA_URL to the provider's .well-known/openid-configuration")
+        raise ValueError(
+            "console.oidc_client_id is set but console.oidc_server_metadata_url is not: set "
+            "VIGIL_CONSOLE__OIDC_SERVER_METADATA_URL to the provider's .well-known/openid-configuration"
+        )
     secret = console.oidc_client_secret.get_secret_value() if console.oidc_client_secret else None
     if secret is None and console.oidc_client_secret_file:
         secret = Path(console.oidc_client_secret_file).read_text().strip()

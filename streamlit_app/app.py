@@ -35,8 +35,10 @@ def login_page() -> None:
         if st.user.is_logged_in:
             who = principal_for_email(users, st.user.get("email"))
             if who is None:
-                st.error(f"{st.user.get('email')} signed in, but has no Vigil role: ask an admin to add the address "
-                         f"to {settings.console_users_path} (vigil console users add ... --email).")
+                st.error(
+                    f"{st.user.get('email')} signed in, but has no Vigil role: ask an admin to add the address "
+                    f"to {settings.console_users_path} (vigil console users add ... --email)."
+                )
                 st.button("Sign out", on_click=st.logout)
                 st.stop()
             session.sign_in(who)
@@ -46,8 +48,10 @@ def login_page() -> None:
         st.divider()
         st.caption("or with a local account")
     if not users.users:
-        st.warning(f"No console users yet. Create one: `vigil console users add NAME --role admin` "
-                   f"(file: {settings.console_users_path}).")
+        st.warning(
+            f"No console users yet. Create one: `vigil console users add NAME --role admin` "
+            f"(file: {settings.console_users_path})."
+        )
     with st.form("login"):
         name = st.text_input("user name")
         password = st.text_input("password", type="password")

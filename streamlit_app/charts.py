@@ -19,8 +19,9 @@ FAULT_COLOUR = "#9467bd"
 STATE_COLOURS = {"critical": "#d62728", "warning": "#ff7f0e", "silent": "#7f7f7f", "healthy": "#2ca02c"}
 
 
-def sensor_layers(windows: pd.DataFrame, bounds: pd.DataFrame, anomalies: pd.DataFrame,
-                  faults: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+def sensor_layers(
+    windows: pd.DataFrame, bounds: pd.DataFrame, anomalies: pd.DataFrame, faults: pd.DataFrame
+) -> pd.DataFrame:
     """One long frame for every layer of the sensor chart, told apart by ``layer``: the statistics
     (``stats``), the configured limits (``limit``), the anomalous windows naming the sensor (``anomaly``)
     and the injected faults touching it (``fault``). Only the columns the chart reads are kept."""
@@ -45,36 +46,73 @@ def sensor_facets_spec(span: tuple[datetime, datetime], with_band: bool) -> dict
     """Every sensor a row of ONE faceted view (8 separate charts cost ~8x more to build and draw): the window
     mean as a line over its min-max band, the limits as dashed rules, anomalies as orange rules and injected
     faults as purple spans. Data: :func:`sensor_layers`."""
-    x = {"field": "window_end", "type": "temporal", "title": None,
-         "scale": {"domain": [span[0].isoformat(), span[1].isoformat()]}}  # fmt: skip
+    x = {
+        "field": "window_end",
+        "type": "temporal",
+        "title": None,
+        "scale": {"domain": [span[0].isoformat(), span[1].isoformat()]},
+    }
     layers: list[dict[str, Any]] = []
     if with_band:
-        layers.append({"mark": {"type": "area", "opacity": 0.2}, "transform": [_only("stats")],
-                       "encoding": {"x": x, "y": {"field": "min", "type": "quantitative"},
-                                    "y2": {"field": "max"}}})  # fmt: skip
+        layers.append(
+            {
+                "mark": {"type": "area", "opacity": 0.2},
+                "transform": [_only("stats")],
+                "encoding": {"x": x, "y": {"field": "min", "type": "quantitative"}, "y2": {"field": "max"}},
+            }
+        )
     limit = {"type": "rule", "color": LIMIT_COLOUR, "strokeDash": [6, 3]}
     when = {"field": "window_end", "type": "temporal"}
     layers += [
-        {"mark": {"type": "line"}, "transform": [_only("stats")],
-         "encoding": {"x": x, "y": {"field": "avg", "type": "quantitative", "title": None, "scale": {"zero": False}},
-                      "tooltip": [when, {"field": "avg", "type": "quantitative"}]}},
-        {"mark": limit, "transform": [_only("limit", "isValid(datum.lo)")],
-         "encoding": {"y": {"field": "lo", "type": "quantitative"}}},
-        {"mark": limit, "transform": [_only("limit", "isValid(datum.hi)")],
-         "encoding": {"y": {"field": "hi", "type": "quantitative"}}},
-        {"mark": {"type": "rule", "color": ANOMALY_COLOUR, "opacity": 0.6}, "transform": [_only("anomaly")],
-         "encoding": {"x": when, "tooltip": [when, {"field": "severity", "type": "nominal"},
-                                             {"field": "summary", "type": "nominal"}]}},
-        {"mark": {"type": "rect", "opacity": 0.12, "color": FAULT_COLOUR}, "transform": [_only("fault")],
-         "encoding": {"x": {"field": "start", "type": "temporal"}, "x2": {"field": "end"},
-                      "tooltip": [{"field": "fault_type", "type": "nominal"}]}},
-    ]  # fmt: skip
+        {
+            "mark": {"type": "line"},
+            "transform": [_only("stats")],
+            "encoding": {
+                "x": x,
+                "y": {"field": "avg", "type": "quantitative", "title": None, "scale": {"zero": False}},
+                "tooltip": [when, {"field": "avg", "type": "quantitative"}],
+            },
+        },
+        {
+            "mark": limit,
+            "transform": [_only("limit", "isValid(datum.lo)")],
+            "encoding": {"y": {"field": "lo", "type": "quantitative"}},
+        },
+        {
+            "mark": limit,
+            "transform": [_only("limit", "isValid(datum.hi)")],
+            "encoding": {"y": {"field": "hi", "type": "quantitative"}},
+        },
+        {
+            "mark": {"type": "rule", "color": ANOMALY_COLOUR, "opacity": 0.6},
+            "transform": [_only("anomaly")],
+            "encoding": {
+                "x": when,
+                "tooltip": [when, {"field": "severity", "type": "nominal"}, {"field": "summary", "type": "nominal"}],
+            },
+        },
+        {
+            "mark": {"type": "rect", "opacity": 0.12, "color": FAULT_COLOUR},
+            "transform": [_only("fault")],
+            "encoding": {
+                "x": {"field": "start", "type": "temporal"},
+                "x2": {"field": "end"},
+                "tooltip": [{"field": "fault_type", "type": "nominal"}],
+            },
+        },
+    ]
     return {
-        "facet": {"row": {"field": "sensor", "type": "nominal", "title": None,
-                          "header": {"labelAngle": 0, "labelAlign": "left"}}},
+        "facet": {
+            "row": {
+                "field": "sensor",
+                "type": "nominal",
+                "title": None,
+                "header": {"labelAngle": 0, "labelAlign": "left"},
+            }
+        },
         "spec": {"layer": layers, "width": 720, "height": 120},
         "resolve": {"scale": {"y": "independent"}},
-    }  # fmt: skip
+    }
 
 
 def score_spec() -> dict[str, Any]:
@@ -86,17 +124,30 @@ def score_spec() -> dict[str, Any]:
         "height": 160,
         "layer": [
             {"mark": {"type": "line", "color": "#7f7f7f"}, "encoding": {"x": x, "y": y}},
-            {"mark": {"type": "point", "filled": True, "size": 40},
-             "transform": [{"filter": "datum.severity != 'normal'"}],
-             "encoding": {"x": x, "y": y,
-                          "color": {"field": "severity", "type": "nominal",
-                                    "scale": {"domain": ["warning", "critical"],
-                                              "range": [STATE_COLOURS["warning"], STATE_COLOURS["critical"]]}},
-                          "tooltip": [x, {"field": "score", "type": "quantitative"},
-                                      {"field": "severity", "type": "nominal"},
-                                      {"field": "summary", "type": "nominal"}]}},
+            {
+                "mark": {"type": "point", "filled": True, "size": 40},
+                "transform": [{"filter": "datum.severity != 'normal'"}],
+                "encoding": {
+                    "x": x,
+                    "y": y,
+                    "color": {
+                        "field": "severity",
+                        "type": "nominal",
+                        "scale": {
+                            "domain": ["warning", "critical"],
+                            "range": [STATE_COLOURS["warning"], STATE_COLOURS["critical"]],
+                        },
+                    },
+                    "tooltip": [
+                        x,
+                        {"field": "score", "type": "quantitative"},
+                        {"field": "severity", "type": "nominal"},
+                        {"field": "summary", "type": "nominal"},
+                    ],
+                },
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def state_by_site_spec() -> dict[str, Any]:
@@ -108,10 +159,17 @@ def state_by_site_spec() -> dict[str, Any]:
         "encoding": {
             "y": {"field": "site", "type": "nominal", "title": None},
             "x": {"field": "machines", "type": "quantitative", "title": "machines"},
-            "color": {"field": "state", "type": "nominal", "sort": states,
-                      "scale": {"domain": states, "range": [STATE_COLOURS[s] for s in states]}},
+            "color": {
+                "field": "state",
+                "type": "nominal",
+                "sort": states,
+                "scale": {"domain": states, "range": [STATE_COLOURS[s] for s in states]},
+            },
             "order": {"field": "rank", "type": "quantitative"},
-            "tooltip": [{"field": "site", "type": "nominal"}, {"field": "state", "type": "nominal"},
-                        {"field": "machines", "type": "quantitative"}],
+            "tooltip": [
+                {"field": "site", "type": "nominal"},
+                {"field": "state", "type": "nominal"},
+                {"field": "machines", "type": "quantitative"},
+            ],
         },
     }

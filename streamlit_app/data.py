@@ -44,8 +44,7 @@ STATES = ("critical", "warning", "silent", "healthy")
 # The hot path keeps this much history worth charting (Prometheus holds more, at scrape resolution).
 HOT_PATH_SPAN = timedelta(hours=1)
 # How the hot path folds a chart bucket's samples of each exported window statistic into one point.
-HOT_STAT_OVER_TIME = {"avg": "avg_over_time", "stddev": "avg_over_time", "min": "min_over_time",
-                      "max": "max_over_time"}  # fmt: skip
+HOT_STAT_OVER_TIME = {"avg": "avg_over_time", "stddev": "avg_over_time", "min": "min_over_time", "max": "max_over_time"}
 
 
 @functools.cache
@@ -100,8 +99,13 @@ def _machine_range(equipment_id: str, start: datetime, end: datetime) -> dict[st
 class ConsoleData:
     """Everything a console page reads or changes, scoped to ``principal``."""
 
-    def __init__(self, settings: Settings, principal: Principal, clickhouse: Client | None = None,
-                 connect: Callable[[], Client] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        principal: Principal,
+        clickhouse: Client | None = None,
+        connect: Callable[[], Client] | None = None,
+    ) -> None:
         """``clickhouse``: a client to use; else ``connect`` makes one on the first query (by default a client of
         this facade's own), so pages that need no ClickHouse (active alerts) still work while it is down."""
         self.settings = settings
@@ -177,8 +181,9 @@ class ConsoleData:
         frame = self.query(
             "SELECT DISTINCT equipment_id FROM machine_state "
             "WHERE positionCaseInsensitive(equipment_id, {q:String}) > 0 ORDER BY equipment_id LIMIT {n:UInt32}",
-            q=text.strip(), n=limit,
-        )  # fmt: skip
+            q=text.strip(),
+            n=limit,
+        )
         return [] if frame.empty else frame["equipment_id"].tolist()
 
     def machine(self, equipment_id: str) -> dict[str, Any] | None:
@@ -208,17 +213,27 @@ class ConsoleData:
                 f"SELECT window_start, window_end, sensor, unit, count, avg, stddev, min, max {where} "
                 "ORDER BY sensor, window_start",
                 **_machine_range(equipment_id, start, end),
-            )  # fmt: skip
+            )
         frame = self.query(
             "SELECT toStartOfInterval(window_start, toIntervalSecond({b:UInt32})) AS bucket, "
             "max(window_end) AS bucket_end, sensor, any(unit) AS unit, sum(count) AS n, "
             "sum(avg * count) / n AS mean, "
             "sqrt(greatest(sum(count * (stddev * stddev + avg * avg)) / n - mean * mean, 0)) AS pooled_stddev, "
             f"min(min) AS lowest, max(max) AS highest {where} GROUP BY sensor, bucket ORDER BY sensor, bucket",
-            b=bucket, **_machine_range(equipment_id, start, end),
-        )  # fmt: skip
-        return frame.rename(columns={"bucket": "window_start", "bucket_end": "window_end", "n": "count", "mean": "avg",
-                                     "pooled_stddev": "stddev", "lowest": "min", "highest": "max"})  # fmt: skip
+            b=bucket,
+            **_machine_range(equipment_id, start, end),
+        )
+        return frame.rename(
+            columns={
+                "bucket": "window_start",
+                "bucket_end": "window_end",
+                "n": "count",
+                "mean": "avg",
+                "pooled_stddev": "stddev",
+                "lowest": "min",
+                "highest": "max",
+            }
+        )
 
     def score_history(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
         """The machine's combined score over time, at most ``console.chart_points`` points: longer ranges keep
@@ -229,10 +244,17 @@ class ConsoleData:
             "max(window_end) AS bucket_end, max(score) AS top_score, argMax(severity, score) AS top_severity, "
             f"argMax(summary, score) AS top_summary FROM anomalies_latest WHERE {MACHINE_RANGE} AND kind = 'window' "
             "GROUP BY bucket ORDER BY bucket",
-            b=bucket, **_machine_range(equipment_id, start, end),
-        )  # fmt: skip
-        return frame.drop(columns="bucket").rename(columns={"bucket_end": "window_end", "top_score": "score",
-                                                            "top_severity": "severity", "top_summary": "summary"})
+            b=bucket,
+            **_machine_range(equipment_id, start, end),
+        )
+        return frame.drop(columns="bucket").rename(
+            columns={
+                "bucket_end": "window_end",
+                "top_score": "score",
+                "top_severity": "severity",
+                "top_summary": "summary",
+            }
+        )
 
     def anomalous_windows(self, equipment_id: str, start: datetime, end: datetime, limit: int = 500) -> pd.DataFrame:
         """The machine's anomalous verdicts in the range (newest ``limit``), with their detectors and sensors."""
@@ -240,21 +262,27 @@ class ConsoleData:
             "SELECT window_start, window_end, kind, severity, score, detectors, rule_hits, top_sensors, summary "
             f"FROM anomalies_latest WHERE {MACHINE_RANGE} AND is_anomaly = 1 "
             "ORDER BY window_start DESC LIMIT {n:UInt32}",
-            n=limit, **_machine_range(equipment_id, start, end),
-        )  # fmt: skip
+            n=limit,
+            **_machine_range(equipment_id, start, end),
+        )
 
-    def insights(self, start: datetime, end: datetime, equipment_id: str | None = None,
-                 limit: int = 500) -> pd.DataFrame:  # fmt: skip
+    def insights(
+        self, start: datetime, end: datetime, equipment_id: str | None = None, limit: int = 500
+    ) -> pd.DataFrame:
         """The agents' insights about episodes ending in [start, end), newest first: one machine's, or those of
         every visible machine (shared causes included). ``details`` is parsed from its JSON."""
         machine = " AND equipment_id = {e:String}" if equipment_id is not None else ""
         frame = self.query(
             "SELECT window_start, window_end, equipment_id, site, equipment_type, agent, kind, title, severity, "
             f"confidence, fault_type, sensors, details FROM {self.settings.clickhouse.insights_table}_latest "
-            "WHERE window_end >= {s:DateTime64(3)} AND window_end < {t:DateTime64(3)}" + machine +
-            " ORDER BY window_end DESC, agent LIMIT {n:UInt32}",
-            s=_utc(start), t=_utc(end), e=equipment_id or "", n=limit,
-        )  # fmt: skip
+            "WHERE window_end >= {s:DateTime64(3)} AND window_end < {t:DateTime64(3)}"
+            + machine
+            + " ORDER BY window_end DESC, agent LIMIT {n:UInt32}",
+            s=_utc(start),
+            t=_utc(end),
+            e=equipment_id or "",
+            n=limit,
+        )
         frame["details"] = frame["details"].map(orjson.loads)
         return frame
 
@@ -264,8 +292,9 @@ class ConsoleData:
             "SELECT time, receiver, recipient, alertname, equipment_id, site, severity, alert_status, status, "
             "attempt, http_status, error, latency_ms FROM alert_deliveries "
             "WHERE time >= now64(3) - toIntervalHour({h:UInt32}) ORDER BY time DESC LIMIT {n:UInt32}",
-            h=hours, n=limit,
-        )  # fmt: skip
+            h=hours,
+            n=limit,
+        )
 
     def anomaly_history(self, hours: int = 24, limit: int = 500) -> pd.DataFrame:
         """Anomalous windows of the visible fleet, newest first."""
@@ -273,8 +302,9 @@ class ConsoleData:
             "SELECT window_end, equipment_id, site, equipment_type, severity, score, detectors, top_sensors, summary "
             "FROM anomalies WHERE is_anomaly = 1 AND window_start >= now64(3) - toIntervalHour({h:UInt32}) "
             "ORDER BY window_end DESC LIMIT {n:UInt32}",
-            h=hours, n=limit,
-        )  # fmt: skip
+            h=hours,
+            n=limit,
+        )
 
     # -- hot path (Prometheus) -----------------------------------------------------------------------------
     def hot_windows(self, equipment_id: str, start: datetime, end: datetime, site: str) -> pd.DataFrame:
@@ -299,8 +329,16 @@ class ConsoleData:
         frames = []
         for one in series:
             points = np.asarray(one.get("values", []), dtype=float).reshape(-1, 2)  # [unix seconds, value] pairs
-            frames.append(pd.DataFrame({"t": points[:, 0], "sensor": one["metric"].get("sensor", ""),
-                                        "stat": one["metric"]["stat"], "value": points[:, 1]}))  # fmt: skip
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "t": points[:, 0],
+                        "sensor": one["metric"].get("sensor", ""),
+                        "stat": one["metric"]["stat"],
+                        "value": points[:, 1],
+                    }
+                )
+            )
         if not frames:
             return pd.DataFrame(columns=["window_end", "sensor", "avg"])
         long = pd.concat(frames, ignore_index=True)
@@ -338,8 +376,9 @@ class ConsoleData:
             faults = pool.submit(self.faults, equipment_id, start, end)
             insights = pool.submit(self.insights, start, end, equipment_id)
             frame, source = windows.result()
-            return MachineHistory(frame, source, scores.result(), anomalies.result(), faults.result(),
-                                  insights.result())
+            return MachineHistory(
+                frame, source, scores.result(), anomalies.result(), faults.result(), insights.result()
+            )
 
     # -- fault labels (simulator ground truth) -------------------------------------------------------------
     def faults(self, equipment_id: str, start: datetime, end: datetime) -> pd.DataFrame:
@@ -357,9 +396,14 @@ class ConsoleData:
                 label = orjson.loads(line)
                 if label.get("machine") != equipment_id or label["end_ms"] < lo or label["start_ms"] >= hi:
                     continue
-                rows.append([label.get("fault_type", ""), ", ".join(label.get("sensors", [])),
-                             pd.Timestamp(label["start_ms"], unit="ms", tz="UTC"),
-                             pd.Timestamp(label["end_ms"], unit="ms", tz="UTC")])  # fmt: skip
+                rows.append(
+                    [
+                        label.get("fault_type", ""),
+                        ", ".join(label.get("sensors", [])),
+                        pd.Timestamp(label["start_ms"], unit="ms", tz="UTC"),
+                        pd.Timestamp(label["end_ms"], unit="ms", tz="UTC"),
+                    ]
+                )
         return pd.DataFrame(rows, columns=columns)
 
     # -- Alertmanager --------------------------------------------------------------------------------------
@@ -433,8 +477,11 @@ class ConsoleData:
         started = datetime.now(UTC)
         try:
             # Newlines around the analyst's text: a trailing comment must not swallow the closing parenthesis.
-            frame = self._query_df(f"SELECT * FROM (\n{sql}\n) LIMIT {int(max_rows) + 1}", {},
-                                   {**self.scope.settings(), "max_execution_time": timeout_s})  # fmt: skip
+            frame = self._query_df(
+                f"SELECT * FROM (\n{sql}\n) LIMIT {int(max_rows) + 1}",
+                {},
+                {**self.scope.settings(), "max_execution_time": timeout_s},
+            )
         except Exception as exc:
             raise WorkbenchError(_clickhouse_message(exc)) from exc
         elapsed = (datetime.now(UTC) - started).total_seconds()

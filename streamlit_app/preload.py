@@ -13,8 +13,10 @@ import pandas as pd
 import streamlit as st
 
 _HIDDEN = "<style>.st-key-page-code{position:absolute;left:-10000px;width:320px;height:1px;overflow:hidden}</style>"
-_CHART = {"mark": "line", "encoding": {"x": {"field": "t", "type": "quantitative"},
-                                       "y": {"field": "v", "type": "quantitative"}}}  # fmt: skip
+_CHART = {
+    "mark": "line",
+    "encoding": {"x": {"field": "t", "type": "quantitative"}, "y": {"field": "v", "type": "quantitative"}},
+}
 
 
 def page_code() -> None:

@@ -81,10 +81,14 @@ def _shared_clickhouse(server: str, _settings: ClickHouseSettings) -> Client:
 
 def clickhouse_client(cfg: ClickHouseSettings) -> Client:
     """The process's client, as the console's identity, for the server ``cfg`` names (made on first use)."""
-    secret = hashlib.sha256(cfg.password_file("console").read_bytes()).hexdigest() if cfg.password_file(
-        "console").exists() else ""  # fmt: skip
-    return _shared_clickhouse(f"{cfg.user('console')}@{cfg.host}:{cfg.port}/{cfg.database} secure={cfg.secure} "
-                              f"{secret}", cfg)  # fmt: skip
+    secret = (
+        hashlib.sha256(cfg.password_file("console").read_bytes()).hexdigest()
+        if cfg.password_file("console").exists()
+        else ""
+    )
+    return _shared_clickhouse(
+        f"{cfg.user('console')}@{cfg.host}:{cfg.port}/{cfg.database} secure={cfg.secure} {secret}", cfg
+    )
 
 
 def data() -> ConsoleData:

@@ -84,18 +84,26 @@ def stack_test_settings(data_dir: Path) -> Settings:
         # other partition race ahead when a test sends a burst of past data, turning on-time records late.
         window=WindowSettings(allowed_lateness_ms=2000, source_idle_timeout_ms=0),
         # Share the project's extracted connector jars instead of fetching them per test session.
-        flink=FlinkSettings(rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000,
-                            jars_dir=Settings().jars_dir),
+        flink=FlinkSettings(
+            rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000, jars_dir=Settings().jars_dir
+        ),
         scoring=ScoringSettings(rest_port=free_port()),
         agents=AgentsSettings(rest_port=free_port()),
         clickhouse=ClickHouseSettings(port=free_port(), flush_interval_s=0.2),
         prometheus=PrometheusSettings(
-            prometheus_port=free_port(), pushgateway_port=free_port(), alertmanager_port=free_port(),
-            scrape_interval_s=1, push_interval_s=1.0,
+            prometheus_port=free_port(),
+            pushgateway_port=free_port(),
+            alertmanager_port=free_port(),
+            scrape_interval_s=1,
+            push_interval_s=1.0,
         ),
         alerting=AlertingSettings(
-            relay_port=free_port(), standin_port=free_port(), standin_smtp_port=free_port(),
-            console_url="http://console.test:18501", backoff_initial_s=0.05, backoff_max_s=1.0,
+            relay_port=free_port(),
+            standin_port=free_port(),
+            standin_smtp_port=free_port(),
+            console_url="http://console.test:18501",
+            backoff_initial_s=0.05,
+            backoff_max_s=1.0,
         ),
         console=ConsoleSettings(port=free_port()),
     )
@@ -151,14 +159,17 @@ def start_clickhouse_with_schema(settings: Settings, log_path: Path) -> subproce
 
 
 @contextlib.contextmanager
-def clickhouse_server(tmp_path_factory: pytest.TempPathFactory, database: str,
-                      **names: str) -> Iterator[ClickHouseSettings]:  # fmt: skip
+def clickhouse_server(
+    tmp_path_factory: pytest.TempPathFactory, database: str, **names: str
+) -> Iterator[ClickHouseSettings]:
     """A ClickHouse server (chDB) on a free port with a fresh data directory and the schema, for one test module
     (``names``: table-name settings; the server grants its identities on these)."""
     from operations.stack.clickhouse_server import stop_clickhouse_server_process
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("vigil-ch"),
-                        clickhouse=ClickHouseSettings(port=free_port(), database=database, **names))  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("vigil-ch"),
+        clickhouse=ClickHouseSettings(port=free_port(), database=database, **names),
+    )
     proc = start_clickhouse_with_schema(settings, settings.logs_dir / "clickhouse.log")
     try:
         yield settings.clickhouse
@@ -199,13 +210,17 @@ def live_fleet(pipeline_stack: Stack, tmp_path_factory: pytest.TempPathFactory) 
     # Own machine names: other tests' fleets (pump-0001 ...) reported to the same stack from other sites.
     fleet = Fleet(LIVE_FLEET_MACHINES, sites=2, seed=5, fault_rate_per_machine_hour=40.0, id_prefix="live-")
     registry = fleet.write_registry(tmp_path_factory.mktemp("fleet") / "registry.csv")
-    settings = stack_settings.model_copy(update={"edge": stack_settings.edge.model_copy(
-        update={"equipment_registry": registry})})  # the console reads lines from it; the running edge does not
+    settings = stack_settings.model_copy(
+        update={"edge": stack_settings.edge.model_copy(update={"equipment_registry": registry})}
+    )  # the console reads lines from it; the running edge does not
     stop = threading.Event()
     make_sender = _sender_factory(stack_settings)
     run_simulation(stack_settings, realtime=False, duration_s=120, fleet=fleet, make_sender=make_sender, streams=2)
-    thread = threading.Thread(target=run_simulation, daemon=True, kwargs=dict(
-        settings=stack_settings, realtime=True, stop=stop, fleet=fleet, make_sender=make_sender, streams=2))
+    thread = threading.Thread(
+        target=run_simulation,
+        daemon=True,
+        kwargs=dict(settings=stack_settings, realtime=True, stop=stop, fleet=fleet, make_sender=make_sender, streams=2),
+    )
     thread.start()
     try:
         client = make_client(settings.clickhouse, "admin")

@@ -48,8 +48,11 @@ RESULT_FIELDS = (
 def build_agents(settings: Settings) -> list:
     """The built-in agents (diagnostic with the registry's live model, root cause, maintenance) plus plug-ins."""
 
-    agents = [DiagnosticAgent(ModelRegistry(settings.models_dir)), RootCauseAgent(),
-              MaintenanceAgent(settings.scoring.rules_path)]  # fmt: skip
+    agents = [
+        DiagnosticAgent(ModelRegistry(settings.models_dir)),
+        RootCauseAgent(),
+        MaintenanceAgent(settings.scoring.rules_path),
+    ]
     if settings.agents.plugins:
         plugins, problems = discover()
         agents += plugins
@@ -69,18 +72,27 @@ class RunAgents(TableFunction):
         self.store = EpisodeStore(self.settings, make_client(self.settings.clickhouse, "agents"))
         self.agents = build_agents(self.settings)
 
-    def eval(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,
-             closed: bool) -> Iterator[Row]:  # fmt: skip
+    def eval(
+        self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int, closed: bool
+    ) -> Iterator[Row]:
 
         episode = self._read(equipment_id, site, equipment_type, int(start_ms), int(end_ms), bool(closed))
         insights = run_agents(self.agents, [episode])
         if episode.closed:
             insights += self._shared_cause(episode, insights)
         for insight in insights:
-            yield Row(insight.equipment_id, insight.agent, insight.kind, insight.episode_id, insight.title,
-                      insight.severity, float(insight.confidence), insight.fault_type, list(insight.sensors),
-                      orjson.dumps(insight.details, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-                                   ).decode())  # fmt: skip
+            yield Row(
+                insight.equipment_id,
+                insight.agent,
+                insight.kind,
+                insight.episode_id,
+                insight.title,
+                insight.severity,
+                float(insight.confidence),
+                insight.fault_type,
+                list(insight.sensors),
+                orjson.dumps(insight.details, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode(),
+            )
 
     def _shared_cause(self, episode: Episode, insights: list) -> list:
         """One shared-cause insight when machines of the episode's site (and line) went wrong with it, led by
@@ -92,8 +104,13 @@ class RunAgents(TableFunction):
         if agent is None or ranked is None or not ranked.sensors or self.store is None:
             return []
         try:
-            neighbours = self.store.neighbours(episode.equipment_id, episode.site, episode.start_ms,
-                                               agent.shared_window_ms, self.settings.agents.gap_windows)  # fmt: skip
+            neighbours = self.store.neighbours(
+                episode.equipment_id,
+                episode.site,
+                episode.start_ms,
+                agent.shared_window_ms,
+                self.settings.agents.gap_windows,
+            )
         except Exception as exc:  # noqa: BLE001 -- ClickHouse trouble: the episode's insights still go out
             log.warning("agents: shared-cause lookup for %s failed: %s", episode.episode_id, exc)
             return []
@@ -101,15 +118,23 @@ class RunAgents(TableFunction):
         found = agent.shared_cause_with(episode, ranked.sensors[0], neighbours, lines)
         return [found] if found is not None else []
 
-    def _read(self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int,
-              closed: bool) -> Episode:  # fmt: skip
+    def _read(
+        self, equipment_id: str, site: str, equipment_type: str, start_ms: int, end_ms: int, closed: bool
+    ) -> Episode:
         """The episode's evidence, retried for up to READ_RETRY_S while ClickHouse is unreachable; after that the
         error fails the task, and Flink restarts the job from its last checkpoint: the episode is analysed
         again, never skipped."""
-        for attempt in Retrying(stop=stop_after_delay(READ_RETRY_S), wait=wait_exponential(0.5, max=8), reraise=True,
-                                before_sleep=lambda state: log.warning(
-                                    "agents: reading episode %s@%s from ClickHouse failed (%s); retrying",
-                                    equipment_id, start_ms, state.outcome.exception())):  # fmt: skip
+        for attempt in Retrying(
+            stop=stop_after_delay(READ_RETRY_S),
+            wait=wait_exponential(0.5, max=8),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "agents: reading episode %s@%s from ClickHouse failed (%s); retrying",
+                equipment_id,
+                start_ms,
+                state.outcome.exception(),
+            ),
+        ):
             with attempt:
                 assert self.store is not None, "open() builds the store"
                 return self.store.episode(equipment_id, site, equipment_type, start_ms, end_ms, closed)

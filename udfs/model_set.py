@@ -23,6 +23,7 @@ from onnx_models.registry import FeatureMismatchError, LoadedModel, ModelRegistr
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class LiveModel:
     """A loaded model version plus what the scorer needs to build its features and read its outputs."""
@@ -148,6 +149,11 @@ class ModelSet:
         expected = feature_names_for(sensors, history)
         loaded = self.registry.load(equipment_type, detector, expected, version=version, threads=self.threads)
         return LiveModel(
-            equipment_type, detector, version, loaded, sorted(sensors), history,
+            equipment_type,
+            detector,
+            version,
+            loaded,
+            sorted(sensors),
+            history,
             _sensor_matrix(loaded.feature_names, sorted(sensors)),
         )

@@ -36,8 +36,18 @@ LONG_COLUMNS = ("group", "sensor", "window_start_ms", "count", "avg", "stddev", 
 CURRENT_COLUMNS = ("equipment_id", "site", "equipment_type", "window_start_ms")
 # A verdict frame has these columns plus one float column per score (see WindowScorer.score_names).
 VERDICT_COLUMNS = (
-    "emit", "kind", "is_anomaly", "severity", "score", "detectors", "rule_hits", "top_sensors", "dead_sensors",
-    "model_versions", "summary", "last_seen_ms",
+    "emit",
+    "kind",
+    "is_anomaly",
+    "severity",
+    "score",
+    "detectors",
+    "rule_hits",
+    "top_sensors",
+    "dead_sensors",
+    "model_versions",
+    "summary",
+    "last_seen_ms",
 )
 THRESHOLD_RULES = ("threshold_min", "threshold_max")
 # How strongly each kind of evidence points at a sensor when ranking contributors. Hard evidence about
@@ -46,8 +56,12 @@ THRESHOLD_RULES = ("threshold_min", "threshold_max")
 # own limit, so a z-score of 3x its limit and a PCA contribution of 3x the model's limit weigh the same.
 _HARD = 1e6
 _RULE_WEIGHT = {
-    "threshold_min": _HARD + 3, "threshold_max": _HARD + 3, "stuck": _HARD + 2, "count_drop": _HARD + 1,
-    "rate_of_change": 1.0, "zscore": 1.0,
+    "threshold_min": _HARD + 3,
+    "threshold_max": _HARD + 3,
+    "stuck": _HARD + 2,
+    "count_drop": _HARD + 1,
+    "rate_of_change": 1.0,
+    "zscore": 1.0,
 }
 _DEAD_SENSOR_WEIGHT = _HARD
 
@@ -109,12 +123,14 @@ class WindowScorer:
         silence = cur_end - last_seen
         dead_machine = ~has_current & (silence >= cfg.dead_after_ms) & (silence - cfg.window_ms < cfg.dead_after_ms)
 
-        out = pd.DataFrame({
-            "emit": has_current | dead_machine,
-            "kind": np.where(dead_machine, "dead_machine", "window"),
-            **dict.fromkeys(self.score_names, np.nan),
-            "last_seen_ms": np.where(has_current, cur_end, last_seen),
-        })
+        out = pd.DataFrame(
+            {
+                "emit": has_current | dead_machine,
+                "kind": np.where(dead_machine, "dead_machine", "window"),
+                **dict.fromkeys(self.score_names, np.nan),
+                "last_seen_ms": np.where(has_current, cur_end, last_seen),
+            }
+        )
         weights: list[pd.DataFrame] = []  # (group, sensor, weight): evidence per sensor for ranking
 
         # -- rules (computed in the JVM per sensor; here only gathered) ------------------------------
@@ -131,10 +147,15 @@ class WindowScorer:
         hits = hits.loc[hits["rule"].str.len() > 0].drop_duplicates(["group", "sensor", "rule"])
         hit_groups = hits["group"].to_numpy(np.int64)
         rule_hits = _lists(hit_groups, (hits["sensor"] + ":" + hits["rule"]).to_numpy(), n)
-        weights.append(pd.DataFrame({
-            "group": hit_groups, "sensor": hits["sensor"].to_numpy(),
-            "weight": hits["rule"].map(_RULE_WEIGHT).fillna(1.0).to_numpy(),
-        }))
+        weights.append(
+            pd.DataFrame(
+                {
+                    "group": hit_groups,
+                    "sensor": hits["sensor"].to_numpy(),
+                    "weight": hits["rule"].map(_RULE_WEIGHT).fillna(1.0).to_numpy(),
+                }
+            )
+        )
 
         # -- dead sensors: expected (config/model) or recently seen, but silent for dead_after_ms ----
         dead_pairs = self._dead_sensors(long, current, group, window_end, cur_end, has_current)
@@ -176,13 +197,17 @@ class WindowScorer:
 
         # Which detectors fired, as (group, name) pairs in a fixed order: models, rules, silence.
         rule_pairs = hits[["group", "rule"]].drop_duplicates().sort_values(["group", "rule"])
-        fired = pd.concat([
-            *(pd.DataFrame({"group": np.flatnonzero(model_fired[c]), "name": c, "rank": 0}) for c in model_cols),
-            pd.DataFrame({"group": rule_pairs["group"].to_numpy(np.int64), "name": rule_pairs["rule"].to_numpy(),
-                          "rank": 1}),
-            pd.DataFrame({"group": np.flatnonzero(any_dead_sensor), "name": "dead_sensor", "rank": 2}),
-            pd.DataFrame({"group": np.flatnonzero(dead_machine), "name": "dead_machine", "rank": 3}),
-        ], ignore_index=True).sort_values(["group", "rank"], kind="stable")
+        fired = pd.concat(
+            [
+                *(pd.DataFrame({"group": np.flatnonzero(model_fired[c]), "name": c, "rank": 0}) for c in model_cols),
+                pd.DataFrame(
+                    {"group": rule_pairs["group"].to_numpy(np.int64), "name": rule_pairs["rule"].to_numpy(), "rank": 1}
+                ),
+                pd.DataFrame({"group": np.flatnonzero(any_dead_sensor), "name": "dead_sensor", "rank": 2}),
+                pd.DataFrame({"group": np.flatnonzero(dead_machine), "name": "dead_machine", "rank": 3}),
+            ],
+            ignore_index=True,
+        ).sort_values(["group", "rank"], kind="stable")
         out["detectors"] = _lists(fired["group"].to_numpy(np.int64), fired["name"].to_numpy(), n)
         out["rule_hits"] = rule_hits
         out["dead_sensors"] = dead_sensors
@@ -193,12 +218,18 @@ class WindowScorer:
 
     # -- pieces ----------------------------------------------------------------------------------------
     def _dead_sensors(
-        self, long: pd.DataFrame, current: pd.DataFrame, group: np.ndarray, window_end: np.ndarray,
-        cur_end: np.ndarray, has_current: np.ndarray,
+        self,
+        long: pd.DataFrame,
+        current: pd.DataFrame,
+        group: np.ndarray,
+        window_end: np.ndarray,
+        cur_end: np.ndarray,
+        has_current: np.ndarray,
     ) -> pd.DataFrame:
         seen = (
             pd.DataFrame({"group": group, "sensor": long["sensor"].to_numpy(), "end": window_end})
-            .groupby(["group", "sensor"], as_index=False, sort=False)["end"].max()
+            .groupby(["group", "sensor"], as_index=False, sort=False)["end"]
+            .max()
         )
         alive = np.flatnonzero(has_current)
         expected = [
@@ -244,11 +275,13 @@ class WindowScorer:
         contrib = None
         if "contrib" in parts:
             per_sensor = np.clip(parts["contrib"][now].astype(np.float64), 0.0, None) @ model.sensor_matrix
-            contrib = pd.DataFrame({
-                "group": np.repeat(picked[now], len(model.sensors)),
-                "sensor": np.tile(model.sensors, int(now.sum())),
-                "weight": per_sensor.ravel(),
-            })
+            contrib = pd.DataFrame(
+                {
+                    "group": np.repeat(picked[now], len(model.sensors)),
+                    "sensor": np.tile(model.sensors, int(now.sum())),
+                    "weight": per_sensor.ravel(),
+                }
+            )
         persistent = persistent.reindex(current.index, fill_value=False)  # fires only with a current score
         # A score at critical_ratio x the threshold is no noise: it fires at once, without waiting.
         persistent |= current >= self.config.critical_ratio
@@ -275,7 +308,8 @@ class WindowScorer:
                 fired = sub["detectors"].map(lambda names, c=col: c in names)
                 models = models + np.where(fired, f"; {col} " + sub[col].round(2).astype(str) + "x limit", "")
             text = (
-                sub["severity"] + ": "
+                sub["severity"]
+                + ": "
                 + sub["detectors"].str.join(", ")
                 + np.where(sub["rule_hits"].str.len() > 0, " (" + sub["rule_hits"].str.join(", ") + ")", "")
                 + models
@@ -285,7 +319,10 @@ class WindowScorer:
         dead = out["kind"].to_numpy() == "dead_machine"
         if dead.any():
             summary.loc[dead] = (
-                "critical: no data from " + current.loc[dead, "equipment_id"].astype(str)
-                + " for " + (silence[dead] // 1000).astype(str) + " s"
+                "critical: no data from "
+                + current.loc[dead, "equipment_id"].astype(str)
+                + " for "
+                + (silence[dead] // 1000).astype(str)
+                + " s"
             ).to_numpy()
         return summary

@@ -24,25 +24,27 @@ log = logging.getLogger(__name__)
 
 NAME = "SCORE_HOPS"
 _STRINGS = DataTypes.ARRAY(DataTypes.STRING())
-RESULT_TYPE = DataTypes.ROW([
-    DataTypes.FIELD("emit", DataTypes.BOOLEAN()),
-    DataTypes.FIELD("window_start_ms", DataTypes.BIGINT()),
-    DataTypes.FIELD("window_end_ms", DataTypes.BIGINT()),
-    DataTypes.FIELD("kind", DataTypes.STRING()),
-    DataTypes.FIELD("is_anomaly", DataTypes.BOOLEAN()),
-    DataTypes.FIELD("severity", DataTypes.STRING()),
-    DataTypes.FIELD("score", DataTypes.DOUBLE()),
-    # The scores map as two parallel arrays (the SQL builds MAP_FROM_ARRAYS): only what scored the window.
-    DataTypes.FIELD("score_names", _STRINGS),
-    DataTypes.FIELD("score_values", DataTypes.ARRAY(DataTypes.DOUBLE())),
-    DataTypes.FIELD("detectors", _STRINGS),
-    DataTypes.FIELD("rule_hits", _STRINGS),
-    DataTypes.FIELD("top_sensors", _STRINGS),
-    DataTypes.FIELD("dead_sensors", _STRINGS),
-    DataTypes.FIELD("model_versions", DataTypes.STRING()),
-    DataTypes.FIELD("summary", DataTypes.STRING()),
-    DataTypes.FIELD("last_seen_ms", DataTypes.BIGINT()),
-])
+RESULT_TYPE = DataTypes.ROW(
+    [
+        DataTypes.FIELD("emit", DataTypes.BOOLEAN()),
+        DataTypes.FIELD("window_start_ms", DataTypes.BIGINT()),
+        DataTypes.FIELD("window_end_ms", DataTypes.BIGINT()),
+        DataTypes.FIELD("kind", DataTypes.STRING()),
+        DataTypes.FIELD("is_anomaly", DataTypes.BOOLEAN()),
+        DataTypes.FIELD("severity", DataTypes.STRING()),
+        DataTypes.FIELD("score", DataTypes.DOUBLE()),
+        # The scores map as two parallel arrays (the SQL builds MAP_FROM_ARRAYS): only what scored the window.
+        DataTypes.FIELD("score_names", _STRINGS),
+        DataTypes.FIELD("score_values", DataTypes.ARRAY(DataTypes.DOUBLE())),
+        DataTypes.FIELD("detectors", _STRINGS),
+        DataTypes.FIELD("rule_hits", _STRINGS),
+        DataTypes.FIELD("top_sensors", _STRINGS),
+        DataTypes.FIELD("dead_sensors", _STRINGS),
+        DataTypes.FIELD("model_versions", DataTypes.STRING()),
+        DataTypes.FIELD("summary", DataTypes.STRING()),
+        DataTypes.FIELD("last_seen_ms", DataTypes.BIGINT()),
+    ]
+)
 RESULT_FIELDS = tuple(RESULT_TYPE.field_names())
 
 
@@ -63,30 +65,47 @@ def score_arrays(verdicts: pd.DataFrame, names: tuple[str, ...]) -> tuple[list[n
 
 
 def hops_to_frames(
-    equipment_id: pd.Series, site: pd.Series, equipment_type: pd.Series, hop_end: pd.Series,
-    sensors: pd.Series, window_starts: pd.Series, counts: pd.Series, avgs: pd.Series, stddevs: pd.Series,
-    mins: pd.Series, maxs: pd.Series, rule_hits: pd.Series, zratios: pd.Series, window_ms: int,
+    equipment_id: pd.Series,
+    site: pd.Series,
+    equipment_type: pd.Series,
+    hop_end: pd.Series,
+    sensors: pd.Series,
+    window_starts: pd.Series,
+    counts: pd.Series,
+    avgs: pd.Series,
+    stddevs: pd.Series,
+    mins: pd.Series,
+    maxs: pd.Series,
+    rule_hits: pd.Series,
+    zratios: pd.Series,
+    window_ms: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The scorer's (long, current) frames from one Arrow batch of hops (vectorised, no per-row Python)."""
     lengths = sensors.map(len).to_numpy(np.int64)
     hop_end_ms = pd.to_datetime(hop_end).to_numpy().astype("datetime64[ms]").astype(np.int64)
-    current = pd.DataFrame({
-        "equipment_id": equipment_id.to_numpy(), "site": site.to_numpy(), "equipment_type": equipment_type.to_numpy(),
-        "window_start_ms": hop_end_ms - window_ms,
-    })
+    current = pd.DataFrame(
+        {
+            "equipment_id": equipment_id.to_numpy(),
+            "site": site.to_numpy(),
+            "equipment_type": equipment_type.to_numpy(),
+            "window_start_ms": hop_end_ms - window_ms,
+        }
+    )
     zratio = _flat(zratios, np.float64)
-    long = pd.DataFrame({
-        "group": np.repeat(np.arange(len(current)), lengths),
-        "sensor": _flat(sensors, object),
-        "window_start_ms": _flat(window_starts, np.int64),
-        "count": _flat(counts, np.float64),
-        "avg": _flat(avgs, np.float64),
-        "stddev": _flat(stddevs, np.float64),
-        "min": _flat(mins, np.float64),
-        "max": _flat(maxs, np.float64),
-        "rule_hits": _flat(rule_hits, object),
-        "zratio": np.where(zratio >= 0, zratio, np.nan),
-    })
+    long = pd.DataFrame(
+        {
+            "group": np.repeat(np.arange(len(current)), lengths),
+            "sensor": _flat(sensors, object),
+            "window_start_ms": _flat(window_starts, np.int64),
+            "count": _flat(counts, np.float64),
+            "avg": _flat(avgs, np.float64),
+            "stddev": _flat(stddevs, np.float64),
+            "min": _flat(mins, np.float64),
+            "max": _flat(maxs, np.float64),
+            "rule_hits": _flat(rule_hits, object),
+            "zratio": np.where(zratio >= 0, zratio, np.nan),
+        }
+    )
     return long, current
 
 
@@ -98,8 +117,15 @@ class ScoreHops(ScalarFunction):
     """
 
     def __init__(
-        self, expected_sensors: dict[str, list[str]], models_dir: str, window_ms: int, history_windows: int,
-        dead_after_ms: int, critical_ratio: float, model_poll_s: float, onnx_threads: int,
+        self,
+        expected_sensors: dict[str, list[str]],
+        models_dir: str,
+        window_ms: int,
+        history_windows: int,
+        dead_after_ms: int,
+        critical_ratio: float,
+        model_poll_s: float,
+        onnx_threads: int,
         model_persistence_windows: int = 1,
     ) -> None:
         self.expected_sensors = expected_sensors
@@ -116,11 +142,19 @@ class ScoreHops(ScalarFunction):
     def open(self, function_context: FunctionContext) -> None:
         expected = self.expected_sensors
         models = ModelSet(
-            ModelRegistry(self.models_dir), expected.get, max_history=self.history_windows,
-            window_ms=self.window_ms, poll_s=self.model_poll_s, threads=self.onnx_threads,
+            ModelRegistry(self.models_dir),
+            expected.get,
+            max_history=self.history_windows,
+            window_ms=self.window_ms,
+            poll_s=self.model_poll_s,
+            threads=self.onnx_threads,
         )
-        config = ScoringConfig(window_ms=self.window_ms, dead_after_ms=self.dead_after_ms,
-                               critical_ratio=self.critical_ratio, model_persistence=self.model_persistence_windows)
+        config = ScoringConfig(
+            window_ms=self.window_ms,
+            dead_after_ms=self.dead_after_ms,
+            critical_ratio=self.critical_ratio,
+            model_persistence=self.model_persistence_windows,
+        )
         self.scorer = WindowScorer(expected, models, config)
         group = function_context.get_metric_group()
         self._windows = group.counter("vigil_windows_scored")
@@ -130,11 +164,39 @@ class ScoreHops(ScalarFunction):
         self._swap_counter = group.counter("vigil_model_swaps")
         self._refusal_counter = group.counter("vigil_model_refusals")
 
-    def eval(self, equipment_id, site, equipment_type, hop_end, sensors, window_starts, counts, avgs, stddevs,
-             mins, maxs, rule_hits, zratios) -> pd.DataFrame:
+    def eval(
+        self,
+        equipment_id,
+        site,
+        equipment_type,
+        hop_end,
+        sensors,
+        window_starts,
+        counts,
+        avgs,
+        stddevs,
+        mins,
+        maxs,
+        rule_hits,
+        zratios,
+    ) -> pd.DataFrame:
         assert self.scorer is not None, "open() was not called"
-        long, current = hops_to_frames(equipment_id, site, equipment_type, hop_end, sensors, window_starts, counts,
-                                       avgs, stddevs, mins, maxs, rule_hits, zratios, self.window_ms)
+        long, current = hops_to_frames(
+            equipment_id,
+            site,
+            equipment_type,
+            hop_end,
+            sensors,
+            window_starts,
+            counts,
+            avgs,
+            stddevs,
+            mins,
+            maxs,
+            rule_hits,
+            zratios,
+            self.window_ms,
+        )
         verdicts = self.scorer.score(long, current)
         verdicts["window_start_ms"] = current["window_start_ms"].to_numpy()
         verdicts["window_end_ms"] = verdicts["window_start_ms"] + self.window_ms
@@ -151,11 +213,26 @@ class ScoreHops(ScalarFunction):
 
 
 def score_hops_udf(
-    expected_sensors: dict[str, list[str]], models_dir: Path, window_ms: int, history_windows: int,
-    dead_after_ms: int, critical_ratio: float, model_poll_s: float, onnx_threads: int,
+    expected_sensors: dict[str, list[str]],
+    models_dir: Path,
+    window_ms: int,
+    history_windows: int,
+    dead_after_ms: int,
+    critical_ratio: float,
+    model_poll_s: float,
+    onnx_threads: int,
     model_persistence_windows: int = 1,
 ):
     """The registered function (pandas UDF: Flink calls it with Arrow batches)."""
-    function = ScoreHops(expected_sensors, str(models_dir), window_ms, history_windows, dead_after_ms, critical_ratio,
-                         model_poll_s, onnx_threads, model_persistence_windows)
+    function = ScoreHops(
+        expected_sensors,
+        str(models_dir),
+        window_ms,
+        history_windows,
+        dead_after_ms,
+        critical_ratio,
+        model_poll_s,
+        onnx_threads,
+        model_persistence_windows,
+    )
     return udf(function, result_type=RESULT_TYPE, func_type="pandas")

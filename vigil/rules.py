@@ -102,13 +102,19 @@ class RulesConfig(BaseModel):
         out = []
         for etype, sensors in self.equipment_types.items():
             for sensor, rules in sensors.items():
-                out.append(ResolvedRules(
-                    equipment_type=etype, sensor=sensor, min=rules.min, max=rules.max, max_step=rules.max_step,
-                    zscore_max=self.defaults.zscore_max if rules.zscore_max is None else rules.zscore_max,
-                    stuck_windows=(
-                        self.defaults.stuck_windows if rules.stuck_windows is None else rules.stuck_windows
-                    ),
-                ))
+                out.append(
+                    ResolvedRules(
+                        equipment_type=etype,
+                        sensor=sensor,
+                        min=rules.min,
+                        max=rules.max,
+                        max_step=rules.max_step,
+                        zscore_max=self.defaults.zscore_max if rules.zscore_max is None else rules.zscore_max,
+                        stuck_windows=(
+                            self.defaults.stuck_windows if rules.stuck_windows is None else rules.stuck_windows
+                        ),
+                    )
+                )
         return out
 
     def stuck_window_counts(self) -> list[int]:
@@ -169,15 +175,17 @@ def _messages(exc: ValidationError) -> list[str]:
 def parse_rules(data: object, source: str = "<rules>") -> RulesConfig:
     """Validate already-parsed YAML/JSON data; errors name ``source`` and every bad field."""
     if not isinstance(data, dict):
-        raise RulesConfigError(f"{source}: expected a mapping with ewma, defaults and equipment_types, "
-                               f"got {type(data).__name__}")
+        raise RulesConfigError(
+            f"{source}: expected a mapping with ewma, defaults and equipment_types, got {type(data).__name__}"
+        )
     try:
         return RulesConfig.model_validate(data)
     except ValidationError as exc:
         lines = _messages(exc)
         raise RulesConfigError(
             f"{source}: invalid rules config ({len(lines)} problem{'s' if len(lines) > 1 else ''}):\n"
-            + "\n".join(lines) + "\nFix the file (its header documents every field) and start the job again."
+            + "\n".join(lines)
+            + "\nFix the file (its header documents every field) and start the job again."
         ) from None
 
 
@@ -204,6 +212,11 @@ def sensor_key(equipment_type: str, sensor: str) -> str:
 
 
 __all__ = [
-    "RULE_NAMES", "RulesConfig", "RulesConfigError", "ResolvedRules", "load_rules", "parse_rules", "sensor_key",
+    "RULE_NAMES",
+    "RulesConfig",
+    "RulesConfigError",
+    "ResolvedRules",
+    "load_rules",
+    "parse_rules",
+    "sensor_key",
 ]
-

@@ -351,9 +351,7 @@ class AlertingSettings(BaseModel):
     request_timeout_s: float = Field(5.0, gt=0)
     # Per-receiver rate limits (messages per minute, token bucket): what the providers allow by default,
     # Slack incoming webhooks 1 message/s, a Twilio long-code number 1 SMS segment/s.
-    rate_limit_per_minute: dict[str, float] = Field(
-        default_factory=lambda: {"slack": 60.0, "sms": 60.0, "email": 60.0}
-    )
+    rate_limit_per_minute: dict[str, float] = Field(default_factory=lambda: {"slack": 60.0, "sms": 60.0, "email": 60.0})
     # Agents' diagnoses in alert messages, and follow-ups to whoever was paged before the diagnosis was known
     # (alerting/diagnoses.py): the relay reads the insights topic with this consumer group.
     insight_followups: bool = True

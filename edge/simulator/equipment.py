@@ -138,8 +138,9 @@ def gateway_for_site(site: str) -> str:
     return f"gw-{site}"
 
 
-def build_machines(n_machines: int, sites: int, types: Sequence[str] | None = None, id_prefix: str = ""
-                   ) -> list[Machine]:  # fmt: skip
+def build_machines(
+    n_machines: int, sites: int, types: Sequence[str] | None = None, id_prefix: str = ""
+) -> list[Machine]:
     """Lay out a fleet deterministically.
 
     Types rotate machine by machine and sites take contiguous blocks, so every site gets every

@@ -90,8 +90,12 @@ SIGNATURES: dict[FaultType, dict[str, dict[str, tuple[float, float]]]] = {
         "fan": {"bearing_temp": (0.45, 0.0)},
     },
     FaultType.CAVITATION: {
-        "pump": {"suction_pressure": (-0.3, 0.05), "flow": (-0.15, 0.04), "vibration_rms": (0.35, 0.08),
-                 "discharge_pressure": (-0.1, 0.05)},  # fmt: skip
+        "pump": {
+            "suction_pressure": (-0.3, 0.05),
+            "flow": (-0.15, 0.04),
+            "vibration_rms": (0.35, 0.08),
+            "discharge_pressure": (-0.1, 0.05),
+        },
     },
     FaultType.ELECTRICAL: {
         "pump": {"motor_current": (0.2, 0.05), "speed": (-0.05, 0.0)},
@@ -195,8 +199,7 @@ def make_fault(
     if end_ms <= start_ms:
         raise ValueError(f"fault end_ms ({end_ms}) must be after start_ms ({start_ms})")
     if not supports(ftype, etype.name):
-        raise ValueError(f"{ftype.value} does not happen on a {etype.name}; it does on: "
-                         f"{', '.join(SIGNATURES[ftype])}")  # fmt: skip
+        raise ValueError(f"{ftype.value} does not happen on a {etype.name}; it does on: {', '.join(SIGNATURES[ftype])}")
     if sensors is None and ftype in SIGNATURES:
         sensors = list(SIGNATURES[ftype][etype.name])
     if sensors is None:

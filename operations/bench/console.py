@@ -40,8 +40,16 @@ from streamlit_app.access import Principal, set_user
 from streamlit_app.data import ConsoleData
 from vigil.settings import PROJECT_ROOT, Settings, get_settings
 
-SENSORS = ("bearing_temp", "discharge_pressure", "flow", "motor_current", "oil_pressure", "suction_pressure",
-           "vibration_rms", "winding_temp")  # fmt: skip
+SENSORS = (
+    "bearing_temp",
+    "discharge_pressure",
+    "flow",
+    "motor_current",
+    "oil_pressure",
+    "suction_pressure",
+    "vibration_rms",
+    "winding_temp",
+)
 SITES = 4
 WINDOW_MS = 5000
 
@@ -90,15 +98,18 @@ def _machines(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, sites, types[np.arange(n) % 4]
 
 
-def seed(settings: Settings, machines: int, minutes: int, console: Console, reuse: bool = False
-         ) -> tuple[float, int, int]:  # fmt: skip
+def seed(
+    settings: Settings, machines: int, minutes: int, console: Console, reuse: bool = False
+) -> tuple[float, int, int]:
     """Fill the bench database (``reuse``: keep one of the same size); returns (seconds, window rows, verdicts)."""
 
     client = make_client(settings.clickhouse, "admin", autogenerate_session_id=False)
     if reuse:
         try:
-            counts = client.query("SELECT (SELECT uniqExact(equipment_id) FROM machine_state), "
-                                  "(SELECT count() FROM window_stats), (SELECT count() FROM anomalies)").result_rows[0]
+            counts = client.query(
+                "SELECT (SELECT uniqExact(equipment_id) FROM machine_state), "
+                "(SELECT count() FROM window_stats), (SELECT count() FROM anomalies)"
+            ).result_rows[0]
         except Exception:  # noqa: BLE001 - no bench database yet: seed it
             counts = (0, 0, 0)
         if counts[0] == machines and counts[1] == machines * len(SENSORS) * minutes * 12:
@@ -118,39 +129,59 @@ def seed(settings: Settings, machines: int, minutes: int, console: Console, reus
             start_ms = end_ms - (windows - w) * WINDOW_MS
             starts = np.full(machines * len(SENSORS), start_ms, dtype="datetime64[ms]")
             avg = rng.normal(50.0, 5.0, machines * len(SENSORS))
-            stats = pa.table({
-                "equipment_id": np.repeat(ids, len(SENSORS)), "site": np.repeat(sites, len(SENSORS)),
-                "equipment_type": np.repeat(types, len(SENSORS)), "sensor": np.tile(SENSORS, machines),
-                "unit": np.full(machines * len(SENSORS), "u"), "window_start": starts,
-                "window_end": starts + np.timedelta64(WINDOW_MS, "ms"),
-                "count": np.full(machines * len(SENSORS), 10, dtype=np.uint32), "avg": avg,
-                "stddev": np.abs(rng.normal(1.0, 0.2, avg.size)), "min": avg - 2.0, "max": avg + 2.0,
-                "emitted_at": starts + np.timedelta64(WINDOW_MS + 1500, "ms"),
-            })  # fmt: skip
+            stats = pa.table(
+                {
+                    "equipment_id": np.repeat(ids, len(SENSORS)),
+                    "site": np.repeat(sites, len(SENSORS)),
+                    "equipment_type": np.repeat(types, len(SENSORS)),
+                    "sensor": np.tile(SENSORS, machines),
+                    "unit": np.full(machines * len(SENSORS), "u"),
+                    "window_start": starts,
+                    "window_end": starts + np.timedelta64(WINDOW_MS, "ms"),
+                    "count": np.full(machines * len(SENSORS), 10, dtype=np.uint32),
+                    "avg": avg,
+                    "stddev": np.abs(rng.normal(1.0, 0.2, avg.size)),
+                    "min": avg - 2.0,
+                    "max": avg + 2.0,
+                    "emitted_at": starts + np.timedelta64(WINDOW_MS + 1500, "ms"),
+                }
+            )
             client.insert_arrow("window_stats", stats, settings={"optimize_on_insert": 0})
             window_rows += stats.num_rows
             score = np.abs(rng.normal(0.3, 0.25, machines))
             severity = np.where(score > 1.5, "critical", np.where(score > 1.0, "warning", "normal"))
             mstarts = np.full(machines, start_ms, dtype="datetime64[ms]")
             empty = pa.array([[]] * machines, type=pa.list_(pa.string()))
-            top = pa.array([[SENSORS[i % len(SENSORS)]] if s > 1.0 else [] for i, s in enumerate(score)],
-                           type=pa.list_(pa.string()))  # fmt: skip
-            verdicts = pa.table({
-                "equipment_id": ids, "site": sites, "equipment_type": types, "window_start": mstarts,
-                "window_end": mstarts + np.timedelta64(WINDOW_MS, "ms"), "kind": np.full(machines, "window"),
-                "is_anomaly": (score > 1.0).astype(np.uint8), "severity": severity, "score": score,
-                "scores": pa.MapArray.from_arrays(
-                    pa.array(np.arange(0, 3 * machines + 1, 3), pa.int32()),
-                    pa.array(np.tile(["pca_t2q", "isolation_forest", "rules"], machines)),
-                    pa.array(np.column_stack([score, score * 0.9, np.zeros(machines)]).ravel()),
-                ),
-                "detectors": pa.array([["pca_t2q"] if s > 1.0 else [] for s in score], type=pa.list_(pa.string())),
-                "rule_hits": empty, "top_sensors": top, "dead_sensors": empty,
-                "model_versions": np.full(machines, "pca_t2q=v0001"),
-                "summary": np.where(score > 1.0, "pca_t2q above its threshold", ""),
-                "last_seen": mstarts + np.timedelta64(WINDOW_MS, "ms"),
-                "emitted_at": mstarts + np.timedelta64(WINDOW_MS + 2500, "ms"),
-            })  # fmt: skip
+            top = pa.array(
+                [[SENSORS[i % len(SENSORS)]] if s > 1.0 else [] for i, s in enumerate(score)],
+                type=pa.list_(pa.string()),
+            )
+            verdicts = pa.table(
+                {
+                    "equipment_id": ids,
+                    "site": sites,
+                    "equipment_type": types,
+                    "window_start": mstarts,
+                    "window_end": mstarts + np.timedelta64(WINDOW_MS, "ms"),
+                    "kind": np.full(machines, "window"),
+                    "is_anomaly": (score > 1.0).astype(np.uint8),
+                    "severity": severity,
+                    "score": score,
+                    "scores": pa.MapArray.from_arrays(
+                        pa.array(np.arange(0, 3 * machines + 1, 3), pa.int32()),
+                        pa.array(np.tile(["pca_t2q", "isolation_forest", "rules"], machines)),
+                        pa.array(np.column_stack([score, score * 0.9, np.zeros(machines)]).ravel()),
+                    ),
+                    "detectors": pa.array([["pca_t2q"] if s > 1.0 else [] for s in score], type=pa.list_(pa.string())),
+                    "rule_hits": empty,
+                    "top_sensors": top,
+                    "dead_sensors": empty,
+                    "model_versions": np.full(machines, "pca_t2q=v0001"),
+                    "summary": np.where(score > 1.0, "pca_t2q above its threshold", ""),
+                    "last_seen": mstarts + np.timedelta64(WINDOW_MS, "ms"),
+                    "emitted_at": mstarts + np.timedelta64(WINDOW_MS + 2500, "ms"),
+                }
+            )
             client.insert_arrow("anomalies", verdicts, settings={"optimize_on_insert": 0})
             verdict_rows += verdicts.num_rows
             progress.advance(task)
@@ -164,23 +195,37 @@ def _time_queries(settings: Settings, who: Any, repeats: int) -> list[QueryTimin
     machines = data.machines()
     machine = machines[len(machines) // 2]
     now = datetime.now(UTC)
-    sizes = {t: data.clickhouse.query(f"SELECT count() FROM {t}").result_rows[0][0]
-             for t in ("window_stats", "anomalies", "machine_state")}  # fmt: skip
+    sizes = {
+        t: data.clickhouse.query(f"SELECT count() FROM {t}").result_rows[0][0]
+        for t in ("window_stats", "anomalies", "machine_state")
+    }
     cases = [
         ("fleet state (all visible machines)", "machine_state", data.fleet),
         ("machine list", "machine_state", data.machines),
         ("one machine: newest state", "machine_state", lambda: data.machine(machine)),
-        ("one machine: 15 min of window stats", "window_stats",
-         lambda: data.cold_windows(machine, now - timedelta(minutes=15), now)),
-        ("one machine: 1 h of window stats", "window_stats",
-         lambda: data.cold_windows(machine, now - timedelta(hours=1), now)),
-        ("one machine: 24 h of window stats (aggregated)", "window_stats",
-         lambda: data.cold_windows(machine, now - timedelta(hours=24), now)),
+        (
+            "one machine: 15 min of window stats",
+            "window_stats",
+            lambda: data.cold_windows(machine, now - timedelta(minutes=15), now),
+        ),
+        (
+            "one machine: 1 h of window stats",
+            "window_stats",
+            lambda: data.cold_windows(machine, now - timedelta(hours=1), now),
+        ),
+        (
+            "one machine: 24 h of window stats (aggregated)",
+            "window_stats",
+            lambda: data.cold_windows(machine, now - timedelta(hours=24), now),
+        ),
         ("one machine: 1 h of scores", "anomalies", lambda: data.score_history(machine, now - timedelta(hours=1), now)),
-        ("one machine: 1 h of anomalous windows", "anomalies",
-         lambda: data.anomalous_windows(machine, now - timedelta(hours=1), now)),
+        (
+            "one machine: 1 h of anomalous windows",
+            "anomalies",
+            lambda: data.anomalous_windows(machine, now - timedelta(hours=1), now),
+        ),
         ("anomaly history (24 h, 500 newest)", "anomalies", lambda: data.anomaly_history(24)),
-    ]  # fmt: skip
+    ]
     timings = []
     for name, table, run in cases:
         seconds, rows = [], 0
@@ -190,8 +235,11 @@ def _time_queries(settings: Settings, who: Any, repeats: int) -> list[QueryTimin
             seconds.append(time.perf_counter() - started)
             rows = len(result) if isinstance(result, pd.DataFrame | list) else 1
         read = _estimated_rows(data)
-        timings.append(QueryTiming(name, who.name, statistics.median(seconds) * 1000, max(seconds) * 1000, rows,
-                                   read, sizes[table]))  # fmt: skip
+        timings.append(
+            QueryTiming(
+                name, who.name, statistics.median(seconds) * 1000, max(seconds) * 1000, rows, read, sizes[table]
+            )
+        )
     return timings
 
 
@@ -207,7 +255,6 @@ def _time_pages(settings: Settings, who: Any) -> dict[str, dict[str, float]]:
     """First render and refresh of each page script (AppTest runs the script as a browser session would)."""
 
     from streamlit.testing.v1 import AppTest
-
 
     os.environ.update(settings.to_env())
     get_settings.cache_clear()
@@ -246,13 +293,17 @@ def _alerted_machines(settings: Settings) -> tuple[str, str]:
 
     client = make_client(settings.clickhouse, "admin", autogenerate_session_id=False)
     try:
-        rows = client.query("SELECT equipment_id FROM anomalies WHERE is_anomaly GROUP BY equipment_id "
-                            "ORDER BY count() DESC, equipment_id LIMIT 2").result_rows  # fmt: skip
+        rows = client.query(
+            "SELECT equipment_id FROM anomalies WHERE is_anomaly GROUP BY equipment_id "
+            "ORDER BY count() DESC, equipment_id LIMIT 2"
+        ).result_rows
     finally:
         client.close()
     if len(rows) < 2:
-        raise RuntimeError("the bench database holds fewer than two machines with anomalies: seed it again "
-                           "(`vigil bench console` without --reuse)")
+        raise RuntimeError(
+            "the bench database holds fewer than two machines with anomalies: seed it again "
+            "(`vigil bench console` without --reuse)"
+        )
     return rows[0][0], rows[1][0]
 
 
@@ -267,7 +318,6 @@ def _time_browser(settings: Settings, machines: int, console: Console) -> dict[s
     """
     from playwright.sync_api import expect, sync_playwright
 
-
     settings = console_settings(settings)
     set_user(settings.console_users_path, "bench-admin", "admin", ["*"], "bench-password-1")
     stack = Stack(settings)
@@ -281,9 +331,17 @@ def _time_browser(settings: Settings, machines: int, console: Console) -> dict[s
 
             def signed_in_page(address: str) -> tuple[Any, Any]:
                 """A new browser at the sign-in page, credentials typed; the caller times the click."""
-                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--no-first-run"])  # fmt: skip
+                browser = playwright.chromium.launch(
+                    executable_path="/usr/bin/chromium",
+                    args=[
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--no-first-run",
+                    ],
+                )
                 page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
                 page.set_default_timeout(60_000)
                 page.goto(address)
@@ -360,15 +418,23 @@ def _time_browser(settings: Settings, machines: int, console: Console) -> dict[s
     return out
 
 
-def run_console_bench(settings: Settings, machines: int, minutes: int, repeats: int, browser: bool,
-                      console: Console, reuse: bool = False) -> ConsoleBenchResult:  # fmt: skip
+def run_console_bench(
+    settings: Settings, machines: int, minutes: int, repeats: int, browser: bool, console: Console, reuse: bool = False
+) -> ConsoleBenchResult:
 
     settings = bench_settings(settings)
     with console.status("starting ClickHouse, Prometheus and Alertmanager..."):
         Stack(settings).up(("clickhouse", "prometheus", "alertmanager"))
     seconds, window_rows, verdict_rows = seed(settings, machines, minutes, console, reuse)
-    result = ConsoleBenchResult(machines, minutes, datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                                machine_description(), seconds, window_rows, verdict_rows)  # fmt: skip
+    result = ConsoleBenchResult(
+        machines,
+        minutes,
+        datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        machine_description(),
+        seconds,
+        window_rows,
+        verdict_rows,
+    )
     admin = Principal("bench-admin", "admin", None)
     analyst = Principal("bench-analyst", "analyst", frozenset({"site-2"}))
     with console.status("timing the console's queries..."):
@@ -382,14 +448,24 @@ def run_console_bench(settings: Settings, machines: int, minutes: int, repeats: 
 
 
 def results_tables(result: ConsoleBenchResult) -> list[Table]:
-    head = (f"vigil bench console — {result.when} — {result.machine_description}\n{result.machines:,} machines, "
-            f"{result.minutes} min: {result.window_rows:,} window rows, {result.verdict_rows:,} verdicts "
-            f"(seeded in {result.seed_s:.0f} s)")  # fmt: skip
-    queries = Table("query", "as", "median ms", "max ms", "rows", "rows to read (EXPLAIN ESTIMATE)", "table rows",
-                    title=head)
+    head = (
+        f"vigil bench console — {result.when} — {result.machine_description}\n{result.machines:,} machines, "
+        f"{result.minutes} min: {result.window_rows:,} window rows, {result.verdict_rows:,} verdicts "
+        f"(seeded in {result.seed_s:.0f} s)"
+    )
+    queries = Table(
+        "query", "as", "median ms", "max ms", "rows", "rows to read (EXPLAIN ESTIMATE)", "table rows", title=head
+    )
     for q in result.queries:
-        queries.add_row(q.name, q.who, f"{q.median_ms:.0f}", f"{q.max_ms:.0f}", f"{q.rows:,}", f"{q.read_rows:,}",
-                        f"{q.table_rows:,}")  # fmt: skip
+        queries.add_row(
+            q.name,
+            q.who,
+            f"{q.median_ms:.0f}",
+            f"{q.max_ms:.0f}",
+            f"{q.rows:,}",
+            f"{q.read_rows:,}",
+            f"{q.table_rows:,}",
+        )
     pages = Table("page (admin, AppTest)", "first render s", "refresh s")
     for name, t in result.pages.items():
         pages.add_row(name, f"{t['first']:.2f}", f"{t['refresh']:.2f}")
@@ -403,6 +479,5 @@ def results_tables(result: ConsoleBenchResult) -> list[Table]:
 
 
 def write_json(result: ConsoleBenchResult, path: Path) -> None:
-
 
     path.write_bytes(orjson.dumps(dataclasses.asdict(result), option=orjson.OPT_INDENT_2))

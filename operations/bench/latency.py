@@ -94,9 +94,14 @@ def bench_settings(settings: Settings, topology: str) -> Settings:
     """The bench's settings: no random faults (only the planned ones), every channel to the local stand-in."""
     sim = settings.simulator.model_copy(update={"fault_rate_per_machine_hour": 0.0})
     alerting = settings.alerting.model_copy(
-        update={"use_standin": True, "slack_webhook_url": None, "slack_webhook_url_file": None,
-                "sms_account_sid": None, "smtp_host": None}
-    )  # fmt: skip
+        update={
+            "use_standin": True,
+            "slack_webhook_url": None,
+            "slack_webhook_url_file": None,
+            "sms_account_sid": None,
+            "smtp_host": None,
+        }
+    )
     flink = settings.flink.model_copy(update={"topology": topology})
     # A relay state of its own: a backlog another run left in the outbox must not be delivered during this one.
     state = settings.data_dir / "bench" / f"relay-{datetime.now(UTC):%Y%m%dT%H%M%S}.db"
@@ -118,8 +123,9 @@ def plan_faults(fleet: Any, count: int, first_ms: int, spacing_ms: int, duration
         spec = EQUIPMENT_TYPES[machine.equipment_type].sensors
         span = next(s.span for s in spec if s.name == SENSOR)
         start = first_ms + i * spacing_ms + int(rng.integers(0, spacing_ms))
-        labels.append(fleet.inject("step", machine.equipment_id, start, start + duration_ms, [SENSOR],
-                                   STEP_SPANS * span))  # fmt: skip
+        labels.append(
+            fleet.inject("step", machine.equipment_id, start, start + duration_ms, [SENSOR], STEP_SPANS * span)
+        )
     return labels
 
 
@@ -149,8 +155,17 @@ class StandInClient:
             # A message may tell of several machines (Alertmanager grouped them): it counts for each one it names
             # (Slack: anywhere in the blocks; SMS: in the text, which may have been cut to fit).
             named = sorted(set(MACHINE_ID.findall(record["body"] if channel == "slack" else text)))
-            out.append({"channel": channel, "to": to, "text": text, "body": record["body"], "machines": named,
-                        "firing": not text.startswith("RESOLVED"), "at_ms": int(record["received_at"] * 1000)})
+            out.append(
+                {
+                    "channel": channel,
+                    "to": to,
+                    "text": text,
+                    "body": record["body"],
+                    "machines": named,
+                    "firing": not text.startswith("RESOLVED"),
+                    "at_ms": int(record["received_at"] * 1000),
+                }
+            )
         return out
 
 
@@ -189,8 +204,11 @@ def _relay_queued(settings: Settings, timings: list[FaultTiming]) -> None:
     finally:
         store.close()
     for t in timings:
-        created = [r.created_at for r in rows if r.equipment_id == t.machine and r.alert_status == "firing"
-                   and r.created_at * 1000 >= t.start_ms]  # fmt: skip
+        created = [
+            r.created_at
+            for r in rows
+            if r.equipment_id == t.machine and r.alert_status == "firing" and r.created_at * 1000 >= t.start_ms
+        ]
         if created:
             t.relay_ms = int(min(created) * 1000)
 
@@ -205,9 +223,12 @@ def _duplicates(messages: list[dict[str, Any]]) -> dict[str, int]:
 
 def stage_breakdown(timings: list[FaultTiming]) -> dict[str, list[float]]:
     """Seconds spent in each stage by each fault whose stages were all seen (Slack as the final hop)."""
-    stages: dict[str, list[float]] = {"fault -> window end": [], "window end -> verdict emitted": [],
-                                      "verdict -> relay queued (publisher, Alertmanager)": [],
-                                      "relay queued -> Slack received": []}  # fmt: skip
+    stages: dict[str, list[float]] = {
+        "fault -> window end": [],
+        "window end -> verdict emitted": [],
+        "verdict -> relay queued (publisher, Alertmanager)": [],
+        "relay queued -> Slack received": [],
+    }
     for t in timings:
         points = (t.start_ms, t.window_end_ms, t.emitted_ms, t.relay_ms, t.slack_ms)
         if any(p is None for p in points):
@@ -229,8 +250,17 @@ def _live_table(title: str, timings: list[FaultTiming], messages: list[dict[str,
     return table
 
 
-def measure_latency(settings: Settings, machines: int, faults: int, spacing_s: float, fault_duration_s: float,
-                    warmup_s: float, tail_s: float, console: Console, seed: int = 11) -> LatencyResult:
+def measure_latency(
+    settings: Settings,
+    machines: int,
+    faults: int,
+    spacing_s: float,
+    fault_duration_s: float,
+    warmup_s: float,
+    tail_s: float,
+    console: Console,
+    seed: int = 11,
+) -> LatencyResult:
 
     stack = Stack(settings)
     stack.down(ALL_PIPELINE)  # a clean pipeline with the bench's settings (no relay left with real endpoints)
@@ -250,8 +280,9 @@ def measure_latency(settings: Settings, machines: int, faults: int, spacing_s: f
     simulator = threading.Thread(
         target=run_simulation,
         kwargs=dict(settings=settings, realtime=True, stop=stop, fleet=fleet, make_sender=_make_sender(settings)),
-        name="simulator", daemon=True,
-    )  # fmt: skip
+        name="simulator",
+        daemon=True,
+    )
     simulator.start()
     title = f"bench latency: {machines:,} machines, {faults} faults, {settings.flink.topology} topology"
     messages: list[dict[str, Any]] = []
@@ -286,16 +317,24 @@ def measure_latency(settings: Settings, machines: int, faults: int, spacing_s: f
         sms_found=sum(t.sms_ms is not None for t in timings),
         percentiles=percentiles,
         duplicates=_duplicates(messages),
-        unexpected={ch: sum(1 for m in messages if m["channel"] == ch and m["firing"] and m["machines"]
-                            and not set(m["machines"]) & faulty) for ch in ("slack", "sms")},  # fmt: skip
+        unexpected={
+            ch: sum(
+                1
+                for m in messages
+                if m["channel"] == ch and m["firing"] and m["machines"] and not set(m["machines"]) & faulty
+            )
+            for ch in ("slack", "sms")
+        },
         timings=timings,
     )
 
 
 def results_table(result: LatencyResult) -> Table:
-    table = Table(title=f"vigil bench latency — {result.when} — {result.machine_description}\n"
-                        f"{result.machines:,} machines, {result.faults} injected faults, "
-                        f"{result.topology} topology")  # fmt: skip
+    table = Table(
+        title=f"vigil bench latency — {result.when} — {result.machine_description}\n"
+        f"{result.machines:,} machines, {result.faults} injected faults, "
+        f"{result.topology} topology"
+    )
     for column in ("path", "found", "p50", "p95", "p99", "max"):
         table.add_column(column, justify="right" if column != "path" else "left")
 
@@ -305,20 +344,34 @@ def results_table(result: LatencyResult) -> Table:
     for name, stats in result.percentiles.items():
         label = {"slack": "fault -> Slack request", "sms": "fault -> SMS request"}.get(name, f"  {name}")
         found = {"slack": result.slack_found, "sms": result.sms_found}.get(name, stats.get("n"))
-        table.add_row(label, f"{found}/{result.faults}" if name in ("slack", "sms") else str(found),
-                      *(fmt(stats[k]) for k in ("p50", "p95", "p99", "max")))  # fmt: skip
+        table.add_row(
+            label,
+            f"{found}/{result.faults}" if name in ("slack", "sms") else str(found),
+            *(fmt(stats[k]) for k in ("p50", "p95", "p99", "max")),
+        )
     return table
 
 
-def run_latency_bench(settings: Settings, machines: int, faults: int, spacing_s: float, fault_duration_s: float,
-                      warmup_s: float, tail_s: float, topology: str, output: Path | None,
-                      console: Console) -> LatencyResult:
+def run_latency_bench(
+    settings: Settings,
+    machines: int,
+    faults: int,
+    spacing_s: float,
+    fault_duration_s: float,
+    warmup_s: float,
+    tail_s: float,
+    topology: str,
+    output: Path | None,
+    console: Console,
+) -> LatencyResult:
     settings = bench_settings(settings, topology)
     result = measure_latency(settings, machines, faults, spacing_s, fault_duration_s, warmup_s, tail_s, console)
     console.print(results_table(result))
-    console.print(f"duplicate notifications at the receiver: slack {result.duplicates['slack']}, "
-                  f"sms {result.duplicates['sms']}; firing messages about machines without an injected fault: "
-                  f"slack {result.unexpected['slack']}, sms {result.unexpected['sms']}")  # fmt: skip
+    console.print(
+        f"duplicate notifications at the receiver: slack {result.duplicates['slack']}, "
+        f"sms {result.duplicates['sms']}; firing messages about machines without an injected fault: "
+        f"slack {result.unexpected['slack']}, sms {result.unexpected['sms']}"
+    )
     missed = [t.machine for t in result.timings if t.slack_ms is None or t.sms_ms is None]
     if missed:
         console.print(f"[yellow]faults without a Slack or SMS message by the end: {', '.join(missed)}[/]")

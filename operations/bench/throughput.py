@@ -125,12 +125,20 @@ def _train_on_warmup(settings: Settings, since: datetime, console: Console) -> N
     """Fit and promote every detector on the warm-up's windows, so the measured run scores with models."""
 
     versions = train(settings, since=since, until=datetime.now(UTC), promote=True, console=console)
-    console.print(f"trained and promoted {len(versions)} models; the scoring job swaps them in within "
-                  f"{settings.scoring.model_poll_s:.0f} s")
+    console.print(
+        f"trained and promoted {len(versions)} models; the scoring job swaps them in within "
+        f"{settings.scoring.model_poll_s:.0f} s"
+    )
 
 
-def measure(settings: Settings, machines: int, duration_s: float, console: Console, scoring: bool = True,
-            warmup_s: float = WARMUP_S) -> BenchResult:
+def measure(
+    settings: Settings,
+    machines: int,
+    duration_s: float,
+    console: Console,
+    scoring: bool = True,
+    warmup_s: float = WARMUP_S,
+) -> BenchResult:
 
     stack = Stack(settings)
     # Without scoring, the window-stats job of the split topology runs alone.
@@ -144,7 +152,6 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
     acked = {"batches": 0, "points": 0, "errors": 0}
     measuring = threading.Event()
 
-
     def on_tick(stats: runner.TickStats) -> None:
         monitor.record_sent(stats.batches, stats.points, errors=stats.send_errors)
         if measuring.is_set():
@@ -154,8 +161,15 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
 
     simulator = threading.Thread(
         target=runner.run_simulation,
-        kwargs=dict(settings=settings, machines=machines, duration_s=None, realtime=True, on_tick=on_tick,
-                    stop=stop, make_sender=_make_sender(settings)),
+        kwargs=dict(
+            settings=settings,
+            machines=machines,
+            duration_s=None,
+            realtime=True,
+            on_tick=on_tick,
+            stop=stop,
+            make_sender=_make_sender(settings),
+        ),
         daemon=True,
     )
     simulator.start()
@@ -198,12 +212,16 @@ def measure(settings: Settings, machines: int, duration_s: float, console: Conso
     wall = (t1 - t0).total_seconds()
     emitted = (frame.ins - frame.emi).to_numpy() / 1000 if len(frame) else np.array([])
     ended = (frame.ins - frame.wend).to_numpy() / 1000 if len(frame) else np.array([])
-    verdicts = client.query_df(
-        "SELECT toUnixTimestamp64Milli(inserted_at) AS ins, toUnixTimestamp64Milli(window_end) AS wend, "
-        "notEmpty(arrayFilter(k -> k != 'rules', mapKeys(scores))) AS scored FROM anomalies "
-        "WHERE kind = 'window' AND inserted_at >= {t0:DateTime64(3)} AND inserted_at < {t1:DateTime64(3)}",
-        parameters={"t0": t0, "t1": t1},
-    ) if scoring else None
+    verdicts = (
+        client.query_df(
+            "SELECT toUnixTimestamp64Milli(inserted_at) AS ins, toUnixTimestamp64Milli(window_end) AS wend, "
+            "notEmpty(arrayFilter(k -> k != 'rules', mapKeys(scores))) AS scored FROM anomalies "
+            "WHERE kind = 'window' AND inserted_at >= {t0:DateTime64(3)} AND inserted_at < {t1:DateTime64(3)}",
+            parameters={"t0": t0, "t1": t1},
+        )
+        if scoring
+        else None
+    )
     verdict_lag = (verdicts.ins - verdicts.wend).to_numpy() / 1000 if verdicts is not None and len(verdicts) else None
     return BenchResult(
         machines=machines,
@@ -238,22 +256,36 @@ def machine_description() -> str:
 
 def results_table(results: list[BenchResult]) -> Table:
     table = Table(title=f"vigil bench throughput — {datetime.now(UTC):%Y-%m-%d} — {machine_description()}")
-    for column in ("machines", "scoring", "points/s in", "points/s out (ClickHouse)", "windows",
-                   "emit->visible p50/p99", "window end->visible p50/p99", "verdicts/s (model-scored)",
-                   "verdict window end->visible p50/p99", "send errors"):
+    for column in (
+        "machines",
+        "scoring",
+        "points/s in",
+        "points/s out (ClickHouse)",
+        "windows",
+        "emit->visible p50/p99",
+        "window end->visible p50/p99",
+        "verdicts/s (model-scored)",
+        "verdict window end->visible p50/p99",
+        "send errors",
+    ):
         table.add_column(column, justify="right")
 
     def pair(a: float | None, b: float | None) -> str:
         return "-" if a is None else f"{a:.2f} / {b:.2f} s"
 
     for r in results:
-        table.add_row(str(r.machines), "on" if r.scoring else "off", f"{r.points_in_per_s:,.0f}",
-                      f"{r.points_out_per_s:,.0f}", f"{r.window_rows:,}",
-                      pair(r.emitted_to_visible_p50_s, r.emitted_to_visible_p99_s),
-                      pair(r.window_end_to_visible_p50_s, r.window_end_to_visible_p99_s),
-                      f"{r.verdicts_per_s:,.0f} ({100 * r.verdicts_model_scored:.0f} %)" if r.scoring else "-",
-                      pair(r.verdict_window_end_to_visible_p50_s, r.verdict_window_end_to_visible_p99_s),
-                      str(r.send_errors))
+        table.add_row(
+            str(r.machines),
+            "on" if r.scoring else "off",
+            f"{r.points_in_per_s:,.0f}",
+            f"{r.points_out_per_s:,.0f}",
+            f"{r.window_rows:,}",
+            pair(r.emitted_to_visible_p50_s, r.emitted_to_visible_p99_s),
+            pair(r.window_end_to_visible_p50_s, r.window_end_to_visible_p99_s),
+            f"{r.verdicts_per_s:,.0f} ({100 * r.verdicts_model_scored:.0f} %)" if r.scoring else "-",
+            pair(r.verdict_window_end_to_visible_p50_s, r.verdict_window_end_to_visible_p99_s),
+            str(r.send_errors),
+        )
     return table
 
 
@@ -267,8 +299,14 @@ def usage_table(result: BenchResult) -> Table:
     return table
 
 
-def run_throughput_bench(settings: Settings, machines: list[int], duration_s: float, output: Path | None,
-                         console: Console, scoring: tuple[bool, ...] = (True,)) -> list[BenchResult]:
+def run_throughput_bench(
+    settings: Settings,
+    machines: list[int],
+    duration_s: float,
+    output: Path | None,
+    console: Console,
+    scoring: tuple[bool, ...] = (True,),
+) -> list[BenchResult]:
     results = []
     for count in machines:
         for with_scoring in scoring:

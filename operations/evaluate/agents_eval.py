@@ -46,8 +46,13 @@ from vigil.settings import Settings
 # -- metrics ---------------------------------------------------------------------------------------------
 def confusion(truth: Sequence[str], predicted: Sequence[str]) -> pd.DataFrame:
     classes = sorted(set(truth) | set(predicted))
-    return pd.crosstab(pd.Categorical(truth, classes), pd.Categorical(predicted, classes), dropna=False,
-                       rownames=["truth"], colnames=["diagnosis"])  # fmt: skip
+    return pd.crosstab(
+        pd.Categorical(truth, classes),
+        pd.Categorical(predicted, classes),
+        dropna=False,
+        rownames=["truth"],
+        colnames=["diagnosis"],
+    )
 
 
 def macro_f1(truth: Sequence[str], predicted: Sequence[str]) -> tuple[float, pd.DataFrame]:
@@ -86,9 +91,12 @@ def shared_cause_scores(insights: Sequence[Insight], events: Sequence[dict[str, 
     shared = [set(i.details["machines"]) for i in insights if i.kind == "shared_cause"]
     matched = [any(len(s & set(ev["machines"])) >= 2 for ev in events) for s in shared]
     found = [any(len(s & set(ev["machines"])) >= 2 for s in shared) for ev in events]
-    return {"insights": len(shared), "events": len(events),
-            "precision": sum(matched) / len(shared) if shared else float("nan"),
-            "recall": sum(found) / len(events) if events else float("nan")}  # fmt: skip
+    return {
+        "insights": len(shared),
+        "events": len(events),
+        "precision": sum(matched) / len(shared) if shared else float("nan"),
+        "recall": sum(found) / len(events) if events else float("nan"),
+    }
 
 
 def failure_time_ms(label: FaultLabel, limit_span: float) -> int:
@@ -127,10 +135,12 @@ def ttf_scores(frame: pd.DataFrame, insights: Sequence[Insight], labels: Sequenc
         firsts.append(abs(preds[0][1] - fail) / 60_000)
         lasts.append(abs(preds[-1][1] - fail) / 60_000)
         early.append(preds[0][0] < fail)
-    return {"faults": len(firsts), "mae_first_min": float(np.mean(firsts)) if firsts else float("nan"),
-            "mae_last_min": float(np.mean(lasts)) if lasts else float("nan"),
-            "warned_before_failure": float(np.mean(early)) if early else float("nan")}  # fmt: skip
-
+    return {
+        "faults": len(firsts),
+        "mae_first_min": float(np.mean(firsts)) if firsts else float("nan"),
+        "mae_last_min": float(np.mean(lasts)) if lasts else float("nan"),
+        "warned_before_failure": float(np.mean(early)) if early else float("nan"),
+    }
 
 
 # -- the run ---------------------------------------------------------------------------------------------
@@ -147,10 +157,10 @@ class AgentEvaluation:
     plan: pd.DataFrame
 
 
-def evaluate_agents(settings: Settings, options: AgentRunOptions | None = None, console: Console | None = None
-                    ) -> AgentEvaluation:  # fmt: skip
+def evaluate_agents(
+    settings: Settings, options: AgentRunOptions | None = None, console: Console | None = None
+) -> AgentEvaluation:
     """Train the diagnostic model on one simulated run, evaluate every agent on another (other seed)."""
-
 
     options = options or AgentRunOptions()
     console = console or Console(stderr=True)
@@ -166,42 +176,68 @@ def evaluate_agents(settings: Settings, options: AgentRunOptions | None = None, 
     predicted = [diagnosis.get(e, "unknown") for e in data.frame["episode_id"]]
     truth = list(data.frame["label"])
     f1, per_class = macro_f1(truth, predicted)
-    info = {**data.info, "model_oob_accuracy": model.metadata["metrics"]["oob_accuracy"],
-            "training_episodes": model.metadata["metrics"]["episodes"],
-            "labelled_episodes": int((data.frame["label"] != "no_fault").sum())}  # fmt: skip
-    return AgentEvaluation(options, f1, per_class, confusion(truth, predicted), root_cause_hits(data.frame, insights),
-                           shared_cause_scores(insights, data.shared_events),
-                           ttf_scores(data.frame, insights, data.labels), info, maintenance_plan(insights))
+    info = {
+        **data.info,
+        "model_oob_accuracy": model.metadata["metrics"]["oob_accuracy"],
+        "training_episodes": model.metadata["metrics"]["episodes"],
+        "labelled_episodes": int((data.frame["label"] != "no_fault").sum()),
+    }
+    return AgentEvaluation(
+        options,
+        f1,
+        per_class,
+        confusion(truth, predicted),
+        root_cause_hits(data.frame, insights),
+        shared_cause_scores(insights, data.shared_events),
+        ttf_scores(data.frame, insights, data.labels),
+        info,
+        maintenance_plan(insights),
+    )
 
 
 def print_agent_evaluation(result: AgentEvaluation, console: Console) -> None:
 
     o = result.options
-    console.print(f"[bold]Agents on a simulated fleet[/]: {o.machines} machines, {o.duration_s / 3600:g} h, seed "
-                  f"{o.seed}, {o.fault_rate:g} faults/machine-hour (plant mix), {o.shared_events} shared-cause events; "
-                  f"{result.info['episodes']} episodes, diagnostic model trained on {result.info['training_episodes']} "
-                  f"episodes of another run (out-of-bag accuracy {result.info['model_oob_accuracy']:.3f})")  # fmt: skip
+    console.print(
+        f"[bold]Agents on a simulated fleet[/]: {o.machines} machines, {o.duration_s / 3600:g} h, seed "
+        f"{o.seed}, {o.fault_rate:g} faults/machine-hour (plant mix), {o.shared_events} shared-cause events; "
+        f"{result.info['episodes']} episodes, diagnostic model trained on {result.info['training_episodes']} "
+        f"episodes of another run (out-of-bag accuracy {result.info['model_oob_accuracy']:.3f})"
+    )
     table = Table(title=f"Diagnostic: macro-F1 {result.diagnostic_f1:.3f} (per episode)")
     for col in ("class", "precision", "recall", "F1", "episodes"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for r in result.per_class.itertuples():
-        table.add_row(r._1 if hasattr(r, "_1") else r[1], f"{r.precision:.2f}", f"{r.recall:.2f}", f"{r.f1:.2f}",
-                      str(r.support))  # fmt: skip
+        table.add_row(
+            r._1 if hasattr(r, "_1") else r[1], f"{r.precision:.2f}", f"{r.recall:.2f}", f"{r.f1:.2f}", str(r.support)
+        )
     console.print(table)
     console.print("Confusion (rows: truth, columns: diagnosis):")
     console.print(result.confusion.to_string())
     rc, sc, m = result.root_cause, result.shared_cause, result.maintenance
-    console.print(f"Root cause: faulty sensor ranked first in {rc['top1']:.1%}, in the top 3 in {rc['top3']:.1%} "
-                  f"of {rc['episodes']} fault episodes")
-    console.print(f"Shared cause: precision {sc['precision']:.2f}, recall {sc['recall']:.2f} "
-                  f"({sc['insights']} insights, {sc['events']} injected events)")
-    console.print(f"Maintenance (bearing wear run to failure, {m['faults']} faults): failure-time error (MAE) "
-                  f"{m['mae_first_min']:.1f} min at the first prediction, {m['mae_last_min']:.1f} min at the last; "
-                  f"first prediction before the failure in {m['warned_before_failure']:.0%}")
+    console.print(
+        f"Root cause: faulty sensor ranked first in {rc['top1']:.1%}, in the top 3 in {rc['top3']:.1%} "
+        f"of {rc['episodes']} fault episodes"
+    )
+    console.print(
+        f"Shared cause: precision {sc['precision']:.2f}, recall {sc['recall']:.2f} "
+        f"({sc['insights']} insights, {sc['events']} injected events)"
+    )
+    console.print(
+        f"Maintenance (bearing wear run to failure, {m['faults']} faults): failure-time error (MAE) "
+        f"{m['mae_first_min']:.1f} min at the first prediction, {m['mae_last_min']:.1f} min at the last; "
+        f"first prediction before the failure in {m['warned_before_failure']:.0%}"
+    )
 
 
 def evaluation_dict(result: AgentEvaluation) -> dict[str, Any]:
-    return {"options": result.options.__dict__, "diagnostic_macro_f1": result.diagnostic_f1,
-            "per_class": result.per_class.to_dict("records"), "confusion": result.confusion.to_dict(),
-            "root_cause": result.root_cause, "shared_cause": result.shared_cause,
-            "maintenance": result.maintenance, "info": result.info}  # fmt: skip
+    return {
+        "options": result.options.__dict__,
+        "diagnostic_macro_f1": result.diagnostic_f1,
+        "per_class": result.per_class.to_dict("records"),
+        "confusion": result.confusion.to_dict(),
+        "root_cause": result.root_cause,
+        "shared_cause": result.shared_cause,
+        "maintenance": result.maintenance,
+        "info": result.info,
+    }

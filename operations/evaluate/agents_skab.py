@@ -90,9 +90,11 @@ def window_stats(frame: pd.DataFrame, machine: str) -> pd.DataFrame:
     ms = frame[TIME_COLUMN].to_numpy("datetime64[ms]").astype(np.int64)
     long = frame[list(SKAB_SENSORS)].rename(columns=SKAB_SENSORS).assign(window_start_ms=ms - ms % WINDOW_MS)
     long = long.melt(id_vars="window_start_ms", var_name="sensor", value_name="value")
-    stats = long.groupby(["window_start_ms", "sensor"], sort=True)["value"].agg(
-        count="count", avg="mean", stddev="std", min="min", max="max"
-    ).reset_index()
+    stats = (
+        long.groupby(["window_start_ms", "sensor"], sort=True)["value"]
+        .agg(count="count", avg="mean", stddev="std", min="min", max="max")
+        .reset_index()
+    )
     stats["stddev"] = stats["stddev"].fillna(0.0)
     return stats[list(STAT_COLUMNS)].assign(equipment_id=machine)
 
@@ -116,8 +118,13 @@ def skab_episodes(data_dir: Path) -> tuple[list[tuple[str, Episode]], list[str]]
             skipped.append(name)
             continue
         machine = "skab-" + name.removesuffix(".csv").replace("/", "-")
-        episodes = build_episodes(labelled_verdicts(frame, machine), window_stats(frame, machine), WINDOW_MS,
-                                  gap_windows=2, baseline_windows=60)  # fmt: skip
+        episodes = build_episodes(
+            labelled_verdicts(frame, machine),
+            window_stats(frame, machine),
+            WINDOW_MS,
+            gap_windows=2,
+            baseline_windows=60,
+        )
         # A file's label is one closure; if it came apart (label gaps > 2 windows), the longest part is it.
         out.append((name, max(episodes, key=lambda e: e.end_ms - e.start_ms)))
     return out, skipped
@@ -132,13 +139,18 @@ def diagnose_skab(data_dir: Path, agents: list[Any]) -> SkabAgentReport:
     rows = []
     for name, e in pairs:
         dx, rc, mt = (by.get((e.episode_id, k)) for k in ("diagnosis", "root_cause", "maintenance"))
-        rows.append(SkabDiagnosis(
-            file=name, windows=e.windows, diagnosis=dx.fault_type if dx else "none",
-            confidence=dx.confidence if dx else 0.0, by=str(dx.details.get("by", "")) if dx else "",
-            root_cause=list(rc.sensors) if rc else [],
-            first_to_move=(rc.details.get("onset_order") or [""])[0] if rc else "",
-            maintenance=mt.title if mt else "",
-        ))  # fmt: skip
+        rows.append(
+            SkabDiagnosis(
+                file=name,
+                windows=e.windows,
+                diagnosis=dx.fault_type if dx else "none",
+                confidence=dx.confidence if dx else 0.0,
+                by=str(dx.details.get("by", "")) if dx else "",
+                root_cause=list(rc.sensors) if rc else [],
+                first_to_move=(rc.details.get("onset_order") or [""])[0] if rc else "",
+                maintenance=mt.title if mt else "",
+            )
+        )
     version = next((a.model_version for a in agents if getattr(a, "name", "") == "diagnostic"), None)
     return SkabAgentReport(rows, version, skipped)
 
@@ -146,7 +158,6 @@ def diagnose_skab(data_dir: Path, agents: list[Any]) -> SkabAgentReport:
 def evaluate_skab_agents(settings: Settings, data_dir: Path, console: Console | None = None) -> SkabAgentReport:
     """The diagnostic model trained on the simulator (never on SKAB; a temporary registry, as `vigil evaluate
     --agents` does), then the diagnostic, root-cause and maintenance agents over ``data_dir``'s episodes."""
-
 
     console = console or Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="vigil-agent-models-") as models_dir:
@@ -162,12 +173,22 @@ def print_skab_report(report: SkabAgentReport, console: Console) -> None:
     for col in ("file", "windows", "diagnosis", "conf.", "by", "root cause (top 3)", "first to move", "maintenance"):
         table.add_column(col, justify="right" if col in ("windows", "conf.") else "left")
     for r in report.rows:
-        table.add_row(r.file, str(r.windows), r.diagnosis, f"{r.confidence:.2f}", r.by, ", ".join(r.root_cause),
-                      r.first_to_move, r.maintenance)  # fmt: skip
+        table.add_row(
+            r.file,
+            str(r.windows),
+            r.diagnosis,
+            f"{r.confidence:.2f}",
+            r.by,
+            ", ".join(r.root_cause),
+            r.first_to_move,
+            r.maintenance,
+        )
     console.print(table)
     counts = ", ".join(f"{k} {v}" for k, v in report.diagnosis_counts().items())
-    console.print(f"{len(report.rows)} episodes: {counts}; flow ranked first in {report.flow_ranked(1):.0%}, "
-                  f"in the top 3 in {report.flow_ranked(3):.0%}")  # fmt: skip
+    console.print(
+        f"{len(report.rows)} episodes: {counts}; flow ranked first in {report.flow_ranked(1):.0%}, "
+        f"in the top 3 in {report.flow_ranked(3):.0%}"
+    )
     if report.skipped:
         console.print(f"no labelled anomaly (not diagnosed): {', '.join(report.skipped)}")
 

@@ -77,8 +77,14 @@ def label_episodes(episodes: Sequence[Episode], labels: Sequence[FaultLabel], gr
         by_machine.setdefault(lb.machine, []).append((k, lb))
     names, index, sensors = [], [], []
     for e in episodes:
-        hit = next(((k, lb) for k, lb in by_machine.get(e.equipment_id, [])
-                    if lb.start_ms < e.end_ms + grace_ms and lb.end_ms + grace_ms > e.start_ms), None)  # fmt: skip
+        hit = next(
+            (
+                (k, lb)
+                for k, lb in by_machine.get(e.equipment_id, [])
+                if lb.start_ms < e.end_ms + grace_ms and lb.end_ms + grace_ms > e.start_ms
+            ),
+            None,
+        )
         names.append(DIAGNOSIS_OF_FAULT[fault_category(hit[1])] if hit else "no_fault")
         index.append(hit[0] if hit else -1)
         sensors.append(tuple(hit[1].sensors) if hit else ())
@@ -87,14 +93,21 @@ def label_episodes(episodes: Sequence[Episode], labels: Sequence[FaultLabel], gr
 
 def simulate_labelled(settings: Settings, options: AgentRunOptions, console: Console | None = None) -> LabelledEpisodes:
     planned, events = shared_event_plan(options, settings.simulator.sites)
-    sim = SimOptions(machines=options.machines, duration_s=options.duration_s, seed=options.seed,
-                     fault_rate=options.fault_rate, fault_mix="plant", inject=tuple(planned))  # fmt: skip
+    sim = SimOptions(
+        machines=options.machines,
+        duration_s=options.duration_s,
+        seed=options.seed,
+        fault_rate=options.fault_rate,
+        fault_mix="plant",
+        inject=tuple(planned),
+    )
     result = evaluate_sim(settings, sim, console)
     run = result.run
     assert run is not None
     verdicts = result.verdicts.loc[result.verdicts["emit"].to_numpy(bool)]
-    episodes = build_episodes(verdicts, run.stats, run.window_ms, gap_windows=options.gap_windows,
-                              machines=run.machines)  # fmt: skip
+    episodes = build_episodes(
+        verdicts, run.stats, run.window_ms, gap_windows=options.gap_windows, machines=run.machines
+    )
     grace = settings.scoring.history_windows * run.window_ms
     frame = label_episodes(episodes, run.labels, grace)
     for ev in events:

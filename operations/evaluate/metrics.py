@@ -96,21 +96,26 @@ WINDOW_COLUMNS = ("machine", "window_start_ms", "flagged")
 ALL_TYPES = "all"
 
 
-def fault_window_pairs(
-    windows: pd.DataFrame, faults: pd.DataFrame, window_ms: int, tail_ms: int = 0
-) -> pd.DataFrame:
+def fault_window_pairs(windows: pd.DataFrame, faults: pd.DataFrame, window_ms: int, tail_ms: int = 0) -> pd.DataFrame:
     """(window row, fault row) positions where [ws, ws + window_ms) overlaps [start_ms, end_ms + tail_ms).
 
     Vectorised as a join on the machine (windows x that machine's faults), not a loop over rows.
     """
-    w = pd.DataFrame({
-        "machine": windows["machine"].to_numpy(), "ws": windows["window_start_ms"].to_numpy(np.int64),
-        "row": np.arange(len(windows)),
-    })
-    f = pd.DataFrame({
-        "machine": faults["machine"].to_numpy(), "start": faults["start_ms"].to_numpy(np.int64),
-        "end": faults["end_ms"].to_numpy(np.int64), "fault": np.arange(len(faults)),
-    })
+    w = pd.DataFrame(
+        {
+            "machine": windows["machine"].to_numpy(),
+            "ws": windows["window_start_ms"].to_numpy(np.int64),
+            "row": np.arange(len(windows)),
+        }
+    )
+    f = pd.DataFrame(
+        {
+            "machine": faults["machine"].to_numpy(),
+            "start": faults["start_ms"].to_numpy(np.int64),
+            "end": faults["end_ms"].to_numpy(np.int64),
+            "fault": np.arange(len(faults)),
+        }
+    )
     joined = w.merge(f, on="machine", how="inner")
     hit = (joined["start"] < joined["ws"] + window_ms) & (joined["end"] + tail_ms > joined["ws"])
     return joined.loc[hit, ["row", "fault"]].reset_index(drop=True)
@@ -149,8 +154,9 @@ def fault_scorecard(windows: pd.DataFrame, faults: pd.DataFrame, window_ms: int,
         c for c in FAULT_COLUMNS if c not in faults.columns
     ]
     if missing:
-        raise ValueError(f"fault_scorecard: missing columns {missing}; windows need {WINDOW_COLUMNS}, "
-                         f"faults need {FAULT_COLUMNS}")
+        raise ValueError(
+            f"fault_scorecard: missing columns {missing}; windows need {WINDOW_COLUMNS}, faults need {FAULT_COLUMNS}"
+        )
     if grace_ms < 0:
         raise ValueError(f"grace_ms must be >= 0, got {grace_ms}")
     faults = faults.reset_index(drop=True)
@@ -181,11 +187,15 @@ def fault_scorecard(windows: pd.DataFrame, faults: pd.DataFrame, window_ms: int,
     first_ms = np.full(len(faults), np.iinfo(np.int64).min, dtype=np.int64)
     first_ms[first.index.to_numpy(np.int64)] = first.to_numpy(np.int64)
     detected = first_ms != np.iinfo(np.int64).min
-    events = faults.assign(
-        detected=detected,
-        first_window_ms=np.where(detected, first_ms, -1),
-        delay_ms=np.where(detected, first_ms + window_ms - starts, -1),
-    ).loc[scored].reset_index(drop=True)
+    events = (
+        faults.assign(
+            detected=detected,
+            first_window_ms=np.where(detected, first_ms, -1),
+            delay_ms=np.where(detected, first_ms + window_ms - starts, -1),
+        )
+        .loc[scored]
+        .reset_index(drop=True)
+    )
 
     rows = []
     for name in [*categories, ALL_TYPES]:
@@ -197,21 +207,23 @@ def fault_scorecard(windows: pd.DataFrame, faults: pd.DataFrame, window_ms: int,
         c = Confusion(tp=tp, fp=fp, tn=0, fn=fn)
         ev = events if name == ALL_TYPES else events.loc[events["category"].astype(str) == name]
         delays = ev.loc[ev["detected"], "delay_ms"].to_numpy(np.float64) / 1000.0
-        rows.append({
-            "category": name,
-            "events": len(ev),
-            "detected": int(ev["detected"].sum()),
-            "event_recall": _ratio(int(ev["detected"].sum()), len(ev)),
-            "delay_p50_s": _percentile(delays, 50),
-            "delay_p95_s": _percentile(delays, 95),
-            "fault_windows": tp + fn,
-            "tp": tp,
-            "fn": fn,
-            "fp": fp,
-            "precision": c.precision,
-            "recall": c.recall,
-            "f1": c.f1,
-        })
+        rows.append(
+            {
+                "category": name,
+                "events": len(ev),
+                "detected": int(ev["detected"].sum()),
+                "event_recall": _ratio(int(ev["detected"].sum()), len(ev)),
+                "delay_p50_s": _percentile(delays, 50),
+                "delay_p95_s": _percentile(delays, 95),
+                "fault_windows": tp + fn,
+                "tp": tp,
+                "fn": fn,
+                "fp": fp,
+                "precision": c.precision,
+                "recall": c.recall,
+                "f1": c.f1,
+            }
+        )
     role = np.where(in_fault, "fault", np.where(grace, "grace", "normal"))
     return FaultScorecard(
         by_type=pd.DataFrame(rows).set_index("category"),

@@ -153,10 +153,15 @@ def _window_rows(name: str, ts: np.ndarray, windows: Sequence[Sequence[str]]) ->
         if hit.size:
             return int(hit[0])
         if not is_sorted:
-            raise ValueError(f"{name}: window bound {bound!r} is not a timestamp of the file and the file is "
-                             f"not in time order; use exact data timestamps in {WINDOWS_FILE}")
-        return int(np.searchsorted(ts, t, side="left")) if side == "left" else int(
-            np.searchsorted(ts, t, side="right")) - 1
+            raise ValueError(
+                f"{name}: window bound {bound!r} is not a timestamp of the file and the file is "
+                f"not in time order; use exact data timestamps in {WINDOWS_FILE}"
+            )
+        return (
+            int(np.searchsorted(ts, t, side="left"))
+            if side == "left"
+            else int(np.searchsorted(ts, t, side="right")) - 1
+        )
 
     rows = []
     for win in windows:
@@ -189,9 +194,7 @@ def read_nab_csv(path: Path, name: str | None = None, windows: Sequence[Sequence
     )
 
 
-def load_nab(
-    data_dir: Path | str, windows_path: Path | str | None = None, strict: bool = True
-) -> list[NabFile]:
+def load_nab(data_dir: Path | str, windows_path: Path | str | None = None, strict: bool = True) -> list[NabFile]:
     """All CSVs under ``data_dir`` (category sub-folders) with windows from ``combined_windows.json``.
 
     ``windows_path`` overrides where the windows file is (NAB's repo keeps it in labels/). With
@@ -271,9 +274,7 @@ def score_detections(file: NabFile, alarms: np.ndarray, profile: NabProfile) -> 
     return _score_parts(file, alarms, profile)[0]
 
 
-def nab_score(
-    files: Sequence[NabFile], alarms_by_file: Mapping[str, np.ndarray], profile: NabProfile
-) -> NabScore:
+def nab_score(files: Sequence[NabFile], alarms_by_file: Mapping[str, np.ndarray], profile: NabProfile) -> NabScore:
     """Corpus score: raw scores summed, then normalised to null = 0 and perfect = 100 on these files."""
     missing = [f.name for f in files if f.name not in alarms_by_file]
     if missing:
@@ -289,7 +290,9 @@ def nab_score(
     null = -profile.fn * n_windows
     perfect = profile.tp * n_windows
     if perfect == null:
-        raise ValueError("the scored files have no anomaly window after the probationary period; "
-                         "NAB's normalisation (null=0, perfect=100) is undefined")
+        raise ValueError(
+            "the scored files have no anomaly window after the probationary period; "
+            "NAB's normalisation (null=0, perfect=100) is undefined"
+        )
     normalized = 100.0 * (raw - null) / (perfect - null)
     return NabScore(normalized, raw, null, perfect, tp, fp, fn, profile.name)

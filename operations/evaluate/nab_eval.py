@@ -144,8 +144,7 @@ def run_nab(
     profiles = load_profiles(data_dir)
     scores = detector_scores(files, detector, normalize, **params)
     alarms = {name: rearm(s > threshold, rearm_rows) for name, s in scores.items()}
-    return NabRun(files, scores, alarms,
-                  {p: nab_score(files, alarms, get_profile(profiles, p)) for p in profile_names})
+    return NabRun(files, scores, alarms, {p: nab_score(files, alarms, get_profile(profiles, p)) for p in profile_names})
 
 
 def evaluate_nab_profiles(
@@ -177,21 +176,30 @@ def evaluate_nab(
     return evaluate_nab_profiles(data_dir, detector, threshold, normalize, (profile,), rearm_rows, **params)[profile]
 
 
-def print_nab_table(
-    scores: Mapping[str, NabScore], title: str = "NAB", console: Console | None = None
-) -> None:
+def print_nab_table(scores: Mapping[str, NabScore], title: str = "NAB", console: Console | None = None) -> None:
     """One row per profile: normalised score, raw, null, perfect and the counts."""
     table = Table(title=title)
     for col in ("profile", "NAB score", "raw", "null", "perfect", "TP windows", "FN windows", "FP rows"):
         table.add_column(col, justify="left" if col == "profile" else "right", no_wrap=True)
     for name, s in scores.items():
-        table.add_row(name, f"{s.normalized:.2f}", f"{s.raw:.3f}", f"{s.null:.1f}", f"{s.perfect:.1f}",
-                      str(s.tp), str(s.fn), str(s.fp))
+        table.add_row(
+            name,
+            f"{s.normalized:.2f}",
+            f"{s.raw:.3f}",
+            f"{s.null:.1f}",
+            f"{s.perfect:.1f}",
+            str(s.tp),
+            str(s.fn),
+            str(s.fp),
+        )
     (console or Console()).print(table)
 
 
 def rescore_results(
-    files: Sequence[NabFile], profiles: Mapping[str, NabProfile], results_dir: Path, detector: str,
+    files: Sequence[NabFile],
+    profiles: Mapping[str, NabProfile],
+    results_dir: Path,
+    detector: str,
     thresholds: Mapping[str, float],
 ) -> dict[str, NabScore]:
     """Score a NAB results folder as NAB does: alarms are ``anomaly_score >= threshold`` per profile."""
@@ -225,14 +233,16 @@ def rescore_own_results(data_dir: Path, results_dir: Path, detector: str = "vigi
     return rescore_results(files, profiles, results_dir, detector, thresholds)
 
 
-def write_results(run: NabRun, results_dir: Path, name: str, detector: str, threshold: float,
-                  rearm_rows: int) -> list[Path]:
+def write_results(
+    run: NabRun, results_dir: Path, name: str, detector: str, threshold: float, rearm_rows: int
+) -> list[Path]:
     """Write ``run`` as NAB result files under ``results_dir/<name>/`` (see :mod:`operations.evaluate.result_files`)."""
-    how = (f"alarm where the {detector} score > {threshold:g}"
-           + (f", then re-arm {rearm_rows} rows" if rearm_rows else "")
-           + "; the threshold is given to the run, this command never optimises it on the scored labels")
-    return write_nab_results(results_dir, name, run.files, run.scores, run.alarms, threshold, run.profile_scores,
-                             how)
+    how = (
+        f"alarm where the {detector} score > {threshold:g}"
+        + (f", then re-arm {rearm_rows} rows" if rearm_rows else "")
+        + "; the threshold is given to the run, this command never optimises it on the scored labels"
+    )
+    return write_nab_results(results_dir, name, run.files, run.scores, run.alarms, threshold, run.profile_scores, how)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -240,8 +250,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", nargs="?", type=Path, help="folder in NAB layout")
     ap.add_argument("--detector", default=EwmaZScore.name, choices=sorted(streaming_detectors()))
-    ap.add_argument("--threshold", type=float, default=None,
-                    help="alarm when score > threshold (default: the detector's own fixed default_threshold, if any)")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="alarm when score > threshold (default: the detector's own fixed default_threshold, if any)",
+    )
     ap.add_argument("--normalize", action="store_true", help="per-file min-max scores to [0,1] (not causal)")
     ap.add_argument("--rearm-rows", type=int, default=0, help="suppress repeat alarms within N rows")
     ap.add_argument("--param", action="append", default=[], metavar="K=V", help="detector parameter")
@@ -249,20 +263,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--check-detector", default="windowedGaussian")
     ap.add_argument("--results-dir", type=Path, help="also write NAB-format result files here")
     ap.add_argument("--results-name", default="vigil", help="detector name in the result files (no '_')")
-    ap.add_argument("--rescore", type=Path, metavar="RESULTS_DIR",
-                    help="score result files written by --results-dir against DATA_DIR with their thresholds.json")
+    ap.add_argument(
+        "--rescore",
+        type=Path,
+        metavar="RESULTS_DIR",
+        help="score result files written by --results-dir against DATA_DIR with their thresholds.json",
+    )
     args = ap.parse_args(argv)
     if args.rescore:
         if args.data_dir is None:
             ap.error("--rescore needs DATA_DIR (the NAB folder the results were written for)")
-        print_nab_table(rescore_own_results(args.data_dir, args.rescore, args.results_name),
-                        title=f"{args.rescore}/{args.results_name} re-scored from its files",
-                        console=Console(width=max(Console().width, 110)))
+        print_nab_table(
+            rescore_own_results(args.data_dir, args.rescore, args.results_name),
+            title=f"{args.rescore}/{args.results_name} re-scored from its files",
+            console=Console(width=max(Console().width, 110)),
+        )
         return
     if args.check_nab:
-        print_nab_table(check_published_results(args.check_nab, args.check_detector),
-                        title=f"NAB's {args.check_detector} results, re-scored",
-                        console=Console(width=max(Console().width, 110)))
+        print_nab_table(
+            check_published_results(args.check_nab, args.check_detector),
+            title=f"NAB's {args.check_detector} results, re-scored",
+            console=Console(width=max(Console().width, 110)),
+        )
         return
     if args.threshold is None:
         args.threshold = streaming_detectors()[args.detector].default_threshold

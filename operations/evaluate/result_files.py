@@ -72,12 +72,14 @@ def write_nab_results(
         category, _, fname = f.name.rpartition("/")
         path = Path(results_dir) / detector / category / f"{detector}_{fname}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame({
-            "timestamp": f.raw_timestamps or [str(t) for t in f.timestamps],
-            "value": f.values,
-            "anomaly_score": text_scores(nab_anomaly_score(scores[f.name], alarms[f.name], threshold)),
-            "label": f.labels.astype(int),
-        })
+        frame = pd.DataFrame(
+            {
+                "timestamp": f.raw_timestamps or [str(t) for t in f.timestamps],
+                "value": f.values,
+                "anomaly_score": text_scores(nab_anomaly_score(scores[f.name], alarms[f.name], threshold)),
+                "label": f.labels.astype(int),
+            }
+        )
         frame.to_csv(path, index=False, columns=list(NAB_COLUMNS))
         written.append(path)
     sidecar = Path(results_dir) / "thresholds.json"
@@ -89,8 +91,11 @@ def write_nab_results(
     sidecar.write_text(json.dumps(existing, indent=2) + "\n")
     notes_path = Path(results_dir) / NOTES_FILE  # kept apart: thresholds.json stays exactly NAB's shape
     notes = json.loads(notes_path.read_text()) if notes_path.exists() else {}
-    notes[detector] = {"raw_threshold": threshold, "how_chosen": how_chosen,
-                       "written_threshold": f"anomaly_score >= {NAB_ALARM_SCORE} reproduces these alarms"}
+    notes[detector] = {
+        "raw_threshold": threshold,
+        "how_chosen": how_chosen,
+        "written_threshold": f"anomaly_score >= {NAB_ALARM_SCORE} reproduces these alarms",
+    }
     notes_path.write_text(json.dumps(notes, indent=2) + "\n")
     return written
 

@@ -161,7 +161,8 @@ def simulate(
         seed=options.seed,
         samples_per_sensor=options.samples_per_sensor or sim.samples_per_sensor,
         batch_interval_s=sim.batch_interval_s,
-        fault_rate_per_machine_hour=sim.fault_rate_per_machine_hour if options.fault_rate is None
+        fault_rate_per_machine_hour=sim.fault_rate_per_machine_hour
+        if options.fault_rate is None
         else options.fault_rate,
         equipment_types=options.equipment_types,
         fault_mix=options.fault_mix,
@@ -182,14 +183,22 @@ def simulate(
         while explicit and start + int(explicit[0].start_s * 1000) < tick_end:
             p = explicit.pop(0)
             s_ms = start + int(p.start_s * 1000)
-            fleet.inject(p.fault_type, p.equipment_id, s_ms, s_ms + int(p.duration_s * 1000), p.sensors,
-                         p.magnitude, p.probability)
+            fleet.inject(
+                p.fault_type,
+                p.equipment_id,
+                s_ms,
+                s_ms + int(p.duration_s * 1000),
+                p.sensors,
+                p.magnitude,
+                p.probability,
+            )
         while dead and dead[0][0] < tick_end:
             s_ms, kind = dead.pop(0)
             s_ms = max(s_ms, tick_end - interval + 1)
             e_ms = s_ms + int(rng.uniform(*DEAD_DURATION_S) * 1000)
-            free = [fleet.machines[i] for i in order if not _busy(fleet, fleet.machines[i].equipment_id, s_ms, e_ms,
-                                                                    margin)]
+            free = [
+                fleet.machines[i] for i in order if not _busy(fleet, fleet.machines[i].equipment_id, s_ms, e_ms, margin)
+            ]
             if not free:
                 continue
             machine = free[int(rng.integers(len(free)))]
@@ -223,8 +232,12 @@ def simulate(
 
 # -- 2. window statistics --------------------------------------------------------------------------------
 def window_stats(
-    equipment_type: str, equipment_ids: Sequence[str], sensors: Sequence[str], t_ms: np.ndarray,
-    values: np.ndarray, window_ms: int,
+    equipment_type: str,
+    equipment_ids: Sequence[str],
+    sensors: Sequence[str],
+    t_ms: np.ndarray,
+    values: np.ndarray,
+    window_ms: int,
 ) -> pd.DataFrame:
     """Per (machine, sensor, window) count, avg, population stddev, min, max of the non-NaN samples.
 
@@ -254,31 +267,35 @@ def window_stats(
     std = np.where(vmin == vmax, 0.0, std)
     keep = count > 0  # (sensors, segments)
     sensor_idx, seg_idx = np.nonzero(keep)
-    return pd.DataFrame({
-        "equipment_id": np.asarray(equipment_ids, dtype=object)[starts[seg_idx] // n],
-        "equipment_type": equipment_type,
-        "sensor": np.asarray(sensors, dtype=object)[sensor_idx],
-        "window_start_ms": flat_win[starts[seg_idx]].astype(np.int64),
-        "count": count[keep].astype(np.float64),
-        "avg": avg[keep],
-        "stddev": std[keep],
-        "min": vmin[keep],
-        "max": vmax[keep],
-    })
+    return pd.DataFrame(
+        {
+            "equipment_id": np.asarray(equipment_ids, dtype=object)[starts[seg_idx] // n],
+            "equipment_type": equipment_type,
+            "sensor": np.asarray(sensors, dtype=object)[sensor_idx],
+            "window_start_ms": flat_win[starts[seg_idx]].astype(np.int64),
+            "count": count[keep].astype(np.float64),
+            "avg": avg[keep],
+            "stddev": std[keep],
+            "min": vmin[keep],
+            "max": vmax[keep],
+        }
+    )
 
 
 # -- 3. rule results -------------------------------------------------------------------------------------
 def _limits(config: RulesConfig) -> pd.DataFrame:
     rules = config.resolved()
-    return pd.DataFrame({
-        "equipment_type": [r.equipment_type for r in rules],
-        "sensor": [r.sensor for r in rules],
-        "min_limit": [np.nan if r.min is None else r.min for r in rules],
-        "max_limit": [np.nan if r.max is None else r.max for r in rules],
-        "max_step": [np.nan if r.max_step is None else r.max_step for r in rules],
-        "zscore_max": [r.zscore_max for r in rules],
-        "stuck_windows": [r.stuck_windows for r in rules],
-    })
+    return pd.DataFrame(
+        {
+            "equipment_type": [r.equipment_type for r in rules],
+            "sensor": [r.sensor for r in rules],
+            "min_limit": [np.nan if r.min is None else r.min for r in rules],
+            "max_limit": [np.nan if r.max is None else r.max for r in rules],
+            "max_step": [np.nan if r.max_step is None else r.max_step for r in rules],
+            "zscore_max": [r.zscore_max for r in rules],
+            "stuck_windows": [r.stuck_windows for r in rules],
+        }
+    )
 
 
 def rule_results(stats: pd.DataFrame, config: RulesConfig) -> pd.DataFrame:
@@ -327,17 +344,20 @@ def rule_results(stats: pd.DataFrame, config: RulesConfig) -> pd.DataFrame:
     count_drop = count < recent_max * (1 - config.sample_count.max_drop)
 
     with np.errstate(invalid="ignore"):
-        hits = np.vstack([
-            avg < out["min_limit"].to_numpy(np.float64),
-            avg > out["max_limit"].to_numpy(np.float64),
-            step > out["max_step"].to_numpy(np.float64),
-            flat_last_n >= n_stuck,
-            abs_z > out["zscore_max"].to_numpy(np.float64),
-            count_drop,
-        ])
+        hits = np.vstack(
+            [
+                avg < out["min_limit"].to_numpy(np.float64),
+                avg > out["max_limit"].to_numpy(np.float64),
+                step > out["max_step"].to_numpy(np.float64),
+                flat_last_n >= n_stuck,
+                abs_z > out["zscore_max"].to_numpy(np.float64),
+                count_drop,
+            ]
+        )
     code = (hits.astype(np.int64) << np.arange(len(RULE_ORDER))[:, None]).sum(axis=0)
-    names = np.array([",".join(r for i, r in enumerate(RULE_ORDER) if c >> i & 1) for c in range(1 << len(RULE_ORDER))],
-                     dtype=object)
+    names = np.array(
+        [",".join(r for i, r in enumerate(RULE_ORDER) if c >> i & 1) for c in range(1 << len(RULE_ORDER))], dtype=object
+    )
     out["rule_hits"] = names[code]
     out["zratio"] = abs_z / out["zscore_max"].to_numpy(np.float64)
     return out.drop(columns=["min_limit", "max_limit", "max_step", "zscore_max", "stuck_windows"])
@@ -345,7 +365,11 @@ def rule_results(stats: pd.DataFrame, config: RulesConfig) -> pd.DataFrame:
 
 # -- 4. models ---------------------------------------------------------------------------------------------
 def train_models(
-    run: SimRun, train_end_ms: int, registry: ModelRegistry, history: int, advance: Callable[[int], None] | None = None,
+    run: SimRun,
+    train_end_ms: int,
+    registry: ModelRegistry,
+    history: int,
+    advance: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One model per (equipment type, detector) on the run's first part, exactly as `vigil train` fits it."""
 
@@ -353,15 +377,31 @@ def train_models(
     part = run.stats.loc[run.stats["window_start_ms"] < train_end_ms]
     for etype, frame in part.groupby("equipment_type", sort=True):
         frame = frame.rename(columns={"window_start_ms": "window_start"})
-        for v in train_type(str(etype), frame, run.labels, registry, detectors=job_detectors(), size_ms=run.window_ms,
-                            history=history, promote=True, source=TRAIN_SOURCE,
-                            since_ms=run.start_ms, until_ms=train_end_ms):
+        for v in train_type(
+            str(etype),
+            frame,
+            run.labels,
+            registry,
+            detectors=job_detectors(),
+            size_ms=run.window_ms,
+            history=history,
+            promote=True,
+            source=TRAIN_SOURCE,
+            since_ms=run.start_ms,
+            until_ms=train_end_ms,
+        ):
             rows, metrics = v.metadata["rows"], v.metadata["metrics"]
-            out.append({
-                "equipment_type": v.equipment_type, "detector": v.detector, "version": v.version,
-                "threshold": v.threshold, "normal_windows": rows["normal"], "excluded_fault": rows["excluded_fault"],
-                "alarm_rate_test": metrics["alarm_rate_test"],
-            })
+            out.append(
+                {
+                    "equipment_type": v.equipment_type,
+                    "detector": v.detector,
+                    "version": v.version,
+                    "threshold": v.threshold,
+                    "normal_windows": rows["normal"],
+                    "excluded_fault": rows["excluded_fault"],
+                    "alarm_rate_test": metrics["alarm_rate_test"],
+                }
+            )
         if advance is not None:
             advance(1)
     return out
@@ -370,8 +410,17 @@ def train_models(
 # -- 5. hops, scored by the job's scorer ------------------------------------------------------------------
 LONG_STATS = ("sensor", "window_start_ms", *STATS_COLUMNS, "rule_hits", "zratio")
 # Verdict columns kept, then one score column per detector the scorer knows (WindowScorer.score_names).
-VERDICT_KEEP = ("emit", "kind", "is_anomaly", "severity", "score", "detectors", "rule_hits", "top_sensors",
-                "dead_sensors")
+VERDICT_KEEP = (
+    "emit",
+    "kind",
+    "is_anomaly",
+    "severity",
+    "score",
+    "detectors",
+    "rule_hits",
+    "top_sensors",
+    "dead_sensors",
+)
 
 
 def build_hops(
@@ -395,12 +444,14 @@ def build_hops(
     uniq, group = np.unique(key, return_inverse=True)
     sample = np.zeros(len(uniq), dtype=np.int64)
     sample[group] = rep  # any row of the hop: its machine's site and type
-    current = pd.DataFrame({
-        "equipment_id": part["equipment_id"].to_numpy()[sample],
-        "site": part["site"].to_numpy()[sample],
-        "equipment_type": part["equipment_type"].to_numpy()[sample],
-        "window_start_ms": first_ms + (uniq % ((end_ms - first_ms) // window_ms + 1)) * window_ms,
-    })
+    current = pd.DataFrame(
+        {
+            "equipment_id": part["equipment_id"].to_numpy()[sample],
+            "site": part["site"].to_numpy()[sample],
+            "equipment_type": part["equipment_type"].to_numpy()[sample],
+            "window_start_ms": first_ms + (uniq % ((end_ms - first_ms) // window_ms + 1)) * window_ms,
+        }
+    )
     long = pd.DataFrame({"group": group.astype(np.int64)})
     for col in LONG_STATS:
         long[col] = part[col].to_numpy()[rep]
@@ -408,7 +459,12 @@ def build_hops(
 
 
 def score_run(
-    run: SimRun, rules: pd.DataFrame, first_ms: int, scorer: WindowScorer, history_windows: int, hop_batch: int,
+    run: SimRun,
+    rules: pd.DataFrame,
+    first_ms: int,
+    scorer: WindowScorer,
+    history_windows: int,
+    hop_batch: int,
     advance: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Verdicts for every hop whose current window is in [first_ms, run.end_ms), in batches of ~hop_batch hops."""
@@ -424,8 +480,12 @@ def score_run(
         long, current = build_hops(by_time.iloc[a:b], lo, hi, history_windows, w)
         if len(current):
             verdicts = scorer.score(long, current)
-            out.append(pd.concat([current[["equipment_id", "window_start_ms"]],
-                                  verdicts[[*VERDICT_KEEP, *scorer.score_names]]], axis=1))
+            out.append(
+                pd.concat(
+                    [current[["equipment_id", "window_start_ms"]], verdicts[[*VERDICT_KEEP, *scorer.score_names]]],
+                    axis=1,
+                )
+            )
         if advance is not None:
             advance(1)
     empty = pd.DataFrame(columns=["equipment_id", "window_start_ms", *VERDICT_KEEP, *scorer.score_names])
@@ -434,30 +494,39 @@ def score_run(
 
 # -- 6. metrics --------------------------------------------------------------------------------------------
 def faults_frame(labels: Sequence[FaultLabel]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "machine": [lb.machine for lb in labels],
-        "category": [fault_category(lb) for lb in labels],
-        "fault_type": [lb.fault_type for lb in labels],
-        "equipment_type": [lb.equipment_type for lb in labels],
-        "sensors": [",".join(lb.sensors) for lb in labels],
-        "start_ms": np.array([lb.start_ms for lb in labels], dtype=np.int64),
-        "end_ms": np.array([lb.end_ms for lb in labels], dtype=np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "machine": [lb.machine for lb in labels],
+            "category": [fault_category(lb) for lb in labels],
+            "fault_type": [lb.fault_type for lb in labels],
+            "equipment_type": [lb.equipment_type for lb in labels],
+            "sensors": [",".join(lb.sensors) for lb in labels],
+            "start_ms": np.array([lb.start_ms for lb in labels], dtype=np.int64),
+            "end_ms": np.array([lb.end_ms for lb in labels], dtype=np.int64),
+        }
+    )
 
 
 def detector_breakdown(windows: pd.DataFrame, verdicts: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """Per detector name: flagged windows it fired in by role (fault / grace / normal = FP), and the detected
     events whose first flagged window it fired in (total and per fault type)."""
     flagged = windows.loc[windows["flagged"], ["machine", "window_start_ms", "role"]]
-    fired = flagged.merge(verdicts[["equipment_id", "window_start_ms", "detectors"]].rename(
-        columns={"equipment_id": "machine"}), on=["machine", "window_start_ms"], how="left")
+    fired = flagged.merge(
+        verdicts[["equipment_id", "window_start_ms", "detectors"]].rename(columns={"equipment_id": "machine"}),
+        on=["machine", "window_start_ms"],
+        how="left",
+    )
     fired = fired.explode("detectors").dropna(subset=["detectors"])
     by_role = pd.crosstab(fired["detectors"], fired["role"]).reindex(columns=["fault", "grace", "normal"], fill_value=0)
     by_role.columns = ["fault_windows", "grace_windows", "fp_windows"]
     first = events.loc[events["detected"], ["machine", "category", "first_window_ms"]].rename(
-        columns={"first_window_ms": "window_start_ms"})
-    first = first.merge(verdicts[["equipment_id", "window_start_ms", "detectors"]].rename(
-        columns={"equipment_id": "machine"}), on=["machine", "window_start_ms"], how="left")
+        columns={"first_window_ms": "window_start_ms"}
+    )
+    first = first.merge(
+        verdicts[["equipment_id", "window_start_ms", "detectors"]].rename(columns={"equipment_id": "machine"}),
+        on=["machine", "window_start_ms"],
+        how="left",
+    )
     first = first.explode("detectors").dropna(subset=["detectors"])
     per_type = pd.crosstab(first["detectors"], first["category"])
     out = by_role.join(per_type, how="outer").fillna(0).astype(np.int64)
@@ -483,8 +552,14 @@ def evaluate_sim(
     train_end = options.start_ms + int(n_windows * options.train_fraction) * window_ms
     config = load_rules(scoring.rules_path)
     timings: dict[str, float] = {}
-    progress = Progress(TextColumn("[bold]sim[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=False)
+    progress = Progress(
+        TextColumn("[bold]sim[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
     with progress, tempfile.TemporaryDirectory(prefix="vigil-sim-models-") as models_dir:
         t0 = time.perf_counter()
         n_ticks = int(np.ceil(options.duration_s / settings.simulator.batch_interval_s - 1e-9))
@@ -506,15 +581,29 @@ def evaluate_sim(
 
         t0 = time.perf_counter()
         expected = {etype: sorted(sensors) for etype, sensors in config.equipment_types.items()}
-        model_set = ModelSet(registry, expected.get, max_history=scoring.history_windows, window_ms=window_ms,
-                             poll_s=float("inf"), threads=scoring.onnx_threads)
-        scorer = WindowScorer(expected, model_set, ScoringConfig(
-            window_ms=window_ms, dead_after_ms=scoring.dead_after_ms, critical_ratio=scoring.critical_ratio,
-            model_persistence=scoring.model_persistence_windows))
+        model_set = ModelSet(
+            registry,
+            expected.get,
+            max_history=scoring.history_windows,
+            window_ms=window_ms,
+            poll_s=float("inf"),
+            threads=scoring.onnx_threads,
+        )
+        scorer = WindowScorer(
+            expected,
+            model_set,
+            ScoringConfig(
+                window_ms=window_ms,
+                dead_after_ms=scoring.dead_after_ms,
+                critical_ratio=scoring.critical_ratio,
+                model_persistence=scoring.model_persistence_windows,
+            ),
+        )
         per_batch = max(1, options.hop_batch // max(1, options.machines)) * window_ms
         task = progress.add_task("score hops (WindowScorer)", total=int(np.ceil((run.end_ms - train_end) / per_batch)))
-        verdicts = score_run(run, rules, train_end, scorer, scoring.hop_windows, options.hop_batch,
-                             lambda k: progress.advance(task, k))
+        verdicts = score_run(
+            run, rules, train_end, scorer, scoring.hop_windows, options.hop_batch, lambda k: progress.advance(task, k)
+        )
         timings["score"] = time.perf_counter() - t0
         refused = model_set.refused()
         if refused:
@@ -551,7 +640,8 @@ def evaluate_sim(
         "flagged_windows": int(windows["flagged"].sum()),
         "faults_labelled": len(faults),
         "faults_scored": len(card.events),
-        "fault_rate": settings.simulator.fault_rate_per_machine_hour if options.fault_rate is None
+        "fault_rate": settings.simulator.fault_rate_per_machine_hour
+        if options.fault_rate is None
         else options.fault_rate,
         "fp_per_machine_hour": card.fp_windows / hours if hours else float("nan"),
         "grace_ms": grace_ms,
@@ -591,16 +681,37 @@ def print_sim_result(result: SimEvaluation, console: Console) -> None:
         f"grace {info['grace_ms'] / 1000:g} s."
     )
     table = Table(title="Per fault type (window and event level)", caption=PRECISION_NOTE, caption_justify="left")
-    for col in ("fault type", "events", "found", "event recall", "delay p50 s", "p95 s", "fault windows", "TP", "FN",
-                "precision*", "recall", "F1"):
+    for col in (
+        "fault type",
+        "events",
+        "found",
+        "event recall",
+        "delay p50 s",
+        "p95 s",
+        "fault windows",
+        "TP",
+        "FN",
+        "precision*",
+        "recall",
+        "F1",
+    ):
         table.add_column(col, justify="left" if col == "fault type" else "right")
     for name, r in result.scorecard.by_type.iterrows():
         style = "bold" if name == "all" else None
         table.add_row(
-            str(name), f"{int(r['events'])}", f"{int(r['detected'])}", _fmt(r["event_recall"], pct=True),
-            _fmt(r["delay_p50_s"]), _fmt(r["delay_p95_s"]), f"{int(r['fault_windows']):,}", f"{int(r['tp']):,}",
-            f"{int(r['fn']):,}", _fmt(r["precision"], digits=3), _fmt(r["recall"], digits=3),
-            _fmt(r["f1"], digits=3), style=style,
+            str(name),
+            f"{int(r['events'])}",
+            f"{int(r['detected'])}",
+            _fmt(r["event_recall"], pct=True),
+            _fmt(r["delay_p50_s"]),
+            _fmt(r["delay_p95_s"]),
+            f"{int(r['fault_windows']):,}",
+            f"{int(r['tp']):,}",
+            f"{int(r['fn']):,}",
+            _fmt(r["precision"], digits=3),
+            _fmt(r["recall"], digits=3),
+            _fmt(r["f1"], digits=3),
+            style=style,
         )
     console.print(table)
     console.print(
@@ -617,26 +728,45 @@ def print_sim_result(result: SimEvaluation, console: Console) -> None:
     left = ("detector", "first detections by type")
     for col in ("detector", "fault windows", "grace windows", "FP windows", "first detections", left[1]):
         det.add_column(col, justify="left" if col in left else "right")
-    categories = [c for c in result.detectors.columns
-                  if c not in ("fault_windows", "grace_windows", "fp_windows", "first_detections")]
+    categories = [
+        c
+        for c in result.detectors.columns
+        if c not in ("fault_windows", "grace_windows", "fp_windows", "first_detections")
+    ]
     for name, r in result.detectors.iterrows():
         by_type = ", ".join(f"{c} {int(r[c])}" for c in categories if r[c])
-        det.add_row(str(name), f"{r['fault_windows']:,}", f"{r['grace_windows']:,}", f"{r['fp_windows']:,}",
-                    str(r["first_detections"]), by_type)
+        det.add_row(
+            str(name),
+            f"{r['fault_windows']:,}",
+            f"{r['grace_windows']:,}",
+            f"{r['fp_windows']:,}",
+            str(r["first_detections"]),
+            by_type,
+        )
     console.print(det)
     models = Table(title="Models (trained by operations.training.detectors.train_type on the first part)")
     for col in ("type", "detector", "threshold", "normal windows", "excluded (fault)", "alarm rate (held-out normal)"):
         models.add_column(col, justify="left" if col in ("type", "detector") else "right")
     for m in info["models"]:
-        models.add_row(m["equipment_type"], m["detector"], f"{m['threshold']:.4g}", f"{m['normal_windows']:,}",
-                       f"{m['excluded_fault']:,}", _fmt(m["alarm_rate_test"], pct=True, digits=2))
+        models.add_row(
+            m["equipment_type"],
+            m["detector"],
+            f"{m['threshold']:.4g}",
+            f"{m['normal_windows']:,}",
+            f"{m['excluded_fault']:,}",
+            _fmt(m["alarm_rate_test"], pct=True, digits=2),
+        )
     console.print(models)
-    console.print("Runtime: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items())
-                  + f" (total {sum(result.timings_s.values()):.1f} s)")
+    console.print(
+        "Runtime: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items())
+        + f" (total {sum(result.timings_s.values()):.1f} s)"
+    )
 
 
 def summary_dict(result: SimEvaluation) -> dict[str, Any]:
     """The scorecard as plain JSON-able data (for --output)."""
+
     def clean(frame: pd.DataFrame) -> list[dict[str, Any]]:
         return json.loads(frame.reset_index().to_json(orient="records"))
 
@@ -645,9 +775,13 @@ def summary_dict(result: SimEvaluation) -> dict[str, Any]:
         "options": asdict(result.options),
         "info": result.info,
         "by_type": clean(card.by_type),
-        "false_positives": {"fp_windows": card.fp_windows, "negative_windows": card.negative_windows,
-                            "fp_rate": card.fp_rate, "grace_windows": card.grace_windows,
-                            "grace_flagged": card.grace_flagged},
+        "false_positives": {
+            "fp_windows": card.fp_windows,
+            "negative_windows": card.negative_windows,
+            "fp_rate": card.fp_rate,
+            "grace_windows": card.grace_windows,
+            "grace_flagged": card.grace_flagged,
+        },
         "detectors": clean(result.detectors),
         "events": json.loads(card.events.to_json(orient="records")),
         "timings_s": result.timings_s,

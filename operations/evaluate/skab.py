@@ -62,6 +62,8 @@ PROTOCOL_TITLES = {
     "vigil": "Vigil protocol (NOT SKAB's: fit cut at first label, level may use anomaly-free.csv)",
 }
 TIME_COLUMN = "datetime"
+
+
 def skab_detectors() -> dict[str, DetectorSpec]:
     """The detectors scored on SKAB: every batch detector that declares the ``skab`` benchmark."""
     return benchmark_detectors("skab")
@@ -415,11 +417,10 @@ def evaluate_skab(
             truth=source.in_file_order(truth),
             train=source.in_file_order(train),
         )
-        results.append(
-            FileResult(name, len(frame), n_train, counts, Confusion.from_labels(truth, alarms), per_row)
-        )
-    return SkabResult(detector, results, alarm_level, history, train_rows, rule.limit, rule.describe(), protocol,
-                      skipped)
+        results.append(FileResult(name, len(frame), n_train, counts, Confusion.from_labels(truth, alarms), per_row))
+    return SkabResult(
+        detector, results, alarm_level, history, train_rows, rule.limit, rule.describe(), protocol, skipped
+    )
 
 
 def _pct(value: float) -> str:
@@ -459,14 +460,20 @@ SKAB_COLUMNS = ("datetime", "anomaly_score", "anomaly_pred", "anomaly", "train")
 def skab_how_chosen(result: SkabResult) -> str:
     """One sentence on where the alarm level came from (recorded next to the result files)."""
     if result.limit == "anomaly-free":
-        return ("one level for all files, set on anomaly-free.csv pseudo-experiments for a target false-alarm "
-                "rate; experiment labels unused (Vigil protocol, not SKAB's)")
+        return (
+            "one level for all files, set on anomaly-free.csv pseudo-experiments for a target false-alarm "
+            "rate; experiment labels unused (Vigil protocol, not SKAB's)"
+        )
     if result.limit == "spc":
-        return ("per file, from its training rows only: F-distribution T2 and Jackson-Mudholkar Q control "
-                "limits; anomaly_score is max(T2/limit, Q/limit), alarm above 1")
-    return ("per file, from its training rows only: factor x quantile of their scores (the factor and quantile "
-            "are given to the run; SKAB's feed-forward AE rule, 2.5 x q0.99, by default); anomaly_score is the "
-            "score divided by that limit, alarm above 1")
+        return (
+            "per file, from its training rows only: F-distribution T2 and Jackson-Mudholkar Q control "
+            "limits; anomaly_score is max(T2/limit, Q/limit), alarm above 1"
+        )
+    return (
+        "per file, from its training rows only: factor x quantile of their scores (the factor and quantile "
+        "are given to the run; SKAB's feed-forward AE rule, 2.5 x q0.99, by default); anomaly_score is the "
+        "score divided by that limit, alarm above 1"
+    )
 
 
 def write_skab_results(result: SkabResult, results_dir: Path) -> list[Path]:
@@ -479,13 +486,15 @@ def write_skab_results(result: SkabResult, results_dir: Path) -> list[Path]:
         rows = f.per_row
         path = root / f.name
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame = pd.DataFrame({
-            "datetime": rows.datetime,
-            "anomaly_score": text_scores(np.nan_to_num(rows.score, nan=0.0)),
-            "anomaly_pred": rows.pred.astype(int),
-            "anomaly": rows.truth.astype(int),
-            "train": rows.train.astype(int),
-        })
+        frame = pd.DataFrame(
+            {
+                "datetime": rows.datetime,
+                "anomaly_score": text_scores(np.nan_to_num(rows.score, nan=0.0)),
+                "anomaly_pred": rows.pred.astype(int),
+                "anomaly": rows.truth.astype(int),
+                "train": rows.train.astype(int),
+            }
+        )
         frame.to_csv(path, sep=";", index=False, columns=list(SKAB_COLUMNS))
         written.append(path)
     meta = {
@@ -509,42 +518,85 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="SKAB point-wise scorecard (F1, FAR, MAR)")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--detector", choices=sorted(skab_detectors()), action="append")
-    parser.add_argument("--target-far", type=float, default=0.10,
-                        help="false-alarm rate the alarm level is set for on anomaly-free data (labels unused)")
-    parser.add_argument("--history", type=int, default=DEFAULT_HISTORY,
-                        help="rows of causal history in the features (rolling mean/std window)")
+    parser.add_argument(
+        "--target-far",
+        type=float,
+        default=0.10,
+        help="false-alarm rate the alarm level is set for on anomaly-free data (labels unused)",
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=DEFAULT_HISTORY,
+        help="rows of causal history in the features (rolling mean/std window)",
+    )
     parser.add_argument("--train-rows", type=int, default=400, help="leading rows of each file to fit on")
-    parser.add_argument("--alarm-level", type=float, default=None,
-                        help="fixed alarm level instead of tuning it on anomaly-free data")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="skab",
-                        help="skab: SKAB's leaderboard protocol (default); vigil: ours, reported apart from it")
-    parser.add_argument("--limit", choices=LIMIT_RULES, default=None,
-                        help="how the alarm level is set: factor x quantile of each file's training scores "
-                             "(default for --protocol skab), T2/Q control limits (pca_t2q), or tuned on "
-                             "anomaly-free data (default for --protocol vigil)")
+    parser.add_argument(
+        "--alarm-level", type=float, default=None, help="fixed alarm level instead of tuning it on anomaly-free data"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="skab",
+        help="skab: SKAB's leaderboard protocol (default); vigil: ours, reported apart from it",
+    )
+    parser.add_argument(
+        "--limit",
+        choices=LIMIT_RULES,
+        default=None,
+        help="how the alarm level is set: factor x quantile of each file's training scores "
+        "(default for --protocol skab), T2/Q control limits (pca_t2q), or tuned on "
+        "anomaly-free data (default for --protocol vigil)",
+    )
     parser.add_argument("--ucl-quantile", type=float, default=0.99, help="train-quantile: quantile of training scores")
     parser.add_argument("--ucl-factor", type=float, default=2.5, help="train-quantile: factor on that quantile")
     parser.add_argument("--alpha", type=float, default=0.001, help="spc: false-alarm probability of each limit")
-    parser.add_argument("--median-window", type=int, default=1,
-                        help="causal rolling median of the score over this many rows (1 = off; SKAB's T2+Q uses 5)")
-    parser.add_argument("--run-length", type=int, default=1,
-                        help="alarm only after this many consecutive rows above the limit (1 = off)")
-    parser.add_argument("--pca-variance", type=float, default=None,
-                        help="explained variance pca_t2q keeps (default 0.99; SKAB's T2+Q baseline keeps 0.85)")
-    parser.add_argument("--results-dir", type=Path, default=None,
-                        help="also write SKAB-format result files here (one --detector only)")
+    parser.add_argument(
+        "--median-window",
+        type=int,
+        default=1,
+        help="causal rolling median of the score over this many rows (1 = off; SKAB's T2+Q uses 5)",
+    )
+    parser.add_argument(
+        "--run-length",
+        type=int,
+        default=1,
+        help="alarm only after this many consecutive rows above the limit (1 = off)",
+    )
+    parser.add_argument(
+        "--pca-variance",
+        type=float,
+        default=None,
+        help="explained variance pca_t2q keeps (default 0.99; SKAB's T2+Q baseline keeps 0.85)",
+    )
+    parser.add_argument(
+        "--results-dir", type=Path, default=None, help="also write SKAB-format result files here (one --detector only)"
+    )
     args = parser.parse_args(argv)
     names = args.detector or sorted(skab_detectors())
     if args.results_dir is not None and len(names) != 1:
         parser.error("--results-dir writes one detector's results: pass exactly one --detector")
-    rule = AlarmRule(limit=args.limit or DEFAULT_LIMIT[args.protocol], target_far=args.target_far,
-                     ucl_quantile=args.ucl_quantile, ucl_factor=args.ucl_factor, alpha=args.alpha,
-                     median_window=args.median_window, run_length=args.run_length)
+    rule = AlarmRule(
+        limit=args.limit or DEFAULT_LIMIT[args.protocol],
+        target_far=args.target_far,
+        ucl_quantile=args.ucl_quantile,
+        ucl_factor=args.ucl_factor,
+        alpha=args.alpha,
+        median_window=args.median_window,
+        run_length=args.run_length,
+    )
     for name in names:
         try:
-            result = evaluate_skab(args.data_dir, name, protocol=args.protocol, train_rows=args.train_rows,
-                                   history=args.history, alarm_level=args.alarm_level, rule=rule,
-                                   pca_variance=args.pca_variance if name == "pca_t2q" else None)
+            result = evaluate_skab(
+                args.data_dir,
+                name,
+                protocol=args.protocol,
+                train_rows=args.train_rows,
+                history=args.history,
+                alarm_level=args.alarm_level,
+                rule=rule,
+                pca_variance=args.pca_variance if name == "pca_t2q" else None,
+            )
         except (ValueError, FileNotFoundError) as exc:
             parser.exit(2, f"error: {exc}\n")
         print_result(result)

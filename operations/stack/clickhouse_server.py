@@ -434,8 +434,9 @@ def _lowers(identity: Identity, name: str, value: str) -> bool:
 
 def _tsv_escape(value: str) -> str:
     """A query parameter's value as the engine reads it (escaped like TabSeparated)."""
-    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-            .replace("\0", "\\0"))  # fmt: skip
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
+    )
 
 
 def _setting_name(name: str) -> str:
@@ -500,10 +501,8 @@ def _decompressor_factory(encoding: str) -> Callable[[], Any] | None:
     if encoding == "deflate":
         return lambda: zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, auto-detected
     if encoding == "lz4":
-
         return lz4.frame.LZ4FrameDecompressor
     if encoding == "zstd":
-
         return zstd.ZstdDecompressor
     raise ClickHouseError(36, f"Unsupported Content-Encoding {encoding!r}; use lz4, zstd, gzip or deflate")
 
@@ -718,8 +717,14 @@ class ClickHouseHTTPServer(HTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], engine: ChdbEngine, config: ServerConfig,
-                 max_workers: int = MAX_WORKERS, max_waiting: int = MAX_WAITING) -> None:  # fmt: skip
+    def __init__(
+        self,
+        address: tuple[str, int],
+        engine: ChdbEngine,
+        config: ServerConfig,
+        max_workers: int = MAX_WORKERS,
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
         self.engine = engine
         self.config = config
         self._waiting: queue.Queue[tuple[Any, Any]] = queue.Queue(max_waiting)
@@ -733,8 +738,12 @@ class ClickHouseHTTPServer(HTTPServer):
         except queue.Full:
             body = b"Code: 202. DB::Exception: Too many simultaneous connections; retry later\n"
             with contextlib.suppress(OSError):
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: "
-                                + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
             self.shutdown_request(request)
 
     def _work(self) -> None:
@@ -828,8 +837,11 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         query = (params.get("query") or self._sql.decode("utf-8", "replace")).strip()[:300]
         log.warning(
             "query failed for %s (HTTP %d): %s%s",
-            self.client_address[0], error.status, error.message[:2000], f" | query: {query}" if query else "",
-        )  # fmt: skip
+            self.client_address[0],
+            error.status,
+            error.message[:2000],
+            f" | query: {query}" if query else "",
+        )
 
     # -- body handling -----------------------------------------------------------------------------
     _body_iter: Iterator[bytes] | None = None
@@ -877,8 +889,9 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         return user, account.identity
 
     # -- queries ---------------------------------------------------------------------------------
-    def _handle_query(self, user: str, identity: Identity, params: dict[str, str], query_id: str,
-                      started: float) -> None:  # fmt: skip
+    def _handle_query(
+        self, user: str, identity: Identity, params: dict[str, str], query_id: str, started: float
+    ) -> None:
         content_type = self.headers.get("Content-Type") or ""
         body = _raw_body(self.rfile, self.headers)
         self._body_iter = body
@@ -1004,17 +1017,27 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         returns is then explained as a tree."""
         sql = sql_bytes.decode("utf-8", errors="surrogateescape")
         try:
-            formatted = handle.conn.query(
-                "SELECT formatQuery({vigil_sql:String})", "TabSeparatedRaw", params={"vigil_sql": _tsv_escape(sql)}
-            ).bytes().decode().rstrip("\n")
+            formatted = (
+                handle.conn.query(
+                    "SELECT formatQuery({vigil_sql:String})", "TabSeparatedRaw", params={"vigil_sql": _tsv_escape(sql)}
+                )
+                .bytes()
+                .decode()
+                .rstrip("\n")
+            )
             ast = handle.conn.query(f"EXPLAIN AST {formatted}", "TabSeparatedRaw", params=params).bytes().decode()
             existing: list[str] = []
             if not identity.unrestricted:
-                existing = handle.conn.query(
-                    "SELECT name FROM system.tables WHERE database = {vigil_db:String}",
-                    "TabSeparatedRaw",
-                    params={"vigil_db": self.server.config.tables.database},
-                ).bytes().decode().split()
+                existing = (
+                    handle.conn.query(
+                        "SELECT name FROM system.tables WHERE database = {vigil_db:String}",
+                        "TabSeparatedRaw",
+                        params={"vigil_db": self.server.config.tables.database},
+                    )
+                    .bytes()
+                    .decode()
+                    .split()
+                )
         except Exception as exc:
             error = ClickHouseError.from_engine(exc)
             error.message = _CHECK_SCOPE_RE.sub("", error.message)  # the engine names our wrapper query
@@ -1131,9 +1154,16 @@ def start_clickhouse_server_process(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env()}
     cmd = [
-        sys.executable, "-m", "operations.stack.clickhouse_server",
-        "--host", ch.host, "--port", str(ch.port), "--data-path", str(data_path),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "operations.stack.clickhouse_server",
+        "--host",
+        ch.host,
+        "--port",
+        str(ch.port),
+        "--data-path",
+        str(data_path),
+    ]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://{ch.host}:{ch.port}/ping"

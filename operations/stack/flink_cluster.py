@@ -21,8 +21,12 @@ from operations.stack.process import inherited_environment
 from operations.stack.services import Stack
 from vigil.settings import PROJECT_ROOT, Settings
 
-JOBS = {"window-stats": "jobs/window_stats.py", "anomaly-scoring": "jobs/anomaly_scoring.py",
-        "fleet-pipeline": "jobs/fleet_pipeline.py", "agents": "jobs/agents.py"}
+JOBS = {
+    "window-stats": "jobs/window_stats.py",
+    "anomaly-scoring": "jobs/anomaly_scoring.py",
+    "fleet-pipeline": "jobs/fleet_pipeline.py",
+    "agents": "jobs/agents.py",
+}
 TEMPLATE = PROJECT_ROOT / "flink-conf" / "cluster" / "config.yaml.template"
 
 
@@ -71,15 +75,19 @@ def render_cluster_conf(settings: Settings) -> Path:
 def _cluster_env(settings: Settings) -> dict[str, str]:
     log_dir = settings.logs_dir / "flink"
     log_dir.mkdir(parents=True, exist_ok=True)
-    return inherited_environment() | settings.to_env() | {
-        "VIGIL_FLINK__TARGET": "cluster",
-        "FLINK_HOME": str(flink_home()),
-        "FLINK_CONF_DIR": str(conf_dir(settings)),
-        "FLINK_LOG_DIR": str(log_dir),
-        # Pid files per data dir, so stop-cluster.sh stops this cluster and no other.
-        "FLINK_PID_DIR": str(settings.run_dir / "flink"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    return (
+        inherited_environment()
+        | settings.to_env()
+        | {
+            "VIGIL_FLINK__TARGET": "cluster",
+            "FLINK_HOME": str(flink_home()),
+            "FLINK_CONF_DIR": str(conf_dir(settings)),
+            "FLINK_LOG_DIR": str(log_dir),
+            # Pid files per data dir, so stop-cluster.sh stops this cluster and no other.
+            "FLINK_PID_DIR": str(settings.run_dir / "flink"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+    )
 
 
 def rest_url(settings: Settings) -> str:
@@ -130,7 +138,6 @@ def submit(settings: Settings, job: str, target: str = "local", detach: bool = F
     extra = [] if resume else ["--no-resume"]
     if target == "local":
         if detach:  # the stack's service for this job, started like `vigil demo` starts it
-
             Stack(settings).up((f"{job}-job",))
             return 0
         if job == "anomaly-scoring":
@@ -141,8 +148,18 @@ def submit(settings: Settings, job: str, target: str = "local", detach: bool = F
         return subprocess.call([sys.executable, "-m", f"jobs.{script.stem}", *extra], cwd=PROJECT_ROOT, env=env)
     start_cluster(settings)
     flink = flink_home() / "bin" / "flink"
-    cmd = [str(flink), "run", "-m", f"127.0.0.1:{settings.flink.rest_port}", "--python", str(script),
-           "-pyexec", sys.executable, "-pyclientexec", sys.executable]
+    cmd = [
+        str(flink),
+        "run",
+        "-m",
+        f"127.0.0.1:{settings.flink.rest_port}",
+        "--python",
+        str(script),
+        "-pyexec",
+        sys.executable,
+        "-pyclientexec",
+        sys.executable,
+    ]
     if detach:
         cmd.insert(2, "--detached")
     return subprocess.call([*cmd, *extra], env=_cluster_env(settings), cwd=PROJECT_ROOT)

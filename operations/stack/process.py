@@ -52,8 +52,12 @@ PORT_RELEASE_WAIT_S = 10.0
 # worker): a child inheriting them believes it is a UDF worker and refuses to start its own job
 # ("launching the PythonGatewayServer during Python UDF execution").
 PYFLINK_WORKER_VARIABLES = (
-    "PYFLINK_GATEWAY_DISABLED", "PYTHON_LOOPBACK_SERVER_ADDRESS", "_PYFLINK_CONN_INFO_PATH",
-    "_PYTHON_WORKER_MEMORY_LIMIT", "BOOT_LOG_DIR", "SEMI_PERSISTENT_DIRECTORY",
+    "PYFLINK_GATEWAY_DISABLED",
+    "PYTHON_LOOPBACK_SERVER_ADDRESS",
+    "_PYFLINK_CONN_INFO_PATH",
+    "_PYTHON_WORKER_MEMORY_LIMIT",
+    "BOOT_LOG_DIR",
+    "SEMI_PERSISTENT_DIRECTORY",
 )
 
 

@@ -112,15 +112,17 @@ class StandIn:
         return None
 
     def record(self, request: Request, body: bytes, parsed: dict[str, Any], response: dict[str, Any]) -> None:
-        self.append({
-            "method": request.method,
-            "path": request.url.path,
-            "query": str(request.url.query),
-            "headers": {k.lower(): v for k, v in request.headers.items()},
-            "body": body.decode(errors="replace"),
-            **parsed,
-            "response": response,
-        })  # fmt: skip
+        self.append(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "query": str(request.url.query),
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": body.decode(errors="replace"),
+                **parsed,
+                "response": response,
+            }
+        )
 
     def append(self, fields: dict[str, Any]) -> None:
         """Record one request (HTTP or SMTP; called from the event loop and the SMTP thread)."""
@@ -168,11 +170,18 @@ def _twilio_answer(sid: str, request: Request, body: bytes) -> tuple[dict[str, A
         return parsed, 400, {"code": 21211, "message": message, "status": 400}
     message_sid = "SM" + uuid.uuid4().hex
     resource = {
-        "sid": message_sid, "account_sid": sid, "to": form["To"], "from": form["From"], "body": form["Body"],
-        "status": "queued", "num_segments": str(max(1, -(-len(form["Body"]) // 153))),
-        "date_created": formatdate(usegmt=True), "direction": "outbound-api", "api_version": "2010-04-01",
+        "sid": message_sid,
+        "account_sid": sid,
+        "to": form["To"],
+        "from": form["From"],
+        "body": form["Body"],
+        "status": "queued",
+        "num_segments": str(max(1, -(-len(form["Body"]) // 153))),
+        "date_created": formatdate(usegmt=True),
+        "direction": "outbound-api",
+        "api_version": "2010-04-01",
         "uri": f"/2010-04-01/Accounts/{sid}/Messages/{message_sid}.json",
-    }  # fmt: skip
+    }
     return parsed, 201, resource
 
 
@@ -184,12 +193,19 @@ class _SmtpRecorder:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 -- aiosmtpd hook
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.standin.append({
-            "method": "SMTP", "path": "/smtp", "query": "", "headers": {k.lower(): str(v) for k, v in message.items()},
-            "body": envelope.content.decode(errors="replace"), "mail_from": envelope.mail_from,
-            "rcpt_tos": list(envelope.rcpt_tos), "subject": str(message.get("Subject", "")),
-            "response": {"status": 250, "headers": {}, "delay_s": 0.0},
-        })  # fmt: skip
+        self.standin.append(
+            {
+                "method": "SMTP",
+                "path": "/smtp",
+                "query": "",
+                "headers": {k.lower(): str(v) for k, v in message.items()},
+                "body": envelope.content.decode(errors="replace"),
+                "mail_from": envelope.mail_from,
+                "rcpt_tos": list(envelope.rcpt_tos),
+                "subject": str(message.get("Subject", "")),
+                "response": {"status": 250, "headers": {}, "delay_s": 0.0},
+            }
+        )
         return "250 Message accepted for delivery"
 
 
@@ -225,8 +241,9 @@ def create_app(record_path: Path | None = None, smtp: tuple[str, int] | None = N
             content = fault.body if fault.body is not None else _DEFAULT_FAULT_BODY.get(status, "error")
             if fault.retry_after is not None:
                 headers["Retry-After"] = fault.retry_after
-        standin.record(request, body, parsed, {"status": status, "headers": headers,
-                                               "delay_s": fault.delay_s if fault else 0.0})  # fmt: skip
+        standin.record(
+            request, body, parsed, {"status": status, "headers": headers, "delay_s": fault.delay_s if fault else 0.0}
+        )
         if fault is not None and fault.delay_s:
             await asyncio.sleep(fault.delay_s)
         if isinstance(content, dict):
@@ -267,9 +284,19 @@ def create_app(record_path: Path | None = None, smtp: tuple[str, int] | None = N
 def argv(settings: Settings, record_path: Path) -> list[str]:
     """Command line that runs the stand-in for ``settings`` (for the stack's process manager)."""
 
-    return [sys.executable, "-m", "operations.stack.saas_standin", "--host", "127.0.0.1",
-            "--port", str(settings.alerting.standin_port), "--smtp-port", str(settings.alerting.standin_smtp_port),
-            "--record", str(record_path)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "operations.stack.saas_standin",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.alerting.standin_port),
+        "--smtp-port",
+        str(settings.alerting.standin_smtp_port),
+        "--record",
+        str(record_path),
+    ]
 
 
 def main(args: list[str] | None = None) -> int:
@@ -278,16 +305,26 @@ def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Local stand-in for Slack webhooks and the Twilio SMS API")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=settings.alerting.standin_port)
-    parser.add_argument("--record", type=Path, default=settings.logs_dir / "saas_standin.jsonl",
-                        help="JSONL file every request is appended to")  # fmt: skip
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=settings.logs_dir / "saas_standin.jsonl",
+        help="JSONL file every request is appended to",
+    )
     parser.add_argument("--smtp-port", type=int, default=0, help="also accept e-mail on this port (0: no SMTP)")
     parser.add_argument("--log-level", default="INFO")
     options = parser.parse_args(args)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("SaaS stand-in on %s:%d, recording to %s", options.host, options.port, options.record)
     smtp = (options.host, options.smtp_port) if options.smtp_port else None
-    uvicorn.run(create_app(options.record, smtp), host=options.host, port=options.port,
-                log_level=options.log_level.lower(), access_log=False, timeout_graceful_shutdown=1)  # fmt: skip
+    uvicorn.run(
+        create_app(options.record, smtp),
+        host=options.host,
+        port=options.port,
+        log_level=options.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
     return 0
 
 

@@ -82,9 +82,7 @@ def flink_job_running(rest_port: int) -> bool:
         jobs = requests.get(f"http://127.0.0.1:{rest_port}/jobs/overview", timeout=1.0).json()["jobs"]
     except (requests.RequestException, ValueError, KeyError):
         return False
-    return any(
-        job["state"] == "RUNNING" and job["tasks"]["running"] == job["tasks"]["total"] for job in jobs
-    )
+    return any(job["state"] == "RUNNING" and job["tasks"]["running"] == job["tasks"]["total"] for job in jobs)
 
 
 def _python_module(module: str) -> list[str]:
@@ -104,15 +102,30 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
     return {
         "kafka": ServiceSpec(
             "kafka",
-            [str(tansu_binary()), "broker", "--listener-url", kafka_url,
-             "--advertised-listener-url", kafka_url, "--storage-engine", settings.kafka.local_storage_engine],
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                kafka_url,
+                "--advertised-listener-url",
+                kafka_url,
+                "--storage-engine",
+                settings.kafka.local_storage_engine,
+            ],
             kafka_port,
             description="Kafka-protocol broker (Tansu)",
         ),
         "clickhouse": ServiceSpec(
             "clickhouse",
-            [*_python_module("operations.stack.clickhouse_server"), "--host", ch.host, "--port", str(ch.port),
-             "--data-path", str(settings.data_dir / "clickhouse")],
+            [
+                *_python_module("operations.stack.clickhouse_server"),
+                "--host",
+                ch.host,
+                "--port",
+                str(ch.port),
+                "--data-path",
+                str(settings.data_dir / "clickhouse"),
+            ],
             ch.port,
             health_url=f"http://{ch.host}:{ch.port}/ping",
             cwd=PROJECT_ROOT,
@@ -145,8 +158,9 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
     }
 
 
-def _local_flink_job(name: str, module: str, rest_port: int, log_dir: Path, description: str,
-                     env: dict[str, str]) -> ServiceSpec:
+def _local_flink_job(
+    name: str, module: str, rest_port: int, log_dir: Path, description: str, env: dict[str, str]
+) -> ServiceSpec:
     """A PyFlink job in its own in-process MiniCluster: ready once its tasks run; its Flink log in ``log_dir``
     (JVM and Python UDF workers), not pyflink's shared default folder."""
     return ServiceSpec(
@@ -176,22 +190,36 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             description="gRPC ingestion service",
         ),
         "window-stats-job": _local_flink_job(
-            "window-stats-job", "jobs.window_stats", settings.flink.rest_port,
-            settings.logs_dir / "flink-window-stats", "Flink job: 5-s window statistics (local mode)", env,
+            "window-stats-job",
+            "jobs.window_stats",
+            settings.flink.rest_port,
+            settings.logs_dir / "flink-window-stats",
+            "Flink job: 5-s window statistics (local mode)",
+            env,
         ),
         "anomaly-scoring-job": _local_flink_job(
-            "anomaly-scoring-job", "jobs.anomaly_scoring", settings.scoring.rest_port,
-            settings.logs_dir / "flink-anomaly-scoring", "Flink job: rules + ONNX models -> anomalies (local mode)",
+            "anomaly-scoring-job",
+            "jobs.anomaly_scoring",
+            settings.scoring.rest_port,
+            settings.logs_dir / "flink-anomaly-scoring",
+            "Flink job: rules + ONNX models -> anomalies (local mode)",
             env,
         ),
         "fleet-pipeline-job": _local_flink_job(
-            "fleet-pipeline-job", "jobs.fleet_pipeline", settings.flink.rest_port,
-            settings.logs_dir / "flink-fleet-pipeline", "Flink job: windows + rules + models in one job (local mode)",
+            "fleet-pipeline-job",
+            "jobs.fleet_pipeline",
+            settings.flink.rest_port,
+            settings.logs_dir / "flink-fleet-pipeline",
+            "Flink job: windows + rules + models in one job (local mode)",
             env,
         ),
         "agents-job": _local_flink_job(
-            "agents-job", "jobs.agents", settings.agents.rest_port, settings.logs_dir / "flink-agents",
-            "Flink job: anomaly episodes -> diagnostic, root-cause, maintenance insights (local mode)", env,
+            "agents-job",
+            "jobs.agents",
+            settings.agents.rest_port,
+            settings.logs_dir / "flink-agents",
+            "Flink job: anomaly episodes -> diagnostic, root-cause, maintenance insights (local mode)",
+            env,
         ),
         "clickhouse-sink": ServiceSpec(
             "clickhouse-sink",
@@ -218,13 +246,27 @@ def console_spec(settings: Settings, env: dict[str, str]) -> ServiceSpec:
     """The Streamlit console; with an OIDC provider configured, its [auth] secrets are rendered first."""
 
     secrets_path = settings.data_dir / "console" / "secrets.toml"
-    argv = [*_python_module("streamlit"), "run", str(PROJECT_ROOT / "streamlit_app" / "app.py"),
-            "--server.headless", "true", "--server.address", settings.console.host,
-            "--server.port", str(settings.console.port), "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "minimal",
-            # No source watcher: after every script run it walked every imported module's path on the event
-            # loop (~0.45 s of a sign-in -> Equipment journey, py-spy), holding back the page's messages.
-            "--server.fileWatcherType", "none", "--server.runOnSave", "false"]  # fmt: skip
+    argv = [
+        *_python_module("streamlit"),
+        "run",
+        str(PROJECT_ROOT / "streamlit_app" / "app.py"),
+        "--server.headless",
+        "true",
+        "--server.address",
+        settings.console.host,
+        "--server.port",
+        str(settings.console.port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+        # No source watcher: after every script run it walked every imported module's path on the event
+        # loop (~0.45 s of a sign-in -> Equipment journey, py-spy), holding back the page's messages.
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+    ]
     if settings.console.oidc_client_id:
         argv += ["--secrets.files", str(secrets_path)]
     return ServiceSpec(
@@ -302,10 +344,8 @@ class Stack:
             if on_started:
                 on_started(status)
             if name == "kafka":
-
                 ensure_topics(self.settings.kafka)
             if name == "clickhouse":
-
                 apply_schema(make_client(self.settings.clickhouse, "admin"), self.settings.clickhouse)
         return statuses
 

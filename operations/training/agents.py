@@ -38,8 +38,9 @@ TRAIN_RUN = AgentRunOptions(machines=120, duration_s=3 * 3600.0, seed=202, fault
 
 def fit_diagnostic(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[bytes, dict[str, Any]]:
     """A random forest over episode features, as ONNX bytes plus the metadata the registry keeps."""
-    model = RandomForestClassifier(n_estimators=200, min_samples_leaf=2, class_weight="balanced", oob_score=True,
-                                   random_state=seed, n_jobs=1)  # fmt: skip
+    model = RandomForestClassifier(
+        n_estimators=200, min_samples_leaf=2, class_weight="balanced", oob_score=True, random_state=seed, n_jobs=1
+    )
     model.fit(x, y)
     onnx = to_onnx(model, x[:1].astype(np.float32), options={id(model): {"zipmap": False}}, target_opset=17)
     counts = {str(c): int((y == c).sum()) for c in model.classes_}
@@ -53,17 +54,26 @@ def fit_diagnostic(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[bytes, 
     }
 
 
-def train_diagnostic(settings: Settings, registry: ModelRegistry, options: AgentRunOptions = TRAIN_RUN,
-                     promote: bool = True, console: Console | None = None,
-                     data: LabelledEpisodes | None = None,
-                     training: dict[str, Any] | None = None) -> ModelVersion:  # fmt: skip
+def train_diagnostic(
+    settings: Settings,
+    registry: ModelRegistry,
+    options: AgentRunOptions = TRAIN_RUN,
+    promote: bool = True,
+    console: Console | None = None,
+    data: LabelledEpisodes | None = None,
+    training: dict[str, Any] | None = None,
+) -> ModelVersion:
     """Simulate (unless ``data`` is given, then ``training`` describes where it came from), fit, register (and
     promote) the diagnostic classifier."""
     if data is None:
         data = simulate_labelled(settings, options, console)
-        training = {"source": "simulated fleet, plant fault mix (operations.evaluate.agents_eval)",
-                    "machines": options.machines, "hours": options.duration_s / 3600, "seed": options.seed,
-                    "fault_rate": options.fault_rate}  # fmt: skip
+        training = {
+            "source": "simulated fleet, plant fault mix (operations.evaluate.agents_eval)",
+            "machines": options.machines,
+            "hours": options.duration_s / 3600,
+            "seed": options.seed,
+            "fault_rate": options.fault_rate,
+        }
     keep = trainable(data.frame)
     episodes = [e for e, k in zip(data.episodes, keep, strict=True) if k]
     x = episode_matrix(episodes)
@@ -76,7 +86,11 @@ def train_diagnostic(settings: Settings, registry: ModelRegistry, options: Agent
 
 
 def clickhouse_labelled_episodes(
-    settings: Settings, client: Client, start_ms: int, end_ms: int, unlabelled: str = "no_fault",
+    settings: Settings,
+    client: Client,
+    start_ms: int,
+    end_ms: int,
+    unlabelled: str = "no_fault",
     console: Console | None = None,
 ) -> LabelledEpisodes:
     """Episodes of [start_ms, end_ms) from ClickHouse history, labelled with the fault-labels table.
@@ -98,14 +112,21 @@ def clickhouse_labelled_episodes(
         "AND window_start < fromUnixTimestamp64Milli({e:Int64}) "
         "GROUP BY equipment_id, window_start ORDER BY equipment_id, window_start",
         parameters={"s": start_ms, "e": end_ms},
-    )  # fmt: skip
+    )
     # (not "1 AS is_anomaly" in the SELECT: ClickHouse would read that alias in the WHERE, matching every row)
     flagged["is_anomaly"] = True
     if flagged.empty:
-        raise ValueError(f"no anomalous windows in ClickHouse between {_iso(start_ms)} and {_iso(end_ms)}: "
-                         "nothing to learn from (widen --hours, or run the pipeline longer)")  # fmt: skip
-    spans = build_episodes(flagged, pd.DataFrame(columns=["equipment_id", *STAT_COLUMNS]), window_ms,
-                           gap_windows=settings.agents.gap_windows, now_ms=end_ms)  # fmt: skip
+        raise ValueError(
+            f"no anomalous windows in ClickHouse between {_iso(start_ms)} and {_iso(end_ms)}: "
+            "nothing to learn from (widen --hours, or run the pipeline longer)"
+        )
+    spans = build_episodes(
+        flagged,
+        pd.DataFrame(columns=["equipment_id", *STAT_COLUMNS]),
+        window_ms,
+        gap_windows=settings.agents.gap_windows,
+        now_ms=end_ms,
+    )
     spans = [e for e in spans if e.closed]  # an episode still growing at the range's end is left for later
     store = EpisodeStore(settings, client)
     episodes = []
@@ -130,13 +151,20 @@ def clickhouse_labelled_episodes(
     frame = frame.assign(label=names, fault_index=-1, fault_sensors=sensors)
     keep = (frame["label"] != "").to_numpy()
     info = {"episodes": int(keep.sum()), "labels": len(labels), "unlabelled_skipped": int((~keep).sum())}
-    return LabelledEpisodes([e for e, k in zip(episodes, keep, strict=True) if k],
-                            frame.loc[keep].reset_index(drop=True), [], [], info)  # fmt: skip
+    return LabelledEpisodes(
+        [e for e, k in zip(episodes, keep, strict=True) if k], frame.loc[keep].reset_index(drop=True), [], [], info
+    )
 
 
-def train_diagnostic_from_clickhouse(settings: Settings, registry: ModelRegistry, start_ms: int, end_ms: int,
-                                     promote: bool = False, unlabelled: str = "no_fault",
-                                     console: Console | None = None) -> ModelVersion:  # fmt: skip
+def train_diagnostic_from_clickhouse(
+    settings: Settings,
+    registry: ModelRegistry,
+    start_ms: int,
+    end_ms: int,
+    promote: bool = False,
+    unlabelled: str = "no_fault",
+    console: Console | None = None,
+) -> ModelVersion:
     """``vigil train --agents --source clickhouse``: fit the classifier on ClickHouse history and labels."""
 
     client = make_client(settings.clickhouse, "admin")
@@ -144,8 +172,14 @@ def train_diagnostic_from_clickhouse(settings: Settings, registry: ModelRegistry
         data = clickhouse_labelled_episodes(settings, client, start_ms, end_ms, unlabelled, console)
     finally:
         client.close()
-    training = {"source": "clickhouse", "database": settings.clickhouse.database, "from": _iso(start_ms),
-                "until": _iso(end_ms), "unlabelled": unlabelled, **data.info}  # fmt: skip
+    training = {
+        "source": "clickhouse",
+        "database": settings.clickhouse.database,
+        "from": _iso(start_ms),
+        "until": _iso(end_ms),
+        "unlabelled": unlabelled,
+        **data.info,
+    }
     return train_diagnostic(settings, registry, promote=promote, console=console, data=data, training=training)
 
 

@@ -123,21 +123,29 @@ def train_command(
         float, typer.Option(help="threshold = this quantile of scores on held-out normal data")
     ] = 0.995,
     agents: Annotated[
-        bool, typer.Option("--agents", help="train the diagnostic agent's classifier instead, registered as "
-                                            "agents/diagnostic (see --source)")
+        bool,
+        typer.Option(
+            "--agents",
+            help="train the diagnostic agent's classifier instead, registered as agents/diagnostic (see --source)",
+        ),
     ] = False,
     source: Annotated[
-        str, typer.Option(help="--agents: 'simulator' (a labelled simulated fleet) or 'clickhouse' (the episodes "
-                               "of --since/--until/--hours, labelled with `vigil labels import`ed faults)")
+        str,
+        typer.Option(
+            help="--agents: 'simulator' (a labelled simulated fleet) or 'clickhouse' (the episodes "
+            "of --since/--until/--hours, labelled with `vigil labels import`ed faults)"
+        ),
     ] = "simulator",
     unlabelled: Annotated[
-        str, typer.Option(help="--agents --source clickhouse: an episode without a label is 'no_fault' (labels "
-                               "complete, e.g. the simulator's) or 'skip' (only some faults are known)")
+        str,
+        typer.Option(
+            help="--agents --source clickhouse: an episode without a label is 'no_fault' (labels "
+            "complete, e.g. the simulator's) or 'skip' (only some faults are known)"
+        ),
     ] = "no_fault",
 ) -> None:
     """Train a model per equipment type and detector on ClickHouse history; register it as a new version."""
     if agents:
-
         settings = get_settings()
         registry = ModelRegistry.from_settings(settings)
         if source not in ("simulator", "clickhouse"):
@@ -147,16 +155,23 @@ def train_command(
             start = datetime.fromisoformat(since) if since else end - timedelta(hours=hours)
             try:
                 version = train_diagnostic_from_clickhouse(
-                    settings, registry, int(_utc(start).timestamp() * 1000), int(_utc(end).timestamp() * 1000),
-                    promote=promote, unlabelled=unlabelled, console=console,
-                )  # fmt: skip
+                    settings,
+                    registry,
+                    int(_utc(start).timestamp() * 1000),
+                    int(_utc(end).timestamp() * 1000),
+                    promote=promote,
+                    unlabelled=unlabelled,
+                    console=console,
+                )
             except (ValueError, ClickHouseUnavailable, RegistryError) as exc:
                 _fail(str(exc))
         else:
             version = train_diagnostic(settings, registry, promote=promote, console=console)
         metrics = version.metadata["metrics"]
-        console.print(f"agents/diagnostic {version.version}{' (live)' if version.live else ''}: "
-                      f"{metrics['episodes']} episodes, out-of-bag accuracy {metrics['oob_accuracy']:.3f}")
+        console.print(
+            f"agents/diagnostic {version.version}{' (live)' if version.live else ''}: "
+            f"{metrics['episodes']} episodes, out-of-bag accuracy {metrics['oob_accuracy']:.3f}"
+        )
         return
 
     settings = get_settings()
@@ -180,8 +195,13 @@ def train_command(
 
 @labels_app.command("import")
 def import_labels(
-    path: Annotated[Path, typer.Argument(help="simulator ground truth (.jsonl) or a work-order CSV (equipment_id, "
-                                              "fault_type, start, end[, site, equipment_type, sensors])")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="simulator ground truth (.jsonl) or a work-order CSV (equipment_id, "
+            "fault_type, start, end[, site, equipment_type, sensors])"
+        ),
+    ],
 ) -> None:
     """Load known faults into ClickHouse (importing a file again replaces, never doubles)."""
 
@@ -194,5 +214,7 @@ def import_labels(
     except (LabelFileError, ClickHouseUnavailable) as exc:
         _fail(str(exc))
     counts = labels["diagnosis"].value_counts().to_dict() if written else {}
-    console.print(f"{written} fault labels from {path} into {settings.clickhouse.database}."
-                  f"{settings.clickhouse.fault_labels_table}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    console.print(
+        f"{written} fault labels from {path} into {settings.clickhouse.database}."
+        f"{settings.clickhouse.fault_labels_table}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )

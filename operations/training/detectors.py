@@ -41,9 +41,10 @@ from vigil.settings import Settings
 def trainable_detectors() -> dict[str, DetectorSpec]:
     """Detectors ``vigil train`` can fit and export: batch detectors with an ONNX export."""
     return {
-        name: spec for name, spec in all_detectors().items()
+        name: spec
+        for name, spec in all_detectors().items()
         if spec.kind == "batch" and callable(getattr(spec.make, "to_onnx", None))
-    }  # fmt: skip
+    }
 
 
 # Table the scoring job writes verdicts to; rows with ANOMALY_FLAG_COLUMN != 0 (or every row when the

@@ -30,8 +30,18 @@ from operations.evaluate.sim import fault_category
 from vigil.settings import Settings
 
 CLASSES = frozenset(DIAGNOSIS_OF_FAULT.values())
-COLUMNS = ("label_id", "equipment_id", "site", "equipment_type", "fault_type", "diagnosis", "sensors", "start_ms",
-           "end_ms", "source")  # fmt: skip
+COLUMNS = (
+    "label_id",
+    "equipment_id",
+    "site",
+    "equipment_type",
+    "fault_type",
+    "diagnosis",
+    "sensors",
+    "start_ms",
+    "end_ms",
+    "source",
+)
 
 
 class LabelFileError(ValueError):
@@ -39,8 +49,17 @@ class LabelFileError(ValueError):
 
 
 def _label_id(frame: pd.DataFrame) -> pd.Series:
-    parts = (frame["equipment_id"] + "\x1f" + frame["fault_type"] + "\x1f" + frame["start_ms"].astype(str) + "\x1f"
-             + frame["end_ms"].astype(str) + "\x1f" + frame["sensors"].map(";".join))  # fmt: skip
+    parts = (
+        frame["equipment_id"]
+        + "\x1f"
+        + frame["fault_type"]
+        + "\x1f"
+        + frame["start_ms"].astype(str)
+        + "\x1f"
+        + frame["end_ms"].astype(str)
+        + "\x1f"
+        + frame["sensors"].map(";".join)
+    )
     return parts.map(lambda text: hashlib.sha256(text.encode()).hexdigest()[:24])
 
 
@@ -53,15 +72,31 @@ def read_simulator_labels(path: Path) -> pd.DataFrame:
                 continue
             try:
                 data = orjson.loads(line)
-                label = FaultLabel(machine=data["machine"], site=data.get("site", ""),
-                                   equipment_type=data["equipment_type"], sensors=tuple(data.get("sensors", ())),
-                                   fault_type=data["fault_type"], start_ms=int(data["start_ms"]),
-                                   end_ms=int(data["end_ms"]), params=data.get("params") or {})  # fmt: skip
+                label = FaultLabel(
+                    machine=data["machine"],
+                    site=data.get("site", ""),
+                    equipment_type=data["equipment_type"],
+                    sensors=tuple(data.get("sensors", ())),
+                    fault_type=data["fault_type"],
+                    start_ms=int(data["start_ms"]),
+                    end_ms=int(data["end_ms"]),
+                    params=data.get("params") or {},
+                )
                 diagnosis = DIAGNOSIS_OF_FAULT[fault_category(label)]
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise LabelFileError(f"{path}:{number}: not a simulator fault label ({exc!r})") from exc
-            rows.append((label.machine, label.site, label.equipment_type, label.fault_type, diagnosis,
-                         list(label.sensors), label.start_ms, label.end_ms))  # fmt: skip
+            rows.append(
+                (
+                    label.machine,
+                    label.site,
+                    label.equipment_type,
+                    label.fault_type,
+                    diagnosis,
+                    list(label.sensors),
+                    label.start_ms,
+                    label.end_ms,
+                )
+            )
     return _frame(rows, "simulator")
 
 
@@ -73,8 +108,10 @@ def read_work_orders(path: Path) -> pd.DataFrame:
         raise LabelFileError(f"{path}: not a readable CSV ({exc})") from exc
     missing = [c for c in ("equipment_id", "fault_type", "start", "end") if c not in data.columns]
     if missing:
-        raise LabelFileError(f"{path}: columns {missing} missing; need equipment_id, fault_type, start, end "
-                             "(optional: site, equipment_type, sensors)")  # fmt: skip
+        raise LabelFileError(
+            f"{path}: columns {missing} missing; need equipment_id, fault_type, start, end "
+            "(optional: site, equipment_type, sensors)"
+        )
     unknown = sorted(set(data["fault_type"]) - CLASSES)
     if unknown:
         raise LabelFileError(f"{path}: fault_type {unknown} is not a diagnostic class; use one of {sorted(CLASSES)}")
@@ -87,15 +124,27 @@ def read_work_orders(path: Path) -> pd.DataFrame:
     if bad.size:
         raise LabelFileError(f"{path}: row {int(bad[0]) + 2}: end is not after start")
     sensors = data.get("sensors", pd.Series([""] * len(data))).map(lambda s: [x for x in s.split(";") if x])
-    rows = list(zip(data["equipment_id"], data.get("site", [""] * len(data)),
-                    data.get("equipment_type", [""] * len(data)), data["fault_type"], data["fault_type"], sensors,
-                    start.astype("int64") // 1_000_000, end.astype("int64") // 1_000_000, strict=True))  # fmt: skip
+    rows = list(
+        zip(
+            data["equipment_id"],
+            data.get("site", [""] * len(data)),
+            data.get("equipment_type", [""] * len(data)),
+            data["fault_type"],
+            data["fault_type"],
+            sensors,
+            start.astype("int64") // 1_000_000,
+            end.astype("int64") // 1_000_000,
+            strict=True,
+        )
+    )
     return _frame(rows, "work_order")
 
 
 def _frame(rows: list[tuple], source: str) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["equipment_id", "site", "equipment_type", "fault_type", "diagnosis",
-                                        "sensors", "start_ms", "end_ms"])  # fmt: skip
+    frame = pd.DataFrame(
+        rows,
+        columns=["equipment_id", "site", "equipment_type", "fault_type", "diagnosis", "sensors", "start_ms", "end_ms"],
+    )
     frame["start_ms"] = frame["start_ms"].astype(np.int64)
     frame["end_ms"] = frame["end_ms"].astype(np.int64)
     frame["source"] = source
@@ -115,15 +164,20 @@ def insert_labels(client: Client, settings: Settings, labels: pd.DataFrame) -> i
     """Write label rows to the fault-labels table; returns how many."""
     if labels.empty:
         return 0
-    table = pa.table({
-        "label_id": labels["label_id"].to_numpy(str), "equipment_id": labels["equipment_id"].to_numpy(str),
-        "site": labels["site"].to_numpy(str), "equipment_type": labels["equipment_type"].to_numpy(str),
-        "fault_type": labels["fault_type"].to_numpy(str), "diagnosis": labels["diagnosis"].to_numpy(str),
-        "sensors": pa.array(labels["sensors"].tolist(), type=pa.list_(pa.string())),
-        "start": labels["start_ms"].to_numpy(np.int64).astype("datetime64[ms]"),
-        "end": labels["end_ms"].to_numpy(np.int64).astype("datetime64[ms]"),
-        "source": labels["source"].to_numpy(str),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "label_id": labels["label_id"].to_numpy(str),
+            "equipment_id": labels["equipment_id"].to_numpy(str),
+            "site": labels["site"].to_numpy(str),
+            "equipment_type": labels["equipment_type"].to_numpy(str),
+            "fault_type": labels["fault_type"].to_numpy(str),
+            "diagnosis": labels["diagnosis"].to_numpy(str),
+            "sensors": pa.array(labels["sensors"].tolist(), type=pa.list_(pa.string())),
+            "start": labels["start_ms"].to_numpy(np.int64).astype("datetime64[ms]"),
+            "end": labels["end_ms"].to_numpy(np.int64).astype("datetime64[ms]"),
+            "source": labels["source"].to_numpy(str),
+        }
+    )
     client.insert_arrow(settings.clickhouse.fault_labels_table, table)
     return table.num_rows
 
@@ -139,7 +193,7 @@ def query_labels(client: Client, settings: Settings, start_ms: int, end_ms: int)
         "WHERE start < fromUnixTimestamp64Milli({e:Int64}) AND end > fromUnixTimestamp64Milli({s:Int64}) "
         "GROUP BY label_id ORDER BY equipment_id, start_ms",
         parameters={"s": start_ms, "e": end_ms},
-    )  # fmt: skip
+    )
     if frame.empty:  # an empty result has no columns
         return pd.DataFrame(columns=list(COLUMNS))
     return frame[list(COLUMNS)]

@@ -14,21 +14,38 @@ data = session.data()
 who = data.principal
 
 
-ALERT_COLUMNS = ["alert", "severity", "site", "machine", "sensor", "detector", "state", "since", "summary",
-                 "fingerprint"]  # fmt: skip
+ALERT_COLUMNS = [
+    "alert",
+    "severity",
+    "site",
+    "machine",
+    "sensor",
+    "detector",
+    "state",
+    "since",
+    "summary",
+    "fingerprint",
+]
 
 
 def alert_rows(alerts: list[dict]) -> pd.DataFrame:
     rows = []
     for a in alerts:
         labels, status = a["labels"], a.get("status", {})
-        rows.append({
-            "alert": labels.get("alertname", ""), "severity": labels.get("severity", ""),
-            "site": labels.get("site", ""), "machine": labels.get("equipment_id", ""),
-            "sensor": labels.get("sensor", ""), "detector": labels.get("detector", ""),
-            "state": status.get("state", ""), "since": a.get("startsAt", "")[:19].replace("T", " "),
-            "summary": a.get("annotations", {}).get("summary", ""), "fingerprint": a.get("fingerprint", ""),
-        })  # fmt: skip
+        rows.append(
+            {
+                "alert": labels.get("alertname", ""),
+                "severity": labels.get("severity", ""),
+                "site": labels.get("site", ""),
+                "machine": labels.get("equipment_id", ""),
+                "sensor": labels.get("sensor", ""),
+                "detector": labels.get("detector", ""),
+                "state": status.get("state", ""),
+                "since": a.get("startsAt", "")[:19].replace("T", " "),
+                "summary": a.get("annotations", {}).get("summary", ""),
+                "fingerprint": a.get("fingerprint", ""),
+            }
+        )
     return pd.DataFrame(rows, columns=ALERT_COLUMNS)
 
 
@@ -54,7 +71,8 @@ def active_view() -> None:
         st.success("Nothing is firing.")
         return
     grouped = frame.groupby(["alert", "site", "severity", "state"], as_index=False).agg(
-        machines=("machine", "nunique"), alerts=("fingerprint", "count"))
+        machines=("machine", "nunique"), alerts=("fingerprint", "count")
+    )
     st.dataframe(grouped, hide_index=True, width="stretch")
     st.dataframe(frame.drop(columns="fingerprint"), hide_index=True, width="stretch", height=300)
 
@@ -68,11 +86,15 @@ if not who.can("engineer"):
 else:
     # Only what this user may acknowledge: alerts of their sites (admins: every alert, site-less ones too). The
     # list is the one "Firing now" just read in this run (its error, if any, is shown there).
-    firing = [a for a in st.session_state.get(ALERTS_KEY, []) if a.get("status", {}).get("state") == "active"
-              and (who.can("admin") or who.sees_site(a["labels"].get("site")))]  # fmt: skip
+    firing = [
+        a
+        for a in st.session_state.get(ALERTS_KEY, [])
+        if a.get("status", {}).get("state") == "active" and (who.can("admin") or who.sees_site(a["labels"].get("site")))
+    ]
     if not firing:
         st.caption("No firing alert to acknowledge.")
     else:
+
         def describe(a: dict) -> str:
             lab = a["labels"]
             parts = [lab.get("alertname", ""), lab.get("site", ""), lab.get("equipment_id", ""), lab.get("sensor", "")]
@@ -100,8 +122,10 @@ if not silences:
 for s in silences:
     matchers = ", ".join(f"{m['name']}={m['value']}" for m in s.get("matchers", []))
     cols = st.columns([5, 1])
-    cols[0].markdown(f"**{matchers}**  \nby {s.get('createdBy')} until {s.get('endsAt', '')[:16].replace('T', ' ')} "
-                     f"UTC: {s.get('comment')}")
+    cols[0].markdown(
+        f"**{matchers}**  \nby {s.get('createdBy')} until {s.get('endsAt', '')[:16].replace('T', ' ')} "
+        f"UTC: {s.get('comment')}"
+    )
     if who.can("engineer") and cols[1].button("Un-silence", key=f"unsilence-{s['id']}"):
         try:
             data.unsilence(s["id"])

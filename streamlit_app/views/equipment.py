@@ -11,8 +11,13 @@ from streamlit_app import session
 from streamlit_app.charts import score_spec, sensor_facets_spec, sensor_layers
 from vigil.rules import load_rules
 
-RANGES = {"15 min": timedelta(minutes=15), "1 hour": timedelta(hours=1), "6 hours": timedelta(hours=6),
-          "24 hours": timedelta(days=1), "7 days": timedelta(days=7)}  # fmt: skip
+RANGES = {
+    "15 min": timedelta(minutes=15),
+    "1 hour": timedelta(hours=1),
+    "6 hours": timedelta(hours=6),
+    "24 hours": timedelta(days=1),
+    "7 days": timedelta(days=7),
+}
 
 st.title("Equipment")
 data = session.data()
@@ -34,8 +39,12 @@ if not st.session_state.get("equipment_id"):
         st.stop()
     st.session_state["equipment_id"] = first[0]
 # A search box, not a list: a 10,000-option select box alone took ~0.5 s to mount in the browser.
-typed = st.text_input("machine", key="equipment_id", help="an equipment id, or part of one to search",
-                      on_change=lambda: pick(st.session_state["equipment_id"].strip())).strip()  # fmt: skip
+typed = st.text_input(
+    "machine",
+    key="equipment_id",
+    help="an equipment id, or part of one to search",
+    on_change=lambda: pick(st.session_state["equipment_id"].strip()),
+).strip()
 # The newest state read for this full run, which the fragment's first call uses (its timed reruns read again).
 state_of_this_run = [data.machine(typed)]
 if state_of_this_run[0] is None:
@@ -55,8 +64,9 @@ span_name = st.radio("range", list(RANGES), index=1, horizontal=True, key="equip
 def limits(equipment_type: str) -> pd.DataFrame:
     resolved = load_rules(session.settings().scoring.rules_path).resolved()
     rules = [r for r in resolved if r.equipment_type == equipment_type]
-    return pd.DataFrame([{"sensor": r.sensor, "min": r.min, "max": r.max} for r in rules],
-                        columns=["sensor", "min", "max"])  # fmt: skip
+    return pd.DataFrame(
+        [{"sensor": r.sensor, "min": r.min, "max": r.max} for r in rules], columns=["sensor", "min", "max"]
+    )
 
 
 @st.fragment(run_every=session.settings().console.refresh_s)
@@ -75,13 +85,23 @@ def machine_view() -> None:
     if info["summary"]:
         st.caption(info["summary"])
     history = data.machine_history(equipment, info["site"], start, end)
-    windows, source, scores, anomalies, faults = (history.windows, history.source, history.scores,
-                                                  history.anomalies, history.faults)  # fmt: skip
+    windows, source, scores, anomalies, faults = (
+        history.windows,
+        history.source,
+        history.scores,
+        history.anomalies,
+        history.faults,
+    )
     bucket = data.bucket_s(start, end)
-    per_point = "one point per 5-s window" if bucket * 1000 <= data.settings.window.size_ms else (
-        f"one point per {bucket} s (mean of the windows, min/max band of their extremes, highest score)")
-    st.caption(f"window statistics from the {source}, {per_point}; orange: anomalous windows naming the sensor; "
-               f"red dashed: configured limits; purple: injected faults")
+    per_point = (
+        "one point per 5-s window"
+        if bucket * 1000 <= data.settings.window.size_ms
+        else (f"one point per {bucket} s (mean of the windows, min/max band of their extremes, highest score)")
+    )
+    st.caption(
+        f"window statistics from the {source}, {per_point}; orange: anomalous windows naming the sensor; "
+        f"red dashed: configured limits; purple: injected faults"
+    )
     if windows.empty:
         st.info("No window statistics in this range.")
     else:
@@ -103,8 +123,9 @@ def machine_view() -> None:
     if insights.empty:
         st.caption("none in this range (the agents analyse an episode once it is over)")
     else:
-        st.dataframe(insights[["window_end", "agent", "title", "severity", "confidence"]], hide_index=True,
-                     width="stretch")  # fmt: skip
+        st.dataframe(
+            insights[["window_end", "agent", "title", "severity", "confidence"]], hide_index=True, width="stretch"
+        )
         plan = insights[insights["kind"] == "maintenance"]
         if not plan.empty:
             st.markdown("**Recommended actions** (newest episode): " + "; ".join(plan["details"].iloc[0]["actions"]))

@@ -32,15 +32,20 @@ def fleet_view() -> None:
     left, right = st.columns([2, 3])
     with left:
         st.subheader("By site and line")
-        groups = (fleet.pivot_table(index=["site", "line"], columns="state", values="equipment_id", aggfunc="count",
-                                    fill_value=0)
-                  .reindex(columns=list(STATES), fill_value=0).reset_index())  # fmt: skip
+        groups = (
+            fleet.pivot_table(
+                index=["site", "line"], columns="state", values="equipment_id", aggfunc="count", fill_value=0
+            )
+            .reindex(columns=list(STATES), fill_value=0)
+            .reset_index()
+        )
         groups.columns.name = None
         st.dataframe(groups, hide_index=True, width="stretch")
     with right:
         st.subheader("Most urgent now")
-        st.dataframe(_machine_table(_by_urgency(fleet).head(15)), hide_index=True, width="stretch",
-                     column_config=_COLUMNS)  # fmt: skip
+        st.dataframe(
+            _machine_table(_by_urgency(fleet).head(15)), hide_index=True, width="stretch", column_config=_COLUMNS
+        )
 
     st.subheader("Machines")
     picked = st.multiselect("state", STATES, default=["critical", "warning", "silent"], key="fleet_states")
@@ -57,8 +62,7 @@ def fleet_view() -> None:
     # Equipment page they open next draws its charts without that wait.
     st.subheader("States by site")
     per_site = fleet.groupby(["site", "state"], as_index=False).agg(machines=("equipment_id", "count"))
-    st.vega_lite_chart(per_site.assign(rank=per_site["state"].map(STATE_RANK)), state_by_site_spec(),
-                       width="stretch")  # fmt: skip
+    st.vega_lite_chart(per_site.assign(rank=per_site["state"].map(STATE_RANK)), state_by_site_spec(), width="stretch")
 
 
 _COLUMNS = {
@@ -74,12 +78,18 @@ def _by_urgency(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _machine_table(frame: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "open": "equipment?equipment=" + frame["equipment_id"],
-        "state": frame["state"],
-        "site": frame["site"], "line": frame["line"], "type": frame["equipment_type"],
-        "score": frame["score"], "why": frame["top_sensors"].map(", ".join), "summary": frame["summary"],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "open": "equipment?equipment=" + frame["equipment_id"],
+            "state": frame["state"],
+            "site": frame["site"],
+            "line": frame["line"],
+            "type": frame["equipment_type"],
+            "score": frame["score"],
+            "why": frame["top_sensors"].map(", ".join),
+            "summary": frame["summary"],
+        }
+    )
 
 
 fleet_view()

@@ -18,12 +18,21 @@ if not versions:
 rows = []
 for v in versions:
     meta = v.metadata
-    rows.append({
-        "equipment type": v.equipment_type, "detector": v.detector, "version": v.version, "live": v.live,
-        "created": v.created_at[:19], "threshold": v.threshold, "features": len(v.feature_names),
-        "metrics": ", ".join(f"{k}={val:.3g}" if isinstance(val, float) else f"{k}={val}"
-                              for k, val in (meta.get("metrics") or {}).items()),
-    })  # fmt: skip
+    rows.append(
+        {
+            "equipment type": v.equipment_type,
+            "detector": v.detector,
+            "version": v.version,
+            "live": v.live,
+            "created": v.created_at[:19],
+            "threshold": v.threshold,
+            "features": len(v.feature_names),
+            "metrics": ", ".join(
+                f"{k}={val:.3g}" if isinstance(val, float) else f"{k}={val}"
+                for k, val in (meta.get("metrics") or {}).items()
+            ),
+        }
+    )
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 st.subheader("Promote or roll back")

@@ -35,7 +35,6 @@ EXAMPLES = {
 }
 
 
-
 def chart_of(frame: pd.DataFrame) -> None:
     """The first column as x (a time axis: lines; anything else: bars) against up to 4 numeric columns."""
     x = frame.columns[0] if len(frame.columns) else None
@@ -51,8 +50,10 @@ def chart_of(frame: pd.DataFrame) -> None:
 st.title("SQL workbench")
 data = session.data()
 limits = session.settings().console
-st.caption(f"Read-only SELECTs over {', '.join(data.tables.site_tables)}; {data.principal.sites_label}; "
-           f"at most {limits.sql_max_rows:,} rows and {limits.sql_timeout_s:g} s per query.")
+st.caption(
+    f"Read-only SELECTs over {', '.join(data.tables.site_tables)}; {data.principal.sites_label}; "
+    f"at most {limits.sql_max_rows:,} rows and {limits.sql_timeout_s:g} s per query."
+)
 example = st.selectbox("example queries", ["(write your own)", *EXAMPLES], key="sql_example")
 default = EXAMPLES.get(example, "SELECT site, count() AS windows FROM window_stats GROUP BY site")
 sql = st.text_area("query", value=default, height=180, key=f"sql_text_{example}")

@@ -41,8 +41,9 @@ def ch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSettings]
 @pytest.fixture(scope="module")
 def run() -> SimEvaluation:
     """16 machines x 30 min of the plant fault mix, scored by the job's own scorer (a few seconds)."""
-    return evaluate_sim(Settings(), SimOptions(machines=16, duration_s=1800, seed=11, fault_rate=4.0,
-                                               fault_mix="plant"))  # fmt: skip
+    return evaluate_sim(
+        Settings(), SimOptions(machines=16, duration_s=1800, seed=11, fault_rate=4.0, fault_mix="plant")
+    )
 
 
 def _ms(values: pd.Series) -> np.ndarray:
@@ -58,14 +59,26 @@ def load_history(settings: Settings, result: SimEvaluation, shift_ms: int) -> No
     apply_schema(client, settings.clickhouse)
     stats = run.stats
     start = _ms(stats["window_start_ms"] + shift_ms)
-    client.insert_arrow("window_stats", pa.table({
-        "equipment_id": stats["equipment_id"].to_numpy(str), "site": stats["site"].to_numpy(str),
-        "equipment_type": stats["equipment_type"].to_numpy(str), "sensor": stats["sensor"].to_numpy(str),
-        "unit": np.full(len(stats), "u"), "window_start": start, "window_end": start + np.timedelta64(5000, "ms"),
-        "count": stats["count"].to_numpy(np.uint32), "avg": stats["avg"].to_numpy(float),
-        "stddev": stats["stddev"].to_numpy(float), "min": stats["min"].to_numpy(float),
-        "max": stats["max"].to_numpy(float), "emitted_at": start + np.timedelta64(6500, "ms"),
-    }))  # fmt: skip
+    client.insert_arrow(
+        "window_stats",
+        pa.table(
+            {
+                "equipment_id": stats["equipment_id"].to_numpy(str),
+                "site": stats["site"].to_numpy(str),
+                "equipment_type": stats["equipment_type"].to_numpy(str),
+                "sensor": stats["sensor"].to_numpy(str),
+                "unit": np.full(len(stats), "u"),
+                "window_start": start,
+                "window_end": start + np.timedelta64(5000, "ms"),
+                "count": stats["count"].to_numpy(np.uint32),
+                "avg": stats["avg"].to_numpy(float),
+                "stddev": stats["stddev"].to_numpy(float),
+                "min": stats["min"].to_numpy(float),
+                "max": stats["max"].to_numpy(float),
+                "emitted_at": start + np.timedelta64(6500, "ms"),
+            }
+        ),
+    )
     v = result.verdicts.loc[result.verdicts["emit"].to_numpy(bool)].merge(run.machines, on="equipment_id")
     vstart = _ms(v["window_start_ms"] + shift_ms)
 
@@ -73,17 +86,35 @@ def load_history(settings: Settings, result: SimEvaluation, shift_ms: int) -> No
         return pa.array([list(x) for x in v[column]], type=pa.list_(pa.string()))
 
     names = [n for n in score_names() if n in v.columns]
-    client.insert_arrow(settings.clickhouse.anomalies_table, pa.table({
-        "equipment_id": v["equipment_id"].to_numpy(str), "site": v["site"].to_numpy(str),
-        "equipment_type": v["equipment_type"].to_numpy(str), "window_start": vstart,
-        "window_end": vstart + np.timedelta64(5000, "ms"), "kind": v["kind"].to_numpy(str),
-        "is_anomaly": v["is_anomaly"].to_numpy(np.uint8), "severity": v["severity"].to_numpy(str),
-        "score": v["score"].to_numpy(float), "scores": struct_to_map(pa.StructArray.from_arrays(
-            [pa.array(v[n].to_numpy(float), from_pandas=True) for n in names], names=list(names))),
-        "detectors": strings("detectors"), "rule_hits": strings("rule_hits"), "top_sensors": strings("top_sensors"),
-        "dead_sensors": strings("dead_sensors"), "model_versions": np.full(len(v), "sim"),
-        "summary": np.full(len(v), ""), "last_seen": vstart, "emitted_at": vstart + np.timedelta64(7500, "ms"),
-    }))  # fmt: skip
+    client.insert_arrow(
+        settings.clickhouse.anomalies_table,
+        pa.table(
+            {
+                "equipment_id": v["equipment_id"].to_numpy(str),
+                "site": v["site"].to_numpy(str),
+                "equipment_type": v["equipment_type"].to_numpy(str),
+                "window_start": vstart,
+                "window_end": vstart + np.timedelta64(5000, "ms"),
+                "kind": v["kind"].to_numpy(str),
+                "is_anomaly": v["is_anomaly"].to_numpy(np.uint8),
+                "severity": v["severity"].to_numpy(str),
+                "score": v["score"].to_numpy(float),
+                "scores": struct_to_map(
+                    pa.StructArray.from_arrays(
+                        [pa.array(v[n].to_numpy(float), from_pandas=True) for n in names], names=list(names)
+                    )
+                ),
+                "detectors": strings("detectors"),
+                "rule_hits": strings("rule_hits"),
+                "top_sensors": strings("top_sensors"),
+                "dead_sensors": strings("dead_sensors"),
+                "model_versions": np.full(len(v), "sim"),
+                "summary": np.full(len(v), ""),
+                "last_seen": vstart,
+                "emitted_at": vstart + np.timedelta64(7500, "ms"),
+            }
+        ),
+    )
     client.close()
 
 
@@ -97,8 +128,12 @@ def test_episodes_and_labels_read_from_clickhouse_match_the_in_memory_pipeline_a
     shift = now_ms - sim.end_ms - 3_600_000  # the run ends an hour ago
     load_history(settings, run, shift)
     ground_truth = tmp_path / "ground_truth.jsonl"
-    ground_truth.write_bytes(b"".join(orjson.dumps({**lb.to_dict(), "start_ms": lb.start_ms + shift,
-                                                    "end_ms": lb.end_ms + shift}) + b"\n" for lb in sim.labels))
+    ground_truth.write_bytes(
+        b"".join(
+            orjson.dumps({**lb.to_dict(), "start_ms": lb.start_ms + shift, "end_ms": lb.end_ms + shift}) + b"\n"
+            for lb in sim.labels
+        )
+    )
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
     from vigil.settings import get_settings
@@ -118,8 +153,14 @@ def test_episodes_and_labels_read_from_clickhouse_match_the_in_memory_pipeline_a
 
         # The same run through the in-memory path the offline evaluation uses.
         verdicts = run.verdicts.loc[run.verdicts["emit"].to_numpy(bool)]
-        expected = build_episodes(verdicts, sim.stats, sim.window_ms, gap_windows=settings.agents.gap_windows,
-                                  machines=sim.machines, now_ms=sim.end_ms)  # fmt: skip
+        expected = build_episodes(
+            verdicts,
+            sim.stats,
+            sim.window_ms,
+            gap_windows=settings.agents.gap_windows,
+            machines=sim.machines,
+            now_ms=sim.end_ms,
+        )
         expected = [e for e in expected if e.closed]
         grace = settings.scoring.history_windows * sim.window_ms
         labelled = label_episodes(expected, sim.labels, grace)
@@ -131,8 +172,9 @@ def test_episodes_and_labels_read_from_clickhouse_match_the_in_memory_pipeline_a
         assert len(set(data.frame["label"])) >= 3  # faults of several kinds, and false alarms
         np.testing.assert_allclose(episode_matrix(data.episodes), episode_matrix(expected), rtol=1e-9, atol=1e-9)
 
-        trained = runner.invoke(app, ["train", "--agents", "--source", "clickhouse", "--hours", "3", "--promote"],
-                                env={"COLUMNS": "200"})  # fmt: skip
+        trained = runner.invoke(
+            app, ["train", "--agents", "--source", "clickhouse", "--hours", "3", "--promote"], env={"COLUMNS": "200"}
+        )
         assert trained.exit_code == 0, trained.output
         registry = ModelRegistry.from_settings(settings)
         agent = DiagnosticAgent(registry)

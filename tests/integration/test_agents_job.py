@@ -37,8 +37,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.down()
 
 
-def window_stats(settings: Settings, t0: int, machine: str = MACHINE, site: str = "site-1", shift: int = 0
-                 ) -> list[dict]:  # fmt: skip
+def window_stats(
+    settings: Settings, t0: int, machine: str = MACHINE, site: str = "site-1", shift: int = 0
+) -> list[dict]:
     """A healthy pump whose speed reading freezes for the episode's windows (``shift`` windows later)."""
     pump = EQUIPMENT_TYPES["pump"]
     rows = []
@@ -47,10 +48,23 @@ def window_stats(settings: Settings, t0: int, machine: str = MACHINE, site: str 
         for i, spec in enumerate(pump.sensors):
             avg = spec.base + spec.load_gain * 0.5 + 0.01 * spec.span * ((k * 7 + i) % 5 - 2)
             sd = 0.0 if frozen and spec.name == "speed" else max(spec.noise, 1e-3)
-            rows.append({"equipment_id": machine, "site": site, "equipment_type": "pump", "sensor": spec.name,
-                         "unit": spec.unit, "window_start_ms": t0 + k * W, "window_end_ms": t0 + (k + 1) * W,
-                         "count": 10, "avg": avg, "stddev": sd, "min": avg - 2 * sd, "max": avg + 2 * sd,
-                         "emitted_at_ms": t0 + (k + 1) * W})  # fmt: skip
+            rows.append(
+                {
+                    "equipment_id": machine,
+                    "site": site,
+                    "equipment_type": "pump",
+                    "sensor": spec.name,
+                    "unit": spec.unit,
+                    "window_start_ms": t0 + k * W,
+                    "window_end_ms": t0 + (k + 1) * W,
+                    "count": 10,
+                    "avg": avg,
+                    "stddev": sd,
+                    "min": avg - 2 * sd,
+                    "max": avg + 2 * sd,
+                    "emitted_at_ms": t0 + (k + 1) * W,
+                }
+            )
     return rows
 
 
@@ -58,14 +72,28 @@ def verdicts(t0: int, machine: str = MACHINE, site: str = "site-1", shift: int =
     out = []
     for k in range(BASELINE + EPISODE + AFTER):
         anomalous = BASELINE + shift <= k < BASELINE + shift + EPISODE
-        out.append({"equipment_id": machine, "site": site, "equipment_type": "pump",
-                    "window_start_ms": t0 + k * W, "window_end_ms": t0 + (k + 1) * W, "kind": "window",
-                    "is_anomaly": anomalous, "severity": "warning" if anomalous else "normal",
-                    "score": 1.5 if anomalous else 0.2,
-                    "scores": {"rules": 1.5 if anomalous else 0.0}, "detectors": ["stuck"] if anomalous else [],
-                    "rule_hits": ["speed:stuck"] if anomalous else [], "top_sensors": ["speed"] if anomalous else [],
-                    "dead_sensors": [], "model_versions": "", "summary": "speed stuck" if anomalous else "",
-                    "last_seen_ms": t0 + (k + 1) * W, "emitted_at_ms": t0 + (k + 1) * W})  # fmt: skip
+        out.append(
+            {
+                "equipment_id": machine,
+                "site": site,
+                "equipment_type": "pump",
+                "window_start_ms": t0 + k * W,
+                "window_end_ms": t0 + (k + 1) * W,
+                "kind": "window",
+                "is_anomaly": anomalous,
+                "severity": "warning" if anomalous else "normal",
+                "score": 1.5 if anomalous else 0.2,
+                "scores": {"rules": 1.5 if anomalous else 0.0},
+                "detectors": ["stuck"] if anomalous else [],
+                "rule_hits": ["speed:stuck"] if anomalous else [],
+                "top_sensors": ["speed"] if anomalous else [],
+                "dead_sensors": [],
+                "model_versions": "",
+                "summary": "speed stuck" if anomalous else "",
+                "last_seen_ms": t0 + (k + 1) * W,
+                "emitted_at_ms": t0 + (k + 1) * W,
+            }
+        )
     return out
 
 
@@ -87,24 +115,46 @@ def test_a_closed_episode_becomes_insights_in_kafka_and_clickhouse(stack: Stack)
     t0 = (int(time.time() * 1000) // W - (BASELINE + EPISODE + AFTER)) * W
     produce(settings, settings.kafka.window_stats_topic, window_stats(settings, t0))
     total = (BASELINE + EPISODE + AFTER) * len(EQUIPMENT_TYPES["pump"].sensors)
-    poll(lambda: client.query("SELECT count() FROM window_stats_latest WHERE equipment_id = {e:String}",
-                              parameters={"e": MACHINE}).result_rows[0][0] == total, 60,
-         "the window statistics in ClickHouse")  # fmt: skip
+    poll(
+        lambda: (
+            client.query(
+                "SELECT count() FROM window_stats_latest WHERE equipment_id = {e:String}", parameters={"e": MACHINE}
+            ).result_rows[0][0]
+            == total
+        ),
+        60,
+        "the window statistics in ClickHouse",
+    )
     produce(settings, settings.kafka.anomalies_topic, verdicts(t0))
     # The other machines' verdicts: every partition's watermark passes the episode, as with a real fleet
     # (the test stack turns source idleness off, so a silent partition would hold the episode open).
-    healthy = [dict(v, equipment_id="agents-pump-0002", is_anomaly=False, severity="normal", detectors=[],
-                    rule_hits=[], top_sensors=[], summary="") for v in verdicts(t0)]  # fmt: skip
+    healthy = [
+        dict(
+            v,
+            equipment_id="agents-pump-0002",
+            is_anomaly=False,
+            severity="normal",
+            detectors=[],
+            rule_hits=[],
+            top_sensors=[],
+            summary="",
+        )
+        for v in verdicts(t0)
+    ]
     produce(settings, settings.kafka.anomalies_topic, healthy, every_partition=True)
 
     def insights() -> dict | None:
         rows = client.query(
             "SELECT agent, kind, fault_type, sensors, severity, confidence, details, episode_id, window_start, "
-            "window_end FROM insights_latest WHERE equipment_id = {e:String}", parameters={"e": MACHINE},
-        ).named_results()  # fmt: skip
+            "window_end FROM insights_latest WHERE equipment_id = {e:String}",
+            parameters={"e": MACHINE},
+        ).named_results()
         found = {(r["agent"], r["kind"]): r for r in rows}
-        return found if {("diagnostic", "diagnosis"), ("root_cause", "root_cause"),
-                         ("maintenance", "maintenance")} <= set(found) else None  # fmt: skip
+        return (
+            found
+            if {("diagnostic", "diagnosis"), ("root_cause", "root_cause"), ("maintenance", "maintenance")} <= set(found)
+            else None
+        )
 
     found = poll(insights, 180, "the agents' insights in ClickHouse", interval=1.0)
     diagnosis = found[("diagnostic", "diagnosis")]
@@ -146,8 +196,10 @@ def test_a_closed_episode_becomes_insights_in_kafka_and_clickhouse(stack: Stack)
     table, malformed = records_to_arrow([orjson.dumps(late)], INSIGHT_RECORDS)
     assert not malformed
     insert_rows(client, settings.clickhouse.insights_table, table)
-    kept = client.query("SELECT title, closed FROM insights_latest WHERE episode_id = {e:String} "
-                        "AND agent = 'diagnostic'", parameters={"e": final["episode_id"]}).result_rows  # fmt: skip
+    kept = client.query(
+        "SELECT title, closed FROM insights_latest WHERE episode_id = {e:String} AND agent = 'diagnostic'",
+        parameters={"e": final["episode_id"]},
+    ).result_rows
     assert kept == [(final["title"], 1)]
 
 
@@ -162,29 +214,46 @@ def test_machines_of_a_site_going_wrong_together_are_one_shared_cause(stack: Sta
     pumps = {f"agents-line-000{i}": shift for i, shift in ((1, 0), (2, 1), (3, 3))}
     for machine, shift in pumps.items():
         produce(settings, settings.kafka.window_stats_topic, window_stats(settings, t0, machine, "site-2", shift))
-    produce(settings, settings.kafka.anomalies_topic,
-            [v for machine, shift in pumps.items() for v in verdicts(t0, machine, "site-2", shift)])
+    produce(
+        settings,
+        settings.kafka.anomalies_topic,
+        [v for machine, shift in pumps.items() for v in verdicts(t0, machine, "site-2", shift)],
+    )
     # The verdicts reach ClickHouse seconds after their windows, long before an episode closes; here the
     # closing watermark (below) is held back until they are there.
-    ready = ("SELECT (SELECT uniqExact(equipment_id) FROM anomalies WHERE site = 'site-2' AND is_anomaly = 1), "
-             "(SELECT count() FROM window_stats_latest WHERE site = 'site-2')")
+    ready = (
+        "SELECT (SELECT uniqExact(equipment_id) FROM anomalies WHERE site = 'site-2' AND is_anomaly = 1), "
+        "(SELECT count() FROM window_stats_latest WHERE site = 'site-2')"
+    )
     total = 3 * (BASELINE + EPISODE + AFTER) * len(EQUIPMENT_TYPES["pump"].sensors)
     poll(lambda: client.query(ready).result_rows[0] == (3, total), 60, "the three pumps' statistics and verdicts")
-    healthy = [dict(v, equipment_id="agents-pump-0002", is_anomaly=False, severity="normal", detectors=[],
-                    rule_hits=[], top_sensors=[], summary="") for v in verdicts(t0)]  # fmt: skip
+    healthy = [
+        dict(
+            v,
+            equipment_id="agents-pump-0002",
+            is_anomaly=False,
+            severity="normal",
+            detectors=[],
+            rule_hits=[],
+            top_sensors=[],
+            summary="",
+        )
+        for v in verdicts(t0)
+    ]
     produce(settings, settings.kafka.anomalies_topic, healthy, every_partition=True)
 
     def shared() -> list[dict] | None:
         rows = client.query(
             "SELECT episode_id, title, details FROM insights_latest WHERE kind = 'shared_cause' AND site = 'site-2'"
-        ).named_results()  # fmt: skip
+        ).named_results()
         rows = list(rows)
         stated = [orjson.loads(r["details"]) for r in rows]
         return rows if stated and all(len(d["machines"]) == 3 for d in stated) else None
 
     rows = poll(shared, 180, "the shared cause in ClickHouse", interval=1.0)
-    reporters = client.query("SELECT uniqExact(equipment_id) FROM insights_latest WHERE site = 'site-2' "
-                             "AND kind = 'root_cause'").result_rows[0][0]  # fmt: skip
+    reporters = client.query(
+        "SELECT uniqExact(equipment_id) FROM insights_latest WHERE site = 'site-2' AND kind = 'root_cause'"
+    ).result_rows[0][0]
     assert reporters == 3  # every pump's episode was analysed
     client.command(f"OPTIMIZE TABLE {settings.clickhouse.insights_table} FINAL")
     rows = shared()

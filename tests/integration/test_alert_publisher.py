@@ -177,18 +177,38 @@ def window_ms(n: int) -> int:
     return BASE_MS + n * W
 
 
-def verdict(eid: str, n: int, severity: str = "normal", *, site: str = "north", detectors: tuple[str, ...] = (),
-            hits: tuple[str, ...] = (), top: tuple[str, ...] = (), kind: str = "window") -> dict[str, Any]:  # fmt: skip
+def verdict(
+    eid: str,
+    n: int,
+    severity: str = "normal",
+    *,
+    site: str = "north",
+    detectors: tuple[str, ...] = (),
+    hits: tuple[str, ...] = (),
+    top: tuple[str, ...] = (),
+    kind: str = "window",
+) -> dict[str, Any]:
     start = window_ms(n)
     return {
-        "equipment_id": eid, "site": site, "equipment_type": "pump", "window_start_ms": start,
-        "window_end_ms": start + W, "kind": kind, "is_anomaly": severity != "normal", "severity": severity,
+        "equipment_id": eid,
+        "site": site,
+        "equipment_type": "pump",
+        "window_start_ms": start,
+        "window_end_ms": start + W,
+        "kind": kind,
+        "is_anomaly": severity != "normal",
+        "severity": severity,
         "score": 2.5 if severity == "critical" else (1.3 if severity == "warning" else 0.2),
-        "scores": {"isolation_forest": 1.3, "rules": 0.5}, "detectors": list(detectors),
-        "rule_hits": list(hits), "top_sensors": list(top), "dead_sensors": [],
-        "model_versions": "isolation_forest=v0007", "summary": f"{severity}: {', '.join(detectors)}",
-        "last_seen_ms": start + W, "emitted_at_ms": start + W + 300,
-    }  # fmt: skip
+        "scores": {"isolation_forest": 1.3, "rules": 0.5},
+        "detectors": list(detectors),
+        "rule_hits": list(hits),
+        "top_sensors": list(top),
+        "dead_sensors": [],
+        "model_versions": "isolation_forest=v0007",
+        "summary": f"{severity}: {', '.join(detectors)}",
+        "last_seen_ms": start + W,
+        "emitted_at_ms": start + W + 300,
+    }
 
 
 def produce(settings: Settings, records: list[dict[str, Any]]) -> None:
@@ -223,12 +243,21 @@ def publisher_lag(settings: Settings) -> int | None:
 
 # -- tests --------------------------------------------------------------------------------------------------------
 def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop, recorder: Recorder) -> None:
-    produce(settings, [
-        verdict("m1", 0, "critical", detectors=("isolation_forest", "threshold_max"), hits=("temp:threshold_max",),
-                top=("temp", "vib")),
-        verdict("m2", 0, "warning", site="south", hits=("vib:zscore",), top=("vib",)),
-        verdict("m3", 0),
-    ])  # fmt: skip
+    produce(
+        settings,
+        [
+            verdict(
+                "m1",
+                0,
+                "critical",
+                detectors=("isolation_forest", "threshold_max"),
+                hits=("temp:threshold_max",),
+                top=("temp", "vib"),
+            ),
+            verdict("m2", 0, "warning", site="south", hits=("vib:zscore",), top=("vib",)),
+            verdict("m3", 0),
+        ],
+    )
     expected = {
         ("m1", ALERT_ANOMALY, "isolation_forest", "temp", "critical"),
         ("m1", ALERT_ANOMALY, "threshold_max", "temp", "critical"),
@@ -237,9 +266,15 @@ def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop,
     alerts = poll("alerts in Alertmanager", lambda: (a := by_condition(am_alerts(settings))).keys() == expected and a)
     m1 = alerts[("m1", ALERT_ANOMALY, "threshold_max", "temp", "critical")]
     assert m1["labels"] == {
-        "alertname": ALERT_ANOMALY, "severity": "critical", "site": "north", "equipment_id": "m1",
-        "equipment_type": "pump", "sensor": "temp", "detector": "threshold_max", "source": SOURCE,
-    }  # fmt: skip
+        "alertname": ALERT_ANOMALY,
+        "severity": "critical",
+        "site": "north",
+        "equipment_id": "m1",
+        "equipment_type": "pump",
+        "sensor": "temp",
+        "detector": "threshold_max",
+        "source": SOURCE,
+    }
     assert m1["annotations"]["console_url"] == "http://console.test/?equipment=m1"
     assert "Rule hits: temp:threshold_max" in m1["annotations"]["description"]
     assert m1["annotations"]["summary"] == "critical: isolation_forest, threshold_max"
@@ -247,8 +282,13 @@ def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop,
     assert m1["status"]["state"] == "active"
 
     # Routing in the real Alertmanager: critical -> slack + sms, warning -> slack only; one message per site.
-    poll("critical alerts sent to slack and sms", lambda: {a["labels"]["equipment_id"] for a in recorder.alerts("sms")}
-         == {"m1"} and {a["labels"]["equipment_id"] for a in recorder.alerts("slack")} == {"m1", "m2"})  # fmt: skip
+    poll(
+        "critical alerts sent to slack and sms",
+        lambda: (
+            {a["labels"]["equipment_id"] for a in recorder.alerts("sms")} == {"m1"}
+            and {a["labels"]["equipment_id"] for a in recorder.alerts("slack")} == {"m1", "m2"}
+        ),
+    )
     assert not recorder.alerts("email")
     sms_sites = {(r, p["groupLabels"]["site"]) for r, p in recorder.calls if r == "sms"}
     assert sms_sites == {("sms", "north")}
@@ -259,8 +299,13 @@ def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop,
     # Two clear windows of m1 resolve m1's alerts; m2 has only one clear window: still firing.
     produce(settings, [verdict("m1", 1), verdict("m1", 2), verdict("m2", 1)])
     poll("m1 resolved", lambda: {k[0] for k in by_condition(am_alerts(settings))} == {"m2"})
-    poll("resolution sent to sms", lambda: {a["labels"]["detector"] for a in recorder.alerts("sms", "resolved")}
-         == {"isolation_forest", "threshold_max"})  # fmt: skip
+    poll(
+        "resolution sent to sms",
+        lambda: (
+            {a["labels"]["detector"] for a in recorder.alerts("sms", "resolved")}
+            == {"isolation_forest", "threshold_max"}
+        ),
+    )
     produce(settings, [verdict("m2", 2)])
     poll("m2 resolved", lambda: am_alerts(settings) == [])
 
@@ -270,8 +315,10 @@ def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop,
         group = next(g for g in groups if g["labels"].get("job") == "vigil_alert_publisher")
         return {name: float(m["metrics"][0]["value"]) for name, m in group.items() if name.startswith("vigil_")}
 
-    metrics = poll("publisher metrics pushed", lambda: (m := pushed()).get(
-        "vigil_alert_publisher_verdicts_consumed_total") == 7 and m)  # fmt: skip
+    metrics = poll(
+        "publisher metrics pushed",
+        lambda: (m := pushed()).get("vigil_alert_publisher_verdicts_consumed_total") == 7 and m,
+    )
     assert metrics["vigil_alert_publisher_alerts_firing"] == 0
     assert metrics["vigil_alert_publisher_last_post_timestamp_seconds"] > time.time() - 60
     assert metrics["vigil_alert_publisher_post_failures_total"] == 0
@@ -296,11 +343,14 @@ def test_alertmanager_down_nothing_committed_then_delivered(
 def test_restarted_publisher_rebuilds_its_alerts_and_resolves_them(settings: Settings, alertmanager: Server) -> None:
     first = RunLoop(AlertPublisher(settings))
     try:
-        produce(settings, [
-            verdict("r1", 0, "warning", detectors=("pca_t2q",), top=("vib", "temp")),
-            verdict("r1", 1, "critical", detectors=("pca_t2q",), top=("temp",)),  # escalates; top sensor moved
-            verdict("r2", 1, "critical", kind="dead_machine", detectors=("dead_machine",)),
-        ])  # fmt: skip
+        produce(
+            settings,
+            [
+                verdict("r1", 0, "warning", detectors=("pca_t2q",), top=("vib", "temp")),
+                verdict("r1", 1, "critical", detectors=("pca_t2q",), top=("temp",)),  # escalates; top sensor moved
+                verdict("r2", 1, "critical", kind="dead_machine", detectors=("dead_machine",)),
+            ],
+        )
         expected = {
             ("r1", ALERT_ANOMALY, "pca_t2q", "vib", "warning"),
             ("r1", ALERT_ANOMALY, "pca_t2q", "vib", "critical"),
@@ -315,8 +365,13 @@ def test_restarted_publisher_rebuilds_its_alerts_and_resolves_them(settings: Set
         poll("active set rebuilt from Alertmanager", lambda: second.service.counters.alerts_firing == 3)
         # The model still fires (other top sensor): same alerts, nothing new. Then the machines are back / clear.
         produce(settings, [verdict("r1", 2, "warning", detectors=("pca_t2q",), top=("temp",)), verdict("r2", 2)])
-        poll("dead machine resolved by its next window", lambda: set(by_condition(am_alerts(settings)))
-             == expected - {("r2", ALERT_DEAD, "dead_machine", "*", "critical")})  # fmt: skip
+        poll(
+            "dead machine resolved by its next window",
+            lambda: (
+                set(by_condition(am_alerts(settings)))
+                == expected - {("r2", ALERT_DEAD, "dead_machine", "*", "critical")}
+            ),
+        )
         produce(settings, [verdict("r1", 3), verdict("r1", 4)])
         poll("rebuilt alerts resolved after 2 clear windows", lambda: am_alerts(settings) == [])
         assert second.service.counters.verdicts_consumed == 4  # nothing the first one committed was re-read
@@ -325,15 +380,28 @@ def test_restarted_publisher_rebuilds_its_alerts_and_resolves_them(settings: Set
 
 
 def test_inhibition_and_silences_in_alertmanager(settings: Settings, publisher: RunLoop) -> None:
-    produce(settings, [
-        verdict("i1", 0, "warning", site="plant-a", hits=("temp:threshold_max",), top=("temp",)),
-        verdict("i2", 0, "warning", site="plant-b", hits=("flow:zscore",), top=("flow",)),
-    ])  # fmt: skip
+    produce(
+        settings,
+        [
+            verdict("i1", 0, "warning", site="plant-a", hits=("temp:threshold_max",), top=("temp",)),
+            verdict("i2", 0, "warning", site="plant-b", hits=("flow:zscore",), top=("flow",)),
+        ],
+    )
     poll("both alerts active", lambda: len(am_alerts(settings)) == 2)
     with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
         # Prometheus' site dead-man for plant-a (posted as Prometheus would): mutes plant-a's machine alerts only.
-        client.post_alerts([{"labels": {"alertname": "VigilSiteSilent", "site": "plant-a", "severity": "critical",
-                                        "category": "equipment"}}])  # fmt: skip
+        client.post_alerts(
+            [
+                {
+                    "labels": {
+                        "alertname": "VigilSiteSilent",
+                        "site": "plant-a",
+                        "severity": "critical",
+                        "category": "equipment",
+                    }
+                }
+            ]
+        )
 
         def states() -> dict[str, str]:
             return {a["labels"]["equipment_id"]: a["status"]["state"] for a in am_alerts(settings)}
@@ -344,23 +412,33 @@ def test_inhibition_and_silences_in_alertmanager(settings: Settings, publisher: 
 
         # Escalation: the critical twin mutes the warning one (equal alertname, equipment_id, detector, sensor).
         produce(settings, [verdict("i2", 1, "critical", site="plant-b", hits=("flow:zscore",), top=("flow",))])
-        twins = poll("critical twin posted", lambda: (a := by_condition(am_alerts(settings, 'equipment_id="i2"')))
-                     and len(a) == 2 and a)  # fmt: skip
-        poll("warning twin inhibited by the critical one", lambda: {
-            k[4]: a["status"]["state"] for k, a in by_condition(am_alerts(settings, 'equipment_id="i2"')).items()
-        } == {"critical": "active", "warning": "suppressed"})  # fmt: skip
+        twins = poll(
+            "critical twin posted",
+            lambda: (a := by_condition(am_alerts(settings, 'equipment_id="i2"'))) and len(a) == 2 and a,
+        )
+        poll(
+            "warning twin inhibited by the critical one",
+            lambda: (
+                {k[4]: a["status"]["state"] for k, a in by_condition(am_alerts(settings, 'equipment_id="i2"')).items()}
+                == {"critical": "active", "warning": "suppressed"}
+            ),
+        )
         assert set(twins) == {("i2", ALERT_ANOMALY, "zscore", "flow", s) for s in ("warning", "critical")}
 
         # Silences through the client (what the CLI will call).
         silence_id = client.create_silence(['equipment_id="i2"'], 600, comment="pump swap", created_by="test")
-        poll("i2 silenced", lambda: all(a["status"]["silencedBy"] == [silence_id]
-                                        for a in am_alerts(settings, 'equipment_id="i2"')))  # fmt: skip
+        poll(
+            "i2 silenced",
+            lambda: all(a["status"]["silencedBy"] == [silence_id] for a in am_alerts(settings, 'equipment_id="i2"')),
+        )
         assert [s["id"] for s in client.list_silences(['equipment_id="i2"'])] == [silence_id]
         client.expire_silence(silence_id)
         assert client.list_silences(['equipment_id="i2"']) == []
         assert [s["id"] for s in client.list_silences(include_expired=True)] == [silence_id]
-        poll("i2 no longer silenced", lambda: all(not a["status"]["silencedBy"]
-                                                  for a in am_alerts(settings, 'equipment_id="i2"')))  # fmt: skip
+        poll(
+            "i2 no longer silenced",
+            lambda: all(not a["status"]["silencedBy"] for a in am_alerts(settings, 'equipment_id="i2"')),
+        )
 
 
 def test_unreachable_alertmanager_says_what_to_do() -> None:

@@ -49,10 +49,15 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
 def fresh_kafka(kafka_settings: KafkaSettings) -> KafkaSettings:
     """Topics of this test only, so tests never see each other's records."""
     tag = uuid.uuid4().hex[:8]
-    kafka = kafka_settings.model_copy(update={
-        "telemetry_topic": f"telemetry-{tag}", "window_stats_topic": f"window-stats-{tag}",
-        "dead_letter_topic": f"dead-letter-{tag}", "anomalies_topic": f"anomalies-{tag}", "partitions": 2,
-    })  # fmt: skip
+    kafka = kafka_settings.model_copy(
+        update={
+            "telemetry_topic": f"telemetry-{tag}",
+            "window_stats_topic": f"window-stats-{tag}",
+            "dead_letter_topic": f"dead-letter-{tag}",
+            "anomalies_topic": f"anomalies-{tag}",
+            "partitions": 2,
+        }
+    )
     ensure_topics(kafka, topics=[kafka.window_stats_topic, kafka.dead_letter_topic, kafka.anomalies_topic])
     return kafka
 
@@ -66,13 +71,25 @@ def recent_window_ms() -> int:
 def verdict(equipment_id: str, start_ms: int, *, site: str = "plant-a", **overrides: object) -> dict:
     """A normal window verdict, shaped exactly like vigil.contracts.ANOMALY_JSON_SCHEMA."""
     record = {
-        "equipment_id": equipment_id, "site": site, "equipment_type": "pump",
-        "window_start_ms": start_ms, "window_end_ms": start_ms + 5000, "kind": "window",
-        "is_anomaly": False, "severity": "normal", "score": 0.5, "scores": {"pca_t2q": 0.5, "isolation_forest": 0.25},
-        "detectors": [], "rule_hits": [], "top_sensors": [], "dead_sensors": [],
-        "model_versions": "isolation_forest=v0001 pca_t2q=v0001", "summary": "",
-        "last_seen_ms": start_ms + 5000, "emitted_at_ms": start_ms + 5300,
-    }  # fmt: skip
+        "equipment_id": equipment_id,
+        "site": site,
+        "equipment_type": "pump",
+        "window_start_ms": start_ms,
+        "window_end_ms": start_ms + 5000,
+        "kind": "window",
+        "is_anomaly": False,
+        "severity": "normal",
+        "score": 0.5,
+        "scores": {"pca_t2q": 0.5, "isolation_forest": 0.25},
+        "detectors": [],
+        "rule_hits": [],
+        "top_sensors": [],
+        "dead_sensors": [],
+        "model_versions": "isolation_forest=v0001 pca_t2q=v0001",
+        "summary": "",
+        "last_seen_ms": start_ms + 5000,
+        "emitted_at_ms": start_ms + 5300,
+    }
     scores = dict(record["scores"])  # type: ignore[call-overload]
     for name in [k for k in overrides if k in SCORE_NAMES]:  # a score by name (None: it did not score)
         value = overrides.pop(name)
@@ -85,20 +102,33 @@ def verdict(equipment_id: str, start_ms: int, *, site: str = "plant-a", **overri
 
 def critical(equipment_id: str, start_ms: int, **overrides: object) -> dict:
     fields = {
-        "is_anomaly": True, "severity": "critical", "score": 3.0, "pca_t2q": 3.0, "rules": 1.5,
-        "detectors": ["pca_t2q", "threshold_max"], "rule_hits": ["temp:threshold_max"], "top_sensors": ["temp", "flow"],
+        "is_anomaly": True,
+        "severity": "critical",
+        "score": 3.0,
+        "pca_t2q": 3.0,
+        "rules": 1.5,
+        "detectors": ["pca_t2q", "threshold_max"],
+        "rule_hits": ["temp:threshold_max"],
+        "top_sensors": ["temp", "flow"],
         "summary": "critical: pca_t2q, threshold_max (temp:threshold_max)",
-    }  # fmt: skip
+    }
     return verdict(equipment_id, start_ms, **(fields | overrides))
 
 
 def dead(equipment_id: str, start_ms: int, **overrides: object) -> dict:
     fields = {
-        "kind": "dead_machine", "is_anomaly": True, "severity": "critical", "score": 0.0, "pca_t2q": None,
-        "isolation_forest": None, "detectors": ["dead_machine"], "dead_sensors": ["flow", "temp"],
-        "model_versions": "", "summary": f"critical: no data from {equipment_id} for 15 s",
+        "kind": "dead_machine",
+        "is_anomaly": True,
+        "severity": "critical",
+        "score": 0.0,
+        "pca_t2q": None,
+        "isolation_forest": None,
+        "detectors": ["dead_machine"],
+        "dead_sensors": ["flow", "temp"],
+        "model_versions": "",
+        "summary": f"critical: no data from {equipment_id} for 15 s",
         "last_seen_ms": start_ms - 10_000,
-    }  # fmt: skip
+    }
     return verdict(equipment_id, start_ms, **(fields | overrides))
 
 
@@ -147,9 +177,20 @@ def latest_rows(client: Client, machines: list[str]) -> list[tuple]:
 
 def as_row(r: dict) -> tuple:
     return (
-        r["equipment_id"], r["window_start_ms"], r["kind"], int(r["is_anomaly"]), r["severity"], r["score"],
-        r["scores"], r["detectors"], r["rule_hits"], r["top_sensors"],
-        r["dead_sensors"], r["summary"], r["last_seen_ms"], r["emitted_at_ms"],
+        r["equipment_id"],
+        r["window_start_ms"],
+        r["kind"],
+        int(r["is_anomaly"]),
+        r["severity"],
+        r["score"],
+        r["scores"],
+        r["detectors"],
+        r["rule_hits"],
+        r["top_sensors"],
+        r["dead_sensors"],
+        r["summary"],
+        r["last_seen_ms"],
+        r["emitted_at_ms"],
     )
 
 
@@ -184,18 +225,30 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
     settings = Settings(data_dir=tmp_path, kafka=kafka, clickhouse=ch)
     start = recent_window_ms()
     records = [
-        verdict("an-1", start), critical("an-1", start + 5000),
-        verdict("an-2", start), dead("an-2", start + 15_000),
+        verdict("an-1", start),
+        critical("an-1", start + 5000),
+        verdict("an-2", start),
+        dead("an-2", start + 15_000),
         verdict("an-3", start + 5000, rules=0.75),
     ]
     duplicate = records[1]  # an at-least-once re-delivery: the same record again
     reemitted = critical("an-3", start + 5000, severity="warning", score=1.2, pca_t2q=1.2, emitted_at_ms=start + 60_000)
     produce(kafka, kafka.anomalies_topic, encoded(records) + encoded([duplicate, reemitted]) + [("an-bad", MALFORMED)])
     window_stat = {
-        "equipment_id": "an-1", "site": "plant-a", "equipment_type": "pump", "sensor": "temp", "unit": "C",
-        "window_start_ms": start, "window_end_ms": start + 5000, "count": 5, "avg": 1.5, "stddev": 0.5,
-        "min": 1.0, "max": 2.0, "emitted_at_ms": start + 5300,
-    }  # fmt: skip
+        "equipment_id": "an-1",
+        "site": "plant-a",
+        "equipment_type": "pump",
+        "sensor": "temp",
+        "unit": "C",
+        "window_start_ms": start,
+        "window_end_ms": start + 5000,
+        "count": 5,
+        "avg": 1.5,
+        "stddev": 0.5,
+        "min": 1.0,
+        "max": 2.0,
+        "emitted_at_ms": start + 5300,
+    }
     produce(kafka, kafka.window_stats_topic, encoded([window_stat]))
 
     stop = threading.Event()
@@ -213,17 +266,17 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
     client = make_client(ch, "admin")
     group, produced = anomalies_spec(settings).consumer_group, len(records) + 3
     try:
-        wait_for(lambda: committed_total(kafka, group, kafka.anomalies_topic) == produced,
-                 what="every verdict stored or dead-lettered, and committed")
+        wait_for(
+            lambda: committed_total(kafka, group, kafka.anomalies_topic) == produced,
+            what="every verdict stored or dead-lettered, and committed",
+        )
         # All 7 good records were inserted (the duplicate and the re-emission too) ...
         raw = client.command("SELECT count() FROM anomalies WHERE equipment_id LIKE 'an-%'")
         assert raw == len(records) + 2
         # ... yet the view holds exactly one row per (equipment_id, window_start), the newest emission.
         expected = sorted(as_row(r) for r in [*records[:4], reemitted])
         assert latest_rows(client, ["an-1", "an-2", "an-3"]) == expected
-        assert client.command(
-            "SELECT count() FROM anomalies FINAL WHERE equipment_id LIKE 'an-%'"
-        ) == len(records)
+        assert client.command("SELECT count() FROM anomalies FINAL WHERE equipment_id LIKE 'an-%'") == len(records)
 
         # The malformed verdict is on the dead-letter topic with its reason and original bytes.
         letter = read_one(kafka, kafka.dead_letter_topic)
@@ -233,14 +286,18 @@ def test_clickhouse_sink_stores_each_verdict_once_and_dead_letters_the_malformed
         assert base64.b64decode(letter["payload_b64"]) == MALFORMED
 
         # The same process stored the window-stats topic.
-        wait_for(lambda: client.command(f"SELECT count() FROM {WINDOW_STATS_VIEW} WHERE equipment_id = 'an-1'") == 1,
-                 what="the window-stats row")
+        wait_for(
+            lambda: client.command(f"SELECT count() FROM {WINDOW_STATS_VIEW} WHERE equipment_id = 'an-1'") == 1,
+            what="the window-stats row",
+        )
 
         # Training excludes the windows flagged anomalous (here: an-1's second window, an-2's dead machine,
         # an-3's re-emitted verdict), reading the table the way operations/training/detectors.py does.
         flagged = _flagged_windows(client, settings, start - 60_000, start + 60_000)
         assert sorted(map(tuple, flagged[["equipment_id", "window_start_ms"]].to_numpy().tolist())) == [
-            ("an-1", start + 5000), ("an-2", start + 15_000), ("an-3", start + 5000),
+            ("an-1", start + 5000),
+            ("an-2", start + 15_000),
+            ("an-3", start + 5000),
         ]
     finally:
         stop.set()
@@ -301,19 +358,31 @@ def test_pushgateway_shows_latest_verdicts_and_counts_each_anomalous_window_once
     kafka_settings: KafkaSettings, pushgateway: Settings, tmp_path: Path
 ) -> None:
     kafka = fresh_kafka(kafka_settings)
-    settings = pushgateway.model_copy(update={
-        "data_dir": tmp_path, "kafka": kafka,
-        "prometheus": pushgateway.prometheus.model_copy(update={"sink_consumer_group": f"pg-{uuid.uuid4().hex[:8]}"}),
-    })  # fmt: skip
+    settings = pushgateway.model_copy(
+        update={
+            "data_dir": tmp_path,
+            "kafka": kafka,
+            "prometheus": pushgateway.prometheus.model_copy(
+                update={"sink_consumer_group": f"pg-{uuid.uuid4().hex[:8]}"}
+            ),
+        }
+    )
     start = recent_window_ms()
     first = critical("pg-1", start)
-    produce(kafka, kafka.anomalies_topic, encoded([
-        verdict("pg-1", start - 5000),
-        first,
-        first,  # redelivered: one anomalous window, not two
-        dead("pg-2", start),
-        critical("pg-3", start, site="south/2", severity="warning", score=1.5, pca_t2q=1.5, rules=None),
-    ]) + [("pg-bad", MALFORMED)])
+    produce(
+        kafka,
+        kafka.anomalies_topic,
+        encoded(
+            [
+                verdict("pg-1", start - 5000),
+                first,
+                first,  # redelivered: one anomalous window, not two
+                dead("pg-2", start),
+                critical("pg-3", start, site="south/2", severity="warning", score=1.5, pca_t2q=1.5, rules=None),
+            ]
+        )
+        + [("pg-bad", MALFORMED)],
+    )
     sink = RunLoop(PushgatewaySink(settings), join_s=20)
     gauges = {
         ("vigil_anomaly_score", "plant-a", "pg-1", ""): 3.0,

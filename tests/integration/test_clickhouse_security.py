@@ -110,8 +110,10 @@ OUTPUT_AND_SETTINGS = [
     ("SELECT count() FROM window_stats SETTINGS additional_table_filters = {}", "SETTINGS"),
     ("SELECT count() FROM (SELECT * FROM window_stats SETTINGS readonly = 0)", "SETTINGS"),
     ("WITH t AS (SELECT * FROM window_stats SETTINGS max_memory_usage = 0) SELECT count() FROM t", "SETTINGS"),
-    ("SELECT count() FROM window_stats WHERE site IN (SELECT site FROM window_stats SETTINGS max_threads = 1)",
-     "SETTINGS"),
+    (
+        "SELECT count() FROM window_stats WHERE site IN (SELECT site FROM window_stats SETTINGS max_threads = 1)",
+        "SETTINGS",
+    ),
     ("SET additional_table_filters = {}", "only a SELECT", "may not run"),
     ("SELECT 1; INSERT INTO window_stats (equipment_id) VALUES ('x')", "multi-statement", "one statement"),
     ("SELECT 1; DROP TABLE window_stats", "multi-statement", "one statement"),
@@ -119,12 +121,13 @@ OUTPUT_AND_SETTINGS = [
     ("DROP TABLE window_stats", "only a SELECT", "may not run"),
     ("SHOW TABLES", "only a SELECT", "may not run"),
     ("EXPLAIN SELECT 1", "only a SELECT", "may not run"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("sql", "reasons"), [(sql, reasons) for sql, *reasons in OUTPUT_AND_SETTINGS])
-def test_output_clauses_settings_and_other_statements_are_refused(analyst: ConsoleData, sql: str,
-                                                                 reasons: list[str]) -> None:  # fmt: skip
+def test_output_clauses_settings_and_other_statements_are_refused(
+    analyst: ConsoleData, sql: str, reasons: list[str]
+) -> None:
     _refused(analyst, sql, *reasons)
     assert not list(Path.cwd().glob("pwned*"))
 
@@ -148,16 +151,27 @@ SYSTEM_TABLES = [
 
 
 @pytest.mark.parametrize("sql", SYSTEM_TABLES)
-def test_system_and_other_tables_are_refused_through_aliases_joins_and_subqueries(analyst: ConsoleData,
-                                                                                  sql: str) -> None:  # fmt: skip
+def test_system_and_other_tables_are_refused_through_aliases_joins_and_subqueries(
+    analyst: ConsoleData, sql: str
+) -> None:
     _refused(analyst, sql, "is not readable", "may not read")
 
 
 def test_resource_exhaustion_is_stopped_by_the_identitys_limits(analyst: ConsoleData) -> None:
-    _refused(analyst, "SELECT length(arrayStringConcat(arrayMap(x -> repeat('a', 1000000), range(5000))))",
-             "memory limit", "too large", "maximum")  # fmt: skip
-    _refused(analyst, "SELECT count() FROM window_stats a, window_stats b, window_stats c, window_stats d, "
-             "window_stats e, window_stats f", "timeout", "limit")  # fmt: skip
+    _refused(
+        analyst,
+        "SELECT length(arrayStringConcat(arrayMap(x -> repeat('a', 1000000), range(5000))))",
+        "memory limit",
+        "too large",
+        "maximum",
+    )
+    _refused(
+        analyst,
+        "SELECT count() FROM window_stats a, window_stats b, window_stats c, window_stats d, "
+        "window_stats e, window_stats f",
+        "timeout",
+        "limit",
+    )
     _refused(analyst, "SELECT repeat('a', 1000000000)", "maximum", "too large", "memory limit")
 
 
@@ -188,8 +202,12 @@ def test_other_sites_labels_and_sites_are_invisible(analyst: ConsoleData) -> Non
     assert labels.values.tolist() == [[f"{SECRET_MARK}-site-1", "site-1"]]
     sites = analyst.run_sql("SELECT DISTINCT site FROM window_stats UNION DISTINCT SELECT site FROM fault_labels")
     assert set(sites.frame.iloc[:, 0]) == {"site-1"}
-    assert ConsoleData(analyst.settings, Principal("new", "analyst", frozenset())).run_sql(
-        "SELECT count() FROM window_stats").frame.iloc[0, 0] == 0  # fmt: skip
+    assert (
+        ConsoleData(analyst.settings, Principal("new", "analyst", frozenset()))
+        .run_sql("SELECT count() FROM window_stats")
+        .frame.iloc[0, 0]
+        == 0
+    )
     admin = ConsoleData(analyst.settings, Principal("root", "admin", None))
     assert admin.run_sql("SELECT count() FROM window_stats").frame.iloc[0, 0] == sum(ROWS_PER_SITE.values())
 
@@ -203,15 +221,28 @@ def test_the_console_identity_cannot_lift_its_profile_or_filter_from_the_client(
     with contextlib.closing(_console(ch)) as client:
         scope = {"role": "vigil_site_site-1"}
         assert client.query("SELECT count() FROM window_stats", settings=scope).result_rows == [(30,)]
-        for name, value in (("additional_table_filters", "{}"), ("max_memory_usage", "0"), ("readonly", "0"),
-                            ("max_execution_time", "3600"), ("allow_introspection_functions", "1")):  # fmt: skip
+        for name, value in (
+            ("additional_table_filters", "{}"),
+            ("max_memory_usage", "0"),
+            ("readonly", "0"),
+            ("max_execution_time", "3600"),
+            ("allow_introspection_functions", "1"),
+        ):
             with pytest.raises(DatabaseError, match="Cannot modify"):
                 client.query("SELECT count() FROM window_stats", settings={**scope, name: value})
         # a lower limit than the profile's is a query's own business (ClickHouse's MAX constraint)
         assert client.query("SELECT 1", settings={**scope, "max_execution_time": 5}).result_rows == [(1,)]
-        for sql in ("INSERT INTO window_stats (equipment_id) VALUES ('x')", "CREATE TABLE t (a Int8) ENGINE = Memory",
-                    "DROP TABLE window_stats", "ALTER TABLE window_stats DELETE WHERE 1", "SYSTEM FLUSH LOGS",
-                    "USE system", "SET readonly = 0", "SELECT file('/etc/hostname')", "SHOW USERS"):  # fmt: skip
+        for sql in (
+            "INSERT INTO window_stats (equipment_id) VALUES ('x')",
+            "CREATE TABLE t (a Int8) ENGINE = Memory",
+            "DROP TABLE window_stats",
+            "ALTER TABLE window_stats DELETE WHERE 1",
+            "SYSTEM FLUSH LOGS",
+            "USE system",
+            "SET readonly = 0",
+            "SELECT file('/etc/hostname')",
+            "SHOW USERS",
+        ):
             with pytest.raises(DatabaseError, match="may not|ACCESS_DENIED|only one statement"):
                 client.command(sql, settings=scope)
     url = f"http://{ch.host}:{ch.port}/"
@@ -224,16 +255,31 @@ def test_each_component_identity_can_do_only_what_it_needs(ch: ClickHouseSetting
     clients = {name: make_client(ch, name) for name in ("sink", "relay", "agents", "api")}
     try:
         denied = {
-            "sink": ["SELECT count() FROM window_stats", "SELECT * FROM anomalies", "SELECT * FROM fault_labels",
-                     "SELECT * FROM alert_deliveries", "INSERT INTO alert_deliveries (receiver) VALUES ('x')",
-                     "INSERT INTO fault_labels (label_id) VALUES ('x')", "DROP TABLE window_stats"],
-            "relay": ["SELECT count() FROM alert_deliveries", "INSERT INTO window_stats (equipment_id) VALUES ('x')",
-                      "SELECT * FROM insights"],
-            "agents": ["INSERT INTO insights (agent) VALUES ('x')", "SELECT * FROM alert_deliveries",
-                       "SELECT * FROM fault_labels"],
-            "api": ["INSERT INTO window_stats (equipment_id) VALUES ('x')", "SELECT * FROM system.tables",
-                    "SELECT file('/etc/hostname')"],
-        }  # fmt: skip
+            "sink": [
+                "SELECT count() FROM window_stats",
+                "SELECT * FROM anomalies",
+                "SELECT * FROM fault_labels",
+                "SELECT * FROM alert_deliveries",
+                "INSERT INTO alert_deliveries (receiver) VALUES ('x')",
+                "INSERT INTO fault_labels (label_id) VALUES ('x')",
+                "DROP TABLE window_stats",
+            ],
+            "relay": [
+                "SELECT count() FROM alert_deliveries",
+                "INSERT INTO window_stats (equipment_id) VALUES ('x')",
+                "SELECT * FROM insights",
+            ],
+            "agents": [
+                "INSERT INTO insights (agent) VALUES ('x')",
+                "SELECT * FROM alert_deliveries",
+                "SELECT * FROM fault_labels",
+            ],
+            "api": [
+                "INSERT INTO window_stats (equipment_id) VALUES ('x')",
+                "SELECT * FROM system.tables",
+                "SELECT file('/etc/hostname')",
+            ],
+        }
         for name, statements in denied.items():
             for sql in statements:
                 with pytest.raises(DatabaseError, match="may not"):
@@ -255,14 +301,23 @@ def test_each_component_identity_can_do_only_what_it_needs(ch: ClickHouseSetting
 def test_a_client_cannot_bypass_the_checks_with_raw_http(ch: ClickHouseSettings) -> None:
     url = f"http://{ch.host}:{ch.port}/"
     auth = (ch.user("console"), ch.password_file("console").read_text().strip())
-    for body in (b"SELECT file('/etc/hostname')", b"SELECT 1;\nSELECT file('/etc/hostname')",
-                 b"SELECT * FROM system.users FORMAT TSV", b"SELECT 1 INTO OUTFILE 'x'"):  # fmt: skip
+    for body in (
+        b"SELECT file('/etc/hostname')",
+        b"SELECT 1;\nSELECT file('/etc/hostname')",
+        b"SELECT * FROM system.users FORMAT TSV",
+        b"SELECT 1 INTO OUTFILE 'x'",
+    ):
         response = requests.post(url, data=body, auth=auth, timeout=10)
         assert response.status_code in (400, 403), (body, response.text)
     via_param = requests.post(url, params={"query": "SELECT file('/etc/hostname')"}, auth=auth, timeout=10)
     assert via_param.status_code == 403 and "file()" in via_param.text
-    via_role = requests.post(url, params={"role": "vigil_site_site-1", "additional_table_filters": "{}"},
-                             data=b"SELECT count() FROM window_stats", auth=auth, timeout=10)  # fmt: skip
+    via_role = requests.post(
+        url,
+        params={"role": "vigil_site_site-1", "additional_table_filters": "{}"},
+        data=b"SELECT count() FROM window_stats",
+        auth=auth,
+        timeout=10,
+    )
     assert via_role.status_code == 403
 
 

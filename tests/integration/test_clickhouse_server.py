@@ -128,8 +128,12 @@ def test_passwords_are_files_of_their_own_never_arguments(ch_settings: Settings)
     passwords = {name: ch.password_file(name).read_text().strip() for name in ch.users}
     assert len(set(passwords.values())) == len(passwords) and all(len(p) >= 24 for p in passwords.values())
     assert all((ch.password_file(name).stat().st_mode & 0o777) == 0o600 for name in ch.users)
-    server = [p for p in psutil.process_iter(["cmdline", "environ"]) if "operations.stack.clickhouse_server" in
-              " ".join(p.info["cmdline"] or []) and str(ch.port) in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    server = [
+        p
+        for p in psutil.process_iter(["cmdline", "environ"])
+        if "operations.stack.clickhouse_server" in " ".join(p.info["cmdline"] or [])
+        and str(ch.port) in " ".join(p.info["cmdline"] or [])
+    ]
     assert server, "the test server's process was not found"
     environ = server[0].info["environ"] or {}
     seen = " ".join(server[0].info["cmdline"]) + " ".join(f"{k}={v}" for k, v in environ.items())
@@ -222,25 +226,38 @@ def test_raw_http_forms(ch_settings: Settings, client: Client) -> None:
     client.command("CREATE TABLE raw_forms (a UInt8, b String) ENGINE = MergeTree ORDER BY a")
     base = {"database": ch.database}
     ok = requests.post(
-        _url(ch_settings), params={**base, "query": "INSERT INTO raw_forms FORMAT TSV"}, data=b"1\tx\n2\ty\n",
-        auth=auth, timeout=5,
-    )  # fmt: skip
+        _url(ch_settings),
+        params={**base, "query": "INSERT INTO raw_forms FORMAT TSV"},
+        data=b"1\tx\n2\ty\n",
+        auth=auth,
+        timeout=5,
+    )
     assert ok.status_code == 200, ok.text
     ok = requests.post(
-        _url(ch_settings), params=base, data=gzip.compress(b"INSERT INTO raw_forms FORMAT CSV\n3,\"z,z\"\n"),
-        headers={"Content-Encoding": "gzip"}, auth=auth, timeout=5,
-    )  # fmt: skip
+        _url(ch_settings),
+        params=base,
+        data=gzip.compress(b'INSERT INTO raw_forms FORMAT CSV\n3,"z,z"\n'),
+        headers={"Content-Encoding": "gzip"},
+        auth=auth,
+        timeout=5,
+    )
     assert ok.status_code == 200, ok.text
     ok = requests.post(_url(ch_settings), params=base, data=b"INSERT INTO raw_forms VALUES (4, 'w')", auth=auth)
     assert ok.status_code == 200, ok.text
     result = requests.post(
-        _url(ch_settings), params={**base, "default_format": "JSONEachRow"},
-        data=b"SELECT * FROM raw_forms ORDER BY a", auth=auth, timeout=5,
-    )  # fmt: skip
+        _url(ch_settings),
+        params={**base, "default_format": "JSONEachRow"},
+        data=b"SELECT * FROM raw_forms ORDER BY a",
+        auth=auth,
+        timeout=5,
+    )
     assert result.headers["X-ClickHouse-Format"] == "JSONEachRow"
     assert [orjson.loads(line) for line in result.text.splitlines()] == [
-        {"a": 1, "b": "x"}, {"a": 2, "b": "y"}, {"a": 3, "b": "z,z"}, {"a": 4, "b": "w"},
-    ]  # fmt: skip
+        {"a": 1, "b": "x"},
+        {"a": 2, "b": "y"},
+        {"a": 3, "b": "z,z"},
+        {"a": 4, "b": "w"},
+    ]
 
 
 def test_bad_query_raises_database_error_with_clickhouse_message(client: Client) -> None:

@@ -38,8 +38,9 @@ ADMIN = Principal("root", "admin", None)
 @pytest.fixture(scope="module")
 def live(live_fleet: LiveFleet) -> LiveFleet:
     for name, who in (("ana", ANALYST), ("eng", ENGINEER), ("root", ADMIN)):
-        set_user(live_fleet.settings.console_users_path, name, who.role, sorted(who.sites or ["*"]),
-                 f"{name}-password-1")  # fmt: skip
+        set_user(
+            live_fleet.settings.console_users_path, name, who.role, sorted(who.sites or ["*"]), f"{name}-password-1"
+        )
     return live_fleet
 
 
@@ -54,8 +55,9 @@ def env(live: LiveFleet, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveFleet]
 
 
 def page(name: str, who: Principal | None, **query: str) -> AppTest:
-    app = AppTest.from_file(str(APP / "views" / f"{name}.py") if name != "app" else str(APP / "app.py"),
-                            default_timeout=60)  # fmt: skip
+    app = AppTest.from_file(
+        str(APP / "views" / f"{name}.py") if name != "app" else str(APP / "app.py"), default_timeout=60
+    )
     if who is not None:
         app.session_state["vigil_principal"] = who
     for key, value in query.items():
@@ -154,8 +156,9 @@ def test_equipment_page_charts_a_machine_and_refuses_another_sites_machine(env: 
     assert app.text_input(key="equipment_id").value == mine
     assert {m.label: m.value for m in app.metric}["site"] == "site-1"
     with pytest.raises(AccessError):
-        ConsoleData(env.settings, ANALYST).hot_windows(theirs, datetime.now(UTC) - timedelta(minutes=5),
-                                                       datetime.now(UTC), "site-2")  # fmt: skip
+        ConsoleData(env.settings, ANALYST).hot_windows(
+            theirs, datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC), "site-2"
+        )
 
 
 def test_hot_path_buckets_keep_each_steps_extremes(env: LiveFleet) -> None:
@@ -214,17 +217,28 @@ def test_long_ranges_are_aggregated_in_clickhouse_into_chart_points(env: LiveFle
     assert data.bucket_s(end - timedelta(minutes=15), end) == 5  # 180 windows: every one
     assert len(data.cold_windows(machine, end - timedelta(minutes=15), end)["window_start"].unique()) > 1
     assert data.bucket_s(end - timedelta(hours=1), end) == 15
-    raw = data.query("SELECT window_start, sensor, count, avg, stddev, min, max FROM window_stats_latest "
-                     "WHERE equipment_id = {e:String}", e=machine)  # every window the fleet streamed
+    raw = data.query(
+        "SELECT window_start, sensor, count, avg, stddev, min, max FROM window_stats_latest "
+        "WHERE equipment_id = {e:String}",
+        e=machine,
+    )  # every window the fleet streamed
     bucket = data.bucket_s(end - timedelta(hours=24), end)
     assert bucket == 360
     agg = data.cold_windows(machine, end - timedelta(hours=24), end)
     assert len(agg) < len(raw)
 
-    raw = raw.assign(bucket=raw["window_start"].dt.floor(f"{bucket}s"), weighted=raw["avg"] * raw["count"],
-                     square=raw["count"] * (raw["stddev"] ** 2 + raw["avg"] ** 2))  # fmt: skip
-    want = raw.groupby(["sensor", "bucket"]).agg(count=("count", "sum"), weighted=("weighted", "sum"),
-                                                  square=("square", "sum"), min=("min", "min"), max=("max", "max"))
+    raw = raw.assign(
+        bucket=raw["window_start"].dt.floor(f"{bucket}s"),
+        weighted=raw["avg"] * raw["count"],
+        square=raw["count"] * (raw["stddev"] ** 2 + raw["avg"] ** 2),
+    )
+    want = raw.groupby(["sensor", "bucket"]).agg(
+        count=("count", "sum"),
+        weighted=("weighted", "sum"),
+        square=("square", "sum"),
+        min=("min", "min"),
+        max=("max", "max"),
+    )
     want["avg"] = want["weighted"] / want["count"]
     want["stddev"] = np.sqrt(np.maximum(want["square"] / want["count"] - want["avg"] ** 2, 0))
     got = agg.set_index(["sensor", "window_start"]).sort_index()
@@ -235,8 +249,10 @@ def test_long_ranges_are_aggregated_in_clickhouse_into_chart_points(env: LiveFle
     np.testing.assert_allclose(got["stddev"].to_numpy(float), want["stddev"].to_numpy(float), rtol=1e-6, atol=1e-9)
 
     scores = data.score_history(machine, end - timedelta(hours=24), end)
-    verdicts = data.query("SELECT window_start, score FROM anomalies_latest WHERE equipment_id = {e:String} "
-                          "AND kind = 'window'", e=machine)  # fmt: skip
+    verdicts = data.query(
+        "SELECT window_start, score FROM anomalies_latest WHERE equipment_id = {e:String} AND kind = 'window'",
+        e=machine,
+    )
     assert len(scores) == verdicts["window_start"].dt.floor(f"{bucket}s").nunique()
     assert scores["score"].max() == pytest.approx(verdicts["score"].max()), "a bucket keeps its highest score"
 
@@ -251,19 +267,49 @@ def post_insights(settings: Settings, live: LiveFleet) -> dict[str, str]:
     now = int(datetime.now(UTC).timestamp() * 1000)
     records = []
     for site, machine in picked.items():
-        base = {"equipment_id": machine, "site": site, "equipment_type": machine.split("-")[1],
-                "episode_id": f"{machine}@{now - 60_000}", "window_start_ms": now - 60_000,
-                "window_end_ms": now - 5_000, "closed": True, "sensors": ["vibration_rms"],
-                "emitted_at_ms": now}  # fmt: skip
-        records.append(base | {"agent": "diagnostic", "kind": "diagnosis", "title": f"Bearing wear on {machine}",
-                               "severity": "warning", "confidence": 0.8, "fault_type": "bearing_wear",
-                               "details": orjson.dumps({"by": "model"}).decode()})  # fmt: skip
-        records.append(base | {"agent": "maintenance", "kind": "maintenance",
-                               "title": "Bearing wear: act within 3 days", "severity": "warning", "confidence": 0.8,
-                               "fault_type": "bearing_wear",
-                               "details": orjson.dumps({"health_index": 71.5, "time_to_failure_h": 30.0,
-                                                        "due_ms": now + 3_600_000, "line": "line-1",
-                                                        "actions": ["Measure the vibration spectrum"]}).decode()})
+        base = {
+            "equipment_id": machine,
+            "site": site,
+            "equipment_type": machine.split("-")[1],
+            "episode_id": f"{machine}@{now - 60_000}",
+            "window_start_ms": now - 60_000,
+            "window_end_ms": now - 5_000,
+            "closed": True,
+            "sensors": ["vibration_rms"],
+            "emitted_at_ms": now,
+        }
+        records.append(
+            base
+            | {
+                "agent": "diagnostic",
+                "kind": "diagnosis",
+                "title": f"Bearing wear on {machine}",
+                "severity": "warning",
+                "confidence": 0.8,
+                "fault_type": "bearing_wear",
+                "details": orjson.dumps({"by": "model"}).decode(),
+            }
+        )
+        records.append(
+            base
+            | {
+                "agent": "maintenance",
+                "kind": "maintenance",
+                "title": "Bearing wear: act within 3 days",
+                "severity": "warning",
+                "confidence": 0.8,
+                "fault_type": "bearing_wear",
+                "details": orjson.dumps(
+                    {
+                        "health_index": 71.5,
+                        "time_to_failure_h": 30.0,
+                        "due_ms": now + 3_600_000,
+                        "line": "line-1",
+                        "actions": ["Measure the vibration spectrum"],
+                    }
+                ).decode(),
+            }
+        )
     table, malformed = records_to_arrow([orjson.dumps(r) for r in records], INSIGHT_RECORDS)
     assert not malformed
     insert_rows(make_client(settings.clickhouse, "admin"), settings.clickhouse.insights_table, table)
@@ -298,13 +344,25 @@ def post_alerts(settings: Settings, live: LiveFleet) -> dict[str, str]:
     now = datetime.now(UTC)
     picked = {site: sorted(live.ids(site))[0] for site in ("site-1", "site-2")}
     with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
-        am.post_alerts([{
-            "labels": {"alertname": "VigilEquipmentAnomaly", "severity": "critical", "site": site,
-                       "equipment_id": machine, "sensor": "vibration_rms", "detector": "threshold_max",
-                       "source": "console-test"},
-            "annotations": {"summary": f"{machine} vibration above its limit"},
-            "startsAt": rfc3339(now - timedelta(seconds=30)), "endsAt": rfc3339(now + timedelta(minutes=10)),
-        } for site, machine in picked.items()])  # fmt: skip
+        am.post_alerts(
+            [
+                {
+                    "labels": {
+                        "alertname": "VigilEquipmentAnomaly",
+                        "severity": "critical",
+                        "site": site,
+                        "equipment_id": machine,
+                        "sensor": "vibration_rms",
+                        "detector": "threshold_max",
+                        "source": "console-test",
+                    },
+                    "annotations": {"summary": f"{machine} vibration above its limit"},
+                    "startsAt": rfc3339(now - timedelta(seconds=30)),
+                    "endsAt": rfc3339(now + timedelta(minutes=10)),
+                }
+                for site, machine in picked.items()
+            ]
+        )
         poll(lambda: len(am.get_alerts(['source="console-test"'])) == 2, 30, "both alerts in Alertmanager")
     return picked
 
@@ -332,9 +390,13 @@ def test_alerts_are_scoped_by_site_and_an_engineer_acknowledges_with_a_silence(e
         silence = next(s for s in am.list_silences() if s["comment"] == "bearing replacement under way")
         assert silence["createdBy"] == "eng"
         assert {"name": "equipment_id", "value": picked["site-1"]} in [
-            {"name": m["name"], "value": m["value"]} for m in silence["matchers"]]
-        poll(lambda: am.get_alerts([f'equipment_id="{picked["site-1"]}"'])[0]["status"]["state"] == "suppressed",
-             20, "the alert to be silenced")  # fmt: skip
+            {"name": m["name"], "value": m["value"]} for m in silence["matchers"]
+        ]
+        poll(
+            lambda: am.get_alerts([f'equipment_id="{picked["site-1"]}"'])[0]["status"]["state"] == "suppressed",
+            20,
+            "the alert to be silenced",
+        )
     app = page("alerts", ENGINEER)
     app.button(key=f"unsilence-{silence['id']}").click().run()
     with AlertmanagerClient(env.settings.prometheus.alertmanager_url) as am:
@@ -371,12 +433,16 @@ def test_sql_workbench_returns_only_the_analysts_sites_whatever_the_query(env: L
     ):
         assert set(data.run_sql(sql).frame["site"]) == {"site-1"}, sql
     assert set(ConsoleData(env.settings, ADMIN).run_sql("SELECT DISTINCT site FROM window_stats").frame["site"]) == {
-        "site-1", "site-2"}
+        "site-1",
+        "site-2",
+    }
     for sql, reason in (
         # the guard's message, or the server's when it refuses the parse request itself
         ("SELECT * FROM system.tables", "not readable|may not read"),
-        ("SELECT DISTINCT site FROM window_stats SETTINGS additional_table_filters = {}",
-         "SETTINGS clause|may not change settings"),
+        (
+            "SELECT DISTINCT site FROM window_stats SETTINGS additional_table_filters = {}",
+            "SETTINGS clause|may not change settings",
+        ),
         ("SELECT * FROM file('/etc/passwd', 'LineAsString')", r"table function file\(\)|table functions \(file\(\)\)"),
         ("DROP TABLE window_stats", "only a SELECT query|may not run DROP"),
         ("SELEC site FROM window_stats", "Syntax error"),
@@ -394,8 +460,9 @@ def test_sql_workbench_returns_only_the_analysts_sites_whatever_the_query(env: L
     assert [b.label for b in app.get("download_button")] == ["CSV", "Parquet"]
     assert not app.get("vega_lite_chart"), "one row: nothing to chart"
     app = page("sql", ADMIN)
-    app.text_area[0].input("SELECT site, count() AS windows FROM window_stats WHERE equipment_id LIKE 'live-%' "
-                           "GROUP BY site ORDER BY site").run()  # the live fleet (other tests wrote other sites)
+    app.text_area[0].input(
+        "SELECT site, count() AS windows FROM window_stats WHERE equipment_id LIKE 'live-%' GROUP BY site ORDER BY site"
+    ).run()  # the live fleet (other tests wrote other sites)
     app.button[0].click().run()
     assert list(frames(app)[0]["site"]) == ["site-1", "site-2"]
     assert len(app.get("vega_lite_chart")) == 1, "windows per site as bars"
@@ -407,12 +474,18 @@ def test_sql_workbench_returns_only_the_analysts_sites_whatever_the_query(env: L
 # -- Models --------------------------------------------------------------------------------------------------
 
 
-def test_models_page_lists_versions_and_only_admins_promote(env: LiveFleet, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_models_page_lists_versions_and_only_admins_promote(
+    env: LiveFleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     names = ["a.avg", "a.stddev", "b.avg", "b.stddev"]
     model = PcaT2Q().fit(np.random.default_rng(0).normal(size=(200, 4)), names).to_onnx()
-    meta = {"feature_names": names, "threshold": 1.0, "threshold_method": {"method": "quantile"},
-            "data_sha256": "0" * 64, "metrics": {"normal_alarm_rate": 0.01}}  # fmt: skip
+    meta = {
+        "feature_names": names,
+        "threshold": 1.0,
+        "threshold_method": {"method": "quantile"},
+        "data_sha256": "0" * 64,
+        "metrics": {"normal_alarm_rate": 0.01},
+    }
     registry = ModelRegistry(tmp_path / "models")
     registry.register("pump", "pca_t2q", model, meta)
     registry.register("pump", "pca_t2q", model, meta)

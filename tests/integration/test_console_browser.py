@@ -32,8 +32,14 @@ from vigil.settings import PROJECT_ROOT
 pytestmark = [pytest.mark.integration, pytest.mark.streams_live]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 TIMEOUT_MS = 60_000
 
@@ -74,21 +80,33 @@ def shoot(page, tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_sign_in_browse_live_data_and_acknowledge_an_alert(live_fleet: LiveFleet, console_url: str, browser,
-                                                           tmp_path: Path) -> None:  # fmt: skip
+def test_sign_in_browse_live_data_and_acknowledge_an_alert(
+    live_fleet: LiveFleet, console_url: str, browser, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect
 
     settings = live_fleet.settings
     machine = sorted(live_fleet.ids("site-1"))[0]
     now = datetime.now(UTC)
     with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
-        am.post_alerts([{
-            "labels": {"alertname": "VigilEquipmentAnomaly", "severity": "critical", "site": "site-1",
-                       "equipment_id": machine, "sensor": "vibration_rms", "detector": "threshold_max",
-                       "source": "browser-test"},
-            "annotations": {"summary": f"{machine}: vibration_rms above its limit"},
-            "startsAt": rfc3339(now - timedelta(seconds=20)), "endsAt": rfc3339(now + timedelta(minutes=10)),
-        }])  # fmt: skip
+        am.post_alerts(
+            [
+                {
+                    "labels": {
+                        "alertname": "VigilEquipmentAnomaly",
+                        "severity": "critical",
+                        "site": "site-1",
+                        "equipment_id": machine,
+                        "sensor": "vibration_rms",
+                        "detector": "threshold_max",
+                        "source": "browser-test",
+                    },
+                    "annotations": {"summary": f"{machine}: vibration_rms above its limit"},
+                    "startsAt": rfc3339(now - timedelta(seconds=20)),
+                    "endsAt": rfc3339(now + timedelta(minutes=10)),
+                }
+            ]
+        )
 
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
@@ -130,14 +148,14 @@ def test_sign_in_browse_live_data_and_acknowledge_an_alert(live_fleet: LiveFleet
         silence = next(s for s in am.list_silences() if s["comment"] == comment)
         assert silence["createdBy"] == "eng"
         assert {"name": "equipment_id", "value": machine} in [
-            {"name": m["name"], "value": m["value"]} for m in silence["matchers"]]
+            {"name": m["name"], "value": m["value"]} for m in silence["matchers"]
+        ]
         am.expire_silence(silence["id"])
     for name in ("console-fleet", "console-equipment", "console-alerts"):
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000, f"{name}.png looks empty"
 
 
-def test_an_alert_link_opens_its_machine_right_after_sign_in(live_fleet: LiveFleet, console_url: str,
-                                                             browser) -> None:  # fmt: skip
+def test_an_alert_link_opens_its_machine_right_after_sign_in(live_fleet: LiveFleet, console_url: str, browser) -> None:
     """Alertmanager's messages link to <console>/?equipment=ID: in a new browser that is sign-in, then that
     machine's page (the Equipment page serves the root URL for such a link), and the other pages still open."""
     from playwright.sync_api import expect
@@ -199,13 +217,20 @@ def oidc_console_url(live_fleet: LiveFleet, tmp_path_factory: pytest.TempPathFac
     maps one e-mail address to an engineer of site 1."""
     folder = tmp_path_factory.mktemp("oidc-console")
     port = free_port()
-    provider = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--port", str(port)],
-                                stdout=(folder / "provider.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    provider = subprocess.Popen(
+        [sys.executable, "-m", "oidc_provider_mock", "--port", str(port)],
+        stdout=(folder / "provider.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     base = live_fleet.settings
-    console = base.console.model_copy(update={
-        "port": free_port(), "oidc_client_id": "vigil-console", "oidc_client_secret": SecretStr("console-secret"),
-        "oidc_server_metadata_url": f"http://127.0.0.1:{port}/.well-known/openid-configuration",
-    })  # fmt: skip
+    console = base.console.model_copy(
+        update={
+            "port": free_port(),
+            "oidc_client_id": "vigil-console",
+            "oidc_client_secret": SecretStr("console-secret"),
+            "oidc_server_metadata_url": f"http://127.0.0.1:{port}/.well-known/openid-configuration",
+        }
+    )
     settings = base.model_copy(update={"data_dir": folder / "data", "console": console})
     set_user(settings.console_users_path, "ana", "engineer", ["site-1"], email="ana@plant.example")
     stack = Stack(settings)
@@ -219,8 +244,9 @@ def oidc_console_url(live_fleet: LiveFleet, tmp_path_factory: pytest.TempPathFac
         provider.wait(10)
 
 
-def test_sign_in_through_an_openid_connect_provider(live_fleet: LiveFleet, oidc_console_url: str, browser,
-                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_sign_in_through_an_openid_connect_provider(
+    live_fleet: LiveFleet, oidc_console_url: str, browser, tmp_path: Path
+) -> None:
     """The provider's e-mail claim picks the Vigil user: role and sites come from the users file; an address
     the file does not know is signed in by the provider but gets no access."""
     from playwright.sync_api import expect
@@ -243,11 +269,13 @@ def test_sign_in_through_an_openid_connect_provider(live_fleet: LiveFleet, oidc_
     assert remember.COOKIE not in {c["name"] for c in context.cookies()}
     # The shared stack also holds other test modules' machines: count what ClickHouse has per site.
     with contextlib.closing(make_client(live_fleet.settings.clickhouse, "admin")) as client:
-        site_1, everyone = client.query("SELECT countIf(site = 'site-1'), count() FROM machine_state FINAL"
-                                        ).result_rows[0]  # fmt: skip
+        site_1, everyone = client.query(
+            "SELECT countIf(site = 'site-1'), count() FROM machine_state FINAL"
+        ).result_rows[0]
     assert 0 < site_1 < everyone
-    machines = page.locator("[data-testid='stMetric']").filter(has_text="machines").locator(
-        "[data-testid='stMetricValue']")  # fmt: skip
+    machines = (
+        page.locator("[data-testid='stMetric']").filter(has_text="machines").locator("[data-testid='stMetricValue']")
+    )
     expect(machines).to_have_text(str(site_1))  # her site's machines only, counted in ClickHouse under her scope
     time.sleep(2)  # let the tables paint before the picture
     shoot(page, tmp_path, "console-oidc-fleet")

@@ -120,8 +120,11 @@ def example_file() -> Iterator[Path]:
 def trained_and_scored(example_file: Path, tmp_path_factory: pytest.TempPathFactory):
     """The example trained like `vigil train` does, then the scoring job (same templates and UDF) over a file."""
     tmp = tmp_path_factory.mktemp("one-file-detector")
-    settings = Settings(data_dir=tmp, window=WindowSettings(size_ms=SIZE_MS),
-                        scoring=ScoringSettings(history_windows=HISTORY, dead_after_ms=DEAD_AFTER_MS))  # fmt: skip
+    settings = Settings(
+        data_dir=tmp,
+        window=WindowSettings(size_ms=SIZE_MS),
+        scoring=ScoringSettings(history_windows=HISTORY, dead_after_ms=DEAD_AFTER_MS),
+    )
     registry = ModelRegistry(settings.models_dir)
     frame = pump_stats_frame(pump_series(np.random.default_rng(5), n=400))
     versions = train_type("pump", frame, [], registry, detectors=[NAME], size_ms=SIZE_MS, history=HISTORY)
@@ -132,8 +135,13 @@ def trained_and_scored(example_file: Path, tmp_path_factory: pytest.TempPathFact
     (source / "window_stats.json").write_bytes(b"\n".join(orjson.dumps(r) for r in records))
     job = build(table_env(tmp / "jars"), settings, rules_config(), **file_overrides(source, out, dead_letters))
     job.execute().wait()
-    lines = [line for p in sorted(out.rglob("*")) if p.is_file() and not p.name.startswith(".")
-             for line in p.read_bytes().splitlines() if line.strip()]  # fmt: skip
+    lines = [
+        line
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+        for line in p.read_bytes().splitlines()
+        if line.strip()
+    ]
     return settings, versions, read_json_dir(out), lines
 
 

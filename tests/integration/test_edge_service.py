@@ -141,9 +141,16 @@ def test_valid_batches_via_unary_and_stream_land_as_contract_records(edge: Setti
     for record in records:
         assert record["_key"] == record["equipment_id"]
         assert set(record) - {"_key", "_partition"} == {
-            "equipment_id", "site", "equipment_type", "gateway_id", "sequence", "chunk_start_ms",
-            "event_time_ms", "ingested_at_ms", "sensors",
-        }  # fmt: skip
+            "equipment_id",
+            "site",
+            "equipment_type",
+            "gateway_id",
+            "sequence",
+            "chunk_start_ms",
+            "event_time_ms",
+            "ingested_at_ms",
+            "sensors",
+        }
         assert (record["site"], record["equipment_type"], record["gateway_id"]) == (
             "site-a",
             "pump",

@@ -119,10 +119,18 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
     port, log = free_port(), folder / "standin.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "operations.stack.saas_standin", "--port", str(port), "--record",
-             str(folder / "requests.jsonl")],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "operations.stack.saas_standin",
+                "--port",
+                str(port),
+                "--record",
+                str(folder / "requests.jsonl"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc, log)
         yield StandIn(port)
@@ -163,21 +171,38 @@ def ch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSe
         yield server
 
 
-def relay_settings(folder: Path, standin: StandIn, smtp_port: int, ch: ClickHouseSettings,
-                   kafka: KafkaSettings | None = None, **alerting: Any) -> Settings:  # fmt: skip
+def relay_settings(
+    folder: Path,
+    standin: StandIn,
+    smtp_port: int,
+    ch: ClickHouseSettings,
+    kafka: KafkaSettings | None = None,
+    **alerting: Any,
+) -> Settings:
     receivers = folder / "receivers.yaml"
     receivers.write_text(RECEIVERS_YAML)
     values: dict[str, Any] = {
-        "relay_port": free_port(), "state_path": folder / "relay.db", "receivers_path": receivers,
-        "slack_webhook_url": standin.url + MAIN_SLACK, "sms_api_base_url": standin.url,
-        "sms_account_sid": SMS_SID, "sms_auth_token": SMS_TOKEN, "sms_from": SMS_FROM, "sms_max_chars": 160,
-        "smtp_host": "127.0.0.1", "smtp_port": smtp_port, "email_from": "vigil@plant.example",
-        "max_attempts": 3, "backoff_initial_s": 0.05, "backoff_max_s": 2.0, "request_timeout_s": 1.0,
+        "relay_port": free_port(),
+        "state_path": folder / "relay.db",
+        "receivers_path": receivers,
+        "slack_webhook_url": standin.url + MAIN_SLACK,
+        "sms_api_base_url": standin.url,
+        "sms_account_sid": SMS_SID,
+        "sms_auth_token": SMS_TOKEN,
+        "sms_from": SMS_FROM,
+        "sms_max_chars": 160,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp_port,
+        "email_from": "vigil@plant.example",
+        "max_attempts": 3,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 2.0,
+        "request_timeout_s": 1.0,
         "rate_limit_per_minute": {"slack": 6000.0, "sms": 6000.0, "email": 6000.0},
         "console_url": "http://console.example:18501",
         "insight_followups": False,  # no broker here; test_diagnoses_reach_the_people_paged_* turns it on
         **alerting,
-    }  # fmt: skip
+    }
     return Settings(data_dir=folder, clickhouse=ch, alerting=AlertingSettings(**values), kafka=kafka or KafkaSettings())
 
 
@@ -194,8 +219,10 @@ class RelayProcess:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "alerting.relay"],
-                env={**os.environ, **self.settings.to_env()}, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                env={**os.environ, **self.settings.to_env()},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         wait_http(f"{self.url}/healthz", self.proc, self.log)
         return self
 
@@ -240,8 +267,9 @@ class RelayProcess:
 
 
 @pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, standin: StandIn, smtp: tuple[Mailbox, int],
-          ch_server: ClickHouseSettings) -> Iterator[RelayProcess]:  # fmt: skip
+def relay(
+    tmp_path_factory: pytest.TempPathFactory, standin: StandIn, smtp: tuple[Mailbox, int], ch_server: ClickHouseSettings
+) -> Iterator[RelayProcess]:
     folder = tmp_path_factory.mktemp("relay")
     process = RelayProcess(relay_settings(folder, standin, smtp[1], ch_server), folder / "relay.log").start()
     try:
@@ -265,33 +293,48 @@ def settled(request: pytest.FixtureRequest, standin: StandIn) -> Iterator[None]:
 STARTED = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
 
 
-def am_alert(fingerprint: str, status: str = "firing", site: str = "site-1", severity: str = "critical",
-             lasted_s: float = 725.0) -> dict[str, Any]:  # fmt: skip
+def am_alert(
+    fingerprint: str, status: str = "firing", site: str = "site-1", severity: str = "critical", lasted_s: float = 725.0
+) -> dict[str, Any]:
     machine = f"pump-{fingerprint[:6]}"
     ends = STARTED + timedelta(seconds=lasted_s) if status == "resolved" else datetime(1, 1, 1, tzinfo=UTC)
     return {
         "status": status,
-        "labels": {"alertname": "VigilAnomaly", "severity": severity, "site": site, "equipment_id": machine,
-                   "equipment_type": "pump", "sensor": "bearing_temp", "detector": "isolation_forest"},
-        "annotations": {"summary": f"{machine} bearing_temp far from normal (score 3.2)",
-                        "description": "Isolation forest score above its threshold for 2 windows",
-                        "console_url": f"http://console.example:18501/?equipment={machine}"},
+        "labels": {
+            "alertname": "VigilAnomaly",
+            "severity": severity,
+            "site": site,
+            "equipment_id": machine,
+            "equipment_type": "pump",
+            "sensor": "bearing_temp",
+            "detector": "isolation_forest",
+        },
+        "annotations": {
+            "summary": f"{machine} bearing_temp far from normal (score 3.2)",
+            "description": "Isolation forest score above its threshold for 2 windows",
+            "console_url": f"http://console.example:18501/?equipment={machine}",
+        },
         "startsAt": STARTED.isoformat().replace("+00:00", "Z"),
         "endsAt": ends.isoformat().replace("+00:00", "Z"),
         "generatorURL": "http://127.0.0.1:19090/graph?g0.expr=vigil_anomaly_severity",
         "fingerprint": fingerprint,
-    }  # fmt: skip
+    }
 
 
 def webhook(receiver: str, *alerts: dict[str, Any]) -> dict[str, Any]:
     firing = any(a["status"] == "firing" for a in alerts)
     return {
-        "version": "4", "groupKey": '{}:{alertname="VigilAnomaly", site="site-1"}', "truncatedAlerts": 0,
-        "status": "firing" if firing else "resolved", "receiver": receiver,
+        "version": "4",
+        "groupKey": '{}:{alertname="VigilAnomaly", site="site-1"}',
+        "truncatedAlerts": 0,
+        "status": "firing" if firing else "resolved",
+        "receiver": receiver,
         "groupLabels": {"alertname": "VigilAnomaly", "site": "site-1"},
-        "commonLabels": {"alertname": "VigilAnomaly"}, "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:19093", "alerts": list(alerts),
-    }  # fmt: skip
+        "commonLabels": {"alertname": "VigilAnomaly"},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:19093",
+        "alerts": list(alerts),
+    }
 
 
 def new_fingerprint() -> str:
@@ -306,9 +349,12 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """`vigil alerts ...` as the lead mounts it (alerts_app), in its own process with these settings."""
     code = "import sys; from operations.alerts_cli import alerts_app; sys.argv[0] = 'vigil alerts'; alerts_app()"
     return subprocess.run(
-        [sys.executable, "-c", code, *args], env={**os.environ, **settings.to_env(), "COLUMNS": "200"},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, **settings.to_env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # -- tests --------------------------------------------------------------------------------------------------
@@ -335,8 +381,10 @@ def test_firing_then_resolved_reach_slack_and_sms_with_the_right_content(relay: 
     assert sorted(r["form"]["To"] for r in sms) == ["+15550000001", "+15550000002"]
     for record in sms:
         assert record["path"] == f"/2010-04-01/Accounts/{SMS_SID}/Messages.json"
-        assert record["headers"]["authorization"] == "Basic " + base64.b64encode(
-            f"{SMS_SID}:{SMS_TOKEN}".encode()).decode()  # fmt: skip
+        assert (
+            record["headers"]["authorization"]
+            == "Basic " + base64.b64encode(f"{SMS_SID}:{SMS_TOKEN}".encode()).decode()
+        )
         assert record["form"]["From"] == SMS_FROM
         assert record["form"]["Body"].startswith(f"CRITICAL: VigilAnomaly on {machine} (site-1)")
         assert gsm_length(record["form"]["Body"]) <= 160
@@ -348,11 +396,14 @@ def test_firing_then_resolved_reach_slack_and_sms_with_the_right_content(relay: 
     resolved = wait_for(lambda: len(r := standin.requests(MAIN_SLACK, fp)) == 2 and r[1], what="resolved Slack")
     assert resolved["json"]["blocks"][0]["text"]["text"].endswith(f"RESOLVED: VigilAnomaly on {machine}")
     assert "after *12 min 5 s*" in resolved["json"]["blocks"][1]["text"]["text"]
-    sms_resolved = wait_for(lambda: len(r := standin.requests("/2010-04-01/", machine)) == 4 and r[2:],
-                            what="resolved SMS")  # fmt: skip
+    sms_resolved = wait_for(
+        lambda: len(r := standin.requests("/2010-04-01/", machine)) == 4 and r[2:], what="resolved SMS"
+    )
     assert sorted(r["form"]["To"] for r in sms_resolved) == ["+15550000001", "+15550000002"]
-    assert all(r["form"]["Body"].startswith(f"RESOLVED: VigilAnomaly on {machine} (site-1) after 12 min 5 s")
-               for r in sms_resolved)  # fmt: skip
+    assert all(
+        r["form"]["Body"].startswith(f"RESOLVED: VigilAnomaly on {machine} (site-1) after 12 min 5 s")
+        for r in sms_resolved
+    )
 
 
 def test_alertmanager_resends_never_page_twice(relay: RelayProcess, standin: StandIn) -> None:
@@ -369,8 +420,9 @@ def test_alertmanager_resends_never_page_twice(relay: RelayProcess, standin: Sta
     assert len(standin.requests(MAIN_SLACK, first)) == 1
     assert len(standin.requests(MAIN_SLACK, second)) == 1
     metrics = httpx.get(f"{relay.url}/metrics", timeout=5).text
-    deduplicated = next(line for line in metrics.splitlines()
-                        if line.startswith('vigil_notify_deduplicated_total{receiver="slack"}'))  # fmt: skip
+    deduplicated = next(
+        line for line in metrics.splitlines() if line.startswith('vigil_notify_deduplicated_total{receiver="slack"}')
+    )
     assert float(deduplicated.rsplit(" ", 1)[1]) >= 2
 
 
@@ -379,8 +431,13 @@ def test_alerts_of_one_notification_page_each_recipient_once(relay: RelayProcess
     each naming both; a later re-send of the same group pages nobody again."""
     threshold, jump = new_fingerprint(), new_fingerprint()
     machine = f"pump-{threshold[:6]}"
-    pair = [am_alert(threshold), {**am_alert(jump), "labels": {**am_alert(jump)["labels"], "equipment_id": machine,
-                                                                 "detector": "rate_of_change"}}]  # fmt: skip
+    pair = [
+        am_alert(threshold),
+        {
+            **am_alert(jump),
+            "labels": {**am_alert(jump)["labels"], "equipment_id": machine, "detector": "rate_of_change"},
+        },
+    ]
     for receiver in ("slack", "sms"):
         assert relay.post(receiver, webhook(receiver, *pair)).status_code == 200
     relay.wait_final(threshold, count=1, receiver="slack")
@@ -402,8 +459,9 @@ def test_alerts_of_one_notification_page_each_recipient_once(relay: RelayProcess
     assert len(standin.requests("/2010-04-01/", machine)) == 2
 
 
-def test_server_errors_are_retried_until_delivered(relay: RelayProcess, standin: StandIn,
-                                                   ch_server: ClickHouseSettings) -> None:  # fmt: skip
+def test_server_errors_are_retried_until_delivered(
+    relay: RelayProcess, standin: StandIn, ch_server: ClickHouseSettings
+) -> None:
     fp = new_fingerprint()
     standin.fail_next(MAIN_SLACK, count=2, status=500)
     relay.post("slack", webhook("slack", am_alert(fp)))
@@ -414,8 +472,10 @@ def test_server_errors_are_retried_until_delivered(relay: RelayProcess, standin:
     # Every attempt's outcome is in the ClickHouse delivery log (shipped in batches by the relay).
     client = make_client(ch_server, "admin")
     try:
-        query = ("SELECT attempt, status, http_status, receiver, recipient, equipment_id, site, severity, alertname "
-                 "FROM alert_deliveries_test WHERE fingerprint = {fp:String} ORDER BY attempt")  # fmt: skip
+        query = (
+            "SELECT attempt, status, http_status, receiver, recipient, equipment_id, site, severity, alertname "
+            "FROM alert_deliveries_test WHERE fingerprint = {fp:String} ORDER BY attempt"
+        )
 
         def logged() -> list[tuple]:
             try:
@@ -454,8 +514,9 @@ def test_retry_after_is_waited_for(relay: RelayProcess, standin: StandIn) -> Non
     assert second["received_at"] - first["received_at"] >= 1.0
 
 
-def test_client_error_is_dead_lettered_at_once_and_resend_now_delivers_it(relay: RelayProcess,
-                                                                          standin: StandIn) -> None:  # fmt: skip
+def test_client_error_is_dead_lettered_at_once_and_resend_now_delivers_it(
+    relay: RelayProcess, standin: StandIn
+) -> None:
     fp = new_fingerprint()
     standin.fail_next(MAIN_SLACK, status=400, body="invalid_payload")
     relay.post("slack", webhook("slack", am_alert(fp)))
@@ -490,8 +551,9 @@ def test_exhausted_attempts_dead_letter_then_resend_delivers(relay: RelayProcess
     assert statuses(standin.requests(MAIN_SLACK, fp)) == [503, 503, 503, 200]
 
 
-def test_email_reaches_the_smtp_server_and_the_resolved_one_replies(relay: RelayProcess,
-                                                                    smtp: tuple[Mailbox, int]) -> None:  # fmt: skip
+def test_email_reaches_the_smtp_server_and_the_resolved_one_replies(
+    relay: RelayProcess, smtp: tuple[Mailbox, int]
+) -> None:
     mailbox = smtp[0]
     fp = new_fingerprint()
     machine = f"pump-{fp[:6]}"
@@ -528,8 +590,16 @@ def test_killed_relay_delivers_its_pending_outbox_after_restart(
     tmp_path: Path, standin: StandIn, smtp: tuple[Mailbox, int], ch_server: ClickHouseSettings
 ) -> None:
     # Its own relay (state file, Slack path) with a generous budget: nothing may finish before the kill.
-    settings = relay_settings(tmp_path, standin, smtp[1], ch_server, slack_webhook_url=standin.url + KILL_SLACK,
-                              max_attempts=100, request_timeout_s=0.5, backoff_max_s=0.2)  # fmt: skip
+    settings = relay_settings(
+        tmp_path,
+        standin,
+        smtp[1],
+        ch_server,
+        slack_webhook_url=standin.url + KILL_SLACK,
+        max_attempts=100,
+        request_timeout_s=0.5,
+        backoff_max_s=0.2,
+    )
     crashing = RelayProcess(settings, tmp_path / "relay.log").start()
     fp = new_fingerprint()
     try:
@@ -559,8 +629,15 @@ def test_slow_sms_provider_and_clickhouse_outage_do_not_hold_slack_back(
     tmp_path: Path, standin: StandIn, smtp: tuple[Mailbox, int]
 ) -> None:
     nowhere = ClickHouseSettings(port=free_port(), database="nowhere")  # nothing listens there
-    settings = relay_settings(tmp_path, standin, smtp[1], nowhere, slack_webhook_url=standin.url + "/slack/T0/B0/slow",
-                              request_timeout_s=3.0, max_attempts=2)  # fmt: skip
+    settings = relay_settings(
+        tmp_path,
+        standin,
+        smtp[1],
+        nowhere,
+        slack_webhook_url=standin.url + "/slack/T0/B0/slow",
+        request_timeout_s=3.0,
+        max_attempts=2,
+    )
     relay = RelayProcess(settings, tmp_path / "relay.log").start()
     try:
         sms_fp, slack_fp = new_fingerprint(), new_fingerprint()
@@ -577,8 +654,10 @@ def test_slow_sms_provider_and_clickhouse_outage_do_not_hold_slack_back(
         assert relay.deliveries(sms_fp)[0].state == PENDING
 
         # ClickHouse is down: delivering went on, the relay says so, and the attempts wait in SQLite.
-        wait_for(lambda: httpx.get(f"{relay.url}/healthz", timeout=5).json()["delivery_log"] == "down",
-                 what="the delivery log reported down")  # fmt: skip
+        wait_for(
+            lambda: httpx.get(f"{relay.url}/healthz", timeout=5).json()["delivery_log"] == "down",
+            what="the delivery log reported down",
+        )
         assert "ClickHouse delivery log unavailable" in (tmp_path / "relay.log").read_text()
         store = relay.store()
         try:
@@ -594,22 +673,37 @@ def test_relay_refuses_to_start_with_a_broken_oncall_file(
 ) -> None:
     settings = relay_settings(tmp_path, standin, smtp[1], ch_server)
     settings.alerting.receivers_path.write_text(RECEIVERS_YAML.replace('"+15550000003"', '"555-0003"'))
-    result = subprocess.run([sys.executable, "-m", "alerting.relay"], env={**os.environ, **settings.to_env()},
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "alerting.relay"],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "receivers.sms.recipients[2].phone: '555-0003' is not an E.164 phone number" in result.stderr
 
 
 def test_diagnoses_reach_the_people_paged_in_the_message_or_as_one_follow_up(
-    tmp_path: Path, standin: StandIn, smtp: tuple[Mailbox, int], ch_server: ClickHouseSettings,
+    tmp_path: Path,
+    standin: StandIn,
+    smtp: tuple[Mailbox, int],
+    ch_server: ClickHouseSettings,
     kafka_settings: KafkaSettings,
 ) -> None:
     """Page first, diagnosis later -> one follow-up per paged recipient; the final analysis agreeing -> nothing
     more; an alert sent after the diagnosis is known carries it; a changed diagnosis -> one more follow-up."""
     kafka = kafka_settings.model_copy(update={"insights_topic": f"vigil.insights.relay-{uuid.uuid4().hex[:8]}"})
     ensure_topics(kafka, topics=[kafka.insights_topic])
-    settings = relay_settings(tmp_path, standin, smtp[1], ch_server, kafka=kafka, insight_followups=True,
-                              insights_consumer_group=f"relay-dx-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    settings = relay_settings(
+        tmp_path,
+        standin,
+        smtp[1],
+        ch_server,
+        kafka=kafka,
+        insight_followups=True,
+        insights_consumer_group=f"relay-dx-{uuid.uuid4().hex[:8]}",
+    )
     relay = RelayProcess(settings, tmp_path / "relay.log").start()
     producer = make_producer(kafka)
     fp = new_fingerprint()
@@ -618,12 +712,24 @@ def test_diagnoses_reach_the_people_paged_in_the_message_or_as_one_follow_up(
 
     def publish(agent: str, closed: bool, fault: str, title: str, **extra: Any) -> None:
         record = {
-            "equipment_id": machine, "site": "site-1", "equipment_type": "pump", "agent": agent,
-            "kind": "diagnosis" if agent == "diagnostic" else agent, "episode_id": f"{machine}-ep",
-            "window_start_ms": start_ms, "window_end_ms": start_ms + 30_000, "closed": closed, "title": title,
-            "severity": "warning", "confidence": 0.8, "fault_type": fault, "sensors": ["bearing_temp"],
-            "details": "{}", "emitted_at_ms": start_ms + 30_000, **extra,
-        }  # fmt: skip
+            "equipment_id": machine,
+            "site": "site-1",
+            "equipment_type": "pump",
+            "agent": agent,
+            "kind": "diagnosis" if agent == "diagnostic" else agent,
+            "episode_id": f"{machine}-ep",
+            "window_start_ms": start_ms,
+            "window_end_ms": start_ms + 30_000,
+            "closed": closed,
+            "title": title,
+            "severity": "warning",
+            "confidence": 0.8,
+            "fault_type": fault,
+            "sensors": ["bearing_temp"],
+            "details": "{}",
+            "emitted_at_ms": start_ms + 30_000,
+            **extra,
+        }
         producer.produce(kafka.insights_topic, key=machine.encode(), value=json.dumps(record).encode())
         producer.flush(10)
 
@@ -654,9 +760,13 @@ def test_diagnoses_reach_the_people_paged_in_the_message_or_as_one_follow_up(
         publish("diagnostic", True, "bearing_wear", "Bearing wear (bearing_temp), 85% sure")
         store = relay.store()
         try:
-            wait_for(lambda: store.diagnoses_for([Alert.model_validate(am_alert(fp))]).get(fp, None)
-                     and store.diagnoses_for([Alert.model_validate(am_alert(fp))])[fp].closed,
-                     what="the final diagnosis in the relay")  # fmt: skip
+            wait_for(
+                lambda: (
+                    store.diagnoses_for([Alert.model_validate(am_alert(fp))]).get(fp, None)
+                    and store.diagnoses_for([Alert.model_validate(am_alert(fp))])[fp].closed
+                ),
+                what="the final diagnosis in the relay",
+            )
         finally:
             store.close()
         # A new alert of the same episode now carries the diagnosis itself, and prompts no follow-up.

@@ -33,12 +33,14 @@ FLUSH_TICKS = 3  # later data that moves the watermark past the checked windows
 
 def samples_frame(batches: list[telemetry_pb2.ReadingBatch]) -> pd.DataFrame:
     frames = [
-        pd.DataFrame({
-            "equipment_id": batch.equipment_id,
-            "sensor": series.sensor,
-            "ts": np.asarray(series.timestamps_ms, dtype=np.int64),
-            "v": np.asarray(series.values, dtype=np.float64),
-        })
+        pd.DataFrame(
+            {
+                "equipment_id": batch.equipment_id,
+                "sensor": series.sensor,
+                "ts": np.asarray(series.timestamps_ms, dtype=np.int64),
+                "v": np.asarray(series.values, dtype=np.float64),
+            }
+        )
         for batch in batches
         for series in batch.sensors
     ]
@@ -132,8 +134,9 @@ def test_window_statistics_in_clickhouse_are_exact(pipeline_stack: Stack, stream
         ids = set(expected.equipment_id)
         late = read_dead_letters(pipeline_stack, lambda found: False, 10)
         ours = [r for r in late if r.get("equipment_id") in ids]
-        raise AssertionError(f"{exc}; dead letters of this fleet: {[(r['reason'], r['detail']) for r in ours[:3]]} "
-                             f"({len(ours)} in all)") from exc
+        raise AssertionError(
+            f"{exc}; dead letters of this fleet: {[(r['reason'], r['detail']) for r in ours[:3]]} ({len(ours)} in all)"
+        ) from exc
     assert len(got) == len(expected), "one row per (machine, sensor, window), no more"
     merged = expected.merge(got, on=["equipment_id", "sensor", "window_start_ms"], suffixes=("", "_ch"))
     assert len(merged) == len(expected)
@@ -174,8 +177,11 @@ def test_latest_windows_reach_pushgateway_and_prometheus(pipeline_stack: Stack, 
         return newest[0], pushed
 
     window_start, pushed = poll(pushed_matches_newest, 60, f"vigil_window_avg of {equipment}/{sensor}")
-    truth = every_window[(every_window.equipment_id == equipment) & (every_window.sensor == sensor)
-                         & (every_window.window_start_ms == window_start)]
+    truth = every_window[
+        (every_window.equipment_id == equipment)
+        & (every_window.sensor == sensor)
+        & (every_window.window_start_ms == window_start)
+    ]
     assert len(truth) == 1
     assert math.isclose(pushed, float(truth["avg"].iloc[0]), rel_tol=1e-9), "the gauge equals numpy's mean"
 
@@ -203,7 +209,11 @@ def test_bad_batches_get_clear_errors_and_reach_the_dead_letter_topic(pipeline_s
 
     def batch(equipment_id: str, ts: list[int], values: list[float]) -> telemetry_pb2.ReadingBatch:
         return telemetry_pb2.ReadingBatch(
-            equipment_id=equipment_id, site="site-1", equipment_type="pump", gateway_id="test", sequence=1,
+            equipment_id=equipment_id,
+            site="site-1",
+            equipment_type="pump",
+            gateway_id="test",
+            sequence=1,
             sent_at_ms=now,
             sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts, values=values)],
         )
@@ -221,8 +231,7 @@ def test_bad_batches_get_clear_errors_and_reach_the_dead_letter_topic(pipeline_s
             stub.Ingest(bad, timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, reason
         assert err.value.details(), reason
-    raw = channel.unary_unary("/vigil.edge.v1.Ingestion/Ingest", request_serializer=None,
-                              response_deserializer=None)
+    raw = channel.unary_unary("/vigil.edge.v1.Ingestion/Ingest", request_serializer=None, response_deserializer=None)
     with pytest.raises(grpc.RpcError) as err:
         raw(b"\xff\xff\xff-not-a-protobuf-" + tag.encode(), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -231,8 +240,10 @@ def test_bad_batches_get_clear_errors_and_reach_the_dead_letter_topic(pipeline_s
 
     def ours(letters: list[dict]) -> set[str]:
         return {
-            r["reason"] for r in letters
-            if tag in r.get("equipment_id", "") or tag.encode().hex() in r.get("payload_b64", "")
+            r["reason"]
+            for r in letters
+            if tag in r.get("equipment_id", "")
+            or tag.encode().hex() in r.get("payload_b64", "")
             or (r["reason"] in ("empty_equipment_id", "malformed_protobuf"))
         }
 
@@ -247,17 +258,20 @@ def test_records_for_closed_windows_are_dead_lettered_not_dropped(pipeline_stack
     settings = pipeline_stack.settings
     late_id = f"late-{uuid.uuid4().hex[:6]}"
     late = telemetry_pb2.ReadingBatch(
-        equipment_id=late_id, site="site-1", equipment_type="pump", gateway_id="test", sequence=1,
+        equipment_id=late_id,
+        site="site-1",
+        equipment_type="pump",
+        gateway_id="test",
+        sequence=1,
         sent_at_ms=int(time.time() * 1000),
-        sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=[first_full + 10],
-                                            values=[42.0])],
+        sensors=[
+            telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=[first_full + 10], values=[42.0])
+        ],
     )
     with GatewayClient(settings, gateway_id=f"late-{uuid.uuid4().hex[:6]}") as client:
         ack = client.send([late])
     assert ack is not None and ack.accepted_batches == 1
-    letters = read_dead_letters(
-        pipeline_stack, lambda found: any(r.get("equipment_id") == late_id for r in found), 90
-    )
+    letters = read_dead_letters(pipeline_stack, lambda found: any(r.get("equipment_id") == late_id for r in found), 90)
     record = next(r for r in letters if r.get("equipment_id") == late_id)
     assert record["reason"] == "late_record"
     assert record["source"] == "flink"

@@ -44,10 +44,16 @@ def read_records(kafka, topic: str, group: str, key, keep, want: int, timeout: f
 def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) -> None:
     base = pipeline_stack.settings
     tag = uuid.uuid4().hex[:6]
-    kafka = base.kafka.model_copy(update={"window_stats_topic": f"cluster-{tag}.window-stats",
-                                          "anomalies_topic": f"cluster-{tag}.anomalies"})
-    flink = FlinkSettings(rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000,
-                          consumer_group=f"cluster-{tag}", jars_dir=base.jars_dir)
+    kafka = base.kafka.model_copy(
+        update={"window_stats_topic": f"cluster-{tag}.window-stats", "anomalies_topic": f"cluster-{tag}.anomalies"}
+    )
+    flink = FlinkSettings(
+        rest_port=free_port(),
+        parallelism=1,
+        checkpoint_interval_ms=2000,
+        consumer_group=f"cluster-{tag}",
+        jars_dir=base.jars_dir,
+    )
     scoring = base.scoring.model_copy(update={"consumer_group": f"cluster-{tag}-scoring"})
     settings = base.model_copy(update={"kafka": kafka, "flink": flink, "scoring": scoring})
     ensure_topics(settings.kafka)
@@ -66,10 +72,19 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
             ts = first + np.arange(0, windows * size, 250, dtype=np.int64)
             batches = [
                 telemetry_pb2.ReadingBatch(
-                    equipment_id=f"{machine}-{k}" if k else machine, site="site-1", equipment_type="pump",
-                    gateway_id="cluster-test", sequence=sequence,
-                    sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts.tolist(),
-                                                        values=(np.sin(ts / 1000.0) * 10 + 20).tolist())],
+                    equipment_id=f"{machine}-{k}" if k else machine,
+                    site="site-1",
+                    equipment_type="pump",
+                    gateway_id="cluster-test",
+                    sequence=sequence,
+                    sensors=[
+                        telemetry_pb2.SensorSeries(
+                            sensor="temp",
+                            unit="degC",
+                            timestamps_ms=ts.tolist(),
+                            values=(np.sin(ts / 1000.0) * 10 + 20).tolist(),
+                        )
+                    ],
                 )
                 for k in range(8)
             ]
@@ -81,8 +96,14 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
         ts = send(start, 4, 1)  # 3 full windows and a flush one
         values = np.sin(ts / 1000.0) * 10 + 20
 
-        windows = read_records(settings.kafka, settings.kafka.window_stats_topic, f"reader-{tag}",
-                               lambda r: r["window_start_ms"], lambda r: r["equipment_id"] == machine, want=3)
+        windows = read_records(
+            settings.kafka,
+            settings.kafka.window_stats_topic,
+            f"reader-{tag}",
+            lambda r: r["window_start_ms"],
+            lambda r: r["equipment_id"] == machine,
+            want=3,
+        )
         assert len(windows) >= 3, f"cluster job produced {len(windows)} windows for {machine}"
         for window_start, record in windows.items():
             inside = values[(ts >= window_start) & (ts < window_start + size)]
@@ -93,9 +114,14 @@ def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) ->
         # The scoring job judges a window once the next one reached every partition: two more windows of data
         # move every watermark on whatever the timing of the first batch was (the first two verdicts are due).
         send(start + 4 * size, 2, 2)
-        verdicts = read_records(settings.kafka, settings.kafka.anomalies_topic, f"verdicts-{tag}",
-                                lambda r: r["window_start_ms"],
-                                lambda r: r["equipment_id"] == machine and r["kind"] == "window", want=2)
+        verdicts = read_records(
+            settings.kafka,
+            settings.kafka.anomalies_topic,
+            f"verdicts-{tag}",
+            lambda r: r["window_start_ms"],
+            lambda r: r["equipment_id"] == machine and r["kind"] == "window",
+            want=2,
+        )
         assert sorted(verdicts)[:2] == [start, start + size], f"verdicts for {machine}: {sorted(verdicts)}"
         assert all(v["severity"] in ("normal", "warning", "critical") for v in verdicts.values())
     finally:

@@ -40,8 +40,14 @@ def train_pump_model(drop_sensor: str | None = None) -> tuple[bytes, dict]:
         stats = stats[stats.sensor != drop_sensor]
     x, names, _ = window_features(stats, history=5)
     model = PcaT2Q().fit(x, names)
-    meta = {"feature_names": names, "threshold": 1.0, "threshold_method": "t2/q limits (test)", "history": 5,
-            "window_size_ms": 5000, "sensors": sorted(stats.sensor.unique())}
+    meta = {
+        "feature_names": names,
+        "threshold": 1.0,
+        "threshold_method": "t2/q limits (test)",
+        "history": 5,
+        "window_size_ms": 5000,
+        "sensors": sorted(stats.sensor.unique()),
+    }
     return model.to_onnx(), meta
 
 
@@ -58,6 +64,7 @@ def test_promoted_models_swap_in_and_a_mismatched_one_is_refused(pipeline_stack:
 
     def job_log() -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(flink_logs.glob("*.log")))
+
     stop = threading.Event()
     errors: list[str] = []
 

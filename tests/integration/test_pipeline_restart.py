@@ -59,17 +59,23 @@ def test_sigkill_and_restart_keeps_every_window_exactly_once(pipeline_stack: Sta
             sent.extend(batches)
 
     def rows_since(start_ms: int) -> int:
-        return int(client.command(
-            "SELECT count() FROM window_stats FINAL WHERE equipment_id IN {ids:Array(String)} "
-            "AND window_start >= fromUnixTimestamp64Milli({a:Int64})", parameters={"ids": ids, "a": start_ms},
-        ))
+        return int(
+            client.command(
+                "SELECT count() FROM window_stats FINAL WHERE equipment_id IN {ids:Array(String)} "
+                "AND window_start >= fromUnixTimestamp64Milli({a:Int64})",
+                parameters={"ids": ids, "a": start_ms},
+            )
+        )
 
     with GatewayClient(settings, gateway_id=f"restart-{uuid.uuid4().hex[:6]}") as gateway:
         send(before)
         poll(lambda: rows_since(first_end - interval) > 0 or None, 60, "first windows before the crash")
         crash_after = time.time()
-        poll(lambda: (c := latest_checkpoint(job_checkpoints)) is not None
-             and c.stat().st_mtime > crash_after or None, 60, "a checkpoint completed after those windows")
+        poll(
+            lambda: (c := latest_checkpoint(job_checkpoints)) is not None and c.stat().st_mtime > crash_after or None,
+            60,
+            "a checkpoint completed after those windows",
+        )
 
         pid = pipeline_stack.processes.pid(job)
         assert pid is not None

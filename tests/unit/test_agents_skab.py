@@ -22,11 +22,19 @@ from operations.evaluate.skab import load_skab_csv
 def write_experiment(path: Path, rows: int = 600, anomaly: tuple[int, int] = (450, 540), seed: int = 0) -> None:
     """A SKAB-format file whose flow drops by 30 % while labelled (an inlet valve closing), 1-s rows."""
     rng = np.random.default_rng(seed)
-    levels = {"Accelerometer1RMS": 0.2, "Accelerometer2RMS": 0.27, "Current": 1.8, "Pressure": 0.3,
-              "Temperature": 80.0, "Thermocouple": 25.0, "Voltage": 230.0, "Volume Flow RateRMS": 32.0}
+    levels = {
+        "Accelerometer1RMS": 0.2,
+        "Accelerometer2RMS": 0.27,
+        "Current": 1.8,
+        "Pressure": 0.3,
+        "Temperature": 80.0,
+        "Thermocouple": 25.0,
+        "Voltage": 230.0,
+        "Volume Flow RateRMS": 32.0,
+    }
     frame = pd.DataFrame({c: v * (1 + 0.01 * rng.standard_normal(rows)) for c, v in levels.items()})
     start, end = anomaly
-    frame.loc[start:end - 1, "Volume Flow RateRMS"] *= 0.7
+    frame.loc[start : end - 1, "Volume Flow RateRMS"] *= 0.7
     frame.insert(0, "datetime", pd.date_range("2020-03-09 10:14:33", periods=rows, freq="s").astype(str))
     frame["anomaly"] = ((frame.index >= start) & (frame.index < end)).astype(float)
     frame["changepoint"] = (frame.index == start).astype(float)

@@ -31,15 +31,28 @@ def verdict(
 ) -> bytes:
     """The JSON value of one verdict of window number ``n`` (as the scoring job writes it)."""
     start = T0 + n * W
-    return orjson.dumps({
-        "equipment_id": eid, "site": site, "equipment_type": "pump", "window_start_ms": start,
-        "window_end_ms": start + W, "kind": kind, "is_anomaly": severity != "normal", "severity": severity,
-        "score": score, "scores": {"isolation_forest": score, "rules": 0.1}, "detectors": list(detectors),
-        "rule_hits": list(hits), "top_sensors": list(top), "dead_sensors": list(dead),
-        "model_versions": "isolation_forest=v0003" if "isolation_forest" in detectors else "",
-        "summary": f"{severity}: {', '.join(detectors)}", "last_seen_ms": start + W if kind == "window" else start - W,
-        "emitted_at_ms": start + W + 500 + emitted,
-    })  # fmt: skip
+    return orjson.dumps(
+        {
+            "equipment_id": eid,
+            "site": site,
+            "equipment_type": "pump",
+            "window_start_ms": start,
+            "window_end_ms": start + W,
+            "kind": kind,
+            "is_anomaly": severity != "normal",
+            "severity": severity,
+            "score": score,
+            "scores": {"isolation_forest": score, "rules": 0.1},
+            "detectors": list(detectors),
+            "rule_hits": list(hits),
+            "top_sensors": list(top),
+            "dead_sensors": list(dead),
+            "model_versions": "isolation_forest=v0003" if "isolation_forest" in detectors else "",
+            "summary": f"{severity}: {', '.join(detectors)}",
+            "last_seen_ms": start + W if kind == "window" else start - W,
+            "emitted_at_ms": start + W + 500 + emitted,
+        }
+    )
 
 
 def now_after(n: int) -> float:
@@ -58,17 +71,29 @@ def resolved(alert: dict[str, Any], now: float) -> bool:
 
 @pytest.fixture
 def mapper() -> AlertMapper:
-    return AlertMapper(Settings(alerting={"resolve_after_clear_windows": 2, "alert_ttl_s": 300,
-                                          "console_url": "http://console:8501/"}))  # fmt: skip
+    return AlertMapper(
+        Settings(alerting={"resolve_after_clear_windows": 2, "alert_ttl_s": 300, "console_url": "http://console:8501/"})
+    )
 
 
 def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper) -> None:
     now = now_after(0)
-    alerts = mapper.apply([
-        verdict("m1", 0, "critical", detectors=("isolation_forest", "threshold_max", "dead_sensor"),
-                hits=("bearing_temp:threshold_max",), top=("bearing_temp", "vibration"), dead=("flow",), score=1.84),
-        verdict("m2", 0, "normal"),
-    ], now)  # fmt: skip
+    alerts = mapper.apply(
+        [
+            verdict(
+                "m1",
+                0,
+                "critical",
+                detectors=("isolation_forest", "threshold_max", "dead_sensor"),
+                hits=("bearing_temp:threshold_max",),
+                top=("bearing_temp", "vibration"),
+                dead=("flow",),
+                score=1.84,
+            ),
+            verdict("m2", 0, "normal"),
+        ],
+        now,
+    )
     assert sorted(key(a) for a in alerts) == [
         (ALERT_ANOMALY, "dead_sensor", "flow", "critical"),
         (ALERT_ANOMALY, "isolation_forest", "bearing_temp", "critical"),
@@ -76,9 +101,15 @@ def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper
     ]
     alert = next(a for a in alerts if a["labels"]["detector"] == "isolation_forest")
     assert alert["labels"] == {
-        "alertname": ALERT_ANOMALY, "severity": "critical", "site": "north", "equipment_id": "m1",
-        "equipment_type": "pump", "sensor": "bearing_temp", "detector": "isolation_forest", "source": SOURCE,
-    }  # fmt: skip
+        "alertname": ALERT_ANOMALY,
+        "severity": "critical",
+        "site": "north",
+        "equipment_id": "m1",
+        "equipment_type": "pump",
+        "sensor": "bearing_temp",
+        "detector": "isolation_forest",
+        "source": SOURCE,
+    }
     assert alert["startsAt"] == rfc3339(T0 / 1000)  # start of the episode's first anomalous window
     assert alert["endsAt"] == rfc3339(now + 300)  # alert_ttl_s ahead: expires unless re-posted
     assert alert["generatorURL"] == "http://console:8501/?equipment=m1"
@@ -86,8 +117,13 @@ def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper
     assert notes["console_url"] == "http://console:8501/?equipment=m1"
     assert notes["summary"] == "critical: isolation_forest, threshold_max, dead_sensor"
     assert (notes["window_start"], notes["window_end"]) == (rfc3339(T0 / 1000), rfc3339((T0 + W) / 1000))
-    for part in ("Score 1.84", "alarm at 1.0, critical at 2.0", "Top sensors: bearing_temp, vibration",
-                 "Rule hits: bearing_temp:threshold_max", "Models: isolation_forest=v0003"):  # fmt: skip
+    for part in (
+        "Score 1.84",
+        "alarm at 1.0, critical at 2.0",
+        "Top sensors: bearing_temp, vibration",
+        "Rule hits: bearing_temp:threshold_max",
+        "Models: isolation_forest=v0003",
+    ):
         assert part in notes["description"]
     assert mapper.counters.alerts_firing == 3
     assert mapper.counters.verdicts_consumed == 2
@@ -154,8 +190,7 @@ def test_resolves_after_n_consecutive_clear_windows_of_its_machine(mapper: Alert
 
 def test_dead_machine_fires_and_its_next_window_resolves_it(mapper: AlertMapper) -> None:
     mapper.apply([verdict("m1", 0, "warning", hits=("temp:zscore",), top=("temp",))], now_after(0))
-    dead = mapper.apply([verdict("m1", 4, "critical", kind="dead_machine", detectors=("dead_machine",))],
-                        now_after(4))  # fmt: skip
+    dead = mapper.apply([verdict("m1", 4, "critical", kind="dead_machine", detectors=("dead_machine",))], now_after(4))
     assert [key(a) for a in dead] == [(ALERT_DEAD, "dead_machine", "*", "critical")]
     assert dead[0]["annotations"]["description"].startswith("No window statistics from m1 since ")
     # Silence is no clear window: the machine's anomaly alert is neither resolved nor counted down.
@@ -163,8 +198,9 @@ def test_dead_machine_fires_and_its_next_window_resolves_it(mapper: AlertMapper)
     assert len(mapper.active) == 2
     # The machine is back with an anomalous window: the dead alert resolves at once, the zscore one goes on.
     back = mapper.apply([verdict("m1", 6, "warning", hits=("temp:zscore",), top=("temp",))], now_after(6))
-    assert [(key(a), resolved(a, now_after(6))) for a in back] == [((ALERT_DEAD, "dead_machine", "*", "critical"),
-                                                                      True)]  # fmt: skip
+    assert [(key(a), resolved(a, now_after(6))) for a in back] == [
+        ((ALERT_DEAD, "dead_machine", "*", "critical"), True)
+    ]
     assert list(mapper.active["detector"]) == ["zscore"]
 
 
@@ -187,8 +223,12 @@ def test_replays_are_skipped_and_a_batch_is_processed_window_by_window(mapper: A
 
 def test_bad_records_are_skipped_and_counted(mapper: AlertMapper) -> None:
     good = verdict("m1", 0, "warning", hits=("temp:zscore",), top=("temp",))
-    bad = [b"not json", orjson.dumps({"site": "north", "kind": "window"}), orjson.dumps({**orjson.loads(good),
-           "severity": "apocalyptic"}), orjson.dumps({**orjson.loads(good), "detectors": "pca_t2q"})]  # fmt: skip
+    bad = [
+        b"not json",
+        orjson.dumps({"site": "north", "kind": "window"}),
+        orjson.dumps({**orjson.loads(good), "severity": "apocalyptic"}),
+        orjson.dumps({**orjson.loads(good), "detectors": "pca_t2q"}),
+    ]
     alerts = mapper.apply([*bad, good], now_after(0))
     assert [key(a) for a in alerts] == [(ALERT_ANOMALY, "zscore", "temp", "warning")]
     assert mapper.counters.bad_verdicts == 4
@@ -196,8 +236,10 @@ def test_bad_records_are_skipped_and_counted(mapper: AlertMapper) -> None:
 
 
 def test_rebuilt_mapper_resolves_what_the_previous_one_fired(mapper: AlertMapper) -> None:
-    mapper.apply([verdict("m1", 0, "warning", detectors=("isolation_forest",), hits=("temp:zscore",),
-                          top=("vib",))], now_after(0))  # fmt: skip
+    mapper.apply(
+        [verdict("m1", 0, "warning", detectors=("isolation_forest",), hits=("temp:zscore",), top=("vib",))],
+        now_after(0),
+    )
     mapper.apply([verdict("m1", 1, "critical", detectors=("isolation_forest",), top=("temp",))], now_after(1))
     mapper.apply([verdict("m2", 1, "critical", kind="dead_machine", detectors=("dead_machine",))], now_after(1))
     # What Alertmanager returns from GET /api/v2/alerts (plus fields the mapper must ignore).
@@ -207,11 +249,15 @@ def test_rebuilt_mapper_resolves_what_the_previous_one_fired(mapper: AlertMapper
     assert restarted.seed(in_am) == 3  # zscore, isolation_forest (warning + critical folded), dead_machine
     assert restarted.counters.alerts_firing == 4
     # A replay of windows the old publisher already posted changes nothing.
-    assert restarted.apply([verdict("m1", 1, "critical", detectors=("isolation_forest",), top=("temp",))],
-                           now_after(1)) == []  # fmt: skip
+    assert (
+        restarted.apply([verdict("m1", 1, "critical", detectors=("isolation_forest",), top=("temp",))], now_after(1))
+        == []
+    )
     # The model keeps firing with another top sensor: still the rebuilt alert (sticky sensor survived).
-    assert restarted.apply([verdict("m1", 2, "warning", detectors=("isolation_forest",), top=("temp",))],
-                           now_after(2)) == []  # fmt: skip
+    assert (
+        restarted.apply([verdict("m1", 2, "warning", detectors=("isolation_forest",), top=("temp",))], now_after(2))
+        == []
+    )
     restarted.apply([verdict("m1", 3), verdict("m2", 3)], now_after(3))
     end = restarted.apply([verdict("m1", 4)], now_after(4))
     assert sorted((key(a), resolved(a, now_after(4)), a["startsAt"]) for a in end) == [
@@ -242,8 +288,7 @@ def test_bad_matcher_says_how_to_write_one() -> None:
 def test_a_rule_on_a_sensor_still_breaching_is_held_and_resolves_with_the_breach(mapper: AlertMapper) -> None:
     """Step fault: the jump fires once at the start (and once at the end), the threshold for the whole step.
     The jump's alert stays firing while the threshold on the same sensor does, and both resolve together."""
-    start = mapper.apply([verdict("m1", 0, "critical", hits=("vib:threshold_max", "vib:rate_of_change"))],
-                         now_after(0))  # fmt: skip
+    start = mapper.apply([verdict("m1", 0, "critical", hits=("vib:threshold_max", "vib:rate_of_change"))], now_after(0))
     assert sorted(key(a)[1] for a in start) == ["rate_of_change", "threshold_max"]
     for n in (1, 2, 3):  # the jump is gone, the breach goes on: nothing changes, nothing resolves
         assert mapper.apply([verdict("m1", n, "critical", hits=("vib:threshold_max",))], now_after(n)) == []
@@ -251,8 +296,10 @@ def test_a_rule_on_a_sensor_still_breaching_is_held_and_resolves_with_the_breach
     assert mapper.apply([verdict("m1", 4, "warning", hits=("vib:rate_of_change",))], now_after(4)) == []
     assert mapper.apply([verdict("m1", 5)], now_after(5)) == []
     end = mapper.apply([verdict("m1", 6)], now_after(6))
-    assert sorted((key(a)[1], resolved(a, now_after(6))) for a in end) == [("rate_of_change", True),
-                                                                        ("threshold_max", True)]  # fmt: skip
+    assert sorted((key(a)[1], resolved(a, now_after(6))) for a in end) == [
+        ("rate_of_change", True),
+        ("threshold_max", True),
+    ]
     # A rule on ANOTHER sensor does not hold it: that alert resolves on its own.
     mapper.apply([verdict("m2", 0, "warning", hits=("temp:zscore",))], now_after(0))
     mapper.apply([verdict("m2", 1, "warning", hits=("vib:zscore",))], now_after(1))

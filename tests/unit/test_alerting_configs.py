@@ -83,22 +83,43 @@ def test_amtool_accepts_the_config_and_routes_by_severity_and_category(paths: di
     assert "SUCCESS" in ok([AMTOOL, "check-config", config])
     cases = [
         # an equipment anomaly from the publisher, critical: Slack and SMS
-        ("slack,sms", ["alertname=VigilEquipmentAnomaly", "severity=critical", "site=north", "source=vigil-scoring",
-                       "equipment_id=m1", "detector=threshold_max", "sensor=temp"]),
+        (
+            "slack,sms",
+            [
+                "alertname=VigilEquipmentAnomaly",
+                "severity=critical",
+                "site=north",
+                "source=vigil-scoring",
+                "equipment_id=m1",
+                "detector=threshold_max",
+                "sensor=temp",
+            ],
+        ),
         ("slack", ["alertname=VigilEquipmentAnomaly", "severity=warning", "site=north", "source=vigil-scoring"]),
         # a whole site silent pages too
         ("slack,sms", ["alertname=VigilSiteSilent", "severity=critical", "category=equipment", "site=north"]),
         # pipeline / self-monitoring: Slack and e-mail, never SMS, whatever the severity
         ("slack,email", ["alertname=VigilPipelineStalled", "severity=critical", "category=pipeline"]),
         ("slack,email", ["alertname=VigilConsumerLagGrowing", "severity=warning", "category=pipeline"]),
-    ]  # fmt: skip
+    ]
     for receivers, labels in cases:
-        out = ok([AMTOOL, "config", "routes", "test", f"--config.file={config}", f"--verify.receivers={receivers}",
-                  *labels])  # fmt: skip
+        out = ok(
+            [AMTOOL, "config", "routes", "test", f"--config.file={config}", f"--verify.receivers={receivers}", *labels]
+        )
         assert out.strip().splitlines()[0] == receivers, labels
     # --verify.receivers really fails on a mismatch (the checks above can fail).
-    wrong = run([AMTOOL, "config", "routes", "test", f"--config.file={config}", "--verify.receivers=slack",
-                 "alertname=VigilEquipmentAnomaly", "severity=critical"])  # fmt: skip
+    wrong = run(
+        [
+            AMTOOL,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={config}",
+            "--verify.receivers=slack",
+            "alertname=VigilEquipmentAnomaly",
+            "severity=critical",
+        ]
+    )
     assert wrong.returncode != 0
 
 
@@ -111,8 +132,17 @@ def test_generic_webhook_gets_a_copy_of_everything(tmp_path: Path) -> None:
     webhook = next(r for r in am["receivers"] if r["name"] == "webhook")
     assert webhook["webhook_configs"] == [{"url": 'http://hooks.example/vigil?x=1&y="2"', "send_resolved": True}]
     ok([AMTOOL, "check-config", str(config)])
-    out = ok([AMTOOL, "config", "routes", "test", f"--config.file={config}", "alertname=VigilEquipmentAnomaly",
-              "severity=critical"])  # fmt: skip
+    out = ok(
+        [
+            AMTOOL,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={config}",
+            "alertname=VigilEquipmentAnomaly",
+            "severity=critical",
+        ]
+    )
     assert out.strip().splitlines()[0] == "webhook,slack,sms"
 
 

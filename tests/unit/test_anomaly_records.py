@@ -69,9 +69,20 @@ def test_test_record_has_exactly_the_contract_fields() -> None:
 
 def test_verdicts_become_exact_rows_of_the_anomalies_table() -> None:
     dead = verdict(
-        "m2", T0 + 5000, equipment_type="fan", kind="dead_machine", score=0.0, pca_t2q=None, rules=None,
-        detectors=["dead_machine"], rule_hits=[], top_sensors=[], dead_sensors=["flow", "rpm"], model_versions="",
-        summary="critical: no data from m2 for 15 s", last_seen_ms=T0 - 10_000,
+        "m2",
+        T0 + 5000,
+        equipment_type="fan",
+        kind="dead_machine",
+        score=0.0,
+        pca_t2q=None,
+        rules=None,
+        detectors=["dead_machine"],
+        rule_hits=[],
+        top_sensors=[],
+        dead_sensors=["flow", "rpm"],
+        model_versions="",
+        summary="critical: no data from m2 for 15 s",
+        last_seen_ms=T0 - 10_000,
     )
     table, malformed = anomalies_to_arrow(encode(verdict(), dead), SCORE_NAMES)
     assert malformed == []
@@ -170,8 +181,15 @@ def test_malformed_verdicts_are_separated_with_their_position_and_reason() -> No
 
 
 def test_schema_renders_the_anomalies_table_and_view_under_their_configured_names() -> None:
-    ddl = render_schema(ClickHouseSettings(database="db1", anomalies_table="verdicts", anomalies_view="verdicts_now",
-                                           insights_table="findings", fault_labels_table="known_faults"))  # fmt: skip
+    ddl = render_schema(
+        ClickHouseSettings(
+            database="db1",
+            anomalies_table="verdicts",
+            anomalies_view="verdicts_now",
+            insights_table="findings",
+            fault_labels_table="known_faults",
+        )
+    )
     creates = [re.search(r"^(CREATE|ALTER) [^\n(]*", s, re.MULTILINE).group(0).strip() for s in ddl]  # type: ignore[union-attr]
     assert creates == [
         "CREATE DATABASE IF NOT EXISTS db1",
@@ -258,26 +276,44 @@ COUNTER_HEAD = (
 
 
 def test_exact_exposition_of_the_latest_verdicts_per_site(sink: PushgatewaySink) -> None:
-    assert sink.ingest_anomalies(encode(
-        live("m1", NOW - 10),
-        live("m1", NOW - 10),  # redelivered: counted once
-        live("m1", NOW - 15, severity="warning", score=1.5, pca_t2q=1.5),  # older window: counted, not shown
-        live("m2", NOW - 5, equipment_type='fan "x"', kind="dead_machine", score=0.0, pca_t2q=None, rules=None),
-        live("m4", NOW - 5, site="south/2", is_anomaly=False, severity="normal", score=0.5, pca_t2q=0.5,
-             isolation_forest=0.25, rules=None),
-    )) == 5
+    assert (
+        sink.ingest_anomalies(
+            encode(
+                live("m1", NOW - 10),
+                live("m1", NOW - 10),  # redelivered: counted once
+                live("m1", NOW - 15, severity="warning", score=1.5, pca_t2q=1.5),  # older window: counted, not shown
+                live("m2", NOW - 5, equipment_type='fan "x"', kind="dead_machine", score=0.0, pca_t2q=None, rules=None),
+                live(
+                    "m4",
+                    NOW - 5,
+                    site="south/2",
+                    is_anomaly=False,
+                    severity="normal",
+                    score=0.5,
+                    pca_t2q=0.5,
+                    isolation_forest=0.25,
+                    rules=None,
+                ),
+            )
+        )
+        == 5
+    )
     texts = sink.render_anomalies()
     assert sorted(texts) == ["plant-a", "south/2"]
     m1 = '{equipment_id="m1",equipment_type="pump"}'
     m2 = '{equipment_id="m2",equipment_type="fan \\"x\\""}'
     assert texts["plant-a"] == (
-        SCORE_HEAD + f"vigil_anomaly_score{m1} 2.5\nvigil_anomaly_score{m2} 0\n"
-        + SEVERITY_HEAD + f"vigil_anomaly_severity{m1} 2\nvigil_anomaly_severity{m2} 2\n"
+        SCORE_HEAD
+        + f"vigil_anomaly_score{m1} 2.5\nvigil_anomaly_score{m2} 0\n"
+        + SEVERITY_HEAD
+        + f"vigil_anomaly_severity{m1} 2\nvigil_anomaly_severity{m2} 2\n"
         + DETECTOR_HEAD
         + 'vigil_detector_score{equipment_id="m1",equipment_type="pump",detector="pca_t2q"} 2.5\n'
         + 'vigil_detector_score{equipment_id="m1",equipment_type="pump",detector="rules"} 1.25\n'
-        + SILENT_HEAD + f"vigil_machine_silent{m1} 0\nvigil_machine_silent{m2} 1\n"
-        + END_HEAD + f"vigil_anomaly_window_end_seconds{m1} 1700000090\n"
+        + SILENT_HEAD
+        + f"vigil_machine_silent{m1} 0\nvigil_machine_silent{m2} 1\n"
+        + END_HEAD
+        + f"vigil_anomaly_window_end_seconds{m1} 1700000090\n"
         + f"vigil_anomaly_window_end_seconds{m2} 1700000095\n"
         + COUNTER_HEAD
         + 'vigil_anomalous_windows_total{severity="warning"} 1\n'
@@ -285,39 +321,48 @@ def test_exact_exposition_of_the_latest_verdicts_per_site(sink: PushgatewaySink)
     )
     m4 = '{equipment_id="m4",equipment_type="pump"}'
     assert texts["south/2"] == (
-        SCORE_HEAD + f"vigil_anomaly_score{m4} 0.5\n"
-        + SEVERITY_HEAD + f"vigil_anomaly_severity{m4} 0\n"
+        SCORE_HEAD
+        + f"vigil_anomaly_score{m4} 0.5\n"
+        + SEVERITY_HEAD
+        + f"vigil_anomaly_severity{m4} 0\n"
         + DETECTOR_HEAD
         + 'vigil_detector_score{equipment_id="m4",equipment_type="pump",detector="pca_t2q"} 0.5\n'
         + 'vigil_detector_score{equipment_id="m4",equipment_type="pump",detector="isolation_forest"} 0.25\n'
-        + SILENT_HEAD + f"vigil_machine_silent{m4} 0\n"
-        + END_HEAD + f"vigil_anomaly_window_end_seconds{m4} 1700000095\n"
+        + SILENT_HEAD
+        + f"vigil_machine_silent{m4} 0\n"
+        + END_HEAD
+        + f"vigil_anomaly_window_end_seconds{m4} 1700000095\n"
         + COUNTER_HEAD
         + 'vigil_anomalous_windows_total{severity="warning"} 0\n'
         + 'vigil_anomalous_windows_total{severity="critical"} 0\n'
     )
     assert sink.counters.verdicts_consumed == 5
     # Window stats and verdicts go to separate jobs; no window stats were consumed.
-    assert sink.render_groups() == {("vigil_anomalies", "plant-a"): texts["plant-a"],
-                                    ("vigil_anomalies", "south/2"): texts["south/2"]}
+    assert sink.render_groups() == {
+        ("vigil_anomalies", "plant-a"): texts["plant-a"],
+        ("vigil_anomalies", "south/2"): texts["south/2"],
+    }
 
 
 def test_silent_until_the_next_window_verdict_and_redeliveries_never_count_twice(sink: PushgatewaySink) -> None:
     sink.ingest_anomalies(encode(live("m1", NOW - 20), live("m1", NOW - 10, kind="dead_machine")))
-    assert "vigil_machine_silent{equipment_id=\"m1\",equipment_type=\"pump\"} 1\n" in sink.render_anomalies()["plant-a"]
+    assert 'vigil_machine_silent{equipment_id="m1",equipment_type="pump"} 1\n' in sink.render_anomalies()["plant-a"]
     # A later batch: the machine is back (normal window), plus redeliveries of already counted keys
     # and a late re-delivery of the older verdict (must not override the newest).
-    sink.ingest_anomalies(encode(
-        live("m1", NOW - 5, is_anomaly=False, severity="normal", score=0.25, pca_t2q=0.25, rules=None),
-        live("m1", NOW - 20),
-        live("m1", NOW - 20, severity="warning"),  # a re-emission with another verdict: same key, not counted
-    ))
+    sink.ingest_anomalies(
+        encode(
+            live("m1", NOW - 5, is_anomaly=False, severity="normal", score=0.25, pca_t2q=0.25, rules=None),
+            live("m1", NOW - 20),
+            live("m1", NOW - 20, severity="warning"),  # a re-emission with another verdict: same key, not counted
+        )
+    )
     text = sink.render_anomalies()["plant-a"]
     assert 'vigil_machine_silent{equipment_id="m1",equipment_type="pump"} 0\n' in text
     assert 'vigil_anomaly_score{equipment_id="m1",equipment_type="pump"} 0.25\n' in text
     assert 'vigil_anomaly_severity{equipment_id="m1",equipment_type="pump"} 0\n' in text
-    assert text.endswith('vigil_anomalous_windows_total{severity="warning"} 0\n'
-                         'vigil_anomalous_windows_total{severity="critical"} 1\n')  # dead_machine is not a window
+    assert text.endswith(
+        'vigil_anomalous_windows_total{severity="warning"} 0\nvigil_anomalous_windows_total{severity="critical"} 1\n'
+    )  # dead_machine is not a window
 
 
 def test_dedup_memory_is_bounded(sink: PushgatewaySink, monkeypatch: pytest.MonkeyPatch) -> None:

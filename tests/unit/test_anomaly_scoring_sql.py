@@ -36,19 +36,22 @@ PUMP_SENSORS = ("flow", "discharge_pressure", "speed", "bearing_temp")
 
 
 def rules_config() -> RulesConfig:
-    return parse_rules({
-        "ewma": {"alpha": ALPHA, "warmup": WARMUP},
-        "defaults": {"zscore_max": 50.0, "stuck_windows": 6},
-        "equipment_types": {
-            "pump": {
-                "flow": {"min": 0.0, "max": 140.0, "max_step": 35.0},
-                "discharge_pressure": {"min": 5.5, "max": 11.5, "max_step": 1.5},
-                "speed": {"stuck_windows": STUCK_N},
-                # A tiny limit makes nearly every post-warm-up window fire, exposing its z-score.
-                "bearing_temp": {"zscore_max": 0.05},
+    return parse_rules(
+        {
+            "ewma": {"alpha": ALPHA, "warmup": WARMUP},
+            "defaults": {"zscore_max": 50.0, "stuck_windows": 6},
+            "equipment_types": {
+                "pump": {
+                    "flow": {"min": 0.0, "max": 140.0, "max_step": 35.0},
+                    "discharge_pressure": {"min": 5.5, "max": 11.5, "max_step": 1.5},
+                    "speed": {"stuck_windows": STUCK_N},
+                    # A tiny limit makes nearly every post-warm-up window fire, exposing its z-score.
+                    "bearing_temp": {"zscore_max": 0.05},
+                },
             },
         },
-    }, "test-rules")
+        "test-rules",
+    )
 
 
 def window_stats(rng: np.random.Generator) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -67,7 +70,9 @@ def window_stats(rng: np.random.Generator) -> tuple[list[dict], dict[str, np.nda
     for w in range(N_WINDOWS):
         start = T0 + w * SIZE_MS
         for machine, etype, series in (
-            ("pump-0001", "pump", pump), ("motor-0002", "motor", normal_motor), ("pump-0003", "pump", other_pump),
+            ("pump-0001", "pump", pump),
+            ("motor-0002", "motor", normal_motor),
+            ("pump-0003", "pump", other_pump),
         ):
             if machine == "motor-0002" and w > MOTOR_LAST:
                 continue
@@ -75,13 +80,23 @@ def window_stats(rng: np.random.Generator) -> tuple[list[dict], dict[str, np.nda
                 if machine == "pump-0003" and sensor == "bearing_temp" and w > BEARING_LAST:
                     continue
                 flat = machine == "pump-0001" and sensor == "speed" and w in FLAT
-                records.append({
-                    "equipment_id": machine, "site": "site-1", "equipment_type": etype, "sensor": sensor,
-                    "unit": "u", "window_start_ms": start, "window_end_ms": start + SIZE_MS,
-                    "count": 6 if machine == "pump-0001" and sensor == "flow" and w in COUNT_DROP else 10,
-                    "avg": float(values[w]), "stddev": 0.0 if flat else 0.4, "min": float(values[w]) - 1,
-                    "max": float(values[w]) + 1, "emitted_at_ms": start + SIZE_MS + 100,
-                })
+                records.append(
+                    {
+                        "equipment_id": machine,
+                        "site": "site-1",
+                        "equipment_type": etype,
+                        "sensor": sensor,
+                        "unit": "u",
+                        "window_start_ms": start,
+                        "window_end_ms": start + SIZE_MS,
+                        "count": 6 if machine == "pump-0001" and sensor == "flow" and w in COUNT_DROP else 10,
+                        "avg": float(values[w]),
+                        "stddev": 0.0 if flat else 0.4,
+                        "min": float(values[w]) - 1,
+                        "max": float(values[w]) + 1,
+                        "emitted_at_ms": start + SIZE_MS + 100,
+                    }
+                )
     return records, pump
 
 
@@ -97,13 +112,24 @@ def pump_series(rng: np.random.Generator, n: int = N_WINDOWS) -> dict[str, np.nd
 def pump_stats_frame(series: dict[str, np.ndarray], machine: str = "pump-train") -> pd.DataFrame:
     """Long window-stats rows (as ClickHouse holds them) for one pump, to train and to score offline."""
     n = len(next(iter(series.values())))
-    return pd.concat([
-        pd.DataFrame({
-            "equipment_id": machine, "sensor": sensor, "window_start": T0 + np.arange(n) * SIZE_MS, "count": 10.0,
-            "avg": values, "stddev": 0.4, "min": values - 1, "max": values + 1,
-        })
-        for sensor, values in series.items()
-    ], ignore_index=True)
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "equipment_id": machine,
+                    "sensor": sensor,
+                    "window_start": T0 + np.arange(n) * SIZE_MS,
+                    "count": 10.0,
+                    "avg": values,
+                    "stddev": 0.4,
+                    "min": values - 1,
+                    "max": values + 1,
+                }
+            )
+            for sensor, values in series.items()
+        ],
+        ignore_index=True,
+    )
 
 
 def reference_zscores(x: np.ndarray, alpha: float, warmup: int, eps: float = 1e-9) -> np.ndarray:
@@ -125,8 +151,11 @@ def file_overrides(source, out, dead_letters) -> dict[str, str]:
     def files(path) -> str:
         return f"'connector' = 'filesystem', 'path' = '{path}', 'format' = 'json'"
 
-    return {"window_stats_source_options": files(source), "anomalies_sink_options": files(out),
-            "dead_letter_sink_options": files(dead_letters)}
+    return {
+        "window_stats_source_options": files(source),
+        "anomalies_sink_options": files(out),
+        "dead_letter_sink_options": files(dead_letters),
+    }
 
 
 def table_env(jars_dir):
@@ -143,8 +172,13 @@ def table_env(jars_dir):
 
 def read_json_dir(path) -> pd.DataFrame:
     """The job's JSON output; a verdict's ``scores`` map becomes one column per known score (NaN: absent)."""
-    lines = [json.loads(line) for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
-             for line in p.read_text().splitlines() if line.strip()]
+    lines = [
+        json.loads(line)
+        for p in path.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+        for line in p.read_text().splitlines()
+        if line.strip()
+    ]
     frame = pd.DataFrame(lines)
     if "scores" in frame:
         assert all(isinstance(v, dict) for v in frame["scores"]), "scores must be a JSON object in every verdict"
@@ -158,10 +192,19 @@ def train_pump_model(registry: ModelRegistry) -> PcaT2Q:
     frame = pump_stats_frame(pump_series(np.random.default_rng(5), n=400))
     x, names, _ = window_features(frame, history=HISTORY)
     model = PcaT2Q(variance=0.95).fit(x, names)
-    registry.register("pump", "pca_t2q", model.to_onnx(), {
-        "feature_names": names, "threshold": model.threshold, "threshold_method": "t2/q limits",
-        "history": HISTORY, "window_size_ms": SIZE_MS, "sensors": sorted(PUMP_SENSORS),
-    })
+    registry.register(
+        "pump",
+        "pca_t2q",
+        model.to_onnx(),
+        {
+            "feature_names": names,
+            "threshold": model.threshold,
+            "threshold_method": "t2/q limits",
+            "history": HISTORY,
+            "window_size_ms": SIZE_MS,
+            "sensors": sorted(PUMP_SENSORS),
+        },
+    )
     return model
 
 
@@ -174,8 +217,11 @@ def flink_anomalies(tmp_path_factory: pytest.TempPathFactory):
     source, out, dead_letters = tmp / "in", tmp / "out", tmp / "dead-letters"
     source.mkdir()
     (source / "window_stats.json").write_bytes(b"\n".join(orjson.dumps(r) for r in records))
-    settings = Settings(data_dir=tmp, window=WindowSettings(size_ms=SIZE_MS),
-                        scoring=ScoringSettings(history_windows=HISTORY, dead_after_ms=DEAD_AFTER_MS))
+    settings = Settings(
+        data_dir=tmp,
+        window=WindowSettings(size_ms=SIZE_MS),
+        scoring=ScoringSettings(history_windows=HISTORY, dead_after_ms=DEAD_AFTER_MS),
+    )
     model = train_pump_model(ModelRegistry(settings.models_dir))
     env = table_env(tmp / "jars")
     build(env, settings, rules_config(), **file_overrides(source, out, dead_letters)).execute().wait()
@@ -265,7 +311,7 @@ def test_dead_sensor_after_dead_after_ms(flink_anomalies) -> None:
     first = BEARING_LAST + DEAD_AFTER_MS // SIZE_MS  # silence counted from the end of its last window
     assert dead == list(range(first, N_WINDOWS))
     assert rows.loc[first, "severity"] == "warning" and rows.loc[first, "top_sensors"][0] == "bearing_temp"
-    assert rows.loc[: BEARING_LAST, "pca_t2q"].notna().all() and rows.loc[BEARING_LAST + 1 :, "pca_t2q"].isna().all()
+    assert rows.loc[:BEARING_LAST, "pca_t2q"].notna().all() and rows.loc[BEARING_LAST + 1 :, "pca_t2q"].isna().all()
 
 
 def test_one_dead_machine_record_per_silence(flink_anomalies) -> None:

@@ -6,22 +6,36 @@ from operations.bench.latency import FaultTiming, _duplicates, _first_arrivals, 
 
 
 def message(channel: str, at_ms: int, machines: list[str], text: str = "CRITICAL: x", to: str = "+1") -> dict:
-    return {"channel": channel, "to": to, "text": text, "body": text, "machines": machines,
-            "firing": not text.startswith("RESOLVED"), "at_ms": at_ms}  # fmt: skip
+    return {
+        "channel": channel,
+        "to": to,
+        "text": text,
+        "body": text,
+        "machines": machines,
+        "firing": not text.startswith("RESOLVED"),
+        "at_ms": at_ms,
+    }
 
 
 def test_first_firing_message_after_the_fault_counts_for_every_machine_it_names() -> None:
     a, b = FaultTiming("pump-0001", "site-1", 10_000), FaultTiming("fan-0002", "site-1", 12_000)
-    _first_arrivals([
-        message("slack", 9_000, ["pump-0001"]),  # before the fault: an earlier episode, not this one
-        message("slack", 18_000, ["pump-0001", "fan-0002"]),  # one grouped message tells of both
-        message("slack", 19_000, ["pump-0001"]),
-        message("sms", 17_500, ["pump-0001"], text="RESOLVED: old"),  # resolved messages never count
-        message("sms", 20_000, ["pump-0001"]),
-    ], [a, b])  # fmt: skip
+    _first_arrivals(
+        [
+            message("slack", 9_000, ["pump-0001"]),  # before the fault: an earlier episode, not this one
+            message("slack", 18_000, ["pump-0001", "fan-0002"]),  # one grouped message tells of both
+            message("slack", 19_000, ["pump-0001"]),
+            message("sms", 17_500, ["pump-0001"], text="RESOLVED: old"),  # resolved messages never count
+            message("sms", 20_000, ["pump-0001"]),
+        ],
+        [a, b],
+    )
     assert (a.slack_ms, a.sms_ms, b.slack_ms, b.sms_ms) == (18_000, 20_000, 18_000, None)
-    assert (a.latency_s("slack"), a.latency_s("sms"), b.latency_s("slack"), b.latency_s("sms")) == (8.0, 10.0, 6.0,
-                                                                                                      None)  # fmt: skip
+    assert (a.latency_s("slack"), a.latency_s("sms"), b.latency_s("slack"), b.latency_s("sms")) == (
+        8.0,
+        10.0,
+        6.0,
+        None,
+    )
 
 
 def test_stages_add_up_to_the_slack_latency_and_skip_incomplete_faults() -> None:
@@ -33,9 +47,14 @@ def test_stages_add_up_to_the_slack_latency_and_skip_incomplete_faults() -> None
 
 
 def test_duplicates_are_extra_copies_of_one_body_to_one_destination() -> None:
-    messages = [message("sms", 1, ["m"], "CRITICAL: a", "+1"), message("sms", 2, ["m"], "CRITICAL: a", "+1"),
-                message("sms", 3, ["m"], "CRITICAL: a", "+1"), message("sms", 4, ["m"], "CRITICAL: a", "+2"),
-                message("slack", 5, ["m"], "CRITICAL: a"), message("slack", 6, ["m"], "CRITICAL: b")]  # fmt: skip
+    messages = [
+        message("sms", 1, ["m"], "CRITICAL: a", "+1"),
+        message("sms", 2, ["m"], "CRITICAL: a", "+1"),
+        message("sms", 3, ["m"], "CRITICAL: a", "+1"),
+        message("sms", 4, ["m"], "CRITICAL: a", "+2"),
+        message("slack", 5, ["m"], "CRITICAL: a"),
+        message("slack", 6, ["m"], "CRITICAL: b"),
+    ]
     assert _duplicates(messages) == {"sms": 2, "slack": 0}
 
 

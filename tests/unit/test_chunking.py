@@ -56,9 +56,12 @@ def test_one_record_per_window_with_all_sensors() -> None:
             assert all(t - t % WINDOW == record["chunk_start_ms"] for t in s["ts"])
         header = ("equipment_id", "site", "equipment_type", "gateway_id", "sequence")
         assert {k: record[k] for k in header} == {
-            "equipment_id": "motor-7", "site": "plant-2", "equipment_type": "motor", "gateway_id": "gw-2",
+            "equipment_id": "motor-7",
+            "site": "plant-2",
+            "equipment_type": "motor",
+            "gateway_id": "gw-2",
             "sequence": 42,
-        }  # fmt: skip
+        }
         assert record["ingested_at_ms"] == NOW + 123
 
 

@@ -29,8 +29,19 @@ def _private_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def test_stack_status_lists_every_service_as_stopped() -> None:
     result = runner.invoke(app, ["stack", "status"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for name in ("kafka", "clickhouse", "prometheus", "pushgateway", "alertmanager", "edge", "window-stats-job",
-                 "notify-relay", "alert-publisher", "saas-standin", "kafka-lag"):
+    for name in (
+        "kafka",
+        "clickhouse",
+        "prometheus",
+        "pushgateway",
+        "alertmanager",
+        "edge",
+        "window-stats-job",
+        "notify-relay",
+        "alert-publisher",
+        "saas-standin",
+        "kafka-lag",
+    ):
         assert name in result.output
     assert "healthy" not in result.output.replace("not healthy", "")
 

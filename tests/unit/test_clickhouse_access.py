@@ -25,13 +25,20 @@ from vigil.settings import ClickHouseSettings
 
 TABLES = vigil_tables(ClickHouseSettings(anomalies_table="verdicts", fault_labels_table="labels"))
 CATALOGUE = FunctionCatalogue.from_rows(
-    [("count", "Aggregate Functions", "", 1, 1), ("avg", "Aggregate Functions", "", 1, 0),
-     ("plus", "Arithmetic", "", 0, 0), ("file", "Other", "", 0, 0), ("median", "", "quantile", 1, 0),
-     ("quantile", "Aggregate Functions", "", 1, 0), ("getSetting", "Other", "", 0, 0),
-     ("dictGet", "Dictionary", "", 0, 0), ("hostName", "Other", "", 0, 0),
-     ("url", "URL", "", 0, 0)],  # a future catalogue filing a function somewhere safe: the deny list holds
+    [
+        ("count", "Aggregate Functions", "", 1, 1),
+        ("avg", "Aggregate Functions", "", 1, 0),
+        ("plus", "Arithmetic", "", 0, 0),
+        ("file", "Other", "", 0, 0),
+        ("median", "", "quantile", 1, 0),
+        ("quantile", "Aggregate Functions", "", 1, 0),
+        ("getSetting", "Other", "", 0, 0),
+        ("dictGet", "Dictionary", "", 0, 0),
+        ("hostName", "Other", "", 0, 0),
+        ("url", "URL", "", 0, 0),
+    ],  # a future catalogue filing a function somewhere safe: the deny list holds
     ["If", "OrNull", "State"],
-)  # fmt: skip
+)
 
 
 def test_the_allowlist_takes_safe_categories_aliases_combinators_and_case_folding_only() -> None:
@@ -106,15 +113,22 @@ def test_production_sql_has_users_profiles_grants_roles_and_row_policies() -> No
     assert "GRANT SELECT ON vigil.labels TO vigil_console" in sql
     assert "GRANT INSERT ON vigil.verdicts TO vigil_sink" in sql
     assert not [s for s in sql if s.startswith("GRANT SELECT") and "vigil_sink" in s]
-    assert "CREATE ROW POLICY OR REPLACE `vigil_site_site-2` ON vigil.labels AS PERMISSIVE FOR SELECT USING " \
-           "site = 'site-2' TO `vigil_site_site-2`" in sql  # fmt: skip
+    assert (
+        "CREATE ROW POLICY OR REPLACE `vigil_site_site-2` ON vigil.labels AS PERMISSIVE FOR SELECT USING "
+        "site = 'site-2' TO `vigil_site_site-2`" in sql
+    )
     assert "SET DEFAULT ROLE NONE TO vigil_console" in sql
 
 
 def test_a_writer_may_describe_its_table_but_not_read_it_through_describe() -> None:
     sink = identities(TABLES)["sink"]
-    check_statement(_tree("DescribeQuery (children 1)\n TableExpression (children 1)\n  TableIdentifier verdicts"),
-                    sink, "vigil", ["verdicts"], CATALOGUE)  # fmt: skip
+    check_statement(
+        _tree("DescribeQuery (children 1)\n TableExpression (children 1)\n  TableIdentifier verdicts"),
+        sink,
+        "vigil",
+        ["verdicts"],
+        CATALOGUE,
+    )
     subquery = """
 DescribeQuery (children 1)
  TableExpression (children 1)

@@ -131,18 +131,23 @@ def test_workbench_guard_accepts_a_select_over_vigil_tables() -> None:
     assert check_workbench_sql(ast(SELECT_JOIN), "SELECT ...", TABLES, None) == []
 
 
-@pytest.mark.parametrize(("tree", "problem"), [
-    (TABLE_FUNCTION, "the table function file() is not allowed"),
-    (SETTINGS_CLAUSE, "a SETTINGS clause is not allowed"),
-    (SELECT_JOIN.replace("vigil.window_stats", "system.tables"), "table 'system.tables' is not readable"),
-    (SELECT_JOIN.replace("vigil.window_stats", "other.window_stats"), "table 'other.window_stats' is not readable"),
-    (SELECT_JOIN.replace("TableIdentifier anomalies", "TableIdentifier machine_state_mv"),
-     "table 'machine_state_mv' is not readable"),
-    (SELECT_JOIN + " Identifier JSON", "a FORMAT clause is not allowed"),
-    (SELECT_JOIN + " Literal 'x.txt'", "INTO OUTFILE is not allowed"),
-    ("InsertQuery   (children 1)\n Identifier t", "only a SELECT query may run here (this is INSERT)"),
-    ("ShowTables", "only a SELECT query may run here (this is SHOW)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("tree", "problem"),
+    [
+        (TABLE_FUNCTION, "the table function file() is not allowed"),
+        (SETTINGS_CLAUSE, "a SETTINGS clause is not allowed"),
+        (SELECT_JOIN.replace("vigil.window_stats", "system.tables"), "table 'system.tables' is not readable"),
+        (SELECT_JOIN.replace("vigil.window_stats", "other.window_stats"), "table 'other.window_stats' is not readable"),
+        (
+            SELECT_JOIN.replace("TableIdentifier anomalies", "TableIdentifier machine_state_mv"),
+            "table 'machine_state_mv' is not readable",
+        ),
+        (SELECT_JOIN + " Identifier JSON", "a FORMAT clause is not allowed"),
+        (SELECT_JOIN + " Literal 'x.txt'", "INTO OUTFILE is not allowed"),
+        ("InsertQuery   (children 1)\n Identifier t", "only a SELECT query may run here (this is INSERT)"),
+        ("ShowTables", "only a SELECT query may run here (this is SHOW)"),
+    ],
+)
 def test_workbench_guard_refuses(tree: str, problem: str) -> None:
     problems = check_workbench_sql(ast(tree), "SELECT ...", TABLES, None)
     assert any(problem in p for p in problems), problems

@@ -16,14 +16,26 @@ T0 = pd.Timestamp("2026-11-29 10:00:00", tz="UTC")
 
 def windows() -> pd.DataFrame:
     ends = [T0 + pd.Timedelta(seconds=5 * i) for i in range(3)]
-    return pd.DataFrame({"window_start": ends, "window_end": ends, "sensor": ["temp"] * 3, "unit": "C",
-                         "count": 10, "avg": [1.0, 2.0, 3.0], "stddev": 0.1, "min": 0.5, "max": 3.5})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "window_start": ends,
+            "window_end": ends,
+            "sensor": ["temp"] * 3,
+            "unit": "C",
+            "count": 10,
+            "avg": [1.0, 2.0, 3.0],
+            "stddev": 0.1,
+            "min": 0.5,
+            "max": 3.5,
+        }
+    )
 
 
 def test_layers_keep_only_charted_sensors_and_name_each_anomaly_per_sensor() -> None:
     bounds = pd.DataFrame({"sensor": ["temp", "pressure"], "min": [None, 1.0], "max": [90.0, 9.0]})
-    anomalies = pd.DataFrame({"window_end": [T0], "severity": ["critical"], "summary": ["hot"],
-                              "top_sensors": [["temp", "pressure"]]})  # fmt: skip
+    anomalies = pd.DataFrame(
+        {"window_end": [T0], "severity": ["critical"], "summary": ["hot"], "top_sensors": [["temp", "pressure"]]}
+    )
     faults = pd.DataFrame({"fault_type": ["step"], "sensors": ["temp, flow"], "start": [T0], "end": [T0]})
     data = sensor_layers(windows(), bounds, anomalies, faults)
     assert set(data["sensor"]) == {"temp"}, "pressure and flow have no statistics in range: not charted"

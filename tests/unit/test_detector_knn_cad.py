@@ -98,7 +98,7 @@ def test_training_rows_score_zero_and_scores_are_ranks() -> None:
     assert np.all(s[:50] == 0.0)
     # A score is (# calibration NCMs below) / N: a multiple of 1/N (or the 0.5 cap while suppressed).
     counts = s * det.n_ref
-    ranks = (s != SUPPRESSED_SCORE)
+    ranks = s != SUPPRESSED_SCORE
     np.testing.assert_allclose(counts[ranks], np.round(counts[ranks]), atol=1e-9)
 
 
@@ -152,8 +152,7 @@ def test_bad_parameters_say_what_is_wrong(kwargs: dict, match: str) -> None:
 
 
 def test_nab_replay_hands_the_file_probation_to_the_detector() -> None:
-    f = NabFile("a/b.csv", np.arange(1000).astype("datetime64[m]").astype("datetime64[ns]"),
-                np.zeros(1000), [])
+    f = NabFile("a/b.csv", np.arange(1000).astype("datetime64[m]").astype("datetime64[ns]"), np.zeros(1000), [])
     assert f.probation == 150
     assert file_params("knn_cad", f, {}) == {"probation": 150}
     assert file_params("knn_cad", f, {"probation": 80}) == {"probation": 80}

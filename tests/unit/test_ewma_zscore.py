@@ -51,8 +51,9 @@ def test_one_block_equals_many_blocks(sizes: list[int]) -> None:
     whole = det.update(whole_state, x, np.arange(len(x)))
     state = det.initial_state()
     parts = []
-    for chunk, ts in zip(np.split(x, np.cumsum(sizes)[:-1]), np.split(np.arange(len(x)), np.cumsum(sizes)[:-1]),
-                         strict=True):
+    for chunk, ts in zip(
+        np.split(x, np.cumsum(sizes)[:-1]), np.split(np.arange(len(x)), np.cumsum(sizes)[:-1]), strict=True
+    ):
         state = json.loads(json.dumps(state))  # checkpoint round-trip: plain numbers only
         parts.append(det.update(state, chunk, ts))
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-9, atol=1e-12)

@@ -38,8 +38,10 @@ def telemetry(rng: np.random.Generator) -> list[dict]:
     machines = {
         "pump-0001": ("pump", pump_series(rng, N_WINDOWS)),
         "pump-0003": ("pump", pump_series(rng, N_WINDOWS)),
-        "motor-0002": ("motor", {"current": 90.0 + rng.normal(0, 0.5, N_WINDOWS),
-                                 "voltage": 400.0 + rng.normal(0, 0.3, N_WINDOWS)}),
+        "motor-0002": (
+            "motor",
+            {"current": 90.0 + rng.normal(0, 0.5, N_WINDOWS), "voltage": 400.0 + rng.normal(0, 0.3, N_WINDOWS)},
+        ),
     }
     machines["pump-0001"][1]["flow"][SPIKE_AT] = 200.0  # beyond the static max
     records = []
@@ -49,13 +51,25 @@ def telemetry(rng: np.random.Generator) -> list[dict]:
         for machine, (etype, series) in machines.items():
             if machine == "motor-0002" and w > MOTOR_LAST:
                 continue
-            sensors = [{"sensor": s, "unit": "u", "ts": ts, "v": mean[w] + rng.normal(0, 0.3, SAMPLES)}
-                       for s, mean in series.items()]
-            records.append({
-                "equipment_id": machine, "site": "site-1", "equipment_type": etype, "gateway_id": "gw",
-                "sequence": w, "chunk_start_ms": start, "event_time_ms": int(ts.max()), "ingested_at_ms": 0,
-                "kafka_partition": 0, "kafka_offset": len(records), "sensors": sensors,
-            })
+            sensors = [
+                {"sensor": s, "unit": "u", "ts": ts, "v": mean[w] + rng.normal(0, 0.3, SAMPLES)}
+                for s, mean in series.items()
+            ]
+            records.append(
+                {
+                    "equipment_id": machine,
+                    "site": "site-1",
+                    "equipment_type": etype,
+                    "gateway_id": "gw",
+                    "sequence": w,
+                    "chunk_start_ms": start,
+                    "event_time_ms": int(ts.max()),
+                    "ingested_at_ms": 0,
+                    "kafka_partition": 0,
+                    "kafka_offset": len(records),
+                    "sensors": sensors,
+                }
+            )
     return records
 
 
@@ -74,31 +88,53 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
     (source / "telemetry.json").write_bytes(
         b"\n".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in telemetry(np.random.default_rng(3)))
     )
-    settings = Settings(data_dir=tmp, window=WindowSettings(size_ms=SIZE_MS, allowed_lateness_ms=60_000),
-                        scoring=ScoringSettings(history_windows=HISTORY, dead_after_ms=DEAD_AFTER_MS))
+    settings = Settings(
+        data_dir=tmp,
+        window=WindowSettings(size_ms=SIZE_MS, allowed_lateness_ms=60_000),
+        scoring=ScoringSettings(history_windows=HISTORY, dead_after_ms=DEAD_AFTER_MS),
+    )
     train_pump_model(ModelRegistry(settings.models_dir))
     config = rules_config()
-    telemetry_in = {"source_metadata_columns": "kafka_partition INT, kafka_offset BIGINT,",
-                    "source_options": files(source)}
+    telemetry_in = {
+        "source_metadata_columns": "kafka_partition INT, kafka_offset BIGINT,",
+        "source_options": files(source),
+    }
 
     # (a) split: window-stats job -> file -> anomaly-scoring job
     split_stats, split_out = tmp / "split-stats", tmp / "split-out"
-    overrides = telemetry_in | {"window_stats_sink_options": files(split_stats),
-                                "dead_letter_sink_options": files(tmp / "split-late")}
+    overrides = telemetry_in | {
+        "window_stats_sink_options": files(split_stats),
+        "dead_letter_sink_options": files(tmp / "split-late"),
+    }
     ddl = [render_sql(name, settings, **overrides) for name in window_stats.DDL]
     inserts = [render_sql(name, settings, **overrides) for name in window_stats.INSERTS]
     statement_set_of(table_env(tmp / "jars"), ddl, inserts).execute().wait()
-    anomaly_scoring.build(table_env(tmp / "jars"), settings, config, window_stats_source_options=files(split_stats),
-                          anomalies_sink_options=files(split_out),
-                          dead_letter_sink_options=files(tmp / "split-scoring-late")).execute().wait()
+    anomaly_scoring.build(
+        table_env(tmp / "jars"),
+        settings,
+        config,
+        window_stats_source_options=files(split_stats),
+        anomalies_sink_options=files(split_out),
+        dead_letter_sink_options=files(tmp / "split-scoring-late"),
+    ).execute().wait()
 
     # (b) combined
     combined_stats, combined_out = tmp / "combined-stats", tmp / "combined-out"
-    fleet_pipeline.build(table_env(tmp / "jars"), settings, config, **telemetry_in,
-                         window_stats_sink_options=files(combined_stats), anomalies_sink_options=files(combined_out),
-                         dead_letter_sink_options=files(tmp / "combined-late")).execute().wait()
-    return {"split_stats": read_json_dir(split_stats), "split": read_json_dir(split_out),
-            "combined_stats": read_json_dir(combined_stats), "combined": read_json_dir(combined_out)}
+    fleet_pipeline.build(
+        table_env(tmp / "jars"),
+        settings,
+        config,
+        **telemetry_in,
+        window_stats_sink_options=files(combined_stats),
+        anomalies_sink_options=files(combined_out),
+        dead_letter_sink_options=files(tmp / "combined-late"),
+    ).execute().wait()
+    return {
+        "split_stats": read_json_dir(split_stats),
+        "split": read_json_dir(split_out),
+        "combined_stats": read_json_dir(combined_stats),
+        "combined": read_json_dir(combined_out),
+    }
 
 
 def test_same_window_statistics(runs) -> None:
@@ -120,8 +156,9 @@ def test_same_verdicts(runs) -> None:
         assert (merged[f"{col}_split"].map(list) == merged[f"{col}_combined"].map(list)).all(), col
     assert (merged["rule_hits_split"].map(sorted) == merged["rule_hits_combined"].map(sorted)).all()
     for col in ("score", "pca_t2q", "rules"):
-        np.testing.assert_allclose(merged[f"{col}_split"].astype(float), merged[f"{col}_combined"].astype(float),
-                                   rtol=1e-9, err_msg=col)
+        np.testing.assert_allclose(
+            merged[f"{col}_split"].astype(float), merged[f"{col}_combined"].astype(float), rtol=1e-9, err_msg=col
+        )
 
 
 def test_the_comparison_covers_a_spike_a_model_and_a_silence(runs) -> None:

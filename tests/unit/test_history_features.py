@@ -35,11 +35,13 @@ def test_hand_computed_first_rows_of_a_group() -> None:
     frame = pd.DataFrame({"x": [1.0, 10.0, 3.0, 20.0, 5.0], "g": ["a", "b", "a", "b", "a"]})
     got, _ = history_features(frame, ["x"], history=2, group="g")
     # columns: x, mean2, std2, diff.  Group a: 1, 3, 5; group b: 10, 20.
-    expected = np.array([
-        [1.0, 1.0, 0.0, 0.0],
-        [10.0, 10.0, 0.0, 0.0],
-        [3.0, 2.0, 1.0, 2.0],
-        [20.0, 15.0, 5.0, 10.0],
-        [5.0, 4.0, 1.0, 2.0],
-    ])
+    expected = np.array(
+        [
+            [1.0, 1.0, 0.0, 0.0],
+            [10.0, 10.0, 0.0, 0.0],
+            [3.0, 2.0, 1.0, 2.0],
+            [20.0, 15.0, 5.0, 10.0],
+            [5.0, 4.0, 1.0, 2.0],
+        ]
+    )
     np.testing.assert_allclose(got, expected)

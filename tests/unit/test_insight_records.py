@@ -6,10 +6,24 @@ import orjson
 
 from connectors.clickhouse import INSIGHT_RECORDS, records_to_arrow
 
-GOOD = {"equipment_id": "pump-0001", "site": "site-1", "equipment_type": "pump", "agent": "diagnostic",
-        "kind": "diagnosis", "episode_id": "pump-0001@1000", "window_start_ms": 1000, "window_end_ms": 6000,
-        "closed": True, "title": "Sensor stuck (speed), 100% sure", "severity": "warning", "confidence": 1.0,
-        "fault_type": "sensor_stuck", "sensors": ["speed"], "details": "{\"by\": \"rule\"}", "emitted_at_ms": 7000}
+GOOD = {
+    "equipment_id": "pump-0001",
+    "site": "site-1",
+    "equipment_type": "pump",
+    "agent": "diagnostic",
+    "kind": "diagnosis",
+    "episode_id": "pump-0001@1000",
+    "window_start_ms": 1000,
+    "window_end_ms": 6000,
+    "closed": True,
+    "title": "Sensor stuck (speed), 100% sure",
+    "severity": "warning",
+    "confidence": 1.0,
+    "fault_type": "sensor_stuck",
+    "sensors": ["speed"],
+    "details": '{"by": "rule"}',
+    "emitted_at_ms": 7000,
+}
 
 
 def test_good_and_bad_insights() -> None:
@@ -27,7 +41,11 @@ def test_good_and_bad_insights() -> None:
     assert table.column("closed").to_pylist() == [1, 1]
     assert table.column("window_start").to_pylist()[0].timestamp() == 1.0
     reasons = {m.index: m.detail for m in malformed}
-    assert reasons == {2: "severity is not one of info, warning, critical", 3: "confidence outside [0, 1]",
-                       4: "empty agent", 5: "window_end_ms <= window_start_ms",
-                       6: "missing or null field 'title'"}  # fmt: skip
+    assert reasons == {
+        2: "severity is not one of info, warning, critical",
+        3: "confidence outside [0, 1]",
+        4: "empty agent",
+        5: "window_end_ms <= window_start_ms",
+        6: "missing or null field 'title'",
+    }
     assert {m.index for m in malformed} == set(range(2, 7))

@@ -17,18 +17,37 @@ SENSORS = ["flow", "speed", "temp"]
 
 def stats(sensors: list[str], n: int = 200, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.concat([
-        pd.DataFrame({"equipment_id": "m", "sensor": s, "window_start": np.arange(n) * SIZE_MS, "count": 10.0,
-                      "avg": 50 + rng.normal(0, 1, n), "stddev": 0.5, "min": 48.0, "max": 52.0})
-        for s in sensors
-    ], ignore_index=True)
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "equipment_id": "m",
+                    "sensor": s,
+                    "window_start": np.arange(n) * SIZE_MS,
+                    "count": 10.0,
+                    "avg": 50 + rng.normal(0, 1, n),
+                    "stddev": 0.5,
+                    "min": 48.0,
+                    "max": 52.0,
+                }
+            )
+            for s in sensors
+        ],
+        ignore_index=True,
+    )
 
 
 def register(registry: ModelRegistry, sensors: list[str], history: int = 5, promote: bool = True, **extra) -> str:
     x, names, _ = window_features(stats(sensors), history=history)
     model = PcaT2Q().fit(x, names)
-    meta = {"feature_names": names, "threshold": 1.0, "threshold_method": "t2/q limits", "history": history,
-            "window_size_ms": SIZE_MS, **extra}
+    meta = {
+        "feature_names": names,
+        "threshold": 1.0,
+        "threshold_method": "t2/q limits",
+        "history": history,
+        "window_size_ms": SIZE_MS,
+        **extra,
+    }
     return registry.register("pump", "pca_t2q", model.to_onnx(), meta, promote=promote).version
 
 
@@ -88,14 +107,24 @@ def test_mismatched_model_is_refused_and_the_previous_keeps_scoring(setup, senso
     if history == 3:  # names built with history 5, metadata claiming 3: inconsistent
         x, names, _ = window_features(stats(SENSORS), history=5)
         model = PcaT2Q().fit(x, names)
-        registry.register("pump", "pca_t2q", model.to_onnx(), {
-            "feature_names": names, "threshold": 1.0, "threshold_method": "q", "history": 3,
-            "window_size_ms": SIZE_MS}, promote=True)
+        registry.register(
+            "pump",
+            "pca_t2q",
+            model.to_onnx(),
+            {
+                "feature_names": names,
+                "threshold": 1.0,
+                "threshold_method": "q",
+                "history": 3,
+                "window_size_ms": SIZE_MS,
+            },
+            promote=True,
+        )
     else:
         register(registry, sensors, history=history, **extra)
     clock.now = 5.0
     assert live_version(models) == "v0001"
-    (version, why), = models.refused().values()
+    ((version, why),) = models.refused().values()
     assert version == "v0002" and reason in why and models.refusals == 1
     clock.now = 10.0  # the refused version is not retried on every poll
     assert live_version(models) == "v0001" and models.refusals == 1

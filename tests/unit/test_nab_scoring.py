@@ -157,11 +157,19 @@ def write_nab_folder(root: Path, series: dict[str, np.ndarray], windows: dict[st
         ts = pd.date_range("2014-01-01", periods=len(values), freq="5min").strftime("%Y-%m-%d %H:%M:%S")
         pd.DataFrame({"timestamp": ts, "value": values}).to_csv(path, index=False)
     (root / "combined_windows.json").write_text(json.dumps(windows))
-    (root / "profiles.json").write_text(json.dumps({
-        "standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}},
-        "reward_low_FP_rate": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.22, "tnWeight": 1.0}},
-        "reward_low_FN_rate": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 2.0, "fpWeight": 0.11, "tnWeight": 1.0}},
-    }))
+    (root / "profiles.json").write_text(
+        json.dumps(
+            {
+                "standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}},
+                "reward_low_FP_rate": {
+                    "CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.22, "tnWeight": 1.0}
+                },
+                "reward_low_FN_rate": {
+                    "CostMatrix": {"tpWeight": 1.0, "fnWeight": 2.0, "fpWeight": 0.11, "tnWeight": 1.0}
+                },
+            }
+        )
+    )
 
 
 def test_load_nab_maps_windows_to_rows(tmp_path: Path) -> None:
@@ -169,8 +177,11 @@ def test_load_nab_maps_windows_to_rows(tmp_path: Path) -> None:
     write_nab_folder(
         tmp_path,
         {"catA/x.csv": np.arange(100.0), "catB/y.csv": np.ones(100)},
-        {"catA/x.csv": [["2014-01-01 05:00:00.000000", "2014-01-01 05:50:00.000000"]], "catB/y.csv": [],
-         "catC/not_here.csv": []},
+        {
+            "catA/x.csv": [["2014-01-01 05:00:00.000000", "2014-01-01 05:50:00.000000"]],
+            "catB/y.csv": [],
+            "catC/not_here.csv": [],
+        },
     )
     files = {f.name: f for f in load_nab(tmp_path)}
     assert sorted(files) == ["catA/x.csv", "catB/y.csv"]

@@ -26,26 +26,45 @@ STARTED = datetime(2026, 3, 2, 8, 15, 0, tzinfo=UTC)
 CTX = MessageContext(console_url="http://console.example:18501", sms_max_chars=160)
 
 
-def alert(machine: str, detector: str, severity: str = "critical", site: str = "site-1", status: str = "firing",
-          fingerprint: str = "") -> Alert:  # fmt: skip
+def alert(
+    machine: str,
+    detector: str,
+    severity: str = "critical",
+    site: str = "site-1",
+    status: str = "firing",
+    fingerprint: str = "",
+) -> Alert:
     ends = STARTED + timedelta(seconds=40) if status == "resolved" else datetime(1, 1, 1, tzinfo=UTC)
     return Alert(
         status=status,
-        labels={"alertname": "VigilEquipmentAnomaly", "severity": severity, "site": site, "equipment_id": machine,
-                "equipment_type": "pump", "sensor": "vibration_rms", "detector": detector},
-        annotations={"summary": f"{machine} vibration_rms {detector}", "description": "Rule hits: " + detector,
-                     "console_url": f"http://console.example:18501/?equipment={machine}"},
-        startsAt=STARTED, endsAt=ends, generatorURL="",
+        labels={
+            "alertname": "VigilEquipmentAnomaly",
+            "severity": severity,
+            "site": site,
+            "equipment_id": machine,
+            "equipment_type": "pump",
+            "sensor": "vibration_rms",
+            "detector": detector,
+        },
+        annotations={
+            "summary": f"{machine} vibration_rms {detector}",
+            "description": "Rule hits: " + detector,
+            "console_url": f"http://console.example:18501/?equipment={machine}",
+        },
+        startsAt=STARTED,
+        endsAt=ends,
+        generatorURL="",
         fingerprint=fingerprint or f"{machine}-{detector}"[:16],
-    )  # fmt: skip
+    )
 
 
 def test_a_batch_of_one_is_the_single_alert_message() -> None:
     one = alert("pump-0004", "threshold_max")
     assert slack_group_message([one], CTX) == slack_message(one, CTX)
     assert sms_group_text([one], CTX) == sms_text(one, CTX)
-    assert str(email_group_message([one], CTX, "v@x", "to@x", ["k"])) == str(email_message(one, CTX, "v@x", "to@x",
-                                                                                              "k"))  # fmt: skip
+    assert str(email_group_message([one], CTX, "v@x", "to@x", ["k"])) == str(
+        email_message(one, CTX, "v@x", "to@x", "k")
+    )
 
 
 def test_two_rules_on_one_machine_are_one_message_naming_both() -> None:
@@ -76,8 +95,10 @@ def test_a_storm_at_one_site_is_one_message_listing_machines_and_counting_the_re
 
 
 def test_resolved_batch_reads_as_resolved_and_email_carries_every_alert() -> None:
-    pair = [alert("pump-0004", "threshold_max", status="resolved"),
-            alert("pump-0004", "rate_of_change", status="resolved")]  # fmt: skip
+    pair = [
+        alert("pump-0004", "threshold_max", status="resolved"),
+        alert("pump-0004", "rate_of_change", status="resolved"),
+    ]
     assert group_title(pair).startswith("RESOLVED: 2 alerts on pump-0004")
     message = email_group_message(pair, CTX, "vigil@plant.example", "ops@plant.example", ["s1", "s2"])
     parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
@@ -89,11 +110,30 @@ def test_resolved_batch_reads_as_resolved_and_email_carries_every_alert() -> Non
 
 def _row(row_id: int, batch_key: str) -> Delivery:
     return Delivery(
-        id=row_id, receiver="sms", recipient="r", address="+1555", fingerprint="f", alert_status="firing",
-        starts_at="", alertname="a", equipment_id="m", site="s", severity="critical", alert_json="{}",
-        external_url="", story_key="k", state="pending", attempts=0, created_at=0.0, updated_at=0.0,
-        delivered_at=None, reason=None, last_error=None, last_status=None, batch_key=batch_key,
-    )  # fmt: skip
+        id=row_id,
+        receiver="sms",
+        recipient="r",
+        address="+1555",
+        fingerprint="f",
+        alert_status="firing",
+        starts_at="",
+        alertname="a",
+        equipment_id="m",
+        site="s",
+        severity="critical",
+        alert_json="{}",
+        external_url="",
+        story_key="k",
+        state="pending",
+        attempts=0,
+        created_at=0.0,
+        updated_at=0.0,
+        delivered_at=None,
+        reason=None,
+        last_error=None,
+        last_status=None,
+        batch_key=batch_key,
+    )
 
 
 def test_batches_group_by_key_keep_order_cap_size_and_limit_messages() -> None:

@@ -28,30 +28,67 @@ CTX = MessageContext(console_url="http://console.example:18501", sms_max_chars=3
 
 def insight(agent: str, closed: bool = True, **fields: Any) -> bytes:
     record = {
-        "equipment_id": "pump-0042", "site": "site-1", "equipment_type": "pump", "agent": agent,
-        "kind": {"diagnostic": "diagnosis", "maintenance": "maintenance"}.get(agent, agent), "episode_id": "ep-1",
-        "window_start_ms": START_MS, "window_end_ms": START_MS + 30_000, "closed": closed,
-        "title": "Bearing wear (vibration_rms), 82% sure", "severity": "warning", "confidence": 0.82,
-        "fault_type": "bearing_wear", "sensors": ["vibration_rms"], "details": "{}", "emitted_at_ms": START_MS,
-    }  # fmt: skip
+        "equipment_id": "pump-0042",
+        "site": "site-1",
+        "equipment_type": "pump",
+        "agent": agent,
+        "kind": {"diagnostic": "diagnosis", "maintenance": "maintenance"}.get(agent, agent),
+        "episode_id": "ep-1",
+        "window_start_ms": START_MS,
+        "window_end_ms": START_MS + 30_000,
+        "closed": closed,
+        "title": "Bearing wear (vibration_rms), 82% sure",
+        "severity": "warning",
+        "confidence": 0.82,
+        "fault_type": "bearing_wear",
+        "sensors": ["vibration_rms"],
+        "details": "{}",
+        "emitted_at_ms": START_MS,
+    }
     record.update(fields)
     return orjson.dumps(record)
 
 
-def diagnosis(closed: bool = True, fault: str = "bearing_wear", title: str = "Bearing wear (vibration_rms), 82% sure",
-              action: str = "") -> Diagnosis:  # fmt: skip
-    return Diagnosis("pump-0042", "ep-1", "site-1", "pump", START_MS, START_MS + 30_000, closed, fault, title, 0.82,
-                     ("vibration_rms",), action)  # fmt: skip
+def diagnosis(
+    closed: bool = True,
+    fault: str = "bearing_wear",
+    title: str = "Bearing wear (vibration_rms), 82% sure",
+    action: str = "",
+) -> Diagnosis:
+    return Diagnosis(
+        "pump-0042",
+        "ep-1",
+        "site-1",
+        "pump",
+        START_MS,
+        START_MS + 30_000,
+        closed,
+        fault,
+        title,
+        0.82,
+        ("vibration_rms",),
+        action,
+    )
 
 
-def alert(fingerprint: str = "f1", start: datetime = EPISODE_START, machine: str = "pump-0042",
-          severity: str = "critical") -> Alert:  # fmt: skip
+def alert(
+    fingerprint: str = "f1", start: datetime = EPISODE_START, machine: str = "pump-0042", severity: str = "critical"
+) -> Alert:
     return Alert(
-        status="firing", startsAt=start, fingerprint=fingerprint,
-        labels={"alertname": "VigilEquipmentAnomaly", "severity": severity, "site": "site-1", "equipment_id": machine,
-                "equipment_type": "pump", "sensor": "vibration_rms", "detector": "threshold_max"},
+        status="firing",
+        startsAt=start,
+        fingerprint=fingerprint,
+        labels={
+            "alertname": "VigilEquipmentAnomaly",
+            "severity": severity,
+            "site": "site-1",
+            "equipment_id": machine,
+            "equipment_type": "pump",
+            "sensor": "vibration_rms",
+            "detector": "threshold_max",
+        },
         annotations={"summary": "vibration_rms above its limit (9.1 > 7.1 mm/s)"},
-    )  # fmt: skip
+    )
 
 
 def test_parse_insights_pairs_the_diagnosis_with_the_maintenance_action_of_the_same_analysis() -> None:
@@ -68,11 +105,14 @@ def test_parse_insights_pairs_the_diagnosis_with_the_maintenance_action_of_the_s
     d = found[0]
     assert (d.equipment_id, d.episode_id, d.closed, d.fault_type) == ("pump-0042", "ep-1", False, "bearing_wear")
     assert d.action == "act within 4 h; failure in ~6 h: Measure vibration spectrum at the bearing housings"
-    assert d.text() == ("Bearing wear (vibration_rms), 70% sure (preliminary, episode still going on). "
-                        "Action: act within 4 h; failure in ~6 h: Measure vibration spectrum at the bearing housings")
+    assert d.text() == (
+        "Bearing wear (vibration_rms), 70% sure (preliminary, episode still going on). "
+        "Action: act within 4 h; failure in ~6 h: Measure vibration spectrum at the bearing housings"
+    )
     # details that are not JSON text cost the action's first step, not the diagnosis
-    odd, bad = parse_insights([insight("diagnostic"), insight("maintenance", title="Overheating: act within 8 h",
-                                                              details=5)])  # fmt: skip
+    odd, bad = parse_insights(
+        [insight("diagnostic"), insight("maintenance", title="Overheating: act within 8 h", details=5)]
+    )
     assert bad == 0 and odd[0].action == "act within 8 h"
 
 
@@ -117,8 +157,10 @@ def test_each_paged_recipient_gets_one_follow_up_per_conclusion(store: Store) ->
     store.save_diagnoses([diagnosis(closed=False)], margin_s=60)
     due = store.follow_ups()
     assert sorted((f.receiver, f.recipient) for f in due) == [("slack", "ops"), ("sms", "night-phone")]
-    items = [(f, NewDelivery(f.receiver, f.recipient, f.address, follow_up_alert(f.diagnosis, "http://c"),
-                             f.external_url)) for f in due]  # fmt: skip
+    items = [
+        (f, NewDelivery(f.receiver, f.recipient, f.address, follow_up_alert(f.diagnosis, "http://c"), f.external_url))
+        for f in due
+    ]
     assert len(store.enqueue_follow_ups(items).queued) == 2
     assert store.follow_ups() == []  # told
     store.save_diagnoses([diagnosis(closed=True)], margin_s=60)

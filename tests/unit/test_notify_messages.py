@@ -33,9 +33,14 @@ CTX = MessageContext(console_url="http://console.example:18501", sms_max_chars=1
 
 def make_alert(status: str = "firing", labels: dict[str, str] | None = None, **annotations: str) -> Alert:
     base_labels = {
-        "alertname": "VigilAnomaly", "severity": "critical", "site": "site-1", "equipment_id": "pump-0042",
-        "equipment_type": "pump", "sensor": "bearing_temp", "detector": "threshold_max",
-    }  # fmt: skip
+        "alertname": "VigilAnomaly",
+        "severity": "critical",
+        "site": "site-1",
+        "equipment_id": "pump-0042",
+        "equipment_type": "pump",
+        "sensor": "bearing_temp",
+        "detector": "threshold_max",
+    }
     notes = {
         "summary": "bearing_temp above its limit (96.2 > 90 degC)",
         "description": "Isolation forest and threshold rule agree for 3 windows",
@@ -44,10 +49,14 @@ def make_alert(status: str = "firing", labels: dict[str, str] | None = None, **a
     notes.update(annotations)
     ends = STARTED + timedelta(minutes=12, seconds=5) if status == "resolved" else datetime(1, 1, 1, tzinfo=UTC)
     return Alert(
-        status=status, labels=base_labels if labels is None else labels,
-        annotations={k: v for k, v in notes.items() if v}, startsAt=STARTED, endsAt=ends,
-        generatorURL="http://prometheus.example:19090/graph?g0.expr=x", fingerprint="a1b2c3d4e5f60718",
-    )  # fmt: skip
+        status=status,
+        labels=base_labels if labels is None else labels,
+        annotations={k: v for k, v in notes.items() if v},
+        startsAt=STARTED,
+        endsAt=ends,
+        generatorURL="http://prometheus.example:19090/graph?g0.expr=x",
+        fingerprint="a1b2c3d4e5f60718",
+    )
 
 
 def texts(message: dict[str, Any]) -> str:
@@ -99,8 +108,13 @@ def test_resolved_slack_message_ends_the_same_story() -> None:
 
 
 def test_slack_message_escapes_control_characters_and_tolerates_missing_fields() -> None:
-    alert = make_alert(labels={"alertname": "VigilPipelineStalled"}, summary="lag <5 min> & rising",
-                       description="", console_url="", runbook_url="https://wiki.example/runbook")  # fmt: skip
+    alert = make_alert(
+        labels={"alertname": "VigilPipelineStalled"},
+        summary="lag <5 min> & rising",
+        description="",
+        console_url="",
+        runbook_url="https://wiki.example/runbook",
+    )
     message = slack_message(alert, CTX)
     text = texts(message)
     assert "lag &lt;5 min&gt; &amp; rising" in text
@@ -206,9 +220,16 @@ def test_email_subject_body_and_resolved_reply_in_the_same_thread() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0 s"), (45, "45 s"), (60, "1 min"), (725, "12 min 5 s"), (3600, "1 h"), (7500, "2 h 5 min"),
-     (90000, "1 d 1 h")],
-)  # fmt: skip
+    [
+        (0, "0 s"),
+        (45, "45 s"),
+        (60, "1 min"),
+        (725, "12 min 5 s"),
+        (3600, "1 h"),
+        (7500, "2 h 5 min"),
+        (90000, "1 d 1 h"),
+    ],
+)
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
@@ -310,23 +331,29 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
-        ("receivers:\n  sms:\n    recipients:\n      - name: a\n        phone: '555-0001'\n",
-         r"receivers\.sms\.recipients\[0\]\.phone: '555-0001' is not an E\.164 phone number"),
-        ("receivers:\n  sms:\n    recipients:\n      - name: a\n        phone: 15550000001\n",
-         r"quote it in YAML"),
+        (
+            "receivers:\n  sms:\n    recipients:\n      - name: a\n        phone: '555-0001'\n",
+            r"receivers\.sms\.recipients\[0\]\.phone: '555-0001' is not an E\.164 phone number",
+        ),
+        ("receivers:\n  sms:\n    recipients:\n      - name: a\n        phone: 15550000001\n", r"quote it in YAML"),
         ("receivers:\n  sms:\n    recipents: []\n", r"receivers\.sms\.recipents: unknown key"),
         ("receivers:\n  pager:\n    recipients: []\n", r"receivers\.pager: unknown key"),
         ("receivers:\n  email:\n    min_severity: urgent\n", r"receivers\.email\.min_severity: Input should be"),
-        ("receivers:\n  email:\n    recipients:\n      - name: a\n        email: not-an-address\n",
-         r"'not-an-address' is not an e-mail address"),
+        (
+            "receivers:\n  email:\n    recipients:\n      - name: a\n        email: not-an-address\n",
+            r"'not-an-address' is not an e-mail address",
+        ),
         ("receivers:\n  slack:\n    recipients:\n      - name: a\n      - name: a\n", r"used twice"),
-        ("receivers:\n  sms:\n    min_severity: critical\n    recipients:\n      - name: a\n"
-         "        phone: '+15550000001'\n        min_severity: warning\n", r"below the receiver's critical"),
+        (
+            "receivers:\n  sms:\n    min_severity: critical\n    recipients:\n      - name: a\n"
+            "        phone: '+15550000001'\n        min_severity: warning\n",
+            r"below the receiver's critical",
+        ),
         ("receivers:\n  slack:\n    recipients:\n      - name: a\n        sites: []\n", r"sites: .*is empty"),
         ("receivers:\n  slack: [\n", r"is not valid YAML"),
         ("slack: {}\n", r"expected a mapping with one key, `receivers`"),
     ],
-)  # fmt: skip
+)
 def test_receivers_yaml_errors_are_clear(tmp_path: Path, yaml_text: str, expected: str) -> None:
     path = write(tmp_path, yaml_text)
     with pytest.raises(OnCallConfigError, match=expected) as info:

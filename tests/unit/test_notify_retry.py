@@ -39,8 +39,20 @@ def test_retry_after_as_http_date() -> None:
     assert parse_retry_after(format_datetime(past, usegmt=True), now=NOW) == 0.0
 
 
-@pytest.mark.parametrize(("status", "retry"), [(500, True), (502, True), (503, True), (429, True), (400, False),
-                                               (401, False), (403, False), (404, False), (410, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [
+        (500, True),
+        (502, True),
+        (503, True),
+        (429, True),
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (410, False),
+    ],
+)
 def test_only_5xx_and_429_are_retried(status: int, retry: bool) -> None:
     assert retryable_status(status) is retry
 
@@ -136,10 +148,15 @@ def test_a_cancelled_wait_gives_its_turn_to_the_next() -> None:
     assert asyncio.run(run()) == pytest.approx(0.05, abs=0.04)
 
 
-@pytest.mark.parametrize(("status", "severity", "priority"), [
-    ("firing", "critical", PAGE), ("firing", "warning", NOTICE), ("firing", "", NOTICE),
-    ("resolved", "critical", RESOLUTION),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "severity", "priority"),
+    [
+        ("firing", "critical", PAGE),
+        ("firing", "warning", NOTICE),
+        ("firing", "", NOTICE),
+        ("resolved", "critical", RESOLUTION),
+    ],
+)
 def test_message_priority(status: str, severity: str, priority: int) -> None:
     assert message_priority(status, severity) == priority
 
@@ -153,17 +170,23 @@ def test_token_bucket_rejects_a_nonsense_rate() -> None:
 
 
 def alert(status: str, fingerprint: str = "fp1", started: str = "2026-03-02T08:15:00Z") -> Alert:
-    return Alert.model_validate({
-        "status": status, "labels": {"alertname": "VigilAnomaly", "equipment_id": "pump-1", "site": "site-1"},
-        "startsAt": started, "endsAt": "2026-03-02T08:20:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
-        "fingerprint": fingerprint,
-    })  # fmt: skip
+    return Alert.model_validate(
+        {
+            "status": status,
+            "labels": {"alertname": "VigilAnomaly", "equipment_id": "pump-1", "site": "site-1"},
+            "startsAt": started,
+            "endsAt": "2026-03-02T08:20:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
+            "fingerprint": fingerprint,
+        }
+    )
 
 
 def test_outbox_queues_each_alert_status_and_recipient_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "relay.db")
-    firing = [NewDelivery("sms", "alice", "+15550000001", alert("firing")),
-              NewDelivery("sms", "bob", "+15550000002", alert("firing"))]  # fmt: skip
+    firing = [
+        NewDelivery("sms", "alice", "+15550000001", alert("firing")),
+        NewDelivery("sms", "bob", "+15550000002", alert("firing")),
+    ]
     assert len(store.enqueue(firing).queued) == 2
     again = store.enqueue(firing)  # Alertmanager re-sending the group
     assert (again.queued, again.duplicates) == ([], 2)
@@ -178,8 +201,9 @@ def test_outbox_queues_each_alert_status_and_recipient_once(tmp_path: Path) -> N
 def test_resolved_goes_only_to_who_got_the_firing_and_never_overtakes_it(tmp_path: Path) -> None:
     store = Store(tmp_path / "relay.db")
     (firing_id,) = store.enqueue([NewDelivery("slack", "#a", "#a", alert("firing"))]).queued
-    result = store.enqueue([NewDelivery("slack", "#a", "#a", alert("resolved")),
-                            NewDelivery("slack", "#b", "#b", alert("resolved"))])  # fmt: skip
+    result = store.enqueue(
+        [NewDelivery("slack", "#a", "#a", alert("resolved")), NewDelivery("slack", "#b", "#b", alert("resolved"))]
+    )
     assert len(result.queued) == 1 and result.unannounced == 1  # #b never heard it started
     (resolved_id,) = result.queued
     assert [d.id for d in store.due("slack", 10)] == [firing_id]  # resolved held back while firing is pending
@@ -196,7 +220,12 @@ def test_dead_letters_keep_their_reason_and_resend_gives_a_fresh_budget(tmp_path
     store.record_attempt(delivery_id, 1, "dead_letter", status=550, error="550 no such user", reason="rejected")
     (dead,) = store.dead_letters()
     assert (dead.id, dead.state, dead.attempts, dead.reason, dead.last_error) == (
-        delivery_id, DEAD, 1, "rejected", "550 no such user")  # fmt: skip
+        delivery_id,
+        DEAD,
+        1,
+        "rejected",
+        "550 no such user",
+    )
     assert store.due("email", 10) == []
     assert store.resend([delivery_id, 999]) == [delivery_id]
     (again,) = store.get([delivery_id])

@@ -40,7 +40,7 @@ def test_cavitation_drops_suction_pressure_and_makes_the_pump_noisy() -> None:
     spec = EQUIPMENT_TYPES["pump"]
     suction = spec.sensor_index("suction_pressure")
     per_tick = v.shape[1] // 60
-    before, during = v[:, 10 * per_tick:30 * per_tick], v[:, 31 * per_tick:59 * per_tick]
+    before, during = v[:, 10 * per_tick : 30 * per_tick], v[:, 31 * per_tick : 59 * per_tick]
     span = spec.sensors[suction].span
     assert np.nanmean(during[suction]) - np.nanmean(before[suction]) == pytest.approx(-0.3 * span, abs=0.05 * span)
     vib = spec.sensor_index("vibration_rms")

@@ -12,14 +12,35 @@ from vigil.settings import Settings
 NOW = 1_700_000_100.0  # wall clock used for every render (seconds)
 
 
-def record(equipment_id: str, sensor: str, end_s: float, avg: float, *, site: str = "plant-a",
-           equipment_type: str = "pump", unit: str = "C", max_: float = 0.0) -> bytes:
+def record(
+    equipment_id: str,
+    sensor: str,
+    end_s: float,
+    avg: float,
+    *,
+    site: str = "plant-a",
+    equipment_type: str = "pump",
+    unit: str = "C",
+    max_: float = 0.0,
+) -> bytes:
     end_ms = int(end_s * 1000)
-    return orjson.dumps({
-        "equipment_id": equipment_id, "site": site, "equipment_type": equipment_type,
-        "sensor": sensor, "unit": unit, "window_start_ms": end_ms - 5000, "window_end_ms": end_ms,
-        "count": 5, "avg": avg, "stddev": 0.25, "min": -1.0, "max": max_, "emitted_at_ms": end_ms + 1,
-    })
+    return orjson.dumps(
+        {
+            "equipment_id": equipment_id,
+            "site": site,
+            "equipment_type": equipment_type,
+            "sensor": sensor,
+            "unit": unit,
+            "window_start_ms": end_ms - 5000,
+            "window_end_ms": end_ms,
+            "count": 5,
+            "avg": avg,
+            "stddev": 0.25,
+            "min": -1.0,
+            "max": max_,
+            "emitted_at_ms": end_ms + 1,
+        }
+    )
 
 
 @pytest.fixture
@@ -32,12 +53,14 @@ def sink(tmp_path) -> PushgatewaySink:
 
 
 def test_exact_exposition_with_escaping_and_latest_window(sink: PushgatewaySink) -> None:
-    sink.ingest([
-        record('m"1', "temp", NOW - 10, 1.5, max_=2.0),
-        record('m"1', "temp", NOW - 15, 99.0, max_=99.0),  # older window arrives later: ignored
-        record('m"1', "vib\\x", NOW - 10, 0.1 + 0.2, unit="mm/s\nrms", max_=float("nan")),  # JSON null
-        record("m2", "temp", NOW - 100, -3.0, equipment_type="fan"),  # silent > 60 s, < TTL
-    ])
+    sink.ingest(
+        [
+            record('m"1', "temp", NOW - 10, 1.5, max_=2.0),
+            record('m"1', "temp", NOW - 15, 99.0, max_=99.0),  # older window arrives later: ignored
+            record('m"1', "vib\\x", NOW - 10, 0.1 + 0.2, unit="mm/s\nrms", max_=float("nan")),  # JSON null
+            record("m2", "temp", NOW - 100, -3.0, equipment_type="fan"),  # silent > 60 s, < TTL
+        ]
+    )
     texts = sink.render()
     assert list(texts) == ["plant-a"]
     assert texts["plant-a"] == (
@@ -67,12 +90,14 @@ def test_exact_exposition_with_escaping_and_latest_window(sink: PushgatewaySink)
 
 
 def test_one_group_per_site_and_stale_series_dropped_after_ttl(sink: PushgatewaySink) -> None:
-    sink.ingest([
-        record("a1", "temp", NOW - 5, 1.0, site="north"),
-        record("b1", "temp", NOW - 5, 2.0, site="south/2"),
-        record("b2", "temp", NOW - 700, 3.0, site="south/2"),  # older than the 600 s TTL
-        record("c1", "temp", NOW - 601, 4.0, site="west"),  # the whole site is stale
-    ])
+    sink.ingest(
+        [
+            record("a1", "temp", NOW - 5, 1.0, site="north"),
+            record("b1", "temp", NOW - 5, 2.0, site="south/2"),
+            record("b2", "temp", NOW - 700, 3.0, site="south/2"),  # older than the 600 s TTL
+            record("c1", "temp", NOW - 601, 4.0, site="west"),  # the whole site is stale
+        ]
+    )
     texts = sink.render()
     assert sorted(texts) == ["north", "south/2"]
     assert 'equipment_id="a1"' in texts["north"] and "b1" not in texts["north"]
@@ -95,7 +120,14 @@ def test_invalid_records_are_skipped_and_counted(sink: PushgatewaySink) -> None:
 def test_value_formatting() -> None:
     values = [1.5, 0.1 + 0.2, float("nan"), float("inf"), float("-inf"), 1e20, 1700000005.0, 1e-7]
     assert format_values(values).tolist() == [
-        "1.5", "0.30000000000000004", "NaN", "+Inf", "-Inf", "1e+20", "1700000005", "1e-7",
+        "1.5",
+        "0.30000000000000004",
+        "NaN",
+        "+Inf",
+        "-Inf",
+        "1e+20",
+        "1700000005",
+        "1e-7",
     ]
     assert all(float(text) == v for text, v in zip(format_values(values), values, strict=True) if v == v)
 

@@ -53,20 +53,20 @@ def nab_dir(tmp_path: Path) -> Path:
         pd.DataFrame({"timestamp": stamps, "value": values}).to_csv(root / category / name, index=False)
         windows[f"{category}/{name}"] = (
             [[pd.Timestamp(stamps[spike - 10]).isoformat(), pd.Timestamp(stamps[spike + 20]).isoformat()]]
-            if spike is not None else []
+            if spike is not None
+            else []
         )
     (root / "combined_windows.json").write_text(json.dumps(windows))
     return root
 
 
-def test_nab_results_have_one_row_per_data_row_in_order_and_rescore_identically(
-    nab_dir: Path, tmp_path: Path
-) -> None:
+def test_nab_results_have_one_row_per_data_row_in_order_and_rescore_identically(nab_dir: Path, tmp_path: Path) -> None:
     run = run_nab(nab_dir, "ewma_zscore", 4.0, rearm_rows=20)
     out = tmp_path / "results"
     paths = write_results(run, out, "vigil", "ewma_zscore", 4.0, 20)
     assert sorted(p.relative_to(out).as_posix() for p in paths) == [
-        "vigil/catA/vigil_a.csv", "vigil/catB/vigil_b_c.csv"
+        "vigil/catA/vigil_a.csv",
+        "vigil/catB/vigil_b_c.csv",
     ]
     for f in run.files:
         category, _, fname = f.name.rpartition("/")
@@ -89,8 +89,11 @@ def test_nab_results_have_one_row_per_data_row_in_order_and_rescore_identically(
     notes = json.loads((out / "threshold-notes.json").read_text())["vigil"]
     assert notes["raw_threshold"] == 4.0 and "never optimises" in notes["how_chosen"]
     rescored = rescore_own_results(nab_dir, out, "vigil")
-    for short, nab_name in (("standard", "standard"), ("reward_low_FP", "reward_low_FP_rate"),
-                            ("reward_low_FN", "reward_low_FN_rate")):
+    for short, nab_name in (
+        ("standard", "standard"),
+        ("reward_low_FP", "reward_low_FP_rate"),
+        ("reward_low_FN", "reward_low_FN_rate"),
+    ):
         assert rescored[nab_name].raw == pytest.approx(run.profile_scores[short].raw, abs=1e-12)
         assert rescored[nab_name].normalized == pytest.approx(run.profile_scores[short].normalized, abs=1e-9)
 
@@ -99,8 +102,7 @@ def test_skab_results_keep_file_order_verbatim_and_mark_training_rows(tmp_path: 
     data = tmp_path / "skab"
     write_skab_file(data / "valve7" / "1.csv", 220, 150, seed=1, swap=(30, 160))
     write_skab_file(data / "other" / "4.csv", 180, 120, seed=2)
-    result = evaluate_skab(data, "pca_t2q", train_rows=100, history=3,
-                           rule=AlarmRule(limit="train-quantile"))
+    result = evaluate_skab(data, "pca_t2q", train_rows=100, history=3, rule=AlarmRule(limit="train-quantile"))
     out = tmp_path / "results"
     paths = write_skab_results(result, out)
     assert sorted(p.relative_to(out).as_posix() for p in paths) == ["skab/other/4.csv", "skab/valve7/1.csv"]

@@ -61,30 +61,52 @@ def test_defaults_fill_in_and_overrides_win() -> None:
     assert config.stuck_window_counts() == [4, 12]
 
 
-@pytest.mark.parametrize(("path", "value", "expected"), [
-    (("equipment_types", "pump", "flow", "maxx"), 3.0,
-     "equipment type 'pump', sensor 'flow', field 'maxx': unknown key"),
-    (("equipment_types", "pump", "flow", "max"), "140",
-     "equipment type 'pump', sensor 'flow', field 'max': Input should be a valid number"),
-    (("equipment_types", "pump", "flow", "max_step"), -1.0,
-     "equipment type 'pump', sensor 'flow', field 'max_step': Input should be greater than 0"),
-    (("equipment_types", "pump", "flow", "min"), 150.0,
-     "equipment type 'pump', sensor 'flow': min (150.0) must be below max (140.0)"),
-    (("equipment_types", "pump", "speed", "stuck_windows"), 2.5,
-     "equipment type 'pump', sensor 'speed', field 'stuck_windows': Input should be a valid integer"),
-    (("equipment_types", "pump", "speed", "stuck_windows"), 1,
-     "field 'stuck_windows': Input should be greater than or equal to 2"),
-    (("equipment_types", "pump", "flow", "max"), float("nan"),
-     "field 'max': Input should be a finite number"),
-    (("equipment_types", "pump", "bad sensor"), {},
-     "equipment type 'pump', sensor 'bad sensor': name must match"),
-    (("equipment_types", "pump", "flow"), [1, 2],
-     "equipment type 'pump', sensor 'flow': Input should be a valid dictionary"),
-    (("ewma", "alpha"), 0.0, "field 'ewma.alpha': Input should be greater than 0"),
-    (("ewma", "warmup"), True, "field 'ewma.warmup': Input should be a valid integer"),
-    (("defaults", "zscore"), 3.0, "field 'defaults.zscore': unknown key"),
-    (("colour",), "red", "field 'colour': unknown key"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (
+            ("equipment_types", "pump", "flow", "maxx"),
+            3.0,
+            "equipment type 'pump', sensor 'flow', field 'maxx': unknown key",
+        ),
+        (
+            ("equipment_types", "pump", "flow", "max"),
+            "140",
+            "equipment type 'pump', sensor 'flow', field 'max': Input should be a valid number",
+        ),
+        (
+            ("equipment_types", "pump", "flow", "max_step"),
+            -1.0,
+            "equipment type 'pump', sensor 'flow', field 'max_step': Input should be greater than 0",
+        ),
+        (
+            ("equipment_types", "pump", "flow", "min"),
+            150.0,
+            "equipment type 'pump', sensor 'flow': min (150.0) must be below max (140.0)",
+        ),
+        (
+            ("equipment_types", "pump", "speed", "stuck_windows"),
+            2.5,
+            "equipment type 'pump', sensor 'speed', field 'stuck_windows': Input should be a valid integer",
+        ),
+        (
+            ("equipment_types", "pump", "speed", "stuck_windows"),
+            1,
+            "field 'stuck_windows': Input should be greater than or equal to 2",
+        ),
+        (("equipment_types", "pump", "flow", "max"), float("nan"), "field 'max': Input should be a finite number"),
+        (("equipment_types", "pump", "bad sensor"), {}, "equipment type 'pump', sensor 'bad sensor': name must match"),
+        (
+            ("equipment_types", "pump", "flow"),
+            [1, 2],
+            "equipment type 'pump', sensor 'flow': Input should be a valid dictionary",
+        ),
+        (("ewma", "alpha"), 0.0, "field 'ewma.alpha': Input should be greater than 0"),
+        (("ewma", "warmup"), True, "field 'ewma.warmup': Input should be a valid integer"),
+        (("defaults", "zscore"), 3.0, "field 'defaults.zscore': unknown key"),
+        (("colour",), "red", "field 'colour': unknown key"),
+    ],
+)
 def test_invalid_config_names_file_type_sensor_and_field(path, value, expected) -> None:
     message = error_of(with_change(path, value))
     assert message.startswith("rules-under-test.yaml: invalid rules config (1 problem)")
@@ -118,7 +140,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(RulesConfigError, match=r"dup\.yaml: not valid YAML: .*duplicate key 'ewma' \(first on line"):
         load_rules(duplicated)
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text(yaml.safe_dump(with_change(("equipment_types", "pump", "flow", "max"), None)).replace(
-        "max: null", "max: lots"))
+    wrong.write_text(
+        yaml.safe_dump(with_change(("equipment_types", "pump", "flow", "max"), None)).replace("max: null", "max: lots")
+    )
     with pytest.raises(RulesConfigError, match=r"(?s)wrong\.yaml: invalid rules config.*sensor 'flow', field 'max'"):
         load_rules(wrong)

@@ -23,8 +23,15 @@ PROTO_DIR = PROJECT_ROOT / "edge" / "proto"
 
 def test_generated_protobuf_code_is_up_to_date(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={tmp_path}",
-         f"--grpc_python_out={tmp_path}", "telemetry.proto"],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{PROTO_DIR}",
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            "telemetry.proto",
+        ],
         check=True,
     )
     assert (tmp_path / "telemetry_pb2.py").read_text() == (PROTO_DIR / "telemetry_pb2.py").read_text(), (
@@ -34,7 +41,11 @@ def test_generated_protobuf_code_is_up_to_date(tmp_path: Path) -> None:
 
 def test_reading_batch_round_trips() -> None:
     batch = telemetry_pb2.ReadingBatch(
-        equipment_id="pump-0001", site="site-1", equipment_type="pump", gateway_id="gw", sequence=3,
+        equipment_id="pump-0001",
+        site="site-1",
+        equipment_type="pump",
+        gateway_id="gw",
+        sequence=3,
         sensors=[telemetry_pb2.SensorSeries(sensor="flow", unit="m3/h", timestamps_ms=[1, 2], values=[0.1, 0.2])],
     )
     again = telemetry_pb2.ReadingBatch.FromString(batch.SerializeToString())
@@ -43,7 +54,7 @@ def test_reading_batch_round_trips() -> None:
 
 
 def _columns(ddl: str) -> list[str]:
-    body = ddl[ddl.index("(") + 1: ddl.rindex(") WITH")]
+    body = ddl[ddl.index("(") + 1 : ddl.rindex(") WITH")]
     names = []
     for line in body.splitlines():
         match = re.match(r"\s*`?([a-z0-9_]+)`?\s+[A-Z]", line)
@@ -56,13 +67,18 @@ def test_edge_records_carry_exactly_the_flink_source_columns() -> None:
     settings = Settings()
     now = 1_795_000_000_000
     batch = telemetry_pb2.ReadingBatch(
-        equipment_id="pump-0001", site="site-1", equipment_type="pump", gateway_id="gw", sequence=1,
-        sensors=[telemetry_pb2.SensorSeries(sensor="flow", unit="m3/h", timestamps_ms=[now, now + 1],
-                                            values=[1.0, 2.0])],
+        equipment_id="pump-0001",
+        site="site-1",
+        equipment_type="pump",
+        gateway_id="gw",
+        sequence=1,
+        sensors=[
+            telemetry_pb2.SensorSeries(sensor="flow", unit="m3/h", timestamps_ms=[now, now + 1], values=[1.0, 2.0])
+        ],
     )
     validation = BatchValidator(settings.edge).validate(batch, now_ms=now)
     assert validation.ok, validation.detail
-    (_, value), = batch_to_records(batch, validation.arrays, settings.window.size_ms, now)
+    ((_, value),) = batch_to_records(batch, validation.arrays, settings.window.size_ms, now)
     record = orjson.loads(value)
     assert set(record) == set(_columns(render_sql("telemetry_source", settings)))
     assert set(record["sensors"][0]) == {"sensor", "unit", "ts", "v"}
@@ -72,9 +88,21 @@ def test_flink_window_stats_output_is_what_the_cold_path_parses() -> None:
     settings = Settings()
     columns = _columns(render_sql("window_stats_sink", settings))
     record = dict.fromkeys(columns, 1)
-    record |= {"equipment_id": "m", "site": "s", "equipment_type": "t", "sensor": "x", "unit": "u",
-               "window_start_ms": 1_795_000_000_000, "window_end_ms": 1_795_000_005_000,
-               "emitted_at_ms": 1_795_000_006_000, "avg": 1.5, "stddev": 0.5, "min": 1.0, "max": 2.0, "count": 2}
+    record |= {
+        "equipment_id": "m",
+        "site": "s",
+        "equipment_type": "t",
+        "sensor": "x",
+        "unit": "u",
+        "window_start_ms": 1_795_000_000_000,
+        "window_end_ms": 1_795_000_005_000,
+        "emitted_at_ms": 1_795_000_006_000,
+        "avg": 1.5,
+        "stddev": 0.5,
+        "min": 1.0,
+        "max": 2.0,
+        "count": 2,
+    }
     table, malformed = window_stats_to_arrow([orjson.dumps(record)])
     assert not malformed
     assert table.num_rows == 1

@@ -43,16 +43,24 @@ def test_invalid_values_are_rejected_with_the_field_name(monkeypatch: pytest.Mon
 
 
 def test_to_env_rebuilds_identical_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Settings(data_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers="h:1", sasl_mechanism="PLAIN",
-                                                               sasl_username="u", sasl_password="p"))
+    original = Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(bootstrap_servers="h:1", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p"),
+    )
     for key, value in original.to_env().items():
         monkeypatch.setenv(key, value)
     assert Settings() == original
 
 
 def test_sasl_and_tls_reach_both_kafka_clients() -> None:
-    kafka = KafkaSettings(bootstrap_servers="b:9096", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                          sasl_username="vigil", sasl_password="secret", ssl_ca_location="/ca.pem")
+    kafka = KafkaSettings(
+        bootstrap_servers="b:9096",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="vigil",
+        sasl_password="secret",
+        ssl_ca_location="/ca.pem",
+    )
     librdkafka = kafka.client_config()
     assert librdkafka["sasl.mechanism"] == "SCRAM-SHA-512"
     assert librdkafka["sasl.password"] == "secret"

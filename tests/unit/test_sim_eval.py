@@ -42,12 +42,14 @@ def _grid(machines: list[str], flagged: set[tuple[str, int]], n: int = 10) -> pd
     return frame
 
 
-FAULTS = pd.DataFrame({
-    "machine": ["m1", "m2", "m2"],
-    "category": ["step", "spike", "drift"],
-    "start_ms": [12_000, 40_000, -10_000],  # the drift started before the scored span: no event, one fault window
-    "end_ms": [27_000, 41_000, 3_000],
-})
+FAULTS = pd.DataFrame(
+    {
+        "machine": ["m1", "m2", "m2"],
+        "category": ["step", "spike", "drift"],
+        "start_ms": [12_000, 40_000, -10_000],  # the drift started before the scored span: no event, one fault window
+        "end_ms": [27_000, 41_000, 3_000],
+    }
+)
 
 
 def test_fault_window_pairs_overlap_boundaries() -> None:
@@ -127,19 +129,31 @@ def test_window_stats_match_the_job_definition() -> None:
 
 
 def _series(avg: np.ndarray, stddev: np.ndarray, sensor: str = "flow", machine: str = "pump-0001") -> pd.DataFrame:
-    return pd.DataFrame({
-        "equipment_id": machine, "site": "site-1", "equipment_type": "pump", "sensor": sensor,
-        "window_start_ms": np.arange(len(avg)) * W, "count": 10.0, "avg": avg, "stddev": stddev,
-        "min": avg - 1, "max": avg + 1,
-    })
+    return pd.DataFrame(
+        {
+            "equipment_id": machine,
+            "site": "site-1",
+            "equipment_type": "pump",
+            "sensor": sensor,
+            "window_start_ms": np.arange(len(avg)) * W,
+            "count": 10.0,
+            "avg": avg,
+            "stddev": stddev,
+            "min": avg - 1,
+            "max": avg + 1,
+        }
+    )
 
 
 def test_rule_results_hand_computed() -> None:
-    config = parse_rules({
-        "ewma": {"alpha": 0.2, "warmup": 3},
-        "defaults": {"zscore_max": 3.0, "stuck_windows": 4},
-        "equipment_types": {"pump": {"flow": {"min": 0.0, "max": 100.0, "max_step": 30.0, "stuck_windows": 3}}},
-    }, "test")
+    config = parse_rules(
+        {
+            "ewma": {"alpha": 0.2, "warmup": 3},
+            "defaults": {"zscore_max": 3.0, "stuck_windows": 4},
+            "equipment_types": {"pump": {"flow": {"min": 0.0, "max": 100.0, "max_step": 30.0, "stuck_windows": 3}}},
+        },
+        "test",
+    )
     avg = np.array([50.0, 51.0, 49.0, 50.0, 120.0, 50.0, 50.5, 49.5, 50.0, -5.0])
     sd = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0])
     other = _series(np.full(10, 7.0), np.zeros(10), sensor="speed")  # no limits listed: z-score and stuck (N=4)
@@ -148,8 +162,18 @@ def test_rule_results_hand_computed() -> None:
     flow = out[out.sensor == "flow"].reset_index(drop=True)
     z = np.abs(reference_zscores(avg, 0.2, 3))
     np.testing.assert_allclose(flow.zratio.to_numpy(), z / 3.0, rtol=1e-12)  # NaN in warm-up on both sides
-    expected = ["", "", "", "", "threshold_max,rate_of_change,zscore", "rate_of_change", "", "stuck", "stuck",
-                "threshold_min,rate_of_change,zscore"]
+    expected = [
+        "",
+        "",
+        "",
+        "",
+        "threshold_max,rate_of_change,zscore",
+        "rate_of_change",
+        "",
+        "stuck",
+        "stuck",
+        "threshold_min,rate_of_change,zscore",
+    ]
     got = flow.rule_hits.tolist()
     # window 4: 120 > max, step 70 > 30; window 5: step back; 7, 8: three flat windows in a row (N=3)
     assert got[:9] == expected[:9]
@@ -167,8 +191,14 @@ def test_build_hops_like_the_hop_window() -> None:
     keys = list(zip(current.equipment_id, current.window_start_ms // W, strict=True))
     # pump-0001: windows 0..5, hops for current 3..7 (6 and 7 still hold 4, 5); pump-0002 (windows 0, 1): only
     # current 3, whose 3-window hop still holds window 1; from current 4 on its hops are empty, so they do not exist
-    assert keys == [("pump-0001", 3), ("pump-0001", 4), ("pump-0001", 5), ("pump-0001", 6), ("pump-0001", 7),
-                    ("pump-0002", 3)]
+    assert keys == [
+        ("pump-0001", 3),
+        ("pump-0001", 4),
+        ("pump-0001", 5),
+        ("pump-0001", 6),
+        ("pump-0001", 7),
+        ("pump-0002", 3),
+    ]
     sizes = long.groupby("group").window_start_ms.apply(lambda s: sorted(s // W)).tolist()
     assert sizes == [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5], [5], [1]]
     assert (long.groupby("group").sensor.size() == [3, 3, 3, 2, 1, 1]).all()
@@ -179,8 +209,13 @@ def test_build_hops_like_the_hop_window() -> None:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, SimEvaluation]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("sim-eval"))
     options = SimOptions(
-        machines=4, duration_s=600, seed=11, fault_rate=0.0, equipment_types=("pump", "fan"),
-        dead_machines=0, dead_sensors=0,
+        machines=4,
+        duration_s=600,
+        seed=11,
+        fault_rate=0.0,
+        equipment_types=("pump", "fan"),
+        dead_machines=0,
+        dead_sensors=0,
         inject=(
             # flow far beyond its static max (140 m3/h) for a minute: threshold_max must fire
             PlannedFault("step", "pump-0001", start_s=400, duration_s=60, sensors=("flow",), magnitude=500.0),
@@ -240,8 +275,11 @@ def test_cli_evaluate_sim_writes_the_scorecard(tmp_path: Path) -> None:
     from operations.cli import app
 
     out = tmp_path / "sim.json"
-    result = CliRunner().invoke(app, ["evaluate", "--dataset", "sim", "--machines", "4", "--minutes", "8",
-                                      "--seed", "3", "--output", str(out)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--dataset", "sim", "--machines", "4", "--minutes", "8", "--seed", "3", "--output", str(out)],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert "Per fault type" in result.output and "False positives" in result.output
     data = json.loads(out.read_text())

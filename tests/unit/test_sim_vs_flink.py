@@ -23,9 +23,16 @@ from vigil.settings import Settings
 
 W = 5000
 OPTIONS = SimOptions(
-    machines=8, duration_s=1200, seed=3, fault_rate=3.0, dead_machines=1, dead_sensors=1,
-    inject=(PlannedFault("stuck", "pump-0001", 700, 240, ("flow",)),
-            PlannedFault("step", "fan-0001", 800, 120, ("speed",), 2000.0)),
+    machines=8,
+    duration_s=1200,
+    seed=3,
+    fault_rate=3.0,
+    dead_machines=1,
+    dead_sensors=1,
+    inject=(
+        PlannedFault("stuck", "pump-0001", 700, 240, ("flow",)),
+        PlannedFault("step", "fan-0001", 800, 120, ("speed",), 2000.0),
+    ),
 )
 
 
@@ -43,18 +50,32 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.Dat
     train_models(run, train_end, registry, history=settings.scoring.history_windows)
     expected = {etype: sorted(sensors) for etype, sensors in config.equipment_types.items()}
     scoring = settings.scoring
-    scorer = WindowScorer(expected, ModelSet(registry, expected.get, poll_s=float("inf")),
-                          ScoringConfig(model_persistence=scoring.model_persistence_windows))
+    scorer = WindowScorer(
+        expected,
+        ModelSet(registry, expected.get, poll_s=float("inf")),
+        ScoringConfig(model_persistence=scoring.model_persistence_windows),
+    )
     # every window from the first on, as the job scores them (models trained on the first 96 windows)
     offline = score_run(run, rules, run.start_ms, scorer, scoring.hop_windows, 10_000)
 
     st = run.stats
-    records = pd.DataFrame({
-        "equipment_id": st.equipment_id, "site": st.site, "equipment_type": st.equipment_type, "sensor": st.sensor,
-        "unit": "u", "window_start_ms": st.window_start_ms, "window_end_ms": st.window_start_ms + W,
-        "count": st["count"].astype(np.int64), "avg": st.avg, "stddev": st.stddev, "min": st["min"],
-        "max": st["max"], "emitted_at_ms": st.window_start_ms + W + 100,
-    }).sort_values(["window_start_ms", "equipment_id", "sensor"])
+    records = pd.DataFrame(
+        {
+            "equipment_id": st.equipment_id,
+            "site": st.site,
+            "equipment_type": st.equipment_type,
+            "sensor": st.sensor,
+            "unit": "u",
+            "window_start_ms": st.window_start_ms,
+            "window_end_ms": st.window_start_ms + W,
+            "count": st["count"].astype(np.int64),
+            "avg": st.avg,
+            "stddev": st.stddev,
+            "min": st["min"],
+            "max": st["max"],
+            "emitted_at_ms": st.window_start_ms + W + 100,
+        }
+    ).sort_values(["window_start_ms", "equipment_id", "sensor"])
     source, out, dead_letters = tmp / "in", tmp / "out", tmp / "dead-letters"
     source.mkdir()
     (source / "window_stats.json").write_bytes(b"\n".join(orjson.dumps(r) for r in records.to_dict("records")))
@@ -66,8 +87,9 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.Dat
 
 def test_same_verdicts_as_the_flink_job(both) -> None:
     offline, flink, _, end_ms = both
-    merged = offline.merge(flink, on=["equipment_id", "window_start_ms"], how="outer", suffixes=("_py", "_fl"),
-                           indicator=True)
+    merged = offline.merge(
+        flink, on=["equipment_id", "window_start_ms"], how="outer", suffixes=("_py", "_fl"), indicator=True
+    )
     # Flink also judges the hops after the file ends (every machine falls silent): past the run, not scored.
     extra = merged[merged._merge == "right_only"]
     assert (extra.window_start_ms >= end_ms).all() and (extra.kind_fl == "dead_machine").all()
@@ -81,12 +103,21 @@ def test_same_verdicts_as_the_flink_job(both) -> None:
     # rule_hits: same set; the order follows the hop's row order (ARRAY_AGG arrival order in Flink)
     assert (same["rule_hits_py"].map(sorted) == same["rule_hits_fl"].map(sorted)).all()
     for col in ("pca_t2q", "isolation_forest", "rules"):
-        np.testing.assert_allclose(same[f"{col}_py"].astype(float), same[f"{col}_fl"].astype(float), rtol=1e-4,
-                                   err_msg=col)
+        np.testing.assert_allclose(
+            same[f"{col}_py"].astype(float), same[f"{col}_fl"].astype(float), rtol=1e-4, err_msg=col
+        )
 
 
 def test_the_comparison_covers_every_rule_and_silence(both) -> None:
     offline, _, _, _ = both
     fired = set(offline.detectors.explode().dropna())
-    assert {"threshold_max", "stuck", "zscore", "rate_of_change", "dead_sensor", "dead_machine", "pca_t2q",
-            "isolation_forest"} <= fired
+    assert {
+        "threshold_max",
+        "stuck",
+        "zscore",
+        "rate_of_change",
+        "dead_sensor",
+        "dead_machine",
+        "pca_t2q",
+        "isolation_forest",
+    } <= fired

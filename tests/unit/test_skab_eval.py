@@ -147,7 +147,12 @@ def test_training_rows_count_only_in_skabs_all_row_counting(skab_dir: Path) -> N
     # Test rows are unchanged from the every-row case; the all-row count adds the training rows:
     # 2.csv 100 training rows -> FP 96, TN 4; 10.csv 60 -> FP 56, TN 4.
     result = evaluate_skab(
-        skab_dir, "pca_t2q", protocol="vigil", train_rows=100, history=3, alarm_level=-np.inf,
+        skab_dir,
+        "pca_t2q",
+        protocol="vigil",
+        train_rows=100,
+        history=3,
+        alarm_level=-np.inf,
         rule=AlarmRule(run_length=5),
     )
     assert (result.pooled.tp, result.pooled.fp, result.pooled.tn) == (150, 70, 0)
@@ -183,14 +188,16 @@ def test_skab_protocol_fits_exactly_the_first_rows_and_pools_hand_computed_count
     # (10.csv is anomalous from row 60), score the rest. A factor of 1e-12 on the training quantile puts
     # every row above the limit; 1e12 puts none above it. Test rows: 2.csv 100..199 (30 anomalous),
     # 10.csv 100..179 (80 anomalous): 110 anomalous and 70 normal rows pooled.
-    every = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3,
-                          rule=AlarmRule(limit="train-quantile", ucl_factor=1e-12))
+    every = evaluate_skab(
+        skab_dir, "pca_t2q", train_rows=100, history=3, rule=AlarmRule(limit="train-quantile", ucl_factor=1e-12)
+    )
     assert [f.train_rows for f in every.files] == [100, 100]
     c = every.pooled
     assert (c.tp, c.fp, c.tn, c.fn) == (110, 70, 0, 0)
     assert c.far == 1.0 and c.mar == 0.0 and c.f1 == pytest.approx(2 * 110 / (2 * 110 + 70))
-    none = evaluate_skab(skab_dir, "pca_t2q", train_rows=100, history=3,
-                         rule=AlarmRule(limit="train-quantile", ucl_factor=1e12)).pooled
+    none = evaluate_skab(
+        skab_dir, "pca_t2q", train_rows=100, history=3, rule=AlarmRule(limit="train-quantile", ucl_factor=1e12)
+    ).pooled
     assert (none.tp, none.fp, none.tn, none.fn) == (0, 0, 70, 110)
     assert none.far == 0.0 and none.mar == 1.0 and none.f1 == 0.0
 

@@ -14,8 +14,13 @@ from vigil.settings import KafkaSettings, Settings
 
 
 def http_server(port: int) -> ServiceSpec:
-    return ServiceSpec("web", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], port,
-                       health_url=f"http://127.0.0.1:{port}/", start_timeout_s=20)
+    return ServiceSpec(
+        "web",
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        port,
+        health_url=f"http://127.0.0.1:{port}/",
+        start_timeout_s=20,
+    )
 
 
 def test_start_is_idempotent_and_stop_ends_the_process(tmp_path: Path) -> None:
@@ -34,8 +39,12 @@ def test_start_is_idempotent_and_stop_ends_the_process(tmp_path: Path) -> None:
 
 def test_a_failing_service_reports_its_log(tmp_path: Path) -> None:
     manager = ProcessManager(tmp_path / "run", tmp_path / "logs")
-    spec = ServiceSpec("broken", [sys.executable, "-c", "import sys; print('bad config: port'); sys.exit(3)"],
-                       free_port(), start_timeout_s=10)
+    spec = ServiceSpec(
+        "broken",
+        [sys.executable, "-c", "import sys; print('bad config: port'); sys.exit(3)"],
+        free_port(),
+        start_timeout_s=10,
+    )
     with pytest.raises(RuntimeError, match="exited with code 3") as err:
         manager.start(spec)
     assert "bad config: port" in str(err.value)

@@ -152,8 +152,17 @@ def test_first_problem_wins(validator: v.BatchValidator) -> None:
 def test_every_reason_code_is_exercised() -> None:
     """Guard: a new reason code needs a test here (malformed_protobuf is tested in the service)."""
     tested = {
-        v.EMPTY_EQUIPMENT_ID, v.INVALID_EQUIPMENT_ID, v.UNKNOWN_EQUIPMENT, v.NO_READINGS, v.LENGTH_MISMATCH,
-        v.EMPTY_SENSOR_NAME, v.DUPLICATE_SENSOR, v.NAN_OR_INF, v.TIMESTAMP_IN_FUTURE, v.TIMESTAMP_TOO_OLD,
-        v.OVERSIZED_BATCH, v.MALFORMED_PROTOBUF,
-    }  # fmt: skip
+        v.EMPTY_EQUIPMENT_ID,
+        v.INVALID_EQUIPMENT_ID,
+        v.UNKNOWN_EQUIPMENT,
+        v.NO_READINGS,
+        v.LENGTH_MISMATCH,
+        v.EMPTY_SENSOR_NAME,
+        v.DUPLICATE_SENSOR,
+        v.NAN_OR_INF,
+        v.TIMESTAMP_IN_FUTURE,
+        v.TIMESTAMP_TOO_OLD,
+        v.OVERSIZED_BATCH,
+        v.MALFORMED_PROTOBUF,
+    }
     assert tested == set(v.REASON_CODES)

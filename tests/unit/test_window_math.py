@@ -43,12 +43,21 @@ def telemetry_records(rng: np.random.Generator) -> tuple[list[dict], pd.DataFram
                     values = make(n)
                     series.append({"sensor": name, "unit": "u", "ts": ts, "v": values})
                     flat.append(pd.DataFrame({"equipment_id": machine, "sensor": name, "ts": ts, "v": values}))
-                records.append({
-                    "equipment_id": machine, "site": "site-1", "equipment_type": machine.split("-")[0],
-                    "gateway_id": "gw", "sequence": window * 2 + part, "chunk_start_ms": start,
-                    "event_time_ms": int(max(s["ts"].max() for s in series)), "ingested_at_ms": 0,
-                    "kafka_partition": 0, "kafka_offset": len(records), "sensors": series,
-                })
+                records.append(
+                    {
+                        "equipment_id": machine,
+                        "site": "site-1",
+                        "equipment_type": machine.split("-")[0],
+                        "gateway_id": "gw",
+                        "sequence": window * 2 + part,
+                        "chunk_start_ms": start,
+                        "event_time_ms": int(max(s["ts"].max() for s in series)),
+                        "ingested_at_ms": 0,
+                        "kafka_partition": 0,
+                        "kafka_offset": len(records),
+                        "sensors": series,
+                    }
+                )
     return records, pd.concat(flat, ignore_index=True)
 
 
@@ -78,20 +87,32 @@ def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFram
     env.get_config().set("parallelism.default", "2")
     env.get_config().set("table.local-time-zone", "UTC")
     env.get_config().set("pipeline.jars", udf_jar(tmp / "jars").as_uri())
-    for name in ("functions", "telemetry_source", "window_stats_sink", "classify_lateness", "samples_on_time",
-                 "window_stats_windows"):
+    for name in (
+        "functions",
+        "telemetry_source",
+        "window_stats_sink",
+        "classify_lateness",
+        "samples_on_time",
+        "window_stats_windows",
+    ):
         env.execute_sql(render_sql(name, settings, **overrides))
     env.execute_sql(render_sql("window_stats", settings, **overrides)).wait()
-    lines = [json.loads(line) for path in out.rglob("*") if path.is_file() and not path.name.startswith(".")
-             for line in path.read_text().splitlines() if line.strip()]
+    lines = [
+        json.loads(line)
+        for path in out.rglob("*")
+        if path.is_file() and not path.name.startswith(".")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
     return pd.DataFrame(lines), samples
 
 
 def expected(samples: pd.DataFrame) -> pd.DataFrame:
     samples = samples.assign(window_start_ms=samples.ts - samples.ts % SIZE_MS)
     grouped = samples.groupby(["equipment_id", "sensor", "window_start_ms"]).v
-    return grouped.agg(count="count", avg="mean", stddev=lambda v: float(np.std(v.to_numpy())),
-                       min="min", max="max").reset_index()
+    return grouped.agg(
+        count="count", avg="mean", stddev=lambda v: float(np.std(v.to_numpy())), min="min", max="max"
+    ).reset_index()
 
 
 def test_one_row_per_machine_sensor_window(flink_windows) -> None:

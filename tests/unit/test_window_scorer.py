@@ -19,12 +19,14 @@ def hop_frames(prev_delta: float, cur_delta: float, windows: int = HOP) -> tuple
     long = stats(SENSORS, n=windows).rename(columns={"window_start": "window_start_ms"})
     long = long.assign(avg=50.0)  # every window at the training mean: only the shift moves the score
     last = (windows - 1) * SIZE_MS
-    shift = np.where(long.window_start_ms == last, cur_delta, np.where(long.window_start_ms == last - SIZE_MS,
-                                                                       prev_delta, 0.0))
+    shift = np.where(
+        long.window_start_ms == last, cur_delta, np.where(long.window_start_ms == last - SIZE_MS, prev_delta, 0.0)
+    )
     shift = np.where(long.sensor == "temp", shift, 0.0)
     long = long.assign(avg=long.avg + shift, group=0, rule_hits="", zratio=np.nan).drop(columns="equipment_id")
-    current = pd.DataFrame({"equipment_id": ["m"], "site": ["s"], "equipment_type": ["pump"],
-                            "window_start_ms": [last]})
+    current = pd.DataFrame(
+        {"equipment_id": ["m"], "site": ["s"], "equipment_type": ["pump"], "window_start_ms": [last]}
+    )
     return long, current
 
 
