@@ -47,6 +47,7 @@ from alerting.retry import DeliveryError, delivery_retrying
 from alerting.senders import EmailSender, SlackSender, SmsSender, read_secret
 from alerting.store import DEAD, DELIVERED, Delivery, EnqueueResult, FollowUp, NewDelivery, Store
 from connectors.kafka import consume_batches, make_consumer
+from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -607,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=a.relay_port)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     # httpx logs every request's URL at INFO, and a Slack incoming-webhook URL is a secret.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     # While ClickHouse is down the delivery log warns once per outage; the client library would warn per retry.

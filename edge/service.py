@@ -37,6 +37,7 @@ from edge import validation as v
 from edge.chunking import batch_to_records
 from edge.progress import FleetProgress, ProgressMarkers
 from edge.proto import telemetry_pb2
+from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
@@ -354,7 +355,7 @@ def serve(settings: Settings | None = None, create_topics: bool = True) -> tuple
 
 def main() -> None:
     """``python -m edge.service``: run until SIGTERM/SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     stop = stop_event_on_signals()
     _, shutdown = serve(get_settings())
     stop.wait()

@@ -15,7 +15,6 @@ or on a standalone cluster with flink run:    vigil job submit agents --target c
 from __future__ import annotations
 
 import argparse
-import logging
 
 from pyflink.table import TableEnvironment
 
@@ -29,6 +28,7 @@ from jobs.flink_env import (
 )
 from udfs.agents_udtf import NAME as AGENTS_FUNCTION
 from udfs.agents_udtf import RESULT_FIELDS, run_agents_udtf
+from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-agents"
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-resume", action="store_true", help="ignore retained checkpoints")
     parser.add_argument("--print-sql", action="store_true", help="print the rendered SQL and exit")
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = get_settings()
     ddl, inserts = statements(settings)
     if args.print_sql:

@@ -46,6 +46,7 @@ from connectors.alertmanager import (
 )
 from connectors.kafka import ensure_topics, make_consumer, run_batches
 from connectors.self_metrics import push_self_metrics
+from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
@@ -253,7 +254,7 @@ def _label_key(alert: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     stop = stop_event_on_signals()
     settings = get_settings()
     try:

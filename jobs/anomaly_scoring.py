@@ -17,7 +17,6 @@ or on a standalone cluster with flink run:    vigil job submit anomaly-scoring -
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable
 
 from pyflink.table import TableEnvironment
@@ -33,6 +32,7 @@ from jobs.flink_env import (
 )
 from udfs.scoring_udf import NAME as SCORE_FUNCTION
 from udfs.scoring_udf import RESULT_TYPE, score_hops_udf
+from vigil.logs import setup_logging
 from vigil.rules import ResolvedRules, RulesConfig, load_rules, sensor_key
 from vigil.settings import Settings, get_settings
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--explain", action="store_true", help="print the optimized plan and exit")
     parser.add_argument("--print-sql", action="store_true", help="print the rendered SQL and exit")
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = get_settings()
     config = load_rules(settings.scoring.rules_path)  # fails fast, naming the bad field
     ddl, inserts = statements(settings, config)

@@ -50,6 +50,7 @@ from connectors.clickhouse import (
 from connectors.kafka import DeadLetterWriter, ensure_topics, make_consumer, make_producer, run_batches
 from connectors.self_metrics import push_self_metrics
 from detectors import score_names
+from vigil.logs import setup_logging
 from vigil.settings import Settings
 from vigil.signals import stop_event_on_signals
 
@@ -386,7 +387,7 @@ def run_sinks(
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     stop = stop_event_on_signals()
     try:
         run_sinks(Settings(), stop, push_stats=True)

@@ -14,12 +14,12 @@ or on a standalone cluster with flink run:    vigil job submit fleet-pipeline --
 from __future__ import annotations
 
 import argparse
-import logging
 
 from pyflink.table import TableEnvironment
 
 from jobs import anomaly_scoring, window_stats
 from jobs.flink_env import create_table_env, execute, render_sql
+from vigil.logs import setup_logging
 from vigil.rules import RulesConfig, load_rules
 from vigil.settings import Settings, get_settings
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--explain", action="store_true", help="print the optimized plan and exit")
     parser.add_argument("--print-sql", action="store_true", help="print the rendered SQL and exit")
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = get_settings()
     config = load_rules(settings.scoring.rules_path)  # fails fast, naming the bad field
     ddl, inserts = statements(settings, config)

@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from connectors.kafka import topic_names
 from connectors.self_metrics import push_self_metrics
+from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
@@ -201,7 +202,7 @@ class _Collector:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     stop = stop_event_on_signals()
     KafkaLagExporter(get_settings()).run(stop)
     return 0

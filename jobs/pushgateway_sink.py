@@ -71,6 +71,7 @@ from vigil.contracts import (
     WINDOW_STATS_VALUES,
     anomaly_json_schema,
 )
+from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
@@ -787,7 +788,7 @@ class PushgatewaySink:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     stop = stop_event_on_signals()
     settings = get_settings()
     log.info(

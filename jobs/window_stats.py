@@ -12,11 +12,11 @@ or on a standalone cluster with flink run:    vigil job submit window-stats --ta
 from __future__ import annotations
 
 import argparse
-import logging
 
 from pyflink.table import TableEnvironment
 
 from jobs.flink_env import create_table_env, execute, render_sql, statement_set_of
+from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 
 JOB_NAME = "vigil-window-stats"
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-resume", action="store_true", help="ignore retained checkpoints")
     parser.add_argument("--explain", action="store_true", help="print the optimized plan and exit")
     args, _ = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = get_settings()
     ddl, inserts = statements(settings)
     env = create_table_env(settings, JOB_NAME, ddl + inserts, resume=not args.no_resume)

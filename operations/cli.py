@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +35,7 @@ from operations.evaluate.skab import (
 from operations.stack.flink_cluster import JOBS, start_cluster, stop_cluster, submit
 from operations.stack.services import INFRA, Stack, pipeline_names
 from operations.training.cli import labels_app, models_app, train_command
+from vigil.logs import setup_logging
 from vigil.settings import PROJECT_ROOT, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -216,7 +216,7 @@ def job_submit(
         _fail(f"unknown job {job!r}; known jobs: {', '.join(JOBS)}")
     if target not in ("local", "cluster"):
         _fail("--target must be 'local' or 'cluster'")
-    logging.basicConfig(level=logging.INFO)
+    setup_logging()
     try:
         code = submit(get_settings(), job, target=target, detach=detach, resume=resume)
     except RuntimeError as exc:

@@ -74,6 +74,7 @@ from connectors.clickhouse_access import (
     site_filter,
     table_filters,
 )
+from vigil.logs import setup_logging
 from vigil.settings import Settings
 from vigil.signals import stop_event_on_signals
 
@@ -1208,7 +1209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-path", type=Path, default=settings.data_dir / "clickhouse")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
 
     stop = stop_event_on_signals()
     try:

@@ -47,6 +47,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 
+from vigil.logs import setup_logging
 from vigil.settings import get_settings
 
 if TYPE_CHECKING:
@@ -314,7 +315,7 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--smtp-port", type=int, default=0, help="also accept e-mail on this port (0: no SMTP)")
     parser.add_argument("--log-level", default="INFO")
     options = parser.parse_args(args)
-    logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(options.log_level)
     log.info("SaaS stand-in on %s:%d, recording to %s", options.host, options.port, options.record)
     smtp = (options.host, options.smtp_port) if options.smtp_port else None
     uvicorn.run(
