@@ -3,7 +3,7 @@
 One converter serves every topic: a :class:`RecordSpec` names the JSON contract, the table's
 Arrow shape and the checks a record must pass (window stats, anomaly verdicts).
 
-Works against the local chDB-backed server (``operations.stack.clickhouse_server``) and against any
+Works against the local chDB-backed server (``operations.stack.clickhouse``) and against any
 real ClickHouse; the only difference is ``settings.clickhouse``.
 """
 

@@ -5,7 +5,7 @@ inserts the pipeline's rows; ``relay`` inserts the delivery log; ``agents`` read
 ``console`` and ``api`` read for people). An identity's password lives in a file of its own
 (``<secrets_dir>/<identity>.password``, mode 600), never on a command line, in the environment or in a URL.
 
-The same :class:`Identity` policies are enforced twice over: the local server (``operations.stack.clickhouse_server``)
+The same :class:`Identity` policies are enforced twice over: the local server (``operations.stack.clickhouse``)
 checks every statement against them, and :func:`render_access_sql` turns them into ClickHouse users, settings
 profiles with constraints, grants, site roles and row policies for a production cluster.
 

@@ -1,9 +1,9 @@
 """Agents job: anomaly verdicts -> episodes -> diagnosis, root cause, maintenance (and plug-in) insights.
 
 Reads the anomalies topic (what the anomaly-scoring job decided per machine and window), merges each
-machine's anomalous windows into episodes with a Flink session window (sql/flink/agents_episodes.sql), and
+machine's anomalous windows into episodes with a Flink session window (sql/flink/agents/03_episodes.sql), and
 runs every agent on each closed episode -- and, once an episode has ``agents.early_windows`` anomalous
-windows, on the episode as it stands (sql/flink/agents_open_*.sql, then agents.sql for open episodes: a
+windows, on the episode as it stands (sql/flink/agents/*_open_*.sql, then the insert for open episodes: a
 preliminary analysis the closed one replaces) -- in a Python table function (udfs/agents_udtf.py) that reads the
 episode's evidence from ClickHouse. Insights go to the insights topic; the ClickHouse sink stores them in
 the insights table for the console.
@@ -14,30 +14,25 @@ or on a standalone cluster with flink run:    vigil job submit agents --target c
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Mapping
 
 from pyflink.table import TableEnvironment
 
-from jobs.flink_env import (
-    create_table_env,
-    execute,
-    kafka_sink_options,
-    kafka_source_options,
-    render_sql,
-    statement_set_of,
-)
+from jobs.flink_env import JobSql, kafka_sink_options, kafka_source_options, sql_templates
+from jobs.registry import FLINK_JOBS
+from jobs.spec import FlinkJob
 from udfs.agents_udtf import NAME as AGENTS_FUNCTION
 from udfs.agents_udtf import RESULT_FIELDS, run_agents_udtf
-from vigil.logs import setup_logging
-from vigil.settings import Settings, get_settings
+from vigil.rules import RulesConfig
+from vigil.settings import Settings
 
-JOB_NAME = "vigil-agents"
-DDL = ("agents_source", "agents_flagged", "agents_episodes", "agents_sink")
-OPEN_DDL = ("agents_open_marked", "agents_open_numbered", "agents_open_episodes")  # preliminary analyses
+ENTRY = FLINK_JOBS["agents"]
+OPEN_PREFIX = "open_"  # statements of the preliminary analyses (agents.early_windows > 0)
+INSERT = "insert_insights"  # rendered once per episode view: closed, then open
 
 
-def statements(settings: Settings) -> tuple[list[str], list[str]]:
-    """The job as SQL: DDL (tables, views) and its INSERT."""
+def agents_sql(settings: Settings, rules: RulesConfig | None, overrides: Mapping[str, object]) -> JobSql:
+    """The job's statements (sql/flink/agents/, in file order)."""
     agents, size_ms = settings.agents, settings.window.size_ms
     params: dict[str, object] = {
         "anomalies_source_options": kafka_source_options(
@@ -52,17 +47,23 @@ def statements(settings: Settings) -> tuple[list[str], list[str]]:
         "gap_windows": agents.gap_windows,
         "episode_gap_ms": (agents.gap_windows + 1) * size_ms,
         "early_windows": agents.early_windows,
+        **overrides,
     }
     early = agents.early_windows > 0
-    ddl = [render_sql(name, settings, **params) for name in (*DDL, *(OPEN_DDL if early else ()))]
     runs = [("episodes", "TRUE"), *((("open_episodes", "FALSE"),) if early else ())]  # closed, then preliminary
-    inserts = [render_sql("agents", settings, **params, episodes_view=view, closed=closed) for view, closed in runs]
-    return ddl, inserts
+    sql = JobSql()
+    for template in sql_templates(ENTRY.sql_folder):
+        if template.name == INSERT:
+            for view, closed in runs:
+                sql.add(template, settings, **params, episodes_view=view, closed=closed)
+        elif early or not template.name.startswith(OPEN_PREFIX):
+            sql.add(template, settings, **params)
+    return sql
 
 
-def udf_signature() -> str:
+def udf_signature(settings: Settings) -> str:
     """The table function's part of the plan fingerprint: its result row."""
-    return f"-- python table function {AGENTS_FUNCTION} RETURNS {[name for name, _ in RESULT_FIELDS]}"
+    return f"python table function {AGENTS_FUNCTION} RETURNS {[name for name, _ in RESULT_FIELDS]}"
 
 
 # The open-episode OVER aggregates keep an accumulator per (machine, episode) that no timer clears: state of
@@ -70,33 +71,13 @@ def udf_signature() -> str:
 STATE_TTL = "1 d"
 
 
-def build(env: TableEnvironment, settings: Settings):
-    """Register RUN_AGENTS, run the DDL and return the statement set holding the INSERTs."""
+def prepare(env: TableEnvironment, settings: Settings, rules: RulesConfig | None) -> None:
+    """Bound the open episodes' state and register RUN_AGENTS."""
     env.get_config().set("table.exec.state.ttl", STATE_TTL)
     env.create_temporary_system_function(AGENTS_FUNCTION, run_agents_udtf(settings))
-    return statement_set_of(env, *statements(settings))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-resume", action="store_true", help="ignore retained checkpoints")
-    parser.add_argument("--print-sql", action="store_true", help="print the rendered SQL and exit")
-    args, _ = parser.parse_known_args(argv)
-    setup_logging()
-    settings = get_settings()
-    ddl, inserts = statements(settings)
-    if args.print_sql:
-        print(";\n\n".join(ddl + inserts) + ";")
-        return
-    env = create_table_env(
-        settings,
-        JOB_NAME,
-        [*ddl, *inserts, udf_signature()],
-        resume=not args.no_resume,
-        rest_port=settings.agents.rest_port,
-    )
-    execute(env, build(env, settings), JOB_NAME)
-
+JOB = FlinkJob(ENTRY, agents_sql, prepare=prepare, functions=udf_signature)
 
 if __name__ == "__main__":
-    main()
+    JOB.main()

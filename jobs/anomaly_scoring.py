@@ -16,27 +16,19 @@ or on a standalone cluster with flink run:    vigil job submit anomaly-scoring -
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pyflink.table import TableEnvironment
 
-from jobs.flink_env import (
-    create_table_env,
-    execute,
-    kafka_sink_options,
-    kafka_source_options,
-    render_sql,
-    sql_escape,
-    statement_set_of,
-)
+from jobs.flink_env import JobSql, SqlTemplate, kafka_sink_options, kafka_source_options, sql_escape, sql_templates
+from jobs.registry import FLINK_JOBS
+from jobs.spec import FlinkJob
 from udfs.scoring_udf import NAME as SCORE_FUNCTION
 from udfs.scoring_udf import RESULT_TYPE, score_hops_udf
-from vigil.logs import setup_logging
 from vigil.rules import ResolvedRules, RulesConfig, load_rules, sensor_key
-from vigil.settings import Settings, get_settings
+from vigil.settings import Settings
 
-JOB_NAME = "vigil-anomaly-scoring"
+ENTRY = FLINK_JOBS["anomaly-scoring"]
 
 
 def _double(value: float) -> str:
@@ -84,22 +76,21 @@ def _ms_to_s(ms: int) -> str:
     return f"{ms / 1000:.3f}"
 
 
-# Templates that define `window_stats_on_time` from the window-stats topic (with a lateness branch).
-KAFKA_INPUT = ("anomaly_scoring_source", "dead_letter_sink", "anomaly_scoring_classify", "anomaly_scoring_on_time")
+INPUT_PREFIX = "input_"  # statements defining `window_stats_on_time` from the window-stats topic
 
 
-def statements(
+def scoring_sql(
     settings: Settings,
-    config: RulesConfig | None = None,
-    input_views: tuple[str, ...] = KAFKA_INPUT,
-    **overrides: object,
-) -> tuple[list[str], list[str]]:
-    """The job as SQL: DDL (functions, tables, views) and its INSERTs. ``overrides`` replace template values.
+    rules: RulesConfig | None,
+    overrides: Mapping[str, object],
+    input_templates: list[SqlTemplate] | None = None,
+) -> JobSql:
+    """The job's statements (sql/flink/anomaly_scoring/, in file order). ``overrides`` replace template values.
 
-    ``input_views`` are the templates defining ``window_stats_on_time``: the window-stats topic here, the
-    window operator itself in the combined job (jobs/fleet_pipeline.py).
+    ``input_templates`` replace the ``input_*`` statements, which read the window-stats topic: the combined job
+    (jobs/fleet_pipeline.py) hands the window operator's output over instead.
     """
-    config = config if config is not None else load_rules(settings.scoring.rules_path)
+    config = rules if rules is not None else load_rules(settings.scoring.rules_path)
     scoring, size_ms = settings.scoring, settings.window.size_ms
     group = scoring.consumer_group
     params: dict[str, object] = {
@@ -113,44 +104,32 @@ def statements(
         **rules_params(config),
     }
     params.update(overrides)
-    ddl = [
-        render_sql(name, settings, **params)
-        for name in (
-            "anomaly_rules_functions",
-            "anomaly_scoring_sink",
-            *input_views,
-            "anomaly_rules_limits",
-            "anomaly_rules_history",
-        )
-    ]
-    ddl.append(render_sql("anomaly_rules_count", settings, **params))
-    # One chained view per distinct stuck_windows N (each OVER frame needs its own SELECT).
-    view = "window_stats_counted"
     counts = config.stuck_window_counts()
-    for n in counts:
-        ddl.append(
-            render_sql(
-                "anomaly_rules_stuck",
-                settings,
-                **params,
-                n=n,
-                n_preceding=n - 1,
-                input_view=view,
-                output_view=f"window_stats_flat_{n}",
-            )
-        )
-        view = f"window_stats_flat_{n}"
     stuck_case = "CASE stuck_windows " + " ".join(f"WHEN {n} THEN flat_last_{n} >= {n}" for n in counts) + " END"
-    ddl.append(render_sql("anomaly_rules_checks", settings, **params, input_view=view, stuck_case=stuck_case))
-    ddl += [render_sql(name, settings, **params) for name in ("anomaly_scoring_rule_results", "anomaly_scoring_hops")]
-    late = ("anomaly_scoring_late",) if input_views == KAFKA_INPUT else ()
-    inserts = [render_sql(name, settings, **params) for name in ("anomaly_scoring", *late)]
-    return ddl, inserts
+    sql = JobSql()
+    replaced, view = False, "window_stats_counted"
+    for template in sql_templates(ENTRY.sql_folder):
+        if template.name.startswith(INPUT_PREFIX) and input_templates is not None:
+            if not replaced:
+                for handoff in input_templates:
+                    sql.add(handoff, settings, **params)
+                replaced = True
+        elif template.name == "rules_stuck":
+            # One chained view per distinct stuck_windows N (each OVER frame needs its own SELECT).
+            for n in counts:
+                output = f"window_stats_flat_{n}"
+                sql.add(template, settings, **params, n=n, n_preceding=n - 1, input_view=view, output_view=output)
+                view = output
+        elif template.name == "rules_checks":
+            sql.add(template, settings, **params, input_view=view, stuck_case=stuck_case)
+        else:
+            sql.add(template, settings, **params)
+    return sql
 
 
 def udf_signature(settings: Settings) -> str:
     """The Python UDF's part of the plan fingerprint: its result type and the history it reads."""
-    return f"-- python function {SCORE_FUNCTION} RETURNS {RESULT_TYPE} (hop {settings.scoring.hop_windows} windows)"
+    return f"python function {SCORE_FUNCTION} RETURNS {RESULT_TYPE} (hop {settings.scoring.hop_windows} windows)"
 
 
 def register_functions(env: TableEnvironment, settings: Settings, config: RulesConfig) -> None:
@@ -180,45 +159,13 @@ def configure_python(env: TableEnvironment) -> None:
     config.set("python.fn-execution.bundle.time", "200")
 
 
-def assemble(env: TableEnvironment, settings: Settings, config: RulesConfig, ddl: list[str], inserts: list[str]):
-    """Configure the Python workers, register SCORE_HOPS, run the DDL and gather the INSERTs into one job."""
+def prepare(env: TableEnvironment, settings: Settings, rules: RulesConfig | None) -> None:
+    """Size the Python workers' batches and register SCORE_HOPS (the Java functions come with the DDL)."""
     configure_python(env)
-    register_functions(env, settings, config)
-    return statement_set_of(env, ddl, inserts)
+    register_functions(env, settings, rules if rules is not None else load_rules(settings.scoring.rules_path))
 
 
-def build(env: TableEnvironment, settings: Settings, config: RulesConfig | None = None, **overrides: object):
-    """Register the functions, tables and views, and return the statement set holding the INSERTs."""
-    config = config if config is not None else load_rules(settings.scoring.rules_path)
-    return assemble(env, settings, config, *statements(settings, config, **overrides))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-resume", action="store_true", help="ignore retained checkpoints")
-    parser.add_argument("--explain", action="store_true", help="print the optimized plan and exit")
-    parser.add_argument("--print-sql", action="store_true", help="print the rendered SQL and exit")
-    args, _ = parser.parse_known_args(argv)
-    setup_logging()
-    settings = get_settings()
-    config = load_rules(settings.scoring.rules_path)  # fails fast, naming the bad field
-    ddl, inserts = statements(settings, config)
-    if args.print_sql:
-        print(";\n\n".join(ddl + inserts) + ";")
-        return
-    env = create_table_env(
-        settings,
-        JOB_NAME,
-        [*ddl, *inserts, udf_signature(settings)],
-        resume=not args.no_resume,
-        rest_port=settings.scoring.rest_port,
-    )
-    statement_set = assemble(env, settings, config, ddl, inserts)  # exactly the SQL the checkpoints are keyed by
-    if args.explain:
-        print(statement_set.explain())
-        return
-    execute(env, statement_set, JOB_NAME)
-
+JOB = FlinkJob(ENTRY, scoring_sql, prepare=prepare, functions=udf_signature, uses_rules=True)
 
 if __name__ == "__main__":
-    main()
+    JOB.main()

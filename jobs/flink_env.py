@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -31,18 +32,25 @@ NOW_MS_EXPR = (
 )
 
 
-def plan_fingerprint(statements: list[str]) -> str:
-    """Identity of a job's plan: its rendered SQL plus the Java UDF sources it calls.
+def plan_fingerprint(statements: list[str], functions: str = "") -> str:
+    """Identity of a job's plan: its rendered SQL (comments aside), the Java UDF sources it calls and
+    ``functions``, the signature of the Python functions it registers.
 
     Flink cannot restore window state written by a different plan (it fails on every restart
     with a StateMigrationException), so checkpoints are kept per fingerprint.
     """
     digest = hashlib.sha256()
     for statement in statements:
-        digest.update(statement.encode())
+        digest.update(_without_comment_lines(statement).encode())
+    digest.update(functions.encode())
     for source in sorted(UDF_SOURCES.rglob("*.java")):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _without_comment_lines(statement: str) -> str:
+    """Comments do not change a plan, so editing one must not cost a job its state."""
+    return "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--"))
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
@@ -92,11 +100,11 @@ KAFKA_METADATA_COLUMNS = """kafka_partition INT METADATA FROM 'partition' VIRTUA
     kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,"""
 
 
-def render_sql(name: str, settings: Settings, **extra: object) -> str:
-    """Fill a template from sql/flink/ with values from the settings (the only source of names)."""
+def sql_params(settings: Settings) -> dict[str, object]:
+    """Template values every job's SQL may use, from the settings (the only source of names)."""
     window = settings.window
     group = settings.flink.consumer_group
-    params: dict[str, object] = {
+    return {
         "source_options": kafka_source_options(settings, settings.kafka.telemetry_topic, group),
         "source_metadata_columns": KAFKA_METADATA_COLUMNS,
         "window_stats_sink_options": kafka_sink_options(
@@ -108,17 +116,87 @@ def render_sql(name: str, settings: Settings, **extra: object) -> str:
         "lateness_s": _seconds(window.allowed_lateness_ms),
         "now_ms_expr": NOW_MS_EXPR,
     }
-    params.update(extra)
-    return (SQL_DIR / f"{name}.sql").read_text().format(**params)
+
+
+@dataclass(frozen=True)
+class SqlTemplate:
+    """One statement of a job: ``sql/flink/<job>/NN_<name>.sql``; NN orders the job's statements."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem.split("_", 1)[1]
+
+    @property
+    def text(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def is_insert(self) -> bool:
+        """INSERTs run together as the job's statement set; everything before them is DDL."""
+        code = [line for line in self.text.splitlines() if line.strip() and not line.lstrip().startswith("--")]
+        return bool(code) and code[0].lstrip().upper().startswith("INSERT")
+
+    def render(self, settings: Settings, **extra: object) -> str:
+        return self.text.format(**(sql_params(settings) | extra))
+
+
+def sql_templates(folder: str) -> list[SqlTemplate]:
+    """A job's statements in the order its folder lists them."""
+    paths = sorted((SQL_DIR / folder).glob("[0-9][0-9]_*.sql"))
+    if not paths:
+        raise FileNotFoundError(f"no SQL statements (NN_name.sql) in {SQL_DIR / folder}")
+    return [SqlTemplate(path) for path in paths]
+
+
+def sql_template(ref: str) -> SqlTemplate:
+    """``"<job folder>/<name>"``: one statement by name, whatever its number."""
+    folder, name = ref.split("/")
+    found = [t for t in sql_templates(folder) if t.name == name]
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one {SQL_DIR / folder}/NN_{name}.sql, found {len(found)}")
+    return found[0]
+
+
+def render_sql(ref: str, settings: Settings, **extra: object) -> str:
+    """One statement (``"window_stats/telemetry_source"``) filled from the settings and ``extra``."""
+    return sql_template(ref).render(settings, **extra)
+
+
+@dataclass
+class JobSql:
+    """A job as SQL: DDL (functions, tables, views) and the INSERTs that run together as one job."""
+
+    ddl: list[str] = field(default_factory=list)
+    inserts: list[str] = field(default_factory=list)
+
+    @property
+    def statements(self) -> list[str]:
+        return [*self.ddl, *self.inserts]
+
+    def add(self, template: SqlTemplate, settings: Settings, **extra: object) -> None:
+        (self.inserts if template.is_insert else self.ddl).append(template.render(settings, **extra))
+
+    def __add__(self, other: JobSql) -> JobSql:
+        return JobSql([*self.ddl, *other.ddl], [*self.inserts, *other.inserts])
+
+    def script(self) -> str:
+        return ";\n\n".join(self.statements) + ";"
 
 
 def create_table_env(
-    settings: Settings, job_name: str, statements: list[str], resume: bool = True, rest_port: int | None = None
+    settings: Settings,
+    job_name: str,
+    statements: list[str],
+    functions: str = "",
+    resume: bool = True,
+    rest_port: int | None = None,
 ) -> TableEnvironment:
     """A streaming environment whose checkpoints live under ``<checkpoints>/<job>/<plan fingerprint>``."""
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = env.get_config()
-    checkpoints = settings.checkpoints_dir / job_name / plan_fingerprint(statements)
+    checkpoints = settings.checkpoints_dir / job_name / plan_fingerprint(statements, functions)
     checkpoints.mkdir(parents=True, exist_ok=True)
     # Append, never overwrite: under `flink run` pipeline.jars already holds flink-python's jar.
     existing = Configuration.parse_list_value(config.get("pipeline.jars", ""))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from connectors.clickhouse import vigil_tables
 from connectors.clickhouse_access import password_sha256, render_access_sql
+from jobs.registry import FLINK_JOBS
 from operations.alerts_cli import alerts_app
 from operations.bench.console import results_tables, run_console_bench, write_json
 from operations.bench.latency import run_latency_bench
@@ -32,7 +33,7 @@ from operations.evaluate.skab import (
     skab_detectors,
     write_skab_results,
 )
-from operations.stack.flink_cluster import JOBS, start_cluster, stop_cluster, submit
+from operations.stack.flink_cluster import start_cluster, stop_cluster, submit
 from operations.stack.services import INFRA, Stack, pipeline_names
 from operations.training.cli import labels_app, models_app, train_command
 from vigil.logs import setup_logging
@@ -203,17 +204,15 @@ def simulate(
 
 @job_app.command("submit")
 def job_submit(
-    job: Annotated[
-        str, typer.Argument(help="window-stats | anomaly-scoring | fleet-pipeline | agents")
-    ] = "window-stats",
+    job: Annotated[str, typer.Argument(help=" | ".join(FLINK_JOBS))] = "window-stats",
     target: Annotated[str, typer.Option(help="local (in-process PyFlink) or cluster (flink run)")] = "local",
     detach: Annotated[bool, typer.Option(help="return once submitted (cluster) / run in background (local)")] = False,
     resume: Annotated[bool, typer.Option(help="resume from the newest retained checkpoint")] = True,
 ) -> None:
     """Run a Flink job in-process (local mode) or submit it with `flink run` to the standalone cluster."""
 
-    if job not in JOBS:
-        _fail(f"unknown job {job!r}; known jobs: {', '.join(JOBS)}")
+    if job not in FLINK_JOBS:
+        _fail(f"unknown job {job!r}; known jobs: {', '.join(FLINK_JOBS)}")
     if target not in ("local", "cluster"):
         _fail("--target must be 'local' or 'cluster'")
     setup_logging()

@@ -150,7 +150,7 @@ class RunLoop:
 def start_clickhouse_with_schema(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """Start the local ClickHouse server and apply the schema as the admin identity, as `vigil stack up` does
     (components may only use the schema)."""
-    from operations.stack.clickhouse_server import start_clickhouse_server_process
+    from operations.stack.clickhouse.server import start_clickhouse_server_process
 
     proc = start_clickhouse_server_process(settings, log_path)
     with contextlib.closing(make_client(settings.clickhouse, "admin")) as admin:
@@ -164,7 +164,7 @@ def clickhouse_server(
 ) -> Iterator[ClickHouseSettings]:
     """A ClickHouse server (chDB) on a free port with a fresh data directory and the schema, for one test module
     (``names``: table-name settings; the server grants its identities on these)."""
-    from operations.stack.clickhouse_server import stop_clickhouse_server_process
+    from operations.stack.clickhouse.server import stop_clickhouse_server_process
 
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("vigil-ch"),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 # Window statistics on the window-stats topic, one JSON record per (machine, sensor, window), as
-# written by the Flink job (sql/flink/window_stats_sink.sql). Every field is required.
+# written by the Flink job (sql/flink/window_stats/03_window_stats_sink.sql). Every field is required.
 WINDOW_STATS_LABELS = ("equipment_id", "site", "equipment_type", "sensor", "unit")
 WINDOW_STATS_VALUES = ("avg", "stddev", "min", "max", "count")
 WINDOW_STATS_JSON_SCHEMA = pa.schema(
@@ -20,7 +20,7 @@ WINDOW_STATS_JSON_SCHEMA = pa.schema(
 # Verdicts on the anomalies topic: one JSON record per scored (machine, window) -- normal windows
 # included, so "every window was scored exactly once" can be checked -- plus one `dead_machine`
 # record when a machine falls silent. Written by the anomaly-scoring Flink job
-# (sql/flink/anomaly_scoring_sink.sql); the key is (equipment_id, window_start_ms).
+# (sql/flink/anomaly_scoring/02_verdicts_sink.sql); the key is (equipment_id, window_start_ms).
 ANOMALY_KINDS = ("window", "dead_machine")
 SEVERITIES = ("normal", "warning", "critical")  # ordered: a higher index is worse
 # Scores: the ``scores`` object maps each detector that scored the window (and ``rules``, the largest
@@ -60,7 +60,7 @@ def anomaly_json_schema(score_names: Sequence[str]) -> pa.Schema:
 
 
 # One insight of an agent about an anomaly episode (agents/base.py Insight), written by the agents job
-# (sql/flink/agents_sink.sql); key: equipment_id; dedup key downstream: (episode_id, agent, kind).
+# (sql/flink/agents/04_insights_sink.sql); key: equipment_id; dedup key downstream: (episode_id, agent, kind).
 # window_start_ms / window_end_ms: the episode's first and last anomalous window.
 INSIGHT_SEVERITIES = ("info", "warning", "critical")
 INSIGHT_JSON_SCHEMA = pa.schema(

@@ -6,10 +6,10 @@ fleet run cannot take two hours. So only the transport is replaced; every decisi
 1. simulate: :class:`edge.simulator.fleet.Fleet` (``generate``: one array per equipment type per 5-s tick,
    all machines at once; no protobuf, no Kafka), random faults plus injected dead machines / sensors, with
    their :class:`~edge.simulator.faults.FaultLabel` ground truth;
-2. window statistics as ``sql/flink/window_stats.sql`` defines them: per (machine, sensor, window
+2. window statistics as ``sql/flink/window_stats/08_insert_window_stats.sql`` defines them: per (machine, sensor, window
    ``floor(ts / W) * W``) count, avg, population stddev (exactly 0 for constant samples, as the JVM's
    Welford accumulator gives), min, max;
-3. rule results as ``sql/flink/anomaly_rules_*.sql`` compute them, from the same validated rules file
+3. rule results as ``sql/flink/anomaly_scoring/*_rules_*.sql`` compute them, from the same validated rules file
    (:func:`vigil.rules.load_rules` on ``settings.scoring.rules_path``): static min/max on the average,
    |avg - previous avg| > max_step, stuck (count >= 2 and stddev == 0 in each of the last N rows),
    count_drop (count < (1 - max_drop) x the highest count of the last `windows` rows and this one), and
@@ -18,7 +18,7 @@ fleet run cannot take two hours. So only the transport is replaced; every decisi
 4. models: :func:`operations.training.detectors.train_type` (what ``vigil train`` runs) on the first part of the run,
    labelled fault windows excluded, registered in a temporary :class:`~onnx_models.registry.ModelRegistry`
    and loaded through :class:`udfs.model_set.ModelSet` as the job's UDF loads them;
-5. scoring: hops built as ``sql/flink/anomaly_scoring_hops.sql`` builds them (each window as the current
+5. scoring: hops built as ``sql/flink/anomaly_scoring/13_hops.sql`` builds them (each window as the current
    one with the machine's previous ``history_windows - 1`` windows) and judged by
    :meth:`udfs.scoring.WindowScorer.score` in large batches;
 6. metrics: :func:`operations.evaluate.metrics.fault_scorecard` (definitions there and in docs/detection.md).

@@ -17,16 +17,11 @@ import pyflink
 import requests
 import yaml
 
+from jobs.registry import FLINK_JOBS
 from operations.stack.process import inherited_environment
 from operations.stack.services import Stack
 from vigil.settings import PROJECT_ROOT, Settings
 
-JOBS = {
-    "window-stats": "jobs/window_stats.py",
-    "anomaly-scoring": "jobs/anomaly_scoring.py",
-    "fleet-pipeline": "jobs/fleet_pipeline.py",
-    "agents": "jobs/agents.py",
-}
 TEMPLATE = PROJECT_ROOT / "flink-conf" / "cluster" / "config.yaml.template"
 
 
@@ -134,18 +129,19 @@ def stop_cluster(settings: Settings) -> None:
 
 def submit(settings: Settings, job: str, target: str = "local", detach: bool = False, resume: bool = True) -> int:
     """Run ``job``; returns the exit code of the runner (0 when a detached submission succeeded)."""
-    script = PROJECT_ROOT / JOBS[job]
+    entry = FLINK_JOBS[job]
+    script = PROJECT_ROOT / (entry.module.replace(".", "/") + ".py")
     extra = [] if resume else ["--no-resume"]
     if target == "local":
         if detach:  # the stack's service for this job, started like `vigil demo` starts it
-            Stack(settings).up((f"{job}-job",))
+            Stack(settings).up((entry.service,))
             return 0
         if job == "anomaly-scoring":
             # Its own MiniCluster needs its own REST port: the stack's scoring job holds the configured one.
             scoring = settings.scoring.model_copy(update={"rest_port": _free_port()})
             settings = settings.model_copy(update={"scoring": scoring})
         env = inherited_environment() | settings.to_env()
-        return subprocess.call([sys.executable, "-m", f"jobs.{script.stem}", *extra], cwd=PROJECT_ROOT, env=env)
+        return subprocess.call([sys.executable, "-m", entry.module, *extra], cwd=PROJECT_ROOT, env=env)
     start_cluster(settings)
     flink = flink_home() / "bin" / "flink"
     cmd = [

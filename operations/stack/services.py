@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from connectors.clickhouse import apply_schema, make_client
 from connectors.kafka import ensure_topics
+from jobs.registry import FLINK_JOBS
 from operations.stack import prometheus_configs, saas_standin
 from operations.stack.process import ProcessManager, ServiceSpec, ServiceStatus
 from streamlit_app.access import render_auth_secrets
@@ -118,7 +119,7 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
         "clickhouse": ServiceSpec(
             "clickhouse",
             [
-                *_python_module("operations.stack.clickhouse_server"),
+                *_python_module("operations.stack.clickhouse.server"),
                 "--host",
                 ch.host,
                 "--port",
@@ -189,38 +190,17 @@ def pipeline_specs(settings: Settings) -> dict[str, ServiceSpec]:
             cwd=PROJECT_ROOT,
             description="gRPC ingestion service",
         ),
-        "window-stats-job": _local_flink_job(
-            "window-stats-job",
-            "jobs.window_stats",
-            settings.flink.rest_port,
-            settings.logs_dir / "flink-window-stats",
-            "Flink job: 5-s window statistics (local mode)",
-            env,
-        ),
-        "anomaly-scoring-job": _local_flink_job(
-            "anomaly-scoring-job",
-            "jobs.anomaly_scoring",
-            settings.scoring.rest_port,
-            settings.logs_dir / "flink-anomaly-scoring",
-            "Flink job: rules + ONNX models -> anomalies (local mode)",
-            env,
-        ),
-        "fleet-pipeline-job": _local_flink_job(
-            "fleet-pipeline-job",
-            "jobs.fleet_pipeline",
-            settings.flink.rest_port,
-            settings.logs_dir / "flink-fleet-pipeline",
-            "Flink job: windows + rules + models in one job (local mode)",
-            env,
-        ),
-        "agents-job": _local_flink_job(
-            "agents-job",
-            "jobs.agents",
-            settings.agents.rest_port,
-            settings.logs_dir / "flink-agents",
-            "Flink job: anomaly episodes -> diagnostic, root-cause, maintenance insights (local mode)",
-            env,
-        ),
+        **{
+            job.service: _local_flink_job(
+                job.service,
+                job.module,
+                job.rest_port(settings),
+                settings.logs_dir / job.log_folder,
+                job.description,
+                env,
+            )
+            for job in FLINK_JOBS.values()
+        },
         "clickhouse-sink": ServiceSpec(
             "clickhouse-sink",
             _python_module("jobs.clickhouse_sink"),

@@ -24,7 +24,7 @@ from connectors.kafka import ensure_topics, make_consumer, make_producer
 from detectors import score_names
 from jobs.clickhouse_sink import anomalies_spec, run_sinks
 from jobs.pushgateway_sink import PushgatewaySink
-from operations.stack.clickhouse_server import stop_clickhouse_server_process
+from operations.stack.clickhouse.server import stop_clickhouse_server_process
 from operations.stack.prometheus_configs import pushgateway_argv
 from operations.training.detectors import _flagged_windows
 from tests.conftest import RunLoop, free_port, start_clickhouse_with_schema

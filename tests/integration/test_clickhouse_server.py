@@ -29,12 +29,8 @@ from connectors.clickhouse import (
     window_stats_to_arrow,
 )
 from connectors.clickhouse_access import ensure_passwords
-from operations.stack.clickhouse_server import (
-    _find_insert_format,
-    _split_statement,
-    start_clickhouse_server_process,
-    stop_clickhouse_server_process,
-)
+from operations.stack.clickhouse.protocol import _find_insert_format, _split_statement
+from operations.stack.clickhouse.server import start_clickhouse_server_process, stop_clickhouse_server_process
 from tests.conftest import free_port
 from vigil.settings import ClickHouseSettings, Settings
 
@@ -131,7 +127,7 @@ def test_passwords_are_files_of_their_own_never_arguments(ch_settings: Settings)
     server = [
         p
         for p in psutil.process_iter(["cmdline", "environ"])
-        if "operations.stack.clickhouse_server" in " ".join(p.info["cmdline"] or [])
+        if "operations.stack.clickhouse.server" in " ".join(p.info["cmdline"] or [])
         and str(ch.port) in " ".join(p.info["cmdline"] or [])
     ]
     assert server, "the test server's process was not found"

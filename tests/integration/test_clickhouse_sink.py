@@ -15,7 +15,7 @@ from confluent_kafka import TopicPartition
 from connectors.clickhouse import MALFORMED_REASON, WINDOW_STATS_TABLE, WINDOW_STATS_VIEW, make_client
 from connectors.kafka import ensure_topics, make_consumer, make_producer
 from jobs.clickhouse_sink import ClickHouseSink
-from operations.stack.clickhouse_server import stop_clickhouse_server_process
+from operations.stack.clickhouse.server import stop_clickhouse_server_process
 from tests.conftest import clickhouse_server, free_port, start_clickhouse_with_schema
 from vigil.settings import ClickHouseSettings, KafkaSettings, Settings
 

@@ -19,10 +19,10 @@ import pytest
 import detectors
 from connectors.clickhouse import anomalies_to_arrow, insert_rows, make_client
 from detectors import all_detectors, benchmark_detectors, job_detectors, score_names
-from jobs.anomaly_scoring import build
+from jobs.anomaly_scoring import JOB
 from onnx_models.registry import ModelRegistry
 from operations.evaluate.skab import evaluate_skab, skab_detectors
-from operations.stack.clickhouse_server import stop_clickhouse_server_process
+from operations.stack.clickhouse.server import stop_clickhouse_server_process
 from operations.training.detectors import train_type, trainable_detectors
 from tests.conftest import free_port, start_clickhouse_with_schema
 from tests.unit.skab_files import write_skab_file
@@ -133,7 +133,7 @@ def trained_and_scored(example_file: Path, tmp_path_factory: pytest.TempPathFact
     source, out, dead_letters = tmp / "in", tmp / "out", tmp / "dead-letters"
     source.mkdir()
     (source / "window_stats.json").write_bytes(b"\n".join(orjson.dumps(r) for r in records))
-    job = build(table_env(tmp / "jars"), settings, rules_config(), **file_overrides(source, out, dead_letters))
+    job = JOB.build(table_env(tmp / "jars"), settings, rules_config(), **file_overrides(source, out, dead_letters))
     job.execute().wait()
     lines = [
         line

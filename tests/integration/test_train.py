@@ -17,7 +17,7 @@ from edge.simulator.ground_truth import FaultLabel, GroundTruthWriter
 from onnx_models.features import window_features
 from onnx_models.registry import ModelRegistry, default_root
 from onnx_models.runtime import OnnxModel
-from operations.stack.clickhouse_server import start_clickhouse_server_process, stop_clickhouse_server_process
+from operations.stack.clickhouse.server import start_clickhouse_server_process, stop_clickhouse_server_process
 from operations.training.detectors import TrainingDataError, train
 from tests.conftest import free_port
 from vigil.settings import ClickHouseSettings, Settings

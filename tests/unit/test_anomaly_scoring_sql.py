@@ -210,7 +210,7 @@ def train_pump_model(registry: ModelRegistry) -> PcaT2Q:
 
 @pytest.fixture(scope="module")
 def flink_anomalies(tmp_path_factory: pytest.TempPathFactory):
-    from jobs.anomaly_scoring import build
+    from jobs.anomaly_scoring import JOB
 
     tmp = tmp_path_factory.mktemp("anomaly-scoring")
     records, pump = window_stats(np.random.default_rng(11))
@@ -224,7 +224,7 @@ def flink_anomalies(tmp_path_factory: pytest.TempPathFactory):
     )
     model = train_pump_model(ModelRegistry(settings.models_dir))
     env = table_env(tmp / "jars")
-    build(env, settings, rules_config(), **file_overrides(source, out, dead_letters)).execute().wait()
+    JOB.build(env, settings, rules_config(), **file_overrides(source, out, dead_letters)).execute().wait()
     got = read_json_dir(out)
     got["window"] = (got.window_start_ms - T0) // SIZE_MS
     return got, pump, model
@@ -334,11 +334,11 @@ def test_normal_machine_windows_are_normal(flink_anomalies) -> None:
 
 def test_repo_rules_config_plans(tmp_path) -> None:
     """The shipped flink-conf/rules.yaml renders into SQL Flink accepts (with every CASE filled in)."""
-    from jobs.anomaly_scoring import build
+    from jobs.anomaly_scoring import JOB
 
     settings = Settings(data_dir=tmp_path)
     env = table_env(tmp_path / "jars")
     (tmp_path / "in").mkdir()
     overrides = file_overrides(tmp_path / "in", tmp_path / "out", tmp_path / "dl")
-    plan = build(env, settings, None, **overrides).explain()
+    plan = JOB.build(env, settings, None, **overrides).explain()
     assert "EWMA_ZSCORE" in plan and "pump/flow" in plan and "SCORE_HOPS" in plan

@@ -80,7 +80,6 @@ def files(path) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
     from jobs import anomaly_scoring, fleet_pipeline, window_stats
-    from jobs.flink_env import render_sql, statement_set_of
 
     tmp = tmp_path_factory.mktemp("fleet-pipeline")
     source = tmp / "telemetry"
@@ -106,10 +105,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
         "window_stats_sink_options": files(split_stats),
         "dead_letter_sink_options": files(tmp / "split-late"),
     }
-    ddl = [render_sql(name, settings, **overrides) for name in window_stats.DDL]
-    inserts = [render_sql(name, settings, **overrides) for name in window_stats.INSERTS]
-    statement_set_of(table_env(tmp / "jars"), ddl, inserts).execute().wait()
-    anomaly_scoring.build(
+    window_stats.JOB.build(table_env(tmp / "jars"), settings, **overrides).execute().wait()
+    anomaly_scoring.JOB.build(
         table_env(tmp / "jars"),
         settings,
         config,
@@ -120,7 +117,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
 
     # (b) combined
     combined_stats, combined_out = tmp / "combined-stats", tmp / "combined-out"
-    fleet_pipeline.build(
+    fleet_pipeline.JOB.build(
         table_env(tmp / "jars"),
         settings,
         config,

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from jobs.flink_env import latest_checkpoint, plan_fingerprint
-from jobs.window_stats import statements
+from jobs.window_stats import JOB
 from vigil.settings import Settings, WindowSettings
 
 
@@ -29,7 +29,16 @@ def test_latest_complete_checkpoint_wins(tmp_path: Path) -> None:
 
 def test_plan_fingerprint_follows_the_sql_the_job_runs() -> None:
     base = Settings()
-    same = plan_fingerprint(sum(statements(base), []))
-    assert same == plan_fingerprint(sum(statements(Settings()), []))
+    same = plan_fingerprint(JOB.statements(base).statements)
+    assert same == plan_fingerprint(JOB.statements(Settings()).statements)
     wider = base.model_copy(update={"window": WindowSettings(size_ms=10_000)})
-    assert plan_fingerprint(sum(statements(wider), [])) != same
+    assert plan_fingerprint(JOB.statements(wider).statements) != same
+
+
+def test_plan_fingerprint_ignores_comments_but_not_the_python_functions() -> None:
+    statements = JOB.statements(Settings()).statements
+    same = plan_fingerprint(statements)
+    commented = [f"-- a comment edited\n{statement}" for statement in statements]
+    assert plan_fingerprint(commented) == same
+    assert plan_fingerprint(statements, "python function F RETURNS INT") != same
+    assert plan_fingerprint(statements[:-1]) != same

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from edge.chunking import batch_to_records
 from edge.proto import telemetry_pb2
 from edge.validation import BatchValidator
 from jobs.flink_env import render_sql
-from jobs.window_stats import DDL, INSERTS
+from jobs.registry import FLINK_JOBS
 from vigil.settings import PROJECT_ROOT, Settings
 
 PROTO_DIR = PROJECT_ROOT / "edge" / "proto"
@@ -80,13 +81,13 @@ def test_edge_records_carry_exactly_the_flink_source_columns() -> None:
     assert validation.ok, validation.detail
     ((_, value),) = batch_to_records(batch, validation.arrays, settings.window.size_ms, now)
     record = orjson.loads(value)
-    assert set(record) == set(_columns(render_sql("telemetry_source", settings)))
+    assert set(record) == set(_columns(render_sql("window_stats/telemetry_source", settings)))
     assert set(record["sensors"][0]) == {"sensor", "unit", "ts", "v"}
 
 
 def test_flink_window_stats_output_is_what_the_cold_path_parses() -> None:
     settings = Settings()
-    columns = _columns(render_sql("window_stats_sink", settings))
+    columns = _columns(render_sql("window_stats/window_stats_sink", settings))
     record = dict.fromkeys(columns, 1)
     record |= {
         "equipment_id": "m",
@@ -109,10 +110,14 @@ def test_flink_window_stats_output_is_what_the_cold_path_parses() -> None:
     assert table.column("avg").to_pylist() == [1.5]
 
 
-@pytest.mark.parametrize("name", [*DDL, *INSERTS])
-def test_every_flink_template_renders_without_placeholders(name: str) -> None:
-    sql = render_sql(name, Settings())
-    assert not re.search(r"\{[a-z_]+\}", sql), sql
+@pytest.mark.parametrize("name", list(FLINK_JOBS))
+def test_every_flink_job_renders_without_placeholders(name: str) -> None:
+    job = importlib.import_module(FLINK_JOBS[name].module).JOB
+    assert job.entry is FLINK_JOBS[name], "the module's JOB must be its registry entry's"
+    sql = job.statements(Settings())
+    assert sql.ddl and sql.inserts
+    for statement in sql.statements:
+        assert not re.search(r"\{[a-z_]+\}", statement), statement
 
 
 def test_clickhouse_schema_is_partitioned_ordered_and_has_ttl() -> None:
@@ -123,19 +128,19 @@ def test_clickhouse_schema_is_partitioned_ordered_and_has_ttl() -> None:
 
 
 def test_scoring_job_reads_exactly_what_the_window_job_writes() -> None:
-    from jobs.anomaly_scoring import statements as scoring_statements
+    from jobs.anomaly_scoring import JOB
 
     settings = Settings()
-    ddl, _ = scoring_statements(settings)
+    ddl = JOB.statements(settings).ddl
     source = next(statement for statement in ddl if "CREATE TABLE window_stats_in" in statement)
-    assert _columns(source) == _columns(render_sql("window_stats_sink", settings))
+    assert _columns(source) == _columns(render_sql("window_stats/window_stats_sink", settings))
 
 
 def test_scoring_job_writes_exactly_the_anomaly_contract() -> None:
-    from jobs.anomaly_scoring import statements as scoring_statements
+    from jobs.anomaly_scoring import JOB
     from vigil.contracts import anomaly_json_schema
 
-    ddl, _ = scoring_statements(Settings())
+    ddl = JOB.statements(Settings()).ddl
     sink = next(statement for statement in ddl if "CREATE TABLE anomalies_out" in statement)
     assert _columns(sink) == list(anomaly_json_schema([]).names)
     assert "scores MAP<STRING, DOUBLE>," in sink

@@ -38,7 +38,7 @@ OPTIONS = SimOptions(
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
-    from jobs.anomaly_scoring import build
+    from jobs.anomaly_scoring import JOB
 
     tmp = tmp_path_factory.mktemp("sim-vs-flink")
     settings = Settings(data_dir=tmp)
@@ -80,7 +80,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.Dat
     source.mkdir()
     (source / "window_stats.json").write_bytes(b"\n".join(orjson.dumps(r) for r in records.to_dict("records")))
     env = table_env(tmp / "jars")
-    build(env, settings, config, **file_overrides(source, out, dead_letters)).execute().wait()
+    JOB.build(env, settings, config, **file_overrides(source, out, dead_letters)).execute().wait()
     flink = read_json_dir(out)
     return offline[offline.emit], flink, train_end, run.end_ms
 

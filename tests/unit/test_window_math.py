@@ -93,10 +93,10 @@ def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFram
         "window_stats_sink",
         "classify_lateness",
         "samples_on_time",
-        "window_stats_windows",
+        "windows",
     ):
-        env.execute_sql(render_sql(name, settings, **overrides))
-    env.execute_sql(render_sql("window_stats", settings, **overrides)).wait()
+        env.execute_sql(render_sql(f"window_stats/{name}", settings, **overrides))
+    env.execute_sql(render_sql("window_stats/insert_window_stats", settings, **overrides)).wait()
     lines = [
         json.loads(line)
         for path in out.rglob("*")

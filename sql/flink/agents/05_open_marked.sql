@@ -1,4 +1,4 @@
--- Open episodes, step 1: mark the anomalous windows that start an episode (see agents_open_episodes.sql).
+-- Open episodes, step 1: mark the anomalous windows that start an episode (see 07_open_episodes.sql).
 CREATE TEMPORARY VIEW anomalies_flagged_marked AS
 SELECT *,
     CASE WHEN window_start_ms - COALESCE(LAG(window_start_ms) OVER (PARTITION BY equipment_id ORDER BY rowtime), 0)

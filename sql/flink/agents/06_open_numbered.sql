@@ -1,4 +1,4 @@
--- Open episodes, step 2: number each machine's episodes (see agents_open_episodes.sql).
+-- Open episodes, step 2: number each machine's episodes (see 07_open_episodes.sql).
 CREATE TEMPORARY VIEW anomalies_flagged_numbered AS
 SELECT *,
     SUM(starts_episode) OVER (PARTITION BY equipment_id ORDER BY rowtime

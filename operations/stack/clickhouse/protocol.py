@@ -1,31 +1,15 @@
-"""ClickHouse's HTTP interface served over embedded chDB.
+"""ClickHouse's HTTP protocol in front of the engine, so an unmodified ``clickhouse-connect`` talks to it.
 
-There is no ClickHouse server on a developer machine, but chDB embeds the real engine. This
-module puts the ClickHouse HTTP protocol in front of it, so everything else in Vigil (the sink,
-dashboards, tests) talks to it with an unmodified ``clickhouse-connect`` client and can be
-pointed at a real ClickHouse cluster by changing ``VIGIL_CLICKHOUSE__HOST/PORT`` only.
-
-Design:
-
-* One process owns the data directory (chDB hosts one engine per process). The engine is kept
-  alive by a root connection for the life of the server.
-* Every chDB connection ("handle") carries its own ``USE`` database and ``SET`` settings, and
-  handles run queries concurrently. A ClickHouse HTTP *session* (``session_id``) gets a dedicated
-  handle, so session state behaves as in ClickHouse. Session-less requests borrow a pooled handle
-  keyed by their settings, so the common case never re-issues ``SET`` statements.
-* ``INSERT ... FORMAT X`` bodies are streamed straight into the engine with chDB's streaming
-  inserter (no temp files, no re-encoding); other statements run with ``Connection.query``.
-* Request bodies may be compressed (``Content-Encoding`` lz4/zstd/gzip/deflate, possibly
-  several concatenated frames, as clickhouse-connect sends them) and chunked.
-* Errors are ClickHouse errors: ``Code: N. DB::Exception: ...`` body, HTTP status as ClickHouse
-  maps it, and the ``X-ClickHouse-Exception-Code`` header, so clients raise ``DatabaseError``.
-
-Run: ``python -m operations.stack.clickhouse_server --port 18123 --data-path DIR --user U --password P``.
+A request is taken apart as ClickHouse does it: the ``query`` parameter and the body are one stream, so the data of
+``INSERT ... FORMAT X`` is found after the format name and streamed straight into the engine (no temp files, no
+re-encoding); bodies may be chunked and compressed (lz4/zstd/gzip/deflate, several concatenated frames as
+clickhouse-connect sends them). Users are authenticated and held to their identity's policies here, before the
+engine runs a statement. Answers carry ClickHouse's headers and formats; errors carry its ``Code: N.
+DB::Exception`` text, HTTP status and ``X-ClickHouse-Exception-Code``, so clients raise ``DatabaseError``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import contextlib
@@ -34,74 +18,50 @@ import email.policy
 import hmac
 import json
 import logging
-import os
-import queue
 import re
-import subprocess
-import sys
-import threading
 import time
 import urllib.parse
 import uuid
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Protocol
 
-import chdb
 import lz4.frame
-import requests
 from backports import zstd
 
-from connectors.clickhouse import vigil_tables
 from connectors.clickhouse_access import (
-    COMBINATORS_QUERY,
-    FUNCTIONS_QUERY,
     AccessDenied,
     FunctionCatalogue,
     Identity,
     VigilTables,
     check_statement,
-    ensure_passwords,
-    identities,
     parse_ast,
     password_sha256,
-    read_password,
     setting_changeable,
     site_filter,
     table_filters,
 )
-from vigil.logs import setup_logging
-from vigil.settings import Settings
-from vigil.signals import stop_event_on_signals
-
-if TYPE_CHECKING:
-    from vigil.settings import Settings
+from operations.stack.clickhouse.engine import (
+    DEFAULT_SESSION_TIMEOUT_S,
+    MAX_SESSION_TIMEOUT_S,
+    ChdbEngine,
+    Handle,
+)
+from operations.stack.clickhouse.errors import ClickHouseError
 
 log = logging.getLogger("vigil.clickhouse_server")
 
 SERVER_DISPLAY_NAME = "vigil-chdb"
-# ClickHouse's own default limits, applied the same way here.
+# ClickHouse's own default limit, applied the same way here.
 MAX_QUERY_SIZE = 256 * 1024
-DEFAULT_SESSION_TIMEOUT_S = 60.0
-MAX_SESSION_TIMEOUT_S = 3600.0
-# Idle session-less handles kept for reuse (each is a chDB connection).
-MAX_POOLED_HANDLES = 16
 # Coalesce body chunks so the engine parses in large pieces rather than per network read.
 INSERT_APPEND_BYTES = 16 * 1024 * 1024
 # Statements other than INSERT ... FORMAT are held in memory whole.
 MAX_TEXT_QUERY_BYTES = 16 * 1024 * 1024
 # One request's body, as sent and after decompression (a gzip bomb stops here).
 MAX_REQUEST_BYTES = 2 * 1024 * 1024 * 1024
-# Requests served at once, and connections waiting for a worker beyond them (more are answered 503).
-MAX_WORKERS = 128
-MAX_WAITING = 512
-# Passwords a server listening beyond loopback refuses.
-WEAK_PASSWORDS = frozenset({"", "vigil", "default", "password", "clickhouse", "admin"})
-MIN_REMOTE_PASSWORD_CHARS = 16
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 
 # URL parameters that are part of the HTTP protocol, not engine settings.
@@ -136,27 +96,6 @@ TRANSPORT_PARAMS = frozenset(
     }
 )
 
-# ClickHouse's exception-code -> HTTP status mapping (the subset that matters to clients).
-_HTTP_STATUS_BY_CODE = {
-    194: 401,  # REQUIRED_PASSWORD
-    516: 401,  # AUTHENTICATION_FAILED
-    164: 403,  # READONLY
-    497: 403,  # ACCESS_DENIED
-    48: 501,  # NOT_IMPLEMENTED
-    **dict.fromkeys((6, 26, 27, 36, 38, 41, 42, 43, 53, 62, 72, 117, 271), 400),
-    **dict.fromkeys((46, 47, 50, 56, 60, 73, 81, 115), 404),
-}
-_CODE_NAMES = {
-    36: "BAD_ARGUMENTS",
-    48: "NOT_IMPLEMENTED",
-    62: "SYNTAX_ERROR",
-    271: "CANNOT_DECOMPRESS",
-    372: "SESSION_NOT_FOUND",
-    373: "SESSION_IS_LOCKED",
-    516: "AUTHENTICATION_FAILED",
-    1001: "STD_EXCEPTION",
-}
-_CODE_RE = re.compile(r"Code: (\d+)\.")
 _CHECK_SCOPE_RE = re.compile(r": In scope (?:SELECT formatQuery|EXPLAIN AST).*?(?= \([A-Z_]+\)$|$)", re.S)
 
 _CONTENT_TYPES = {
@@ -187,267 +126,6 @@ _SQL_TOKEN_RE = re.compile(
 _LEADING_NOISE_RE = re.compile(rb"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.DOTALL)
 _FIRST_WORD_RE = re.compile(rb"[A-Za-z]+")
 _TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
-
-
-class ClickHouseError(Exception):
-    """An error reported to the client the way ClickHouse reports it."""
-
-    def __init__(self, code: int, message: str, status: int | None = None) -> None:
-        if not message.startswith("Code: "):
-            name = _CODE_NAMES.get(code)
-            message = f"Code: {code}. DB::Exception: {message}" + (f" ({name})" if name else "")
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status or _HTTP_STATUS_BY_CODE.get(code, 500)
-
-    @classmethod
-    def from_engine(cls, exc: BaseException) -> ClickHouseError:
-        """Wrap a chDB exception, keeping ClickHouse's own code and text."""
-        text = str(exc)
-        start = text.find("Code: ")
-        if start >= 0:
-            text = text[start:].strip()
-            match = _CODE_RE.match(text)
-            if match:
-                return cls(int(match.group(1)), text)
-        return cls(1001, f"{type(exc).__name__}: {text}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Engine: chDB connections, sessions and pooling
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Handle:
-    """One chDB connection and the state ClickHouse keeps per session."""
-
-    conn: Any
-    database: str | None = "default"
-    applied: dict[str, str] = field(default_factory=dict)
-    busy: bool = False
-    # Set when a statement changed state (SET/USE) that a pooled handle must not carry over.
-    discard: bool = False
-    last_used: float = field(default_factory=time.monotonic)
-    timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
-
-
-class ChdbEngine:
-    """Owns the chDB engine for one data directory and hands out connections."""
-
-    def __init__(self, data_path: Path) -> None:
-
-        self._chdb = chdb
-        self.data_path = Path(data_path).resolve()
-        self.data_path.mkdir(parents=True, exist_ok=True)
-        # file() and INTO OUTFILE resolve relative paths here: an empty directory of the server's own.
-        self.user_files = self.data_path.parent / f"{self.data_path.name}-user-files"
-        self.user_files.mkdir(parents=True, exist_ok=True)
-        self._conn_str = f"{self.data_path}?user_files_path={self.user_files}"
-        try:
-            self._root = chdb.connect(self._conn_str)
-        except Exception as exc:
-            raise RuntimeError(
-                f"cannot open the chDB store at {self.data_path}: {exc}. Is another Vigil ClickHouse "
-                "server using this data directory? Stop it (`vigil stack down`) or pass another --data-path."
-            ) from exc
-        row = self._root.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split("\t")
-        self.version, self.timezone = row[0].strip(), row[1].strip()
-        self._lock = threading.Lock()
-        self._idle: OrderedDict[tuple, list[_Handle]] = OrderedDict()
-        self._sessions: dict[tuple[str, str], _Handle] = {}
-        self._active = 0
-        self._idle_cond = threading.Condition(self._lock)
-        self._closed = False
-
-    # -- handles -------------------------------------------------------------------------------
-    def _new_handle(self) -> _Handle:
-        try:
-            return _Handle(self._chdb.connect(self._conn_str))
-        except Exception as exc:
-            raise ClickHouseError.from_engine(exc) from exc
-
-    def _expire_sessions_locked(self, now: float) -> None:
-        for key, handle in list(self._sessions.items()):
-            if not handle.busy and now - handle.last_used > handle.timeout_s:
-                del self._sessions[key]
-                handle.close()
-
-    def _pool_size_locked(self) -> int:
-        return sum(len(handles) for handles in self._idle.values())
-
-    @contextlib.contextmanager
-    def acquire(
-        self,
-        settings: dict[str, str],
-        session: tuple[str, str] | None = None,
-        session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
-        session_check: bool = False,
-        owner: str = "",
-    ) -> Iterator[_Handle]:
-        """A handle with ``settings`` applied: the session's own, or a pooled one.
-
-        A session's handle is locked for the request (a concurrent request in the same session
-        fails as in ClickHouse). Pooled handles return to the pool unless ``handle.discard``.
-        """
-        now = time.monotonic()
-        pool_key = (owner, *sorted(settings.items()))  # handles are never shared across identities
-        handle: _Handle | None = None
-        with self._lock:
-            if self._closed:
-                raise ClickHouseError(1001, "the server is shutting down")
-            self._expire_sessions_locked(now)
-            if session is not None:
-                handle = self._sessions.get(session)
-                if handle is None and session_check:
-                    raise ClickHouseError(372, f"Session {session[1]} not found")
-                if handle is not None and handle.busy:
-                    raise ClickHouseError(373, f"Session {session[1]} is locked by a concurrent client.")
-            else:
-                bucket = self._idle.get(pool_key)
-                if bucket:
-                    handle = bucket.pop()
-                    if not bucket:
-                        del self._idle[pool_key]
-            if handle is not None:
-                handle.busy = True
-            self._active += 1
-        fresh = handle is None
-        try:
-            if handle is None:
-                handle = self._new_handle()
-                handle.busy = True
-                if session is not None:
-                    with self._lock:
-                        if session in self._sessions:  # lost a race with a concurrent request
-                            handle.close()
-                            raise ClickHouseError(373, f"Session {session[1]} is locked by a concurrent client.")
-                        self._sessions[session] = handle
-            handle.timeout_s = session_timeout_s
-            handle.discard = False
-            self._apply_settings(handle, settings, revert_missing=session is not None and not fresh)
-        except BaseException:
-            # A pooled handle must match its pool key; a session keeps its (accurately tracked)
-            # state, as a ClickHouse session survives a request with a bad setting.
-            self._finish(handle, session, pool_key, discard=session is None)
-            raise
-        discard = False
-        try:
-            yield handle
-        except ClickHouseError:
-            raise
-        except BaseException:
-            discard = session is None  # e.g. the client vanished mid-insert: start clean next time
-            raise
-        finally:
-            self._finish(handle, session, pool_key, discard or handle.discard)
-
-    def _finish(self, handle: _Handle | None, session: tuple[str, str] | None, pool_key: tuple, discard: bool) -> None:
-        with self._lock:
-            self._active -= 1
-            if handle is not None:
-                handle.busy = False
-                handle.last_used = time.monotonic()
-                if session is not None:
-                    if self._closed:
-                        handle.close()
-                    elif discard and self._sessions.get(session) is handle:
-                        del self._sessions[session]
-                        handle.close()
-                elif discard or self._closed:
-                    handle.close()
-                else:
-                    self._idle.setdefault(pool_key, []).append(handle)
-                    self._idle.move_to_end(pool_key)
-                    while self._pool_size_locked() > MAX_POOLED_HANDLES:
-                        oldest_key, bucket = next(iter(self._idle.items()))
-                        bucket.pop(0).close()
-                        if not bucket:
-                            del self._idle[oldest_key]
-            self._idle_cond.notify_all()
-
-    @staticmethod
-    def _apply_settings(handle: _Handle, settings: dict[str, str], revert_missing: bool) -> None:
-        """Bring the handle's settings to ``settings`` with as few ``SET`` statements as possible.
-
-        ``handle.applied`` tracks every statement that succeeded, so it stays accurate on errors.
-        """
-        changes: list[tuple[str, str | None]] = [(k, v) for k, v in settings.items() if handle.applied.get(k) != v]
-        if revert_missing:  # session handles: settings of earlier requests revert to defaults
-            changes += [(k, None) for k in handle.applied if k not in settings]
-        for name, value in changes:
-            literal = "DEFAULT" if value is None else _quote(value)
-            try:
-                handle.conn.query(f"SET {_setting_name(name)} = {literal}", "TabSeparated")
-            except Exception as exc:
-                raise ClickHouseError.from_engine(exc) from exc
-            if value is None:
-                handle.applied.pop(name, None)
-            else:
-                handle.applied[name] = value
-
-    def function_catalogue(self) -> FunctionCatalogue:
-        """The functions a constrained identity may call, from this engine's own catalogue."""
-        handle = self._new_handle()
-        try:
-            rows = handle.conn.query(FUNCTIONS_QUERY, "TabSeparated").bytes().decode().splitlines()
-            combinators = handle.conn.query(COMBINATORS_QUERY, "TabSeparated").bytes().decode().split()
-        finally:
-            handle.close()
-        parsed = []
-        for row in rows:
-            name, categories, alias, aggregate, insensitive = (row.split("\t") + ["", "", "", "0", "0"])[:5]
-            parsed.append((name, categories, alias, int(aggregate or 0), int(insensitive or 0)))
-        return FunctionCatalogue.from_rows(parsed, combinators)
-
-    def close(self, wait_s: float = 10.0) -> None:
-        """Let running queries finish (up to ``wait_s``), then close every connection."""
-        deadline = time.monotonic() + wait_s
-        with self._lock:
-            self._closed = True
-            while self._active and time.monotonic() < deadline:
-                self._idle_cond.wait(max(0.0, deadline - time.monotonic()))
-            handles = [h for bucket in self._idle.values() for h in bucket] + list(self._sessions.values())
-            self._idle.clear()
-            self._sessions.clear()
-        for handle in handles:
-            handle.close()
-        with contextlib.suppress(Exception):
-            self._root.close()
-
-
-def _lowers(identity: Identity, name: str, value: str) -> bool:
-    """A numeric limit of the identity's profile may be lowered by a query (ClickHouse's MAX constraint)."""
-    limit = identity.limits.get(name)
-    if limit is None or not limit.isdigit():
-        return False
-    try:
-        number = float(value)
-    except ValueError:
-        return False
-    return 0 < number <= float(limit)
-
-
-def _tsv_escape(value: str) -> str:
-    """A query parameter's value as the engine reads it (escaped like TabSeparated)."""
-    return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
-    )
-
-
-def _setting_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ClickHouseError(36, f"Invalid setting name {name!r} in the request parameters")
-    return name
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,52 +388,30 @@ class ServerConfig:
     catalogue: FunctionCatalogue | None = None
 
 
-class ClickHouseHTTPServer(HTTPServer):
-    """HTTP/1.1 server with a bounded pool of workers: MAX_WORKERS connections served at once, MAX_WAITING
-    queued for a worker; beyond that a connection is answered 503 at once instead of costing a thread.
-    Workers are daemon threads, so an idle keep-alive connection never holds up shutdown."""
+class ClickHouseService(Protocol):
+    """What a handler needs of the HTTP server it runs in."""
 
-    allow_reuse_address = True
-    request_queue_size = 128
+    engine: ChdbEngine
+    config: ServerConfig
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        engine: ChdbEngine,
-        config: ServerConfig,
-        max_workers: int = MAX_WORKERS,
-        max_waiting: int = MAX_WAITING,
-    ) -> None:
-        self.engine = engine
-        self.config = config
-        self._waiting: queue.Queue[tuple[Any, Any]] = queue.Queue(max_waiting)
-        super().__init__(address, ClickHouseHandler)
-        for number in range(max_workers):
-            threading.Thread(target=self._work, name=f"clickhouse-http-{number}", daemon=True).start()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        try:
-            self._waiting.put_nowait((request, client_address))
-        except queue.Full:
-            body = b"Code: 202. DB::Exception: Too many simultaneous connections; retry later\n"
-            with contextlib.suppress(OSError):
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: "
-                    + str(len(body)).encode()
-                    + b"\r\n\r\n"
-                    + body
-                )
-            self.shutdown_request(request)
+def _lowers(identity: Identity, name: str, value: str) -> bool:
+    """A numeric limit of the identity's profile may be lowered by a query (ClickHouse's MAX constraint)."""
+    limit = identity.limits.get(name)
+    if limit is None or not limit.isdigit():
+        return False
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return 0 < number <= float(limit)
 
-    def _work(self) -> None:
-        while True:
-            request, client_address = self._waiting.get()
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                self.shutdown_request(request)
+
+def _tsv_escape(value: str) -> str:
+    """A query parameter's value as the engine reads it (escaped like TabSeparated)."""
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
+    )
 
 
 class ClickHouseHandler(BaseHTTPRequestHandler):
@@ -766,7 +422,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
     # with this).
     disable_nagle_algorithm = True
     timeout = 600  # idle keep-alive connections are dropped after this
-    server: ClickHouseHTTPServer
+    server: ClickHouseService  # the HTTP server this handler runs in
 
     # -- plumbing --------------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler API
@@ -1010,7 +666,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
             headers["Content-Type"] = _CONTENT_TYPES.get(out_format.lower(), "application/octet-stream")
         self._send(200, response, headers)
 
-    def _check_statement(self, handle: _Handle, identity: Identity, sql_bytes: bytes, params: dict[str, str]) -> None:
+    def _check_statement(self, handle: Handle, identity: Identity, sql_bytes: bytes, params: dict[str, str]) -> None:
         """Parse with the engine's own parser and refuse what ``identity`` may not run.
 
         formatQuery takes the text as a value, so it cannot execute anything, and it refuses a second statement
@@ -1049,7 +705,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         except AccessDenied as exc:
             raise ClickHouseError(497, f"{exc} (ACCESS_DENIED)", status=403) from None
 
-    def _stream_insert(self, handle: _Handle, statement: _Statement) -> Any:
+    def _stream_insert(self, handle: Handle, statement: _Statement) -> Any:
         sql = statement.sql.decode("utf-8", errors="surrogateescape")
         try:
             inserter = handle.conn.send_insert(sql, statement.insert_format)
@@ -1076,149 +732,3 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
             with contextlib.suppress(Exception):
                 inserter.cancel()
             raise ClickHouseError.from_engine(exc) from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry points
-# ---------------------------------------------------------------------------------------------
-
-
-def load_accounts(settings: Settings) -> dict[str, Account]:
-    """Every identity's account, creating missing password files (the first start of the local stack)."""
-    ch = settings.clickhouse
-    assert ch.secrets_dir is not None
-    ensure_passwords(ch.secrets_dir)
-    accounts = {}
-    for name, identity in identities(vigil_tables(ch)).items():
-        accounts[ch.user(name)] = Account(identity, password_sha256(read_password(ch.secrets_dir, name)))
-    return accounts
-
-
-def _check_bind(host: str, settings: Settings) -> None:
-    """Beyond loopback, every password must be a real one (the files may have been written by hand)."""
-    if host in ("localhost", "::1") or host.startswith("127."):
-        return
-    ch = settings.clickhouse
-    assert ch.secrets_dir is not None
-    for name in ch.users:
-        password = read_password(ch.secrets_dir, name)
-        if password.lower() in WEAK_PASSWORDS or len(password) < MIN_REMOTE_PASSWORD_CHARS:
-            raise RuntimeError(
-                f"refusing to listen on {host}: identity {name!r} has an empty, default or short password "
-                f"({ch.password_file(name)}); write at least {MIN_REMOTE_PASSWORD_CHARS} random characters there, "
-                "or bind to 127.0.0.1"
-            )
-
-
-def serve(host: str, port: int, data_path: Path, settings: Settings, stop: threading.Event) -> None:
-    """Serve until ``stop`` is set, then finish in-flight queries and close the store cleanly."""
-    accounts = load_accounts(settings)
-    _check_bind(host, settings)
-    engine = ChdbEngine(data_path)
-    os.chdir(engine.user_files)  # relative file paths of the engine resolve into the empty directory
-    config = ServerConfig(accounts, vigil_tables(settings.clickhouse), engine.function_catalogue())
-    try:
-        server = ClickHouseHTTPServer((host, port), engine, config)
-    except OSError as exc:
-        engine.close()
-        raise RuntimeError(f"cannot listen on {host}:{port}: {exc}. Is another server using this port?") from exc
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-    thread.start()
-    log.info(
-        "ClickHouse HTTP interface (chDB engine %s) listening on http://%s:%d, data in %s, users %s",
-        engine.version,
-        host,
-        port,
-        engine.data_path,
-        ", ".join(sorted(accounts)),
-    )
-    try:
-        stop.wait()
-    finally:
-        log.info("shutting down: finishing running queries")
-        server.shutdown()
-        server.server_close()
-        engine.close()
-        log.info("ClickHouse server stopped")
-
-
-def start_clickhouse_server_process(
-    settings: Settings, log_path: Path, timeout: float = 60.0, data_path: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start the server as a child process with ``settings`` and wait until it answers ``/ping``.
-
-    Output goes to ``log_path``. Raises with the log's tail if it exits or does not come up.
-    """
-
-    ch = settings.clickhouse
-    data_path = data_path or settings.data_dir / "clickhouse"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **settings.to_env()}
-    cmd = [
-        sys.executable,
-        "-m",
-        "operations.stack.clickhouse_server",
-        "--host",
-        ch.host,
-        "--port",
-        str(ch.port),
-        "--data-path",
-        str(data_path),
-    ]
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://{ch.host}:{ch.port}/ping"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=1).text == "Ok.\n":
-                return proc
-        time.sleep(0.1)
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-    raise RuntimeError(f"ClickHouse server did not come up on {ch.host}:{ch.port} (log {log_path}):\n{tail}")
-
-
-def stop_clickhouse_server_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-    """SIGTERM the server (it finishes running queries and closes the store), SIGKILL if it hangs."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.error("ClickHouse server pid %d ignored SIGTERM for %.0fs; killing it", proc.pid, timeout)
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
-def main(argv: list[str] | None = None) -> int:
-
-    settings = Settings()
-    ch = settings.clickhouse
-    parser = argparse.ArgumentParser(
-        description="ClickHouse HTTP interface over embedded chDB (users and passwords: settings.clickhouse)"
-    )
-    parser.add_argument("--host", default=ch.host)
-    parser.add_argument("--port", type=int, default=ch.port)
-    parser.add_argument("--data-path", type=Path, default=settings.data_dir / "clickhouse")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-
-    stop = stop_event_on_signals()
-    try:
-        serve(args.host, args.port, args.data_path.resolve(), settings, stop)
-    except (RuntimeError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+../window_stats/04_dead_letter_sink.sql
