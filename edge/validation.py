@@ -197,7 +197,3 @@ class BatchValidator:
             arrays.append(SensorArrays(name, series.unit, ts, v))
         return Validation(arrays=arrays, points=total)
 
-
-def validate_batch(batch: telemetry_pb2.ReadingBatch, settings: EdgeSettings, now_ms: int | None = None) -> Validation:
-    """One-off convenience wrapper; services should keep one :class:`BatchValidator`."""
-    return BatchValidator(settings).validate(batch, now_ms)

@@ -76,8 +76,8 @@ FaultRateOption = Annotated[
 SamplesOption = Annotated[
     int | None,
     typer.Option(
-        help="samples per sensor in each 5-s batch (default from settings: 70 = the seed's "
-        "~100K points/s per 1,000 machines; 10 = 2 Hz)"
+        help="samples per sensor in each 5-s batch (default from settings: 70 = the design "
+        "load of ~100K points/s per 1,000 machines; 10 = 2 Hz)"
     ),
 ]
 

@@ -402,7 +402,7 @@ class SimulatorSettings(BaseModel):
     sites: int = Field(4, ge=1)
     batch_interval_s: float = Field(5.0, gt=0)
     # Samples per sensor in each batch. 70 (14 Hz) makes 1,000 machines of 6-8 sensors carry the
-    # seed's load of ~100K points/s; 10 (2 Hz) is the lighter layout of the spine issue (~14.5K/s).
+    # design load of ~100K points/s; 10 (2 Hz) is a lighter layout (~14.5K/s) for small machines.
     samples_per_sensor: int = Field(70, ge=1)
     seed: int = 7
     fault_rate_per_machine_hour: float = Field(0.5, ge=0)
