@@ -1,7 +1,9 @@
 """What every agent is: an :class:`Agent` reads anomaly episodes and writes insights (agents.records).
 
 An agent is one module with one :class:`Agent` subclass (diagnostic, root cause, maintenance, and any a
-plant installs: see agents.registry). Agents see a batch of episodes at once, so an agent that relates
+plant installs). A module of this package declares its agent with :func:`register` and says how it is built
+from the settings in :meth:`Agent.from_settings`; agents.registry finds every such module, so a built-in agent
+is one file and nothing else. Agents see a batch of episodes at once, so an agent that relates
 machines to each other (shared upstream causes) and one that looks at a single machine share one shape,
 and per-episode work can be vectorised over the batch.
 """
@@ -11,14 +13,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import pandas as pd
 
 from agents.features import sensor_features
 from agents.records import SEVERITIES, STAT_COLUMNS, Episode, Insight
+from vigil.settings import Settings
 
-__all__ = ["SEVERITIES", "STAT_COLUMNS", "Agent", "AgentContext", "Episode", "Insight"]
+__all__ = ["SEVERITIES", "STAT_COLUMNS", "Agent", "AgentContext", "Episode", "Insight", "declared", "register"]
 
 
 @dataclass
@@ -54,6 +57,35 @@ class Agent(ABC):
     name: ClassVar[str]
     order: ClassVar[int] = 50
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """How a run builds the agent: with no arguments, unless the agent overrides this to take what it
+        needs (the model registry, the rules, ...) from ``settings``."""
+        return cls()
+
     @abstractmethod
     def analyse(self, episodes: Sequence[Episode], context: AgentContext) -> list[Insight]:
         """Insights about ``episodes`` (any number per episode, none is fine)."""
+
+
+_DECLARED: dict[str, type[Agent]] = {}
+A = TypeVar("A", bound=type[Agent])
+
+
+def register(cls: A) -> A:
+    """Class decorator: declare a built-in agent (its ``name`` class attribute names it in every insight)."""
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise TypeError(f"{getattr(cls, '__name__', cls)!r}: an agent subclasses agents.base.Agent")
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not name.isidentifier() or not name.islower():
+        raise ValueError(f"{cls.__name__}: name must be a lower-case identifier, got {name!r}")
+    known = _DECLARED.get(name)
+    if known is not None and known.__module__ != cls.__module__:  # a reloaded module may re-declare
+        raise ValueError(f"agent {name!r} declared twice ({known.__module__} and {cls.__module__})")
+    _DECLARED[name] = cls
+    return cls
+
+
+def declared() -> dict[str, type[Agent]]:
+    """The agents declared so far (agents.registry.builtin_agents imports every module first)."""
+    return dict(_DECLARED)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Self
 
 import numpy as np
 
-from agents.base import Agent, AgentContext, Episode, Insight
+from agents.base import Agent, AgentContext, Episode, Insight, register
 from agents.features import FEATURE_NAMES, episode_matrix
 from onnx_models.registry import ModelRegistry, RegistryError
+from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ RULED = ("machine_offline", "sensor_dead", "sensor_stuck")  # decided by rules, 
 STUCK_SHARE = 0.5  # a sensor frozen in at least half the episode's windows is stuck
 
 
+@register
 class DiagnosticAgent(Agent):
     name = "diagnostic"
     order = 10
@@ -51,6 +54,11 @@ class DiagnosticAgent(Agent):
         self._model = None
         self._classes: list[str] = []
         self._version: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """With the live model of the settings' registry (``settings.models_dir``)."""
+        return cls(ModelRegistry(settings.models_dir))
 
     # -- model ---------------------------------------------------------------------------------------------
     def _load(self) -> None:

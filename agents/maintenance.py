@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.base import Agent, AgentContext, Episode, Insight
+from agents.base import Agent, AgentContext, Episode, Insight, register
 from agents.features import role_of
 from vigil.rules import load_rules
+from vigil.settings import Settings
 
 KNOWLEDGE_BASE = Path(__file__).with_name("knowledge_base.yaml")
 HOUR_MS = 3_600_000
@@ -77,6 +79,7 @@ def time_to_limit(t_ms: np.ndarray, shift: np.ndarray, limit: float) -> float | 
     return float(max(0.0, (limit - intercept) / slope) * HOUR_MS)
 
 
+@register
 class MaintenanceAgent(Agent):
     name = "maintenance"
     order = 30
@@ -90,6 +93,11 @@ class MaintenanceAgent(Agent):
             for r in resolved
             if r.min is not None and r.max is not None and r.max > r.min
         }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Spans from the scoring rules the job runs (``settings.scoring.rules_path``)."""
+        return cls(settings.scoring.rules_path)
 
     def analyse(self, episodes: Sequence[Episode], context: AgentContext) -> list[Insight]:
         out = []

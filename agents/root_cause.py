@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from agents.base import Agent, AgentContext, Episode, Insight
+from agents.base import Agent, AgentContext, Episode, Insight, register
 from agents.features import DEVIATING_Z, role_of
 
 DECISIVE = 1e3  # a frozen or silent sensor outranks any shift
@@ -29,6 +29,7 @@ def rank_sensors(per_sensor: pd.DataFrame) -> pd.DataFrame:
     return per_sensor.assign(evidence=evidence).sort_values("evidence", ascending=False, kind="stable")
 
 
+@register
 class RootCauseAgent(Agent):
     name = "root_cause"
     order = 20

@@ -196,4 +196,3 @@ class BatchValidator:
                 )
             arrays.append(SensorArrays(name, series.unit, ts, v))
         return Validation(arrays=arrays, points=total)
-

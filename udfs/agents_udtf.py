@@ -2,9 +2,9 @@
 
 Per-episode Python is right here (unlike per-record scoring): episodes are rare next to windows -- a
 machine has one every few hours at worst -- and each call does real work: two ClickHouse reads
-(agents.episode_store) and every agent. Built once per Python worker in ``open``: the ClickHouse client,
-the diagnostic model (re-read from the registry when a new version is promoted), the knowledge base and
-any plug-in agents.
+(agents.episode_store) and every agent. Built once per Python worker in ``open``: the ClickHouse client and
+the agents of agents.registry.build_agents (the built-in ones -- the diagnostic model is re-read from the
+registry when a new version is promoted -- and any plug-ins).
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ from pyflink.table.udf import FunctionContext, TableFunction, udtf
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from agents.base import Episode
-from agents.diagnostic import DiagnosticAgent
 from agents.episode_store import EpisodeStore
-from agents.maintenance import MaintenanceAgent
-from agents.registry import discover, run_agents
+from agents.registry import build_agents, run_agents
 from agents.root_cause import RootCauseAgent
 from connectors.clickhouse import make_client
-from onnx_models.registry import ModelRegistry
 from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,22 +40,6 @@ RESULT_FIELDS = (
     ("sensors", DataTypes.ARRAY(DataTypes.STRING())),
     ("details", DataTypes.STRING()),
 )
-
-
-def build_agents(settings: Settings) -> list:
-    """The built-in agents (diagnostic with the registry's live model, root cause, maintenance) plus plug-ins."""
-
-    agents = [
-        DiagnosticAgent(ModelRegistry(settings.models_dir)),
-        RootCauseAgent(),
-        MaintenanceAgent(settings.scoring.rules_path),
-    ]
-    if settings.agents.plugins:
-        plugins, problems = discover()
-        agents += plugins
-        for problem in problems:
-            log.error(problem)
-    return agents
 
 
 class RunAgents(TableFunction):

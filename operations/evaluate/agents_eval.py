@@ -31,10 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.base import Insight
-from agents.diagnostic import DiagnosticAgent
-from agents.maintenance import MaintenanceAgent, load_knowledge_base, maintenance_plan
-from agents.registry import run_agents
-from agents.root_cause import RootCauseAgent
+from agents.maintenance import load_knowledge_base, maintenance_plan
+from agents.registry import build_agents, run_agents
 from edge.simulator.equipment import EQUIPMENT_TYPES
 from edge.simulator.faults import FaultLabel, FaultType
 from onnx_models.registry import ModelRegistry
@@ -170,7 +168,9 @@ def evaluate_agents(
         model = train_diagnostic(settings, registry, console=console)
         console.print(f"[bold]agents[/] evaluating on seed {options.seed}")
         data = simulate_labelled(settings, options, console)
-        agents = [DiagnosticAgent(registry), RootCauseAgent(), MaintenanceAgent(settings.scoring.rules_path)]
+        # The built-in agents as the job builds them, reading the model trained above.
+        scoring = settings.scoring.model_copy(update={"models_dir": registry.root})
+        agents = build_agents(settings.model_copy(update={"scoring": scoring}), plugins=False)
         insights = run_agents(agents, data.episodes)
     diagnosis = {i.episode_id: i.fault_type for i in insights if i.kind == "diagnosis"}
     predicted = [diagnosis.get(e, "unknown") for e in data.frame["episode_id"]]

@@ -27,11 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.base import STAT_COLUMNS, Episode, Insight
-from agents.diagnostic import DiagnosticAgent
 from agents.episodes import build_episodes
-from agents.maintenance import MaintenanceAgent
-from agents.registry import run_agents
-from agents.root_cause import RootCauseAgent
+from agents.registry import build_agents, run_agents
 from onnx_models.registry import ModelRegistry
 from operations.evaluate.skab import TIME_COLUMN, discover, load_skab_csv
 from operations.training.agents import train_diagnostic
@@ -157,15 +154,15 @@ def diagnose_skab(data_dir: Path, agents: list[Any]) -> SkabAgentReport:
 
 def evaluate_skab_agents(settings: Settings, data_dir: Path, console: Console | None = None) -> SkabAgentReport:
     """The diagnostic model trained on the simulator (never on SKAB; a temporary registry, as `vigil evaluate
-    --agents` does), then the diagnostic, root-cause and maintenance agents over ``data_dir``'s episodes."""
+    --agents` does), then the built-in agents (diagnostic, root cause, maintenance) over ``data_dir``'s episodes."""
 
     console = console or Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="vigil-agent-models-") as models_dir:
         registry = ModelRegistry(Path(models_dir))
         console.print("[bold]agents[/] training the diagnostic model on the simulator (never on SKAB)")
         train_diagnostic(settings, registry, console=console)
-        chosen = [DiagnosticAgent(registry), RootCauseAgent(), MaintenanceAgent(settings.scoring.rules_path)]
-        return diagnose_skab(data_dir, chosen)
+        scoring = settings.scoring.model_copy(update={"models_dir": registry.root})
+        return diagnose_skab(data_dir, build_agents(settings.model_copy(update={"scoring": scoring}), plugins=False))
 
 
 def print_skab_report(report: SkabAgentReport, console: Console) -> None:
