@@ -13,6 +13,7 @@ from rich.table import Table
 from connectors.clickhouse import vigil_tables
 from connectors.clickhouse_access import password_sha256, render_access_sql
 from jobs.registry import FLINK_JOBS
+from onnx_models.history import DEFAULT_HISTORY
 from operations.alerts_cli import alerts_app
 from operations.bench.console import results_tables, run_console_bench, write_json
 from operations.bench.latency import run_latency_bench
@@ -21,18 +22,15 @@ from operations.console_cli import console_app
 from operations.demo import print_dead_letters, run_demo, run_simulator_with_progress
 from operations.evaluate.agents_eval import AgentRunOptions, evaluate_agents, evaluation_dict, print_agent_evaluation
 from operations.evaluate.agents_skab import evaluate_skab_agents, print_skab_report, report_dict
-from operations.evaluate.nab_eval import print_nab_table, run_nab, streaming_detectors, write_results
-from operations.evaluate.result_files import check_detector_name
-from operations.evaluate.sim import SimOptions, evaluate_sim, print_sim_result, summary_dict
-from operations.evaluate.skab import (
-    DEFAULT_LIMIT,
-    PROTOCOLS,
-    AlarmRule,
-    evaluate_skab,
-    print_result,
-    skab_detectors,
-    write_skab_results,
+from operations.evaluate.nab_eval import (
+    DEFAULT_DETECTOR,
+    nab_scorecard,
+    parse_params,
+    show_published_check,
+    show_rescored_results,
 )
+from operations.evaluate.sim import SimOptions, evaluate_sim, print_sim_result, summary_dict
+from operations.evaluate.skab import run_skab_scorecards
 from operations.stack.flink_cluster import start_cluster, stop_cluster, submit
 from operations.stack.services import INFRA, Stack, pipeline_names
 from operations.training.cli import labels_app, models_app, train_command
@@ -334,6 +332,11 @@ def _write_json(output: Path | None, data: object, what: str) -> None:
     console.print(f"{what} written to {output}")
 
 
+def _evaluation_error(exc: Exception) -> None:
+    """Fail with an evaluation's error message (a KeyError's without the quotes its str() adds)."""
+    _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+
+
 @app.command()
 def evaluate(
     dataset: Annotated[str | None, typer.Option(help="skab, nab or sim")] = None,
@@ -349,14 +352,50 @@ def evaluate(
         Path | None, typer.Option(help="folder in the benchmark's format (default: ../shared/data/<dataset>)")
     ] = None,
     detector: Annotated[
-        str | None, typer.Option(help="detector name (default: each for skab, ewma_zscore for nab)")
+        list[str] | None,
+        typer.Option(
+            help="detector name; skab: repeat for several (default: every skab detector), "
+            f"nab: one (default: {DEFAULT_DETECTOR})"
+        ),
     ] = None,
-    threshold: Annotated[float, typer.Option(help="nab: alarm when the score exceeds this (fixed in advance)")] = 4.0,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="nab: alarm when the score exceeds this, fixed in advance (default: the detector's own "
+            "default_threshold; 4.0 for a detector without one, e.g. ewma_zscore)"
+        ),
+    ] = None,
     rearm_rows: Annotated[int, typer.Option(help="nab: suppress repeat alarms within this many rows")] = 0,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(metavar="K=V", help="nab: detector parameter, e.g. --param alpha=0.003 (repeatable)"),
+    ] = None,
+    normalize: Annotated[
+        bool, typer.Option("--normalize", help="nab: per-file min-max scores to [0,1] (not causal)")
+    ] = False,
+    rescore: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="RESULTS_DIR",
+            help="nab: score result files written by --results-dir against --data-dir with their "
+            "thresholds.json, instead of running a detector",
+        ),
+    ] = None,
+    check_nab: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="NAB_ROOT",
+            help="nab: re-score the results NAB ships (a checkout of numenta/NAB) to check the scorer",
+        ),
+    ] = None,
+    check_detector: Annotated[
+        str, typer.Option(help="nab --check-nab: the NAB detector whose shipped results are re-scored")
+    ] = "windowedGaussian",
     target_far: Annotated[
         float,
         typer.Option(
-            help="skab --protocol vigil: false-alarm rate the alarm level is set for, on anomaly-free data only"
+            help="skab, limit anomaly-free (--protocol vigil): false-alarm rate the alarm level is set for "
+            "on anomaly-free data (labels unused)"
         ),
     ] = 0.10,
     protocol: Annotated[
@@ -369,17 +408,45 @@ def evaluate(
     limit: Annotated[
         str | None,
         typer.Option(
-            help="skab: train-quantile (default for --protocol skab), spc, or "
-            "anomaly-free (--protocol vigil only, its default)"
+            help="skab: how the alarm level is set: train-quantile (factor x quantile of each file's training "
+            "scores; default for --protocol skab), spc (T2/Q control limits, pca_t2q), or anomaly-free "
+            "(tuned on anomaly-free data; --protocol vigil only, its default)"
         ),
+    ] = None,
+    history: Annotated[
+        int, typer.Option(help="skab: rows of causal history in the features (rolling mean/std window)")
+    ] = DEFAULT_HISTORY,
+    train_rows: Annotated[int, typer.Option(help="skab: leading rows of each file to fit on")] = 400,
+    alarm_level: Annotated[
+        float | None,
+        typer.Option(help="skab, limit anomaly-free: fixed alarm level instead of tuning it on anomaly-free data"),
+    ] = None,
+    ucl_quantile: Annotated[
+        float, typer.Option(help="skab, limit train-quantile: quantile of the training scores")
+    ] = 0.99,
+    ucl_factor: Annotated[float, typer.Option(help="skab, limit train-quantile: factor on that quantile")] = 2.5,
+    alpha: Annotated[float, typer.Option(help="skab, limit spc: false-alarm probability of each limit")] = 0.001,
+    median_window: Annotated[
+        int,
+        typer.Option(help="skab: causal rolling median of the score over this many rows (1 = off; SKAB's T2+Q uses 5)"),
+    ] = 1,
+    run_length: Annotated[
+        int, typer.Option(help="skab: alarm only after this many consecutive rows above the limit (1 = off)")
+    ] = 1,
+    pca_variance: Annotated[
+        float | None,
+        typer.Option(help="skab: explained variance pca_t2q keeps (default 0.99; SKAB's T2+Q baseline keeps 0.85)"),
     ] = None,
     results_dir: Annotated[
         Path | None,
         typer.Option(
-            help="skab/nab: also write result files in the benchmark's own format here, with the threshold used"
+            help="skab/nab: also write result files in the benchmark's own format here, with the threshold used "
+            "(skab: one --detector only)"
         ),
     ] = None,
-    results_name: Annotated[str, typer.Option(help="nab: detector name in the result files (no '_')")] = "vigil",
+    results_name: Annotated[
+        str, typer.Option(help="nab: detector name in the result files and --rescore (no '_')")
+    ] = "vigil",
     machines: Annotated[int, typer.Option(help="sim: simulated machines (types rotate)", min=1)] = 60,
     minutes: Annotated[
         float, typer.Option(help="sim: simulated minutes (the first 40 % train the models)", min=1.0)
@@ -391,6 +458,7 @@ def evaluate(
 ) -> None:
     """Score the detectors on a labelled benchmark with the benchmark's own metrics.
 
+    skab / nab: any folder in the benchmark's format (operations/evaluate/skab.py, nab_eval.py).
     sim: a simulated fleet with labelled faults, scored offline by the streaming job's own rules and scorer.
     """
 
@@ -416,6 +484,14 @@ def evaluate(
         print_agent_evaluation(result, console)
         _write_json(output, evaluation_dict(result), "agent scorecard")
         return
+    if check_nab is not None:
+        if dataset not in (None, "nab"):
+            _fail("--check-nab re-scores NAB's shipped results: use it with --dataset nab")
+        try:
+            show_published_check(check_nab, check_detector, console)
+        except (ValueError, FileNotFoundError, KeyError) as exc:
+            _evaluation_error(exc)
+        return
     if dataset is None:
         _fail("pass --dataset skab|nab|sim, or --agents")
     if dataset == "sim":
@@ -433,47 +509,46 @@ def evaluate(
     folder = data_dir or PROJECT_ROOT.parent / "shared" / "data" / dataset
     if not folder.is_dir():
         _fail(f"no data folder {folder}: pass --data-dir with a folder in {dataset.upper()}'s format")
-    if dataset == "skab":
-        names = [detector] if detector else sorted(skab_detectors())
-        if results_dir is not None and len(names) != 1:
-            _fail("--results-dir writes one detector's results: pass --detector too")
-        if protocol not in PROTOCOLS:
-            _fail(f"--protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-        for name in names:
-            if name not in skab_detectors():
-                _fail(f"unknown skab detector {name!r}; choose from {', '.join(sorted(skab_detectors()))}")
-            try:
-                rule = AlarmRule(limit=limit or DEFAULT_LIMIT[protocol], target_far=target_far)
-                result = evaluate_skab(folder, name, protocol=protocol, rule=rule)
-            except (ValueError, FileNotFoundError) as exc:
-                _fail(str(exc))
-            print_result(result, console)
-            if results_dir is not None:
-                paths = write_skab_results(result, results_dir)
-                console.print(
-                    f"{len(paths)} SKAB result files and thresholds.json written under {results_dir / 'skab'}"
-                )
-    elif dataset == "nab":
-        name = detector or "ewma_zscore"
-        if name not in streaming_detectors():
-            _fail(f"unknown nab detector {name!r}; choose from {', '.join(sorted(streaming_detectors()))}")
-
-        try:
-            check_detector_name(results_name)
-        except ValueError as exc:
-            _fail(str(exc))
-        run = run_nab(folder, name, threshold, rearm_rows=rearm_rows)
-        print_nab_table(
-            run.profile_scores,
-            title=f"NAB: {name} > {threshold} (fixed in advance, not optimised on "
-            f"the labels), re-arm {rearm_rows} rows, {folder}",
-            console=console,
-        )
-        if results_dir is not None:
-            paths = write_results(run, results_dir, results_name, name, threshold, rearm_rows)
-            console.print(f"{len(paths)} NAB result files and thresholds.json written under {results_dir}")
-    else:
+    if dataset not in ("skab", "nab"):
         _fail("--dataset must be skab, nab or sim")
+    if dataset == "nab" and detector and len(detector) > 1:
+        _fail("--dataset nab scores one --detector at a time")
+    try:
+        if dataset == "skab":
+            run_skab_scorecards(
+                folder,
+                detector,
+                protocol=protocol,
+                limit=limit,
+                target_far=target_far,
+                ucl_quantile=ucl_quantile,
+                ucl_factor=ucl_factor,
+                alpha=alpha,
+                median_window=median_window,
+                run_length=run_length,
+                history=history,
+                train_rows=train_rows,
+                alarm_level=alarm_level,
+                pca_variance=pca_variance,
+                results_dir=results_dir,
+                console=console,
+            )
+        elif rescore is not None:
+            show_rescored_results(folder, rescore, results_name, console)
+        else:
+            nab_scorecard(
+                folder,
+                detector[0] if detector else DEFAULT_DETECTOR,
+                threshold,
+                normalize=normalize,
+                rearm_rows=rearm_rows,
+                params=parse_params(param or []),
+                results_dir=results_dir,
+                results_name=results_name,
+                console=console,
+            )
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _evaluation_error(exc)
 
 
 @app.command("dead-letters")

@@ -6,12 +6,12 @@ fixed in advance (NAB's own optimiser instead tunes it on the labels, which flat
 
 Entry points: :func:`evaluate_nab` (one profile), :func:`evaluate_nab_profiles` (all of them),
 :func:`print_nab_table`, :func:`check_published_results` (re-score a detector's results that NAB ships,
-to check this scorer), and ``python -m operations.evaluate.nab_eval`` for both from a shell.
+to check this scorer), and for ``vigil evaluate --dataset nab`` (operations/cli.py) :func:`nab_scorecard`,
+:func:`show_rescored_results` and :func:`show_published_check`, which also print.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ from operations.evaluate.nab import (
     load_profiles,
     nab_score,
 )
-from operations.evaluate.result_files import nab_thresholds, read_nab_results, write_nab_results
+from operations.evaluate.result_files import check_detector_name, nab_thresholds, read_nab_results, write_nab_results
 
 
 def streaming_detectors() -> dict[str, DetectorSpec]:
@@ -245,59 +245,93 @@ def write_results(
     return write_nab_results(results_dir, name, run.files, run.scores, run.alarms, threshold, run.profile_scores, how)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m operations.evaluate.nab_eval DATA_DIR [--detector ..] [--threshold ..]` or `--check-nab ROOT`."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data_dir", nargs="?", type=Path, help="folder in NAB layout")
-    ap.add_argument("--detector", default=EwmaZScore.name, choices=sorted(streaming_detectors()))
-    ap.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="alarm when score > threshold (default: the detector's own fixed default_threshold, if any)",
-    )
-    ap.add_argument("--normalize", action="store_true", help="per-file min-max scores to [0,1] (not causal)")
-    ap.add_argument("--rearm-rows", type=int, default=0, help="suppress repeat alarms within N rows")
-    ap.add_argument("--param", action="append", default=[], metavar="K=V", help="detector parameter")
-    ap.add_argument("--check-nab", type=Path, metavar="NAB_ROOT", help="re-score NAB's shipped results")
-    ap.add_argument("--check-detector", default="windowedGaussian")
-    ap.add_argument("--results-dir", type=Path, help="also write NAB-format result files here")
-    ap.add_argument("--results-name", default="vigil", help="detector name in the result files (no '_')")
-    ap.add_argument(
-        "--rescore",
-        type=Path,
-        metavar="RESULTS_DIR",
-        help="score result files written by --results-dir against DATA_DIR with their thresholds.json",
-    )
-    args = ap.parse_args(argv)
-    if args.rescore:
-        if args.data_dir is None:
-            ap.error("--rescore needs DATA_DIR (the NAB folder the results were written for)")
-        print_nab_table(
-            rescore_own_results(args.data_dir, args.rescore, args.results_name),
-            title=f"{args.rescore}/{args.results_name} re-scored from its files",
-            console=Console(width=max(Console().width, 110)),
-        )
-        return
-    if args.check_nab:
-        print_nab_table(
-            check_published_results(args.check_nab, args.check_detector),
-            title=f"NAB's {args.check_detector} results, re-scored",
-            console=Console(width=max(Console().width, 110)),
-        )
-        return
-    if args.threshold is None:
-        args.threshold = streaming_detectors()[args.detector].default_threshold
-    if args.data_dir is None or args.threshold is None:
-        ap.error("give DATA_DIR and --threshold (or --check-nab NAB_ROOT)")
-    params = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (p.split("=", 1) for p in args.param)}
-    run = run_nab(args.data_dir, args.detector, args.threshold, args.normalize, rearm_rows=args.rearm_rows, **params)
-    title = f"NAB: {args.detector} > {args.threshold}, rearm {args.rearm_rows} rows {params or ''} on {args.data_dir}"
-    print_nab_table(run.profile_scores, title=title, console=Console(width=max(Console().width, 110)))
-    if args.results_dir:
-        paths = write_results(run, args.results_dir, args.results_name, args.detector, args.threshold, args.rearm_rows)
-        print(f"{len(paths)} NAB result files and thresholds.json written under {args.results_dir}")
+DEFAULT_DETECTOR = EwmaZScore.name
+# Alarm level of a detector that declares no ``default_threshold`` (ewma_zscore: 4 sigma).
+FALLBACK_THRESHOLD = 4.0
+# Narrowest console the NAB table is printed on: a narrower one would cut its figures short.
+TABLE_WIDTH = 110
 
 
-if __name__ == "__main__":
-    main()
+def _table_console(console: Console | None) -> Console:
+    """``console``, or one as wide as the NAB table writing to the same file when ``console`` is narrower."""
+    console = console or Console()
+    return console if console.width >= TABLE_WIDTH else Console(width=TABLE_WIDTH, file=console.file)
+
+
+def alarm_threshold(detector: str, threshold: float | None = None) -> float:
+    """``threshold``, else the detector's own fixed ``default_threshold``, else :data:`FALLBACK_THRESHOLD`."""
+    if threshold is not None:
+        return threshold
+    default = streaming_detectors()[detector].default_threshold
+    return FALLBACK_THRESHOLD if default is None else default
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """Detector parameters from ``K=V`` texts: V is a float when it holds '.' or 'e', else an int."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"detector parameter {pair!r} is not K=V")
+        try:
+            params[key] = float(value) if "." in value or "e" in value else int(value)
+        except ValueError:
+            raise ValueError(f"detector parameter {pair!r}: {value!r} is not a number") from None
+    return params
+
+
+def nab_scorecard(
+    data_dir: Path,
+    detector: str = DEFAULT_DETECTOR,
+    threshold: float | None = None,
+    *,
+    normalize: bool = False,
+    rearm_rows: int = 0,
+    params: Mapping[str, Any] | None = None,
+    results_dir: Path | None = None,
+    results_name: str = "vigil",
+    console: Console | None = None,
+) -> NabRun:
+    """Replay ``detector`` over ``data_dir`` and print its NAB scores under every profile.
+
+    ``threshold`` is fixed in advance (default: :func:`alarm_threshold`), never optimised on the labels. With
+    ``results_dir`` the NAB-format result files are written too, under the detector name ``results_name``.
+    """
+    if detector not in streaming_detectors():
+        raise ValueError(f"unknown nab detector {detector!r}; choose from {', '.join(sorted(streaming_detectors()))}")
+    check_detector_name(results_name)
+    threshold = alarm_threshold(detector, threshold)
+    params = dict(params or {})
+    run = run_nab(data_dir, detector, threshold, normalize, rearm_rows=rearm_rows, **params)
+    title = (
+        f"NAB: {detector} > {threshold} (fixed in advance, not optimised on the labels), re-arm {rearm_rows} rows"
+        + (f", parameters {params}" if params else "")
+        + (", scores min-max normalised per file" if normalize else "")
+        + f", {data_dir}"
+    )
+    console = _table_console(console)
+    print_nab_table(run.profile_scores, title=title, console=console)
+    if results_dir is not None:
+        paths = write_results(run, results_dir, results_name, detector, threshold, rearm_rows)
+        console.print(f"{len(paths)} NAB result files and thresholds.json written under {results_dir}")
+    return run
+
+
+def show_rescored_results(
+    data_dir: Path, results_dir: Path, results_name: str = "vigil", console: Console | None = None
+) -> dict[str, NabScore]:
+    """Print :func:`rescore_own_results`: result files written by :func:`nab_scorecard`, scored from the files."""
+    scores = rescore_own_results(data_dir, results_dir, results_name)
+    print_nab_table(
+        scores, title=f"{results_dir}/{results_name} re-scored from its files", console=_table_console(console)
+    )
+    return scores
+
+
+def show_published_check(
+    nab_root: Path, detector: str = "windowedGaussian", console: Console | None = None
+) -> dict[str, NabScore]:
+    """Print :func:`check_published_results`: NAB's shipped results for ``detector``, re-scored by this scorer."""
+    scores = check_published_results(nab_root, detector)
+    print_nab_table(scores, title=f"NAB's {detector} results, re-scored", console=_table_console(console))
+    return scores

@@ -33,9 +33,8 @@ included) so numbers can be set against SKAB's published table, whose false-alar
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -514,96 +513,69 @@ def write_skab_results(result: SkabResult, results_dir: Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="SKAB point-wise scorecard (F1, FAR, MAR)")
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--detector", choices=sorted(skab_detectors()), action="append")
-    parser.add_argument(
-        "--target-far",
-        type=float,
-        default=0.10,
-        help="false-alarm rate the alarm level is set for on anomaly-free data (labels unused)",
-    )
-    parser.add_argument(
-        "--history",
-        type=int,
-        default=DEFAULT_HISTORY,
-        help="rows of causal history in the features (rolling mean/std window)",
-    )
-    parser.add_argument("--train-rows", type=int, default=400, help="leading rows of each file to fit on")
-    parser.add_argument(
-        "--alarm-level", type=float, default=None, help="fixed alarm level instead of tuning it on anomaly-free data"
-    )
-    parser.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        default="skab",
-        help="skab: SKAB's leaderboard protocol (default); vigil: ours, reported apart from it",
-    )
-    parser.add_argument(
-        "--limit",
-        choices=LIMIT_RULES,
-        default=None,
-        help="how the alarm level is set: factor x quantile of each file's training scores "
-        "(default for --protocol skab), T2/Q control limits (pca_t2q), or tuned on "
-        "anomaly-free data (default for --protocol vigil)",
-    )
-    parser.add_argument("--ucl-quantile", type=float, default=0.99, help="train-quantile: quantile of training scores")
-    parser.add_argument("--ucl-factor", type=float, default=2.5, help="train-quantile: factor on that quantile")
-    parser.add_argument("--alpha", type=float, default=0.001, help="spc: false-alarm probability of each limit")
-    parser.add_argument(
-        "--median-window",
-        type=int,
-        default=1,
-        help="causal rolling median of the score over this many rows (1 = off; SKAB's T2+Q uses 5)",
-    )
-    parser.add_argument(
-        "--run-length",
-        type=int,
-        default=1,
-        help="alarm only after this many consecutive rows above the limit (1 = off)",
-    )
-    parser.add_argument(
-        "--pca-variance",
-        type=float,
-        default=None,
-        help="explained variance pca_t2q keeps (default 0.99; SKAB's T2+Q baseline keeps 0.85)",
-    )
-    parser.add_argument(
-        "--results-dir", type=Path, default=None, help="also write SKAB-format result files here (one --detector only)"
-    )
-    args = parser.parse_args(argv)
-    names = args.detector or sorted(skab_detectors())
-    if args.results_dir is not None and len(names) != 1:
-        parser.error("--results-dir writes one detector's results: pass exactly one --detector")
-    rule = AlarmRule(
-        limit=args.limit or DEFAULT_LIMIT[args.protocol],
-        target_far=args.target_far,
-        ucl_quantile=args.ucl_quantile,
-        ucl_factor=args.ucl_factor,
-        alpha=args.alpha,
-        median_window=args.median_window,
-        run_length=args.run_length,
-    )
+def run_skab_scorecards(
+    data_dir: Path,
+    detectors: Sequence[str] | None = None,
+    *,
+    protocol: str = "skab",
+    limit: str | None = None,
+    target_far: float = 0.10,
+    ucl_quantile: float = 0.99,
+    ucl_factor: float = 2.5,
+    alpha: float = 0.001,
+    median_window: int = 1,
+    run_length: int = 1,
+    history: int = DEFAULT_HISTORY,
+    train_rows: int = 400,
+    alarm_level: float | None = None,
+    pca_variance: float | None = None,
+    results_dir: Path | None = None,
+    console: Console | None = None,
+) -> list[SkabResult]:
+    """Evaluate and print the scorecard of each of ``detectors`` in turn (default: every SKAB detector, by name).
+
+    ``limit`` defaults to the protocol's own (``DEFAULT_LIMIT``); ``target_far`` .. ``run_length`` make the
+    :class:`AlarmRule`, the rest go to :func:`evaluate_skab`. ``pca_variance`` applies to ``pca_t2q`` and is
+    ignored for the other detectors. With ``results_dir`` (one detector only) the SKAB-format result files are
+    written too (:func:`write_skab_results`). Unknown names and bad combinations raise ValueError before anything
+    is evaluated.
+    """
+    console = console or Console()
+    known = skab_detectors()
+    names = list(detectors) if detectors else sorted(known)
     for name in names:
-        try:
-            result = evaluate_skab(
-                args.data_dir,
-                name,
-                protocol=args.protocol,
-                train_rows=args.train_rows,
-                history=args.history,
-                alarm_level=args.alarm_level,
-                rule=rule,
-                pca_variance=args.pca_variance if name == "pca_t2q" else None,
+        if name not in known:
+            raise ValueError(f"unknown skab detector {name!r}; choose from {', '.join(sorted(known))}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
+    if results_dir is not None and len(names) != 1:
+        raise ValueError("--results-dir writes one detector's results: pass --detector once")
+    rule = AlarmRule(
+        limit=limit or DEFAULT_LIMIT[protocol],
+        target_far=target_far,
+        ucl_quantile=ucl_quantile,
+        ucl_factor=ucl_factor,
+        alpha=alpha,
+        median_window=median_window,
+        run_length=run_length,
+    )
+    results = []
+    for name in names:
+        result = evaluate_skab(
+            data_dir,
+            name,
+            protocol=protocol,
+            train_rows=train_rows,
+            history=history,
+            alarm_level=alarm_level,
+            rule=rule,
+            pca_variance=pca_variance if name == "pca_t2q" else None,
+        )
+        print_result(result, console)
+        if results_dir is not None:
+            paths = write_skab_results(result, results_dir)
+            console.print(
+                f"{len(paths)} SKAB result files and thresholds.json written under {Path(results_dir) / 'skab'}"
             )
-        except (ValueError, FileNotFoundError) as exc:
-            parser.exit(2, f"error: {exc}\n")
-        print_result(result)
-        if args.results_dir is not None:
-            paths = write_skab_results(result, args.results_dir)
-            print(f"{len(paths)} SKAB result files and thresholds.json written under {args.results_dir / 'skab'}")
-
-
-if __name__ == "__main__":
-    main()
+        results.append(result)
+    return results

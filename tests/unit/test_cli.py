@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from operations.cli import app
+from operations.evaluate.nab_eval import parse_params
 from tests.conftest import stack_test_settings
 from tests.unit.skab_files import write_skab_file
 from vigil.settings import PROJECT_ROOT, get_settings
@@ -52,6 +53,16 @@ def test_evaluate_nab_prints_all_three_profiles() -> None:
     assert result.exit_code == 0, result.output
     for profile in ("standard", "reward_low_FP", "reward_low_FN"):
         assert profile in result.output
+
+
+def test_evaluate_nab_detector_parameters_are_k_equals_number() -> None:
+    assert parse_params(["rows=50", "alpha=0.5", "ridge=1e6"]) == {"rows": 50, "alpha": 0.5, "ridge": 1e6}
+    result = runner.invoke(app, ["evaluate", "--dataset", "nab", "--param", "alpha"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "'alpha' is not K=V" in result.output
+    result = runner.invoke(app, ["evaluate", "--dataset", "nab", "--param", "alpha=x"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "'x' is not a number" in result.output
 
 
 def test_evaluate_refuses_an_unknown_dataset_folder(tmp_path: Path) -> None:
