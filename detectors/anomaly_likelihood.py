@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from detectors.base import StreamingDetector, register
 from detectors.ewma_zscore import ewma_filter, ewma_mean_var
@@ -64,6 +63,9 @@ class AnomalyLikelihood(StreamingDetector):
         return {"count": 0, "mean": 0.0, "var": 0.0, "short": 0.0, "long_mean": 0.0, "long_var": 0.0}
 
     def update(self, state: dict[str, Any], values: np.ndarray, timestamps_ms: np.ndarray) -> np.ndarray:
+        # heavy dependency, imported on use (see detectors.base)
+        from scipy.special import log_ndtr
+
         x = np.asarray(values, dtype=np.float64)
         scores = np.zeros(x.shape[0], dtype=np.float64)
         ok = np.isfinite(x)

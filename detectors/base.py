@@ -11,6 +11,11 @@ Scores: higher means more anomalous; NaN never leaves a detector.
 
 A detector module declares itself with :func:`register` on its class; :mod:`detectors` finds every module
 of this package (and the ``vigil.detectors`` entry points), so a new detector is one file and nothing else.
+
+Finding the detectors imports every module, including in processes that only need their names (the ClickHouse
+and Pushgateway sinks ask :func:`detectors.score_names`). So a detector module imports only numpy and the
+project's modules at its top, and its heavy third-party libraries (sklearn, skl2onnx, onnx, scipy) inside the
+methods that fit or export a model (commented as such); onnx_models.runtime loads onnxruntime on first use.
 """
 
 from __future__ import annotations

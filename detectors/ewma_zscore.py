@@ -16,13 +16,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy.signal import lfilter
 
 from detectors.base import StreamingDetector, register
 
 
 def ewma_filter(x: np.ndarray, alpha: float, y0: float) -> np.ndarray:
     """y_t = (1 - alpha) y_{t-1} + alpha x_t with y_{-1} = y0, vectorised."""
+    # heavy dependency, imported on use (see detectors.base)
+    from scipy.signal import lfilter
+
     out, _ = lfilter([alpha], [1.0, alpha - 1.0], x, zi=[(1.0 - alpha) * y0])
     return out
 
@@ -31,6 +33,9 @@ def ewma_mean_var(
     x: np.ndarray, alpha: float, mean0: float, var0: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Baselines before and after each value: (mean_prev, var_prev, mean, var), all shape (n,)."""
+    # heavy dependency, imported on use (see detectors.base)
+    from scipy.signal import lfilter
+
     mean = ewma_filter(x, alpha, mean0)
     mean_prev = np.concatenate(([mean0], mean[:-1]))
     d = x - mean_prev

@@ -12,18 +12,16 @@ Scoring always runs through onnxruntime; the graph's ``score`` output is already
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.ensemble import IsolationForest
-from sklearn.ensemble._iforest import _average_path_length
 
 from detectors.base import BatchDetector, register
 from onnx_models.runtime import OnnxModel, check_width
+
+if TYPE_CHECKING:
+    import onnx
+
 
 ONNX_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -42,6 +40,9 @@ class IsolationForestDetector(BatchDetector):
         random_state: int = 0,
         threads: int = 1,
     ) -> None:
+        # heavy dependency, imported on use (see detectors.base)
+        from sklearn.ensemble import IsolationForest
+
         super().__init__()
         self.limit_quantile = limit_quantile
         self.threads = threads
@@ -49,6 +50,7 @@ class IsolationForestDetector(BatchDetector):
         self._model: OnnxModel | None = None
 
     def fit(self, features: np.ndarray, feature_names: Sequence[str]) -> Self:
+
         x = np.asarray(features, dtype=np.float32)  # ONNX tree thresholds are float32: split on the same values
         if x.ndim != 2 or x.shape[1] != len(feature_names) or len(x) < 2:
             raise ValueError(f"{self.name}: need >= 2 rows x {len(feature_names)} features to fit, got {x.shape}")
@@ -62,10 +64,12 @@ class IsolationForestDetector(BatchDetector):
 
     def score_numpy(self, features: np.ndarray) -> np.ndarray:
         """Reference sklearn score (tests compare the ONNX path with it)."""
+
         check_width(self.name, self.feature_names, features)
         return -self.forest.score_samples(np.asarray(features, dtype=np.float32))
 
     def score(self, features: np.ndarray) -> np.ndarray:
+
         check_width(self.name, self.feature_names, features)
         assert self._model is not None
         return np.nan_to_num(self._model.run(features)["score"].astype(np.float64), nan=np.inf)
@@ -81,6 +85,10 @@ class IsolationForestDetector(BatchDetector):
         raise ValueError(f"unknown ONNX export method {method!r}; use 'direct' or 'skl2onnx'")
 
     def _props(self, model: onnx.ModelProto) -> bytes:
+        # heavy dependency, imported on use (see detectors.base)
+        import onnx
+        from onnx import helper
+
         helper.set_model_props(
             model,
             {"detector": self.name, "feature_names": ",".join(self.feature_names), "threshold": repr(self.threshold)},
@@ -89,6 +97,10 @@ class IsolationForestDetector(BatchDetector):
         return model.SerializeToString()
 
     def _to_onnx_direct(self) -> bytes:
+        # heavy dependency, imported on use (see detectors.base)
+        from onnx import TensorProto, helper, numpy_helper
+        from sklearn.ensemble._iforest import _average_path_length
+
         forest = self.forest
         tree_ids, node_ids, feature_ids, modes, values, true_ids, false_ids = [], [], [], [], [], [], []
         t_tree, t_node, t_weight = [], [], []
@@ -167,6 +179,11 @@ class IsolationForestDetector(BatchDetector):
 
     def _to_onnx_skl2onnx(self) -> bytes:
         """skl2onnx graph + ``score = -(decision_function + offset_)`` = ``-score_samples``, shape [N]."""
+        # heavy dependency, imported on use (see detectors.base)
+        from onnx import TensorProto, helper, numpy_helper
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType
+
         d = len(self.feature_names)
         model = convert_sklearn(self.forest, initial_types=[("X", FloatTensorType([None, d]))], target_opset=ONNX_OPSET)
         graph = model.graph

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from detectors.base import BatchDetector, register
 from onnx_models.runtime import OnnxModel, check_width
@@ -56,6 +54,7 @@ class KnnDistance(BatchDetector):
         self._model: OnnxModel | None = None
 
     def fit(self, features: np.ndarray, feature_names: Sequence[str]) -> Self:
+
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(feature_names) or len(x) <= self.k:
             raise ValueError(
@@ -81,12 +80,14 @@ class KnnDistance(BatchDetector):
 
     def score_numpy(self, features: np.ndarray) -> np.ndarray:
         """Reference float64 implementation (tests compare the ONNX path with it)."""
+
         check_width(self.name, self.feature_names, features)
         z = (np.asarray(features, dtype=np.float64) - self._mean) * self._inv_scale
         d2 = _sq_dists(z, self._memory)
         return np.sqrt(np.partition(d2, self.k - 1, axis=1)[:, : self.k].mean(axis=1)) / self.limit
 
     def score(self, features: np.ndarray) -> np.ndarray:
+
         check_width(self.name, self.feature_names, features)
         assert self._model is not None
         out = self._model.run(features)["score"].astype(np.float64)
@@ -94,6 +95,10 @@ class KnnDistance(BatchDetector):
 
     def to_onnx(self) -> bytes:
         """The fitted scaler, memory and k-NN maths as ONNX: input X float32 [N, d]; output score [N]."""
+        # heavy dependency, imported on use (see detectors.base)
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
         if not self.feature_names:
             raise RuntimeError(f"{self.name}: fit() before to_onnx()")
         d = len(self.feature_names)

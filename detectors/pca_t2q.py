@@ -15,9 +15,6 @@ from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
-from sklearn.decomposition import PCA
 
 from detectors.base import BatchDetector, register
 from onnx_models.runtime import OnnxModel, check_width
@@ -48,6 +45,9 @@ class PcaT2Q(BatchDetector):
         self._model: OnnxModel | None = None
 
     def fit(self, features: np.ndarray, feature_names: Sequence[str]) -> Self:
+        # heavy dependencies (sklearn; onnxruntime), imported on use (see detectors.base)
+        from sklearn.decomposition import PCA
+
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(feature_names) or len(x) < 3:
             raise ValueError(f"{self.name}: need >= 3 rows x {len(feature_names)} features to fit, got {x.shape}")
@@ -81,6 +81,7 @@ class PcaT2Q(BatchDetector):
 
     def score_numpy(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Reference float64 implementation (tests compare the ONNX path with it)."""
+
         check_width(self.name, self.feature_names, features)
         t2, q = self._parts_numpy(features)
         z = (np.asarray(features, dtype=np.float64) - self._mean) * self._inv_scale
@@ -91,6 +92,7 @@ class PcaT2Q(BatchDetector):
 
     def score_parts(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """T2, Q, the combined score per row and per-feature contributions (float64), by onnxruntime."""
+
         check_width(self.name, self.feature_names, features)
         assert self._model is not None
         out = self._model.run(features)
@@ -105,6 +107,10 @@ class PcaT2Q(BatchDetector):
     def to_onnx(self) -> bytes:
         """The fitted scaler + T2/Q maths as an ONNX graph: input X float32 [N, d]; outputs t2, q, score [N]
         and contrib [N, d] (each feature's share of T2/limit + Q/limit)."""
+        # heavy dependency, imported on use (see detectors.base)
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
         if not self.feature_names:
             raise RuntimeError(f"{self.name}: fit() before to_onnx()")
         d = len(self.feature_names)

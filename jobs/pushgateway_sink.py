@@ -35,33 +35,41 @@ already holds, so a restart neither forgets silent machines nor ends their dead-
 
 One sink per Pushgateway: several replicas in the group would each PUT a partial site group.
 
+This module keeps the state taken in from the batches (and seeded at start); :mod:`jobs.metrics_render`
+turns it into the text exposition (no I/O) and :mod:`connectors.pushgateway` sends it: a push round is
+render, then push.
+
 Run: ``python -m jobs.pushgateway_sink`` (until SIGTERM/SIGINT).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pa_json
-import requests
 from confluent_kafka import Message
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from connectors.kafka import ensure_topics, make_consumer, run_batches
+from connectors.pushgateway import PushgatewayClient, PushgatewayError, grouping_path
 from detectors import score_names
+from jobs.metrics_render import (
+    SinkCounters,
+    escape_label_values,
+    format_values,
+    machine_labels,
+    render_pipeline,
+    render_verdicts,
+    render_window_stats,
+    series_labels,
+)
 from vigil.contracts import (
     ANOMALY_KINDS,
     SCORES_FIELD,
@@ -74,6 +82,9 @@ from vigil.contracts import (
 from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
 from vigil.signals import stop_event_on_signals
+
+# Rendering and the HTTP client moved out of this module; these names stay importable from here.
+__all__ = ["PushgatewaySink", "SinkCounters", "escape_label_values", "format_values", "grouping_path", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -128,91 +139,8 @@ def _verdict_dtypes(names: Sequence[str]) -> dict[str, object]:
     }
 
 
-_SAFE_PATH_VALUE = re.compile(r"^[A-Za-z0-9_.:-]+$")
-
-_HELP = {
-    "avg": "Mean of the sensor over the machine's latest window.",
-    "stddev": "Population standard deviation of the sensor over the latest window.",
-    "min": "Minimum of the sensor over the latest window.",
-    "max": "Maximum of the sensor over the latest window.",
-    "count": "Number of samples of the sensor in the latest window.",
-}
-
-
-@dataclass(frozen=True)
-class SinkCounters:
-    """A consistent snapshot of the sink's progress (safe to read from another thread)."""
-
-    pushes: int = 0  # successful push rounds (all sites + pipeline group)
-    failures: int = 0  # failed push rounds
-    series_pushed: int = 0  # series in the last successful round
-    last_push_ts: float = 0.0  # wall clock of the last successful round (0 = never)
-    windows_consumed: int = 0
-    bad_records: int = 0  # window-stats records skipped as unparseable or missing key fields
-    verdicts_consumed: int = 0
-    bad_verdicts: int = 0  # anomaly verdicts skipped as unparseable or breaking the contract
-
-
-def escape_label_values(values: pd.Series) -> pd.Series:
-    r"""Escape for the text format: backslash, double quote and newline (``\\``, ``\"``, ``\n``)."""
-    return (
-        values.fillna("")
-        .str.replace("\\", "\\\\", regex=False)
-        .str.replace('"', '\\"', regex=False)
-        .str.replace("\n", "\\n", regex=False)
-    )
-
-
-def format_values(values: pd.Series | np.ndarray) -> np.ndarray:
-    """Floats as the text format spells them: shortest round-trip repr, NaN, +Inf, -Inf."""
-    arr = np.asarray(values, dtype=np.float64)
-    text = pc.cast(pa.array(arr, from_pandas=False), pa.string()).to_numpy(zero_copy_only=False)
-    if not np.isfinite(arr).all():
-        text = text.astype(object)
-        text[np.isnan(arr)] = "NaN"
-        text[np.isposinf(arr)] = "+Inf"
-        text[np.isneginf(arr)] = "-Inf"
-    return text
-
-
-def grouping_path(job: str, **labels: str) -> str:
-    """Pushgateway URL path for a grouping key; unsafe values (``/``, empty, ...) go base64."""
-    parts = [f"/metrics/job/{job}"]
-    for name, value in labels.items():
-        if _SAFE_PATH_VALUE.match(value):
-            parts.append(f"{name}/{value}")
-        else:
-            encoded = base64.urlsafe_b64encode(value.encode()).decode() or "="
-            parts.append(f"{name}@base64/{encoded}")
-    return "/".join(parts)
-
-
-def _family(name: str, kind: str, help_text: str, lines: pd.Series | Sequence[str]) -> str:
-    body = lines.str.cat(sep="\n") if isinstance(lines, pd.Series) else "\n".join(lines)
-    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{body}\n"
-
-
 def _empty_frame(dtypes: dict[str, object]) -> pd.DataFrame:
     return pd.DataFrame({col: pd.Series(dtype=dtype) for col, dtype in dtypes.items()})
-
-
-def _machine_labels(frame: pd.DataFrame) -> pd.Series:
-    eq, et = escape_label_values(frame["equipment_id"]), escape_label_values(frame["equipment_type"])
-    return 'equipment_id="' + eq + '",equipment_type="' + et + '"'
-
-
-def _session() -> requests.Session:
-    retry = Retry(
-        total=3,
-        backoff_factor=0.3,  # 0.3, 0.6, 1.2 s
-        status_forcelist=(500, 502, 503, 504),
-        allowed_methods=frozenset({"GET", "PUT", "DELETE"}),
-        raise_on_status=False,
-    )
-    session = requests.Session()
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
-    return session
 
 
 def _parse(values: Sequence[bytes], schema: pa.Schema) -> pd.DataFrame:
@@ -315,7 +243,7 @@ class PushgatewaySink:
         self._lock = threading.Lock()
         self._counters = SinkCounters()
         self._rendered = {WINDOW_JOB: 0, ANOMALY_JOB: 0}
-        self._session = _session()
+        self._gateway = PushgatewayClient(self._prom.pushgateway_url, timeout=HTTP_TIMEOUT)
         self._next_push = 0.0  # monotonic time of the next push
 
     # -- counters -----------------------------------------------------------------------
@@ -364,10 +292,9 @@ class PushgatewaySink:
             equipment_type=frame["equipment_type"].fillna(""),
             unit=frame["unit"].fillna(""),
         )
-        sensor, unit = escape_label_values(frame["sensor"]), escape_label_values(frame["unit"])
-        machine = _machine_labels(frame)
+        machine = machine_labels(frame)
         frame["machine_labels"] = machine
-        frame["series_labels"] = machine + ',sensor="' + sensor + '",unit="' + unit + '"'
+        frame["series_labels"] = series_labels(frame, machine)
         self._windows.add(frame)
         return len(frame)
 
@@ -408,7 +335,7 @@ class PushgatewaySink:
         """Queue verdicts (severity as its code) for the next merge, labels escaped once, here."""
         if frame.empty:
             return 0
-        self._verdicts.add(frame.assign(machine_labels=_machine_labels(frame)))
+        self._verdicts.add(frame.assign(machine_labels=machine_labels(frame)))
         return len(frame)
 
     def _count_anomalous(self, frame: pd.DataFrame) -> None:
@@ -436,133 +363,19 @@ class PushgatewaySink:
         """Merge pending windows and return the window-stats text exposition per site (only live series)."""
         now = self._clock() if now is None else now
         state = self._windows.merge(now, self._prom.series_ttl_s)
-        if state.empty:
-            self._rendered[WINDOW_JOB] = 0
-            return {}
-        silent_ms = (now - self._prom.machine_silent_after_s) * 1000.0
-        machines = (
-            state.groupby(["site", "equipment_id"], sort=True)
-            .agg(machine_labels=("machine_labels", "last"), window_end_ms=("window_end_ms", "max"))
-            .reset_index()
+        rendered = render_window_stats(
+            state, self._stats, now=now, machine_silent_after_s=self._prom.machine_silent_after_s
         )
-        machines["reporting"] = machines["window_end_ms"] >= silent_ms
-        reporting = machines.groupby("site", sort=True)["reporting"].sum()
-
-        families = {
-            stat: f"vigil_window_{stat}{{" + state["series_labels"] + "} " + format_values(state[stat])
-            for stat in self._stats
-        }
-        last_end = (
-            "vigil_equipment_last_window_end_seconds{"
-            + machines["machine_labels"]
-            + "} "
-            + format_values(machines["window_end_ms"] / 1000.0)
-        )
-        series_rows = state.groupby("site", sort=True).indices
-        machine_rows = machines.groupby("site", sort=True).indices
-        texts: dict[str, str] = {}
-        for site, rows in series_rows.items():
-            parts = [
-                _family(f"vigil_window_{stat}", "gauge", _HELP[stat], families[stat].iloc[rows]) for stat in self._stats
-            ]
-            parts.append(
-                _family(
-                    "vigil_equipment_last_window_end_seconds",
-                    "gauge",
-                    "End (event time, Unix seconds) of the machine's latest window.",
-                    last_end.iloc[machine_rows[site]],
-                )
-            )
-            parts.append(
-                _family(
-                    "vigil_site_machines_reporting",
-                    "gauge",
-                    "Machines whose latest window is newer than machine_silent_after_s.",
-                    [f"vigil_site_machines_reporting {int(reporting[site])}"],
-                )
-            )
-            texts[site] = "".join(parts)
-        self._rendered[WINDOW_JOB] = len(state) * len(self._stats) + len(machines) + len(texts)
-        return texts
+        self._rendered[WINDOW_JOB] = rendered.series
+        return rendered.texts
 
     def render_anomalies(self, now: float | None = None) -> dict[str, str]:
         """Merge pending verdicts and return the verdict text exposition per site (only live machines)."""
         now = self._clock() if now is None else now
         state = self._verdicts.merge(now, self._prom.series_ttl_s)
-        if state.empty:
-            self._rendered[ANOMALY_JOB] = 0
-            return {}
-        labels = "{" + state["machine_labels"] + "} "
-        gauges = [
-            (
-                "vigil_anomaly_score",
-                "Combined anomaly score of the machine's latest verdict: the max of its detector "
-                "scores, each normalised to its threshold (above 1 fires).",
-                format_values(state["score"]),
-            ),
-            (
-                "vigil_anomaly_severity",
-                "Severity of the machine's latest verdict: 0 normal, 1 warning, 2 critical.",
-                state["severity"].astype(str),
-            ),
-            (
-                "vigil_machine_silent",
-                "1 after a dead_machine verdict until the machine's next window verdict, else 0.",
-                np.where(state["kind"] == "dead_machine", "1", "0"),
-            ),
-            (
-                "vigil_anomaly_window_end_seconds",
-                "End (event time, Unix seconds) of the window of the machine's latest verdict.",
-                format_values(state["window_end_ms"] / 1000.0),
-            ),
-        ]
-        lines = {name: name + labels + values for name, _, values in gauges}
-        # One vigil_detector_score per (machine, detector that scored), machine-major.
-        names = [n for n in self._score_names if n in state.columns]
-        scores = state[names].to_numpy(dtype=np.float64)
-        rows, cols = np.nonzero(~np.isnan(scores))
-        detector_lines = (
-            "vigil_detector_score{"
-            + pd.Series(state["machine_labels"].to_numpy()[rows])
-            + ',detector="'
-            + pd.Series(np.asarray(names, dtype=object)[cols])
-            + '"} '
-            + format_values(scores[rows, cols])
-        )
-        detector_sites = state["site"].to_numpy()[rows]
-        detector_rows = pd.Series(detector_sites).groupby(detector_sites, sort=True).indices
-        texts: dict[str, str] = {}
-        counter_series = 0
-        for site, site_rows in state.groupby("site", sort=True).indices.items():
-            parts = [_family(name, "gauge", help_text, lines[name].iloc[site_rows]) for name, help_text, _ in gauges]
-            if site in detector_rows:
-                parts.insert(
-                    2,
-                    _family(
-                        "vigil_detector_score",
-                        "gauge",
-                        "Score of each detector that scored the machine's latest verdict, normalised to its "
-                        "threshold (1 = at the alarm limit).",
-                        detector_lines.iloc[detector_rows[site]],
-                    ),
-                )
-            # warning and critical always (a counter should exist before its first increase)
-            severities = [s for s in SEVERITIES if s != "normal" or (site, s) in self._anomalous]
-            counter_series += len(severities)
-            parts.append(
-                _family(
-                    "vigil_anomalous_windows_total",
-                    "counter",
-                    "Window verdicts of the site's machines that were anomalous, by severity (each window once).",
-                    [
-                        f'vigil_anomalous_windows_total{{severity="{s}"}} {self._anomalous.get((site, s), 0)}'
-                        for s in severities
-                    ],
-                )
-            )
-            texts[site] = "".join(parts)
-        self._rendered[ANOMALY_JOB] = len(state) * len(gauges) + len(rows) + counter_series
-        return texts
+        rendered = render_verdicts(state, self._score_names, self._anomalous)
+        self._rendered[ANOMALY_JOB] = rendered.series
+        return rendered.texts
 
     def render_groups(self, now: float | None = None) -> dict[tuple[str, str], str]:
         """Every live Pushgateway group, (job, site) -> text exposition."""
@@ -572,74 +385,20 @@ class PushgatewaySink:
         return groups
 
     def render_pipeline(self) -> str:
-        c = self.counters
-        return "".join(
-            [
-                _family(
-                    "vigil_sink_last_push_timestamp_seconds",
-                    "gauge",
-                    "Unix time of the sink's last successful push.",
-                    [f"vigil_sink_last_push_timestamp_seconds {format_values([c.last_push_ts])[0]}"],
-                ),
-                _family(
-                    "vigil_sink_windows_consumed_total",
-                    "counter",
-                    "Window-stats records consumed from Kafka since the sink started.",
-                    [f"vigil_sink_windows_consumed_total {c.windows_consumed}"],
-                ),
-                _family(
-                    "vigil_sink_push_failures_total",
-                    "counter",
-                    "Push rounds that failed since the sink started.",
-                    [f"vigil_sink_push_failures_total {c.failures}"],
-                ),
-                _family(
-                    "vigil_sink_bad_records_total",
-                    "counter",
-                    "Window-stats records skipped as invalid since the sink started.",
-                    [f"vigil_sink_bad_records_total {c.bad_records}"],
-                ),
-                _family(
-                    "vigil_sink_verdicts_consumed_total",
-                    "counter",
-                    "Anomaly verdicts consumed from Kafka since the sink started.",
-                    [f"vigil_sink_verdicts_consumed_total {c.verdicts_consumed}"],
-                ),
-                _family(
-                    "vigil_sink_bad_verdicts_total",
-                    "counter",
-                    "Anomaly verdicts skipped as invalid since the sink started.",
-                    [f"vigil_sink_bad_verdicts_total {c.bad_verdicts}"],
-                ),
-                _family(
-                    "vigil_sink_series_pushed",
-                    "gauge",
-                    "Series in the last successful push.",
-                    [f"vigil_sink_series_pushed {c.series_pushed}"],
-                ),
-            ]
-        )
+        return render_pipeline(self.counters)
 
     # -- pushing ------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: str | None = None) -> str | None:
-        """Returns None on success, else what went wrong (retries already done by the session)."""
-        url = self._prom.pushgateway_url + path
+    @staticmethod
+    def _attempt(request: Callable[..., None], *args: str) -> str | None:
+        """Returns None on success, else what went wrong (retries already done by the client)."""
         try:
-            resp = self._session.request(
-                method,
-                url,
-                data=body.encode() if body is not None else None,
-                timeout=HTTP_TIMEOUT,
-                headers={"Content-Type": "text/plain; version=0.0.4"},
-            )
-        except requests.RequestException as exc:
-            return f"{method} {url}: {exc}"
-        if resp.status_code >= 300:
-            return f"{method} {url}: HTTP {resp.status_code} {resp.text.strip()[:500]}"
+            request(*args)
+        except PushgatewayError as exc:
+            return str(exc)
         return None
 
     def push(self, now: float | None = None) -> bool:
-        """One push round: PUT every live (job, site) group, DELETE emptied ones, then the sink's own group.
+        """One push round: render, then PUT each live (job, site) group, DELETE emptied ones, then the sink's own.
 
         Never raises on HTTP trouble: failures are logged and counted, and the next round
         retries with the then-current state. Returns whether the window and verdict gauges (not
@@ -647,9 +406,12 @@ class PushgatewaySink:
         """
         now = self._clock() if now is None else now
         groups = self.render_groups(now)
-        errors = [self._request("PUT", grouping_path(job, site=site), text) for (job, site), text in groups.items()]
+        gateway = self._gateway
+        errors = [
+            self._attempt(gateway.put, grouping_path(job, site=site), text) for (job, site), text in groups.items()
+        ]
         errors += [
-            self._request("DELETE", grouping_path(job, site=site))
+            self._attempt(gateway.delete, grouping_path(job, site=site))
             for job, site in sorted(self._pushed_groups - groups.keys())
         ]
         errors = [e for e in errors if e]
@@ -659,7 +421,7 @@ class PushgatewaySink:
             self._pushed_groups = set(groups)
             self._count(pushes=1)
             self._set(series_pushed=sum(self._rendered.values()), last_push_ts=now)
-        pipeline_error = self._request("PUT", grouping_path(SINK_JOB), self.render_pipeline())
+        pipeline_error = self._attempt(gateway.put, grouping_path(SINK_JOB), self.render_pipeline())
         if pipeline_error and not errors:
             self._count(failures=1)
         if errors or pipeline_error:
@@ -674,10 +436,8 @@ class PushgatewaySink:
     def seed_from_pushgateway(self) -> int:
         """Load the series this sink pushed before a restart; returns how many rows. Best effort."""
         try:
-            resp = self._session.get(self._prom.pushgateway_url + "/api/v1/metrics", timeout=HTTP_TIMEOUT)
-            resp.raise_for_status()
-            groups = resp.json()["data"]
-        except (requests.RequestException, ValueError, KeyError) as exc:
+            groups = self._gateway.groups()
+        except PushgatewayError as exc:
             log.warning("could not read existing series from the Pushgateway (%s); starting empty", exc)
             return 0
         for group in groups:
@@ -763,7 +523,7 @@ class PushgatewaySink:
             run_batches(consumer, topics, stop, self)
         finally:
             consumer.close()
-            self._session.close()
+            self._gateway.close()
 
     # -- the batch it writes (run_batches polls and commits) ----------------------------------------
     def add(self, messages: list[Message]) -> None:

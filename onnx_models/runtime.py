@@ -2,16 +2,20 @@
 
 Sessions are expensive to build (graph optimisation, allocations) and per-row calls are ~100x slower
 than batches, so a model is loaded once per worker process (cached by the hash of its bytes) and
-always called on a whole batch.
+always called on a whole batch. onnxruntime itself is imported when the first session is built: a
+process that only names detectors (the sinks) never loads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 _SESSIONS: dict[tuple[str, int], ort.InferenceSession] = {}
 _LOCK = threading.Lock()
@@ -23,6 +27,8 @@ def _session(model_bytes: bytes, threads: int) -> tuple[str, ort.InferenceSessio
     with _LOCK:
         session = _SESSIONS.get(key)
         if session is None:
+            import onnxruntime as ort  # heavy (~100 MiB): loaded by the first process that scores
+
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = threads
