@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Self
 import numpy as np
 
 from detectors.base import BatchDetector, register
+from onnx_models.export import graph_bytes, model_bytes
 from onnx_models.runtime import OnnxModel, check_width
 
 if TYPE_CHECKING:
-    import onnx
+    pass
 
 
 ONNX_OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -83,18 +84,6 @@ class IsolationForestDetector(BatchDetector):
         if method == "skl2onnx":
             return self._to_onnx_skl2onnx()
         raise ValueError(f"unknown ONNX export method {method!r}; use 'direct' or 'skl2onnx'")
-
-    def _props(self, model: onnx.ModelProto) -> bytes:
-        # heavy dependency, imported on use (see detectors.base)
-        import onnx
-        from onnx import helper
-
-        helper.set_model_props(
-            model,
-            {"detector": self.name, "feature_names": ",".join(self.feature_names), "threshold": repr(self.threshold)},
-        )
-        onnx.checker.check_model(model)
-        return model.SerializeToString()
 
     def _to_onnx_direct(self) -> bytes:
         # heavy dependency, imported on use (see detectors.base)
@@ -169,13 +158,7 @@ class IsolationForestDetector(BatchDetector):
             [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
             initializer=inits,
         )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid(domain, version) for domain, version in ONNX_OPSET.items()],
-            producer_name="vigil",
-        )
-        model.ir_version = 8
-        return self._props(model)
+        return graph_bytes(graph, ONNX_OPSET, self.name, self.feature_names, self.threshold)
 
     def _to_onnx_skl2onnx(self) -> bytes:
         """skl2onnx graph + ``score = -(decision_function + offset_)`` = ``-score_samples``, shape [N]."""
@@ -202,4 +185,4 @@ class IsolationForestDetector(BatchDetector):
         )
         del graph.output[:]
         graph.output.extend([helper.make_tensor_value_info("score", TensorProto.FLOAT, [None])])
-        return self._props(model)
+        return model_bytes(model, self.name, self.feature_names, self.threshold)

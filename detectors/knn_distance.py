@@ -19,6 +19,7 @@ from typing import Self
 import numpy as np
 
 from detectors.base import BatchDetector, register
+from onnx_models.export import graph_bytes
 from onnx_models.runtime import OnnxModel, check_width
 
 ONNX_OPSET = 17
@@ -138,16 +139,4 @@ class KnnDistance(BatchDetector):
             [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
             initializer=inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="vigil")
-        model.ir_version = 8
-        helper.set_model_props(
-            model,
-            {
-                "detector": self.name,
-                "feature_names": ",".join(self.feature_names),
-                "threshold": repr(self.threshold),
-                "k": str(self.k),
-            },
-        )
-        onnx.checker.check_model(model)
-        return model.SerializeToString()
+        return graph_bytes(graph, {"": ONNX_OPSET}, self.name, self.feature_names, self.threshold, {"k": str(self.k)})

@@ -17,6 +17,7 @@ from typing import Self
 import numpy as np
 
 from detectors.base import BatchDetector, register
+from onnx_models.export import graph_bytes
 from onnx_models.runtime import OnnxModel, check_width
 
 ONNX_OPSET = 17
@@ -157,16 +158,5 @@ class PcaT2Q(BatchDetector):
             + [helper.make_tensor_value_info("contrib", TensorProto.FLOAT, ["N", d])],
             initializer=inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="vigil")
-        model.ir_version = 8
-        helper.set_model_props(
-            model,
-            {
-                "detector": self.name,
-                "feature_names": ",".join(self.feature_names),
-                "threshold": repr(self.threshold),
-                "n_components": str(self.n_components),
-            },
-        )
-        onnx.checker.check_model(model)
-        return model.SerializeToString()
+        extra = {"n_components": str(self.n_components)}
+        return graph_bytes(graph, {"": ONNX_OPSET}, self.name, self.feature_names, self.threshold, extra)
