@@ -1,7 +1,7 @@
 """Kafka plumbing shared by the edge service, the sinks and the tools.
 
 Everything here builds on :meth:`KafkaSettings.client_config`, so the same code talks to the
-local Tansu broker and to a real Kafka/Redpanda cluster with SASL/TLS.
+local Apache Kafka broker and to a real cluster with SASL/TLS.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0, topics: list[s
                 "retention.ms": str(settings.retention_ms),
                 "cleanup.policy": "delete",
                 "max.message.bytes": str(8 * 1024 * 1024),
+                # Dead letters are kept by size too: a flood of rejected input must not fill the broker's disk.
+                **(
+                    {"retention.bytes": str(settings.dead_letter_retention_bytes)}
+                    if name == settings.dead_letter_topic
+                    else {}
+                ),
             },
         )
         for name in wanted

@@ -77,6 +77,7 @@ def kafka_source_options(settings: Settings, topic: str, group: str) -> str:
     'properties.auto.offset.reset' = 'earliest',
     'properties.session.timeout.ms' = '{kafka.session_timeout_ms}',
     'properties.heartbeat.interval.ms' = '{kafka.heartbeat_interval_ms}',
+    'properties.isolation.level' = 'read_committed',
     'scan.startup.mode' = 'group-offsets',
     'format' = 'json',
     'json.fail-on-missing-field' = 'false',
@@ -93,7 +94,8 @@ def kafka_sink_options(settings: Settings, topic: str, transactional_id_prefix: 
     'value.format' = 'json',
     'value.fields-include' = 'ALL',
     'sink.delivery-guarantee' = '{settings.kafka.flink_delivery_guarantee}',
-    'sink.transactional-id-prefix' = '{sql_escape(transactional_id_prefix)}'"""
+    'sink.transactional-id-prefix' = '{sql_escape(transactional_id_prefix)}',
+    'properties.transaction.timeout.ms' = '{settings.kafka.transaction_timeout_ms}'"""
 
 
 KAFKA_METADATA_COLUMNS = """kafka_partition INT METADATA FROM 'partition' VIRTUAL,

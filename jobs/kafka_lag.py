@@ -15,9 +15,8 @@ Each push replaces the whole group (PUT), so a consumer group that disappears st
 Committed offsets are read with a Consumer of that group id that never subscribes (OffsetFetch only, it does
 not join the group or disturb its members); end offsets with ``get_watermark_offsets``.
 
-Local Tansu broker: it reports a partition's end offset as the last batch's base offset + 1 (measured), so
-after a multi-record batch the lag reads a few records low until the next batch (clamped at 0). Real Kafka
-reports the offset after the last record.
+On topics the Flink jobs write in transactions every transaction ends with a commit marker, which takes an
+offset of its own: a consumer that has read everything can read as up to one record behind per partition.
 
 Run: ``python -m jobs.kafka_lag`` (until SIGTERM/SIGINT).
 """

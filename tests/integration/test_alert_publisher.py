@@ -1,6 +1,6 @@
 """Verdicts on Kafka -> jobs.alert_publisher -> a real Alertmanager (rendered Vigil config) -> webhooks.
 
-Real servers: the session's Tansu broker, an Alertmanager and a Pushgateway from the Debian packages, and a local
+Real servers: the session's Apache Kafka broker, an Alertmanager and a Pushgateway from the Debian packages, and a local
 HTTP server standing in for the notification relay (it records every webhook Alertmanager sends). Also covers
 jobs.kafka_lag (the publisher's committed offsets, read the way the exporter reads them).
 """
@@ -449,8 +449,7 @@ def test_unreachable_alertmanager_says_what_to_do() -> None:
 
 def test_kafka_lag_exporter_pushes_lag_per_group(settings: Settings, publisher: RunLoop) -> None:
     """jobs.kafka_lag against real Kafka and the Pushgateway: committed groups only, with their lag."""
-    # Two batches: Tansu reports a partition's end offset as the last batch's base offset + 1 (real Kafka: the
-    # offset after its last record), so only single-record batches give exact end offsets on Tansu.
+    # Two batches, so the end offset counts records of two produce requests.
     produce(settings, [verdict("k1", 0)])
     produce(settings, [verdict("k1", 1)])
     poll("publisher committed", lambda: publisher_lag(settings) == 0)

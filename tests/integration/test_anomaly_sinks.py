@@ -1,4 +1,4 @@
-"""Anomaly verdicts from a real Kafka-protocol broker (Tansu) into the chDB-backed ClickHouse and a real
+"""Anomaly verdicts from a real Apache Kafka broker into the chDB-backed ClickHouse and a real
 Pushgateway: one row / one gauge set per key even when Kafka delivers a verdict twice, and malformed
 verdicts dead-lettered with their reason."""
 

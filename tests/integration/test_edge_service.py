@@ -1,4 +1,4 @@
-"""The edge ingestion service against a real Kafka-protocol broker (Tansu)."""
+"""The edge ingestion service against a real Apache Kafka broker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hot path end to end on real servers: Kafka (Tansu) -> PushgatewaySink -> Pushgateway -> Prometheus,
+"""Hot path end to end on real servers: Apache Kafka -> PushgatewaySink -> Pushgateway -> Prometheus,
 with Alertmanager attached and the Vigil rules loaded."""
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from operations.stack.kafka_broker import broker_spec, server_properties
 from operations.stack.process import ProcessManager, ServiceSpec
-from operations.stack.services import Stack
 from tests.conftest import free_port
 from vigil.settings import KafkaSettings, Settings
 
@@ -62,11 +62,16 @@ def test_a_port_taken_by_someone_else_is_a_clear_error(tmp_path: Path) -> None:
         other.stop("web")
 
 
-@pytest.mark.parametrize(("engine", "kept"), [("memory://tansu/", False), ("postgres://localhost/tansu", True)])
-def test_checkpoints_follow_the_brokers_storage(tmp_path: Path, engine: str, kept: bool) -> None:
-    settings = Settings(data_dir=tmp_path, kafka=KafkaSettings(local_storage_engine=engine))
-    marker = settings.checkpoints_dir / "vigil-window-stats" / "abc" / "job" / "chk-1" / "_metadata"
-    marker.parent.mkdir(parents=True)
-    marker.write_bytes(b"x")
-    Stack(settings)._forget_offsets_of_a_lost_log()
-    assert marker.exists() is kept
+def test_local_broker_is_one_durable_kraft_node_with_transactions_sized_for_the_flink_sinks(tmp_path: Path) -> None:
+    kafka = KafkaSettings(
+        bootstrap_servers="127.0.0.1:29092", local_controller_port=29093, transaction_timeout_ms=1_200_000
+    )
+    settings = Settings(data_dir=tmp_path, kafka=kafka)
+    props = dict(line.split("=", 1) for line in server_properties(settings).splitlines())
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert props["log.dirs"] == str(tmp_path / "kafka" / "data")  # under the stack's data dir: kept across restarts
+    assert props["auto.create.topics.enable"] == "false"
+    assert int(props["transaction.max.timeout.ms"]) >= kafka.transaction_timeout_ms
+    spec = broker_spec(settings)
+    assert spec.port == 29092 and spec.argv[-1].endswith("server.properties")

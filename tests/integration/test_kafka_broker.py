@@ -1,0 +1,143 @@
+"""The local Apache Kafka broker as `vigil stack` runs it: durable across restarts and crashes, transactions that
+read_committed consumers honour, and an orphaned transaction that blocks readers only until its timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from connectors.kafka import ensure_topics, make_consumer, make_producer
+from operations.stack.services import Stack
+from tests.conftest import local_kafka_settings
+from vigil.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "vigil.telemetry"
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path, kafka=local_kafka_settings(partitions=2, transaction_timeout_ms=10_000))
+    stack = Stack(settings)
+    stack.up(("kafka",))
+    try:
+        yield stack
+    finally:
+        stack.down(("kafka",))
+
+
+def produce(settings: Settings, n: int, prefix: str) -> None:
+    producer = make_producer(settings.kafka)
+    for i in range(n):
+        producer.produce(TOPIC, key=f"m-{i % 7}", value=f"{prefix}-{i}".encode())
+    assert producer.flush(30) == 0, "every record acknowledged (acks=all)"
+
+
+def read_all(settings: Settings, group: str, expect: int, timeout_s: float = 30.0) -> list[str]:
+    consumer = make_consumer(settings.kafka, group, **{"auto.offset.reset": "earliest"})
+    consumer.subscribe([TOPIC])
+    values: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and len(values) < expect:
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error() is None:
+                    values.append(message.value().decode())
+        # a little longer: nothing beyond what is expected may arrive
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            values += [m.value().decode() for m in consumer.consume(500, timeout=0.2) if m.error() is None]
+    finally:
+        consumer.close()
+    return values
+
+
+@pytest.mark.parametrize("how", ["stop", "sigkill"])
+def test_acknowledged_records_survive_a_broker_restart(stack: Stack, how: str) -> None:
+    settings = stack.settings
+    produce(settings, 100, "before")
+    if how == "stop":
+        stack.down(("kafka",))
+    else:
+        pid = stack.processes.pid("kafka")
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        stack.processes.stop("kafka")  # forget the dead process
+    stack.up(("kafka",))
+    produce(settings, 10, "after")
+    values = read_all(settings, f"restart-{how}", expect=110)
+    assert sorted(values) == sorted([f"before-{i}" for i in range(100)] + [f"after-{i}" for i in range(10)])
+
+
+def test_read_committed_consumers_never_see_aborted_records(stack: Stack) -> None:
+    settings = stack.settings
+    ensure_topics(settings.kafka)
+    producer = Producer(settings.kafka.client_config() | {"transactional.id": "test-aborts"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(TOPIC, key="m", value=f"aborted-{i}".encode())
+    producer.flush(30)
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(TOPIC, key="m", value=f"committed-{i}".encode())
+    producer.commit_transaction(30)
+    assert sorted(read_all(settings, "read-committed", expect=5)) == [f"committed-{i}" for i in range(5)]
+
+
+ORPHAN = """
+import os, sys
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
+producer = Producer({"bootstrap.servers": sys.argv[1], "transactional.id": "test-orphan",
+                     "transaction.timeout.ms": int(sys.argv[2])})
+producer.init_transactions(30)
+producer.begin_transaction()
+producer.produce(sys.argv[3], key=b"m", value=b"orphaned")
+producer.flush(30)
+os._exit(0)  # a crash: the transaction stays open, neither committed nor aborted
+"""
+
+
+def test_an_orphaned_transaction_blocks_readers_only_until_its_timeout(stack: Stack) -> None:
+    settings = stack.settings
+    ensure_topics(settings.kafka)
+    timeout_ms = settings.kafka.transaction_timeout_ms
+    subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(ORPHAN), settings.kafka.bootstrap_servers, str(timeout_ms), TOPIC],
+        check=True,
+        timeout=60,
+    )
+    orphaned_at = time.monotonic()
+    produce(settings, 1, "behind-the-orphan")  # same key, same partition: behind the open transaction
+    values = read_all(settings, "after-orphan", expect=1, timeout_s=timeout_ms / 1000 + 30)
+    waited = time.monotonic() - orphaned_at
+    assert values == ["behind-the-orphan-0"], "the orphan's record is aborted, the later one delivered"
+    # The broker aborts it once transaction.timeout.ms passed (its check runs every 10 s by default).
+    assert waited <= timeout_ms / 1000 + 25, f"readers blocked {waited:.0f} s behind an orphaned transaction"
+
+
+def test_topics_are_vigils_own_and_dead_letters_are_capped_by_size(stack: Stack) -> None:
+    kafka = stack.settings.kafka
+    admin = AdminClient(kafka.client_config())
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in (kafka.dead_letter_topic, TOPIC)]
+    configs = {r.name: f.result(30) for r, f in admin.describe_configs(resources).items()}
+    assert configs[kafka.dead_letter_topic]["retention.bytes"].value == str(kafka.dead_letter_retention_bytes)
+    assert configs[TOPIC]["retention.ms"].value == str(kafka.retention_ms)
+    assert len(admin.list_topics(timeout=30).topics[TOPIC].partitions) == kafka.partitions
+    producer = Producer(kafka.client_config() | {"message.timeout.ms": 5000})
+    errors: list[KafkaError] = []
+    producer.produce("vigil.telemetyr", value=b"x", on_delivery=lambda err, _: errors.append(err))
+    producer.flush(15)
+    assert errors and errors[0] is not None, "a misspelt topic is refused, not created"
