@@ -18,6 +18,8 @@ from operations.alerts_cli import alerts_app
 from operations.bench.console import results_tables, run_console_bench, write_json
 from operations.bench.latency import run_latency_bench
 from operations.bench.throughput import run_throughput_bench
+from operations.chaos import DEFAULT_FAULTS, run_chaos
+from operations.chaos import results_table as chaos_table
 from operations.console_cli import console_app
 from operations.demo import print_dead_letters, run_demo, run_simulator_with_progress
 from operations.evaluate.agents_eval import AgentRunOptions, evaluate_agents, evaluation_dict, print_agent_evaluation
@@ -320,6 +322,29 @@ def bench_latency(
         )
     except (RuntimeError, ValueError) as exc:
         _fail(str(exc))
+
+
+@app.command()
+def chaos(
+    machines: Annotated[int, typer.Option(help="simulated machines streaming through the faults")] = 200,
+    fault: Annotated[
+        list[str] | None, typer.Option(help=f"services to SIGKILL, in order (default: {', '.join(DEFAULT_FAULTS)})")
+    ] = None,
+    down: Annotated[float, typer.Option(help="seconds each service stays dead")] = 10.0,
+    settle: Annotated[float, typer.Option(help="seconds of steady streaming after each recovery")] = 30.0,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+    samples_per_sensor: SamplesOption = None,
+) -> None:
+    """Kill each pipeline service under load, restart it, and count lost/duplicated windows and verdicts."""
+    try:
+        settings = _with_samples(samples_per_sensor, 0.0)
+        result = run_chaos(settings, machines, fault or DEFAULT_FAULTS, console, down_s=down, settle_s=settle)
+    except (RuntimeError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(chaos_table(result))
+    console.print(f"dead letters of the run by reason: {result.dead_letters or 'none'}")
+    console.print(f"gateway batches buffered on disk: {result.gateway_buffered}, replayed: {result.gateway_replayed}")
+    _write_json(output, result.as_dict(), "chaos figures")
 
 
 def _write_json(output: Path | None, data: object, what: str) -> None:

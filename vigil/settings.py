@@ -66,7 +66,7 @@ class KafkaSettings(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict, description="extra librdkafka / Java client properties")
     # The local broker started by `vigil stack up` (operations/stack/kafka_broker.py): its KRaft controller
     # port (the broker's port is bootstrap_servers') and JVM heap.
-    local_controller_port: int = 19093
+    local_controller_port: int = 19094
     local_heap_mb: int = Field(768, ge=256)
 
     def client_config(self) -> dict[str, Any]:

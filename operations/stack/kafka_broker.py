@@ -77,7 +77,9 @@ def server_properties(settings: Settings) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": NODE_ID,
-        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller}",
+        # A static quorum of this one node: the controller's address comes from here at every start, so a
+        # changed port needs no re-format (a dynamic quorum would keep the old address in its log).
+        "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{controller}",
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -130,7 +132,6 @@ def format_storage(settings: Settings) -> None:
         cluster_id,
         "--config",
         str(config / "server.properties"),
-        "--standalone",
         "--feature",
         "transaction.version=2",
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from vigil.settings import KafkaSettings, Settings
 
@@ -69,3 +69,16 @@ def test_sasl_and_tls_reach_both_kafka_clients() -> None:
     assert java["security.protocol"] == "SASL_SSL"
     assert "ScramLoginModule" in java["sasl.jaas.config"] and 'password="secret"' in java["sasl.jaas.config"]
     assert java["ssl.truststore.location"] == "/ca.pem"
+
+
+def test_default_ports_of_the_local_stack_are_distinct() -> None:
+    settings = Settings()
+    ports = {"kafka": int(settings.kafka.bootstrap_servers.rsplit(":", 1)[1])}
+    for section_name, section in settings:
+        if isinstance(section, BaseModel):
+            for name, value in section:
+                if name.endswith("port") and isinstance(value, int) and name != "smtp_port":
+                    ports[f"{section_name}.{name}"] = value
+    assert len(ports) > 10
+    clashes = {p: [n for n, q in ports.items() if q == p] for p in ports.values() if list(ports.values()).count(p) > 1}
+    assert not clashes, f"two services of the local stack share a port: {clashes}"
