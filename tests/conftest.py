@@ -187,8 +187,14 @@ def clickhouse_server(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``streams_live`` run last: real-time data moves the shared job's watermark to now, and the
-    other pipeline tests send data from a minute ago, which would then be dead-lettered as late."""
-    items.sort(key=lambda item: item.get_closest_marker("streams_live") is not None)
+    other pipeline tests send data from a minute ago, which would then be dead-lettered as late. Those marked
+    ``kills_services`` run after them: they kill shared servers and stream a fleet of their own."""
+
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        kills = item.get_closest_marker("kills_services") is not None
+        return kills or item.get_closest_marker("streams_live") is not None, kills
+
+    items.sort(key=order)
 
 
 @dataclass

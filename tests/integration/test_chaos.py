@@ -9,7 +9,7 @@ from rich.console import Console
 from operations.chaos import run_chaos
 from operations.stack.services import Stack
 
-pytestmark = [pytest.mark.integration, pytest.mark.streams_live]
+pytestmark = [pytest.mark.integration, pytest.mark.streams_live, pytest.mark.kills_services]
 
 
 def test_killing_the_broker_and_a_sink_loses_and_duplicates_nothing(pipeline_stack: Stack) -> None:
