@@ -137,8 +137,7 @@ class SqlTemplate:
     @property
     def is_insert(self) -> bool:
         """INSERTs run together as the job's statement set; everything before them is DDL."""
-        code = [line for line in self.text.splitlines() if line.strip() and not line.lstrip().startswith("--")]
-        return bool(code) and code[0].lstrip().upper().startswith("INSERT")
+        return _without_comment_lines(self.text).lstrip().upper().startswith("INSERT")
 
     def render(self, settings: Settings, **extra: object) -> str:
         return self.text.format(**(sql_params(settings) | extra))

@@ -144,16 +144,22 @@ def kill(stack: Stack, service: str) -> None:
     stack.processes.stop(service)  # forget the dead process's pid file
 
 
-def _visible_after(settings: Settings, table: str, since_ms: int) -> bool:
+def _wait_visible(settings: Settings, table: str, since_ms: int, timeout_s: float) -> int | None:
+    """When (epoch ms) a row of ``table`` whose window started at or after ``since_ms`` is visible; None: never."""
     client = make_client(settings.clickhouse, "admin")
+    deadline = time.monotonic() + timeout_s
     try:
-        rows = client.query(
-            f"SELECT count() FROM {table} WHERE window_start >= fromUnixTimestamp64Milli({{t:Int64}})",
-            parameters={"t": since_ms},
-        ).result_rows
+        while time.monotonic() < deadline:
+            rows = client.query(
+                f"SELECT count() FROM {table} WHERE window_start >= fromUnixTimestamp64Milli({{t:Int64}})",
+                parameters={"t": since_ms},
+            ).result_rows
+            if rows and rows[0][0]:
+                return _now_ms()
+            time.sleep(0.5)
     finally:
         client.close()
-    return bool(rows and rows[0][0])
+    return None
 
 
 def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -270,12 +276,7 @@ def run_chaos(
         stack.up((service,))
         fault.restarted_at_ms = _now_ms()
         table = RECOVERY_TABLE.get(service, "window_stats")
-        deadline = time.monotonic() + recovery_timeout_s
-        while time.monotonic() < deadline:
-            if _visible_after(settings, table, fault.killed_at_ms):
-                fault.recovered_at_ms = _now_ms()
-                break
-            time.sleep(0.5)
+        fault.recovered_at_ms = _wait_visible(settings, table, fault.killed_at_ms, recovery_timeout_s)
         console.print(
             f"  {service}: restarted; "
             + (f"recovered in {fault.recovery_s} s" if fault.recovery_s is not None else "NOT recovered")

@@ -3,8 +3,6 @@ read_committed consumers honour, and an orphaned transaction that blocks readers
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -16,6 +14,7 @@ from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from connectors.kafka import ensure_topics, make_consumer, make_producer
+from operations.chaos import kill
 from operations.stack.services import Stack
 from tests.conftest import local_kafka_settings
 from vigil.settings import Settings
@@ -69,10 +68,7 @@ def test_acknowledged_records_survive_a_broker_restart(stack: Stack, how: str) -
     if how == "stop":
         stack.down(("kafka",))
     else:
-        pid = stack.processes.pid("kafka")
-        assert pid is not None
-        os.killpg(pid, signal.SIGKILL)
-        stack.processes.stop("kafka")  # forget the dead process
+        kill(stack, "kafka")
     stack.up(("kafka",))
     produce(settings, 10, "after")
     values = read_all(settings, f"restart-{how}", expect=110)
