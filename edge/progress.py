@@ -10,6 +10,12 @@ machines heard from recently. Written to every partition of the telemetry topic 
 (one producer keeps per-partition order), it lets Flink's watermark reach E the moment the last machine's
 batch for E is in. A marker is a telemetry record with no machine and no samples, whose event time is the
 progress plus the allowed lateness (the source subtracts that again); the window SQL ignores it.
+
+With markers on, they alone move the watermark (sql/flink/window_stats/02_telemetry_source.sql): data
+never does. So machines that replay a backlog after an outage of the edge or the broker hold the windows
+open until each has caught up (a promise counts only once Kafka acknowledged its data), instead of the
+first machine back pushing the watermark past everyone else's buffered hour. A machine silent for
+``active_ms`` stops holding the fleet; what it sends later for windows already closed is late.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import time
 import orjson
 from confluent_kafka import KafkaException, Producer
 
-log = logging.getLogger(__name__)
+from vigil.contracts import MARKER_GATEWAY
 
-MARKER_GATEWAY = "edge-progress"
+log = logging.getLogger(__name__)
 
 
 class FleetProgress:
@@ -40,7 +46,7 @@ class FleetProgress:
         self._lock = threading.Lock()
 
     def update(self, equipment_id: str, covered_until_ms: int, now_ms: int) -> None:
-        """Call AFTER the batch's records were handed to the producer (markers must follow the data)."""
+        """Call once Kafka acknowledged the batch's records (a marker must never cover data that may still fail)."""
         with self._lock:
             if self.first_seen_ms is None:
                 self.first_seen_ms = now_ms

@@ -125,6 +125,7 @@ class _RequestState:
     ack: telemetry_pb2.IngestAck = field(default_factory=telemetry_pb2.IngestAck)
     tracker: DeliveryTracker = field(default_factory=DeliveryTracker)
     marks: dict[str, int] = field(default_factory=dict)  # equipment -> highest sequence written here
+    covered: dict[str, int] = field(default_factory=dict)  # equipment -> the promise of its batches here
     produced_any: bool = False
     last_rejection: tuple[str, str] | None = None
 
@@ -232,9 +233,10 @@ class IngestionService:
             state.marks[eid] = seq
         for key, value in batch_to_records(batch, result.arrays, self._window_ms, now_ms):
             self._produce(state, key, value)
-        # The gateway's promise (sent_at), never older than what it sent: counts only once its data is queued.
+        # The gateway's promise (sent_at), never older than what it sent; it reaches the fleet's progress only
+        # once Kafka acknowledged the data (``_finish``): a marker must never cover a batch that may yet fail.
         newest = max((int(a.ts.max()) for a in result.arrays if a.ts.size), default=0)
-        self.progress.update(eid, max(batch.sent_at_ms, newest), now_ms)
+        state.covered[eid] = max(state.covered.get(eid, 0), batch.sent_at_ms, newest)
         state.ack.accepted_batches += 1
         state.ack.accepted_points += result.points
 
@@ -255,6 +257,9 @@ class IngestionService:
                 f"Kafka did not acknowledge {len(tracker.errors)} of {tracker.produced} record(s) "
                 f"({tracker.errors[0]}); nothing of this request is confirmed, retry later",
             )
+        acked_ms = int(time.time() * 1000)
+        for eid, covered in state.covered.items():
+            self.progress.update(eid, covered, acked_ms)
         if state.marks:
             with self._marks_lock:
                 for eid, seq in state.marks.items():

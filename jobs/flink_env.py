@@ -17,6 +17,7 @@ from pyflink.common import Configuration
 from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment
 
 from jobs.flink_jars import UDF_SOURCES, job_jars
+from vigil.contracts import MARKER_GATEWAY
 from vigil.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,17 @@ KAFKA_METADATA_COLUMNS = """kafka_partition INT METADATA FROM 'partition' VIRTUA
     kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,"""
 
 
+def telemetry_watermark(settings: Settings) -> str:
+    """The telemetry source's watermark: the edge's progress markers alone when it writes them, else the data.
+
+    A data row's NULL means "no watermark from this row" to Flink's generator (edge/progress.py says why).
+    """
+    delayed = f"rowtime - INTERVAL '{_seconds(settings.window.allowed_lateness_ms)}' SECOND"
+    if not settings.edge.progress_interval_ms:
+        return delayed
+    return f"CASE WHEN gateway_id = '{MARKER_GATEWAY}' THEN {delayed} END"
+
+
 def sql_params(settings: Settings) -> dict[str, object]:
     """Template values every job's SQL may use, from the settings (the only source of names)."""
     window = settings.window
@@ -116,6 +128,7 @@ def sql_params(settings: Settings) -> dict[str, object]:
         "window_size_ms": window.size_ms,
         "window_size_s": _seconds(window.size_ms),
         "lateness_s": _seconds(window.allowed_lateness_ms),
+        "telemetry_watermark": telemetry_watermark(settings),
         "now_ms_expr": NOW_MS_EXPR,
     }
 

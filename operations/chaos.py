@@ -8,7 +8,7 @@ from where the data really lands:
 - windows: ClickHouse ``window_stats`` read without FINAL, against the (machine, sensor, window) sample
   counts of every batch the simulator handed to its gateway clients (acknowledged or buffered and replayed);
   a window is lost when absent, short when it holds fewer samples than were sent, duplicated when a
-  FINAL-free read sees it more than once;
+  FINAL-free read sees it more than once or it holds more samples than were sent (a batch written twice);
 - verdicts: ClickHouse ``anomalies`` (kind ``window``), one per machine and window with statistics;
 - dead letters: the dead-letter topic's records of the run, by reason (late data counts here, not as lost).
 Losses and duplicates are attributed to the fault whose interval (kill - 2 windows .. recovery + settle)
@@ -318,7 +318,7 @@ def run_chaos(
             count(key[2], "windows_lost")
         elif landed_samples < samples:
             count(key[2], "windows_short")
-        if copies > 1:
+        if copies > 1 or landed_samples > samples:  # a second row, or a batch's samples counted twice
             count(key[2], "windows_duplicated")
     machine_windows = {(m, w) for m, _, w in expected}
     for key in machine_windows:

@@ -6,6 +6,10 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+# Telemetry records on the telemetry topic come from the edge (edge/chunking.py); a record whose gateway_id is
+# MARKER_GATEWAY is a progress marker (edge/progress.py): no machine, no samples, only event time.
+MARKER_GATEWAY = "edge-progress"
+
 # Window statistics on the window-stats topic, one JSON record per (machine, sensor, window), as
 # written by the Flink job (sql/flink/window_stats/03_window_stats_sink.sql). Every field is required.
 WINDOW_STATS_LABELS = ("equipment_id", "site", "equipment_type", "sensor", "unit")

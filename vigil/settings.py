@@ -133,7 +133,9 @@ class EdgeSettings(BaseModel):
     # waiting for the next batch to push event time past the allowed lateness. 0 disables the markers.
     # With several edge instances per topic, disable them (each instance knows only its own machines).
     progress_interval_ms: int = Field(250, ge=0)
-    # A machine silent for longer than this no longer holds the markers back (windows then close by data).
+    # With markers on they alone move the watermark: a machine replaying its buffer after an outage holds the
+    # windows open. A machine silent for longer than this stops holding them; its later data for closed windows
+    # is late (dead-lettered). Every ms a slow machine holds the fleet is a ms of alert latency for all.
     progress_active_ms: int = Field(12_000, ge=1000)
 
 
@@ -141,9 +143,9 @@ class WindowSettings(BaseModel):
     """Event-time tumbling windows computed by the Flink job."""
 
     size_ms: int = Field(5000, ge=100)
-    # Bounded out-of-orderness of the watermark: how much later than the newest record of its Kafka
-    # partition a machine's data may arrive (delivery jitter, gateway clock skew) before its window
-    # has closed; later records are dead-lettered. Every ms here is a ms of alert latency.
+    # Without the edge's progress markers (edge.progress_interval_ms = 0): the bounded out-of-orderness of the
+    # watermark, how much later than the newest record of its Kafka partition a machine's data may arrive
+    # before its window has closed; later records are dead-lettered. Every ms here is a ms of alert latency.
     allowed_lateness_ms: int = Field(3_000, ge=0)
     source_idle_timeout_ms: int = Field(15_000, ge=0)
 

@@ -14,10 +14,10 @@ import pytest
 import requests
 
 from connectors.kafka import make_consumer
-from edge.progress import MARKER_GATEWAY
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.service import serve
 from tests.conftest import free_port
+from vigil.contracts import MARKER_GATEWAY
 from vigil.settings import EdgeSettings, KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration

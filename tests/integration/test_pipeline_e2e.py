@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+import zlib
 
 import grpc
 import numpy as np
@@ -307,3 +308,76 @@ def test_every_window_gets_exactly_one_verdict_on_the_anomalies_topic(pipeline_s
         assert v["severity"] in ("normal", "warning", "critical")
         assert v["window_end_ms"] - v["window_start_ms"] == pipeline_stack.settings.window.size_ms
         assert v["is_anomaly"] == (v["severity"] != "normal") and v["is_anomaly"] == bool(v["detectors"])
+
+
+def test_a_machine_replaying_its_backlog_holds_the_windows_open(pipeline_stack: Stack) -> None:
+    """A gateway cut off for a few seconds replays its buffer while another machine streams on: the replayed
+    windows land whole instead of being dead-lettered as late (the watermark follows the edge's progress
+    markers, which wait for every machine heard from recently, not the newest data)."""
+    settings = pipeline_stack.settings
+    size, tag = settings.window.size_ms, uuid.uuid4().hex[:6]
+    # A live machine on every partition (the producer's default partitioner: CRC-32 of the key): a partition's
+    # watermark follows its own records, and the source's is the oldest of them, so only when every partition
+    # has fresher data could the live machines' data overtake the held one's.
+    partitions = settings.kafka.partitions
+    by_partition = {zlib.crc32(f"live-{tag}-{n}".encode()) % partitions: f"live-{tag}-{n}" for n in range(64)}
+    assert len(by_partition) == partitions
+    live_ids, held_id = sorted(by_partition.values()), f"held-{tag}"
+    step = 1000  # one batch per second, 10 samples each
+
+    def batch(equipment_id: str, sequence: int, end_ms: int) -> telemetry_pb2.ReadingBatch:
+        ts = [end_ms - step + 100 * (i + 1) for i in range(10)]
+        return telemetry_pb2.ReadingBatch(
+            equipment_id=equipment_id,
+            site="site-1",
+            equipment_type="pump",
+            gateway_id=f"gw-{equipment_id}",
+            sequence=sequence,
+            sent_at_ms=end_ms,
+            sensors=[telemetry_pb2.SensorSeries(sensor="temp", unit="degC", timestamps_ms=ts, values=[1.0] * 10)],
+        )
+
+    start = int(time.time() * 1000) // step * step
+    backlog: list[telemetry_pb2.ReadingBatch] = []
+    with (
+        GatewayClient(settings, gateway_id=f"live-{tag}") as live,
+        GatewayClient(settings, gateway_id=f"held-{tag}") as held,
+    ):
+        # Cut off for two windows (10 s): less than edge.progress_active_ms, so it still holds the progress.
+        for i in range(1, 2 * size // step + 1):
+            end = start + i * step
+            time.sleep(max(0.0, (end - time.time() * 1000) / 1000))
+            assert live.send([batch(e, i, end) for e in live_ids]) is not None
+            if i == 1:
+                assert held.send([batch(held_id, i, end)]) is not None  # heard from once, then cut off
+            else:
+                backlog.append(batch(held_id, i, end))
+        ack = held.send(backlog)  # back: the buffered batches, oldest first
+        assert ack is not None and ack.accepted_batches == len(backlog)
+        for i in range(2 * size // step + 1, 4 * size // step + 1):  # both stream on, closing the windows
+            end = start + i * step
+            time.sleep(max(0.0, (end - time.time() * 1000) / 1000))
+            assert live.send([batch(e, i, end) for e in live_ids]) is not None
+            assert held.send([batch(held_id, i, end)]) is not None
+    # Every window the cut-off held wholly: from the first full one to the reconnection.
+    first, last = (start // size + 1) * size, (start + 2 * size) // size * size
+    client = make_client(settings.clickhouse, "admin")
+
+    def counts() -> dict[int, int] | None:
+        rows = client.query(
+            "SELECT toUnixTimestamp64Milli(window_start), count FROM window_stats"
+            " WHERE equipment_id = {e:String} AND window_start >= fromUnixTimestamp64Milli({a:Int64})"
+            " AND window_start < fromUnixTimestamp64Milli({b:Int64})",
+            parameters={"e": held_id, "a": first, "b": last},
+        ).result_rows
+        got = dict(rows)
+        return got if len(got) == (last - first) // size else None
+
+    try:
+        got = poll(counts, 90, f"the held machine's windows {first}..{last} in ClickHouse")
+    except AssertionError as exc:
+        late = [
+            r for r in read_dead_letters(pipeline_stack, lambda found: False, 5) if r.get("equipment_id") == held_id
+        ]
+        raise AssertionError(f"{exc}; its dead letters: {[(r['reason'], r['detail']) for r in late[:2]]}") from exc
+    assert got == {w: size // step * 10 for w in range(first, last, size)}, "every sample of every window"

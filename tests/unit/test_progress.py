@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from edge.progress import MARKER_GATEWAY, FleetProgress, marker_value
+from edge.progress import FleetProgress, marker_value
+from vigil.contracts import MARKER_GATEWAY
 
 
 def test_progress_is_the_oldest_promise_of_active_machines() -> None:

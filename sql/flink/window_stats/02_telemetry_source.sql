@@ -13,7 +13,7 @@ CREATE TABLE telemetry (
     sensors ARRAY<ROW<sensor STRING, unit STRING, ts ARRAY<BIGINT>, v ARRAY<DOUBLE>>>,
     {source_metadata_columns}
     rowtime AS TO_TIMESTAMP_LTZ(event_time_ms, 3),
-    WATERMARK FOR rowtime AS rowtime - INTERVAL '{lateness_s}' SECOND
+    WATERMARK FOR rowtime AS {telemetry_watermark}
 ) WITH (
     {source_options}
 )
