@@ -31,6 +31,7 @@ from vigil.contracts import (
     SCORES_FIELD,
     SEVERITIES,
     WINDOW_STATS_JSON_SCHEMA,
+    WINDOW_STATS_MARKER_PREFIX,
     anomaly_json_schema,
 )
 from vigil.settings import PROJECT_ROOT, ClickHouseSettings
@@ -274,6 +275,7 @@ class RecordSpec:
     malformed_reason: str  # dead-letter reason of records that cannot become rows
     checks: Checks
     nullable: frozenset[str] = frozenset()  # contract fields that may be null; all others are required
+    skip: Callable[[pa.Table], pa.ChunkedArray] | None = None  # rows that are not records (progress markers)
 
 
 def _window_stats_checks(raw: pa.Table) -> list[tuple[pa.ChunkedArray, str]]:
@@ -319,12 +321,18 @@ def _insight_checks(raw: pa.Table) -> list[tuple[pa.ChunkedArray, str]]:
     ]
 
 
+def _window_stats_markers(raw: pa.Table) -> pa.ChunkedArray:
+    marker = pc.starts_with(raw.column("equipment_id"), WINDOW_STATS_MARKER_PREFIX)
+    return pc.and_(marker, pc.equal(raw.column("count"), 0))
+
+
 WINDOW_STATS_RECORDS = RecordSpec(
     name="window-stats",
     json_schema=WINDOW_STATS_JSON_SCHEMA,
     arrow_schema=WINDOW_STATS_ARROW_SCHEMA,
     malformed_reason=MALFORMED_REASON,
     checks=_window_stats_checks,
+    skip=_window_stats_markers,
 )
 
 
@@ -403,6 +411,11 @@ def records_to_arrow(values: list[bytes], spec: RecordSpec) -> tuple[pa.Table, l
         malformed.sort(key=lambda m: m.index)
         return spec.arrow_schema.empty_table(), malformed
     raw = pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
+    if spec.skip is not None:  # neither rows nor malformed: dropped here, before the contract checks
+        keep = pc.invert(pc.fill_null(spec.skip(raw), False))
+        if raw.num_rows and not pc.all(keep).as_py():
+            parsed_idx = np.asarray(parsed_idx, dtype=np.int64)[keep.to_numpy(zero_copy_only=False)].tolist()
+            raw = raw.filter(keep)
 
     bad_mask, reasons = _contract_violations(raw, spec)
     if bad_mask is not None:

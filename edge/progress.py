@@ -41,6 +41,9 @@ class FleetProgress:
         # for a window the markers would close: no markers for ``active_ms`` after the first machine (again
         # after a fleet-wide silence).
         self.first_seen_ms: int | None = None
+        # The newest promise of a machine that went silent: once no machine is active, it is the progress, so a
+        # fleet's last windows close even when nothing follows them (a burst of data, then silence).
+        self.released_ms: int | None = None
         self._covered: dict[str, int] = {}
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -55,16 +58,19 @@ class FleetProgress:
             self._seen[equipment_id] = now_ms
 
     def low_watermark(self, now_ms: int) -> int | None:
-        """Oldest promise among machines heard from within ``active_ms``; None when none is active (or warming up)."""
+        """Oldest promise among machines heard from within ``active_ms`` (when none is: the newest promise of
+        those that fell silent); None while warming up or before any promise."""
         horizon = now_ms - self.active_ms
         with self._lock:
             gone = [eid for eid, seen in self._seen.items() if seen < horizon]
             for eid in gone:  # silent machines stop holding the fleet back
+                self.released_ms = max(self.released_ms or self._covered[eid], self._covered[eid])
                 del self._seen[eid], self._covered[eid]
+            warming = self.first_seen_ms is not None and self.first_seen_ms > horizon
             if not self._covered:
-                self.first_seen_ms = None
-                return None
-            if self.first_seen_ms is None or self.first_seen_ms > horizon:
+                self.first_seen_ms = None  # the next machine to report starts a new warm-up
+                return None if warming else self.released_ms
+            if warming or self.first_seen_ms is None:
                 return None
             return min(self._covered.values())
 

@@ -205,10 +205,12 @@ class AlertPublisher:
         if not self.rebuild(stop):
             self.client.close()
             return
-        consumer = make_consumer(kafka, alerting.publisher_consumer_group)
+        isolation = alerting.publisher_isolation_level
+        consumer = make_consumer(kafka, alerting.publisher_consumer_group, **{"isolation.level": isolation})
         log.info(
-            "publishing %s -> Alertmanager %s (group %s)",
+            "publishing %s (%s) -> Alertmanager %s (group %s)",
             topic,
+            isolation,
             self.client.base_url,
             alerting.publisher_consumer_group,
         )

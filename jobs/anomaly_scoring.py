@@ -20,7 +20,15 @@ from collections.abc import Callable, Mapping
 
 from pyflink.table import TableEnvironment
 
-from jobs.flink_env import JobSql, SqlTemplate, kafka_sink_options, kafka_source_options, sql_escape, sql_templates
+from jobs.flink_env import (
+    JobSql,
+    SqlTemplate,
+    kafka_sink_options,
+    kafka_source_options,
+    never_idle,
+    sql_escape,
+    sql_templates,
+)
 from jobs.registry import FLINK_JOBS
 from jobs.spec import FlinkJob
 from udfs.scoring_udf import NAME as SCORE_FUNCTION
@@ -159,10 +167,16 @@ def configure_python(env: TableEnvironment) -> None:
     config.set("python.fn-execution.bundle.time", "200")
 
 
-def prepare(env: TableEnvironment, settings: Settings, rules: RulesConfig | None) -> None:
+def prepare_scoring(env: TableEnvironment, settings: Settings, rules: RulesConfig | None) -> None:
     """Size the Python workers' batches and register SCORE_HOPS (the Java functions come with the DDL)."""
     configure_python(env)
     register_functions(env, settings, rules if rules is not None else load_rules(settings.scoring.rules_path))
+
+
+def prepare(env: TableEnvironment, settings: Settings, rules: RulesConfig | None) -> None:
+    """The scoring, and a source that is never idle: the window-stats topic carries progress markers."""
+    prepare_scoring(env, settings, rules)
+    never_idle(env)
 
 
 JOB = FlinkJob(ENTRY, scoring_sql, prepare=prepare, functions=udf_signature, uses_rules=True)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pyflink.table import TableEnvironment
+
 from jobs import anomaly_scoring, window_stats
 from jobs.flink_env import JobSql, sql_templates
 from jobs.registry import FLINK_JOBS
@@ -34,10 +36,16 @@ def fleet_pipeline_sql(settings: Settings, rules: RulesConfig | None, overrides:
     )
 
 
+def prepare(env: TableEnvironment, settings: Settings, rules: RulesConfig | None) -> None:
+    """The scoring's functions; the source is the telemetry topic, as in the window-stats job."""
+    anomaly_scoring.prepare_scoring(env, settings, rules)
+    window_stats.prepare(env, settings, rules)
+
+
 JOB = FlinkJob(
     ENTRY,
     fleet_pipeline_sql,
-    prepare=anomaly_scoring.prepare,
+    prepare=prepare,
     functions=anomaly_scoring.udf_signature,
     uses_rules=True,
 )

@@ -17,7 +17,7 @@ from pyflink.common import Configuration
 from pyflink.table import EnvironmentSettings, StatementSet, TableEnvironment
 
 from jobs.flink_jars import UDF_SOURCES, job_jars
-from vigil.contracts import MARKER_GATEWAY
+from vigil.contracts import MARKER_GATEWAY, WINDOW_STATS_MARKER_PREFIX
 from vigil.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,20 @@ def telemetry_watermark(settings: Settings) -> str:
     return f"CASE WHEN gateway_id = '{MARKER_GATEWAY}' THEN {delayed} END"
 
 
+IDLE_TIMEOUT = "table.exec.source.idle-timeout"
+
+
+def never_idle(env: TableEnvironment) -> None:
+    """Sources whose every partition carries progress markers: no partition is ever declared idle.
+
+    An idle partition stops holding the watermark back; when it wakes up (after an outage every partition
+    falls silent together, and they wake one by one) the first ones back move the watermark past the
+    others' pending records, which the window operators then drop. Markers keep each partition's own
+    watermark moving instead, so idleness is only needed where there are none.
+    """
+    env.get_config().set(IDLE_TIMEOUT, "0 ms")
+
+
 def sql_params(settings: Settings) -> dict[str, object]:
     """Template values every job's SQL may use, from the settings (the only source of names)."""
     window = settings.window
@@ -129,6 +143,8 @@ def sql_params(settings: Settings) -> dict[str, object]:
         "window_size_s": _seconds(window.size_ms),
         "lateness_s": _seconds(window.allowed_lateness_ms),
         "telemetry_watermark": telemetry_watermark(settings),
+        "window_stats_marker_prefix": WINDOW_STATS_MARKER_PREFIX,
+        "window_stats_partitions": settings.kafka.partitions,
         "now_ms_expr": NOW_MS_EXPR,
     }
 
@@ -236,7 +252,7 @@ def create_table_env(
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "3",
         "state.backend.type": "hashmap",
-        "table.exec.source.idle-timeout": f"{settings.window.source_idle_timeout_ms} ms",
+        IDLE_TIMEOUT: f"{settings.window.source_idle_timeout_ms} ms",
     }
     if resume and (checkpoint := latest_checkpoint(checkpoints)) is not None:
         log.info("resuming from checkpoint %s", checkpoint)

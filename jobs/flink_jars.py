@@ -7,6 +7,7 @@ as scripts/java/flink-connectors/pom.xml pins it. The UDFs are compiled here fro
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import zipfile
@@ -38,13 +39,14 @@ def job_jars(jars_dir: Path) -> list[Path]:
 
 
 def udf_jar(jars_dir: Path) -> Path:
-    """Compile udfs/java (JVM-side aggregate functions) into a jar, again whenever a source changed."""
+    """Compile udfs/java (JVM-side functions) into a jar, again whenever a source changed."""
     target = jars_dir / UDF_JAR
     sources = sorted(UDF_SOURCES.rglob("*.java"))
     if target.is_file() and all(src.stat().st_mtime <= target.stat().st_mtime for src in sources):
         return target
 
-    classpath = str(Path(pyflink.__file__).parent / "lib" / "*")
+    # Flink's own jars, and the Kafka connector's (PartitionKeys hashes with its Kafka client).
+    classpath = os.pathsep.join([str(Path(pyflink.__file__).parent / "lib" / "*"), *map(str, connector_jars())])
     jars_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = ["javac", "--release", "17", "-cp", classpath, "-d", tmp, *map(str, sources)]

@@ -76,6 +76,7 @@ from vigil.contracts import (
     SEVERITIES,
     WINDOW_STATS_JSON_SCHEMA,
     WINDOW_STATS_LABELS,
+    WINDOW_STATS_MARKER_PREFIX,
     WINDOW_STATS_VALUES,
     anomaly_json_schema,
 )
@@ -268,6 +269,9 @@ class PushgatewaySink:
             return 0
         frame = _parse(values, _SCHEMA)
         bad = len(values) - len(frame)
+        markers = frame["equipment_id"].str.startswith(WINDOW_STATS_MARKER_PREFIX, na=False)
+        if markers.any():  # the window-stats job's progress markers: not windows, not bad records
+            frame = frame[~markers.to_numpy()]
         key_ok = frame["equipment_id"].notna() & frame["sensor"].notna() & frame["site"].notna()
         key_ok &= frame["window_end_ms"].notna()
         if not key_ok.all():

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from jobs.flink_env import JobSql, sql_templates
+from pyflink.table import TableEnvironment
+
+from jobs.flink_env import JobSql, never_idle, sql_templates
 from jobs.registry import FLINK_JOBS
 from jobs.spec import FlinkJob
 from vigil.rules import RulesConfig
@@ -30,7 +32,13 @@ def window_stats_sql(settings: Settings, rules: RulesConfig | None, overrides: M
     return sql
 
 
-JOB = FlinkJob(ENTRY, window_stats_sql)
+def prepare(env: TableEnvironment, settings: Settings, rules: RulesConfig | None) -> None:
+    """With the edge's progress markers on every partition, the telemetry source is never idle."""
+    if settings.edge.progress_interval_ms:
+        never_idle(env)
+
+
+JOB = FlinkJob(ENTRY, window_stats_sql, prepare=prepare)
 
 if __name__ == "__main__":
     JOB.main()

@@ -302,6 +302,11 @@ def bench_latency(
     ] = "combined",
     samples_per_sensor: SamplesOption = None,
     output: Annotated[Path | None, typer.Option(help="also write every fault's timings as JSON here")] = None,
+    kill: Annotated[
+        list[str] | None,
+        typer.Option(help="services to SIGKILL during the faults, evenly spaced (e.g. alert-publisher notify-relay)"),
+    ] = None,
+    down: Annotated[float, typer.Option(help="seconds each killed service stays dead")] = 10.0,
 ) -> None:
     """Injected fault -> Slack and SMS request at the (stand-in) receiver: p50/p95/p99 by stage, duplicates."""
 
@@ -319,6 +324,8 @@ def bench_latency(
             topology,
             output,
             console,
+            kills=kill,
+            down_s=down,
         )
     except (RuntimeError, ValueError) as exc:
         _fail(str(exc))

@@ -21,9 +21,11 @@ from rich.table import Table
 
 from connectors.clickhouse import make_client
 from connectors.kafka import consume_batches, make_consumer
+from vigil.contracts import WINDOW_STATS_MARKER_PREFIX
 from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
+MARKER_KEY = WINDOW_STATS_MARKER_PREFIX.encode()
 
 
 @dataclass
@@ -105,7 +107,11 @@ class PipelineMonitor:
             for messages in consume_batches(
                 consumer, [kafka.window_stats_topic, kafka.dead_letter_topic, kafka.anomalies_topic], self._stop
             ):
-                windows = [m for m in messages if m.topic() == kafka.window_stats_topic]
+                windows = [
+                    m
+                    for m in messages
+                    if m.topic() == kafka.window_stats_topic and not (m.key() or b"").startswith(MARKER_KEY)
+                ]
                 letters = [m for m in messages if m.topic() == kafka.dead_letter_topic]
                 verdicts = [m for m in messages if m.topic() == kafka.anomalies_topic]
                 if verdicts:

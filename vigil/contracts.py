@@ -13,6 +13,10 @@ MARKER_GATEWAY = "edge-progress"
 # Window statistics on the window-stats topic, one JSON record per (machine, sensor, window), as
 # written by the Flink job (sql/flink/window_stats/03_window_stats_sink.sql). Every field is required.
 WINDOW_STATS_LABELS = ("equipment_id", "site", "equipment_type", "sensor", "unit")
+# Besides the windows, one progress marker per partition and closed window: equipment_id is this prefix and a
+# number chosen to land on that partition, count 0, every label empty (sql/flink/window_stats/10_insert_progress_
+# markers.sql). It moves the reader's watermark on partitions no machine hashes to; every reader skips it.
+WINDOW_STATS_MARKER_PREFIX = "~partition-"
 WINDOW_STATS_VALUES = ("avg", "stddev", "min", "max", "count")
 WINDOW_STATS_JSON_SCHEMA = pa.schema(
     [(name, pa.string()) for name in WINDOW_STATS_LABELS]

@@ -315,6 +315,12 @@ class AlertingSettings(BaseModel):
 
     # -- alert publisher (jobs/alert_publisher.py): verdicts -> Alertmanager ------------------------
     publisher_consumer_group: str = "vigil-alert-publisher"
+    # The scoring job's verdicts are committed with its checkpoints (exactly-once): read_committed would hold
+    # every page until the next checkpoint completes (up to flink.checkpoint_interval_ms + its duration).
+    # Uncommitted is safe for pages: a job that fails replays the same windows from its checkpoint, and the
+    # publisher keeps only the first verdict of each (machine, window) (alerting/policy.py), Alertmanager keys
+    # alerts by labels. The sinks that write the record of truth (ClickHouse) stay read_committed.
+    publisher_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_uncommitted"
     # endsAt of a firing alert is this far ahead; the publisher re-posts firing alerts before it passes,
     # so an alert whose publisher died resolves by itself instead of firing forever.
     alert_ttl_s: float = Field(300.0, gt=0)

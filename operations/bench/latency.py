@@ -14,6 +14,11 @@ spread, so they land anywhere inside a 5-s window), and for each fault reads whe
 So latency = (fault -> window end: the window has to finish) + (window close and scoring) + (publisher and
 Alertmanager) + (relay delivery). Duplicates: the same message body delivered (2xx) twice to the same
 destination. The bench never pages anyone real: Slack, SMS and SMTP all point at the stand-in.
+
+With ``kills`` the alert path is also crashed under the faults: each named service is SIGKILLed (its process
+group, as `vigil chaos` does) at evenly spaced instants of the fault schedule, left dead ``down_s``, and
+restarted through the stack. A fault belongs to a kill when it started from 10 s before the kill to 30 s
+after the restart; its page is lost when no Slack (or SMS) message about its machine arrived by the end.
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ from edge.simulator.fleet import Fleet
 from edge.simulator.ground_truth import GroundTruthWriter
 from edge.simulator.runner import run_simulation
 from operations.bench.throughput import _make_sender, machine_description
+from operations.chaos import kill
 from operations.stack.services import ALL_PIPELINE, INFRA, Stack, pipeline_names
 from vigil.settings import Settings
 
 MACHINE_ID = re.compile(r"\b(?:pump|motor|compressor|fan)-\d{4}\b")
+KILL_BEFORE_MS, KILL_AFTER_MS = 10_000, 30_000  # a fault this close to an outage belongs to it
 STEP_SPANS = 5.0  # step size in healthy spans of the sensor: a hard fault the threshold rule sees in one window
 SENSOR = "vibration_rms"  # every simulated equipment type has it
 
@@ -66,6 +73,20 @@ class FaultTiming:
 
 
 @dataclass
+class KillTiming:
+    service: str
+    killed_ms: int
+    restarted_ms: int = 0
+    faults: int = 0  # injected faults that started around the outage (see the module docstring)
+    slack_lost: int = 0
+    sms_lost: int = 0
+    slack_max_s: float | None = None  # the slowest of those faults' Slack pages
+
+    def owns(self, start_ms: int) -> bool:
+        return self.killed_ms - KILL_BEFORE_MS <= start_ms <= (self.restarted_ms or self.killed_ms) + KILL_AFTER_MS
+
+
+@dataclass
 class LatencyResult:
     machines: int
     topology: str
@@ -78,6 +99,7 @@ class LatencyResult:
     duplicates: dict[str, int]  # channel -> messages delivered more than once (extra copies)
     unexpected: dict[str, int]  # channel -> firing messages naming only machines without an injected fault
     timings: list[FaultTiming] = field(default_factory=list)
+    kills: list[KillTiming] = field(default_factory=list)
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:
@@ -250,6 +272,31 @@ def _live_table(title: str, timings: list[FaultTiming], messages: list[dict[str,
     return table
 
 
+def _crash_services(
+    stack: Stack, services: list[str], at_ms: list[int], down_s: float, out: list[KillTiming], stop: threading.Event
+) -> None:
+    """SIGKILL each service at its instant, restart it ``down_s`` later; ``out`` gets one timing per kill."""
+    for service, when in zip(services, at_ms, strict=True):
+        if stop.wait(max(0.0, (when - time.time() * 1000) / 1000)):
+            return
+        timing = KillTiming(service, int(time.time() * 1000))
+        out.append(timing)
+        kill(stack, service)
+        time.sleep(down_s)
+        stack.up((service,))
+        timing.restarted_ms = int(time.time() * 1000)
+
+
+def _attribute_kills(kills: list[KillTiming], timings: list[FaultTiming]) -> None:
+    for k in kills:
+        owned = [t for t in timings if k.owns(t.start_ms)]
+        k.faults = len(owned)
+        k.slack_lost = sum(t.slack_ms is None for t in owned)
+        k.sms_lost = sum(t.sms_ms is None for t in owned)
+        slowest = [v for t in owned if (v := t.latency_s("slack")) is not None]
+        k.slack_max_s = round(max(slowest), 2) if slowest else None
+
+
 def measure_latency(
     settings: Settings,
     machines: int,
@@ -260,6 +307,8 @@ def measure_latency(
     tail_s: float,
     console: Console,
     seed: int = 11,
+    kills: list[str] | None = None,
+    down_s: float = 10.0,
 ) -> LatencyResult:
 
     stack = Stack(settings)
@@ -284,6 +333,19 @@ def measure_latency(
         daemon=True,
     )
     simulator.start()
+    kills = list(kills or [])
+    kill_timings: list[KillTiming] = []
+    crasher = None
+    if kills:  # evenly inside the fault schedule, never in the warm-up or the tail
+        span = max(t.start_ms for t in timings) - first_ms
+        at_ms = [first_ms + int(span * (i + 0.5) / len(kills)) for i in range(len(kills))]
+        crasher = threading.Thread(
+            target=_crash_services,
+            args=(stack, kills, at_ms, down_s, kill_timings, stop),
+            name="crasher",
+            daemon=True,
+        )
+        crasher.start()
     title = f"bench latency: {machines:,} machines, {faults} faults, {settings.flink.topology} topology"
     messages: list[dict[str, Any]] = []
     try:
@@ -296,6 +358,8 @@ def measure_latency(
     finally:
         stop.set()
         simulator.join(30)
+        if crasher is not None:
+            crasher.join(down_s + 120)
         writer.close()
     if not simulator.is_alive() and int(time.time() * 1000) < end_ms:
         raise RuntimeError("the simulator stopped early: see the log above (is the edge service up?)")
@@ -304,6 +368,7 @@ def measure_latency(
     _first_arrivals(messages, timings)
     _first_verdicts(settings, timings)
     _relay_queued(settings, timings)
+    _attribute_kills(kill_timings, timings)
     faulty = {t.machine for t in timings}
     percentiles = {ch: _pct([v for t in timings if (v := t.latency_s(ch)) is not None]) for ch in ("slack", "sms")}
     percentiles |= {name: _pct(values) for name, values in stage_breakdown(timings).items()}
@@ -326,6 +391,7 @@ def measure_latency(
             for ch in ("slack", "sms")
         },
         timings=timings,
+        kills=kill_timings,
     )
 
 
@@ -352,6 +418,23 @@ def results_table(result: LatencyResult) -> Table:
     return table
 
 
+def kills_table(result: LatencyResult) -> Table:
+    table = Table(title="alert path crashed under the faults (SIGKILL, restart)")
+    for column in ("service", "down s", "faults around it", "Slack lost", "SMS lost", "slowest Slack"):
+        table.add_column(column, justify="left" if column == "service" else "right")
+    for k in result.kills:
+        down = (k.restarted_ms - k.killed_ms) / 1000 if k.restarted_ms else None
+        table.add_row(
+            k.service,
+            "-" if down is None else f"{down:.1f}",
+            str(k.faults),
+            str(k.slack_lost),
+            str(k.sms_lost),
+            "-" if k.slack_max_s is None else f"{k.slack_max_s:.2f} s",
+        )
+    return table
+
+
 def run_latency_bench(
     settings: Settings,
     machines: int,
@@ -363,10 +446,19 @@ def run_latency_bench(
     topology: str,
     output: Path | None,
     console: Console,
+    kills: list[str] | None = None,
+    down_s: float = 10.0,
 ) -> LatencyResult:
     settings = bench_settings(settings, topology)
-    result = measure_latency(settings, machines, faults, spacing_s, fault_duration_s, warmup_s, tail_s, console)
+    unknown = set(kills or ()) - set(Stack(settings).specs())
+    if unknown:
+        raise ValueError(f"cannot crash {sorted(unknown)}: not services of the stack (see `vigil stack status`)")
+    result = measure_latency(
+        settings, machines, faults, spacing_s, fault_duration_s, warmup_s, tail_s, console, kills=kills, down_s=down_s
+    )
     console.print(results_table(result))
+    if result.kills:
+        console.print(kills_table(result))
     console.print(
         f"duplicate notifications at the receiver: slack {result.duplicates['slack']}, "
         f"sms {result.duplicates['sms']}; firing messages about machines without an injected fault: "

@@ -114,13 +114,21 @@ def render_config(settings: Settings) -> Path:
     return config
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka writes them; never one starting with "-", which the storage tool's argument
+    parser would take for an option (Kafka's own Uuid.randomUuid skips those too)."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cluster_id
+
+
 def format_storage(settings: Settings) -> None:
     """Format the log directory once (a new cluster id); a formatted one is kept as it is."""
     target = log_dir(settings)
     if (target / "meta.properties").is_file():
         return
     config = render_config(settings)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = new_cluster_id()
     cmd = [
         java(),
         f"-Dlog4j2.configurationFile={config / 'log4j2.xml'}",

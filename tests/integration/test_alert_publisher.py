@@ -324,6 +324,37 @@ def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop,
     assert metrics["vigil_alert_publisher_post_failures_total"] == 0
 
 
+def test_pages_do_not_wait_for_the_jobs_commit_and_its_replay_pages_nothing_new(
+    settings: Settings, publisher: RunLoop, recorder: Recorder
+) -> None:
+    """The scoring job's verdicts sit in a transaction until its checkpoint; the publisher pages from them at
+    once (alerting.publisher_isolation_level), and when the job fails, aborts and replays the same window,
+    the replay changes nothing: one alert, one page."""
+    eid = f"tx-{uuid.uuid4().hex[:6]}"
+    critical = verdict(eid, 0, "critical", hits=("temp:threshold_max",), top=("temp",))
+    producer = make_producer(settings.kafka, **{"transactional.id": f"test-job-{eid}"})
+    producer.init_transactions(15)
+    producer.begin_transaction()
+    producer.produce(settings.kafka.anomalies_topic, key=eid.encode(), value=orjson.dumps(critical))
+    producer.flush(15)  # written, not committed: a checkpoint still under way
+    key = (eid, ALERT_ANOMALY, "threshold_max", "temp", "critical")
+    poll(
+        "the alert from an open transaction", lambda: key in by_condition(am_alerts(settings, f'equipment_id="{eid}"'))
+    )
+    producer.abort_transaction(15)  # the job failed before its checkpoint...
+    producer.begin_transaction()  # ...and, restored, scores the same window again
+    producer.produce(settings.kafka.anomalies_topic, key=eid.encode(), value=orjson.dumps(critical))
+    producer.commit_transaction(15)
+    poll("the replay consumed", lambda: publisher.service.counters.verdicts_consumed >= 2)
+    # Committed up to the last record; the transaction's commit marker after it is not a record an uncommitted
+    # reader steps over, so it stays as a lag of one (kafka_lag's alert has a floor for that).
+    poll("offsets committed", lambda: (lag := publisher_lag(settings)) is not None and lag <= 1)
+    assert set(by_condition(am_alerts(settings, f'equipment_id="{eid}"'))) == {key}
+    pages = poll("the page", lambda: [a for a in recorder.alerts("sms") if a["labels"]["equipment_id"] == eid])
+    time.sleep(2)  # a second page would follow within Alertmanager's group_wait
+    assert len([a for a in recorder.alerts("sms") if a["labels"]["equipment_id"] == eid]) == len(pages) == 1
+
+
 def test_alertmanager_down_nothing_committed_then_delivered(
     settings: Settings, alertmanager: Server, publisher: RunLoop
 ) -> None:

@@ -24,6 +24,7 @@ from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.simulator.fleet import Fleet
 from operations.stack.services import Stack
+from vigil.contracts import WINDOW_STATS_MARKER_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -381,3 +382,29 @@ def test_a_machine_replaying_its_backlog_holds_the_windows_open(pipeline_stack: 
         ]
         raise AssertionError(f"{exc}; its dead letters: {[(r['reason'], r['detail']) for r in late[:2]]}") from exc
     assert got == {w: size // step * 10 for w in range(first, last, size)}, "every sample of every window"
+
+
+def test_every_partition_of_the_window_stats_topic_gets_a_progress_marker_per_window(
+    pipeline_stack: Stack, streamed
+) -> None:
+    """The scoring job's source is never idle: each closed window sends a marker to every partition (keys from
+    the Kafka client's own partitioner hash), so its watermark moves where no machine's key lands."""
+    _, first_full, last_end, _ = streamed
+    kafka = pipeline_stack.settings.kafka
+    consumer = make_consumer(kafka, f"test-markers-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([kafka.window_stats_topic])
+    seen: dict[int, set[int]] = {}
+
+    def complete() -> bool:
+        for message in consumer.consume(1000, 1.0):
+            if message.error() is None and (message.key() or b"").startswith(WINDOW_STATS_MARKER_PREFIX.encode()):
+                record = orjson.loads(message.value())
+                assert record["count"] == 0 and record["sensor"] == "", record
+                seen.setdefault(record["window_start_ms"], set()).add(message.partition())
+        return any(first_full <= w < last_end and len(p) == kafka.partitions for w, p in seen.items())
+
+    try:
+        poll(complete, 60, "markers on every partition for one of the stream's windows", interval=0.0)
+    finally:
+        consumer.close()
+    assert all(p <= set(range(kafka.partitions)) for p in seen.values())

@@ -161,12 +161,12 @@ def file_overrides(source, out, dead_letters) -> dict[str, str]:
 def table_env(jars_dir):
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from jobs.flink_jars import udf_jar
+    from jobs.flink_jars import job_jars
 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     env.get_config().set("parallelism.default", "2")
     env.get_config().set("table.local-time-zone", "UTC")
-    env.get_config().set("pipeline.jars", udf_jar(jars_dir).as_uri())
+    env.get_config().set("pipeline.jars", ";".join(jar.as_uri() for jar in job_jars(jars_dir)))
     return env
 
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from operations.bench.latency import FaultTiming, _duplicates, _first_arrivals, _pct, stage_breakdown
+from operations.bench.latency import (
+    FaultTiming,
+    KillTiming,
+    _attribute_kills,
+    _duplicates,
+    _first_arrivals,
+    _pct,
+    stage_breakdown,
+)
 
 
 def message(channel: str, at_ms: int, machines: list[str], text: str = "CRITICAL: x", to: str = "+1") -> dict:
@@ -62,3 +70,15 @@ def test_percentiles_interpolate_like_numpy_and_say_when_nothing_was_measured() 
     assert _pct([]) == {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
     stats = _pct([float(v) for v in range(1, 11)])  # 1..10
     assert (stats["p50"], stats["p95"], stats["p99"], stats["max"], stats["n"]) == (5.5, 9.55, 9.91, 10.0, 10)
+
+
+def test_faults_around_a_crash_belong_to_it_and_unpaged_ones_count_as_lost() -> None:
+    crash = KillTiming("notify-relay", killed_ms=100_000, restarted_ms=110_000)
+    timings = [
+        FaultTiming("pump-0001", "s", 80_000, slack_ms=85_000, sms_ms=86_000),  # before: not the crash's
+        FaultTiming("pump-0002", "s", 95_000, slack_ms=112_000, sms_ms=None),  # 5 s before the kill: SMS lost
+        FaultTiming("pump-0003", "s", 139_000, slack_ms=None, sms_ms=None),  # within 30 s of the restart
+        FaultTiming("pump-0004", "s", 141_000, slack_ms=None, sms_ms=None),  # later: someone else's problem
+    ]
+    _attribute_kills([crash], timings)
+    assert (crash.faults, crash.slack_lost, crash.sms_lost, crash.slack_max_s) == (2, 1, 2, 17.0)

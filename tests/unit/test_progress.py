@@ -43,7 +43,19 @@ def test_no_progress_before_every_machine_had_time_to_report() -> None:
     assert progress.low_watermark(now_ms=10_999) is None  # another machine may not have reported yet
     progress.update("a", 12_000, now_ms=11_000)
     assert progress.low_watermark(now_ms=11_000) == 12_000
-    # After a fleet-wide silence (everyone pruned), the first machine back waits again.
-    assert progress.low_watermark(now_ms=30_000) is None
+    # After a fleet-wide silence (everyone pruned) their last promise stands; the first machine back waits again.
+    assert progress.low_watermark(now_ms=30_000) == 12_000
     progress.update("a", 40_000, now_ms=40_000)
     assert progress.low_watermark(now_ms=40_000) is None
+
+
+def test_a_burst_then_silence_still_closes_its_windows() -> None:
+    """A fresh edge gets one burst (a drained buffer) and then nothing: the warm-up ends exactly as the burst's
+    machines fall silent, and their promise must still become the progress (or their windows never close)."""
+    progress = FleetProgress(active_ms=10_000)
+    progress.update("a", 7_000, now_ms=1_000)
+    progress.update("b", 9_000, now_ms=1_000)
+    assert progress.low_watermark(now_ms=5_000) is None  # warming up
+    assert progress.low_watermark(now_ms=11_001) == 9_000  # both silent since: the newest promise
+    progress.update("c", 3_000, now_ms=20_000)  # a late-comer starts a new warm-up, then holds nothing back
+    assert progress.low_watermark(now_ms=20_000) is None

@@ -7,6 +7,7 @@ import pytest
 
 from jobs.pushgateway_sink import PushgatewaySink, escape_label_values, format_values, grouping_path
 from tests.conftest import free_port
+from vigil.contracts import WINDOW_STATS_MARKER_PREFIX
 from vigil.settings import Settings
 
 NOW = 1_700_000_100.0  # wall clock used for every render (seconds)
@@ -115,6 +116,13 @@ def test_invalid_records_are_skipped_and_counted(sink: PushgatewaySink) -> None:
     assert sink.ingest([good, b"{not json", no_sensor]) == 1
     assert sink.counters.bad_records == 2
     assert list(sink.render()) == ["plant-a"]
+
+
+def test_progress_markers_are_skipped_not_counted_bad(sink: PushgatewaySink) -> None:
+    marker = record(f"{WINDOW_STATS_MARKER_PREFIX}0", "", NOW - 5, 0.0, site="", equipment_type="", unit="")
+    assert sink.ingest([record("m1", "temp", NOW - 5, 1.0), marker]) == 1
+    assert sink.counters.bad_records == 0
+    assert WINDOW_STATS_MARKER_PREFIX not in "".join(sink.render().values())
 
 
 def test_value_formatting() -> None:

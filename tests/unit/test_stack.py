@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from operations.stack.kafka_broker import broker_spec, server_properties
+from operations.stack.kafka_broker import broker_spec, new_cluster_id, server_properties
 from operations.stack.process import ProcessManager, ServiceSpec
 from tests.conftest import free_port
 from vigil.settings import KafkaSettings, Settings
@@ -75,3 +75,10 @@ def test_local_broker_is_one_durable_kraft_node_with_transactions_sized_for_the_
     assert int(props["transaction.max.timeout.ms"]) >= kafka.transaction_timeout_ms
     spec = broker_spec(settings)
     assert spec.port == 29092 and spec.argv[-1].endswith("server.properties")
+
+
+def test_kafka_cluster_ids_never_look_like_an_option() -> None:
+    """One random id in 64 starts with "-", which kafka-storage's parser reads as an option and fails on."""
+    ids = [new_cluster_id() for _ in range(3000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert {len(i) for i in ids} == {22} and len(set(ids)) == len(ids)

@@ -15,6 +15,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from vigil.contracts import WINDOW_STATS_MARKER_PREFIX
 from vigil.settings import Settings, WindowSettings
 
 SIZE_MS = 5000
@@ -62,7 +63,7 @@ def telemetry_records(rng: np.random.Generator) -> tuple[list[dict], pd.DataFram
 
 
 @pytest.fixture(scope="module")
-def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
+def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
     from jobs.flink_env import render_sql
@@ -81,12 +82,12 @@ def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFram
         "source_options": f"'connector' = 'filesystem', 'path' = '{source}', 'format' = 'json'",
         "window_stats_sink_options": f"'connector' = 'filesystem', 'path' = '{out}', 'format' = 'json'",
     }
-    from jobs.flink_jars import udf_jar
+    from jobs.flink_jars import job_jars
 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     env.get_config().set("parallelism.default", "2")
     env.get_config().set("table.local-time-zone", "UTC")
-    env.get_config().set("pipeline.jars", udf_jar(tmp / "jars").as_uri())
+    env.get_config().set("pipeline.jars", ";".join(jar.as_uri() for jar in job_jars(tmp / "jars")))
     for name in (
         "functions",
         "telemetry_source",
@@ -94,6 +95,8 @@ def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFram
         "classify_lateness",
         "samples_on_time",
         "windows",
+        "partition_keys_function",
+        "progress_markers",
     ):
         env.execute_sql(render_sql(f"window_stats/{name}", settings, **overrides))
     env.execute_sql(render_sql("window_stats/insert_window_stats", settings, **overrides)).wait()
@@ -104,7 +107,9 @@ def flink_windows(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFram
         for line in path.read_text().splitlines()
         if line.strip()
     ]
-    return pd.DataFrame(lines), samples
+    frame = pd.DataFrame(lines)
+    markers = frame.equipment_id.str.startswith(WINDOW_STATS_MARKER_PREFIX)
+    return frame[~markers].reset_index(drop=True), samples, frame[markers].reset_index(drop=True)
 
 
 def expected(samples: pd.DataFrame) -> pd.DataFrame:
@@ -116,7 +121,7 @@ def expected(samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_one_row_per_machine_sensor_window(flink_windows) -> None:
-    got, samples = flink_windows
+    got, samples, _ = flink_windows
     want = expected(samples)
     assert len(got) == len(want) == 2 * 4 * 4
     assert not got.duplicated(["equipment_id", "sensor", "window_start_ms"]).any()
@@ -124,7 +129,7 @@ def test_one_row_per_machine_sensor_window(flink_windows) -> None:
 
 
 def test_statistics_match_numpy(flink_windows) -> None:
-    got, samples = flink_windows
+    got, samples, _ = flink_windows
     merged = expected(samples).merge(got, on=["equipment_id", "sensor", "window_start_ms"], suffixes=("", "_f"))
     assert (merged["count"] == merged["count_f"]).all()
     for stat in ("avg", "min", "max"):
@@ -134,8 +139,18 @@ def test_statistics_match_numpy(flink_windows) -> None:
 
 
 def test_constant_sensor_has_zero_stddev_not_nan(flink_windows) -> None:
-    got, _ = flink_windows
+    got, _, _ = flink_windows
     constant = got[got.sensor == "constant"]
     assert constant["stddev"].notna().all()
     assert (constant["stddev"] == 0.0).all()
     assert (constant["avg"] == 7.25).all()
+
+
+def test_one_progress_marker_per_partition_and_window(flink_windows) -> None:
+    got, _, markers = flink_windows
+    partitions = Settings().kafka.partitions
+    per_window = markers.groupby("window_start_ms").equipment_id.agg(["nunique", "size"])
+    assert set(per_window.index) == set(got.window_start_ms), "a marker set for every window the watermark closed"
+    assert (per_window["nunique"] == partitions).all() and (per_window["size"] == partitions).all()
+    assert (markers["count"] == 0).all() and (markers[["site", "sensor", "unit"]] == "").all().all()
+    assert (markers.window_end_ms - markers.window_start_ms == SIZE_MS).all()

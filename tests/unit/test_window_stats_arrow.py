@@ -8,6 +8,7 @@ import orjson
 import pyarrow as pa
 
 from connectors.clickhouse import WINDOW_STATS_ARROW_SCHEMA, window_stats_to_arrow
+from vigil.contracts import WINDOW_STATS_MARKER_PREFIX
 
 
 def record(i: int = 0, **overrides: object) -> dict:
@@ -117,3 +118,16 @@ def test_large_batch_with_one_bad_record() -> None:
     assert "m-4321" not in ids
     assert ids[:2] == ["m-0", "m-1"]
     assert ids[-1] == "m-4999"
+
+
+def test_progress_markers_are_neither_rows_nor_malformed() -> None:
+    marker = record(1, equipment_id=f"{WINDOW_STATS_MARKER_PREFIX}3", site="", equipment_type="", sensor="", unit="")
+    marker["count"] = 0
+    values = encode(record(0), marker) + [b"{not json"] + encode(record(3))
+    table, malformed = window_stats_to_arrow(values)
+    assert table.column("equipment_id").to_pylist() == ["m-0", "m-3"]
+    assert [m.index for m in malformed] == [2]  # positions still those of the batch
+    # A record named like a marker but carrying samples is a window (with an empty sensor: malformed).
+    fake = dict(marker, count=5)
+    table, malformed = window_stats_to_arrow(encode(fake))
+    assert table.num_rows == 0 and [m.detail for m in malformed] == ["empty sensor"]

@@ -15,4 +15,4 @@ SELECT
         'stddev' VALUE `stddev`, 'min' VALUE `min`, 'max' VALUE `max`, 'emitted_at_ms' VALUE emitted_at_ms
     ) AS payload
 FROM window_stats_classified
-WHERE is_late
+WHERE is_late AND `count` > 0  -- a late progress marker carries no window

@@ -1,4 +1,5 @@
 -- Window statistics, one record per (machine, sensor, window), for the hot and the cold path.
+-- One writer: the records leave sorted by window (08_insert_window_stats.sql).
 CREATE TABLE window_stats_out (
     equipment_id STRING,
     site STRING,
@@ -14,5 +15,6 @@ CREATE TABLE window_stats_out (
     `max` DOUBLE,
     emitted_at_ms BIGINT
 ) WITH (
-    {window_stats_sink_options}
+    {window_stats_sink_options},
+    'sink.parallelism' = '1'
 )
