@@ -37,12 +37,22 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0, topics: list[s
     admin = AdminClient(settings.client_config())
     wanted = topics or topic_names(settings)
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        metadata = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise RuntimeError(
             f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}. "
             "Start the local stack with `vigil stack up` or set VIGIL_KAFKA__BOOTSTRAP_SERVERS."
         ) from exc
+    existing = set(metadata)
+    # The window-stats job writes a progress marker to each of kafka.partitions partitions of its topic, and
+    # its readers never declare a partition idle: one the markers miss could hold their watermark for good.
+    stats = metadata.get(settings.window_stats_topic)
+    if settings.window_stats_topic in wanted and stats is not None and len(stats.partitions) != settings.partitions:
+        raise RuntimeError(
+            f"topic {settings.window_stats_topic!r} has {len(stats.partitions)} partitions but kafka.partitions is "
+            f"{settings.partitions}: set VIGIL_KAFKA__PARTITIONS={len(stats.partitions)} (the window-stats job "
+            "writes a progress marker to each partition it expects)"
+        )
     missing = [
         NewTopic(
             name,

@@ -31,7 +31,10 @@ ENTRY = FLINK_JOBS["fleet-pipeline"]
 def fleet_pipeline_sql(settings: Settings, rules: RulesConfig | None, overrides: Mapping[str, object]) -> JobSql:
     """Both jobs' statements, the scoring reading the windows in-job."""
     handoff = sql_templates(ENTRY.sql_folder)
-    return window_stats.JOB.sql(settings, None, overrides) + anomaly_scoring.scoring_sql(
+    # No reader of this job's window-stats topic keeps a watermark (only the sinks read it): the windows need
+    # neither the sort nor the single writer that the split scoring job's source relies on.
+    unordered = {"window_stats_order": "", "window_stats_writers": settings.flink.parallelism, **overrides}
+    return window_stats.JOB.sql(settings, None, unordered) + anomaly_scoring.scoring_sql(
         settings, rules, overrides, input_templates=handoff
     )
 

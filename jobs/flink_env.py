@@ -145,6 +145,9 @@ def sql_params(settings: Settings) -> dict[str, object]:
         "telemetry_watermark": telemetry_watermark(settings),
         "window_stats_marker_prefix": WINDOW_STATS_MARKER_PREFIX,
         "window_stats_partitions": settings.kafka.partitions,
+        # Sorted by window through one writer, for the scoring job's watermark (08_insert_window_stats.sql).
+        "window_stats_order": "ORDER BY rowtime",
+        "window_stats_writers": 1,
         "now_ms_expr": NOW_MS_EXPR,
     }
 

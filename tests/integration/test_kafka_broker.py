@@ -137,3 +137,7 @@ def test_topics_are_vigils_own_and_dead_letters_are_capped_by_size(stack: Stack)
     producer.produce("vigil.telemetyr", value=b"x", on_delivery=lambda err, _: errors.append(err))
     producer.flush(15)
     assert errors and errors[0] is not None, "a misspelt topic is refused, not created"
+    # The window-stats job marks kafka.partitions partitions: a topic with another count is refused, clearly.
+    other = kafka.model_copy(update={"partitions": kafka.partitions + 1})
+    with pytest.raises(RuntimeError, match=f"has {kafka.partitions} partitions but kafka.partitions is"):
+        ensure_topics(other)

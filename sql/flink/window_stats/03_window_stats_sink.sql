@@ -16,5 +16,5 @@ CREATE TABLE window_stats_out (
     emitted_at_ms BIGINT
 ) WITH (
     {window_stats_sink_options},
-    'sink.parallelism' = '1'
+    'sink.parallelism' = '{window_stats_writers}'
 )
