@@ -147,6 +147,8 @@ class WindowSettings(BaseModel):
     # watermark, how much later than the newest record of its Kafka partition a machine's data may arrive
     # before its window has closed; later records are dead-lettered. Every ms here is a ms of alert latency.
     allowed_lateness_ms: int = Field(3_000, ge=0)
+    # A source partition silent this long stops holding its job's watermark. Only for sources without progress
+    # markers (the agents job; telemetry with the edge's markers off): jobs.flink_env.never_idle says why.
     source_idle_timeout_ms: int = Field(15_000, ge=0)
 
 
