@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 class FleetProgress:
-    """Each machine's newest promise and when it was last heard from; thread-safe."""
+    """Each machine's newest acknowledged promise and when it was last heard from; thread-safe.
+
+    A machine is heard from when a valid batch of it arrives and when that request ends, whatever the outcome,
+    and stays active while a request of it is in flight. So a broker outage, in which gateways keep trying and
+    nothing is acknowledged, holds every machine at its last acknowledged promise; only a machine that stops
+    trying (the gateway is down, or out of reach) is released after ``active_ms``.
+    """
 
     def __init__(self, active_ms: int) -> None:
         self.active_ms = active_ms
@@ -46,31 +52,54 @@ class FleetProgress:
         self.released_ms: int | None = None
         self._covered: dict[str, int] = {}
         self._seen: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def update(self, equipment_id: str, covered_until_ms: int, now_ms: int) -> None:
-        """Call once Kafka acknowledged the batch's records (a marker must never cover data that may still fail)."""
+    def _heard(self, equipment_id: str, now_ms: int) -> None:
+        if self.first_seen_ms is None:
+            self.first_seen_ms = now_ms
+        self._seen[equipment_id] = now_ms
+
+    def attempt_started(self, equipment_id: str, now_ms: int) -> None:
+        """A valid batch of the machine arrived; it is active until ``attempt_ended`` and ``active_ms`` after."""
         with self._lock:
-            if self.first_seen_ms is None:
-                self.first_seen_ms = now_ms
-            if covered_until_ms > self._covered.get(equipment_id, -1):
+            self._heard(equipment_id, now_ms)
+            self._in_flight[equipment_id] = self._in_flight.get(equipment_id, 0) + 1
+
+    def attempt_ended(self, equipment_id: str, now_ms: int, covered_until_ms: int | None) -> None:
+        """The request ended: ``covered_until_ms`` once Kafka acknowledged its records, None if it failed (a marker
+        must never cover data that may still be lost)."""
+        with self._lock:
+            left = self._in_flight.get(equipment_id, 0) - 1
+            if left > 0:
+                self._in_flight[equipment_id] = left
+            else:
+                self._in_flight.pop(equipment_id, None)
+            self._heard(equipment_id, now_ms)
+            if covered_until_ms is not None and covered_until_ms > self._covered.get(equipment_id, -1):
                 self._covered[equipment_id] = covered_until_ms
-            self._seen[equipment_id] = now_ms
+
+    def update(self, equipment_id: str, covered_until_ms: int, now_ms: int) -> None:
+        """One acknowledged request, start to end."""
+        self.attempt_started(equipment_id, now_ms)
+        self.attempt_ended(equipment_id, now_ms, covered_until_ms)
 
     def low_watermark(self, now_ms: int) -> int | None:
-        """Oldest promise among machines heard from within ``active_ms`` (when none is: the newest promise of
-        those that fell silent); None while warming up or before any promise."""
+        """Oldest promise among active machines (when none is: the newest promise of those that fell silent);
+        None while warming up, before any promise, or while an active machine has none acknowledged yet."""
         horizon = now_ms - self.active_ms
         with self._lock:
-            gone = [eid for eid, seen in self._seen.items() if seen < horizon]
+            gone = [eid for eid, seen in self._seen.items() if seen < horizon and eid not in self._in_flight]
             for eid in gone:  # silent machines stop holding the fleet back
-                self.released_ms = max(self.released_ms or self._covered[eid], self._covered[eid])
-                del self._seen[eid], self._covered[eid]
+                covered = self._covered.pop(eid, None)
+                if covered is not None:
+                    self.released_ms = max(self.released_ms or covered, covered)
+                del self._seen[eid]
             warming = self.first_seen_ms is not None and self.first_seen_ms > horizon
-            if not self._covered:
+            if not self._seen:
                 self.first_seen_ms = None  # the next machine to report starts a new warm-up
                 return None if warming else self.released_ms
-            if warming or self.first_seen_ms is None:
+            if warming or self.first_seen_ms is None or len(self._covered) < len(self._seen):
                 return None
             return min(self._covered.values())
 

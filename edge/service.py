@@ -126,6 +126,7 @@ class _RequestState:
     tracker: DeliveryTracker = field(default_factory=DeliveryTracker)
     marks: dict[str, int] = field(default_factory=dict)  # equipment -> highest sequence written here
     covered: dict[str, int] = field(default_factory=dict)  # equipment -> the promise of its batches here
+    acked: bool = False  # Kafka acknowledged every record of the request
     produced_any: bool = False
     last_rejection: tuple[str, str] | None = None
 
@@ -223,6 +224,13 @@ class IngestionService:
             assert result.reason is not None
             self._reject(state, raw, result.reason, result.detail, eid, seq)
             return
+        if eid not in state.covered:
+            self.progress.attempt_started(eid, now_ms)
+        # The gateway's promise (sent_at), never older than what it sent; it reaches the fleet's progress only
+        # once Kafka acknowledged the data (``_release``): a marker must never cover a batch that may yet fail.
+        # A duplicate's promise counts too: its sequence is at or below one Kafka acknowledged.
+        newest = max((int(a.ts.max()) for a in result.arrays if a.ts.size), default=0)
+        state.covered[eid] = max(state.covered.get(eid, 0), batch.sent_at_ms, newest)
         if seq:
             with self._marks_lock:
                 mark = self._marks.get(eid, 0)
@@ -233,10 +241,6 @@ class IngestionService:
             state.marks[eid] = seq
         for key, value in batch_to_records(batch, result.arrays, self._window_ms, now_ms):
             self._produce(state, key, value)
-        # The gateway's promise (sent_at), never older than what it sent; it reaches the fleet's progress only
-        # once Kafka acknowledged the data (``_finish``): a marker must never cover a batch that may yet fail.
-        newest = max((int(a.ts.max()) for a in result.arrays if a.ts.size), default=0)
-        state.covered[eid] = max(state.covered.get(eid, 0), batch.sent_at_ms, newest)
         state.ack.accepted_batches += 1
         state.ack.accepted_points += result.points
 
@@ -257,9 +261,7 @@ class IngestionService:
                 f"Kafka did not acknowledge {len(tracker.errors)} of {tracker.produced} record(s) "
                 f"({tracker.errors[0]}); nothing of this request is confirmed, retry later",
             )
-        acked_ms = int(time.time() * 1000)
-        for eid, covered in state.covered.items():
-            self.progress.update(eid, covered, acked_ms)
+        state.acked = True
         if state.marks:
             with self._marks_lock:
                 for eid, seq in state.marks.items():
@@ -274,12 +276,21 @@ class IngestionService:
         self.metrics.points.inc(state.ack.accepted_points)
         self.metrics.records.inc(tracker.produced - state.ack.rejected_batches)
 
+    def _release(self, state: _RequestState) -> None:
+        """The request ended (acknowledged, failed, or the client went away): its machines' attempts end."""
+        now_ms = int(time.time() * 1000)
+        for eid, covered in state.covered.items():
+            self.progress.attempt_ended(eid, now_ms, covered if state.acked else None)
+
     # -- gRPC handlers (requests arrive as raw bytes) -------------------------------------
     def ingest(self, request: bytes, context: grpc.ServicerContext) -> telemetry_pb2.IngestAck:
         with self.metrics.in_flight.track_inprogress():
             state = _RequestState()
-            self._handle(state, request)
-            self._finish(state, context)
+            try:
+                self._handle(state, request)
+                self._finish(state, context)
+            finally:
+                self._release(state)
             if state.last_rejection is not None:
                 reason, detail = state.last_rejection
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{reason}: {detail} (sent to dead-letter topic)")
@@ -290,9 +301,12 @@ class IngestionService:
     ) -> telemetry_pb2.IngestAck:
         with self.metrics.in_flight.track_inprogress():
             state = _RequestState()
-            for raw in request_iterator:
-                self._handle(state, raw)
-            self._finish(state, context)
+            try:
+                for raw in request_iterator:
+                    self._handle(state, raw)
+                self._finish(state, context)
+            finally:
+                self._release(state)
             return state.ack
 
 

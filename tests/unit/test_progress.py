@@ -59,3 +59,33 @@ def test_a_burst_then_silence_still_closes_its_windows() -> None:
     assert progress.low_watermark(now_ms=11_001) == 9_000  # both silent since: the newest promise
     progress.update("c", 3_000, now_ms=20_000)  # a late-comer starts a new warm-up, then holds nothing back
     assert progress.low_watermark(now_ms=20_000) is None
+
+
+def test_machines_still_trying_through_a_broker_outage_hold_their_last_acknowledged_promise() -> None:
+    """Nothing is acknowledged while the broker is down; gateways keep trying. Releasing them after
+    ``active_ms`` would move the watermark to the newest promise and make the laggards' replay late."""
+    progress = FleetProgress(active_ms=10_000)
+    progress.update("ahead", 10_000, now_ms=0)
+    progress.update("behind", 5_000, now_ms=0)
+    assert progress.low_watermark(now_ms=10_000) == 5_000
+    for now in range(10_000, 40_000, 5_000):  # each tick a new attempt, which fails after a while
+        for eid in ("ahead", "behind"):
+            progress.attempt_started(eid, now)
+        assert progress.low_watermark(now_ms=now + 4_000) == 5_000
+        for eid in ("ahead", "behind"):
+            progress.attempt_ended(eid, now + 4_000, None)
+    progress.attempt_started("behind", 40_000)  # one request in flight longer than active_ms still holds
+    assert progress.low_watermark(now_ms=60_000) == 5_000
+    progress.attempt_ended("behind", 60_000, 30_000)
+    assert progress.low_watermark(now_ms=60_000) == 30_000  # "ahead" fell silent at 34 s: released
+
+
+def test_a_machine_heard_but_never_acknowledged_holds_every_marker() -> None:
+    progress = FleetProgress(active_ms=10_000)
+    progress.update("a", 5_000, now_ms=0)
+    progress.update("a", 12_000, now_ms=10_000)
+    assert progress.low_watermark(now_ms=10_000) == 12_000
+    progress.attempt_started("new", 11_000)
+    assert progress.low_watermark(now_ms=11_000) is None  # its data may be for any window
+    progress.attempt_ended("new", 11_050, 9_000)
+    assert progress.low_watermark(now_ms=11_050) == 9_000
