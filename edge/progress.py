@@ -66,9 +66,8 @@ class FleetProgress:
             self._heard(equipment_id, now_ms)
             self._in_flight[equipment_id] = self._in_flight.get(equipment_id, 0) + 1
 
-    def attempt_ended(self, equipment_id: str, now_ms: int, covered_until_ms: int | None) -> None:
-        """The request ended: ``covered_until_ms`` once Kafka acknowledged its records, None if it failed (a marker
-        must never cover data that may still be lost)."""
+    def attempt_ended(self, equipment_id: str, now_ms: int) -> None:
+        """The request ended, acknowledged or not (its client may have given up before Kafka answered)."""
         with self._lock:
             left = self._in_flight.get(equipment_id, 0) - 1
             if left > 0:
@@ -76,13 +75,20 @@ class FleetProgress:
             else:
                 self._in_flight.pop(equipment_id, None)
             self._heard(equipment_id, now_ms)
-            if covered_until_ms is not None and covered_until_ms > self._covered.get(equipment_id, -1):
+
+    def acknowledged(self, equipment_id: str, covered_until_ms: int, now_ms: int) -> None:
+        """Kafka acknowledged the machine's data sampled before ``covered_until_ms`` (only then: a marker must
+        never cover data that may still be lost)."""
+        with self._lock:
+            self._heard(equipment_id, now_ms)
+            if covered_until_ms > self._covered.get(equipment_id, -1):
                 self._covered[equipment_id] = covered_until_ms
 
     def update(self, equipment_id: str, covered_until_ms: int, now_ms: int) -> None:
         """One acknowledged request, start to end."""
         self.attempt_started(equipment_id, now_ms)
-        self.attempt_ended(equipment_id, now_ms, covered_until_ms)
+        self.acknowledged(equipment_id, covered_until_ms, now_ms)
+        self.attempt_ended(equipment_id, now_ms)
 
     def low_watermark(self, now_ms: int) -> int | None:
         """Oldest promise among active machines (when none is: the newest promise of those that fell silent);

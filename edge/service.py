@@ -38,7 +38,7 @@ from edge.chunking import batch_to_records
 from edge.progress import FleetProgress, ProgressMarkers
 from edge.proto import telemetry_pb2
 from vigil.logs import setup_logging
-from vigil.settings import Settings, get_settings
+from vigil.settings import KafkaSettings, Settings, get_settings
 from vigil.signals import stop_event_on_signals
 
 log = logging.getLogger("edge.service")
@@ -58,7 +58,10 @@ class DeliveryTracker:
         self._lock = threading.Lock()
         self._outstanding = 0
         self._sealed = False
+        self._finished = False
         self._done = threading.Event()
+        # Called once when sealed and every delivery reported (on whichever thread saw it), before ``wait`` returns.
+        self.on_done: Callable[[], None] | None = None
         self.errors: list[str] = []
         self.produced = 0
 
@@ -73,15 +76,22 @@ class DeliveryTracker:
             self._outstanding -= 1
             if err is not None:
                 self.errors.append(str(err))
-            if self._sealed and self._outstanding == 0:
-                self._done.set()
+        self._finish_if_complete()
 
     def seal(self) -> None:
-        """No more records will be produced for this request."""
+        """No more records will be produced for this request (idempotent)."""
         with self._lock:
             self._sealed = True
-            if self._outstanding == 0:
-                self._done.set()
+        self._finish_if_complete()
+
+    def _finish_if_complete(self) -> None:
+        with self._lock:
+            if self._finished or not self._sealed or self._outstanding:
+                return
+            self._finished = True
+        if self.on_done is not None:
+            self.on_done()
+        self._done.set()
 
     def wait(self, context: grpc.ServicerContext) -> bool:
         """Wait for all deliveries while the client is still there; False if it went away or timed out."""
@@ -122,13 +132,19 @@ class _Metrics:
 class _RequestState:
     """What one gRPC request did so far."""
 
+    tracker: DeliveryTracker
     ack: telemetry_pb2.IngestAck = field(default_factory=telemetry_pb2.IngestAck)
-    tracker: DeliveryTracker = field(default_factory=DeliveryTracker)
     marks: dict[str, int] = field(default_factory=dict)  # equipment -> highest sequence written here
+    claims: list[tuple[str, int]] = field(default_factory=list)  # (equipment, sequence) this request writes
     covered: dict[str, int] = field(default_factory=dict)  # equipment -> the promise of its batches here
-    acked: bool = False  # Kafka acknowledged every record of the request
     produced_any: bool = False
     last_rejection: tuple[str, str] | None = None
+
+
+def edge_kafka(settings: Settings) -> KafkaSettings:
+    """The Kafka connection of the edge: its own route to the brokers when it has one."""
+    route = settings.edge.kafka_bootstrap_servers
+    return settings.kafka.model_copy(update={"bootstrap_servers": route}) if route else settings.kafka
 
 
 class IngestionService:
@@ -137,12 +153,16 @@ class IngestionService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.validator = v.BatchValidator(settings.edge)
-        self.producer = make_producer(settings.kafka)
+        self.producer = make_producer(edge_kafka(settings))
         self.dead_letters = DeadLetterWriter(self.producer, settings.kafka, source="edge")
         self.metrics = _Metrics()
         self._telemetry_topic = settings.kafka.telemetry_topic
         self._window_ms = settings.window.size_ms
         self._marks: dict[str, int] = {}
+        # (equipment, sequence) -> the tracker of the request writing it now: a re-send that arrives while the
+        # first copy is still on its way to Kafka (its client gave up waiting) waits for that outcome instead
+        # of writing the batch a second time.
+        self._writing: dict[tuple[str, int], DeliveryTracker] = {}
         self._marks_lock = threading.Lock()
         self.totals = (0, 0)  # (batches, points) accepted since start, for the periodic log line
         self._stop = threading.Event()
@@ -209,7 +229,26 @@ class IngestionService:
         self.metrics.rejected.labels(reason).inc()
         log.info("rejected batch equipment=%r sequence=%d: %s: %s", eid, seq, reason, detail)
 
-    def _handle(self, state: _RequestState, raw: bytes) -> None:
+    def _new_request(self) -> _RequestState:
+        state = _RequestState(tracker=DeliveryTracker())
+        state.tracker.on_done = lambda: self._completed(state)
+        return state
+
+    def _is_duplicate(self, state: _RequestState, eid: str, seq: int, context: grpc.ServicerContext) -> bool:
+        """Whether Kafka already has this batch; else this request claims writing it."""
+        while True:
+            with self._marks_lock:
+                if seq <= max(self._marks.get(eid, 0), state.marks.get(eid, 0)):
+                    return True
+                other = self._writing.get((eid, seq))
+                if other is None:
+                    self._writing[(eid, seq)] = state.tracker
+                    state.claims.append((eid, seq))
+                    return False
+            if not other.wait(context):  # an earlier request is writing it: its outcome decides
+                context.abort(grpc.StatusCode.CANCELLED, "client went away while an earlier copy was being written")
+
+    def _handle(self, state: _RequestState, raw: bytes, context: grpc.ServicerContext) -> None:
         """Parse, validate, de-duplicate and produce one serialized ReadingBatch."""
         try:
             batch = telemetry_pb2.ReadingBatch.FromString(raw)
@@ -227,18 +266,16 @@ class IngestionService:
         if eid not in state.covered:
             self.progress.attempt_started(eid, now_ms)
         # The gateway's promise (sent_at), never older than what it sent; it reaches the fleet's progress only
-        # once Kafka acknowledged the data (``_release``): a marker must never cover a batch that may yet fail.
+        # once Kafka acknowledged the data (``_completed``): a marker must never cover a batch that may yet fail.
         # A duplicate's promise counts too: its sequence is at or below one Kafka acknowledged.
         newest = max((int(a.ts.max()) for a in result.arrays if a.ts.size), default=0)
         state.covered[eid] = max(state.covered.get(eid, 0), batch.sent_at_ms, newest)
         if seq:
-            with self._marks_lock:
-                mark = self._marks.get(eid, 0)
-            if seq <= max(mark, state.marks.get(eid, 0)):
+            if self._is_duplicate(state, eid, seq, context):
                 state.ack.duplicate_batches += 1
                 self.metrics.duplicates.inc()
                 return
-            state.marks[eid] = seq
+            state.marks[eid] = max(seq, state.marks.get(eid, 0))
         for key, value in batch_to_records(batch, result.arrays, self._window_ms, now_ms):
             self._produce(state, key, value)
         state.ack.accepted_batches += 1
@@ -261,33 +298,46 @@ class IngestionService:
                 f"Kafka did not acknowledge {len(tracker.errors)} of {tracker.produced} record(s) "
                 f"({tracker.errors[0]}); nothing of this request is confirmed, retry later",
             )
-        state.acked = True
-        if state.marks:
-            with self._marks_lock:
+
+    def _completed(self, state: _RequestState) -> None:
+        """Every record of the request reported (poll thread, or the request's own): whether or not its client
+        is still waiting, what Kafka acknowledged now counts (marks, the fleet's progress) and its claims end."""
+        ok = not state.tracker.errors
+        now_ms = int(time.time() * 1000)
+        with self._marks_lock:
+            if ok:
                 for eid, seq in state.marks.items():
                     if seq > self._marks.get(eid, 0):
                         self._marks[eid] = seq
-        with self._marks_lock:
-            self.totals = (
-                self.totals[0] + state.ack.accepted_batches,
-                self.totals[1] + state.ack.accepted_points,
-            )
+                self.totals = (
+                    self.totals[0] + state.ack.accepted_batches,
+                    self.totals[1] + state.ack.accepted_points,
+                )
+            for claim in state.claims:
+                if self._writing.get(claim) is state.tracker:
+                    del self._writing[claim]
+        if not ok:
+            return
+        for eid, covered in state.covered.items():
+            self.progress.acknowledged(eid, covered, now_ms)
         self.metrics.batches.inc(state.ack.accepted_batches)
         self.metrics.points.inc(state.ack.accepted_points)
-        self.metrics.records.inc(tracker.produced - state.ack.rejected_batches)
+        self.metrics.records.inc(state.tracker.produced - state.ack.rejected_batches)
 
     def _release(self, state: _RequestState) -> None:
-        """The request ended (acknowledged, failed, or the client went away): its machines' attempts end."""
+        """The request ended (acknowledged, failed, or the client went away): its machines' attempts end. The
+        tracker is sealed in any case, so its records still complete the request when they report."""
+        state.tracker.seal()
         now_ms = int(time.time() * 1000)
-        for eid, covered in state.covered.items():
-            self.progress.attempt_ended(eid, now_ms, covered if state.acked else None)
+        for eid in state.covered:
+            self.progress.attempt_ended(eid, now_ms)
 
     # -- gRPC handlers (requests arrive as raw bytes) -------------------------------------
     def ingest(self, request: bytes, context: grpc.ServicerContext) -> telemetry_pb2.IngestAck:
         with self.metrics.in_flight.track_inprogress():
-            state = _RequestState()
+            state = self._new_request()
             try:
-                self._handle(state, request)
+                self._handle(state, request, context)
                 self._finish(state, context)
             finally:
                 self._release(state)
@@ -300,10 +350,10 @@ class IngestionService:
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> telemetry_pb2.IngestAck:
         with self.metrics.in_flight.track_inprogress():
-            state = _RequestState()
+            state = self._new_request()
             try:
                 for raw in request_iterator:
-                    self._handle(state, raw)
+                    self._handle(state, raw, context)
                 self._finish(state, context)
             finally:
                 self._release(state)

@@ -1,9 +1,15 @@
-"""`vigil chaos`: kill each part of the pipeline under a steady simulated load, restart it, and count
-against what the simulator sent what was lost, duplicated or dead-lettered, and how long recovery took.
+"""`vigil chaos`: break each part of the pipeline under a steady simulated load (kill it, cut it off, make it
+refuse writes), heal it, and count against what the simulator sent what was lost, duplicated or dead-lettered,
+and how long recovery took.
 
-One stack, one continuous fleet; the faults follow one another (each: SIGKILL of the service's process
-group, ``down_s`` without it, restart through the stack, wait until a window that started after the kill is
-visible, settle). At the end the simulator stops, every gateway drains its disk buffer, and the counts come
+One stack, one continuous fleet; the faults follow one another (each: inject it, hold it ``down_s`` (or the
+seconds given as ``name:seconds``), heal it, wait until a window that started after the injection is visible,
+settle). A fault is a SIGKILL of a service's process group, healed by a restart through the stack, or one of:
+- ``edge-kafka-blackhole``: the fault proxy swallows every byte between the edge service and the broker
+  (connections stay open, nothing is refused: the clients find out from their timeouts);
+- ``clickhouse-refuses-writes``: every insert into Vigil's tables fails with ClickHouse's own TOO_MANY_PARTS
+  (the tables' ``parts_to_throw_insert`` set to 1), as a server whose merges fell behind answers.
+At the end the simulator stops, every gateway drains its disk buffer, and the counts come
 from where the data really lands:
 - windows: ClickHouse ``window_stats`` read without FINAL, against the (machine, sensor, window) sample
   counts of every batch the simulator handed to its gateway clients (acknowledged or buffered and replayed);
@@ -11,7 +17,7 @@ from where the data really lands:
   FINAL-free read sees it more than once or it holds more samples than were sent (a batch written twice);
 - verdicts: ClickHouse ``anomalies`` (kind ``window``), one per machine and window with statistics;
 - dead letters: the dead-letter topic's records of the run, by reason (late data counts here, not as lost).
-Losses and duplicates are attributed to the fault whose interval (kill - 2 windows .. recovery + settle)
+Losses and duplicates are attributed to the fault whose interval (injection - 2 windows .. recovery + settle)
 holds the window's start. Pages (alert publisher, relay, Alertmanager, Prometheus) are not counted here.
 """
 
@@ -28,19 +34,21 @@ from datetime import UTC, datetime
 
 import numpy as np
 import orjson
+from clickhouse_connect.driver.client import Client
 from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from connectors.clickhouse import make_client
+from connectors.clickhouse import make_client, vigil_tables
 from connectors.kafka import make_consumer
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2
 from edge.simulator import runner
-from operations.stack.services import INFRA, PIPELINE, Stack
+from operations.stack import fault_proxy, kafka_broker
+from operations.stack.services import FAULT_PROXY, INFRA, PIPELINE, Stack
 from vigil.settings import Settings
 
-DEFAULT_FAULTS = (
+KILLED = (
     "kafka",
     "clickhouse",
     "edge",
@@ -51,14 +59,98 @@ DEFAULT_FAULTS = (
 )
 # Where a fault's recovery shows: the table a restarted service's work lands in.
 RECOVERY_TABLE = {"anomaly-scoring-job": "anomalies"}
+# Tables the ClickHouse sink writes (a refusal of these is what the sinks must ride out).
+SINK_TABLES = ("window_stats", "anomalies", "insights", "machine_state")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What a fault does to the stack and how it is undone."""
+
+    name: str
+    kind: str
+    inject: Callable[[Stack], None]
+    heal: Callable[[Stack], None]
+    hold_s: float | None = None  # how long it lasts by default (None: the run's down_s)
+
+
+def _sigkill(service: str) -> Fault:
+    return Fault(service, "SIGKILL", lambda stack: kill(stack, service), lambda stack: stack.up((service,)))
+
+
+def _sink_tables(settings: Settings) -> list[str]:
+    tables = vigil_tables(settings.clickhouse)
+    return [f"{tables.database}.{getattr(tables, name)}" for name in SINK_TABLES]
+
+
+def refuse_writes(stack: Stack) -> None:
+    """Every insert into the sink's tables fails with TOO_MANY_PARTS (each table holds at least one part)."""
+    _alter_tables(stack.settings, "MODIFY SETTING parts_to_throw_insert = 1")
+
+
+def accept_writes(stack: Stack) -> None:
+    _alter_tables(stack.settings, "RESET SETTING parts_to_throw_insert")
+
+
+def _alter_tables(settings: Settings, change: str) -> None:
+    client = make_client(settings.clickhouse, "admin")
+    try:
+        for table in _sink_tables(settings):
+            client.command(f"ALTER TABLE {table} {change}")
+    finally:
+        client.close()
+
+
+FAULTS: dict[str, Fault] = {
+    **{service: _sigkill(service) for service in KILLED},
+    "edge-kafka-blackhole": Fault(
+        "edge-kafka-blackhole",
+        "blackhole",
+        lambda stack: fault_proxy.blackhole(stack.settings),
+        lambda stack: fault_proxy.restore(stack.settings),
+    ),
+    "clickhouse-refuses-writes": Fault(
+        "clickhouse-refuses-writes", "refuses writes", refuse_writes, accept_writes, hold_s=60.0
+    ),
+}
+DEFAULT_FAULTS = tuple(FAULTS)
+
+
+def parse_fault(spec: str) -> tuple[Fault, float | None]:
+    """``name`` or ``name:seconds``: the fault, and how long to hold it when given."""
+    name, _, seconds = spec.partition(":")
+    if name not in FAULTS:
+        raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+    try:
+        return FAULTS[name], float(seconds) if seconds else None
+    except ValueError:
+        raise ValueError(f"fault {spec!r}: the part after ':' must be seconds, e.g. {name}:60") from None
+
+
+def with_edge_route(settings: Settings) -> Settings:
+    """``settings`` whose edge reaches the local broker through the fault proxy (ports from chaos settings
+    unless set already)."""
+    if fault_proxy.routed(settings):
+        return settings
+    c = settings.chaos
+    port = settings.kafka.local_edge_port or c.edge_listener_port
+    kafka = settings.kafka.model_copy(update={"local_edge_port": port})
+    edge = settings.edge.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{c.edge_proxy_port}"})
+    return settings.model_copy(update={"kafka": kafka, "edge": edge})
 
 
 @dataclass
 class FaultResult:
-    service: str
-    killed_at_ms: int
-    restarted_at_ms: int = 0
+    service: str  # the fault's name: the service killed, or the fault (edge-kafka-blackhole, ...)
+    kind: str
+    injected_at_ms: int
+    held_s: float = 0.0
+    healed_at_ms: int = 0
     recovered_at_ms: int | None = None
+    # Proof that the fault bit: rows of windows started since the injection that were visible just before
+    # healing (None: ClickHouse was the one down), and batches the gateways buffered on disk meanwhile.
+    landed_during: int | None = None
+    batches_buffered: int = 0
     windows_lost: int = 0
     windows_short: int = 0
     windows_duplicated: int = 0
@@ -67,10 +159,10 @@ class FaultResult:
 
     @property
     def recovery_s(self) -> float | None:
-        """Restart -> first window that started after the kill visible in ClickHouse."""
+        """Healed (restart, path or writes back) -> first window that started after the injection visible."""
         if self.recovered_at_ms is None:
             return None
-        return round((self.recovered_at_ms - self.restarted_at_ms) / 1000, 1)
+        return round((self.recovered_at_ms - self.healed_at_ms) / 1000, 1)
 
 
 @dataclass
@@ -131,6 +223,15 @@ class RecordingGateway:
         self.client.close()
 
 
+def _restart_if_unrouted(stack: Stack) -> None:
+    """A broker started without the edge's listener (or an edge not routed through the proxy) is restarted with
+    the chaos settings: the run kills them anyway, and a blackhole must cut the edge off, not nobody."""
+    config = kafka_broker.broker_dir(stack.settings) / "config" / "server.properties"
+    running = config.is_file() and stack.processes.pid("kafka") is not None
+    if running and config.read_text() != kafka_broker.server_properties(stack.settings):
+        stack.down(("edge", "kafka"))
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -144,22 +245,40 @@ def kill(stack: Stack, service: str) -> None:
     stack.processes.stop(service)  # forget the dead process's pid file
 
 
+def _rows_since(client: Client, table: str, since_ms: int) -> int:
+    rows = client.query(
+        f"SELECT count() FROM {table} WHERE window_start >= fromUnixTimestamp64Milli({{t:Int64}})",
+        parameters={"t": since_ms},
+    ).result_rows
+    return int(rows[0][0]) if rows else 0
+
+
 def _wait_visible(settings: Settings, table: str, since_ms: int, timeout_s: float) -> int | None:
     """When (epoch ms) a row of ``table`` whose window started at or after ``since_ms`` is visible; None: never."""
     client = make_client(settings.clickhouse, "admin")
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            rows = client.query(
-                f"SELECT count() FROM {table} WHERE window_start >= fromUnixTimestamp64Milli({{t:Int64}})",
-                parameters={"t": since_ms},
-            ).result_rows
-            if rows and rows[0][0]:
+            if _rows_since(client, table, since_ms):
                 return _now_ms()
             time.sleep(0.5)
     finally:
         client.close()
     return None
+
+
+def _landed_during(settings: Settings, table: str, since_ms: int) -> int | None:
+    """Rows of windows started since the injection, just before healing (None: ClickHouse itself is down)."""
+    try:
+        client = make_client(settings.clickhouse, "admin")
+    except Exception:  # noqa: BLE001 - the killed server cannot be asked
+        return None
+    try:
+        return _rows_since(client, table, since_ms)
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        client.close()
 
 
 def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -219,8 +338,8 @@ def landed(settings: Settings, since_ms: int) -> tuple[dict[tuple[str, str, int]
 def _attribute(faults: list[FaultResult], window_ms: int, settle_s: float) -> Callable[[int], FaultResult | None]:
     def owner(start_ms: int) -> FaultResult | None:
         for fault in faults:
-            until = (fault.recovered_at_ms or fault.restarted_at_ms) + int(settle_s * 1000)
-            if fault.killed_at_ms - 2 * window_ms <= start_ms <= until:
+            until = (fault.recovered_at_ms or fault.healed_at_ms) + int(settle_s * 1000)
+            if fault.injected_at_ms - 2 * window_ms <= start_ms <= until:
                 return fault
         return None
 
@@ -237,14 +356,14 @@ def run_chaos(
     settle_s: float = 30.0,
     recovery_timeout_s: float = 240.0,
 ) -> ChaosResult:
-    unknown = set(faults) - set(DEFAULT_FAULTS)
-    if unknown:
-        raise ValueError(f"unknown fault target(s) {sorted(unknown)}; known: {', '.join(DEFAULT_FAULTS)}")
+    plan = [parse_fault(spec) for spec in faults]
     if settings.flink.topology != "split":
         raise ValueError("vigil chaos kills the split topology's jobs: set flink.topology = 'split'")
+    settings = with_edge_route(settings)
     stack = Stack(settings)
-    console.print("[bold]chaos[/]: starting the stack and pipeline")
-    stack.up(INFRA + PIPELINE)
+    console.print("[bold]chaos[/]: starting the stack and pipeline (the edge reaches Kafka through the fault proxy)")
+    _restart_if_unrouted(stack)
+    stack.up(FAULT_PROXY + INFRA + PIPELINE)
     window_ms = settings.window.size_ms
     dead_letter_start = _end_offsets(settings, settings.kafka.dead_letter_topic)
     started_ms = (_now_ms() // window_ms + 1) * window_ms  # the first whole window the fleet fills
@@ -268,17 +387,21 @@ def run_chaos(
     simulator.start()
     console.print(f"[bold]chaos[/]: {machines} machines streaming; warm-up {warmup_s:.0f} s")
     time.sleep(warmup_s)
-    for service in faults:
-        fault = FaultResult(service=service, killed_at_ms=_now_ms())
-        console.print(f"[bold red]kill -9[/] {service}; restarting in {down_s:.0f} s")
-        kill(stack, service)
-        time.sleep(down_s)
-        stack.up((service,))
-        fault.restarted_at_ms = _now_ms()
-        table = RECOVERY_TABLE.get(service, "window_stats")
-        fault.recovered_at_ms = _wait_visible(settings, table, fault.killed_at_ms, recovery_timeout_s)
+    for spec, hold in plan:
+        held = hold if hold is not None else spec.hold_s if spec.hold_s is not None else down_s
+        fault = FaultResult(service=spec.name, kind=spec.kind, injected_at_ms=_now_ms(), held_s=held)
+        console.print(f"[bold red]{spec.kind}[/] {spec.name}; healing in {held:.0f} s")
+        table = RECOVERY_TABLE.get(spec.name, "window_stats")
+        buffered = sum(g.client.buffered for g in gateways)
+        spec.inject(stack)
+        time.sleep(held)
+        fault.landed_during = _landed_during(settings, table, fault.injected_at_ms)
+        fault.batches_buffered = sum(g.client.buffered for g in gateways) - buffered
+        spec.heal(stack)
+        fault.healed_at_ms = _now_ms()
+        fault.recovered_at_ms = _wait_visible(settings, table, fault.injected_at_ms, recovery_timeout_s)
         console.print(
-            f"  {service}: restarted; "
+            f"  {spec.name}: healed; "
             + (f"recovered in {fault.recovery_s} s" if fault.recovery_s is not None else "NOT recovered")
         )
         result.faults.append(fault)
@@ -338,11 +461,15 @@ def results_table(result: ChaosResult) -> Table:
         title=f"vigil chaos: {result.machines} machines, {result.windows_expected:,} windows, "
         f"{result.verdicts_expected:,} verdicts expected"
     )
-    for column in ("fault (SIGKILL)", "recovery s", "windows lost", "short", "duplicated", "verdicts lost", "dup"):
-        table.add_column(column, justify="right" if column != "fault (SIGKILL)" else "left")
+    columns = ("fault", "held s", "landed meanwhile", "buffered", "recovery s", "windows lost", "short", "duplicated")
+    for column in (*columns, "verdicts lost", "dup"):
+        table.add_column(column, justify="right" if column != "fault" else "left")
     for f in result.faults:
         table.add_row(
-            f.service,
+            f"{f.service} ({f.kind})",
+            f"{f.held_s:.0f}",
+            "n/a" if f.landed_during is None else str(f.landed_during),
+            str(f.batches_buffered),
             "not recovered" if f.recovery_s is None else f"{f.recovery_s:.1f}",
             str(f.windows_lost),
             str(f.windows_short),
@@ -354,6 +481,9 @@ def results_table(result: ChaosResult) -> Table:
         u = result.unattributed
         table.add_row(
             "(between faults)",
+            "",
+            "",
+            "",
             "",
             *(
                 str(u.get(k, 0))

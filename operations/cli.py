@@ -335,9 +335,13 @@ def bench_latency(
 def chaos(
     machines: Annotated[int, typer.Option(help="simulated machines streaming through the faults")] = 200,
     fault: Annotated[
-        list[str] | None, typer.Option(help=f"services to SIGKILL, in order (default: {', '.join(DEFAULT_FAULTS)})")
+        list[str] | None,
+        typer.Option(
+            help="faults in order, NAME or NAME:SECONDS: a service to SIGKILL, edge-kafka-blackhole or "
+            f"clickhouse-refuses-writes (default: all of {', '.join(DEFAULT_FAULTS)})"
+        ),
     ] = None,
-    down: Annotated[float, typer.Option(help="seconds each service stays dead")] = 10.0,
+    down: Annotated[float, typer.Option(help="seconds a fault lasts unless NAME:SECONDS says (refusals: 60)")] = 10.0,
     settle: Annotated[float, typer.Option(help="seconds of steady streaming after each recovery")] = 30.0,
     output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
     samples_per_sensor: SamplesOption = None,

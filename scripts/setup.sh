@@ -3,6 +3,7 @@
 #   - Debian packages: Prometheus, Pushgateway, Alertmanager (the hot-path servers), Chromium (browser test)
 #   - a Python 3.11 virtualenv in .venv with Vigil and its dependencies (Flink, chDB...)
 #   - from Maven Central (checksums verified by Maven): the Apache Kafka broker and Flink's Kafka connector
+#   - from the Go module proxy (verified by go against the checksum database): Toxiproxy, for `vigil chaos`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -56,4 +57,19 @@ maven_copy() {
 maven_copy kafka-broker -DincludeScope=runtime
 maven_copy flink-connectors -DexcludeTransitive=true
 .venv/bin/python -m jobs.flink_jars >/dev/null
+
+# 4. Toxiproxy, the fault proxy of `vigil chaos` (operations/stack/fault_proxy.py), built from its Go module.
+TOXIPROXY_VERSION=v2.5.0
+if [ "$(cat .venv/bin/toxiproxy-server.version 2>/dev/null)" != "$TOXIPROXY_VERSION" ]; then
+  command -v go >/dev/null 2>&1 || { echo "Go is required to build Toxiproxy: apt-get install golang" >&2; exit 1; }
+  say "building Toxiproxy $TOXIPROXY_VERSION from the Go module proxy"
+  gobin=$(mktemp -d)
+  if ! GOBIN="$gobin" GOFLAGS=-mod=mod go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION"; then
+    echo "could not build Toxiproxy (see go's output above); check network access to proxy.golang.org" >&2
+    exit 1
+  fi
+  mv "$gobin/server" .venv/bin/toxiproxy-server
+  rm -rf "$gobin"
+  echo "$TOXIPROXY_VERSION" > .venv/bin/toxiproxy-server.version
+fi
 say "ready: $ROOT/.venv (vigil $(.venv/bin/vigil --help >/dev/null && echo ok))"

@@ -16,10 +16,11 @@ import pytest
 
 from connectors.clickhouse import apply_schema, make_client
 from operations.stack import kafka_broker
-from operations.stack.services import INFRA, PIPELINE, Stack
+from operations.stack.services import FAULT_PROXY, INFRA, PIPELINE, Stack
 from vigil.settings import (
     AgentsSettings,
     AlertingSettings,
+    ChaosSettings,
     ClickHouseSettings,
     ConsoleSettings,
     EdgeSettings,
@@ -86,8 +87,12 @@ def stack_test_settings(data_dir: Path) -> Settings:
     """Settings for a private stack: free ports everywhere, short lateness so windows close fast."""
     return Settings(
         data_dir=data_dir,
-        kafka=local_kafka_settings(partitions=2),
-        edge=EdgeSettings(port=free_port(), metrics_port=free_port()),
+        # The edge reaches the broker through the fault proxy, as in `vigil chaos` (its blackhole fault).
+        kafka=local_kafka_settings(partitions=2, local_edge_port=free_port()),
+        edge=EdgeSettings(
+            port=free_port(), metrics_port=free_port(), kafka_bootstrap_servers=f"127.0.0.1:{free_port()}"
+        ),
+        chaos=ChaosSettings(proxy_api_port=free_port()),
         # No source idleness: a partition marked idle while the job waits for the first data would let the
         # other partition race ahead when a test sends a burst of past data, turning on-time records late.
         window=WindowSettings(allowed_lateness_ms=2000, source_idle_timeout_ms=0),
@@ -123,7 +128,7 @@ def pipeline_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     settings = stack_test_settings(tmp_path_factory.mktemp("stack"))
     stack = Stack(settings)
     try:
-        stack.up(INFRA + PIPELINE)
+        stack.up(FAULT_PROXY + INFRA + PIPELINE)
         yield stack
     finally:
         stack.down()

@@ -68,6 +68,9 @@ class KafkaSettings(BaseModel):
     # port (the broker's port is bootstrap_servers') and JVM heap.
     local_controller_port: int = 19094
     local_heap_mb: int = Field(768, ge=256)
+    # A listener of its own for the edge service (0: none, the edge uses the broker's one), advertised at
+    # edge.kafka_bootstrap_servers: `vigil chaos` puts its fault proxy in between to cut the edge off.
+    local_edge_port: int = 0
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) configuration shared by producers, consumers and admin."""
@@ -110,6 +113,9 @@ class EdgeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 15051
+    # The edge's way to the brokers when it is not kafka.bootstrap_servers (a listener of its own, e.g. for a
+    # DMZ, or a proxy in front of it); empty: kafka.bootstrap_servers.
+    kafka_bootstrap_servers: str = ""
     max_workers: int = 16
     max_points_per_batch: int = Field(20_000, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -433,6 +439,16 @@ class SimulatorSettings(BaseModel):
     streams: int = Field(8, ge=1)
 
 
+class ChaosSettings(BaseModel):
+    """`vigil chaos` (operations/chaos.py): its fault proxy (operations/stack/fault_proxy.py) and, unless
+    kafka.local_edge_port and edge.kafka_bootstrap_servers say otherwise, the broker's listener for the edge
+    behind it and the proxy's port the edge connects to."""
+
+    proxy_api_port: int = 18474
+    edge_listener_port: int = 19096
+    edge_proxy_port: int = 19097
+
+
 class Settings(BaseSettings):
     """Everything configurable in Vigil, in one place."""
 
@@ -455,6 +471,7 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = SimulatorSettings()
     console: ConsoleSettings = ConsoleSettings()
     alerting: AlertingSettings = AlertingSettings()
+    chaos: ChaosSettings = ChaosSettings()
 
     @field_validator("data_dir")
     @classmethod

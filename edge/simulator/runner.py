@@ -273,7 +273,10 @@ def run_simulation(
                         skipped,
                     )
             cpu0 = time.thread_time()
-            batches = fleet.tick(end, sent_at_ms=_now_ms() if realtime else end)
+            # sent_at is a promise (edge/progress.py): everything sampled before it is in this batch or an earlier
+            # one. A tick handed over late covers samples up to ``end`` only: the wall clock would promise the
+            # next tick's samples too, and the fleet's progress would close their window before they arrive.
+            batches = fleet.tick(end, sent_at_ms=min(_now_ms(), end))
             gen_s = time.thread_time() - cpu0
             lag_s = max(0.0, (_now_ms() - end) / 1000) if realtime else 0.0
             for label in fleet.last_labels:

@@ -74,16 +74,22 @@ def server_properties(settings: Settings) -> str:
     """The broker's configuration: a single node, so every internal topic has one replica."""
     kafka = settings.kafka
     port, controller = broker_port(settings), kafka.local_controller_port
+    listeners = {"PLAINTEXT": f"127.0.0.1:{port}"}
+    advertised = dict(listeners)
+    if kafka.local_edge_port:  # the edge's own listener, advertised where the edge reaches it (maybe a proxy)
+        listeners["EDGE"] = f"127.0.0.1:{kafka.local_edge_port}"
+        advertised["EDGE"] = settings.edge.kafka_bootstrap_servers or listeners["EDGE"]
+    protocols = {name: "PLAINTEXT" for name in ("CONTROLLER", *listeners)}
     props = {
         "process.roles": "broker,controller",
         "node.id": NODE_ID,
         # A static quorum of this one node: the controller's address comes from here at every start, so a
         # changed port needs no re-format (a dynamic quorum would keep the old address in its log).
         "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{controller}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": ",".join(f"{n}://{a}" for n, a in listeners.items()) + f",CONTROLLER://127.0.0.1:{controller}",
+        "advertised.listeners": ",".join(f"{n}://{a}" for n, a in advertised.items()),
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(f"{n}:{p}" for n, p in protocols.items()),
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": log_dir(settings),
         "num.partitions": kafka.partitions,

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from connectors.clickhouse import apply_schema, make_client
 from connectors.kafka import ensure_topics
 from jobs.registry import FLINK_JOBS
-from operations.stack import kafka_broker, prometheus_configs, saas_standin
+from operations.stack import fault_proxy, kafka_broker, prometheus_configs, saas_standin
 from operations.stack.process import ProcessManager, ServiceSpec, ServiceStatus
 from streamlit_app.access import render_auth_secrets
 from vigil.settings import PROJECT_ROOT, Settings
@@ -30,6 +30,8 @@ from vigil.settings import PROJECT_ROOT, Settings
 log = logging.getLogger(__name__)
 
 INFRA = ("kafka", "clickhouse", "pushgateway", "prometheus", "alertmanager")
+# Between the edge and the broker when the edge has a route of its own (fault_proxy.routed): `vigil chaos`.
+FAULT_PROXY = ("fault-proxy",)
 PIPELINE = ("edge", "window-stats-job", "anomaly-scoring-job", "clickhouse-sink", "pushgateway-sink")
 # settings.flink.topology = "combined": one job computes the windows and scores them (jobs/fleet_pipeline.py).
 COMBINED_PIPELINE = ("edge", "fleet-pipeline-job", "clickhouse-sink", "pushgateway-sink")
@@ -89,6 +91,7 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
         prometheus_configs.render_configs(settings, config_dir)
 
     return {
+        "fault-proxy": fault_proxy.spec(settings),
         "kafka": kafka_broker.broker_spec(settings),
         "clickhouse": ServiceSpec(
             "clickhouse",
@@ -301,9 +304,9 @@ class Stack:
                 apply_schema(make_client(self.settings.clickhouse, "admin"), self.settings.clickhouse)
         return statuses
 
-    def down(self, names: tuple[str, ...] = CONSOLE + ALL_PIPELINE + INFRA) -> list[str]:
+    def down(self, names: tuple[str, ...] = CONSOLE + ALL_PIPELINE + INFRA + FAULT_PROXY) -> list[str]:
         """Stop in reverse dependency order; returns the names that were running."""
-        order = [name for name in (*CONSOLE, *ALL_PIPELINE, *INFRA) if name in names]
+        order = [name for name in (*CONSOLE, *ALL_PIPELINE, *INFRA, *FAULT_PROXY) if name in names]
         return [name for name in order if self.processes.stop(name)]
 
     def status(self) -> list[ServiceStatus]:

@@ -266,6 +266,28 @@ def test_bad_query_raises_database_error_with_clickhouse_message(client: Client)
         client.raw_insert("rt", ["id"], b"not-a-number\n", fmt="TSV")
 
 
+def test_an_insert_the_engine_refuses_is_an_error_never_a_silent_ok(client: Client) -> None:
+    """chDB's streaming insert answers a refused insert (TOO_MANY_PARTS) with 0 rows and no error: a sink would
+    commit past data that never landed. The server must pass the refusal on, in every insert format."""
+    client.command("DROP TABLE IF EXISTS refusing")
+    client.command("CREATE TABLE refusing (id UInt32) ENGINE = MergeTree ORDER BY id")
+    client.command("INSERT INTO refusing VALUES (1)")
+    client.command("ALTER TABLE refusing MODIFY SETTING parts_to_throw_insert = 1")
+    attempts = {
+        "arrow": lambda: client.insert_arrow("refusing", pa.table({"id": pa.array([2], pa.uint32())})),
+        "native": lambda: client.insert("refusing", [[3]], column_names=["id"]),
+        "tsv": lambda: client.raw_insert("refusing", ["id"], b"4\n", fmt="TSV"),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(DatabaseError, match="TOO_MANY_PARTS|Too many parts") as info:
+            attempt()
+        assert info.value.code == 252, name
+    client.command("ALTER TABLE refusing RESET SETTING parts_to_throw_insert")
+    assert client.insert("refusing", [[5]], column_names=["id"]).written_rows == 1
+    assert client.insert_arrow("refusing", pa.table({"id": pa.array([], pa.uint32())})).written_rows == 0
+    assert sorted(r[0] for r in client.query("SELECT id FROM refusing").result_rows) == [1, 5]
+
+
 def test_session_settings_persist_within_a_session(ch_settings: Settings) -> None:
     client = make_client(ch_settings.clickhouse, "admin")
     client.command("SET max_threads = 1")

@@ -73,10 +73,11 @@ def test_machines_still_trying_through_a_broker_outage_hold_their_last_acknowled
             progress.attempt_started(eid, now)
         assert progress.low_watermark(now_ms=now + 4_000) == 5_000
         for eid in ("ahead", "behind"):
-            progress.attempt_ended(eid, now + 4_000, None)
+            progress.attempt_ended(eid, now + 4_000)
     progress.attempt_started("behind", 40_000)  # one request in flight longer than active_ms still holds
     assert progress.low_watermark(now_ms=60_000) == 5_000
-    progress.attempt_ended("behind", 60_000, 30_000)
+    progress.acknowledged("behind", 30_000, 60_000)
+    progress.attempt_ended("behind", 60_000)
     assert progress.low_watermark(now_ms=60_000) == 30_000  # "ahead" fell silent at 34 s: released
 
 
@@ -87,5 +88,6 @@ def test_a_machine_heard_but_never_acknowledged_holds_every_marker() -> None:
     assert progress.low_watermark(now_ms=10_000) == 12_000
     progress.attempt_started("new", 11_000)
     assert progress.low_watermark(now_ms=11_000) is None  # its data may be for any window
-    progress.attempt_ended("new", 11_050, 9_000)
+    progress.acknowledged("new", 9_000, 11_050)
+    progress.attempt_ended("new", 11_050)
     assert progress.low_watermark(now_ms=11_050) == 9_000

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from edge.service import edge_kafka
 from operations.stack.kafka_broker import broker_spec, new_cluster_id, server_properties
 from operations.stack.process import ProcessManager, ServiceSpec
 from tests.conftest import free_port
-from vigil.settings import KafkaSettings, Settings
+from vigil.settings import EdgeSettings, KafkaSettings, Settings
 
 
 def http_server(port: int) -> ServiceSpec:
@@ -75,6 +76,19 @@ def test_local_broker_is_one_durable_kraft_node_with_transactions_sized_for_the_
     assert int(props["transaction.max.timeout.ms"]) >= kafka.transaction_timeout_ms
     spec = broker_spec(settings)
     assert spec.port == 29092 and spec.argv[-1].endswith("server.properties")
+
+
+def test_the_edge_gets_a_listener_of_its_own_advertised_where_it_reaches_it(tmp_path: Path) -> None:
+    """Kafka clients connect to the address the broker advertises, not the bootstrap: the edge's listener is
+    advertised at the proxy in front of it, or no blackhole of the proxy would cut the edge off."""
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:29092", local_controller_port=29093, local_edge_port=29095)
+    edge = EdgeSettings(kafka_bootstrap_servers="127.0.0.1:29096")
+    props = dict(line.split("=", 1) for line in server_properties(Settings(kafka=kafka, edge=edge)).splitlines())
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29092,EDGE://127.0.0.1:29095,CONTROLLER://127.0.0.1:29093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092,EDGE://127.0.0.1:29096"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,EDGE:PLAINTEXT"
+    assert edge_kafka(Settings(kafka=kafka, edge=edge)).bootstrap_servers == "127.0.0.1:29096"
+    assert edge_kafka(Settings(kafka=kafka)).bootstrap_servers == "127.0.0.1:29092"
 
 
 def test_kafka_cluster_ids_never_look_like_an_option() -> None:

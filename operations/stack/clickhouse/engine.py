@@ -10,6 +10,7 @@ here knows about HTTP.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import threading
 import time
@@ -241,3 +242,24 @@ def _setting_name(name: str) -> str:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def error_counts(handle: Handle) -> dict[int, int]:
+    """How often the engine has raised each error code (system.errors): to tell which error an insert hit."""
+    rows = handle.conn.query("SELECT code, value FROM system.errors", "JSONCompactEachRow").bytes().splitlines()
+    return dict(json.loads(row) for row in rows if row.strip())
+
+
+def new_engine_error(handle: Handle, before: dict[int, int]) -> ClickHouseError | None:
+    """The error the engine raised since ``before`` (:func:`error_counts`), as the client would see it.
+
+    chDB's streaming insert reports success for an insert the engine refused (TOO_MANY_PARTS, for one: 0 rows
+    written, no error): the reason is only in system.errors.
+    """
+    query = "SELECT code, value, last_error_message FROM system.errors ORDER BY last_error_time DESC"
+    for row in handle.conn.query(query, "JSONCompactEachRow").bytes().splitlines():
+        if row.strip():
+            code, value, message = json.loads(row)
+            if value > before.get(code, 0):
+                return ClickHouseError(int(code), f"Code: {code}. DB::Exception: {message}")
+    return None

@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
 import lz4.frame
+import pyarrow as pa
+import pyarrow.parquet as pq
 from backports import zstd
 
 from connectors.clickhouse_access import (
@@ -48,6 +50,8 @@ from operations.stack.clickhouse.engine import (
     MAX_SESSION_TIMEOUT_S,
     ChdbEngine,
     Handle,
+    error_counts,
+    new_engine_error,
 )
 from operations.stack.clickhouse.errors import ClickHouseError
 
@@ -315,6 +319,38 @@ def _read_all(stream: _Buffer) -> bytes:
 
 
 _NO_FORMAT = object()
+
+
+def _holds_rows(fmt: str, data: bytes | None, size: int) -> bool:
+    """Whether an insert's data holds at least one row; ``data`` None (too large to keep): surely it does."""
+    if size == 0:
+        return False
+    if data is None:
+        return True
+    name = fmt.lower()
+    try:
+        if name == "native":  # a block starts with varints: number of columns, number of rows
+            _, at = _varint(data, 0)
+            return _varint(data, at)[0] > 0
+        if name in ("arrow", "arrowstream"):
+            reader = pa.ipc.open_file(data) if name == "arrow" else pa.ipc.open_stream(data)
+            return reader.read_all().num_rows > 0
+        if name == "parquet":
+            return pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows > 0
+    except (IndexError, pa.ArrowInvalid):
+        return True  # unreadable here: the engine's own error, if any, stands
+    return bool(data.strip())  # text formats: anything but white space is a row
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
 
 
 def _find_insert_format(text: bytes) -> tuple[int, str, int] | object | None:
@@ -707,23 +743,32 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
 
     def _stream_insert(self, handle: Handle, statement: _Statement) -> Any:
         sql = statement.sql.decode("utf-8", errors="surrogateescape")
+        errors_before = error_counts(handle)
         try:
             inserter = handle.conn.send_insert(sql, statement.insert_format)
         except Exception as exc:
             raise ClickHouseError.from_engine(exc) from exc
         try:
             pending: list[bytes] = []
-            size = 0
+            size = total = 0
             assert statement.data is not None
             for piece in statement.data:
                 pending.append(piece)
                 size += len(piece)
+                total += len(piece)
                 if size >= INSERT_APPEND_BYTES:
                     inserter.append(b"".join(pending) if len(pending) > 1 else pending[0])
                     pending, size = [], 0
+            data = b"".join(pending) if total == size else None  # whole (small) inserts only: to count rows
             if pending:
-                inserter.append(b"".join(pending) if len(pending) > 1 else pending[0])
-            return inserter.finish()
+                inserter.append(data if data is not None else b"".join(pending))
+            result = inserter.finish()
+            if result.rows_written == 0 and _holds_rows(statement.insert_format or "", data, total):
+                # The engine refused the insert but its streaming API said nothing: never answer OK for it (the
+                # one other way to write 0 rows, a de-duplicated block, is off: no Vigil table de-duplicates).
+                error = new_engine_error(handle, errors_before)
+                raise error or ClickHouseError(1002, f"the engine wrote none of the rows of a {total}-byte insert")
+            return result
         except ClickHouseError:
             with contextlib.suppress(Exception):
                 inserter.cancel()
