@@ -198,13 +198,15 @@ class IngestionService:
                 )
                 last, last_report = (batches, points), now
 
-    def _produce(self, state: _RequestState, key: bytes, value: bytes) -> None:
+    def _produce(self, state: _RequestState, key: bytes, value: bytes, context: grpc.ServicerContext) -> None:
         state.produced_any = True
         while True:
             try:
                 self.producer.produce(self._telemetry_topic, value, key, on_delivery=state.tracker.on_delivery)
                 break
-            except BufferError:  # local queue full: the poll thread drains it
+            except BufferError:  # local queue full (Kafka unreachable for long): the poll thread drains it
+                if not context.is_active():  # the gateway gave up and keeps the batch: stop holding a worker
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "the edge's Kafka queue is full; retry later")
                 time.sleep(0.01)
         state.tracker.expect()
 
@@ -277,7 +279,7 @@ class IngestionService:
                 return
             state.marks[eid] = max(seq, state.marks.get(eid, 0))
         for key, value in batch_to_records(batch, result.arrays, self._window_ms, now_ms):
-            self._produce(state, key, value)
+            self._produce(state, key, value, context)
         state.ack.accepted_batches += 1
         state.ack.accepted_points += result.points
 

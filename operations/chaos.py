@@ -151,6 +151,9 @@ class FaultResult:
     # healing (None: ClickHouse was the one down), and batches the gateways buffered on disk meanwhile.
     landed_during: int | None = None
     batches_buffered: int = 0
+    # The gateways' disk buffers when the fault healed, and heal -> every buffer empty again (None: not in time).
+    buffer_bytes: int = 0
+    drained_s: float | None = None
     windows_lost: int = 0
     windows_short: int = 0
     windows_duplicated: int = 0
@@ -215,6 +218,10 @@ class RecordingGateway:
         self.sent.record(batches)
         return self.client.send(batches)
 
+    def buffer_bytes(self) -> int:
+        """Bytes of batches waiting in the disk buffer (quarantined ones not counted)."""
+        return sum(segment.stat().st_size for segment in self.client.dir.glob("segment-*.log"))
+
     def close(self) -> None:
         deadline = time.monotonic() + self.drain_s
         while self.client.buffered_batches() and time.monotonic() < deadline:
@@ -243,6 +250,22 @@ def kill(stack: Stack, service: str) -> None:
         raise RuntimeError(f"{service} is not running: cannot inject its fault (see `vigil stack status`)")
     os.killpg(pid, signal.SIGKILL)
     stack.processes.stop(service)  # forget the dead process's pid file
+
+
+def _time_drain(fault: FaultResult, gateways: list[RecordingGateway], timeout_s: float) -> threading.Thread:
+    """In the background: heal -> the moment every gateway's disk buffer is empty again."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not any(g.buffer_bytes() for g in gateways):
+                fault.drained_s = round((_now_ms() - fault.healed_at_ms) / 1000, 1)
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=watch, name="drain-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _rows_since(client: Client, table: str, since_ms: int) -> int:
@@ -355,6 +378,7 @@ def run_chaos(
     down_s: float = 10.0,
     settle_s: float = 30.0,
     recovery_timeout_s: float = 240.0,
+    streams: int | None = None,
 ) -> ChaosResult:
     plan = [parse_fault(spec) for spec in faults]
     if settings.flink.topology != "split":
@@ -380,7 +404,13 @@ def run_chaos(
     simulator = threading.Thread(
         target=runner.run_simulation,
         kwargs=dict(
-            settings=settings, machines=machines, duration_s=None, realtime=True, stop=stop, make_sender=make_sender
+            settings=settings,
+            machines=machines,
+            duration_s=None,
+            realtime=True,
+            stop=stop,
+            make_sender=make_sender,
+            streams=streams,
         ),
         daemon=True,
     )
@@ -397,12 +427,21 @@ def run_chaos(
         time.sleep(held)
         fault.landed_during = _landed_during(settings, table, fault.injected_at_ms)
         fault.batches_buffered = sum(g.client.buffered for g in gateways) - buffered
+        fault.buffer_bytes = sum(g.buffer_bytes() for g in gateways)
         spec.heal(stack)
         fault.healed_at_ms = _now_ms()
+        drain = _time_drain(fault, gateways, recovery_timeout_s)
         fault.recovered_at_ms = _wait_visible(settings, table, fault.injected_at_ms, recovery_timeout_s)
+        drain.join()
         console.print(
             f"  {spec.name}: healed; "
             + (f"recovered in {fault.recovery_s} s" if fault.recovery_s is not None else "NOT recovered")
+            + (
+                f"; {fault.batches_buffered:,} batches ({fault.buffer_bytes / 1e6:.1f} MB) buffered by the gateways, "
+                f"drained in {fault.drained_s} s"
+                if fault.batches_buffered
+                else ""
+            )
         )
         result.faults.append(fault)
         time.sleep(settle_s)
@@ -469,7 +508,7 @@ def results_table(result: ChaosResult) -> Table:
             f"{f.service} ({f.kind})",
             f"{f.held_s:.0f}",
             "n/a" if f.landed_during is None else str(f.landed_during),
-            str(f.batches_buffered),
+            f"{f.batches_buffered} ({f.buffer_bytes / 1e6:.1f} MB)" if f.batches_buffered else "0",
             "not recovered" if f.recovery_s is None else f"{f.recovery_s:.1f}",
             str(f.windows_lost),
             str(f.windows_short),

@@ -345,11 +345,24 @@ def chaos(
     settle: Annotated[float, typer.Option(help="seconds of steady streaming after each recovery")] = 30.0,
     output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
     samples_per_sensor: SamplesOption = None,
+    gateways: Annotated[
+        int | None, typer.Option(help="gateways: gRPC streams, each with its own disk buffer (simulator.streams)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for a recovery, and for buffers to drain")] = 240.0,
 ) -> None:
-    """Kill each pipeline service under load, restart it, and count lost/duplicated windows and verdicts."""
+    """Break each part of the pipeline under load, heal it, and count lost/duplicated windows and verdicts."""
     try:
         settings = _with_samples(samples_per_sensor, 0.0)
-        result = run_chaos(settings, machines, fault or DEFAULT_FAULTS, console, down_s=down, settle_s=settle)
+        result = run_chaos(
+            settings,
+            machines,
+            fault or DEFAULT_FAULTS,
+            console,
+            down_s=down,
+            settle_s=settle,
+            recovery_timeout_s=timeout,
+            streams=gateways,
+        )
     except (RuntimeError, ValueError) as exc:
         _fail(str(exc))
     console.print(chaos_table(result))
