@@ -18,6 +18,10 @@ Buffer layout under ``<buffer root>/<gateway_id>/`` (root: ``settings.gateway_bu
 * ``quarantine/``: segments the service refused for a non-retryable reason (e.g. a batch larger
   than the service's message limit), so one bad segment cannot block the buffer forever.
 
+Every attempt stamps its batches with the gateway's clock at that moment (``clock_ms``, appended to the
+serialized bytes: the last value of a field wins), replays too, so the edge can measure and correct the
+gateway's clock error even for data buffered an hour ago.
+
 One client owns its directory (an exclusive ``flock`` on ``.lock``); use one client per thread.
 Counters (``sent``, ``buffered``, ``replayed``, ``expired``, ``quarantined``) are per client object.
 """
@@ -31,7 +35,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -98,13 +102,16 @@ class GatewayClient:
         target: str | None = None,
         buffer_dir: Path | None = None,
         fsync: bool = True,
+        clock: Callable[[], int] | None = None,
     ) -> None:
-        """``buffer_dir`` overrides ``settings.gateway_buffer_dir``; files go to ``<root>/<gateway_id>``."""
+        """``buffer_dir`` overrides ``settings.gateway_buffer_dir``; files go to ``<root>/<gateway_id>``.
+        ``clock``: the gateway's clock in epoch ms (default the system clock; a simulator may skew it)."""
         self.settings = settings
         self.gateway_id = gateway_id
         self.target = target or f"{settings.edge.host}:{settings.edge.port}"
         self.dir = Path(buffer_dir or settings.gateway_buffer_dir) / gateway_id
         self.fsync = fsync
+        self.clock = clock or (lambda: int(time.time() * 1000))
         self.sent = self.buffered = self.replayed = self.expired = self.quarantined = 0
         self._lock = threading.Lock()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +200,9 @@ class GatewayClient:
 
     # -- gRPC ------------------------------------------------------------------------------
     def _send_payloads(self, payloads: list[bytes]) -> telemetry_pb2.IngestAck:
+        stamp = telemetry_pb2.ReadingBatch(clock_ms=self.clock()).SerializeToString()
         try:
-            return self._stream(iter(payloads), timeout=self._deadline)
+            return self._stream(iter([payload + stamp for payload in payloads]), timeout=self._deadline)
         except grpc.RpcError as exc:
             if exc.code() in _RETRYABLE:
                 raise _Unreachable(f"{exc.code().name}: {exc.details()}") from exc

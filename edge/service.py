@@ -114,6 +114,12 @@ class _Metrics:
             "vigil_edge_batches_rejected", "Batches dead-lettered, by reason", ["reason"], registry=r
         )
         self.duplicates = Counter("vigil_edge_batches_duplicate", "Re-sent batches not re-written", registry=r)
+        # No gateway label: gateway ids come from the batches, so a label would let any client grow the series.
+        self.clock_corrected = Counter(
+            "vigil_edge_clock_corrected_batches",
+            "Batches whose times were moved by their gateway's clock error (edge.clock_tolerance_ms)",
+            registry=r,
+        )
         self.kafka_failures = Counter(
             "vigil_edge_kafka_delivery_failures", "Requests failed with UNAVAILABLE (Kafka)", registry=r
         )
@@ -163,6 +169,7 @@ class IngestionService:
         # first copy is still on its way to Kafka (its client gave up waiting) waits for that outcome instead
         # of writing the batch a second time.
         self._writing: dict[tuple[str, int], DeliveryTracker] = {}
+        self._clock_warned: dict[str, float] = {}  # gateway -> when its clock error was last logged
         self._marks_lock = threading.Lock()
         self.totals = (0, 0)  # (batches, points) accepted since start, for the periodic log line
         self._stop = threading.Event()
@@ -231,6 +238,24 @@ class IngestionService:
         self.metrics.rejected.labels(reason).inc()
         log.info("rejected batch equipment=%r sequence=%d: %s: %s", eid, seq, reason, detail)
 
+    def _clock_corrected(self, gateway_id: str, error_ms: int, offset_ms: int) -> None:
+        """Count a corrected batch; say so in the log once a minute per gateway (bounded: 10,000 gateways)."""
+        self.metrics.clock_corrected.inc()
+        now = time.monotonic()
+        with self._marks_lock:
+            last = self._clock_warned.get(gateway_id)
+            if (last is not None and now - last < 60) or (last is None and len(self._clock_warned) >= 10_000):
+                return
+            self._clock_warned[gateway_id] = now
+        log.warning(
+            "gateway %r: its clock is %.1f s %s the edge's; its batches' times are moved by %+.0f s "
+            "(fix the gateway's time sync, NTP)",
+            gateway_id[:80],
+            abs(error_ms) / 1000,
+            "behind" if error_ms > 0 else "ahead of",
+            offset_ms / 1000,
+        )
+
     def _new_request(self) -> _RequestState:
         state = _RequestState(tracker=DeliveryTracker())
         state.tracker.on_done = lambda: self._completed(state)
@@ -265,13 +290,16 @@ class IngestionService:
             assert result.reason is not None
             self._reject(state, raw, result.reason, result.detail, eid, seq)
             return
+        if result.clock_offset_ms:
+            self._clock_corrected(batch.gateway_id, result.clock_error_ms, result.clock_offset_ms)
         if eid not in state.covered:
             self.progress.attempt_started(eid, now_ms)
         # The gateway's promise (sent_at), never older than what it sent; it reaches the fleet's progress only
         # once Kafka acknowledged the data (``_completed``): a marker must never cover a batch that may yet fail.
         # A duplicate's promise counts too: its sequence is at or below one Kafka acknowledged.
         newest = max((int(a.ts.max()) for a in result.arrays if a.ts.size), default=0)
-        state.covered[eid] = max(state.covered.get(eid, 0), batch.sent_at_ms, newest)
+        sent_at = batch.sent_at_ms + result.clock_offset_ms if batch.sent_at_ms else 0
+        state.covered[eid] = max(state.covered.get(eid, 0), sent_at, newest)
         if seq:
             if self._is_duplicate(state, eid, seq, context):
                 state.ack.duplicate_batches += 1

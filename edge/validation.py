@@ -69,6 +69,10 @@ class Validation:
     detail: str = ""
     arrays: list[SensorArrays] = field(default_factory=list)
     points: int = 0
+    # The gateway's clock error (edge clock - the batch's clock_ms; 0 when it sent none) and the correction
+    # added to every time of the batch (whole seconds, 0 within edge.clock_tolerance_ms).
+    clock_error_ms: int = 0
+    clock_offset_ms: int = 0
 
     @property
     def ok(self) -> bool:
@@ -115,6 +119,7 @@ class BatchValidator:
         self._registry = load_registry(settings.equipment_registry) if settings.equipment_registry else None
         self._future_ms = int(settings.max_future_skew_s * 1000)
         self._past_ms = int(settings.max_past_age_s * 1000)
+        self._clock_tolerance_ms = settings.clock_tolerance_ms
 
     def validate(self, batch: telemetry_pb2.ReadingBatch, now_ms: int | None = None) -> Validation:
         """Return ``Validation(ok)`` with the numpy arrays, or the FIRST problem found."""
@@ -164,6 +169,11 @@ class BatchValidator:
 
         if now_ms is None:
             now_ms = int(time.time() * 1000)
+        # A gateway clock off by more than the tolerance: its times move by the error in whole seconds (the
+        # residual stays below the tolerance; a few ms of transit in the measured error never move a sample
+        # across a window). Assumes the clock was off by as much when it sampled a replayed batch.
+        clock_error = now_ms - batch.clock_ms if batch.clock_ms else 0
+        offset = round(clock_error / 1000) * 1000 if abs(clock_error) > self._clock_tolerance_ms else 0
         newest_ok = now_ms + self._future_ms
         oldest_ok = now_ms - self._past_ms
         arrays: list[SensorArrays] = []
@@ -173,6 +183,8 @@ class BatchValidator:
                 continue  # a sensor that produced nothing this interval is harmless
             v = np.fromiter(series.values, dtype=np.float64, count=n)
             ts = np.fromiter(series.timestamps_ms, dtype=np.int64, count=n)
+            if offset:
+                ts += offset
             name = series.sensor
             finite = np.isfinite(v)
             if not finite.all():
@@ -186,7 +198,9 @@ class BatchValidator:
                     TIMESTAMP_IN_FUTURE,
                     f"sensor {name!r} timestamp[{t_max_i}]={t_max} ({_fmt_ms(t_max)}) is "
                     f"{(t_max - now_ms) / 1000:.1f} s ahead of the service clock (limit "
-                    f"{s.max_future_skew_s:g} s); check the gateway's clock (NTP)",
+                    f"{s.max_future_skew_s:g} s)"
+                    + (f" after correcting the gateway's clock by {offset / 1000:+.0f} s" if offset else "")
+                    + "; check the gateway's clock (NTP)",
                 )
             if t_min < oldest_ok:
                 return Validation(
@@ -195,4 +209,4 @@ class BatchValidator:
                     f"{(now_ms - t_min) / 1000:.1f} s old (limit {s.max_past_age_s:g} s)",
                 )
             arrays.append(SensorArrays(name, series.unit, ts, v))
-        return Validation(arrays=arrays, points=total)
+        return Validation(arrays=arrays, points=total, clock_error_ms=clock_error, clock_offset_ms=offset)

@@ -8,7 +8,9 @@ settle). A fault is a SIGKILL of a service's process group, healed by a restart 
 - ``edge-kafka-blackhole``: the fault proxy swallows every byte between the edge service and the broker
   (connections stay open, nothing is refused: the clients find out from their timeouts);
 - ``clickhouse-refuses-writes``: every insert into Vigil's tables fails with ClickHouse's own TOO_MANY_PARTS
-  (the tables' ``parts_to_throw_insert`` set to 1), as a server whose merges fell behind answers.
+  (the tables' ``parts_to_throw_insert`` set to 1), as a server whose merges fell behind answers;
+- ``gateway-clock-skew``: one gateway's clock runs 30 s behind (its sample times, sent_at and clock_ms); the
+  windows are still counted in true time, so every sample must land in the window it was really taken in.
 At the end the simulator stops, every gateway drains its disk buffer, and the counts come
 from where the data really lands:
 - windows: ClickHouse ``window_stats`` read without FINAL, against the (machine, sensor, window) sample
@@ -59,23 +61,38 @@ KILLED = (
 )
 # Where a fault's recovery shows: the table a restarted service's work lands in.
 RECOVERY_TABLE = {"anomaly-scoring-job": "anomalies"}
+# How far the gateway-clock-skew fault sets one gateway's clock back (its data then looks 30 s old).
+CLOCK_SKEW_MS = 30_000
 # Tables the ClickHouse sink writes (a refusal of these is what the sinks must ride out).
 SINK_TABLES = ("window_stats", "anomalies", "insights", "machine_state")
 
 
+@dataclass
+class Target:
+    """What a fault acts on: the stack, and the fleet's gateways."""
+
+    stack: Stack
+    gateways: list[RecordingGateway]
+
+
 @dataclass(frozen=True)
 class Fault:
-    """What a fault does to the stack and how it is undone."""
+    """What a fault does and how it is undone."""
 
     name: str
     kind: str
-    inject: Callable[[Stack], None]
-    heal: Callable[[Stack], None]
+    inject: Callable[[Target], None]
+    heal: Callable[[Target], None]
     hold_s: float | None = None  # how long it lasts by default (None: the run's down_s)
 
 
 def _sigkill(service: str) -> Fault:
-    return Fault(service, "SIGKILL", lambda stack: kill(stack, service), lambda stack: stack.up((service,)))
+    return Fault(service, "SIGKILL", lambda t: kill(t.stack, service), lambda t: t.stack.up((service,)))
+
+
+def _skew_clock(target: Target, skew_ms: int) -> None:
+    """The first gateway's clock (its samples, sent_at and clock_ms) runs ``skew_ms`` off the true time."""
+    target.gateways[0].skew_ms = skew_ms
 
 
 def _sink_tables(settings: Settings) -> list[str]:
@@ -83,13 +100,13 @@ def _sink_tables(settings: Settings) -> list[str]:
     return [f"{tables.database}.{getattr(tables, name)}" for name in SINK_TABLES]
 
 
-def refuse_writes(stack: Stack) -> None:
+def refuse_writes(target: Target) -> None:
     """Every insert into the sink's tables fails with TOO_MANY_PARTS (each table holds at least one part)."""
-    _alter_tables(stack.settings, "MODIFY SETTING parts_to_throw_insert = 1")
+    _alter_tables(target.stack.settings, "MODIFY SETTING parts_to_throw_insert = 1")
 
 
-def accept_writes(stack: Stack) -> None:
-    _alter_tables(stack.settings, "RESET SETTING parts_to_throw_insert")
+def accept_writes(target: Target) -> None:
+    _alter_tables(target.stack.settings, "RESET SETTING parts_to_throw_insert")
 
 
 def _alter_tables(settings: Settings, change: str) -> None:
@@ -106,11 +123,17 @@ FAULTS: dict[str, Fault] = {
     "edge-kafka-blackhole": Fault(
         "edge-kafka-blackhole",
         "blackhole",
-        lambda stack: fault_proxy.blackhole(stack.settings),
-        lambda stack: fault_proxy.restore(stack.settings),
+        lambda t: fault_proxy.blackhole(t.stack.settings),
+        lambda t: fault_proxy.restore(t.stack.settings),
     ),
     "clickhouse-refuses-writes": Fault(
         "clickhouse-refuses-writes", "refuses writes", refuse_writes, accept_writes, hold_s=60.0
+    ),
+    "gateway-clock-skew": Fault(
+        "gateway-clock-skew",
+        "clock 30 s behind",
+        lambda t: _skew_clock(t, -CLOCK_SKEW_MS),
+        lambda t: _skew_clock(t, 0),
     ),
 }
 DEFAULT_FAULTS = tuple(FAULTS)
@@ -207,16 +230,23 @@ class SentWindows:
 
 
 class RecordingGateway:
-    """A gateway client that records what it is handed and, on close, drains its disk buffer first."""
+    """A gateway client that records what it is handed and, on close, drains its disk buffer first.
+
+    ``skew_ms``: how far the gateway's clock is off; its batches are stamped by that clock (what it records
+    stays in true time)."""
 
     def __init__(self, settings: Settings, index: int, sent: SentWindows, drain_s: float) -> None:
-        self.client = GatewayClient(settings, gateway_id=f"chaos-gateway-{index}")
+        self.skew_ms = 0
+        self.client = GatewayClient(
+            settings, gateway_id=f"chaos-gateway-{index}", clock=lambda: int(time.time() * 1000) + self.skew_ms
+        )
         self.sent = sent
         self.drain_s = drain_s
 
     def send(self, batches: Sequence[telemetry_pb2.ReadingBatch]) -> telemetry_pb2.IngestAck | None:
         self.sent.record(batches)
-        return self.client.send(batches)
+        skew = self.skew_ms
+        return self.client.send(_shifted(batches, skew) if skew else batches)
 
     def buffer_bytes(self) -> int:
         """Bytes of batches waiting in the disk buffer (quarantined ones not counted)."""
@@ -237,6 +267,21 @@ def _restart_if_unrouted(stack: Stack) -> None:
     running = config.is_file() and stack.processes.pid("kafka") is not None
     if running and config.read_text() != kafka_broker.server_properties(stack.settings):
         stack.down(("edge", "kafka"))
+
+
+def _shifted(batches: Sequence[telemetry_pb2.ReadingBatch], skew_ms: int) -> list[telemetry_pb2.ReadingBatch]:
+    """Copies of ``batches`` stamped by a clock ``skew_ms`` off."""
+    out = []
+    for batch in batches:
+        copy = telemetry_pb2.ReadingBatch()
+        copy.CopyFrom(batch)
+        copy.sent_at_ms += skew_ms
+        for series in copy.sensors:
+            shifted = (np.asarray(series.timestamps_ms, dtype=np.int64) + skew_ms).tolist()
+            del series.timestamps_ms[:]
+            series.timestamps_ms.extend(shifted)
+        out.append(copy)
+    return out
 
 
 def _now_ms() -> int:
@@ -415,6 +460,7 @@ def run_chaos(
         daemon=True,
     )
     simulator.start()
+    target = Target(stack, gateways)
     console.print(f"[bold]chaos[/]: {machines} machines streaming; warm-up {warmup_s:.0f} s")
     time.sleep(warmup_s)
     for spec, hold in plan:
@@ -423,12 +469,12 @@ def run_chaos(
         console.print(f"[bold red]{spec.kind}[/] {spec.name}; healing in {held:.0f} s")
         table = RECOVERY_TABLE.get(spec.name, "window_stats")
         buffered = sum(g.client.buffered for g in gateways)
-        spec.inject(stack)
+        spec.inject(target)
         time.sleep(held)
         fault.landed_during = _landed_during(settings, table, fault.injected_at_ms)
         fault.batches_buffered = sum(g.client.buffered for g in gateways) - buffered
         fault.buffer_bytes = sum(g.buffer_bytes() for g in gateways)
-        spec.heal(stack)
+        spec.heal(target)
         fault.healed_at_ms = _now_ms()
         drain = _time_drain(fault, gateways, recovery_timeout_s)
         fault.recovered_at_ms = _wait_visible(settings, table, fault.injected_at_ms, recovery_timeout_s)

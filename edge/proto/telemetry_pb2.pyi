@@ -18,7 +18,7 @@ class SensorSeries(_message.Message):
     def __init__(self, sensor: _Optional[str] = ..., unit: _Optional[str] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReadingBatch(_message.Message):
-    __slots__ = ("equipment_id", "site", "equipment_type", "gateway_id", "sequence", "sent_at_ms", "sensors")
+    __slots__ = ("equipment_id", "site", "equipment_type", "gateway_id", "sequence", "sent_at_ms", "sensors", "clock_ms")
     EQUIPMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     EQUIPMENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class ReadingBatch(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_MS_FIELD_NUMBER: _ClassVar[int]
     equipment_id: str
     site: str
     equipment_type: str
@@ -33,7 +34,8 @@ class ReadingBatch(_message.Message):
     sequence: int
     sent_at_ms: int
     sensors: _containers.RepeatedCompositeFieldContainer[SensorSeries]
-    def __init__(self, equipment_id: _Optional[str] = ..., site: _Optional[str] = ..., equipment_type: _Optional[str] = ..., gateway_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sent_at_ms: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorSeries, _Mapping]]] = ...) -> None: ...
+    clock_ms: int
+    def __init__(self, equipment_id: _Optional[str] = ..., site: _Optional[str] = ..., equipment_type: _Optional[str] = ..., gateway_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sent_at_ms: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorSeries, _Mapping]]] = ..., clock_ms: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("equipment_id", "sequence", "reason", "detail")

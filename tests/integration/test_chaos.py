@@ -1,11 +1,13 @@
 """`vigil chaos` on the shared stack, under a live fleet: the broker and the ClickHouse sink are SIGKILLed and
-restarted, the edge is cut off from the broker by a blackhole, ClickHouse refuses every insert; every window and
-verdict the fleet produced lands exactly once (FINAL-free read) and nothing is dead-lettered as late."""
+restarted, the edge is cut off from the broker by a blackhole, ClickHouse refuses every insert, a gateway's clock
+falls 30 s behind; every window and verdict the fleet produced lands exactly once (FINAL-free read, in true time)
+and nothing is dead-lettered as late."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
+import requests
 from rich.console import Console
 
 from edge.proto import telemetry_pb2_grpc
@@ -21,7 +23,13 @@ def test_crashes_a_blackhole_and_refused_writes_lose_and_duplicate_nothing(pipel
     result = run_chaos(
         pipeline_stack.settings,
         machines=10,
-        faults=["kafka", "clickhouse-sink", "edge-kafka-blackhole:12", "clickhouse-refuses-writes:12"],
+        faults=[
+            "kafka",
+            "clickhouse-sink",
+            "edge-kafka-blackhole:12",
+            "clickhouse-refuses-writes:12",
+            "gateway-clock-skew:15",
+        ],
         console=Console(stderr=True),
         warmup_s=20.0,
         down_s=5.0,
@@ -41,6 +49,12 @@ def test_crashes_a_blackhole_and_refused_writes_lose_and_duplicate_nothing(pipel
         assert (fault.verdicts_lost, fault.verdicts_duplicated) == (0, 0), summary
     assert not result.unattributed, summary
     assert not {r for r in result.dead_letters if r.startswith("late")}, summary
+    # The skewed gateway's batches were corrected (uncorrected, 30 s old, they are dead-lettered as late and
+    # their windows lost).
+    settings = pipeline_stack.settings
+    metrics = requests.get(f"http://{settings.edge.host}:{settings.edge.metrics_port}/metrics", timeout=5).text
+    corrected = [line for line in metrics.splitlines() if line.startswith("vigil_edge_clock_corrected_batches_total")]
+    assert corrected and float(corrected[0].split()[-1]) > 0, corrected
 
 
 def test_a_resend_while_the_first_copy_is_on_its_way_to_kafka_is_written_once(pipeline_stack: Stack) -> None:

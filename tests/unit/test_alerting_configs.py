@@ -149,7 +149,7 @@ def test_generic_webhook_gets_a_copy_of_everything(tmp_path: Path) -> None:
 @needs_promtool
 def test_promtool_accepts_the_rules(paths: dict[str, Path]) -> None:
     out = ok([PROMTOOL, "check", "rules", str(paths["rules"])])
-    assert "SUCCESS: 24 rules found" in out
+    assert "SUCCESS: 25 rules found" in out
     text = paths["rules"].read_text()
     assert not re.search(r"<<\w+>>", text)
     assert 'vigil_kafka_topic_end_offset{topic="vigil.dead-letter"}' in text  # settings.kafka.dead_letter_topic

@@ -126,6 +126,35 @@ def test_timestamp_in_future(validator: v.BatchValidator) -> None:
     assert check(validator, batch).ok
 
 
+def test_a_gateway_clock_off_by_more_than_the_tolerance_is_corrected_in_whole_seconds(
+    validator: v.BatchValidator,
+) -> None:
+    """The batch's clock_ms is the gateway's clock at this attempt: the edge moves every time of the batch by
+    its error, rounded to seconds, so a few ms of transit never moves a sample across a window boundary."""
+    batch = make_batch()
+    original = list(batch.sensors[0].timestamps_ms)
+    batch.clock_ms = NOW - 30_000 - 37  # 30 s behind, and 37 ms on the wire
+    result = check(validator, batch)
+    assert result.ok, result.detail
+    assert (result.clock_error_ms, result.clock_offset_ms) == (30_037, 30_000)
+    assert result.arrays[0].ts.tolist() == [t + 30_000 for t in original]
+    batch.clock_ms = NOW - 1_000  # within the tolerance (1 s): untouched
+    assert check(validator, batch).arrays[0].ts.tolist() == original
+    batch.clock_ms = 0  # an older gateway sends none: untouched
+    assert check(validator, batch).clock_offset_ms == 0
+    # A clock far ahead: corrected back, then within the future limit (uncorrected it would be refused).
+    ahead = make_batch()
+    for series in ahead.sensors:
+        shifted = [t + 120_000 for t in series.timestamps_ms]
+        del series.timestamps_ms[:]
+        series.timestamps_ms.extend(shifted)
+    assert check(validator, ahead).reason == v.TIMESTAMP_IN_FUTURE
+    ahead.clock_ms = NOW + 120_000
+    corrected = check(validator, ahead)
+    assert corrected.ok and corrected.clock_offset_ms == -120_000
+    assert corrected.arrays[2].ts.tolist() == list(make_batch().sensors[2].timestamps_ms)
+
+
 def test_timestamp_too_old(validator: v.BatchValidator) -> None:
     batch = make_batch()
     batch.sensors[2].timestamps_ms[0] = NOW - 2 * 3600 * 1000 - 1
