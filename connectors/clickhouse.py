@@ -540,13 +540,19 @@ def struct_to_map(column: pa.ChunkedArray | pa.Array) -> pa.MapArray:
     )
 
 
-def insert_rows(client: Client, table_name: str, table: pa.Table) -> int:
-    """Insert an Arrow table shaped like ``table_name``; returns the rows inserted into it."""
+def insert_rows(client: Client, table_name: str, table: pa.Table, dedup_token: str | None = None) -> int:
+    """Insert an Arrow table shaped like ``table_name``; returns the rows inserted into it.
+
+    ``dedup_token`` names the block (sql/clickhouse/007_insert_deduplication.sql): a retry with the same token
+    after an answer that never arrived writes nothing twice."""
     if table.num_rows == 0:
         return 0
     # optimize_on_insert=0: skip de-duplicating inside each inserted block (FINAL and merges do
     # it anyway); measured 120 -> 75 ms for 200K rows.
-    client.insert_arrow(table_name, table, settings={"optimize_on_insert": 0})
+    settings: dict[str, object] = {"optimize_on_insert": 0}
+    if dedup_token:
+        settings["insert_deduplication_token"] = dedup_token
+    client.insert_arrow(table_name, table, settings=settings)
     # The whole block is in (an insert is atomic or raises). Not the summary's written_rows: it also counts
     # what materialized views wrote (machine_state from anomalies), i.e. twice the rows.
     return table.num_rows

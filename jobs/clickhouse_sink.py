@@ -20,6 +20,7 @@ Run: ``python -m jobs.clickhouse_sink`` (every topic, until SIGTERM/SIGINT).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import threading
@@ -118,6 +119,18 @@ class SinkStats:
     last_emit_to_visible_s: float = 0.0
     last_error: str = ""
     last_flush_at: float = 0.0
+
+
+def dedup_token(messages: list[Message]) -> str:
+    """The batch's name for ClickHouse's insert de-duplication: its Kafka offsets, so every retry of the same
+    batch carries the same token (a batch re-read after a restart may be cut differently: then the
+    ReplacingMergeTree key still collapses the copies)."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for m in messages:
+        span = spans.setdefault((m.topic() or "", m.partition() or 0), [m.offset(), m.offset()])
+        span[0], span[1] = min(span[0], m.offset()), max(span[1], m.offset())
+    text = ";".join(f"{t}/{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(spans.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ClickHouseSink:
@@ -257,13 +270,14 @@ class ClickHouseSink:
             self._count(malformed=len(malformed))
             log.warning("dead-lettered %d malformed %s records", len(malformed), records.name)
 
+        token = dedup_token(messages)
         backoff = 0.25
         # On shutdown keep trying briefly, then leave the rest to the next run (nothing committed).
         give_up_at = time.monotonic() + _FINAL_FLUSH_TIMEOUT_S
         while True:
             started = time.monotonic()
             try:
-                written = insert_rows(self._client, self.spec.table, table)  # type: ignore[arg-type]
+                written = insert_rows(self._client, self.spec.table, table, token)  # type: ignore[arg-type]
                 break
             except Exception as exc:  # every failure is retried; nothing is committed meanwhile
                 self._count(errors=1, last_error=str(exc))

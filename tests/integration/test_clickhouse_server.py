@@ -24,6 +24,7 @@ from connectors.clickhouse import (
     WINDOW_STATS_VIEW,
     ClickHouseUnavailable,
     apply_schema,
+    insert_rows,
     insert_window_stats,
     make_client,
     window_stats_to_arrow,
@@ -361,6 +362,21 @@ def test_same_window_twice_is_one_row_newest_wins(client: Client) -> None:
     assert rows == [("rpm", 5.0, 10), ("temp", 2.0, 10)]
     final = client.query(f"SELECT sensor, avg FROM {WINDOW_STATS_TABLE} FINAL ORDER BY sensor").result_rows
     assert final == [("rpm", 5.0), ("temp", 2.0)]
+
+
+def test_a_retried_insert_with_its_token_is_written_once(client: Client, ch_settings: Settings) -> None:
+    """ClickHouse committed the insert but its answer was lost (the server crashed): the sink retries the same
+    batch with the same token (its Kafka offsets) and a FINAL-free read still sees one row. Another batch with
+    the same rows but another token (re-read after a restart) is written, for the ReplacingMergeTree key."""
+    apply_schema(client, ch_settings.clickhouse)
+    client.command(f"TRUNCATE TABLE {WINDOW_STATS_TABLE}")
+    start = _recent_window_ms()
+    batch, _ = window_stats_to_arrow([_stats_record("m-retry", "temp", start, 1.0, start + 6000)])
+    assert insert_rows(client, WINDOW_STATS_TABLE, batch, "vigil.window-stats/0:10-19") == 1
+    insert_rows(client, WINDOW_STATS_TABLE, batch, "vigil.window-stats/0:10-19")  # the retry
+    assert client.command(f"SELECT count() FROM {WINDOW_STATS_TABLE}") == 1
+    insert_rows(client, WINDOW_STATS_TABLE, batch, "vigil.window-stats/0:10-25")
+    assert client.command(f"SELECT count() FROM {WINDOW_STATS_TABLE}") == 2
 
 
 def test_data_survives_restart(tmp_path: Path) -> None:

@@ -764,10 +764,11 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
                 inserter.append(data if data is not None else b"".join(pending))
             result = inserter.finish()
             if result.rows_written == 0 and _holds_rows(statement.insert_format or "", data, total):
-                # The engine refused the insert but its streaming API said nothing: never answer OK for it (the
-                # one other way to write 0 rows, a de-duplicated block, is off: no Vigil table de-duplicates).
+                # The engine refused the insert but its streaming API said nothing: never answer OK for it. (A
+                # block de-duplicated by its token also writes 0 rows, with no error: that one is an OK.)
                 error = new_engine_error(handle, errors_before)
-                raise error or ClickHouseError(1002, f"the engine wrote none of the rows of a {total}-byte insert")
+                if error is not None:
+                    raise error
             return result
         except ClickHouseError:
             with contextlib.suppress(Exception):
