@@ -205,6 +205,9 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
         "CREATE TABLE IF NOT EXISTS db1.findings",
         "CREATE OR REPLACE VIEW db1.findings_latest AS",
         "CREATE TABLE IF NOT EXISTS db1.known_faults",
+        "ALTER TABLE db1.window_stats MODIFY SETTING non_replicated_deduplication_window = 1000",
+        "ALTER TABLE db1.verdicts MODIFY SETTING non_replicated_deduplication_window = 1000",
+        "ALTER TABLE db1.findings MODIFY SETTING non_replicated_deduplication_window = 1000",
     ]  # 001 before 002: the database exists before the anomalies table is created in it; 003: the relay's log
     table, view = ddl[3], ddl[5]
     assert "ENGINE = ReplacingMergeTree(emitted_at)" in table
@@ -214,10 +217,10 @@ def test_schema_renders_the_anomalies_table_and_view_under_their_configured_name
     assert "is_anomaly       UInt8," in table
     assert "scores           Map(LowCardinality(String), Float64)," in table
     assert view.endswith("FROM db1.verdicts FINAL")
-    assert ddl[-4].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
-    assert "ORDER BY (equipment_id, episode_id, agent, kind, closed)" in ddl[-3]
-    assert "FROM db1.findings FINAL" in ddl[-2] and ddl[-2].endswith("LIMIT 1 BY equipment_id, episode_id, agent, kind")
-    assert "ORDER BY (equipment_id, start, label_id)" in ddl[-1]
+    assert ddl[-7].endswith("FROM db1.verdicts")  # the console's machine_state follows the configured table
+    assert "ORDER BY (equipment_id, episode_id, agent, kind, closed)" in ddl[-6]
+    assert "FROM db1.findings FINAL" in ddl[-5] and ddl[-5].endswith("LIMIT 1 BY equipment_id, episode_id, agent, kind")
+    assert "ORDER BY (equipment_id, start, label_id)" in ddl[-4]
     with pytest.raises(ValueError, match="VIGIL_CLICKHOUSE__ANOMALIES_TABLE='bad-name'"):
         render_schema(ClickHouseSettings(anomalies_table="bad-name"))
 
