@@ -90,6 +90,19 @@ class FleetProgress:
         self.acknowledged(equipment_id, covered_until_ms, now_ms)
         self.attempt_ended(equipment_id, now_ms)
 
+    def promises(self) -> dict[str, int]:
+        """The acknowledged promise of every machine still holding the fleet (for the edge's snapshot)."""
+        with self._lock:
+            return {eid: covered for eid, covered in self._covered.items() if eid in self._seen}
+
+    def restore(self, promises: dict[str, int], until_ms: int) -> None:
+        """Machines a previous run was serving, expected back: each holds the fleet at its promise until it is
+        heard from again (then the usual rules apply) or until ``until_ms``."""
+        with self._lock:
+            for eid, covered in promises.items():
+                self._covered[eid] = max(covered, self._covered.get(eid, covered))
+                self._seen[eid] = max(self._seen.get(eid, 0), until_ms - self.active_ms)
+
     def low_watermark(self, now_ms: int) -> int | None:
         """Oldest promise among active machines (when none is: the newest promise of those that fell silent);
         None while warming up, before any promise, or while an active machine has none acknowledged yet."""

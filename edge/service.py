@@ -8,9 +8,10 @@ Guarantees to gateways:
 * Invalid input is never dropped silently: it goes, with the original bytes and a reason code, to
   the dead-letter topic (unary: INVALID_ARGUMENT; stream: listed in ``IngestAck.rejections``).
 * Re-sends are recognised by a per-equipment high-water mark of acknowledged ``sequence`` numbers
-  and acknowledged as ``duplicate_batches`` without being re-written. The mark lives in memory of
-  THIS process: after a restart, or across several service replicas, a re-send can be written
-  again (downstream de-duplicates by key). ``sequence == 0`` means "not set" and is never de-duplicated.
+  and acknowledged as ``duplicate_batches`` without being re-written. The marks survive a restart
+  (edge/state.py: a snapshot, completed from the telemetry topic's tail); several service replicas
+  do not share them, so a re-send to another replica is written again. ``sequence == 0`` means
+  "not set" and is never de-duplicated.
 
 Requests are registered with a raw-bytes deserializer so that malformed protobuf reaches our code
 (and the dead-letter topic) instead of being rejected inside gRPC.
@@ -29,14 +30,16 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+from confluent_kafka import KafkaException
 from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from connectors.kafka import DeadLetterWriter, ensure_topics, make_producer
+from connectors.kafka import DeadLetterWriter, ensure_topics, make_consumer, make_producer
 from edge import validation as v
 from edge.chunking import batch_to_records
 from edge.progress import FleetProgress, ProgressMarkers
 from edge.proto import telemetry_pb2
+from edge.state import SNAPSHOT_FILE, EdgeSnapshot, batch_headers, load_snapshot, marks_in_kafka, save_snapshot
 from vigil.logs import setup_logging
 from vigil.settings import KafkaSettings, Settings, get_settings
 from vigil.signals import stop_event_on_signals
@@ -44,6 +47,9 @@ from vigil.signals import stop_event_on_signals
 log = logging.getLogger("edge.service")
 
 SERVICE_NAME = telemetry_pb2.DESCRIPTOR.services_by_name["Ingestion"].full_name
+SNAPSHOT_INTERVAL_S = 1.0
+# librdkafka's default message.timeout.ms: a record may be acknowledged this long after it was produced.
+DEFAULT_DELIVERY_TIMEOUT_MS = 300_000
 _COMPRESSION = {
     "gzip": grpc.Compression.Gzip,
     "deflate": grpc.Compression.Deflate,
@@ -173,9 +179,19 @@ class IngestionService:
         self._marks_lock = threading.Lock()
         self.totals = (0, 0)  # (batches, points) accepted since start, for the periodic log line
         self._stop = threading.Event()
+        self.progress = FleetProgress(settings.edge.progress_active_ms)
+        self._state_path = settings.edge_state_dir / SNAPSHOT_FILE
+        # Until the marks are recovered a re-send could not be recognised: requests are refused (UNAVAILABLE,
+        # the gateways keep their batches) and recovery retries until Kafka answers.
+        self.ready = threading.Event()
+        self._started_ms = int(time.time() * 1000)
+        snapshot = load_snapshot(self._state_path)
+        if snapshot and snapshot.promises:
+            grace_ms = settings.edge.progress_return_grace_ms
+            self.progress.restore(snapshot.promises, self._started_ms + grace_ms)
+        threading.Thread(target=self._recover, args=(snapshot,), name="edge-recovery", daemon=True).start()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self._poller.start()
-        self.progress = FleetProgress(settings.edge.progress_active_ms)
         self.markers: ProgressMarkers | None = None
         if settings.edge.progress_interval_ms:
             self.markers = ProgressMarkers(
@@ -187,13 +203,76 @@ class IngestionService:
             )
             self.markers.start()
 
+    # -- state across restarts (edge/state.py) -------------------------------------------
+    def _recover(self, snapshot: EdgeSnapshot | None) -> None:
+        """The previous run's marks: the snapshot's, completed from the telemetry topic's tail (Kafka has the
+        last word on what was written); then requests are taken."""
+        config = edge_kafka(self.settings)
+        delivery_ms = int(config.client_config().get("message.timeout.ms", DEFAULT_DELIVERY_TIMEOUT_MS))
+        # Whatever was acknowledged after the snapshot was produced at most a delivery timeout before it; with no
+        # snapshot, any batch a gateway still buffers (up to its max age) may come back.
+        oldest_resend_ms = self._started_ms - int(self.settings.edge.gateway_buffer_max_age_s * 1000) - delivery_ms
+        since_ms = snapshot.saved_at_ms - delivery_ms - 5000 if snapshot else oldest_resend_ms
+        while not self._stop.is_set():
+            consumer = make_consumer(config, group_id="vigil-edge-recovery")
+            try:
+                recovered = marks_in_kafka(
+                    consumer, self._telemetry_topic, max(since_ms, oldest_resend_ms), timeout_s=5
+                )
+                break
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("cannot recover the edge's marks from Kafka yet (%s); retrying in 2 s", exc)
+            finally:
+                consumer.close()
+            self._stop.wait(2)
+        else:
+            return
+        with self._marks_lock:
+            for eid, seq in (snapshot.marks if snapshot else {}).items():
+                self._marks[eid] = max(seq, self._marks.get(eid, 0))
+            for eid, seq in recovered.items():
+                self._marks[eid] = max(seq, self._marks.get(eid, 0))
+            machines = len(self._marks)
+        self.ready.set()
+        log.info(
+            "ready: the marks of %d machines restored (%d from the telemetry topic), the promises of %d%s",
+            machines,
+            len(recovered),
+            len(snapshot.promises) if snapshot else 0,
+            "" if snapshot else f" (no snapshot at {self._state_path})",
+        )
+
+    def _refuse_until_ready(self, context: grpc.ServicerContext) -> None:
+        if not self.ready.is_set():
+            waited = (time.time() * 1000 - self._started_ms) / 1000
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the edge is recovering from Kafka which batches it already wrote ({waited:.0f} s so far); retry",
+            )
+
+    def save_state(self) -> None:
+        if not self.ready.is_set():  # the marks are not all known yet: keep the previous snapshot
+            return
+        with self._marks_lock:
+            marks = dict(self._marks)
+        snapshot = EdgeSnapshot(int(time.time() * 1000), marks, self.progress.promises())
+        try:
+            save_snapshot(self._state_path, snapshot)
+        except OSError as exc:  # the next round tries again; a restart then reads more of Kafka
+            log.warning("could not save the edge's state to %s: %s", self._state_path, exc)
+
     # -- Kafka ----------------------------------------------------------------------------
     def _poll_loop(self) -> None:
-        """Serve delivery callbacks continuously; request threads only wait on their tracker."""
+        """Serve delivery callbacks continuously; request threads only wait on their tracker. Snapshot the
+        state every second."""
         last_report, last = time.monotonic(), (0, 0)
+        last_saved = time.monotonic()
         while not self._stop.is_set():
             self.producer.poll(0.05)
             now = time.monotonic()
+            if now - last_saved >= SNAPSHOT_INTERVAL_S:
+                self.save_state()
+                last_saved = now
             if now - last_report >= 60:
                 batches, points = self.totals
                 log.info(
@@ -205,11 +284,20 @@ class IngestionService:
                 )
                 last, last_report = (batches, points), now
 
-    def _produce(self, state: _RequestState, key: bytes, value: bytes, context: grpc.ServicerContext) -> None:
+    def _produce(
+        self,
+        state: _RequestState,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        context: grpc.ServicerContext,
+    ) -> None:
         state.produced_any = True
         while True:
             try:
-                self.producer.produce(self._telemetry_topic, value, key, on_delivery=state.tracker.on_delivery)
+                self.producer.produce(
+                    self._telemetry_topic, value, key, headers=headers, on_delivery=state.tracker.on_delivery
+                )
                 break
             except BufferError:  # local queue full (Kafka unreachable for long): the poll thread drains it
                 if not context.is_active():  # the gateway gave up and keeps the batch: stop holding a worker
@@ -226,6 +314,7 @@ class IngestionService:
             log.error("%d Kafka records still unacknowledged at shutdown", remaining)
         self._stop.set()
         self._poller.join(timeout)
+        self.save_state()
 
     # -- one batch ------------------------------------------------------------------------
     def _reject(self, state: _RequestState, raw: bytes, reason: str, detail: str, eid: str, seq: int) -> None:
@@ -306,8 +395,10 @@ class IngestionService:
                 self.metrics.duplicates.inc()
                 return
             state.marks[eid] = max(seq, state.marks.get(eid, 0))
-        for key, value in batch_to_records(batch, result.arrays, self._window_ms, now_ms):
-            self._produce(state, key, value, context)
+        records = batch_to_records(batch, result.arrays, self._window_ms, now_ms)
+        headers = batch_headers(seq, len(records)) if seq else None  # no sequence: never de-duplicated
+        for key, value in records:
+            self._produce(state, key, value, headers, context)
         state.ack.accepted_batches += 1
         state.ack.accepted_points += result.points
 
@@ -364,6 +455,7 @@ class IngestionService:
 
     # -- gRPC handlers (requests arrive as raw bytes) -------------------------------------
     def ingest(self, request: bytes, context: grpc.ServicerContext) -> telemetry_pb2.IngestAck:
+        self._refuse_until_ready(context)
         with self.metrics.in_flight.track_inprogress():
             state = self._new_request()
             try:
@@ -379,6 +471,7 @@ class IngestionService:
     def ingest_stream(
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> telemetry_pb2.IngestAck:
+        self._refuse_until_ready(context)
         with self.metrics.in_flight.track_inprogress():
             state = self._new_request()
             try:
@@ -390,13 +483,20 @@ class IngestionService:
             return state.ack
 
 
-def serve(settings: Settings | None = None, create_topics: bool = True) -> tuple[grpc.Server, Callable[..., None]]:
-    """Start the service (gRPC + metrics HTTP) in-process; returns the server and ``shutdown(grace=5)``."""
+def serve(
+    settings: Settings | None = None, create_topics: bool = True, ready_wait_s: float = 60.0
+) -> tuple[grpc.Server, Callable[..., None]]:
+    """Start the service (gRPC + metrics HTTP) in-process; returns the server and ``shutdown(grace=5)``.
+
+    Waits up to ``ready_wait_s`` for the marks to be recovered (then serves anyway, refusing batches until they
+    are, so a broker that is down at start does not keep the edge down)."""
     settings = settings or get_settings()
     edge = settings.edge
     if create_topics:
         ensure_topics(settings.kafka)
     service = IngestionService(settings)
+    if not service.ready.wait(ready_wait_s):
+        log.warning("the edge's marks are not recovered after %.0f s; batches are refused until they are", ready_wait_s)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=edge.max_workers, thread_name_prefix="ingest"),
         compression=_COMPRESSION[edge.compression],

@@ -146,6 +146,12 @@ class EdgeSettings(BaseModel):
     # windows open. A machine silent for longer than this stops holding them; its later data for closed windows
     # is late (dead-lettered). Every ms a slow machine holds the fleet is a ms of alert latency for all.
     progress_active_ms: int = Field(12_000, ge=1000)
+    # After a restart, each machine the previous run was serving holds the windows at its last promise until it
+    # reports again or this long has passed: its buffered batches may be queued behind every other gateway's
+    # replay (edge/state.py). Longer than the drain's queue (1,000 replays on max_workers took ~60 s here).
+    progress_return_grace_ms: int = Field(120_000, ge=0)
+    # Where the service snapshots its marks and its machines' promises (default <data_dir>/edge).
+    state_dir: Path | None = None
 
 
 class WindowSettings(BaseModel):
@@ -535,6 +541,10 @@ class Settings(BaseSettings):
     @property
     def jars_dir(self) -> Path:
         return self.flink.jars_dir or (self.data_dir / "jars")
+
+    @property
+    def edge_state_dir(self) -> Path:
+        return self.edge.state_dir or (self.data_dir / "edge")
 
     @property
     def models_dir(self) -> Path:

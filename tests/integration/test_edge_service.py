@@ -7,15 +7,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import orjson
 import pytest
 import requests
 
-from connectors.kafka import make_consumer
+from connectors.kafka import make_consumer, make_producer
+from edge.chunking import batch_to_records
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.service import serve
+from edge.state import batch_headers, load_snapshot
+from edge.validation import BatchValidator
 from tests.conftest import free_port
 from vigil.contracts import MARKER_GATEWAY
 from vigil.settings import EdgeSettings, KafkaSettings, Settings
@@ -265,13 +269,14 @@ def test_kafka_not_acknowledging_gives_unavailable(kafka_settings: KafkaSettings
         update={"bootstrap_servers": f"127.0.0.1:{free_port()}", "extra": {"message.timeout.ms": "1500"}}
     )
     settings = Settings(data_dir=tmp_path, kafka=nowhere, edge=EdgeSettings(port=free_port(), metrics_port=0))
-    _, shutdown = serve(settings, create_topics=False)
+    _, shutdown = serve(settings, create_topics=False, ready_wait_s=0)
     try:
         channel, client = stub(settings)
         with pytest.raises(grpc.RpcError) as info:
             client.Ingest(make_batch("pump-x", sequence=1), timeout=30)
+        # It cannot even read which batches it wrote before a restart: it takes none.
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "Kafka did not acknowledge" in info.value.details()
+        assert "recovering from Kafka" in info.value.details()
         channel.close()
     finally:
         shutdown(0)
@@ -316,3 +321,125 @@ def test_progress_markers_follow_the_data_on_every_partition(edge: Settings) -> 
             if r["gateway_id"] == MARKER_GATEWAY and r["event_time_ms"] - lateness >= oldest
         )
         assert all(i < first_full for i, r in enumerate(in_order) if r["gateway_id"] != MARKER_GATEWAY)
+
+
+def restartable_edge(kafka: KafkaSettings, data_dir: Path, **edge: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        kafka=kafka,
+        edge=EdgeSettings(port=free_port(), metrics_port=0, progress_active_ms=1000, **edge),
+    )
+
+
+def write_as_the_edge_does(settings: Settings, batch: telemetry_pb2.ReadingBatch, parts: int | None = None) -> int:
+    """Write ``batch``'s records (the first ``parts`` of them) straight to Kafka; returns how many it has."""
+    result = BatchValidator(settings.edge).validate(batch, int(time.time() * 1000))
+    records = batch_to_records(batch, result.arrays, settings.window.size_ms, int(time.time() * 1000))
+    producer = make_producer(settings.kafka)
+    for key, value in records[:parts]:
+        producer.produce(
+            settings.kafka.telemetry_topic, value, key, headers=batch_headers(batch.sequence, len(records))
+        )
+    assert producer.flush(10) == 0
+    return len(records)
+
+
+def samples_per_sequence(records: list[dict], equipment_id: str) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in records:
+        if r["equipment_id"] == equipment_id:
+            out[r["sequence"]] = out.get(r["sequence"], 0) + sum(len(s["ts"]) for s in r["sensors"])
+    return out
+
+
+@pytest.mark.parametrize("snapshot", ["kept", "lost"])
+def test_a_restarted_edge_recognises_re_sends_of_what_kafka_already_has(
+    kafka_settings: KafkaSettings, tmp_path: Path, snapshot: str
+) -> None:
+    """A crash swallows the answer to a batch Kafka acknowledged; the gateway re-sends it to the new process.
+
+    A snapshot is up to a second old at a crash, so the marks are completed from the topic's tail (with the
+    snapshot lost, from the tail alone): a re-send of what Kafka has whole is a duplicate, the rest is written.
+    """
+    settings = restartable_edge(per_test_kafka(kafka_settings), tmp_path)
+    state = settings.edge_state_dir / "edge-state.json"
+    _, shutdown = serve(settings)
+    channel, client = stub(settings)
+    try:
+        assert client.Ingest(make_batch("pump-r", sequence=1), timeout=30).accepted_batches == 1
+    finally:
+        channel.close()
+        shutdown(0)
+    saved = load_snapshot(state)
+    assert saved is not None and saved.marks == {"pump-r": 1}
+    # What the crashed run wrote after its last snapshot: batch 2 whole, batch 3 cut short (1 of 2 records).
+    second, third = make_batch("pump-r", sequence=2), make_batch("pump-r", sequence=3, offset_ms=2500)
+    write_as_the_edge_does(settings, second)
+    assert write_as_the_edge_does(settings, third, parts=1) == 2
+    if snapshot == "lost":
+        state.unlink()
+
+    _, shutdown = serve(settings)
+    channel, client = stub(settings)
+    try:
+        again = client.IngestStream(iter([make_batch("pump-r", sequence=1), second, third]), timeout=30)
+        assert (again.duplicate_batches, again.accepted_batches) == (2, 1)
+        fourth = client.Ingest(make_batch("pump-r", sequence=4), timeout=30)
+        assert (fourth.duplicate_batches, fourth.accepted_batches) == (0, 1)
+    finally:
+        channel.close()
+        shutdown(0)
+    records = consume_until(
+        settings.kafka, settings.kafka.telemetry_topic, lambda values: 4 in samples_per_sequence(values, "pump-r")
+    )
+    # 30 samples per batch; batch 3's first record twice (the cut-short write and the re-send): seen, not lost.
+    counts = samples_per_sequence(records, "pump-r")
+    assert (counts[1], counts[2], counts[4]) == (30, 30, 30)
+    assert counts[3] > 30
+
+
+def test_a_restarted_edge_holds_the_windows_for_a_machine_it_was_serving_until_it_is_back(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """After a restart the markers stay at the promise of a machine the previous run served and that has not
+    reported again (its replay may be queued behind a thousand others); with no grace they pass it."""
+
+    def markers_after_restart(grace_ms: int) -> tuple[int, list[int]]:
+        kafka = per_test_kafka(kafka_settings)
+        settings = restartable_edge(kafka, tmp_path / str(grace_ms), progress_return_grace_ms=grace_ms)
+        _, shutdown = serve(settings)
+        channel, client = stub(settings)
+        try:
+            for sequence in range(1, 6):  # both report for longer than the warm-up (progress_active_ms)
+                away = make_batch("pump-away", sequence=sequence, offset_ms=-3000)
+                client.IngestStream(iter([away, make_batch("pump-here", sequence=sequence)]), timeout=30)
+                time.sleep(0.3)
+        finally:
+            channel.close()
+            shutdown(0)
+        restarted_ms = int(time.time() * 1000)
+        _, shutdown = serve(settings)
+        channel, client = stub(settings)
+        try:
+            for sequence in range(6, 16):  # only one machine is back, for longer than the warm-up
+                client.Ingest(make_batch("pump-here", sequence=sequence), timeout=30)
+                time.sleep(0.3)
+        finally:
+            channel.close()
+            shutdown(0)
+
+        def after_restart(values: list[dict]) -> list[dict]:
+            return [r for r in values if r["gateway_id"] == MARKER_GATEWAY and r["ingested_at_ms"] >= restarted_ms]
+
+        def done(values: list[dict]) -> bool:
+            here = {r["sequence"] for r in values if r["equipment_id"] == "pump-here"}
+            return 15 in here and {r["_partition"] for r in after_restart(values)} == set(range(kafka.partitions))
+
+        records = consume_until(kafka, kafka.telemetry_topic, done, markers=True)
+        lateness = settings.window.allowed_lateness_ms
+        return away.sent_at_ms, [r["event_time_ms"] - lateness for r in after_restart(records)]
+
+    promise, held = markers_after_restart(grace_ms=20_000)
+    assert held and max(held) == promise  # the machine that is away holds every window it may still send
+    promise, released = markers_after_restart(grace_ms=0)
+    assert max(released) > promise  # without the grace the restarted edge forgets it at once

@@ -91,3 +91,32 @@ def test_a_machine_heard_but_never_acknowledged_holds_every_marker() -> None:
     progress.acknowledged("new", 9_000, 11_050)
     progress.attempt_ended("new", 11_050)
     assert progress.low_watermark(now_ms=11_050) == 9_000
+
+
+def test_machines_restored_after_a_restart_hold_the_fleet_until_they_are_back_or_their_grace_ends() -> None:
+    before = FleetProgress(active_ms=10_000)
+    before.update("gone", 500, now_ms=0)
+    before.update("slow", 1_000, now_ms=20_000)
+    before.update("fast", 8_000, now_ms=20_000)
+    assert before.low_watermark(now_ms=20_000) == 1_000  # "gone" was silent for 20 s: released
+    promises = before.promises()
+    assert promises == {"slow": 1_000, "fast": 8_000}
+
+    after = FleetProgress(active_ms=10_000)  # the restarted edge: restart at 100 s, grace 60 s
+    after.restore(promises, until_ms=160_000)
+    after.update("fast", 200_000, now_ms=100_000)
+    assert after.low_watermark(now_ms=110_001) == 1_000  # warm, and "slow" (not heard from yet) holds it
+    after.update("fast", 200_000, now_ms=150_000)
+    assert after.low_watermark(now_ms=150_000) == 1_000
+    after.update("slow", 2_000, now_ms=155_000)  # back, replaying: it holds the fleet at what it delivered
+    assert after.low_watermark(now_ms=155_000) == 2_000
+    assert after.promises() == {"slow": 2_000, "fast": 200_000}
+
+
+def test_a_restored_machine_that_never_comes_back_is_released_when_its_grace_ends() -> None:
+    progress = FleetProgress(active_ms=10_000)
+    progress.restore({"never": 1_000}, until_ms=60_000)
+    progress.update("fast", 70_000, now_ms=30_000)
+    progress.update("fast", 70_000, now_ms=55_000)
+    assert progress.low_watermark(now_ms=60_000) == 1_000
+    assert progress.low_watermark(now_ms=60_001) == 70_000
