@@ -121,8 +121,14 @@ class BatchValidator:
         self._past_ms = int(settings.max_past_age_s * 1000)
         self._clock_tolerance_ms = settings.clock_tolerance_ms
 
-    def validate(self, batch: telemetry_pb2.ReadingBatch, now_ms: int | None = None) -> Validation:
-        """Return ``Validation(ok)`` with the numpy arrays, or the FIRST problem found."""
+    def validate(
+        self, batch: telemetry_pb2.ReadingBatch, now_ms: int | None = None, arrived_ms: int | None = None
+    ) -> Validation:
+        """Return ``Validation(ok)`` with the numpy arrays, or the FIRST problem found.
+
+        ``arrived_ms``: when the request carrying the batch reached the edge (default ``now_ms``), the instant
+        the gateway's ``clock_ms`` is compared with: time the request then waited for a worker is not an error
+        of the gateway's clock."""
         s = self.settings
         eid = batch.equipment_id
         if not eid.strip():
@@ -172,7 +178,7 @@ class BatchValidator:
         # A gateway clock off by more than the tolerance: its times move by the error in whole seconds (the
         # residual stays below the tolerance; a few ms of transit in the measured error never move a sample
         # across a window). Assumes the clock was off by as much when it sampled a replayed batch.
-        clock_error = now_ms - batch.clock_ms if batch.clock_ms else 0
+        clock_error = (arrived_ms or now_ms) - batch.clock_ms if batch.clock_ms else 0
         offset = round(clock_error / 1000) * 1000 if abs(clock_error) > self._clock_tolerance_ms else 0
         newest_ok = now_ms + self._future_ms
         oldest_ok = now_ms - self._past_ms

@@ -10,7 +10,10 @@ settle). A fault is a SIGKILL of a service's process group, healed by a restart 
 - ``clickhouse-refuses-writes``: every insert into Vigil's tables fails with ClickHouse's own TOO_MANY_PARTS
   (the tables' ``parts_to_throw_insert`` set to 1), as a server whose merges fell behind answers;
 - ``gateway-clock-skew``: one gateway's clock runs 30 s behind (its sample times, sent_at and clock_ms); the
-  windows are still counted in true time, so every sample must land in the window it was really taken in.
+  windows are still counted in true time, so every sample must land in the window it was really taken in;
+- ``kafka-disk-full``: the filesystem of the broker's data fills up (a ballast file); healed as an operator
+  would: free the space, restart the broker. The broker's data must be a filesystem of its own: run as root in a
+  fresh data dir, vigil chaos mounts a tmpfs of ``chaos.kafka_disk_mb`` there (it stays mounted).
 At the end the simulator stops, every gateway drains its disk buffer, and the counts come
 from where the data really lands:
 - windows: ClickHouse ``window_stats`` read without FINAL, against the (machine, sensor, window) sample
@@ -25,14 +28,17 @@ holds the window's start. Pages (alert publisher, relay, Alertmanager, Prometheu
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -84,6 +90,7 @@ class Fault:
     inject: Callable[[Target], None]
     heal: Callable[[Target], None]
     hold_s: float | None = None  # how long it lasts by default (None: the run's down_s)
+    needs_broker_disk: bool = False  # the broker's data must be on a filesystem of its own (kafka-disk-full)
 
 
 def _sigkill(service: str) -> Fault:
@@ -93,6 +100,59 @@ def _sigkill(service: str) -> Fault:
 def _skew_clock(target: Target, skew_ms: int) -> None:
     """The first gateway's clock (its samples, sent_at and clock_ms) runs ``skew_ms`` off the true time."""
     target.gateways[0].skew_ms = skew_ms
+
+
+BALLAST = "disk-full-ballast"
+
+
+def fill_filesystem(path: Path, chunk: int = 4 << 20) -> int:
+    """Write zeros to ``path`` until its filesystem is full; returns the bytes written."""
+    written, block = 0, bytes(chunk)
+    with path.open("wb", buffering=0) as handle:
+        while True:
+            try:
+                written += handle.write(block)  # a partial write, then ENOSPC on the next
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return written
+
+
+def broker_disk_ready(settings: Settings, console: Console) -> None:
+    """Make the broker's data a filesystem of its own (a tmpfs), or say why it cannot be."""
+    path = kafka_broker.broker_dir(settings)
+    if os.path.ismount(path):
+        return
+    if path.exists() and any(path.iterdir()):
+        raise ValueError(
+            f"kafka-disk-full needs the broker's data ({path}) on a filesystem of its own, and it already holds a "
+            "broker: use a fresh VIGIL_DATA_DIR (vigil chaos then mounts a tmpfs there) or leave the fault out"
+        )
+    if os.geteuid() != 0:
+        raise ValueError(
+            f"kafka-disk-full needs the broker's data ({path}) on a filesystem of its own, else it would fill this "
+            f"machine's disk: run vigil chaos as root (it mounts a tmpfs), mount one there yourself "
+            f"(mount -t tmpfs -o size=1g tmpfs {path}), or leave the fault out"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    size = settings.chaos.kafka_disk_mb
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m,mode=0700", "tmpfs", str(path)], check=True)
+    console.print(f"[bold]chaos[/]: the broker's data is a {size} MB tmpfs at {path} (umount it when done)")
+
+
+def fill_broker_disk(target: Target) -> None:
+    path = kafka_broker.broker_dir(target.stack.settings)
+    if not os.path.ismount(path):
+        raise RuntimeError(f"{path} is not a filesystem of its own: kafka-disk-full would fill the machine's disk")
+    fill_filesystem(path / BALLAST)
+
+
+def free_broker_disk(target: Target) -> None:
+    """Free the space, then restart the broker: one whose log dir failed keeps it offline until restarted."""
+    (kafka_broker.broker_dir(target.stack.settings) / BALLAST).unlink(missing_ok=True)
+    if target.stack.processes.pid("kafka") is not None:
+        kill(target.stack, "kafka")
+    target.stack.up(("kafka",))
 
 
 def _sink_tables(settings: Settings) -> list[str]:
@@ -135,8 +195,12 @@ FAULTS: dict[str, Fault] = {
         lambda t: _skew_clock(t, -CLOCK_SKEW_MS),
         lambda t: _skew_clock(t, 0),
     ),
+    "kafka-disk-full": Fault(
+        "kafka-disk-full", "disk full", fill_broker_disk, free_broker_disk, hold_s=30.0, needs_broker_disk=True
+    ),
 }
-DEFAULT_FAULTS = tuple(FAULTS)
+# Filling the broker's disk needs a filesystem of its own, which only root can mount here.
+DEFAULT_FAULTS = tuple(name for name, f in FAULTS.items() if not f.needs_broker_disk or os.geteuid() == 0)
 
 
 def parse_fault(spec: str) -> tuple[Fault, float | None]:
@@ -429,6 +493,8 @@ def run_chaos(
     if settings.flink.topology != "split":
         raise ValueError("vigil chaos kills the split topology's jobs: set flink.topology = 'split'")
     settings = with_edge_route(settings)
+    if any(fault.needs_broker_disk for fault, _ in plan):
+        broker_disk_ready(settings, console)
     stack = Stack(settings)
     console.print("[bold]chaos[/]: starting the stack and pipeline (the edge reaches Kafka through the fault proxy)")
     _restart_if_unrouted(stack)

@@ -179,6 +179,8 @@ class FlinkSettings(BaseModel):
     parallelism: int = Field(2, ge=1)
     checkpoint_interval_ms: int = Field(5000, ge=200)
     rest_port: int = 18081
+    # The standalone cluster's JobManager RPC port (target "cluster"); apart from every job's REST port.
+    rpc_port: int = 18091
     consumer_group: str = "vigil-window-stats"
     # Where the Java UDFs are compiled to (default <data_dir>/jars; see jobs.flink_jars).
     jars_dir: Path | None = None
@@ -456,6 +458,9 @@ class ChaosSettings(BaseModel):
     proxy_api_port: int = 18474
     edge_listener_port: int = 19096
     edge_proxy_port: int = 19097
+    # The kafka-disk-full fault fills the filesystem of the broker's data: a tmpfs of this size that vigil chaos
+    # mounts at <data_dir>/kafka (as root, in a fresh data dir), so the machine's own disk is never filled.
+    kafka_disk_mb: int = Field(1024, ge=64)
 
 
 class Settings(BaseSettings):

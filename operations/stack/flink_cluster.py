@@ -7,6 +7,7 @@ from ``flink-conf/cluster/config.yaml.template``; jobs go to it with ``flink run
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def render_cluster_conf(settings: Settings) -> Path:
     target = conf_dir(settings)
     target.mkdir(parents=True, exist_ok=True)
     text = TEMPLATE.read_text().format(
-        jobmanager_rpc_port=settings.flink.rest_port + 1,
+        jobmanager_rpc_port=settings.flink.rpc_port,
         rest_port=settings.flink.rest_port,
         parallelism=settings.flink.parallelism,
         checkpoint_interval_ms=settings.flink.checkpoint_interval_ms,
@@ -120,6 +121,46 @@ def start_cluster(settings: Settings, timeout_s: float = 90.0) -> str:
     raise RuntimeError(
         f"the Flink cluster did not come up within {timeout_s:.0f}s; see the logs in {settings.logs_dir / 'flink'}"
     )
+
+
+def taskmanager_pids(settings: Settings) -> list[int]:
+    """Pids of this cluster's TaskManagers (flink-daemon.sh keeps one pid file per daemon type)."""
+    pids: list[int] = []
+    for pid_file in (settings.run_dir / "flink").glob("flink-*-taskexecutor.pid"):
+        pids += [int(line) for line in pid_file.read_text().split() if line.isdigit()]
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def kill_taskmanagers(settings: Settings) -> list[int]:
+    """SIGKILL every TaskManager of the cluster (its tasks and their Python workers die with it)."""
+    pids = taskmanager_pids(settings)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def _taskmanager_ids(settings: Settings) -> set[str]:
+    try:
+        listed = requests.get(f"{rest_url(settings)}/taskmanagers", timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return set()
+    return {tm["id"] for tm in listed.get("taskmanagers", [])}
+
+
+def start_taskmanager(settings: Settings, timeout_s: float = 90.0) -> None:
+    """Start one more TaskManager and wait until the JobManager lists it (a killed one may still be listed
+    until its heartbeat times out)."""
+    before = _taskmanager_ids(settings)
+    script = flink_home() / "bin" / "taskmanager.sh"
+    result = subprocess.run(["bash", str(script), "start"], env=_cluster_env(settings), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"taskmanager.sh start failed:\n{result.stdout}\n{result.stderr}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _taskmanager_ids(settings) - before:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"no new TaskManager registered within {timeout_s:.0f}s; see {settings.logs_dir / 'flink'}")
 
 
 def stop_cluster(settings: Settings) -> None:

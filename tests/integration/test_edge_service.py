@@ -373,7 +373,9 @@ def test_a_restarted_edge_recognises_re_sends_of_what_kafka_already_has(
     saved = load_snapshot(state)
     assert saved is not None and saved.marks == {"pump-r": 1}
     # What the crashed run wrote after its last snapshot: batch 2 whole, batch 3 cut short (1 of 2 records).
-    second, third = make_batch("pump-r", sequence=2), make_batch("pump-r", sequence=3, offset_ms=2500)
+    now = int(time.time() * 1000)
+    across = -(-now // 5000) * 5000 + 2000 - now  # batch 3's samples straddle a window boundary: two records
+    second, third = make_batch("pump-r", sequence=2), make_batch("pump-r", sequence=3, offset_ms=across)
     write_as_the_edge_does(settings, second)
     assert write_as_the_edge_does(settings, third, parts=1) == 2
     if snapshot == "lost":
@@ -443,3 +445,38 @@ def test_a_restarted_edge_holds_the_windows_for_a_machine_it_was_serving_until_i
     assert held and max(held) == promise  # the machine that is away holds every window it may still send
     promise, released = markers_after_restart(grace_ms=0)
     assert max(released) > promise  # without the grace the restarted edge forgets it at once
+
+
+def test_time_a_call_waits_for_a_worker_is_not_taken_for_the_gateway_clock_error(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """With every worker busy a call waits; a gateway whose clock is right must not have its times moved by
+    that wait (1,000 gateways replaying after an outage wait seconds each)."""
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=per_test_kafka(kafka_settings),
+        edge=EdgeSettings(port=free_port(), metrics_port=free_port(), max_workers=1),
+    )
+    _, shutdown = serve(settings)
+    channel, client = stub(settings)
+    try:
+
+        def slow_stream() -> Iterator[telemetry_pb2.ReadingBatch]:
+            yield make_batch("pump-busy", sequence=1)
+            time.sleep(3)  # holds the only worker
+
+        busy = client.IngestStream.future(slow_stream(), timeout=30)
+        time.sleep(0.5)
+        waiting = make_batch("pump-waits", sequence=1)
+        waiting.clock_ms = int(time.time() * 1000)  # a right clock, stamped as the call starts
+        started = time.monotonic()
+        assert client.Ingest(waiting, timeout=30).accepted_batches == 1
+        assert time.monotonic() - started > 2, "the call did not wait for the worker: the test proves nothing"
+        assert busy.result().accepted_batches == 1
+    finally:
+        channel.close()
+        shutdown(0)
+    records = consume_until(
+        settings.kafka, settings.kafka.telemetry_topic, lambda values: 1 in samples_per_sequence(values, "pump-waits")
+    )
+    assert samples_of([r for r in records if r["equipment_id"] == "pump-waits"], 1) == expected_samples(waiting)

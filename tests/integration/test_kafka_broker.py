@@ -3,6 +3,7 @@ read_committed consumers honour, and an orphaned transaction that blocks readers
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,8 @@ from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from connectors.kafka import ensure_topics, make_consumer, make_producer
-from operations.chaos import kill
+from operations.chaos import BALLAST, Target, fill_filesystem, free_broker_disk, kill
+from operations.stack import kafka_broker
 from operations.stack.services import Stack
 from tests.conftest import local_kafka_settings
 from vigil.settings import Settings
@@ -141,3 +143,49 @@ def test_topics_are_vigils_own_and_dead_letters_are_capped_by_size(stack: Stack)
     other = kafka.model_copy(update={"partitions": kafka.partitions + 1})
     with pytest.raises(RuntimeError, match=f"has {kafka.partitions} partitions but kafka.partitions is"):
         ensure_topics(other)
+
+
+def produce_tracking(settings: Settings, n: int, prefix: str, timeout_ms: int) -> tuple[set[str], set[str]]:
+    """Produce ``n`` records of 2 KB (the broker must need new pages for them); returns the names (the value
+    before ``|``) Kafka acknowledged and those it did not."""
+    producer = make_producer(settings.kafka, **{"message.timeout.ms": timeout_ms})
+    acked: set[str] = set()
+    failed: set[str] = set()
+
+    def report(err: KafkaError | None, message) -> None:
+        (failed if err is not None else acked).add(message.value().decode().split("|")[0])
+
+    for i in range(n):
+        value = f"{prefix}-{i}|{'x' * 2048}".encode()
+        producer.produce(TOPIC, key=f"m-{i % 7}", value=value, on_delivery=report)
+        producer.poll(0)
+    producer.flush(timeout_ms / 1000 + 10)
+    return acked, failed
+
+
+def test_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    """The broker's filesystem fills up: what it acknowledged before and during stays readable, once, after the
+    space is freed and the broker restarted (vigil chaos's kafka-disk-full heals the same way)."""
+    if os.geteuid() != 0:
+        pytest.skip("filling a disk needs a filesystem of its own, and mounting one (a tmpfs) needs root here")
+    settings = Settings(data_dir=tmp_path, kafka=local_kafka_settings(partitions=2))
+    broker = kafka_broker.broker_dir(settings)
+    broker.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192m", "tmpfs", str(broker)], check=True)
+    stack = Stack(settings)
+    try:
+        stack.up(("kafka",))
+        produce(settings, 300, "before")
+        assert fill_filesystem(broker / BALLAST) > 0
+        acked, failed = produce_tracking(settings, 2000, "during", timeout_ms=10_000)
+        assert failed, "the full disk refused nothing: the fault did not bite"
+        free_broker_disk(Target(stack, []))
+        produce(settings, 300, "after")
+        expected = {f"before-{i}" for i in range(300)} | acked | {f"after-{i}" for i in range(300)}
+        values = [v.split("|")[0] for v in read_all(settings, "disk-full-reader", expect=len(expected), timeout_s=60)]
+        assert not expected - set(values), f"{len(expected - set(values))} acknowledged records lost"
+        assert len(values) == len(set(values)), "a record was written twice"
+        assert set(values) <= expected | failed
+    finally:
+        stack.down(("kafka",))
+        subprocess.run(["umount", "-l", str(broker)], check=False)
