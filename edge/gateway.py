@@ -18,9 +18,13 @@ Buffer layout under ``<buffer root>/<gateway_id>/`` (root: ``settings.gateway_bu
 * ``quarantine/``: segments the service refused for a non-retryable reason (e.g. a batch larger
   than the service's message limit), so one bad segment cannot block the buffer forever.
 
-Every attempt stamps its batches with the gateway's clock at that moment (``clock_ms``, appended to the
-serialized bytes: the last value of a field wins), replays too, so the edge can measure and correct the
-gateway's clock error even for data buffered an hour ago.
+The client measures its clock against the edge's as NTP does: every answer carries the edge's clock
+(``IngestAck.edge_clock_ms``), and the offset is that minus the midpoint of the request, uncertain by half the
+round trip; the most certain measurement of the last minute is kept, a missing or stale one (the wall clock
+stepped against the monotonic one) is taken first with an empty call. Every attempt stamps its batches with
+it (``clock_ms``, ``clock_offset_ms``, ``clock_uncertainty_ms``, appended to the serialized bytes: the last
+value of a field wins), replays too, so the edge can correct the gateway's clock error even for data buffered
+an hour ago, and only when the error is larger than the path's delay could make it look.
 
 One client owns its directory (an exclusive ``flock`` on ``.lock``); use one client per thread.
 Counters (``sent``, ``buffered``, ``replayed``, ``expired``, ``quarantined``) are per client object.
@@ -36,6 +40,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -50,6 +55,8 @@ log = logging.getLogger("edge.gateway")
 _HEADER = struct.Struct(">IIq")  # payload length, crc32(payload), buffered_at_ms
 _SEGMENT_BYTES = 8 * 1024 * 1024  # start a new segment beyond this size (bounds one replay stream)
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# The wall clock moved this much against the monotonic one: it was stepped, the measured offset is void.
+_CLOCK_STEP_MS = 500
 _STREAM_METHOD = "/{}/IngestStream".format(telemetry_pb2.DESCRIPTOR.services_by_name["Ingestion"].full_name)
 _COMPRESSION = {
     "gzip": grpc.Compression.Gzip,
@@ -92,6 +99,21 @@ def _merge(into: telemetry_pb2.IngestAck, other: telemetry_pb2.IngestAck) -> Non
     into.rejections.extend(other.rejections)
 
 
+@dataclass(frozen=True)
+class ClockOffset:
+    """The edge's clock minus the gateway's, as measured by one exchange."""
+
+    offset_ms: int
+    uncertainty_ms: int  # half the round trip: the true offset is within offset_ms +- this
+    measured_at: float  # time.monotonic()
+    anchor_ms: int  # the gateway clock minus the monotonic clock then: it moves when the clock is stepped
+
+
+def measure_offset(sent_ms: int, edge_ms: int, received_ms: int, anchor_ms: int) -> ClockOffset:
+    midpoint = (sent_ms + received_ms) // 2
+    return ClockOffset(edge_ms - midpoint, max(1, (received_ms - sent_ms + 1) // 2), time.monotonic(), anchor_ms)
+
+
 class GatewayClient:
     """Sends batches to the edge service; buffers them on disk while it is unreachable."""
 
@@ -112,6 +134,8 @@ class GatewayClient:
         self.dir = Path(buffer_dir or settings.gateway_buffer_dir) / gateway_id
         self.fsync = fsync
         self.clock = clock or (lambda: int(time.time() * 1000))
+        self.clock_offset: ClockOffset | None = None
+        self._sync_after = 0.0  # monotonic; an edge that does not tell its time is asked again only then
         self.sent = self.buffered = self.replayed = self.expired = self.quarantined = 0
         self._lock = threading.Lock()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -199,14 +223,43 @@ class GatewayClient:
         self.close()
 
     # -- gRPC ------------------------------------------------------------------------------
-    def _send_payloads(self, payloads: list[bytes]) -> telemetry_pb2.IngestAck:
-        stamp = telemetry_pb2.ReadingBatch(clock_ms=self.clock()).SerializeToString()
+    def _anchor_ms(self) -> int:
+        return self.clock() - int(time.monotonic() * 1000)
+
+    def _call(self, payloads: list[bytes]) -> telemetry_pb2.IngestAck:
+        """One stream; its answer measures the clock (kept when at least as certain, or the last is old)."""
+        sent_ms = self.clock()
         try:
-            return self._stream(iter([payload + stamp for payload in payloads]), timeout=self._deadline)
+            ack = self._stream(iter(payloads), timeout=self._deadline)
         except grpc.RpcError as exc:
             if exc.code() in _RETRYABLE:
                 raise _Unreachable(f"{exc.code().name}: {exc.details()}") from exc
             raise
+        if ack.edge_clock_ms:
+            measured = measure_offset(sent_ms, ack.edge_clock_ms, self.clock(), self._anchor_ms())
+            last = self.clock_offset
+            if last is None or measured.uncertainty_ms <= last.uncertainty_ms or self._stale(last, 60.0):
+                self.clock_offset = measured
+        return ack
+
+    def _stale(self, measured: ClockOffset, max_age_s: float) -> bool:
+        stepped = abs(self._anchor_ms() - measured.anchor_ms) > _CLOCK_STEP_MS
+        return stepped or time.monotonic() - measured.measured_at > max_age_s
+
+    def _send_payloads(self, payloads: list[bytes]) -> telemetry_pb2.IngestAck:
+        if self.clock_offset is not None and self._stale(self.clock_offset, 600.0):
+            self.clock_offset = None
+        if self.clock_offset is None and time.monotonic() >= self._sync_after:
+            self._call([])  # an empty call: only the clock is measured
+            if self.clock_offset is None:
+                self._sync_after = time.monotonic() + 60
+        offset = self.clock_offset
+        stamp = telemetry_pb2.ReadingBatch(
+            clock_ms=self.clock(),
+            clock_offset_ms=offset.offset_ms if offset else 0,
+            clock_uncertainty_ms=offset.uncertainty_ms if offset else 0,
+        ).SerializeToString()
+        return self._call([payload + stamp for payload in payloads])
 
     # -- buffer ----------------------------------------------------------------------------
     def _segments(self) -> list[Path]:

@@ -192,6 +192,8 @@ class IngestionService:
         threading.Thread(target=self._recover, args=(snapshot,), name="edge-recovery", daemon=True).start()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self._poller.start()
+        self._snapshots = threading.Thread(target=self._snapshot_loop, name="edge-state", daemon=True)
+        self._snapshots.start()
         self.markers: ProgressMarkers | None = None
         if settings.edge.progress_interval_ms:
             self.markers = ProgressMarkers(
@@ -250,6 +252,11 @@ class IngestionService:
                 f"the edge is recovering from Kafka which batches it already wrote ({waited:.0f} s so far); retry",
             )
 
+    def _snapshot_loop(self) -> None:
+        """Its own thread: an fsync held up by a busy disk must not hold up Kafka's delivery callbacks."""
+        while not self._stop.wait(SNAPSHOT_INTERVAL_S):
+            self.save_state()
+
     def save_state(self) -> None:
         if not self.ready.is_set():  # the marks are not all known yet: keep the previous snapshot
             return
@@ -263,16 +270,11 @@ class IngestionService:
 
     # -- Kafka ----------------------------------------------------------------------------
     def _poll_loop(self) -> None:
-        """Serve delivery callbacks continuously; request threads only wait on their tracker. Snapshot the
-        state every second."""
+        """Serve delivery callbacks continuously; request threads only wait on their tracker."""
         last_report, last = time.monotonic(), (0, 0)
-        last_saved = time.monotonic()
         while not self._stop.is_set():
             self.producer.poll(0.05)
             now = time.monotonic()
-            if now - last_saved >= SNAPSHOT_INTERVAL_S:
-                self.save_state()
-                last_saved = now
             if now - last_report >= 60:
                 batches, points = self.totals
                 log.info(
@@ -314,6 +316,7 @@ class IngestionService:
             log.error("%d Kafka records still unacknowledged at shutdown", remaining)
         self._stop.set()
         self._poller.join(timeout)
+        self._snapshots.join(timeout)
         self.save_state()
 
     # -- one batch ------------------------------------------------------------------------
@@ -470,6 +473,7 @@ class IngestionService:
             if state.last_rejection is not None:
                 reason, detail = state.last_rejection
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{reason}: {detail} (sent to dead-letter topic)")
+            state.ack.edge_clock_ms = int(time.time() * 1000)
             return state.ack
 
     def ingest_stream(
@@ -485,6 +489,7 @@ class IngestionService:
                 self._finish(state, context)
             finally:
                 self._release(state)
+            state.ack.edge_clock_ms = int(time.time() * 1000)  # the gateway measures its clock by it
             return state.ack
 
 

@@ -69,8 +69,8 @@ class Validation:
     detail: str = ""
     arrays: list[SensorArrays] = field(default_factory=list)
     points: int = 0
-    # The gateway's clock error (edge clock - the batch's clock_ms; 0 when it sent none) and the correction
-    # added to every time of the batch (whole seconds, 0 within edge.clock_tolerance_ms).
+    # The gateway's clock error as it measured it (edge clock - gateway clock; 0 when not measured) and the
+    # correction added to every time of the batch (whole seconds; 0 unless certain beyond the tolerance).
     clock_error_ms: int = 0
     clock_offset_ms: int = 0
 
@@ -121,14 +121,30 @@ class BatchValidator:
         self._past_ms = int(settings.max_past_age_s * 1000)
         self._clock_tolerance_ms = settings.clock_tolerance_ms
 
+    def _clock_correction(self, batch: telemetry_pb2.ReadingBatch, arrived_ms: int) -> tuple[int, int]:
+        """(the gateway's clock error, the correction of the batch's times), both 0 unless measured.
+
+        The error is the gateway's own two-way measurement (``clock_offset_ms``, uncertain by
+        ``clock_uncertainty_ms``); the batch moves by it in whole seconds (the residual stays below the
+        tolerance) only when it is certain beyond the tolerance, and consistent with the one-way view: a call
+        cannot arrive before it was sent, so arrival - clock_ms must not be below the offset (else the clock
+        was stepped since it was measured). Assumes the clock was off by as much when it sampled a replay."""
+        uncertainty = batch.clock_uncertainty_ms
+        if uncertainty <= 0 or not batch.clock_ms:
+            return 0, 0
+        error = batch.clock_offset_ms
+        tolerance = self._clock_tolerance_ms
+        if abs(error) - uncertainty <= tolerance or arrived_ms - batch.clock_ms < error - uncertainty - tolerance:
+            return error, 0
+        return error, round(error / 1000) * 1000
+
     def validate(
         self, batch: telemetry_pb2.ReadingBatch, now_ms: int | None = None, arrived_ms: int | None = None
     ) -> Validation:
         """Return ``Validation(ok)`` with the numpy arrays, or the FIRST problem found.
 
-        ``arrived_ms``: when the request carrying the batch reached the edge (default ``now_ms``), the instant
-        the gateway's ``clock_ms`` is compared with: time the request then waited for a worker is not an error
-        of the gateway's clock."""
+        ``arrived_ms``: when the request carrying the batch reached the edge (default ``now_ms``), before it
+        waited for a worker: the instant its ``clock_ms`` is checked against."""
         s = self.settings
         eid = batch.equipment_id
         if not eid.strip():
@@ -175,11 +191,7 @@ class BatchValidator:
 
         if now_ms is None:
             now_ms = int(time.time() * 1000)
-        # A gateway clock off by more than the tolerance: its times move by the error in whole seconds (the
-        # residual stays below the tolerance; a few ms of transit in the measured error never move a sample
-        # across a window). Assumes the clock was off by as much when it sampled a replayed batch.
-        clock_error = (arrived_ms or now_ms) - batch.clock_ms if batch.clock_ms else 0
-        offset = round(clock_error / 1000) * 1000 if abs(clock_error) > self._clock_tolerance_ms else 0
+        clock_error, offset = self._clock_correction(batch, arrived_ms or now_ms)
         newest_ok = now_ms + self._future_ms
         oldest_ok = now_ms - self._past_ms
         arrays: list[SensorArrays] = []

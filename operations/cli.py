@@ -337,8 +337,9 @@ def chaos(
     fault: Annotated[
         list[str] | None,
         typer.Option(
-            help="faults in order, NAME or NAME:SECONDS: a service to SIGKILL, edge-kafka-blackhole or "
-            f"clickhouse-refuses-writes (default: all of {', '.join(DEFAULT_FAULTS)})"
+            help="faults in order, NAME or NAME:SECONDS: a service to SIGKILL, edge-kafka-blackhole, "
+            "clickhouse-refuses-writes, gateway-clock-skew or kafka-disk-full (root, fresh data dir) "
+            f"(default: all of {', '.join(DEFAULT_FAULTS)})"
         ),
     ] = None,
     down: Annotated[float, typer.Option(help="seconds a fault lasts unless NAME:SECONDS says (refusals: 60)")] = 10.0,

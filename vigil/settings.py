@@ -120,8 +120,9 @@ class EdgeSettings(BaseModel):
     max_points_per_batch: int = Field(20_000, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_future_skew_s: float = Field(60.0, ge=0)
-    # A gateway whose clock (the batch's clock_ms) is off the edge's by more than this has its batches' times
-    # corrected by the error, in whole seconds; within it nothing moves. Below the allowed lateness.
+    # A gateway whose clock is off the edge's by more than this (as the gateway measured it, beyond the
+    # measurement's uncertainty) has its batches' times corrected by the error, in whole seconds; within it
+    # nothing moves. Below the allowed lateness.
     clock_tolerance_ms: int = Field(1000, ge=0)
     # Gateways buffer up to an hour on disk through outages; accept a little more than that.
     max_past_age_s: float = Field(2 * 3600.0, ge=0)

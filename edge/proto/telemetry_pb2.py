@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ftelemetry.proto\x12\rvigil.edge.v1\"S\n\x0cSensorSeries\x12\x0e\n\x06sensor\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x15\n\rtimestamps_ms\x18\x03 \x03(\x03\x12\x0e\n\x06values\x18\x04 \x03(\x01\"\xc4\x01\n\x0cReadingBatch\x12\x14\n\x0c\x65quipment_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x16\n\x0e\x65quipment_type\x18\x03 \x01(\t\x12\x12\n\ngateway_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x12\n\nsent_at_ms\x18\x06 \x01(\x03\x12,\n\x07sensors\x18\x07 \x03(\x0b\x32\x1b.vigil.edge.v1.SensorSeries\x12\x10\n\x08\x63lock_ms\x18\x08 \x01(\x03\"S\n\tRejection\x12\x14\n\x0c\x65quipment_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xa1\x01\n\tIngestAck\x12\x18\n\x10\x61\x63\x63\x65pted_batches\x18\x01 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_points\x18\x02 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x03 \x01(\x04\x12\x18\n\x10rejected_batches\x18\x04 \x01(\x04\x12,\n\nrejections\x18\x05 \x03(\x0b\x32\x18.vigil.edge.v1.Rejection2\x95\x01\n\tIngestion\x12?\n\x06Ingest\x12\x1b.vigil.edge.v1.ReadingBatch\x1a\x18.vigil.edge.v1.IngestAck\x12G\n\x0cIngestStream\x12\x1b.vigil.edge.v1.ReadingBatch\x1a\x18.vigil.edge.v1.IngestAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0ftelemetry.proto\x12\rvigil.edge.v1\"S\n\x0cSensorSeries\x12\x0e\n\x06sensor\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x15\n\rtimestamps_ms\x18\x03 \x03(\x03\x12\x0e\n\x06values\x18\x04 \x03(\x01\"\xfb\x01\n\x0cReadingBatch\x12\x14\n\x0c\x65quipment_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x16\n\x0e\x65quipment_type\x18\x03 \x01(\t\x12\x12\n\ngateway_id\x18\x04 \x01(\t\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x12\n\nsent_at_ms\x18\x06 \x01(\x03\x12,\n\x07sensors\x18\x07 \x03(\x0b\x32\x1b.vigil.edge.v1.SensorSeries\x12\x10\n\x08\x63lock_ms\x18\x08 \x01(\x03\x12\x17\n\x0f\x63lock_offset_ms\x18\t \x01(\x03\x12\x1c\n\x14\x63lock_uncertainty_ms\x18\n \x01(\x03\"S\n\tRejection\x12\x14\n\x0c\x65quipment_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xb8\x01\n\tIngestAck\x12\x18\n\x10\x61\x63\x63\x65pted_batches\x18\x01 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_points\x18\x02 \x01(\x04\x12\x19\n\x11\x64uplicate_batches\x18\x03 \x01(\x04\x12\x18\n\x10rejected_batches\x18\x04 \x01(\x04\x12,\n\nrejections\x18\x05 \x03(\x0b\x32\x18.vigil.edge.v1.Rejection\x12\x15\n\redge_clock_ms\x18\x06 \x01(\x03\x32\x95\x01\n\tIngestion\x12?\n\x06Ingest\x12\x1b.vigil.edge.v1.ReadingBatch\x1a\x18.vigil.edge.v1.IngestAck\x12G\n\x0cIngestStream\x12\x1b.vigil.edge.v1.ReadingBatch\x1a\x18.vigil.edge.v1.IngestAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -24,11 +24,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENSORSERIES']._serialized_start=34
   _globals['_SENSORSERIES']._serialized_end=117
   _globals['_READINGBATCH']._serialized_start=120
-  _globals['_READINGBATCH']._serialized_end=316
-  _globals['_REJECTION']._serialized_start=318
-  _globals['_REJECTION']._serialized_end=401
-  _globals['_INGESTACK']._serialized_start=404
-  _globals['_INGESTACK']._serialized_end=565
-  _globals['_INGESTION']._serialized_start=568
-  _globals['_INGESTION']._serialized_end=717
+  _globals['_READINGBATCH']._serialized_end=371
+  _globals['_REJECTION']._serialized_start=373
+  _globals['_REJECTION']._serialized_end=456
+  _globals['_INGESTACK']._serialized_start=459
+  _globals['_INGESTACK']._serialized_end=643
+  _globals['_INGESTION']._serialized_start=646
+  _globals['_INGESTION']._serialized_end=795
 # @@protoc_insertion_point(module_scope)

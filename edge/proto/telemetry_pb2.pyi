@@ -18,7 +18,7 @@ class SensorSeries(_message.Message):
     def __init__(self, sensor: _Optional[str] = ..., unit: _Optional[str] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReadingBatch(_message.Message):
-    __slots__ = ("equipment_id", "site", "equipment_type", "gateway_id", "sequence", "sent_at_ms", "sensors", "clock_ms")
+    __slots__ = ("equipment_id", "site", "equipment_type", "gateway_id", "sequence", "sent_at_ms", "sensors", "clock_ms", "clock_offset_ms", "clock_uncertainty_ms")
     EQUIPMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     EQUIPMENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,8 @@ class ReadingBatch(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_UNCERTAINTY_MS_FIELD_NUMBER: _ClassVar[int]
     equipment_id: str
     site: str
     equipment_type: str
@@ -35,7 +37,9 @@ class ReadingBatch(_message.Message):
     sent_at_ms: int
     sensors: _containers.RepeatedCompositeFieldContainer[SensorSeries]
     clock_ms: int
-    def __init__(self, equipment_id: _Optional[str] = ..., site: _Optional[str] = ..., equipment_type: _Optional[str] = ..., gateway_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sent_at_ms: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorSeries, _Mapping]]] = ..., clock_ms: _Optional[int] = ...) -> None: ...
+    clock_offset_ms: int
+    clock_uncertainty_ms: int
+    def __init__(self, equipment_id: _Optional[str] = ..., site: _Optional[str] = ..., equipment_type: _Optional[str] = ..., gateway_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sent_at_ms: _Optional[int] = ..., sensors: _Optional[_Iterable[_Union[SensorSeries, _Mapping]]] = ..., clock_ms: _Optional[int] = ..., clock_offset_ms: _Optional[int] = ..., clock_uncertainty_ms: _Optional[int] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("equipment_id", "sequence", "reason", "detail")
@@ -50,15 +54,17 @@ class Rejection(_message.Message):
     def __init__(self, equipment_id: _Optional[str] = ..., sequence: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("accepted_batches", "accepted_points", "duplicate_batches", "rejected_batches", "rejections")
+    __slots__ = ("accepted_batches", "accepted_points", "duplicate_batches", "rejected_batches", "rejections", "edge_clock_ms")
     ACCEPTED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_POINTS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
     REJECTED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_CLOCK_MS_FIELD_NUMBER: _ClassVar[int]
     accepted_batches: int
     accepted_points: int
     duplicate_batches: int
     rejected_batches: int
     rejections: _containers.RepeatedCompositeFieldContainer[Rejection]
-    def __init__(self, accepted_batches: _Optional[int] = ..., accepted_points: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., rejected_batches: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ...) -> None: ...
+    edge_clock_ms: int
+    def __init__(self, accepted_batches: _Optional[int] = ..., accepted_points: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., rejected_batches: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[Rejection, _Mapping]]] = ..., edge_clock_ms: _Optional[int] = ...) -> None: ...

@@ -16,6 +16,7 @@ import requests
 
 from connectors.kafka import make_consumer, make_producer
 from edge.chunking import batch_to_records
+from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.service import serve
 from edge.state import batch_headers, load_snapshot
@@ -447,11 +448,24 @@ def test_a_restarted_edge_holds_the_windows_for_a_machine_it_was_serving_until_i
     assert max(released) > promise  # without the grace the restarted edge forgets it at once
 
 
-def test_time_a_call_waits_for_a_worker_is_not_taken_for_the_gateway_clock_error(
+def shifted(batch: telemetry_pb2.ReadingBatch, ms: int) -> telemetry_pb2.ReadingBatch:
+    """``batch`` as a gateway whose clock is ``ms`` off stamps it."""
+    copy = telemetry_pb2.ReadingBatch()
+    copy.CopyFrom(batch)
+    copy.sent_at_ms += ms
+    for series in copy.sensors:
+        moved = [t + ms for t in series.timestamps_ms]
+        del series.timestamps_ms[:]
+        series.timestamps_ms.extend(moved)
+    return copy
+
+
+def test_a_gateway_clock_is_measured_two_ways_so_a_slow_edge_moves_no_data(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
-    """With every worker busy a call waits; a gateway whose clock is right must not have its times moved by
-    that wait (1,000 gateways replaying after an outage wait seconds each)."""
+    """A gateway 30 s behind is corrected to the true times; a gateway with a right clock whose calls wait 3 s
+    behind a busy worker is not moved (a one-way comparison saw that wait as a clock 3 s behind). The gateway
+    measures its offset from the edge's time in each answer, uncertain by half the round trip."""
     settings = Settings(
         data_dir=tmp_path,
         kafka=per_test_kafka(kafka_settings),
@@ -459,7 +473,12 @@ def test_time_a_call_waits_for_a_worker_is_not_taken_for_the_gateway_clock_error
     )
     _, shutdown = serve(settings)
     channel, client = stub(settings)
+    behind = GatewayClient(settings, "gw-behind", clock=lambda: int(time.time() * 1000) - 30_000)
+    right = GatewayClient(settings, "gw-right")
+    skewed, waiting = make_batch("pump-behind", sequence=1), make_batch("pump-waits", sequence=1)
     try:
+        assert behind.send([shifted(skewed, -30_000)]).accepted_batches == 1
+        assert behind.clock_offset is not None and abs(behind.clock_offset.offset_ms - 30_000) < 500
 
         def slow_stream() -> Iterator[telemetry_pb2.ReadingBatch]:
             yield make_batch("pump-busy", sequence=1)
@@ -467,16 +486,20 @@ def test_time_a_call_waits_for_a_worker_is_not_taken_for_the_gateway_clock_error
 
         busy = client.IngestStream.future(slow_stream(), timeout=30)
         time.sleep(0.5)
-        waiting = make_batch("pump-waits", sequence=1)
-        waiting.clock_ms = int(time.time() * 1000)  # a right clock, stamped as the call starts
         started = time.monotonic()
-        assert client.Ingest(waiting, timeout=30).accepted_batches == 1
+        assert right.send([waiting]).accepted_batches == 1
         assert time.monotonic() - started > 2, "the call did not wait for the worker: the test proves nothing"
         assert busy.result().accepted_batches == 1
     finally:
+        behind.close()
+        right.close()
         channel.close()
         shutdown(0)
     records = consume_until(
-        settings.kafka, settings.kafka.telemetry_topic, lambda values: 1 in samples_per_sequence(values, "pump-waits")
+        settings.kafka,
+        settings.kafka.telemetry_topic,
+        lambda values: {"pump-behind", "pump-waits"} <= {r["equipment_id"] for r in values},
     )
-    assert samples_of([r for r in records if r["equipment_id"] == "pump-waits"], 1) == expected_samples(waiting)
+    for batch in (skewed, waiting):
+        mine = [r for r in records if r["equipment_id"] == batch.equipment_id]
+        assert samples_of(mine, 1) == expected_samples(batch), batch.equipment_id

@@ -126,21 +126,27 @@ def test_timestamp_in_future(validator: v.BatchValidator) -> None:
     assert check(validator, batch).ok
 
 
+def measured(batch, offset_ms: int, uncertainty_ms: int, clock_ms: int | None = None):  # noqa: ANN001, ANN201
+    """``batch`` stamped as the gateway client does: its clock, and the offset it measured against the edge."""
+    batch.clock_offset_ms, batch.clock_uncertainty_ms = offset_ms, uncertainty_ms
+    batch.clock_ms = NOW - offset_ms if clock_ms is None else clock_ms
+    return batch
+
+
 def test_a_gateway_clock_off_by_more_than_the_tolerance_is_corrected_in_whole_seconds(
     validator: v.BatchValidator,
 ) -> None:
-    """The batch's clock_ms is the gateway's clock at this attempt: the edge moves every time of the batch by
-    its error, rounded to seconds, so a few ms of transit never moves a sample across a window boundary."""
-    batch = make_batch()
+    """The gateway measured its clock against the edge's (offset, uncertain by half a round trip): the edge
+    moves every time of the batch by it, rounded to seconds, so a few ms never move a sample across a window."""
+    batch = measured(make_batch(), 30_037, 20)  # 30 s behind, measured to within 20 ms
     original = list(batch.sensors[0].timestamps_ms)
-    batch.clock_ms = NOW - 30_000 - 37  # 30 s behind, and 37 ms on the wire
     result = check(validator, batch)
     assert result.ok, result.detail
     assert (result.clock_error_ms, result.clock_offset_ms) == (30_037, 30_000)
     assert result.arrays[0].ts.tolist() == [t + 30_000 for t in original]
-    batch.clock_ms = NOW - 1_000  # within the tolerance (1 s): untouched
+    measured(batch, 1_000, 20)  # within the tolerance (1 s): untouched
     assert check(validator, batch).arrays[0].ts.tolist() == original
-    batch.clock_ms = 0  # an older gateway sends none: untouched
+    measured(batch, 0, 0, clock_ms=NOW - 30_000)  # not measured: a one-way view alone moves nothing
     assert check(validator, batch).clock_offset_ms == 0
     # A clock far ahead: corrected back, then within the future limit (uncorrected it would be refused).
     ahead = make_batch()
@@ -149,10 +155,17 @@ def test_a_gateway_clock_off_by_more_than_the_tolerance_is_corrected_in_whole_se
         del series.timestamps_ms[:]
         series.timestamps_ms.extend(shifted)
     assert check(validator, ahead).reason == v.TIMESTAMP_IN_FUTURE
-    ahead.clock_ms = NOW + 120_000
-    corrected = check(validator, ahead)
+    corrected = check(validator, measured(ahead, -120_000, 15))
     assert corrected.ok and corrected.clock_offset_ms == -120_000
     assert corrected.arrays[2].ts.tolist() == list(make_batch().sensors[2].timestamps_ms)
+
+
+def test_a_clock_error_the_path_could_explain_or_a_stale_one_moves_nothing(validator: v.BatchValidator) -> None:
+    # Measured over a slow path (a round trip of 20 s): 9 s behind is within what the delay could make it look.
+    assert check(validator, measured(make_batch(), 9_000, 10_000)).clock_offset_ms == 0
+    assert check(validator, measured(make_batch(), 12_000, 10_000)).clock_offset_ms == 12_000
+    # The gateway says its clock is 30 s behind, but this call arrived as stamped: its clock was stepped since.
+    assert check(validator, measured(make_batch(), 30_000, 20, clock_ms=NOW)).clock_offset_ms == 0
 
 
 def test_timestamp_too_old(validator: v.BatchValidator) -> None:
