@@ -494,11 +494,11 @@ class IngestionService:
 
 
 class ArrivalTime(grpc.ServerInterceptor):
-    """Hands each call's arrival time to its handler.
+    """Hands each call's arrival time to its handler, for the check that a gateway's measured clock error is
+    consistent with when its call arrived (edge/validation.py).
 
     gRPC runs interceptors on its serving thread as a call arrives, handlers later on a worker: under load
-    (1,000 gateways replaying at once) a call waits seconds for a worker, and that wait measured as the
-    gateway's clock error would move good data by seconds."""
+    (1,000 gateways replaying at once) a call waits seconds for a worker, which is not the gateway's doing."""
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201 - gRPC's signature
         arrived_ms = int(time.time() * 1000)
