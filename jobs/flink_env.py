@@ -55,11 +55,19 @@ def _without_comment_lines(statement: str) -> str:
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The newest completed checkpoint (a ``chk-N`` folder holding ``_metadata``), if any."""
-    done = [meta.parent for meta in checkpoints_dir.rglob("chk-*/_metadata")]
-    if not done:
-        return None
-    return max(done, key=lambda path: path.stat().st_mtime)
+    """The newest completed checkpoint (a ``chk-N`` folder holding ``_metadata``), if any.
+
+    A running job deletes its older checkpoints (``num-retained``) while this looks: one that is gone
+    between the listing and its ``stat`` is skipped, not an error."""
+    newest: tuple[float, Path] | None = None
+    for meta in checkpoints_dir.rglob("chk-*/_metadata"):
+        try:
+            mtime = meta.parent.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if newest is None or mtime > newest[0]:
+            newest = (mtime, meta.parent)
+    return newest[1] if newest else None
 
 
 def kafka_properties_sql(settings: Settings) -> str:
