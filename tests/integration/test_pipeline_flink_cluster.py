@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import orjson
@@ -92,102 +92,102 @@ def sender(settings: Settings, machine: str) -> Callable[[int, int, int], np.nda
     return send
 
 
-def test_job_submitted_with_flink_run_computes_windows(pipeline_stack: Stack) -> None:
+@pytest.fixture
+def cluster(pipeline_stack: Stack) -> Iterator[tuple[Settings, str]]:
+    """A standalone cluster of its own running the window-stats job: (its settings, its tag)."""
     tag = uuid.uuid4().hex[:6]
     settings = cluster_settings(pipeline_stack.settings, tag)
     ensure_topics(settings.kafka)
     try:
         start_cluster(settings)
         assert submit(settings, "window-stats", target="cluster", detach=True) == 0
-        assert submit(settings, "anomaly-scoring", target="cluster", detach=True) == 0
-
-        machine = f"cluster-{tag}"
-        size = settings.window.size_ms
-        start = (int(time.time() * 1000) // size) * size - 7 * size
-        send = sender(settings, machine)
-        ts = send(start, 4, 1)  # 3 full windows and a flush one
-        values = np.sin(ts / 1000.0) * 10 + 20
-
-        windows = read_records(
-            settings.kafka,
-            settings.kafka.window_stats_topic,
-            f"reader-{tag}",
-            lambda r: r["window_start_ms"],
-            lambda r: r["equipment_id"] == machine,
-            want=3,
-        )
-        assert len(windows) >= 3, f"cluster job produced {len(windows)} windows for {machine}"
-        for window_start, record in windows.items():
-            inside = values[(ts >= window_start) & (ts < window_start + size)]
-            assert record["count"] == inside.size
-            assert record["avg"] == pytest.approx(inside.mean(), rel=1e-12)
-            assert record["stddev"] == pytest.approx(inside.std(), rel=1e-9)
-
-        # The scoring job judges a window once the next one reached every partition: two more windows of data
-        # move every watermark on whatever the timing of the first batch was (the first two verdicts are due).
-        send(start + 4 * size, 2, 2)
-        verdicts = read_records(
-            settings.kafka,
-            settings.kafka.anomalies_topic,
-            f"verdicts-{tag}",
-            lambda r: r["window_start_ms"],
-            lambda r: r["equipment_id"] == machine and r["kind"] == "window",
-            want=2,
-        )
-        assert sorted(verdicts)[:2] == [start, start + size], f"verdicts for {machine}: {sorted(verdicts)}"
-        assert all(v["severity"] in ("normal", "warning", "critical") for v in verdicts.values())
+        yield settings, tag
     finally:
         stop_cluster(settings)
 
 
-def test_a_killed_taskmanager_is_replaced_and_every_window_lands_once(pipeline_stack: Stack) -> None:
+def test_job_submitted_with_flink_run_computes_windows(cluster: tuple[Settings, str]) -> None:
+    settings, tag = cluster
+    assert submit(settings, "anomaly-scoring", target="cluster", detach=True) == 0
+
+    machine = f"cluster-{tag}"
+    size = settings.window.size_ms
+    start = (int(time.time() * 1000) // size) * size - 7 * size
+    send = sender(settings, machine)
+    ts = send(start, 4, 1)  # 3 full windows and a flush one
+    values = np.sin(ts / 1000.0) * 10 + 20
+
+    windows = read_records(
+        settings.kafka,
+        settings.kafka.window_stats_topic,
+        f"reader-{tag}",
+        lambda r: r["window_start_ms"],
+        lambda r: r["equipment_id"] == machine,
+        want=3,
+    )
+    assert len(windows) >= 3, f"cluster job produced {len(windows)} windows for {machine}"
+    for window_start, record in windows.items():
+        inside = values[(ts >= window_start) & (ts < window_start + size)]
+        assert record["count"] == inside.size
+        assert record["avg"] == pytest.approx(inside.mean(), rel=1e-12)
+        assert record["stddev"] == pytest.approx(inside.std(), rel=1e-9)
+
+    # The scoring job judges a window once the next one reached every partition: two more windows of data
+    # move every watermark on whatever the timing of the first batch was (the first two verdicts are due).
+    send(start + 4 * size, 2, 2)
+    verdicts = read_records(
+        settings.kafka,
+        settings.kafka.anomalies_topic,
+        f"verdicts-{tag}",
+        lambda r: r["window_start_ms"],
+        lambda r: r["equipment_id"] == machine and r["kind"] == "window",
+        want=2,
+    )
+    assert sorted(verdicts)[:2] == [start, start + size], f"verdicts for {machine}: {sorted(verdicts)}"
+    assert all(v["severity"] in ("normal", "warning", "critical") for v in verdicts.values())
+
+
+def test_a_killed_taskmanager_is_replaced_and_every_window_lands_once(cluster: tuple[Settings, str]) -> None:
     """SIGKILL the cluster's only TaskManager mid-stream, start a new one: the job restarts from its last
     checkpoint, its open Kafka transactions are aborted, and a read_committed reader sees every window exactly
     once with every sample, also those sent while no TaskManager ran."""
-    tag = uuid.uuid4().hex[:6]
-    settings = cluster_settings(pipeline_stack.settings, tag)
-    ensure_topics(settings.kafka)
-    try:
-        start_cluster(settings)
-        assert submit(settings, "window-stats", target="cluster", detach=True) == 0
-        machine = f"cluster-tm-{tag}"
-        size = settings.window.size_ms
-        start = (int(time.time() * 1000) // size) * size - 9 * size
-        send = sender(settings, machine)
-        ts = [send(start, 4, 1)]
+    settings, tag = cluster
+    machine = f"cluster-tm-{tag}"
+    size = settings.window.size_ms
+    start = (int(time.time() * 1000) // size) * size - 9 * size
+    send = sender(settings, machine)
+    ts = [send(start, 4, 1)]
 
-        def windows(want: int, linger_s: float = 0.0) -> list[dict]:
-            """Every record of the machine's windows (duplicates kept), once ``want`` distinct windows are in and
-            ``linger_s`` after that (a duplicate would be written right after the original)."""
-            consumer = make_consumer(settings.kafka, f"reader-{uuid.uuid4().hex[:6]}")
-            consumer.subscribe([settings.kafka.window_stats_topic])
-            records: list[dict] = []
-            deadline, complete_at = time.monotonic() + 180, None
-            try:
-                while time.monotonic() < deadline:
-                    for message in consumer.consume(100, 1.0):
-                        record = orjson.loads(message.value()) if message.error() is None else {}
-                        if record.get("equipment_id") == machine and record["count"] > 0:
-                            records.append(record)
-                    if complete_at is None and len({r["window_start_ms"] for r in records}) >= want:
-                        complete_at = time.monotonic()
-                    if complete_at is not None and time.monotonic() - complete_at >= linger_s:
-                        break
-            finally:
-                consumer.close()
-            return records
+    def windows(want: int, linger_s: float = 0.0) -> list[dict]:
+        """Every record of the machine's windows (duplicates kept), once ``want`` distinct windows are in and
+        ``linger_s`` after that (a duplicate would be written right after the original)."""
+        consumer = make_consumer(settings.kafka, f"reader-{uuid.uuid4().hex[:6]}")
+        consumer.subscribe([settings.kafka.window_stats_topic])
+        records: list[dict] = []
+        deadline, complete_at = time.monotonic() + 180, None
+        try:
+            while time.monotonic() < deadline:
+                for message in consumer.consume(100, 1.0):
+                    record = orjson.loads(message.value()) if message.error() is None else {}
+                    if record.get("equipment_id") == machine and record["count"] > 0:
+                        records.append(record)
+                if complete_at is None and len({r["window_start_ms"] for r in records}) >= want:
+                    complete_at = time.monotonic()
+                if complete_at is not None and time.monotonic() - complete_at >= linger_s:
+                    break
+        finally:
+            consumer.close()
+        return records
 
-        assert len(windows(3)) >= 3  # the job runs and has written windows (and checkpointed: every 2 s)
-        time.sleep(3)
-        assert kill_taskmanagers(settings), "no TaskManager process to kill"
-        ts.append(send(start + 4 * size, 3, 2))  # while no TaskManager runs
-        start_taskmanager(settings)
-        ts.append(send(start + 7 * size, 2, 3))
-        every = np.concatenate(ts)
-        expected = {w: int(((every >= w) & (every < w + size)).sum()) for w in range(start, start + 8 * size, size)}
-        got = windows(len(expected), linger_s=5)
-        starts = sorted(r["window_start_ms"] for r in got if r["window_start_ms"] in expected)
-        assert starts == sorted(expected), f"windows once each: {starts}"
-        assert {r["window_start_ms"]: r["count"] for r in got if r["window_start_ms"] in expected} == expected
-    finally:
-        stop_cluster(settings)
+    assert len(windows(3)) >= 3  # the job runs and has written windows (and checkpointed: every 2 s)
+    time.sleep(3)
+    assert kill_taskmanagers(settings), "no TaskManager process to kill"
+    ts.append(send(start + 4 * size, 3, 2))  # while no TaskManager runs
+    start_taskmanager(settings)
+    ts.append(send(start + 7 * size, 2, 3))
+    every = np.concatenate(ts)
+    expected = {w: int(((every >= w) & (every < w + size)).sum()) for w in range(start, start + 8 * size, size)}
+    got = windows(len(expected), linger_s=5)
+    starts = sorted(r["window_start_ms"] for r in got if r["window_start_ms"] in expected)
+    assert starts == sorted(expected), f"windows once each: {starts}"
+    assert {r["window_start_ms"]: r["count"] for r in got if r["window_start_ms"] in expected} == expected
