@@ -1,36 +1,34 @@
-"""Alert policy: how anomaly verdicts become Alertmanager alerts (identity, severity, resolution).
+"""Alert policy: how anomaly verdicts become pages (one incident per machine, opened on evidence that holds).
 
 Consumes ``settings.kafka.anomalies_topic`` (group ``settings.alerting.publisher_consumer_group``): one verdict
 per scored (machine, window), normal ones included, plus ``dead_machine`` records
 (vigil/contracts.py ANOMALY_JSON_SCHEMA). Each polled batch is parsed at once with pyarrow and folded into
-the set of active alerts with pandas; the alert changes it causes go to Alertmanager in one POST.
+the set of open incidents with pandas; the alert changes it causes go to Alertmanager in one POST.
 
-Alert identity (Alertmanager identifies an alert by its label set):
+What a plant lives with is the page, so the unit is the **incident**: one per machine at a time, one alert
+``VigilEquipmentAnomaly`` whose label set stays the same from its first page to its resolution. Every detector,
+rule, sensor and silence of a machine during the incident is evidence of that one incident (its annotations
+say which, updated each window); none of them is a page of its own.
 
-- ``VigilEquipmentAnomaly``, one alert per condition of an anomalous window verdict: each rule hit
-  ``<sensor>:<rule>`` -> ``{detector=<rule>, sensor=<sensor>}``; each dead sensor -> ``{detector=dead_sensor,
-  sensor}``; each model in ``detectors`` (whatever the job scores, e.g. pca_t2q) -> ``{detector=<model>, sensor=<the
-  verdict's top sensor when the model first fired>}``. A model's top sensor changes from window to window; the
-  sensor label stays the one of its first window for the whole episode, so the alert does not flap into a new
-  one whenever the ranking moves.
-- ``VigilMachineDead`` (``detector=dead_machine``, ``sensor="*"``: Alertmanager drops empty label values) for a
-  ``dead_machine`` record, resolved by the next window verdict of that machine (its data is back).
-- Labels: alertname, severity, site, equipment_id, equipment_type, sensor, detector, source="vigil-scoring".
-  startsAt is the start of the episode's first anomalous window; endsAt is ``now + alert_ttl_s`` while firing.
+- **Opening.** Hard evidence opens at once: a broken limit (``threshold_min``/``threshold_max``), a frozen
+  (``stuck``) or silent sensor (``dead_sensor``), lost samples (``count_drop``), a silent machine
+  (``dead_machine``). Soft evidence (a model's score, the z-score, a jump) opens only when the machine's
+  verdicts were anomalous in ``page_after_windows`` of its last ``page_within_windows`` windows: one noisy
+  window is no fault.
+- **Labels** (fixed for the incident): alertname, severity, site, equipment_id, equipment_type, source, and
+  ``detector`` / ``sensor`` of the evidence that opened it (hard evidence first; ``sensor="*"`` for the whole
+  machine: Alertmanager drops empty label values). startsAt is the start of the window that opened it.
+- **Severity.** A critical window of a qualifying verdict escalates the incident: the critical alert is a second
+  label set (severity is a label), posted at once; the warning one keeps firing, muted by Alertmanager's
+  inhibit rule (critical mutes warning with equal alertname, equipment_id, detector, sensor:
+  flink-conf/prometheus/alertmanager.yml); both resolve together. An incident never de-escalates.
+- **Resolution** (hysteresis): after ``resolve_after_clear_windows`` consecutive window verdicts of the machine
+  without any anomaly. Until then an anomalous window of any kind keeps the incident open, so a fault hovering
+  at a limit is one incident, not a stream of firing/resolved pairs.
 
-Severity: ``severity`` is part of the label set, so a condition that escalates from warning to critical becomes
-a second alert (the critical one), posted as soon as the first critical window arrives. The warning one keeps
-firing, muted by Alertmanager's inhibit rule (critical mutes warning with equal alertname, equipment_id,
-detector, sensor: flink-conf/prometheus/alertmanager.yml), and both resolve together at the end of the episode.
-An episode never de-escalates: a later warning window keeps the critical alert firing (no flapping pages).
-
-Resolution: a condition resolves (POST with endsAt = now) after ``resolve_after_clear_windows`` consecutive
-window verdicts of its machine without it; a window where another condition on the same sensor fired does not
-count as clear (the rate-of-change hit at the start of a threshold breach resolves with the breach; only
-rule hits and dead sensors hold, not a model's top sensor).
-Firing alerts are re-posted every ``repost_interval_s`` with a fresh
-``endsAt = now + alert_ttl_s``, so the alerts of a dead publisher expire by themselves. When there is nothing to
-post, the publisher sends an empty POST now and then to prove Alertmanager reachable.
+Firing alerts are re-posted every ``repost_interval_s`` with a fresh ``endsAt = now + alert_ttl_s``, so the
+alerts of a dead publisher expire by themselves. When there is nothing to post, the publisher sends an empty POST
+now and then to prove Alertmanager reachable.
 """
 
 from __future__ import annotations
@@ -58,11 +56,10 @@ from vigil.settings import Settings
 log = logging.getLogger(__name__)
 
 ALERT_ANOMALY = "VigilEquipmentAnomaly"
-ALERT_DEAD = "VigilMachineDead"
 SOURCE = "vigil-scoring"
-# What in a verdict's ``detectors`` is not a model: the rules and silence. Anything else is a model (whichever
-# detectors the registry declares), whose alert keeps the sensor of its first window.
-NOT_MODELS = (*RULE_NAMES, "dead_sensor", "dead_machine")
+# Evidence that opens an incident at once; anything else in ``detectors`` (models, zscore, rate_of_change) is soft.
+# In order of preference for the incident's detector label.
+HARD_EVIDENCE = ("dead_machine", "threshold_max", "threshold_min", "stuck", "dead_sensor", "count_drop")
 WHOLE_MACHINE = "*"  # sensor label of machine-wide alerts (an empty label value would be dropped)
 
 _FIELDS = (
@@ -84,26 +81,24 @@ _FIELDS = (
     "last_seen_ms",
     "emitted_at_ms",
 )
-_SCHEMA = pa.schema(ANOMALY_JSON_SCHEMA.field(name) for name in _FIELDS)
-KEY = ["equipment_id", "alertname", "detector", "cond_sensor"]
+VERDICT_SCHEMA = pa.schema(ANOMALY_JSON_SCHEMA.field(name) for name in _FIELDS)
 _STATE_DTYPES: dict[str, Any] = {
     "equipment_id": object,
-    "alertname": object,
-    "detector": object,
-    "cond_sensor": object,  # the sensor part of the identity: "" for models (their sensor label is sticky)
     "site": object,
     "equipment_type": object,
+    "detector": object,  # the evidence that opened the incident (a label: fixed for the incident)
     "sensor": object,
     "starts_ms": np.int64,
     "warning": bool,
-    "critical": bool,  # which severities of the condition fired
-    "clear": np.int64,  # consecutive window verdicts of the machine without the condition
+    "critical": bool,  # which severities of the incident fired
+    "clear": np.int64,  # consecutive window verdicts of the machine without an anomaly
     "win_start_ms": np.int64,
-    "win_end_ms": np.int64,  # newest window that had the condition
+    "win_end_ms": np.int64,  # newest anomalous window
     "summary": object,
     "description": object,
 }
-_VERDICT_COLUMNS = ["site", "equipment_type", "severity", "win_start_ms", "win_end_ms", "summary", "description"]
+_UPDATED = ["site", "equipment_type", "win_start_ms", "win_end_ms", "summary", "description"]
+_WINDOW_BITS = 63  # the per-machine history of anomalous windows is an int64 bit mask
 
 
 @dataclass(frozen=True)
@@ -128,18 +123,18 @@ def _empty_state() -> pd.DataFrame:
 
 def parse_verdicts(values: Sequence[bytes]) -> tuple[pa.Table, int]:
     """One pyarrow JSON parse per batch; per value only to isolate bad records. Returns (table, unparseable)."""
-    options = pa_json.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
+    options = pa_json.ParseOptions(explicit_schema=VERDICT_SCHEMA, unexpected_field_behavior="ignore")
     try:
         table = pa_json.read_json(io.BytesIO(b"\n".join(values)), parse_options=options)
-        return table.select(_SCHEMA.names), 0
+        return table.select(VERDICT_SCHEMA.names), 0
     except pa.ArrowInvalid:
         tables, bad = [], 0
         for value in values:
             try:
-                tables.append(pa_json.read_json(io.BytesIO(value), parse_options=options).select(_SCHEMA.names))
+                tables.append(pa_json.read_json(io.BytesIO(value), parse_options=options).select(VERDICT_SCHEMA.names))
             except pa.ArrowInvalid:
                 bad += 1
-        return (pa.concat_tables(tables) if tables else _SCHEMA.empty_table()), bad
+        return (pa.concat_tables(tables) if tables else VERDICT_SCHEMA.empty_table()), bad
 
 
 def _explode(frame: pd.DataFrame, column: str, keep: Sequence[str] = ()) -> pd.DataFrame:
@@ -167,11 +162,15 @@ class AlertMapper:
     def __init__(self, settings: Settings) -> None:
         alerting = settings.alerting
         self.clear_windows = alerting.resolve_after_clear_windows
+        self.after_windows = alerting.page_after_windows
+        self.within_windows = alerting.page_within_windows
         self.ttl_s = alerting.alert_ttl_s
         self.console_url = alerting.console_url.rstrip("/")
         self.critical_ratio = settings.scoring.critical_ratio
         self.active = _empty_state()
         self.last_start = pd.Series(dtype=np.int64)  # newest window_start_ms processed, per machine
+        # Per machine: bit i of mask = its window i windows before window_start_ms was anomalous.
+        self.recent = pd.DataFrame({"mask": pd.Series(dtype=np.int64), "window_start_ms": pd.Series(dtype=np.int64)})
         self.counters = PublisherCounters()
 
     def _count(self, **changes: int) -> None:
@@ -179,9 +178,8 @@ class AlertMapper:
         self.counters = replace(current, **{k: getattr(current, k) + v for k, v in changes.items()})
 
     # -- verdicts -> frame -------------------------------------------------------------------------------------
-    def _frame(self, values: Sequence[bytes]) -> pd.DataFrame:
+    def _frame(self, table: pa.Table, bad: int, consumed: int) -> pd.DataFrame:
         """Valid, new verdicts of a batch in processing order, with their annotation text, one row each."""
-        table, bad = parse_verdicts(values)
         joined = {
             "top_text": pc.binary_join(table["top_sensors"], ", "),
             "first_top": pc.binary_join(pc.list_slice(table["top_sensors"], 0, 1), ""),
@@ -214,7 +212,7 @@ class AlertMapper:
         frame = frame[~frame.duplicated(["equipment_id", "window_start_ms"], keep="last")]
         seen = frame["equipment_id"].map(self.last_start).fillna(np.iinfo(np.int64).min).to_numpy(np.int64)
         frame = frame[frame["window_start_ms"].to_numpy(np.int64) > seen].reset_index(drop=True)
-        self._count(verdicts_consumed=len(values), bad_verdicts=bad, stale_verdicts=valid - len(frame))
+        self._count(verdicts_consumed=consumed, bad_verdicts=bad, stale_verdicts=valid - len(frame))
         return frame
 
     def _describe(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -253,90 +251,107 @@ class AlertMapper:
             description=np.where(dead, dead_text, window_text),
         )
 
-    def _conditions(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """Every alert condition of one verdict per machine: KEY + sensor + the verdict's columns."""
-        anomalous = rows[rows["is_anomaly"].to_numpy()]
-        hits = _explode(anomalous, "rule_hits")
-        sensor, _, rule = hits["value"].str.rpartition(":").reindex(columns=[0, 1, 2]).fillna("").T.to_numpy()
-        sensor = np.where(sensor == "", WHOLE_MACHINE, sensor)
-        rules = pd.DataFrame(
-            {"equipment_id": hits["equipment_id"].to_numpy(), "detector": rule, "sensor": sensor, "cond_sensor": sensor}
-        )
-        fired = _explode(anomalous, "detectors", keep=["first_top"])
-        fired = fired[~fired["value"].isin(NOT_MODELS)]
-        models = pd.DataFrame(
-            {
-                "equipment_id": fired["equipment_id"],
-                "detector": fired["value"],
-                "sensor": fired["first_top"].where(fired["first_top"] != "", WHOLE_MACHINE),
-                "cond_sensor": "",
-            }
-        )
-        dead = _explode(anomalous, "dead_sensors")
-        dead = pd.DataFrame(
-            {
-                "equipment_id": dead["equipment_id"],
-                "detector": "dead_sensor",
-                "sensor": dead["value"],
-                "cond_sensor": dead["value"],
-            }
-        )
-        window = pd.concat([rules, models, dead], ignore_index=True).assign(alertname=ALERT_ANOMALY)
-        silent = rows.loc[(rows["kind"] == "dead_machine").to_numpy(), ["equipment_id"]].assign(
-            alertname=ALERT_DEAD, detector="dead_machine", sensor=WHOLE_MACHINE, cond_sensor=WHOLE_MACHINE
-        )
-        conds = pd.concat([window, silent], ignore_index=True).drop_duplicates(KEY)
-        verdicts = rows.set_index("equipment_id")[_VERDICT_COLUMNS]
-        return conds.join(verdicts, on="equipment_id")
-
     # -- one step: at most one verdict per machine -----------------------------------------------------------
-    def _step(self, rows: pd.DataFrame, now_ms: int) -> pd.DataFrame:
-        """Fold one verdict per machine into the active set; returns the changed conditions (``resolved``)."""
-        conds = self._conditions(rows).rename(columns={c: "v_" + c for c in ["sensor", *_VERDICT_COLUMNS]})
-        merged = self.active.merge(conds, on=KEY, how="outer", indicator=True)
-        new = (merged["_merge"] == "right_only").to_numpy()
-        seen = (merged["_merge"] == "both").to_numpy()
-        absent = (merged["_merge"] == "left_only").to_numpy()
-        with_data = rows.loc[(rows["kind"] == "window").to_numpy(), "equipment_id"]
-        # A condition whose sensor is still anomalous in this window (another rule or detector on it fired) is
-        # held, not cleared: one fault is one story, so a one-window rate-of-change hit at the start of a
-        # threshold breach stays firing with it and resolves with it (one RESOLVED message, not one per rule).
-        by_sensor = conds[conds["cond_sensor"] != ""]  # rule hits and dead sensors (a model's top sensor is soft)
-        pairs_now = pd.MultiIndex.from_arrays([by_sensor["equipment_id"], by_sensor["v_sensor"]])
-        held = (
-            pd.MultiIndex.from_arrays([merged["equipment_id"], merged["sensor"]]).isin(pairs_now)
-            & (merged["alertname"] == ALERT_ANOMALY).to_numpy()
-        )
-        clear_now = absent & merged["equipment_id"].isin(with_data).to_numpy() & ~held
+    def _evidence(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: anomalous (an anomalous window or a silent machine) and whether it carries hard evidence."""
+        anomalous = (rows["is_anomaly"] | (rows["kind"] == "dead_machine")).to_numpy(bool)
+        fired = _explode(rows.reset_index(drop=True).reset_index(), "detectors", keep=["index"])
+        hard_rows = fired.loc[fired["value"].isin(HARD_EVIDENCE), "index"].to_numpy(np.int64)
+        hard = np.zeros(len(rows), dtype=bool)
+        hard[hard_rows] = True
+        return anomalous, anomalous & hard
 
-        critical_now = (merged["v_severity"] == "critical").to_numpy()
-        escalated = seen & critical_now & ~merged["critical"].eq(True).to_numpy()
-        merged.loc[new, "sensor"] = merged.loc[new, "v_sensor"]
-        merged.loc[new, "starts_ms"] = np.minimum(merged.loc[new, "v_win_start_ms"].to_numpy(np.int64), now_ms)
-        merged.loc[new, "warning"] = ~critical_now[new]
-        merged.loc[new, "critical"] = critical_now[new]
-        merged.loc[escalated, "critical"] = True
-        present = new | seen
-        for col in _VERDICT_COLUMNS:
-            if col != "severity":
-                merged.loc[present, col] = merged.loc[present, "v_" + col]
-        merged["clear"] = np.where(present, 0, merged["clear"].fillna(0).to_numpy(np.int64) + clear_now)
-        # A dead machine is back with its first window; a window condition needs clear_windows windows without it.
-        resolved = clear_now & (
-            (merged["clear"].to_numpy() >= self.clear_windows) | (merged["alertname"] == ALERT_DEAD).to_numpy()
+    def _persistent(self, rows: pd.DataFrame, anomalous: np.ndarray) -> np.ndarray:
+        """Shift this window into each machine's history; whether k of its last n windows were anomalous.
+
+        A machine's history moves by the windows since its previous verdict, so windows without a verdict (a
+        silent machine, a gap) count as not anomalous.
+        """
+        n = self.within_windows
+        ids = rows["equipment_id"]
+        start = rows["window_start_ms"].to_numpy(np.int64)
+        width = np.maximum(rows["window_end_ms"].to_numpy(np.int64) - start, 1)
+        previous = self.recent.reindex(ids.to_numpy())
+        since = (start - previous["window_start_ms"].fillna(np.iinfo(np.int64).min // 2).to_numpy(np.int64)) // width
+        shift = np.clip(since, 1, _WINDOW_BITS)
+        mask = np.where(shift >= n, 0, previous["mask"].fillna(0).to_numpy(np.int64) << np.minimum(shift, n))
+        mask = (mask | anomalous.astype(np.int64)) & np.int64((1 << n) - 1)
+        update = pd.DataFrame({"mask": mask, "window_start_ms": start}, index=ids.to_numpy())
+        self.recent = pd.concat([self.recent[~self.recent.index.isin(update.index)], update])
+        count = sum(((mask >> b) & 1) for b in range(n))
+        return np.asarray(count >= self.after_windows)
+
+    def _step(self, rows: pd.DataFrame, now_ms: int) -> pd.DataFrame:
+        """Fold one verdict per machine into the open incidents; returns the changed ones (``resolved``)."""
+        rows = rows.reset_index(drop=True)
+        anomalous, hard = self._evidence(rows)
+        persistent = self._persistent(rows, anomalous)
+        qualifies = anomalous & (hard | persistent)
+        critical_now = (rows["severity"] == "critical").to_numpy()
+        active = self.active.set_index("equipment_id")
+        ids = rows["equipment_id"]
+        is_open = ids.isin(active.index).to_numpy()
+        new = qualifies & ~is_open
+        kept = is_open & anomalous
+        clear_now = is_open & ~anomalous & (rows["kind"] == "window").to_numpy()
+
+        verdict = rows.set_index("equipment_id")[_UPDATED]
+        kept_ids = ids[kept].to_numpy()
+        active.loc[kept_ids, _UPDATED] = verdict.loc[kept_ids].to_numpy()
+        active.loc[kept_ids, "clear"] = 0
+        was_critical = active["critical"].reindex(ids, fill_value=False).to_numpy(bool)
+        escalated_ids = ids[is_open & qualifies & critical_now & ~was_critical].to_numpy()
+        active.loc[escalated_ids, "critical"] = True
+        cleared_ids = ids[clear_now].to_numpy()
+        active.loc[cleared_ids, "clear"] = active.loc[cleared_ids, "clear"].to_numpy(np.int64) + 1
+        resolved_ids = cleared_ids[active.loc[cleared_ids, "clear"].to_numpy(np.int64) >= self.clear_windows]
+
+        opening = rows[new]
+        lead = [
+            _lead(list(d), list(h), list(s), str(t))
+            for d, h, s, t in zip(
+                opening["detectors"], opening["rule_hits"], opening["dead_sensors"], opening["first_top"], strict=True
+            )
+        ]
+        opened = opening[["equipment_id", *_UPDATED]].assign(
+            detector=[d for d, _ in lead],
+            sensor=[s for _, s in lead],
+            starts_ms=np.minimum(opening["win_start_ms"].to_numpy(np.int64), now_ms),
+            warning=~critical_now[new],
+            critical=critical_now[new],
+            clear=0,
         )
-        merged = merged[list(_STATE_DTYPES)].astype(_STATE_DTYPES)
-        self.active = merged[~resolved].reset_index(drop=True)
-        changed = merged[new | escalated | resolved].assign(resolved=resolved[new | escalated | resolved])
-        # An escalation posts only the new critical alert; the warning one is already in Alertmanager.
-        changed.loc[escalated[new | escalated | resolved], "warning"] = False
-        return changed
+        active = active.reset_index()
+        resolved = active["equipment_id"].isin(resolved_ids).to_numpy()
+        changed = pd.concat(
+            [
+                opened.assign(resolved=False),
+                # An escalation posts only the new critical alert; the warning one is already in Alertmanager.
+                active[active["equipment_id"].isin(escalated_ids).to_numpy() & ~resolved].assign(
+                    warning=False, resolved=False
+                ),
+                active[resolved].assign(resolved=True),
+            ],
+            ignore_index=True,
+        )
+        state = pd.concat([active[~resolved], opened], ignore_index=True)
+        self.active = state[list(_STATE_DTYPES)].astype(_STATE_DTYPES).reset_index(drop=True)
+        return changed[[*_STATE_DTYPES, "resolved"]]
 
     def apply(self, values: Sequence[bytes], now: float) -> list[dict[str, Any]]:
         """Fold a polled batch of verdict JSON values into the active set; returns the alerts to POST."""
         if not values:
             return []
-        frame = self._frame(values)
+        table, bad = parse_verdicts(values)
+        return self.apply_table(table, now, bad=bad, consumed=len(values))
+
+    def apply_table(
+        self, table: pa.Table, now: float, bad: int = 0, consumed: int | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`apply` for verdicts already in a table of the contract's schema (``vigil evaluate`` replays)."""
+        frame = self._frame(
+            table.select(VERDICT_SCHEMA.names), bad, table.num_rows + bad if consumed is None else consumed
+        )
         if frame.empty:
             return []
         frame = self._describe(frame)
@@ -350,10 +365,10 @@ class AlertMapper:
         newest = max(self.counters.last_window_end_ms, int(frame["window_end_ms"].max()))
         self.counters = replace(self.counters, last_window_end_ms=newest)
         changed = pd.concat(changes, ignore_index=True)
-        # One change per condition: its last state, posting every severity any of its steps posted.
-        posted = changed.groupby(KEY, sort=False)[["warning", "critical"]].transform("any")
+        # One change per incident: its last state, posting every severity any of its steps posted.
+        posted = changed.groupby("equipment_id", sort=False)[["warning", "critical"]].transform("any")
         changed = changed.assign(warning=posted["warning"], critical=posted["critical"])
-        changed = changed[~changed.duplicated(KEY, keep="last")]
+        changed = changed[~changed.duplicated("equipment_id", keep="last")]
         self._set_firing()
         return self.render(changed, now, changed["resolved"].to_numpy(bool))
 
@@ -367,7 +382,7 @@ class AlertMapper:
 
     # -- rendering -----------------------------------------------------------------------------------------
     def render(self, conds: pd.DataFrame, now: float, resolved: np.ndarray) -> list[dict[str, Any]]:
-        """Alertmanager v2 postable alerts: one per fired severity of each condition."""
+        """Alertmanager v2 postable alerts: one per fired severity of each incident."""
         if conds.empty:
             return []
         conds = conds.assign(resolved=resolved)
@@ -384,8 +399,8 @@ class AlertMapper:
         )
         window_start, window_end = _iso(per_severity["win_start_ms"]), _iso(per_severity["win_end_ms"])
         labels = (
-            per_severity[["alertname", "severity", "site", "equipment_id", "equipment_type", "sensor", "detector"]]
-            .assign(source=SOURCE)
+            per_severity[["severity", "site", "equipment_id", "equipment_type", "sensor", "detector"]]
+            .assign(alertname=ALERT_ANOMALY, source=SOURCE)
             .to_dict("records")
         )
         return [
@@ -417,7 +432,7 @@ class AlertMapper:
 
     # -- restart ---------------------------------------------------------------------------------------------
     def seed(self, alerts: Iterable[Mapping[str, Any]]) -> int:
-        """Rebuild the active set from Alertmanager's alerts (GET /alerts); returns how many conditions."""
+        """Rebuild the open incidents from Alertmanager's alerts (GET /alerts); returns how many."""
         rows = [
             {
                 **alert.get("labels", {}),
@@ -426,12 +441,11 @@ class AlertMapper:
             }
             for alert in alerts
             if alert.get("labels", {}).get("source") == SOURCE
-            and alert.get("labels", {}).get("alertname") in (ALERT_ANOMALY, ALERT_DEAD)
+            and alert.get("labels", {}).get("alertname") == ALERT_ANOMALY
         ]
         if not rows:
             return 0
         cols = [
-            "alertname",
             "severity",
             "site",
             "equipment_id",
@@ -445,26 +459,27 @@ class AlertMapper:
             "a_window_end",
         ]
         found = pd.DataFrame(rows).reindex(columns=cols)
-        found = found[found["equipment_id"].notna() & found["detector"].notna()]
+        found = found[found["equipment_id"].notna()]
         found = found.fillna(
             {
                 "equipment_type": "",
                 "site": "",
                 "sensor": WHOLE_MACHINE,
+                "detector": "",
                 "a_summary": "",
                 "a_description": "",
                 "severity": "warning",
             }
         )
-        found["cond_sensor"] = found["sensor"].where(found["detector"].isin(NOT_MODELS), "")
         found["warning"] = found["severity"] != "critical"
         found["critical"] = found["severity"] == "critical"
         found["starts_ms"] = _ms(found["startsAt"])
         found["win_start_ms"] = _ms(found["a_window_start"].fillna(""))
         found["win_end_ms"] = _ms(found["a_window_end"].fillna(""))
-        state = found.groupby(KEY, as_index=False, sort=False).agg(
+        state = found.groupby("equipment_id", as_index=False, sort=False).agg(
             site=("site", "last"),
             equipment_type=("equipment_type", "last"),
+            detector=("detector", "first"),
             sensor=("sensor", "first"),
             starts_ms=("starts_ms", "min"),
             warning=("warning", "any"),
@@ -476,7 +491,7 @@ class AlertMapper:
         )
         state["clear"] = 0
         state = state[list(_STATE_DTYPES)].astype(_STATE_DTYPES)
-        self.active = pd.concat([self.active, state], ignore_index=True).drop_duplicates(KEY, keep="last")
+        self.active = pd.concat([self.active, state], ignore_index=True).drop_duplicates("equipment_id", keep="last")
         self.active = self.active.reset_index(drop=True)
         self.last_start = (
             pd.concat([self.last_start, self.active.groupby("equipment_id")["win_start_ms"].max()])
@@ -485,3 +500,27 @@ class AlertMapper:
         )
         self._set_firing()
         return len(state)
+
+
+def _lead(detectors: list[str], rule_hits: list[str], dead_sensors: list[str], first_top: str) -> tuple[str, str]:
+    """(detector, sensor) labels of a new incident: the strongest evidence of its first window."""
+    for name in HARD_EVIDENCE:
+        if name not in detectors:
+            continue
+        if name == "dead_machine":
+            return name, WHOLE_MACHINE
+        if name == "dead_sensor":
+            return name, dead_sensors[0] if dead_sensors else WHOLE_MACHINE
+        return name, _hit_sensor(rule_hits, name)
+    name = detectors[0] if detectors else "anomaly"
+    if name in RULE_NAMES:
+        return name, _hit_sensor(rule_hits, name)
+    return name, first_top or WHOLE_MACHINE
+
+
+def _hit_sensor(rule_hits: list[str], rule: str) -> str:
+    for hit in rule_hits:
+        sensor, _, name = hit.rpartition(":")
+        if name == rule:
+            return sensor or WHOLE_MACHINE
+    return WHOLE_MACHINE

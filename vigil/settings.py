@@ -347,9 +347,15 @@ class AlertingSettings(BaseModel):
     repost_interval_s: float = Field(60.0, gt=0)
     # Base of the console links in alert annotations (the equipment page is <console_url>/?equipment=<id>).
     console_url: str = "http://127.0.0.1:18501"
-    # An alert resolves after this many consecutive scored windows of its machine without its condition
-    # (1 = the first clear window; more stops a condition hovering at its limit from paging again and again).
-    resolve_after_clear_windows: int = Field(2, ge=1)
+    # An incident (one per machine, alerting/policy.py) resolves after this many consecutive scored windows of
+    # its machine without any anomaly: the hysteresis that keeps a fault hovering at its limit one page, not a
+    # stream of firing/resolved pairs (12 windows = 1 minute).
+    resolve_after_clear_windows: int = Field(12, ge=1)
+    # Soft evidence (a model's score, the z-score, a jump) opens an incident only when the machine's verdicts were
+    # anomalous in page_after_windows of its last page_within_windows windows; hard evidence (limits, stuck or
+    # dead sensors, lost samples, a silent machine) opens one at once.
+    page_after_windows: int = Field(3, ge=1)
+    page_within_windows: int = Field(4, ge=1, le=63)
     # Consumer-group lag, topic growth (dead letters) and sink health exported for the Prometheus rules.
     lag_poll_s: float = Field(5.0, gt=0)
     # -- Alertmanager timings (rendered into flink-conf/prometheus/alertmanager.yml) ------------------------

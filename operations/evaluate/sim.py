@@ -48,6 +48,13 @@ from edge.simulator.fleet import Fleet, GroupArrays
 from onnx_models.history import DEFAULT_HISTORY
 from onnx_models.registry import ModelRegistry
 from operations.evaluate.metrics import FaultScorecard, fault_scorecard
+from operations.evaluate.pages import (
+    PageScorecard,
+    page_scorecard,
+    page_summary,
+    print_page_scorecard,
+    replay_alerts,
+)
 from operations.training.detectors import train_type
 from udfs.model_set import ModelSet
 from udfs.scoring import ScoringConfig, WindowScorer
@@ -119,6 +126,7 @@ class SimEvaluation:
     windows: pd.DataFrame  # the scored (machine, window) grid: flagged, role
     info: dict[str, Any] = field(default_factory=dict)
     run: SimRun | None = None  # the simulated window statistics and labels (what the agents read)
+    pages: PageScorecard | None = None  # the verdicts through the alert policy: what reaches people
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -420,6 +428,9 @@ VERDICT_KEEP = (
     "rule_hits",
     "top_sensors",
     "dead_sensors",
+    "model_versions",
+    "summary",
+    "last_seen_ms",
 )
 
 
@@ -623,6 +634,11 @@ def evaluate_sim(
     breakdown = detector_breakdown(windows, v, card.events)
     timings["metrics"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    alerts = replay_alerts(verdicts, run.machines, settings, window_ms)
+    pages = page_scorecard(alerts, faults, train_end, run.end_ms, run.machines)
+    timings["pages"] = time.perf_counter() - t0
+
     hours = len(windows) * window_ms / 3_600_000
     info = {
         "machines": options.machines,
@@ -650,7 +666,7 @@ def evaluate_sim(
         "rules_path": str(scoring.rules_path),
         "models": models,
     }
-    return SimEvaluation(options, card, breakdown, verdicts, windows, info, timings_s=timings, run=run)
+    return SimEvaluation(options, card, breakdown, verdicts, windows, info, timings_s=timings, run=run, pages=pages)
 
 
 # -- output ------------------------------------------------------------------------------------------------
@@ -680,6 +696,8 @@ def print_sim_result(result: SimEvaluation, console: Console) -> None:
         f"the scored part (random rate {info['fault_rate']:g}/machine-hour plus injected silences); "
         f"grace {info['grace_ms'] / 1000:g} s."
     )
+    if result.pages is not None:
+        print_page_scorecard(result.pages, console)
     table = Table(title="Per fault type (window and event level)", caption=PRECISION_NOTE, caption_justify="left")
     for col in (
         "fault type",
@@ -785,5 +803,6 @@ def summary_dict(result: SimEvaluation) -> dict[str, Any]:
         "detectors": clean(result.detectors),
         "events": json.loads(card.events.to_json(orient="records")),
         "timings_s": result.timings_s,
+        "pages": page_summary(result.pages) if result.pages is not None else None,
         "definitions": PRECISION_NOTE,
     }

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from alerting.policy import ALERT_ANOMALY, ALERT_DEAD, SOURCE, AlertMapper
+from alerting.policy import ALERT_ANOMALY, SOURCE, AlertMapper
 from connectors.alertmanager import parse_matcher, rfc3339
 from vigil.settings import Settings
 
@@ -29,8 +29,11 @@ def verdict(
     score: float = 0.4,
     emitted: int = 0,
 ) -> bytes:
-    """The JSON value of one verdict of window number ``n`` (as the scoring job writes it)."""
+    """The JSON value of one verdict of window number ``n`` (as the scoring job writes it: ``detectors`` lists
+    the models given, then the rules of the hits, then dead_sensor)."""
     start = T0 + n * W
+    rules = tuple(dict.fromkeys(h.rpartition(":")[2] for h in hits))
+    detectors = (*detectors, *(r for r in rules if r not in detectors), *(("dead_sensor",) if dead else ()))
     return orjson.dumps(
         {
             "equipment_id": eid,
@@ -71,12 +74,21 @@ def resolved(alert: dict[str, Any], now: float) -> bool:
 
 @pytest.fixture
 def mapper() -> AlertMapper:
+    """Pages on the first anomalous window (persistence has its own test), resolves after 2 clear windows."""
     return AlertMapper(
-        Settings(alerting={"resolve_after_clear_windows": 2, "alert_ttl_s": 300, "console_url": "http://console:8501/"})
+        Settings(
+            alerting={
+                "resolve_after_clear_windows": 2,
+                "page_after_windows": 1,
+                "page_within_windows": 1,
+                "alert_ttl_s": 300,
+                "console_url": "http://console:8501/",
+            }
+        )
     )
 
 
-def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper) -> None:
+def test_one_incident_per_machine_with_labels_and_annotations(mapper: AlertMapper) -> None:
     now = now_after(0)
     alerts = mapper.apply(
         [
@@ -84,7 +96,7 @@ def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper
                 "m1",
                 0,
                 "critical",
-                detectors=("isolation_forest", "threshold_max", "dead_sensor"),
+                detectors=("isolation_forest",),
                 hits=("bearing_temp:threshold_max",),
                 top=("bearing_temp", "vibration"),
                 dead=("flow",),
@@ -94,12 +106,9 @@ def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper
         ],
         now,
     )
-    assert sorted(key(a) for a in alerts) == [
-        (ALERT_ANOMALY, "dead_sensor", "flow", "critical"),
-        (ALERT_ANOMALY, "isolation_forest", "bearing_temp", "critical"),
-        (ALERT_ANOMALY, "threshold_max", "bearing_temp", "critical"),
-    ]
-    alert = next(a for a in alerts if a["labels"]["detector"] == "isolation_forest")
+    # Three kinds of evidence, one page: labelled with the hard evidence (the broken limit).
+    assert [key(a) for a in alerts] == [(ALERT_ANOMALY, "threshold_max", "bearing_temp", "critical")]
+    alert = alerts[0]
     assert alert["labels"] == {
         "alertname": ALERT_ANOMALY,
         "severity": "critical",
@@ -107,10 +116,10 @@ def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper
         "equipment_id": "m1",
         "equipment_type": "pump",
         "sensor": "bearing_temp",
-        "detector": "isolation_forest",
+        "detector": "threshold_max",
         "source": SOURCE,
     }
-    assert alert["startsAt"] == rfc3339(T0 / 1000)  # start of the episode's first anomalous window
+    assert alert["startsAt"] == rfc3339(T0 / 1000)  # start of the window that opened the incident
     assert alert["endsAt"] == rfc3339(now + 300)  # alert_ttl_s ahead: expires unless re-posted
     assert alert["generatorURL"] == "http://console:8501/?equipment=m1"
     notes = alert["annotations"]
@@ -125,7 +134,7 @@ def test_one_alert_per_condition_with_labels_and_annotations(mapper: AlertMapper
         "Models: isolation_forest=v0003",
     ):
         assert part in notes["description"]
-    assert mapper.counters.alerts_firing == 3
+    assert mapper.counters.alerts_firing == 1
     assert mapper.counters.verdicts_consumed == 2
 
 
@@ -134,14 +143,19 @@ def test_normal_verdicts_fire_nothing(mapper: AlertMapper) -> None:
     assert mapper.active.empty
 
 
-def test_model_alert_keeps_the_sensor_of_its_first_window(mapper: AlertMapper) -> None:
+def test_the_incident_keeps_its_labels_while_its_evidence_changes(mapper: AlertMapper) -> None:
     first = mapper.apply([verdict("m1", 0, "warning", detectors=("pca_t2q",), top=("temp", "vib"))], now_after(0))
     assert [key(a) for a in first] == [(ALERT_ANOMALY, "pca_t2q", "temp", "warning")]
-    # The ranking moves: still the same alert (no new label set, nothing to post), sensor label kept.
-    moved = mapper.apply([verdict("m1", 1, "warning", detectors=("pca_t2q",), top=("vib", "temp"))], now_after(1))
+    # The ranking moves, another detector and a rule join: the same incident, nothing new to post.
+    moved = mapper.apply(
+        [verdict("m1", 1, "warning", detectors=("isolation_forest",), hits=("vib:zscore",), top=("vib",))],
+        now_after(1),
+    )
     assert moved == []
-    assert [key(a) for a in mapper.firing_alerts(now_after(1))] == [(ALERT_ANOMALY, "pca_t2q", "temp", "warning")]
-    # The episode ends; a new one takes the top sensor of its own first window.
+    firing = mapper.firing_alerts(now_after(1))
+    assert [key(a) for a in firing] == [(ALERT_ANOMALY, "pca_t2q", "temp", "warning")]
+    assert "vib:zscore" in firing[0]["annotations"]["description"]  # the evidence is updated, not re-paged
+    # The incident ends; a new one takes the evidence of its own first window.
     mapper.apply([verdict("m1", 2)], now_after(2))
     ended = mapper.apply([verdict("m1", 3)], now_after(3))
     assert [(key(a), resolved(a, now_after(3))) for a in ended] == [
@@ -149,6 +163,31 @@ def test_model_alert_keeps_the_sensor_of_its_first_window(mapper: AlertMapper) -
     ]
     again = mapper.apply([verdict("m1", 4, "warning", detectors=("pca_t2q",), top=("vib",))], now_after(4))
     assert [key(a) for a in again] == [(ALERT_ANOMALY, "pca_t2q", "vib", "warning")]
+
+
+def test_soft_evidence_pages_only_when_it_persists_and_hard_evidence_at_once() -> None:
+    mapper = AlertMapper(
+        Settings(alerting={"resolve_after_clear_windows": 2, "page_after_windows": 3, "page_within_windows": 4})
+    )
+    soft = {"detectors": ("pca_t2q",), "top": ("temp",)}
+    # Anomalous in 1, then 2 of the last 4 windows: no page.
+    assert mapper.apply([verdict("m1", 0, "warning", **soft)], now_after(0)) == []
+    assert mapper.apply([verdict("m1", 1)], now_after(1)) == []
+    assert mapper.apply([verdict("m1", 2, "critical", **soft)], now_after(2)) == []
+    assert mapper.active.empty
+    # The third of the last four: one page, at the severity of the window that opened it.
+    third = mapper.apply([verdict("m1", 3, "warning", **soft)], now_after(3))
+    assert [(key(a), a["startsAt"]) for a in third] == [
+        ((ALERT_ANOMALY, "pca_t2q", "temp", "warning"), rfc3339((T0 + 3 * W) / 1000))
+    ]
+    # Isolated noisy windows spread out never page.
+    for n in range(10, 30, 3):
+        assert mapper.apply([verdict("m2", n, "critical", **soft)], now_after(n)) == []
+    # A broken limit or a frozen sensor pages on its first window.
+    hard = mapper.apply([verdict("m3", 0, "critical", hits=("vib:threshold_max",))], now_after(0))
+    assert [key(a) for a in hard] == [(ALERT_ANOMALY, "threshold_max", "vib", "critical")]
+    stuck = mapper.apply([verdict("m4", 0, "warning", hits=("flow:stuck",))], now_after(0))
+    assert [key(a) for a in stuck] == [(ALERT_ANOMALY, "stuck", "flow", "warning")]
 
 
 def test_escalation_fires_the_critical_twin_and_both_resolve_together(mapper: AlertMapper) -> None:
@@ -179,29 +218,33 @@ def test_resolves_after_n_consecutive_clear_windows_of_its_machine(mapper: Alert
     assert mapper.apply([verdict("m1", 2, "critical", **hit)], now_after(2)) == []  # back: the count restarts
     assert mapper.apply([verdict("m1", 3)], now_after(3)) == []
     assert mapper.apply([verdict("m2", 4), verdict("m2", 5)], now_after(5)) == []  # other machines do not count
-    # Another condition of the same machine is not "its" condition: m1's threshold alert still clears.
-    other = mapper.apply([verdict("m1", 4, "warning", hits=("vib:stuck",), top=("vib",))], now_after(5))
-    assert sorted((key(a), resolved(a, now_after(5))) for a in other) == [
-        ((ALERT_ANOMALY, "stuck", "vib", "warning"), False),
-        ((ALERT_ANOMALY, "threshold_max", "temp", "critical"), True),
+    # Other evidence on the same machine is the same incident: it holds it open, nothing new is paged.
+    assert mapper.apply([verdict("m1", 4, "warning", hits=("vib:stuck",), top=("vib",))], now_after(5)) == []
+    assert mapper.apply([verdict("m1", 5)], now_after(6)) == []
+    end = mapper.apply([verdict("m1", 6)], now_after(7))
+    assert [(key(a), resolved(a, now_after(7)), a["startsAt"]) for a in end] == [
+        ((ALERT_ANOMALY, "threshold_max", "temp", "critical"), True, rfc3339(T0 / 1000))
     ]
-    assert [a["startsAt"] for a in other if a["labels"]["detector"] == "threshold_max"] == [rfc3339(T0 / 1000)]
 
 
-def test_dead_machine_fires_and_its_next_window_resolves_it(mapper: AlertMapper) -> None:
+def test_a_dead_machine_escalates_its_incident_or_opens_one(mapper: AlertMapper) -> None:
     mapper.apply([verdict("m1", 0, "warning", hits=("temp:zscore",), top=("temp",))], now_after(0))
     dead = mapper.apply([verdict("m1", 4, "critical", kind="dead_machine", detectors=("dead_machine",))], now_after(4))
-    assert [key(a) for a in dead] == [(ALERT_DEAD, "dead_machine", "*", "critical")]
+    assert [key(a) for a in dead] == [(ALERT_ANOMALY, "zscore", "temp", "critical")]  # the same incident, escalated
     assert dead[0]["annotations"]["description"].startswith("No window statistics from m1 since ")
-    # Silence is no clear window: the machine's anomaly alert is neither resolved nor counted down.
+    # Silence is no clear window: the incident is neither resolved nor counted down.
     assert mapper.apply([verdict("m2", 5)], now_after(5)) == []
-    assert len(mapper.active) == 2
-    # The machine is back with an anomalous window: the dead alert resolves at once, the zscore one goes on.
-    back = mapper.apply([verdict("m1", 6, "warning", hits=("temp:zscore",), top=("temp",))], now_after(6))
-    assert [(key(a), resolved(a, now_after(6))) for a in back] == [
-        ((ALERT_DEAD, "dead_machine", "*", "critical"), True)
+    assert len(mapper.active) == 1
+    # A machine silent without an open incident: a critical page of its own, for the whole machine.
+    other = mapper.apply([verdict("m3", 4, "critical", kind="dead_machine", detectors=("dead_machine",))], now_after(4))
+    assert [key(a) for a in other] == [(ALERT_ANOMALY, "dead_machine", "*", "critical")]
+    # Back with data: its clear windows resolve it like any incident.
+    mapper.apply([verdict("m3", 6)], now_after(6))
+    back = mapper.apply([verdict("m3", 7)], now_after(7))
+    assert [(key(a), resolved(a, now_after(7))) for a in back] == [
+        ((ALERT_ANOMALY, "dead_machine", "*", "critical"), True)
     ]
-    assert list(mapper.active["detector"]) == ["zscore"]
+    assert list(mapper.active["equipment_id"]) == ["m1"]
 
 
 def test_replays_are_skipped_and_a_batch_is_processed_window_by_window(mapper: AlertMapper) -> None:
@@ -246,21 +289,19 @@ def test_rebuilt_mapper_resolves_what_the_previous_one_fired(mapper: AlertMapper
     in_am = [{**a, "fingerprint": "x", "status": {"state": "active"}} for a in mapper.firing_alerts(now_after(1))]
     in_am.append({"labels": {"alertname": "VigilSiteSilent", "site": "north"}, "annotations": {}})
     restarted = AlertMapper(Settings(alerting={"resolve_after_clear_windows": 2}))
-    assert restarted.seed(in_am) == 3  # zscore, isolation_forest (warning + critical folded), dead_machine
-    assert restarted.counters.alerts_firing == 4
+    assert restarted.seed(in_am) == 2  # m1 (warning + critical folded) and m2
+    assert restarted.counters.alerts_firing == 3
     # A replay of windows the old publisher already posted changes nothing.
     assert (
         restarted.apply([verdict("m1", 1, "critical", detectors=("isolation_forest",), top=("temp",))], now_after(1))
         == []
     )
-    # The model keeps firing with another top sensor: still the rebuilt alert (sticky sensor survived).
-    assert (
-        restarted.apply([verdict("m1", 2, "warning", detectors=("isolation_forest",), top=("temp",))], now_after(2))
-        == []
-    )
+    # The incident goes on with other evidence: still the rebuilt alert (its labels survived).
+    assert restarted.apply([verdict("m1", 2, "warning", detectors=("pca_t2q",), top=("temp",))], now_after(2)) == []
     restarted.apply([verdict("m1", 3), verdict("m2", 3)], now_after(3))
-    end = restarted.apply([verdict("m1", 4)], now_after(4))
+    end = restarted.apply([verdict("m1", 4), verdict("m2", 4)], now_after(4))
     assert sorted((key(a), resolved(a, now_after(4)), a["startsAt"]) for a in end) == [
+        ((ALERT_ANOMALY, "dead_machine", "*", "critical"), True, rfc3339((T0 + W) / 1000)),
         ((ALERT_ANOMALY, "isolation_forest", "vib", "critical"), True, rfc3339(T0 / 1000)),
         ((ALERT_ANOMALY, "isolation_forest", "vib", "warning"), True, rfc3339(T0 / 1000)),
     ]
@@ -285,23 +326,15 @@ def test_bad_matcher_says_how_to_write_one() -> None:
         parse_matcher("site north")
 
 
-def test_a_rule_on_a_sensor_still_breaching_is_held_and_resolves_with_the_breach(mapper: AlertMapper) -> None:
-    """Step fault: the jump fires once at the start (and once at the end), the threshold for the whole step.
-    The jump's alert stays firing while the threshold on the same sensor does, and both resolve together."""
+def test_a_step_is_one_incident_from_its_first_jump_to_its_end(mapper: AlertMapper) -> None:
+    """Step fault: the jump fires at the start and at the end, the threshold for the whole step: one page."""
     start = mapper.apply([verdict("m1", 0, "critical", hits=("vib:threshold_max", "vib:rate_of_change"))], now_after(0))
-    assert sorted(key(a)[1] for a in start) == ["rate_of_change", "threshold_max"]
+    assert [key(a) for a in start] == [(ALERT_ANOMALY, "threshold_max", "vib", "critical")]
     for n in (1, 2, 3):  # the jump is gone, the breach goes on: nothing changes, nothing resolves
         assert mapper.apply([verdict("m1", n, "critical", hits=("vib:threshold_max",))], now_after(n)) == []
-    # The step ends: a second jump (the same, still firing alert), the threshold clears.
     assert mapper.apply([verdict("m1", 4, "warning", hits=("vib:rate_of_change",))], now_after(4)) == []
     assert mapper.apply([verdict("m1", 5)], now_after(5)) == []
     end = mapper.apply([verdict("m1", 6)], now_after(6))
-    assert sorted((key(a)[1], resolved(a, now_after(6))) for a in end) == [
-        ("rate_of_change", True),
-        ("threshold_max", True),
+    assert [(key(a), resolved(a, now_after(6))) for a in end] == [
+        ((ALERT_ANOMALY, "threshold_max", "vib", "critical"), True)
     ]
-    # A rule on ANOTHER sensor does not hold it: that alert resolves on its own.
-    mapper.apply([verdict("m2", 0, "warning", hits=("temp:zscore",))], now_after(0))
-    mapper.apply([verdict("m2", 1, "warning", hits=("vib:zscore",))], now_after(1))
-    out = mapper.apply([verdict("m2", 2, "warning", hits=("vib:zscore",))], now_after(2))
-    assert [(key(a)[1:3], resolved(a, now_after(2))) for a in out] == [(("zscore", "temp"), True)]

@@ -57,7 +57,7 @@ def test_alertmanager_config_points_every_receiver_at_the_relay(paths: dict[str,
     assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("1s", "1s", "4h")
     inhibit = {(tuple(r["source_matchers"]), tuple(r["target_matchers"])): r.get("equal") for r in am["inhibit_rules"]}
     site_down = ('alertname="VigilSiteSilent"',)
-    machine_alerts = ('alertname=~"VigilEquipmentAnomaly|VigilMachineDead|VigilMachineSilent"',)
+    machine_alerts = ('alertname=~"VigilEquipmentAnomaly|VigilMachineSilent"',)
     assert inhibit[(site_down, machine_alerts)] == ["site"]
     critical = ('source="vigil-scoring"', 'severity="critical"')
     warning = ('source="vigil-scoring"', 'severity="warning"')
@@ -149,7 +149,7 @@ def test_generic_webhook_gets_a_copy_of_everything(tmp_path: Path) -> None:
 @needs_promtool
 def test_promtool_accepts_the_rules(paths: dict[str, Path]) -> None:
     out = ok([PROMTOOL, "check", "rules", str(paths["rules"])])
-    assert "SUCCESS: 25 rules found" in out
+    assert "SUCCESS: 26 rules found" in out
     text = paths["rules"].read_text()
     assert not re.search(r"<<\w+>>", text)
     assert 'vigil_kafka_topic_end_offset{topic="vigil.dead-letter"}' in text  # settings.kafka.dead_letter_topic

@@ -88,7 +88,7 @@ def test_promtool_and_amtool_accept_rendered_configs(settings: Settings, tmp_pat
     paths = render_configs(settings, tmp_path / "cfg")
     out = run([PROMTOOL, "check", "config", str(paths["prometheus"])])
     assert "1 rule files found" in out
-    assert "SUCCESS: 25 rules found" in run([PROMTOOL, "check", "rules", str(paths["rules"])])
+    assert "SUCCESS: 26 rules found" in run([PROMTOOL, "check", "rules", str(paths["rules"])])
     run([AMTOOL, "check-config", str(paths["alertmanager"])])
 
 
