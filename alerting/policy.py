@@ -13,8 +13,8 @@ say which, updated each window); none of them is a page of its own.
 - **Opening.** Hard evidence opens at once: a broken limit (``threshold_min``/``threshold_max``), a frozen
   (``stuck``) or silent sensor (``dead_sensor``), lost samples (``count_drop``), a silent machine
   (``dead_machine``). Soft evidence (a model's score, the z-score, a jump) opens only when the machine's
-  verdicts were anomalous in ``page_after_windows`` of its last ``page_within_windows`` windows: one noisy
-  window is no fault.
+  verdicts scored at least ``page_min_score`` (x the detector's limit) in ``page_after_windows`` of its last
+  ``page_within_windows`` windows: one noisy window, or a score hovering at the limit, is no fault.
 - **Labels** (fixed for the incident): alertname, severity, site, equipment_id, equipment_type, source, and
   ``detector`` / ``sensor`` of the evidence that opened it (hard evidence first; ``sensor="*"`` for the whole
   machine: Alertmanager drops empty label values). startsAt is the start of the window that opened it.
@@ -164,6 +164,7 @@ class AlertMapper:
         self.clear_windows = alerting.resolve_after_clear_windows
         self.after_windows = alerting.page_after_windows
         self.within_windows = alerting.page_within_windows
+        self.min_score = alerting.page_min_score
         self.ttl_s = alerting.alert_ttl_s
         self.console_url = alerting.console_url.rstrip("/")
         self.critical_ratio = settings.scoring.critical_ratio
@@ -285,8 +286,11 @@ class AlertMapper:
         """Fold one verdict per machine into the open incidents; returns the changed ones (``resolved``)."""
         rows = rows.reset_index(drop=True)
         anomalous, hard = self._evidence(rows)
-        persistent = self._persistent(rows, anomalous)
-        qualifies = anomalous & (hard | persistent)
+        # Soft evidence counts towards opening only at page_min_score x its detector's limit; once open, any
+        # anomalous window holds the incident (hysteresis).
+        strong = hard | (anomalous & (rows["score"].fillna(0.0).to_numpy(np.float64) >= self.min_score))
+        persistent = self._persistent(rows, strong)
+        qualifies = strong & (hard | persistent)
         critical_now = (rows["severity"] == "critical").to_numpy()
         active = self.active.set_index("equipment_id")
         ids = rows["equipment_id"]

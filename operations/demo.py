@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 
 from agents.diagnostic import MODEL_NAME, REGISTRY_TYPE
+from connectors.alertmanager import AlertmanagerClient, AlertmanagerError
 from connectors.kafka import make_consumer
 from detectors import job_detectors
 from edge.gateway import GatewayClient
@@ -154,6 +155,41 @@ def ensure_diagnostic_model(settings: Settings, console: Console) -> None:
     )
 
 
+PLANNED_BY = "vigil demo"  # createdBy of the silences the demo sets around its own planned stop
+
+
+def silence_planned_stop(settings: Settings, console: Console) -> None:
+    """The demo stops its fleet (and maybe its pipeline) on purpose: silence Vigil's alerts, as an operator sets a
+    maintenance silence before a planned stop, so the stop pages nobody (the sites' dead-man, the pipeline's
+    staleness). The next demo ends the silence once its own fleet is reporting."""
+    try:
+        with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+            client.create_silence(
+                ['alertname=~"Vigil.*"'],
+                24 * 3600,
+                comment="planned stop: vigil demo stopped its fleet; the next vigil demo ends this silence",
+                created_by=PLANNED_BY,
+            )
+    except AlertmanagerError as exc:
+        console.print(f"[yellow]could not silence the planned stop in Alertmanager ({exc}): expect pages about it")
+
+
+def end_planned_stop(settings: Settings, console: Console) -> int:
+    """Expire the silences a previous demo set for its stop; returns how many."""
+    try:
+        with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+            mine = [s for s in client.list_silences() if s.get("createdBy") == PLANNED_BY]
+            for silence in mine:
+                client.expire_silence(silence["id"])
+            return len(mine)
+    except AlertmanagerError as exc:
+        console.print(
+            f"[yellow]could not end the previous demo's silence in Alertmanager ({exc}); "
+            f"Alertmanager's UI lists it: {settings.prometheus.alertmanager_url}/#/silences"
+        )
+        return 0
+
+
 def run_demo(
     settings: Settings,
     machines: int,
@@ -186,10 +222,16 @@ def run_demo(
     started_ms = int(time.time() * 1000)
     simulator = start_simulator(settings, machines, duration_s, monitor, stop)
     start_model_training(settings, started_ms, train_after_s, monitor, stop)
+    # The previous demo's planned-stop silence ends once this fleet had the start-up grace to report again.
+    unsilence = threading.Timer(settings.prometheus.startup_grace_s, end_planned_stop, (settings, console))
+    unsilence.daemon = True
+    unsilence.start()
     title = f"Vigil demo: {machines:,} machines (Ctrl-C to stop)"
     try:
         _live_until(monitor, simulator, stop, duration_s, console, title)
     finally:
+        unsilence.cancel()
+        silence_planned_stop(settings, console)
         monitor.stop()
         if stop_after:
             stopped = stack.down(CONSOLE + pipeline_names(settings))

@@ -92,6 +92,7 @@ def template_values(settings: Settings) -> dict[str, str]:
         "edge_metrics_address": f"{settings.edge.host}:{edge_metrics_port}",
         "pipeline_stall_after_s": str(p.pipeline_stall_after_s),
         "machine_silent_after_s": str(p.machine_silent_after_s),
+        "startup_grace_s": str(p.startup_grace_s),
         # Three missed pushes plus one scrape before the sink counts as stalled.
         "sink_stall_after_s": str(round(3 * p.push_interval_s + p.scrape_interval_s)),
         "site_silent_after_s": str(getattr(p, "site_silent_after_s", SITE_SILENT_AFTER_S)),

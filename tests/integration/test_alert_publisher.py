@@ -7,6 +7,7 @@ jobs.kafka_lag (the publisher's committed offsets, read the way the exporter rea
 
 from __future__ import annotations
 
+import io
 import subprocess
 import threading
 import time
@@ -20,12 +21,14 @@ import pytest
 import requests
 import uvicorn
 from fastapi import FastAPI, Request
+from rich.console import Console
 
 from alerting.policy import ALERT_ANOMALY, SOURCE
 from connectors.alertmanager import AlertmanagerClient, AlertmanagerUnavailable
 from connectors.kafka import ensure_topics, make_producer
 from jobs.alert_publisher import AlertPublisher
 from jobs.kafka_lag import KafkaLagExporter
+from operations.demo import PLANNED_BY, end_planned_stop, silence_planned_stop
 from operations.stack.prometheus_configs import alertmanager_argv, config_dir, pushgateway_argv, render_configs
 from tests.conftest import RunLoop, free_port
 from vigil.settings import KafkaSettings, Settings
@@ -135,6 +138,7 @@ def settings(tmp_path: Path, kafka_settings: KafkaSettings, recorder: Recorder, 
             "resolve_after_clear_windows": 2,
             "page_after_windows": 1,  # page on the first anomalous window (persistence: test_alert_mapping.py)
             "page_within_windows": 1,
+            "page_min_score": 0.0,
             "alert_ttl_s": 120,
             "repost_interval_s": 2,
             "relay_port": recorder.port,
@@ -470,6 +474,28 @@ def test_inhibition_and_silences_in_alertmanager(settings: Settings, publisher: 
             "i2 no longer silenced",
             lambda: all(not a["status"]["silencedBy"] for a in am_alerts(settings, 'equipment_id="i2"')),
         )
+
+
+def test_a_planned_demo_stop_is_silenced_and_the_next_demo_ends_the_silence(
+    settings: Settings, alertmanager: Server
+) -> None:
+    console = Console(file=io.StringIO())
+    silence_planned_stop(settings, console)
+    with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+        client.post_alerts([{"labels": {"alertname": "VigilSiteSilent", "site": "plant-z", "severity": "critical"}}])
+        mine = [s for s in client.list_silences() if s["createdBy"] == PLANNED_BY]
+        assert len(mine) == 1
+        poll(
+            "the site's dead-man silenced during the planned stop",
+            lambda: [a["status"]["silencedBy"] for a in client.get_alerts(['site="plant-z"'])] == [[mine[0]["id"]]],
+        )
+        assert end_planned_stop(settings, console) == 1
+        assert [s for s in client.list_silences() if s["createdBy"] == PLANNED_BY] == []
+        poll(
+            "no longer silenced",
+            lambda: [a["status"]["silencedBy"] for a in client.get_alerts(['site="plant-z"'])] == [[]],
+        )
+    assert console.file.getvalue() == ""  # nothing to warn about
 
 
 def test_unreachable_alertmanager_says_what_to_do() -> None:

@@ -81,6 +81,7 @@ def mapper() -> AlertMapper:
                 "resolve_after_clear_windows": 2,
                 "page_after_windows": 1,
                 "page_within_windows": 1,
+                "page_min_score": 0.0,
                 "alert_ttl_s": 300,
                 "console_url": "http://console:8501/",
             }
@@ -167,9 +168,19 @@ def test_the_incident_keeps_its_labels_while_its_evidence_changes(mapper: AlertM
 
 def test_soft_evidence_pages_only_when_it_persists_and_hard_evidence_at_once() -> None:
     mapper = AlertMapper(
-        Settings(alerting={"resolve_after_clear_windows": 2, "page_after_windows": 3, "page_within_windows": 4})
+        Settings(
+            alerting={
+                "resolve_after_clear_windows": 2,
+                "page_after_windows": 3,
+                "page_within_windows": 4,
+                "page_min_score": 1.5,
+            }
+        )
     )
-    soft = {"detectors": ("pca_t2q",), "top": ("temp",)}
+    soft = {"detectors": ("pca_t2q",), "top": ("temp",), "score": 1.6}
+    # Anomalous in every window, but at 1.2 x the model's limit (below page_min_score): no page.
+    for n in range(0, 8):
+        assert mapper.apply([verdict("m5", n, "warning", detectors=("pca_t2q",), score=1.2)], now_after(n)) == []
     # Anomalous in 1, then 2 of the last 4 windows: no page.
     assert mapper.apply([verdict("m1", 0, "warning", **soft)], now_after(0)) == []
     assert mapper.apply([verdict("m1", 1)], now_after(1)) == []
