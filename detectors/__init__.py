@@ -16,7 +16,7 @@ from detectors.base import DetectorSpec, declared
 from vigil.contracts import RULES_SCORE
 
 ENTRY_POINT_GROUP = "vigil.detectors"
-_NOT_DETECTORS = frozenset({"base"})
+_NOT_DETECTORS = frozenset({"base", "calibration"})  # shared code, not detectors
 
 __all__ = ["DetectorSpec", "all_detectors", "benchmark_detectors", "get", "job_detectors", "score_names"]
 

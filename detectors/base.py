@@ -27,6 +27,8 @@ from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 
+from detectors.calibration import TailLevel, tail_level
+
 
 class BatchDetector(ABC):
     """A model over feature rows (e.g. one row per machine and window)."""
@@ -49,6 +51,13 @@ class BatchDetector(ABC):
         """Set the alarm threshold to a quantile of the scores of normal rows."""
         self.threshold = float(np.quantile(self.score(normal_features), quantile))
         return self.threshold
+
+    def calibrate_rate(self, normal_features: np.ndarray, exceed_prob: float) -> TailLevel:
+        """Set the alarm threshold to the score a normal row exceeds with probability ``exceed_prob``
+        (a peaks-over-threshold tail of the normal rows' scores, :mod:`detectors.calibration`)."""
+        found = tail_level(self.score(normal_features), exceed_prob)
+        self.threshold = found.level
+        return found
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Boolean alarm per row (requires a threshold)."""

@@ -206,6 +206,10 @@ class ScoringSettings(BaseModel):
     # (0: a window is judged as soon as the next window reached every partition). Each one adds a
     # window of latency; later records go to the dead-letter topic (reason late_window_stats).
     out_of_order_windows: int = Field(0, ge=0, le=12)
+    # A model's alarm threshold (`vigil train`, the demo, `vigil evaluate --dataset sim`): the score a healthy
+    # machine's window passes about this often per hour, extrapolated from the tail of held-out normal scores
+    # (detectors/calibration.py). The alert policy's persistence and page_min_score sit on top of it.
+    alarm_rate_per_machine_hour: float = Field(0.1, gt=0, le=100)
     # A model score this many times its threshold is critical by itself.
     critical_ratio: float = Field(2.0, gt=1.0)
     # How often each worker re-reads the model registry's live pointers (hot swap).

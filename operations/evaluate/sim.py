@@ -378,6 +378,7 @@ def train_models(
     registry: ModelRegistry,
     history: int,
     advance: Callable[[int], None] | None = None,
+    alarm_rate: float | None = None,
 ) -> list[dict[str, Any]]:
     """One model per (equipment type, detector) on the run's first part, exactly as `vigil train` fits it."""
 
@@ -393,6 +394,7 @@ def train_models(
             detectors=job_detectors(),
             size_ms=run.window_ms,
             history=history,
+            alarm_rate=alarm_rate,
             promote=True,
             source=TRAIN_SOURCE,
             since_ms=run.start_ms,
@@ -587,7 +589,14 @@ def evaluate_sim(
         registry = ModelRegistry(Path(models_dir))
         types = sorted(run.stats["equipment_type"].unique())
         task = progress.add_task("train models (first part, faults excluded)", total=len(types))
-        models = train_models(run, train_end, registry, history, lambda k: progress.advance(task, k))
+        models = train_models(
+            run,
+            train_end,
+            registry,
+            history,
+            lambda k: progress.advance(task, k),
+            alarm_rate=scoring.alarm_rate_per_machine_hour,
+        )
         timings["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -120,8 +120,12 @@ def train_command(
     ] = None,
     promote: Annotated[bool, typer.Option(help="make the new versions live (the first of a type always is)")] = False,
     quantile: Annotated[
-        float, typer.Option(help="threshold = this quantile of scores on held-out normal data")
-    ] = 0.995,
+        float | None,
+        typer.Option(
+            help="threshold = this quantile of scores on held-out normal data (default: the level a healthy "
+            "window passes scoring.alarm_rate_per_machine_hour times an hour, from the scores' tail)"
+        ),
+    ] = None,
     agents: Annotated[
         bool,
         typer.Option(

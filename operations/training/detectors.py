@@ -51,6 +51,7 @@ def trainable_detectors() -> dict[str, DetectorSpec]:
 # table has no such column) are excluded from training.
 ANOMALIES_TABLE = "anomalies"
 ANOMALY_FLAG_COLUMN = "is_anomaly"
+MS_PER_HOUR = 3_600_000
 MIN_NORMAL_WINDOWS = 30  # fewer normal rows than this cannot fit + calibrate + test meaningfully
 
 
@@ -195,7 +196,7 @@ def train(
     *,
     promote: bool = False,
     history: int = DEFAULT_HISTORY,
-    quantile: float = 0.995,
+    quantile: float | None = None,
     calibration_fraction: float = 0.15,
     test_fraction: float = 0.15,
     registry: ModelRegistry | None = None,
@@ -205,12 +206,14 @@ def train(
 
     ``since``/``until``: datetimes (naive = UTC), ISO strings or epoch ms; ``until`` is exclusive.
     A new version is live only with ``promote=True`` or when it is the first of its (type, detector).
+    Thresholds: the ``quantile`` of held-out normal scores when given, else the level a healthy window passes
+    ``settings.scoring.alarm_rate_per_machine_hour`` times an hour (see :func:`train_type`).
     """
     detectors = tuple(detectors) if detectors else job_detectors()
     unknown = [d for d in detectors if d not in trainable_detectors()]
     if unknown:
         raise ValueError(f"unknown detector(s) {unknown}; choose from {sorted(trainable_detectors())}")
-    if not 0.0 < quantile < 1.0:
+    if quantile is not None and not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     if not (calibration_fraction > 0 and test_fraction > 0 and calibration_fraction + test_fraction < 0.8):
         raise ValueError("calibration_fraction and test_fraction must be > 0 and leave >= 20% of rows to fit")
@@ -258,7 +261,8 @@ def train(
                     flagged=flagged,
                     size_ms=size_ms,
                     history=history,
-                    quantile=quantile,
+                    quantile=quantile or 0.995,
+                    alarm_rate=None if quantile is not None else settings.scoring.alarm_rate_per_machine_hour,
                     fractions=(calibration_fraction, test_fraction),
                     promote=promote,
                     source=f"{settings.clickhouse.database}.{WINDOW_STATS_VIEW}",
@@ -284,6 +288,7 @@ def train_type(
     size_ms: int = 5000,
     history: int = DEFAULT_HISTORY,
     quantile: float = 0.995,
+    alarm_rate: float | None = None,
     fractions: tuple[float, float] = (0.15, 0.15),
     promote: bool = False,
     source: str = "window statistics frame",
@@ -297,6 +302,9 @@ def train_type(
     ``frame``: one row per (equipment_id, sensor, window_start) with the stats columns; ``window_start``
     as datetimes or epoch ms. ``flagged``: (equipment_id, window_start_ms) the job flagged (excluded).
     ``source``/``since_ms``/``until_ms`` only go into the metadata and messages (default: the frame's range).
+    ``alarm_rate``: the threshold is the score a healthy machine's window passes this often per hour (a
+    peaks-over-threshold tail of the normal windows' scores); None: the ``quantile`` of the calibration
+    slice's scores.
     """
     x, names, index = window_features(frame, history=history)
     window_ms = _window_ms(index["window_start"])
@@ -360,7 +368,24 @@ def train_type(
         detector = trainable_detectors()[name].build()
         assert isinstance(detector, BatchDetector)
         detector.fit(xn[split.fit], names)
-        threshold = detector.calibrate(xn[split.calibration], quantile)
+        if alarm_rate is None:
+            threshold = detector.calibrate(xn[split.calibration], quantile)
+            method: dict[str, Any] = {
+                "method": "quantile",
+                "quantile": quantile,
+                "slice": "calibration (normal windows after the fit slice, not seen by fit)",
+                "rows": int(split.calibration.sum()),
+            }
+        else:
+            # Every normal window, the fit slice included: the tail is made of rare events (a big load change,
+            # a start), and a later slice alone holds too few of them to say how far they reach.
+            level = detector.calibrate_rate(xn, alarm_rate * size_ms / MS_PER_HOUR)
+            threshold = level.level
+            method = {
+                **level.to_dict(),
+                "alarm_rate_per_machine_hour": alarm_rate,
+                "slice": "every normal window (fit + calibration + test)",
+            }
         fit_s = time.perf_counter() - started
         metrics: dict[str, Any] = {
             "alarm_rate_fit": float(np.mean(detector.score(xn[split.fit]) > threshold)),
@@ -377,12 +402,7 @@ def train_type(
             **common,
             "detector_params": {k: v for k, v in vars(detector).items() if isinstance(v, (int, float, str, bool))},
             "threshold": threshold,
-            "threshold_method": {
-                "method": "quantile",
-                "quantile": quantile,
-                "slice": "calibration (normal windows after the fit slice, not seen by fit)",
-                "rows": int(split.calibration.sum()),
-            },
+            "threshold_method": method,
             "metrics": metrics,
         }
         versions.append(registry.register(etype, name, detector.to_onnx(), metadata, promote=promote))

@@ -142,7 +142,11 @@ def test_train_registers_excludes_faults_and_scores(trained_settings) -> None:
             assert rows["excluded_fault"] == 0 and rows["excluded_incomplete"] == 1
         assert rows["fit"] + rows["calibration"] + rows["test"] == rows["normal"]
         assert rows["normal"] == windows - rows["excluded_fault"] - rows["excluded_incomplete"]
-        assert meta["threshold_method"]["method"] == "quantile" and len(meta["data_sha256"]) == 64
+        method = meta["threshold_method"]
+        # default: the level a healthy window passes alarm_rate_per_machine_hour times an hour
+        assert method["alarm_rate_per_machine_hour"] == settings.scoring.alarm_rate_per_machine_hour
+        assert method["method"] in ("pot", "quantile") and method["rows"] == rows["normal"]
+        assert v.threshold == method["level"] and len(meta["data_sha256"]) == 64
         assert meta["feature_names"][0].endswith(".avg") and len(meta["feature_names"]) == meta["n_features"]
         assert registry.live(v.equipment_type, v.detector).version == "v0001"
 
