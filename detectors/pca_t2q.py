@@ -23,17 +23,41 @@ from onnx_models.runtime import OnnxModel, check_width
 ONNX_OPSET = 17
 
 
+def _smoothed_averages(names: list[str]) -> np.ndarray:
+    """Each sensor's rolling mean of its window averages (``<sensor>.avg__mean<h>``), else its averages."""
+    mask = np.array([".avg__mean" in n for n in names], dtype=bool)
+    return mask if mask.any() else np.array([n.endswith(".avg") for n in names], dtype=bool)
+
+
+# Which feature columns a model reads (the others get weight 0 in the same graph).
+FEATURE_SETS = {"all": lambda names: np.ones(len(names), dtype=bool), "smoothed_avg": _smoothed_averages}
+STATISTICS = ("t2q", "q")  # score = the larger of the T2 and Q ratios, or the Q ratio alone
+
+
 @register(in_job=True, benchmark_params={"variance": 0.99}, order=10)
 class PcaT2Q(BatchDetector):
     """Standardise -> PCA (enough components for ``variance``) -> T2 and Q against normal-data limits."""
 
     name = "pca_t2q"
 
-    def __init__(self, variance: float = 0.95, limit_quantile: float = 0.99, threads: int = 1) -> None:
+    def __init__(
+        self,
+        variance: float = 0.95,
+        limit_quantile: float = 0.99,
+        threads: int = 1,
+        features: str = "all",
+        statistic: str = "t2q",
+    ) -> None:
         super().__init__()
         if not 0.0 < variance <= 1.0:
             raise ValueError(f"variance must be in (0, 1], got {variance}")
+        if features not in FEATURE_SETS:
+            raise ValueError(f"features must be one of {sorted(FEATURE_SETS)}, got {features!r}")
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         self.variance = variance
+        self.features = features
+        self.statistic = statistic
         self.limit_quantile = limit_quantile
         self.threads = threads
         self.n_components = 0
@@ -55,16 +79,23 @@ class PcaT2Q(BatchDetector):
         if not np.isfinite(x).all():
             raise ValueError(f"{self.name}: training features contain NaN/inf; clean or impute them first")
         self.feature_names = list(feature_names)
+        used = FEATURE_SETS[self.features](self.feature_names)
+        d = x.shape[1]
         self._mean = x.mean(axis=0)
         std = x.std(axis=0)
-        self._inv_scale = np.where(std > 1e-12, 1.0 / np.where(std > 1e-12, std, 1.0), 0.0)  # constant col -> 0
-        z = (x - self._mean) * self._inv_scale
+        # A constant column and a column outside the feature set get scale 0: z is 0 there, it adds nothing.
+        keep = (std > 1e-12) & used
+        if not keep.any():
+            raise ValueError(f"{self.name}: no varying feature in the {self.features!r} set of {len(feature_names)}")
+        self._inv_scale = np.where(keep, 1.0 / np.where(keep, std, 1.0), 0.0)
+        z = ((x - self._mean) * self._inv_scale)[:, used]
         pca = PCA(n_components=self.variance if self.variance < 1.0 else None, svd_solver="full").fit(z)
         eig = np.maximum(pca.explained_variance_, 1e-12)
-        p = pca.components_.T  # (d, k)
+        p = np.zeros((d, len(eig)))
+        p[used] = pca.components_.T  # (d, k): zero rows for the features left out
         self.n_components = p.shape[1]
         self._w_t2 = p / np.sqrt(eig)
-        self._w_q = np.eye(x.shape[1]) - p @ p.T
+        self._w_q = np.diag(used.astype(np.float64)) - p @ p.T
         t2, q = self._parts_numpy(x)
         self.t2_limit = max(float(np.quantile(t2, self.limit_quantile)), 1e-12)
         q_lim = float(np.quantile(q, self.limit_quantile))
@@ -89,6 +120,8 @@ class PcaT2Q(BatchDetector):
         a = z @ self._w_t2
         r = z @ self._w_q
         contrib = z * (a @ self._w_t2.T) / self.t2_limit + r * r / self.q_limit
+        if self.statistic == "q":
+            return {"t2": t2, "q": q, "score": q / self.q_limit, "contrib": r * r / self.q_limit}
         return {"t2": t2, "q": q, "score": np.maximum(t2 / self.t2_limit, q / self.q_limit), "contrib": contrib}
 
     def score_parts(self, features: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,14 +174,18 @@ class PcaT2Q(BatchDetector):
             helper.make_node("ReduceSum", ["r2", "axis1"], ["q"], keepdims=0),
             helper.make_node("Mul", ["t2", "t2_inv_limit"], ["t2_ratio"]),
             helper.make_node("Mul", ["q", "q_inv_limit"], ["q_ratio"]),
-            helper.make_node("Max", ["t2_ratio", "q_ratio"], ["score"]),
+            helper.make_node("Max", ["t2_ratio", "q_ratio"], ["score"])
+            if self.statistic == "t2q"
+            else helper.make_node("Identity", ["q_ratio"], ["score"]),
             # Per-feature contributions (sum over features = t2_ratio + q_ratio): T2 part z_j * (a W^T)_j,
             # Q part r_j^2, each over its limit. They tell an alert which sensors moved.
             helper.make_node("MatMul", ["a", "w_t2_t"], ["a_back"]),
             helper.make_node("Mul", ["z", "a_back"], ["t2_contrib"]),
             helper.make_node("Mul", ["t2_contrib", "t2_inv_limit"], ["t2_contrib_ratio"]),
             helper.make_node("Mul", ["r2", "q_inv_limit"], ["q_contrib_ratio"]),
-            helper.make_node("Add", ["t2_contrib_ratio", "q_contrib_ratio"], ["contrib"]),
+            helper.make_node("Add", ["t2_contrib_ratio", "q_contrib_ratio"], ["contrib"])
+            if self.statistic == "t2q"
+            else helper.make_node("Identity", ["q_contrib_ratio"], ["contrib"]),
         ]
         graph = helper.make_graph(
             nodes,

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from connectors.clickhouse import WINDOW_STATS_ARROW_SCHEMA, apply_schema, insert_window_stats, make_client
+from detectors import job_detectors
 from edge.simulator.equipment import EQUIPMENT_TYPES
 from edge.simulator.ground_truth import FaultLabel, GroundTruthWriter
 from onnx_models.features import window_features
@@ -125,7 +126,7 @@ def test_train_registers_excludes_faults_and_scores(trained_settings) -> None:
     since, until = T0_MS, T0_MS + HOURS * 3600_000
     versions = train(settings, since, until)
     assert [(v.equipment_type, v.detector, v.version, v.live) for v in versions] == [
-        (etype, det, "v0001", True) for etype in sorted(TYPES) for det in ("pca_t2q", "isolation_forest")
+        (etype, det, "v0001", True) for etype in sorted(TYPES) for det in job_detectors()
     ]
     registry = ModelRegistry(default_root(settings))
     windows = MACHINES_PER_TYPE * HOURS * 720

@@ -98,3 +98,28 @@ def test_no_anomaly_no_page(settings: Settings) -> None:
         alerts, pd.DataFrame(columns=["machine", "category", "start_ms", "end_ms"]), T0, T0 + 20 * W, MACHINES
     )
     assert card.pages.empty and card.resolved == 0 and card.chattering == 0
+
+
+def test_lead_time_before_a_growing_fault_ends(settings: Settings) -> None:
+    n = 100
+    # b: a degradation over windows 20-80, paged (threshold) from window 50; c: a drift still running at the run's end.
+    flags = {"b": {w: ("critical", ("threshold_max",)) for w in range(50, 81)}}
+    faults = pd.DataFrame(
+        {
+            "machine": ["b", "c", "a"],
+            "category": ["degradation", "drift", "step"],
+            "start_ms": np.array([T0 + 20 * W, T0 + 90 * W, T0 + 5 * W], dtype=np.int64),
+            "end_ms": np.array([T0 + 80 * W, T0 + 200 * W, T0 + 10 * W], dtype=np.int64),
+        }
+    )
+    card = page_scorecard(replay_alerts(verdicts(flags, n), MACHINES, settings, W), faults, T0, T0 + n * W, MACHINES)
+    out = card.faults.set_index("machine")
+    assert out.loc["b", "complete"] and not out.loc["c", "complete"] and out.loc["a", "complete"]
+    # paged at the end of window 50, 31 windows into a 60-window course: 29 windows (145 s) before its end
+    assert out.loc["b", "delay_s"] == pytest.approx(155.0) and out.loc["b", "lead_s"] == pytest.approx(145.0)
+    assert np.isnan(out.loc["a", "lead_s"])  # a step has no failure point to lead
+    by_type = {r["category"]: r for r in page_summary(card)["by_type"]}
+    assert (by_type["degradation"]["complete"], by_type["degradation"]["complete_paged"]) == (1, 1)
+    assert by_type["degradation"]["lead_min_s"] == pytest.approx(145.0)
+    assert (by_type["drift"]["complete"], by_type["drift"]["complete_paged"]) == (0, 0)
+    assert np.isnan(by_type["drift"]["lead_p50_s"])

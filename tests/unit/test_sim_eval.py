@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from detectors import job_detectors
 from edge.simulator.faults import FaultLabel
 from operations.evaluate.metrics import fault_scorecard, fault_window_pairs
 from operations.evaluate.sim import (
@@ -233,7 +234,9 @@ def test_tiny_run_structure(tiny_run) -> None:
     assert len(result.windows) == 4 * 72 and not result.windows.duplicated(["machine", "window_start_ms"]).any()
     emitted = result.verdicts[result.verdicts.emit]
     assert not emitted.duplicated(["equipment_id", "window_start_ms"]).any()
-    assert {m["detector"] for m in info["models"]} == {"pca_t2q", "isolation_forest"} and len(info["models"]) == 4
+    assert {m["detector"] for m in info["models"]} == set(job_detectors()) and len(info["models"]) == 2 * len(
+        job_detectors()
+    )
     card = result.scorecard
     assert list(card.by_type.index) == ["dead_sensor", "step", "all"]
     roles = result.windows.role.value_counts()

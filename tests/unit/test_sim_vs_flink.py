@@ -13,6 +13,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from detectors import job_detectors
 from onnx_models.registry import ModelRegistry
 from operations.evaluate.sim import PlannedFault, SimOptions, rule_results, score_run, simulate, train_models
 from tests.unit.test_anomaly_scoring_sql import file_overrides, read_json_dir, table_env
@@ -102,7 +103,7 @@ def test_same_verdicts_as_the_flink_job(both) -> None:
         assert (same[f"{col}_py"].map(list) == same[f"{col}_fl"].map(list)).all(), col
     # rule_hits: same set; the order follows the hop's row order (ARRAY_AGG arrival order in Flink)
     assert (same["rule_hits_py"].map(sorted) == same["rule_hits_fl"].map(sorted)).all()
-    for col in ("pca_t2q", "isolation_forest", "rules"):
+    for col in (*job_detectors(), "rules"):
         np.testing.assert_allclose(
             same[f"{col}_py"].astype(float), same[f"{col}_fl"].astype(float), rtol=1e-4, err_msg=col
         )
