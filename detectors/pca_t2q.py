@@ -4,6 +4,8 @@ T2 flags rows that are far out *within* the normal correlation structure (a big 
 Q flags rows that break that structure (sensors no longer moving together). Each is divided by its own
 limit (a quantile on normal data) and the larger ratio is the score, so one threshold (1.0 = "either
 statistic beyond its limit") drives the alarm while :meth:`PcaT2Q.score_parts` still tells which.
+``features`` and ``statistic`` let another model reuse the maths on a subset of the columns and on Q alone
+(:mod:`detectors.sensor_residual`).
 
 The fitted scaler + projection are written as a small ONNX graph (built from the fitted parameters
 with onnx.helper, which maps 1:1 to the maths) and scoring always runs through onnxruntime.
