@@ -7,8 +7,9 @@ Alertmanager's re-sends never page anyone twice; workers deliver per receiver wi
 dead letters, and every attempt is logged to ClickHouse.
 
 Modules: ``payload`` (webhook models), ``oncall`` (who gets what), ``messages`` (what they read),
-``senders`` (how it travels), ``retry`` (when to try again), ``ratelimit``, ``store`` (outbox, idempotency,
-dead letters), ``delivery_log`` (ClickHouse), ``relay`` (the FastAPI server and its workers).
+``senders`` (how it travels), ``threads`` (which Slack thread a message goes to), ``retry`` (when to try
+again), ``ratelimit``, ``store`` (outbox, idempotency, dead letters), ``delivery_log`` (ClickHouse),
+``relay`` (the FastAPI server and its workers).
 """
 
 from __future__ import annotations

@@ -89,10 +89,13 @@ class _Recipient(BaseModel):
 
 
 class SlackRecipient(_Recipient):
-    """A Slack channel. Its incoming webhook is settings.alerting.slack_webhook_url unless it names another."""
+    """A Slack channel. Its incoming webhook is settings.alerting.slack_webhook_url unless it names another;
+    with a bot token (settings.alerting.slack_bot_token) the Web API posts to ``channel`` (default: the name)."""
 
     # Environment variable holding this channel's own incoming-webhook URL (secrets never live in this file).
     webhook_url_env: str | None = None
+    # The channel for the Web API: an ID (C0123...) or a name (#vigil-alerts); the bot must be a member.
+    channel: str | None = None
 
     @field_validator("webhook_url_env")
     @classmethod

@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import uvicorn
@@ -44,8 +45,9 @@ from alerting.oncall import OnCall, OnCallConfigError, load_oncall
 from alerting.payload import InvalidWebhook, WebhookPayload, parse_webhook
 from alerting.ratelimit import RateLimits, message_priority
 from alerting.retry import DeliveryError, delivery_retrying
-from alerting.senders import EmailSender, SlackSender, SmsSender, read_secret
+from alerting.senders import EmailSender, SlackApiSender, SlackSender, SmsSender, read_secret
 from alerting.store import DEAD, DELIVERED, Delivery, EnqueueResult, FollowUp, NewDelivery, Store
+from alerting.threads import plan_message, worst_severity
 from connectors.kafka import consume_batches, make_consumer
 from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
@@ -119,6 +121,7 @@ class Deliverer:
         self.metrics = metrics
         self.limits = limits
         self.slack = SlackSender(client)
+        self.slack_api = SlackApiSender(client, settings.alerting)
         self.sms = SmsSender(client, settings.alerting)
         self.email = EmailSender(settings.alerting)
 
@@ -150,13 +153,37 @@ class Deliverer:
             await asyncio.to_thread(self.store.mark_told, lead.receiver, lead.recipient, list(found.values()))
         ctx = MessageContext(console_url=a.console_url, sms_max_chars=a.sms_max_chars, external_url=lead.external_url)
         if lead.receiver == "slack":
-            return await self.slack.send(self._slack_url(lead.recipient), slack_group_message(alerts, ctx))
+            payload = slack_group_message(alerts, ctx)
+            if self.slack_api.token():
+                return await self._send_slack_api(rows, payload)
+            return await self.slack.send(self._slack_url(lead.recipient), payload)
         if lead.receiver == "sms":
             return await self.sms.send(lead.address, sms_group_text(alerts, ctx))
         if lead.receiver == "email":
             message = email_group_message(alerts, ctx, a.email_from, lead.address, [row.story_key for row in rows])
             return await self.email.send(message)
         raise DeliveryError(f"unknown receiver {lead.receiver!r} (known: {', '.join(RECEIVERS)})", retryable=False)
+
+    async def _send_slack_api(self, rows: Sequence[Delivery], payload: dict[str, Any]) -> int:
+        """Post with the Web API, as a new message or a reply in the machine's thread (alerting.threads)."""
+        lead = rows[0]
+        config = self.oncall.recipient("slack", lead.recipient)
+        channel = getattr(config, "channel", None) or lead.recipient
+        machines = sorted({r.equipment_id for r in rows if r.equipment_id})
+        threads = await asyncio.to_thread(self.store.slack_threads, lead.recipient, machines)
+        plan = plan_message(rows, threads, time.time(), self.settings.alerting.slack_thread_reuse_s)
+        thread = plan.thread
+        posted = await self.slack_api.send(
+            thread.channel if thread else channel, payload, thread.ts if thread else None, plan.broadcast
+        )
+        worst = worst_severity(rows)
+        if thread is not None:
+            await asyncio.to_thread(self.store.touch_slack_thread, lead.recipient, thread, worst)
+        elif plan.opens and posted.ts:
+            await asyncio.to_thread(
+                self.store.open_slack_thread, lead.recipient, list(plan.opens), posted.channel, posted.ts, worst
+            )
+        return posted.status
 
     async def deliver(self, rows: Sequence[Delivery]) -> str:
         """Send ``rows`` (one recipient's batch) as one message until delivered or dead; returns the final state.

@@ -1,4 +1,4 @@
-"""How a message travels: Slack incoming webhook, Twilio-compatible SMS API, SMTP.
+"""How a message travels: Slack incoming webhook or Web API, Twilio-compatible SMS API, SMTP.
 
 Each sender makes exactly one attempt and turns every failure into a :class:`DeliveryError` that says
 whether trying again can help (see :mod:`alerting.retry`); retrying is the caller's job. A channel
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,62 @@ class SlackSender:
             headers={"Content-Type": "application/json"},
         )
         return response.status_code
+
+
+# Web API errors (HTTP 200, ``ok: false``) that go away by themselves; every other one needs a person
+# (a wrong token, a channel the bot is not in, a message Slack refuses).
+SLACK_API_TRANSIENT = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+
+
+@dataclass(frozen=True)
+class SlackPosted:
+    status: int
+    channel: str  # the channel's ID, as Slack answered it (a thread is addressed by channel ID and ts)
+    ts: str  # the message's timestamp: its ID, and the ``thread_ts`` of replies to it
+
+
+class SlackApiSender:
+    """``chat.postMessage`` with a bot token: returns the message's ``ts`` so later messages can reply to it."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: AlertingSettings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def token(self) -> str | None:
+        return read_secret(self.settings.slack_bot_token, self.settings.slack_bot_token_file)
+
+    async def send(
+        self, channel: str, payload: dict[str, Any], thread_ts: str | None = None, broadcast: bool = False
+    ) -> SlackPosted:
+        token = self.token()
+        if not token:
+            raise DeliveryError(
+                "Slack's Web API needs a bot token: set VIGIL_ALERTING__SLACK_BOT_TOKEN(_FILE)", retryable=False
+            )
+        body = {"channel": channel, **payload}
+        if thread_ts:
+            body |= {"thread_ts": thread_ts, "reply_broadcast": broadcast}
+        response = await post(
+            self.client,
+            "Slack",
+            f"{self.settings.slack_api_url.rstrip('/')}/chat.postMessage",
+            content=orjson.dumps(body),
+            headers={"Content-Type": "application/json; charset=utf-8", "Authorization": f"Bearer {token}"},
+        )
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise DeliveryError(f"Slack answered {response.status_code} without JSON", retryable=True) from exc
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            error = str(answer.get("error", "unknown_error")) if isinstance(answer, dict) else "unknown_error"
+            raise DeliveryError(
+                f"Slack refused chat.postMessage to {channel}: {error}",
+                retryable=error in SLACK_API_TRANSIENT,
+                status=response.status_code,
+            )
+        return SlackPosted(response.status_code, str(answer.get("channel") or channel), str(answer.get("ts", "")))
 
 
 class SmsSender:

@@ -34,7 +34,9 @@ from typing import Any, Literal
 import orjson
 
 from alerting.diagnoses import FOLLOW_UP_ALERTNAME, Diagnosis, iso_ms
+from alerting.oncall import severity_rank
 from alerting.payload import Alert
+from alerting.threads import SlackThread
 
 KEEP_DAYS = 30.0
 FOLLOW_UP_WINDOW_S = 3600.0  # a diagnosis is followed up to recipients paged within this long of its arrival
@@ -96,6 +98,15 @@ CREATE TABLE IF NOT EXISTS diagnoses (              -- newest agent diagnosis pe
     PRIMARY KEY (equipment_id, episode_id)
 );
 CREATE INDEX IF NOT EXISTS diagnoses_recent ON diagnoses (updated_at);
+CREATE TABLE IF NOT EXISTS slack_threads (          -- the newest Slack thread of a machine per recipient (Web API)
+    recipient    TEXT NOT NULL,
+    equipment_id TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    ts           TEXT NOT NULL,
+    severity     TEXT NOT NULL,                    -- the worst severity told in it so far
+    last_at      REAL NOT NULL,                    -- its last message
+    PRIMARY KEY (recipient, equipment_id)
+);
 CREATE TABLE IF NOT EXISTS told (                   -- who has read which diagnosis (in an alert or a follow-up)
     receiver     TEXT NOT NULL,
     recipient    TEXT NOT NULL,
@@ -499,6 +510,37 @@ class Store:
                 )
         return result
 
+    # -- Slack threads (alerting.threads) ------------------------------------------------------------
+    def slack_threads(self, recipient: str, machines: Sequence[str]) -> dict[str, SlackThread]:
+        """The newest thread of each of ``machines`` for ``recipient`` (machines without one are absent)."""
+        if not machines:
+            return {}
+        marks = ",".join("?" * len(machines))
+        rows = self._query(
+            f"""SELECT equipment_id, channel, ts, severity, last_at FROM slack_threads
+                WHERE recipient = ? AND equipment_id IN ({marks})""",
+            [recipient, *machines],
+        )
+        return {r["equipment_id"]: SlackThread(r["channel"], r["ts"], r["severity"], r["last_at"]) for r in rows}
+
+    def open_slack_thread(self, recipient: str, machines: Sequence[str], channel: str, ts: str, severity: str) -> None:
+        """A new message opened the thread of these machines (replacing their older threads)."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO slack_threads VALUES (?, ?, ?, ?, ?, ?)",
+                [(recipient, m, channel, ts, severity, now) for m in machines],
+            )
+
+    def touch_slack_thread(self, recipient: str, thread: SlackThread, severity: str) -> None:
+        """A reply went into ``thread``: its last message is now, its severity the worse of the two."""
+        worst = max(thread.severity, severity, key=severity_rank)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE slack_threads SET last_at = ?, severity = ? WHERE recipient = ? AND channel = ? AND ts = ?",
+                (time.time(), worst, recipient, thread.channel, thread.ts),
+            )
+
     # -- figures -----------------------------------------------------------------------------------
     def queue_depth(self) -> dict[str, int]:
         """Deliveries not yet finished (pending or being resent), per receiver."""
@@ -539,4 +581,5 @@ class Store:
             )
             db.execute("DELETE FROM diagnoses WHERE updated_at < ?", (cutoff,))
             db.execute("DELETE FROM told WHERE at < ?", (cutoff,))
+            db.execute("DELETE FROM slack_threads WHERE last_at < ?", (cutoff,))
             return cursor.rowcount

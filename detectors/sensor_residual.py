@@ -16,7 +16,9 @@ from detectors.base import register
 from detectors.pca_t2q import PcaT2Q
 
 
-@register(in_job=True, benchmark_params={"variance": 0.99}, order=15)
+# No public benchmark: its features are the fleet's window statistics (``.avg`` per sensor), which raw benchmark
+# rows (SKAB's, NAB's) do not have.
+@register(in_job=True, benchmarks=(), order=15)
 class SensorResidual(PcaT2Q):
     """PCA Q of the smoothed sensor averages (``<sensor>.avg__mean<h>``)."""
 

@@ -15,6 +15,7 @@ from connectors.clickhouse_access import password_sha256, render_access_sql
 from jobs.registry import FLINK_JOBS
 from onnx_models.history import DEFAULT_HISTORY
 from operations.alerts_cli import alerts_app
+from operations.bench.alerts import run_alerts_bench
 from operations.bench.console import results_tables, run_console_bench, write_json
 from operations.bench.latency import run_latency_bench
 from operations.bench.throughput import run_throughput_bench
@@ -33,6 +34,7 @@ from operations.evaluate.nab_eval import (
 )
 from operations.evaluate.sim import SimOptions, evaluate_sim, print_sim_result, summary_dict
 from operations.evaluate.skab import run_skab_scorecards
+from operations.evaluate.vus_eval import run_vus
 from operations.stack.flink_cluster import start_cluster, stop_cluster, submit
 from operations.stack.services import INFRA, Stack, pipeline_names
 from operations.training.cli import labels_app, models_app, train_command
@@ -158,13 +160,13 @@ def demo(
     stop_after: Annotated[bool, typer.Option(help="stop the pipeline processes when the demo ends")] = False,
     samples_per_sensor: SamplesOption = None,
     fault_rate: FaultRateOption = None,
-    train_after: Annotated[
+    train_hours: Annotated[
         float,
         typer.Option(
-            help="seconds of data after which the demo trains and promotes "
-            "models (0: never; skipped when models are live)"
+            help="hours of simulated history the detectors train on before the fleet starts (skipped when "
+            "live models fit the fleet's layout; 0: keep whatever is live, rules only if nothing is)"
         ),
-    ] = 120.0,
+    ] = 4.0,
 ) -> None:
     """Start the stack and pipeline, stream a simulated fleet through it, and show live figures."""
 
@@ -175,7 +177,7 @@ def demo(
             duration_s=duration,
             stop_after=stop_after,
             console=console,
-            train_after_s=train_after,
+            train_hours=train_hours,
         )
     except RuntimeError as exc:
         _fail(str(exc))
@@ -331,6 +333,43 @@ def bench_latency(
         _fail(str(exc))
 
 
+@bench_app.command("alerts")
+def bench_alerts(
+    machines: Annotated[int, typer.Option(help="simulated machines streaming during the run")] = 1000,
+    minutes: Annotated[float, typer.Option(help="minutes of live streaming scored (after a 2-minute start-up)")] = 30.0,
+    fault_rate: Annotated[
+        float, typer.Option(help="random labelled faults per machine-hour (the simulator's mix of fault types)")
+    ] = 0.05,
+    topology: Annotated[
+        str, typer.Option(help="Flink jobs: combined (windows and scoring in one job) or split")
+    ] = "combined",
+    samples_per_sensor: SamplesOption = None,
+    train_hours: Annotated[
+        float,
+        typer.Option(help="hours of simulated history the models train on first (0: use the live models as they are)"),
+    ] = 4.0,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+) -> None:
+    """What on-call people receive from a live fleet: false and true pages per 1,000 machine-hours, faults paged,
+    delay, notifications per site and 10 minutes, floods, chattering; from what the Slack stand-in received."""
+
+    if topology not in ("combined", "split"):
+        _fail(f"--topology must be combined or split, not {topology!r}")
+    try:
+        run_alerts_bench(
+            _with_samples(samples_per_sensor),
+            machines,
+            minutes,
+            fault_rate,
+            topology,
+            output,
+            console,
+            train_hours=train_hours,
+        )
+    except (RuntimeError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def chaos(
     machines: Annotated[int, typer.Option(help="simulated machines streaming through the faults")] = 200,
@@ -390,6 +429,14 @@ def _evaluation_error(exc: Exception) -> None:
 @app.command()
 def evaluate(
     dataset: Annotated[str | None, typer.Option(help="skab, nab or sim")] = None,
+    vus: Annotated[
+        bool,
+        typer.Option(
+            "--vus",
+            help="skab/nab: TSB-AD's VUS-PR and VUS-ROC of each --detector (default: all of the dataset's) "
+            "at the evaluators' default settings, instead of the scorecard",
+        ),
+    ] = False,
     agents: Annotated[
         bool,
         typer.Option(
@@ -564,7 +611,9 @@ def evaluate(
     if dataset == "nab" and detector and len(detector) > 1:
         _fail("--dataset nab scores one --detector at a time")
     try:
-        if dataset == "skab":
+        if vus:
+            run_vus(dataset, folder, detector or None, console)
+        elif dataset == "skab":
             run_skab_scorecards(
                 folder,
                 detector,

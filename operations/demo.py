@@ -13,7 +13,6 @@ from rich.live import Live
 from agents.diagnostic import MODEL_NAME, REGISTRY_TYPE
 from connectors.alertmanager import AlertmanagerClient, AlertmanagerError
 from connectors.kafka import make_consumer
-from detectors import job_detectors
 from edge.gateway import GatewayClient
 from edge.simulator.runner import run_simulation
 from onnx_models.registry import ModelRegistry
@@ -21,8 +20,7 @@ from operations.console_cli import announce_console
 from operations.monitor import PipelineMonitor
 from operations.stack.services import CONSOLE, INFRA, Stack, pipeline_names
 from operations.training.agents import train_diagnostic
-from operations.training.detectors import TrainingDataError, train
-from vigil.rules import load_rules
+from operations.training.simulated import ensure_simulated_models
 from vigil.settings import Settings
 
 
@@ -93,46 +91,13 @@ def _live_until(
             live.update(monitor.table(title))
 
 
-def start_model_training(
-    settings: Settings, since_ms: int, after_s: float, monitor: PipelineMonitor, stop: threading.Event
-) -> threading.Thread | None:
-    """Train and promote models on the demo's first minutes, so the scoring job swaps them in live.
-
-    Skipped when every equipment type already has a live model (a demo run before this one trained them).
-    """
-
-    if after_s <= 0:
-        monitor.models_status = "no automatic training (--train-after 0): run `vigil train`"
-        return None
-    types = list(load_rules(settings.scoring.rules_path).equipment_types)
-    registry = ModelRegistry.from_settings(settings)
-    if types and all(registry.live_version(t, d) for t in types for d in job_detectors()):
-        live = ", ".join(f"{t} {registry.live_version(t, job_detectors()[0])}" for t in types)
-        monitor.models_status = f"live models from an earlier run ({live}); `vigil train --promote` to refresh"
-        return None
-
-    def train_later() -> None:
-
-        monitor.models_status = f"rules only; models train on the first {after_s:.0f} s of data"
-        if stop.wait(after_s):
-            return
-        monitor.models_status = "training models..."
-        try:
-            versions = train(
-                settings, since=since_ms, until=int(time.time() * 1000), promote=True, console=Console(quiet=True)
-            )
-        except (TrainingDataError, ValueError, RuntimeError) as exc:
-            monitor.models_status = f"training failed: {exc}"
-            return
-        names = ", ".join(sorted({f"{v.equipment_type} {v.version}" for v in versions}))
-        monitor.models_status = (
-            f"{len(versions)} models trained and promoted ({names}); the scoring job "
-            f"swaps them in within {settings.scoring.model_poll_s:.0f} s"
-        )
-
-    thread = threading.Thread(target=train_later, name="demo-training", daemon=True)
-    thread.start()
-    return thread
+def models_status(settings: Settings) -> str:
+    """The live detector models in one line, for the demo's table: how many, and what they were trained on."""
+    live = [v for v in ModelRegistry.from_settings(settings).list() if v.live and v.equipment_type != REGISTRY_TYPE]
+    if not live:
+        return "none live: verdicts from the rules only (`vigil train` fits models)"
+    sources = "; ".join(sorted({str(v.metadata.get("source", "unknown source")) for v in live}))
+    return f"{len(live)} live, trained on {sources}"
 
 
 def ensure_diagnostic_model(settings: Settings, console: Console) -> None:
@@ -196,10 +161,12 @@ def run_demo(
     duration_s: float | None,
     stop_after: bool,
     console: Console,
-    train_after_s: float = 120.0,
+    train_hours: float = 4.0,
 ) -> None:
 
     ensure_diagnostic_model(settings, console)
+    if train_hours > 0:
+        ensure_simulated_models(settings, console, hours=train_hours)
     stack = Stack(settings)
     with console.status("starting the local stack and the pipeline...") as status:
         stack.up(
@@ -217,11 +184,10 @@ def run_demo(
 
     announce_console(settings)
     monitor = PipelineMonitor(settings)
+    monitor.models_status = models_status(settings)
     monitor.start()
     stop = threading.Event()
-    started_ms = int(time.time() * 1000)
     simulator = start_simulator(settings, machines, duration_s, monitor, stop)
-    start_model_training(settings, started_ms, train_after_s, monitor, stop)
     # The previous demo's planned-stop silence ends once this fleet had the start-up grace to report again.
     unsilence = threading.Timer(settings.prometheus.startup_grace_s, end_planned_stop, (settings, console))
     unsilence.daemon = True

@@ -63,7 +63,7 @@ class PipelineMonitor:
         self.verdicts = Rate()
         self.verdicts_by_severity: dict[str, int] = {}
         self.latest_anomalies: deque[str] = deque(maxlen=3)  # newest anomaly summaries, for the demo table
-        self.models_status = ""  # what the demo's model training is doing
+        self.models_status = ""  # the live models the scoring job uses (the demo's table)
         self.send_errors = 0
         self.rejected = 0
         self.faults_active = 0

@@ -381,6 +381,15 @@ class AlertingSettings(BaseModel):
     receivers_path: Path = PROJECT_ROOT / "flink-conf" / "alerting" / "receivers.yaml"
     slack_webhook_url: SecretStr | None = None
     slack_webhook_url_file: Path | None = None
+    # Slack's Web API (chat.postMessage with a bot token) instead of incoming webhooks: one thread per machine's
+    # incident (its first page opens it; resolution, diagnosis and re-fires are replies), which a webhook cannot
+    # give (it does not return the message's ``ts``). Used whenever a bot token is set.
+    slack_bot_token: SecretStr | None = None
+    slack_bot_token_file: Path | None = None
+    slack_api_url: str = "https://slack.com/api"
+    # A machine's new alert within this long of its thread's last message is a reply in that thread (an
+    # escalation is also shown in the channel); later, it opens a new thread.
+    slack_thread_reuse_s: float = Field(1800.0, ge=0)
     # Twilio-compatible SMS API: POST <base>/2010-04-01/Accounts/<sid>/Messages.json
     sms_api_base_url: str = "https://api.twilio.com"
     sms_account_sid: str | None = None

@@ -48,10 +48,12 @@ from edge.simulator.runner import run_simulation
 from operations.bench.throughput import _make_sender, machine_description
 from operations.chaos import kill
 from operations.stack.services import ALL_PIPELINE, INFRA, Stack, pipeline_names
+from operations.training.simulated import ensure_simulated_models
 from vigil.settings import Settings
 
 MACHINE_ID = re.compile(r"\b(?:pump|motor|compressor|fan)-\d{4}\b")
 KILL_BEFORE_MS, KILL_AFTER_MS = 10_000, 30_000  # a fault this close to an outage belongs to it
+SLACK_API_PATH = "/api/chat.postMessage"  # the stand-in's Slack Web API (threads); /slack/... are webhooks
 STEP_SPANS = 5.0  # step size in healthy spans of the sensor: a hard fault the threshold rule sees in one window
 SENSOR = "vibration_rms"  # every simulated equipment type has it
 
@@ -167,11 +169,15 @@ class StandInClient:
             status = record["response"]["status"]
             if not 200 <= status < 300:
                 continue
-            if record["path"].startswith("/slack/"):
-                channel, text, to = "slack", (record.get("json") or {}).get("text", ""), record["path"]
+            if record["path"].startswith("/slack/") or record["path"] == SLACK_API_PATH:
+                if not (record.get("slack_answer") or {"ok": True}).get("ok"):  # the Web API refused it
+                    continue
+                payload = record.get("json") or {}
+                channel, text = "slack", payload.get("text", "")
+                to, thread = payload.get("channel") or record["path"], payload.get("thread_ts")
             elif record["path"].endswith("/Messages.json"):
                 form = record.get("form") or {}
-                channel, text, to = "sms", form.get("Body", ""), form.get("To", "")
+                channel, text, to, thread = "sms", form.get("Body", ""), form.get("To", ""), None
             else:
                 continue
             # A message may tell of several machines (Alertmanager grouped them): it counts for each one it names
@@ -185,6 +191,7 @@ class StandInClient:
                     "body": record["body"],
                     "machines": named,
                     "firing": not text.startswith("RESOLVED"),
+                    "thread_ts": thread,  # a reply in a Slack thread (Web API), else None
                     "at_ms": int(record["received_at"] * 1000),
                 }
             )
@@ -453,6 +460,7 @@ def run_latency_bench(
     unknown = set(kills or ()) - set(Stack(settings).specs())
     if unknown:
         raise ValueError(f"cannot crash {sorted(unknown)}: not services of the stack (see `vigil stack status`)")
+    ensure_simulated_models(settings, console)  # the demo's models: trained on simulated history, not rules only
     result = measure_latency(
         settings, machines, faults, spacing_s, fault_duration_s, warmup_s, tail_s, console, kills=kills, down_s=down_s
     )

@@ -4,6 +4,10 @@ tests and the latency benchmark: nothing leaves the machine.
 
 * ``POST /slack/<anything>``: answers 200 ``ok`` like Slack (400 ``invalid_payload`` / ``no_text`` for bodies
   Slack would refuse).
+* ``POST /api/chat.postMessage``: Slack's Web API as a bot sees it: a ``Bearer xoxb-...`` token (else
+  ``invalid_auth``), a channel, text or blocks (``no_text``), a ``thread_ts`` the stand-in issued in that
+  channel (``thread_not_found``); errors are HTTP 200 with ``ok: false`` like Slack's. Answers ``ok``, the
+  channel's ID (a name such as ``#vigil-alerts`` gets a stable ``C...`` ID) and the message's ``ts``.
 * ``POST /2010-04-01/Accounts/<sid>/Messages.json``: checks basic auth and To/From/Body like Twilio and answers
   201 with a Twilio-like JSON message resource (``sid`` ``SM...``).
 * Every request is recorded (time received, method, path, headers, body, parsed JSON or form, the answer) in
@@ -157,6 +161,48 @@ def _slack_answer(body: bytes) -> tuple[dict[str, Any], int, str]:
     return {"json": payload}, 200, "ok"
 
 
+class _SlackApi:
+    """The stand-in's Slack workspace: channel IDs by name and the ts of every message, to check thread_ts."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+        self.messages: set[tuple[str, str]] = set()  # (channel ID, ts)
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def channel_id(self, channel: str) -> str:
+        if re.fullmatch(r"[CGD][A-Z0-9]{8,}", channel):
+            return channel
+        with self.lock:
+            return self.ids.setdefault(channel, f"C{len(self.ids) + 1:010d}")
+
+    def answer(self, request: Request, body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+        auth = request.headers.get("authorization", "")
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return {}, {"ok": False, "error": "invalid_json"}
+        if not isinstance(payload, dict):
+            return {}, {"ok": False, "error": "invalid_json"}
+        parsed = {"json": payload}
+        if not auth.startswith("Bearer xoxb-"):
+            return parsed, {"ok": False, "error": "invalid_auth"}
+        channel = str(payload.get("channel") or "")
+        if not channel:
+            return parsed, {"ok": False, "error": "channel_not_found"}
+        if not payload.get("text") and not payload.get("blocks"):
+            return parsed, {"ok": False, "error": "no_text"}
+        cid = self.channel_id(channel)
+        thread_ts = payload.get("thread_ts")
+        with self.lock:
+            if thread_ts and (cid, str(thread_ts)) not in self.messages:
+                return parsed, {"ok": False, "error": "thread_not_found"}
+            self.seq += 1
+            ts = f"{int(time.time())}.{self.seq:06d}"
+            self.messages.add((cid, ts))
+        return parsed, {"ok": True, "channel": cid, "ts": ts, "message": {"ts": ts, "thread_ts": thread_ts or ts}}
+
+
 def _twilio_answer(sid: str, request: Request, body: bytes) -> tuple[dict[str, Any], int, dict[str, Any]]:
     form = dict(parse_qsl(body.decode(errors="replace"), keep_blank_values=True))
     parsed: dict[str, Any] = {"form": form}
@@ -255,6 +301,13 @@ def create_app(record_path: Path | None = None, smtp: tuple[str, int] | None = N
     async def slack(rest: str, request: Request) -> Response:
         parsed, status, text = _slack_answer(await request.body())
         return await answer(request, parsed, status, text)
+
+    slack_api = _SlackApi()
+
+    @app.post("/api/chat.postMessage")
+    async def slack_post_message(request: Request) -> Response:
+        parsed, content = slack_api.answer(request, await request.body())
+        return await answer(request, {**parsed, "slack_answer": content}, 200, content)
 
     @app.post("/2010-04-01/Accounts/{sid}/Messages.json")
     async def twilio(sid: str, request: Request) -> Response:

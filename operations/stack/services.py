@@ -41,7 +41,7 @@ ALERTING = ("saas-standin", "notify-relay", "alert-publisher", "kafka-lag")
 AGENTS = ("agents-job",)
 ALL_PIPELINE = tuple(dict.fromkeys(PIPELINE + COMBINED_PIPELINE + ALERTING + AGENTS))
 CONSOLE = ("console",)
-STANDIN_SLACK_PATH = "/slack/T0LOCAL/B0LOCAL/vigil-local"
+STANDIN_SLACK_TOKEN = "xoxb-local-standin"
 STANDIN_SMS = {"sms_account_sid": "AC0000vigil0local", "sms_auth_token": "local-standin", "sms_from": "+15550100000"}
 
 
@@ -60,8 +60,9 @@ def with_standin(settings: Settings) -> Settings:
         return settings
     base = f"http://127.0.0.1:{a.standin_port}"
     update: dict[str, object] = {}
-    if not (a.slack_webhook_url or a.slack_webhook_url_file):
-        update["slack_webhook_url"] = SecretStr(base + STANDIN_SLACK_PATH)
+    if not (a.slack_webhook_url or a.slack_webhook_url_file or a.slack_bot_token or a.slack_bot_token_file):
+        # The Web API (threads), as a workspace with a bot would be set up.
+        update |= {"slack_bot_token": SecretStr(STANDIN_SLACK_TOKEN), "slack_api_url": base + "/api"}
     if not a.sms_account_sid:
         update |= {"sms_api_base_url": base, **STANDIN_SMS, "sms_auth_token": SecretStr(STANDIN_SMS["sms_auth_token"])}
     if not a.smtp_host:

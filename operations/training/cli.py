@@ -15,6 +15,7 @@ from onnx_models.registry import ModelRegistry, RegistryError, default_root
 from operations.training.agents import train_diagnostic, train_diagnostic_from_clickhouse
 from operations.training.detectors import TrainingDataError, train
 from operations.training.fault_labels import LabelFileError, insert_labels, read_label_file
+from operations.training.simulated import SimulatedHistory, train_simulated
 from vigil.settings import get_settings
 
 models_app = typer.Typer(no_args_is_help=True, help="Trained models: list versions, promote, roll back.")
@@ -113,12 +114,27 @@ def train_command(
         typer.Option(help="start of the history, ISO time (UTC if no zone); default: --hours before --until"),
     ] = None,
     until: Annotated[str | None, typer.Option(help="end of the history (exclusive); default: now")] = None,
-    hours: Annotated[float, typer.Option(help="history length when --since is not given")] = 24.0,
+    hours: Annotated[
+        float | None,
+        typer.Option(help="history length when --since is not given (default 24; --simulated: 4)"),
+    ] = None,
+    simulated: Annotated[
+        bool,
+        typer.Option(
+            "--simulated",
+            help="train on --hours of a simulated fleet's history ending now, laid out as settings.simulator "
+            "says (what the demo does before its fleet starts), instead of ClickHouse; promotes unless told not",
+        ),
+    ] = False,
+    machines: Annotated[int, typer.Option(help="--simulated: machines in the simulated history")] = 200,
     equipment_type: Annotated[list[str] | None, typer.Option("--type", help="equipment type(s); default: all")] = None,
     detector: Annotated[
         list[str] | None, typer.Option(help="detector(s); default: pca_t2q and isolation_forest")
     ] = None,
-    promote: Annotated[bool, typer.Option(help="make the new versions live (the first of a type always is)")] = False,
+    promote: Annotated[
+        bool | None,
+        typer.Option(help="make the new versions live (the first of a type always is; default: only --simulated)"),
+    ] = None,
     quantile: Annotated[
         float | None,
         typer.Option(
@@ -150,6 +166,8 @@ def train_command(
 ) -> None:
     """Train a model per equipment type and detector on ClickHouse history; register it as a new version."""
     if agents:
+        hours = 24.0 if hours is None else hours
+        promote = bool(promote)
         settings = get_settings()
         registry = ModelRegistry.from_settings(settings)
         if source not in ("simulator", "clickhouse"):
@@ -179,15 +197,36 @@ def train_command(
         return
 
     settings = get_settings()
-    end = datetime.fromisoformat(until) if until else datetime.now(UTC)
-    start = datetime.fromisoformat(since) if since else end - timedelta(hours=hours)
-    kwargs = {"detectors": tuple(detector)} if detector else {}
-    try:
-        versions = train(
-            settings, start, end, equipment_type or None, promote=promote, quantile=quantile, console=console, **kwargs
-        )
-    except (TrainingDataError, RegistryError, ClickHouseUnavailable, ValueError) as exc:
-        _fail(str(exc))
+    if simulated:
+        if since or until or equipment_type or detector or quantile is not None:
+            _fail(
+                "--simulated trains every job detector of every type on history ending now: drop --since, "
+                "--until, --type, --detector and --quantile"
+            )
+        try:
+            history = SimulatedHistory.for_settings(settings, machines, 4.0 if hours is None else hours)
+            versions = train_simulated(
+                settings, ModelRegistry.from_settings(settings), history, promote=promote is not False, console=console
+            )
+        except (TrainingDataError, RegistryError, ValueError) as exc:
+            _fail(str(exc))
+    else:
+        end = datetime.fromisoformat(until) if until else datetime.now(UTC)
+        start = datetime.fromisoformat(since) if since else end - timedelta(hours=24.0 if hours is None else hours)
+        kwargs = {"detectors": tuple(detector)} if detector else {}
+        try:
+            versions = train(
+                settings,
+                start,
+                end,
+                equipment_type or None,
+                promote=bool(promote),
+                quantile=quantile,
+                console=console,
+                **kwargs,
+            )
+        except (TrainingDataError, RegistryError, ClickHouseUnavailable, ValueError) as exc:
+            _fail(str(exc))
     for v in versions:
         m = v.metadata
         console.print(

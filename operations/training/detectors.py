@@ -294,6 +294,7 @@ def train_type(
     source: str = "window statistics frame",
     since_ms: int | None = None,
     until_ms: int | None = None,
+    extra_metadata: dict[str, Any] | None = None,
 ) -> list[ModelVersion]:
     """Fit, calibrate and register one equipment type's models from a frame of window statistics.
 
@@ -301,7 +302,8 @@ def train_type(
     --dataset sim`` calls it on simulated windows so the benchmark trains exactly as ``vigil train`` does.
     ``frame``: one row per (equipment_id, sensor, window_start) with the stats columns; ``window_start``
     as datetimes or epoch ms. ``flagged``: (equipment_id, window_start_ms) the job flagged (excluded).
-    ``source``/``since_ms``/``until_ms`` only go into the metadata and messages (default: the frame's range).
+    ``source``/``since_ms``/``until_ms`` only go into the metadata and messages (default: the frame's range);
+    ``extra_metadata`` is merged into every version's metadata (e.g. how a simulated history was made).
     ``alarm_rate``: the threshold is the score a healthy machine's window passes this often per hour (a
     peaks-over-threshold tail of the normal windows' scores); None: the ``quantile`` of the calibration
     slice's scores.
@@ -361,6 +363,7 @@ def train_type(
         # sha256 of the float32 C-order bytes of the normal feature matrix (fit + calibration + test rows).
         "data_sha256": data_hash,
         "versions": _versions(),
+        **(extra_metadata or {}),
     }
     versions = []
     for name in detectors or job_detectors():

@@ -4,6 +4,7 @@ are causal (the relay cannot send before it waited), never speed thresholds."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import email
@@ -26,6 +27,8 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from alerting.messages import gsm_length
 from alerting.payload import Alert
+from alerting.retry import DeliveryError
+from alerting.senders import SlackApiSender
 from alerting.store import DEAD, DELIVERED, PENDING, Delivery, Store
 from connectors.clickhouse import make_client
 from connectors.kafka import ensure_topics, make_producer
@@ -787,3 +790,93 @@ def test_diagnoses_reach_the_people_paged_in_the_message_or_as_one_follow_up(
         wait_for(lambda: len(sms_messages()) == 6, what="the changed diagnosis by SMS")
     finally:
         relay.stop()
+
+
+# -- Slack threads (Web API) ----------------------------------------------------------------------------------
+SLACK_API = "/api/chat.postMessage"
+
+
+@pytest.fixture(scope="module")
+def threaded_relay(
+    tmp_path_factory: pytest.TempPathFactory, standin: StandIn, smtp: tuple[Mailbox, int], ch_server: ClickHouseSettings
+) -> Iterator[RelayProcess]:
+    """A relay with a bot token: Slack through chat.postMessage, so one machine's incident is one thread."""
+    folder = tmp_path_factory.mktemp("threaded-relay")
+    settings = relay_settings(
+        folder,
+        standin,
+        smtp[1],
+        ch_server,
+        slack_webhook_url=None,
+        slack_bot_token="xoxb-test-bot",
+        slack_api_url=standin.url + "/api",
+        slack_thread_reuse_s=600.0,
+    )
+    process = RelayProcess(settings, folder / "relay.log").start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_one_machine_incident_is_one_slack_thread(threaded_relay: RelayProcess, standin: StandIn) -> None:
+    first, escalation, other = new_fingerprint(), new_fingerprint(), new_fingerprint()
+    machine = f"pump-{first[:6]}"
+
+    def posts(count: int) -> list[dict[str, Any]]:
+        return wait_for(
+            lambda: len(r := standin.requests(SLACK_API, machine)) >= count and r, what=f"{count} Slack posts"
+        )
+
+    # The first page of the machine: a message in the channel, which opens its thread.
+    threaded_relay.post("slack", webhook("slack", am_alert(first, severity="warning")))
+    (opened,) = posts(1)
+    answer = opened["slack_answer"]
+    assert answer["ok"] and opened["json"]["channel"] == "#vigil-alerts" and "thread_ts" not in opened["json"]
+    assert opened["headers"]["authorization"] == "Bearer xoxb-test-bot"
+    assert opened["json"]["blocks"][0]["text"]["text"].endswith(f"WARNING: VigilAnomaly on {machine}")
+
+    # Worse news about the same machine: a reply in its thread, also shown in the channel (an escalation).
+    critical = am_alert(escalation)
+    critical["labels"]["equipment_id"] = machine
+    threaded_relay.post("slack", webhook("slack", critical))
+    reply = posts(2)[1]["json"]
+    assert reply["thread_ts"] == answer["ts"] and reply["channel"] == answer["channel"]
+    assert reply["reply_broadcast"] is True
+
+    # The end of the warning: a reply in the same thread, not shown in the channel.
+    threaded_relay.post("slack", webhook("slack", am_alert(first, "resolved", severity="warning")))
+    resolved = posts(3)[2]["json"]
+    assert resolved["thread_ts"] == answer["ts"] and resolved["reply_broadcast"] is False
+    assert resolved["blocks"][0]["text"]["text"].endswith(f"RESOLVED: VigilAnomaly on {machine}")
+    assert all(r["slack_answer"]["ok"] for r in standin.requests(SLACK_API, machine))
+
+    # Another machine is another incident: its own message in the channel.
+    threaded_relay.post("slack", webhook("slack", am_alert(other)))
+    (own,) = wait_for(lambda: standin.requests(SLACK_API, f"pump-{other[:6]}"), what="the other machine's post")
+    assert "thread_ts" not in own["json"] and own["slack_answer"]["ts"] != answer["ts"]
+    wait_for(threaded_relay.idle, what="the threaded relay's queue to drain")
+    store = threaded_relay.store()
+    try:
+        threads = store.slack_threads("#vigil-alerts", [machine, f"pump-{other[:6]}"])
+    finally:
+        store.close()
+    assert threads[machine].ts == answer["ts"] and threads[machine].severity == "critical"
+    assert threads[f"pump-{other[:6]}"].ts == own["slack_answer"]["ts"]
+
+
+def test_slack_api_refusals_say_why_and_only_transient_ones_retry(standin: StandIn) -> None:
+    async def send(token: str, **kwargs: Any) -> Any:
+        settings = AlertingSettings(slack_bot_token=token, slack_api_url=standin.url + "/api")
+        async with httpx.AsyncClient(timeout=5) as client:
+            return await SlackApiSender(client, settings).send("#vigil-alerts", {"text": "hello"}, **kwargs)
+
+    posted = asyncio.run(send("xoxb-good"))
+    assert posted.status == 200 and posted.channel.startswith("C") and posted.ts
+    for token, kwargs, error in (
+        ("not-a-bot-token", {}, "invalid_auth"),
+        ("xoxb-good", {"thread_ts": "1.000000"}, "thread_not_found"),
+    ):
+        with pytest.raises(DeliveryError, match=error) as caught:
+            asyncio.run(send(token, **kwargs))
+        assert not caught.value.retryable
