@@ -8,6 +8,7 @@ except the alert name: missing labels or annotations are left out, unknown annot
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from email.message import EmailMessage
 from email.policy import default as default_email_policy
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from alerting.payload import Alert
 
@@ -38,6 +39,8 @@ _SLACK_TEXT_MAX = 3000
 _SLACK_FIELD_MAX = 2000
 _SLACK_FIELDS_MAX = 10
 _SLACK_URL_MAX = 3000
+# Characters that end a link in Slack's <url|text> syntax, or a word in a text message (quoted in a URL).
+_LINK_BREAKERS = re.compile(r"[<>|\s\"']")
 # Headers are folded only past RFC 5322's hard limit: Python's folding at 78 characters moves a long subject
 # onto a continuation line, which some clients show with a leading space.
 _EMAIL_POLICY = default_email_policy.clone(max_line_length=998)
@@ -106,11 +109,25 @@ def headline(alert: Alert) -> str:
     return f"{word}: {story_title(alert)}"
 
 
+def safe_link(link: str, origin: str | None = None) -> bool:
+    """Whether ``link`` may go into a message: http(s), no character that ends Slack's ``<url|text>`` syntax
+    or an SMS word, and, with ``origin``, under that scheme and host (a label or annotation cannot send people
+    elsewhere)."""
+    if not link.startswith(("http://", "https://")) or _LINK_BREAKERS.search(link):
+        return False
+    if origin is None:
+        return True
+    ours, theirs = urlsplit(origin), urlsplit(link)
+    return (theirs.scheme, theirs.netloc) == (ours.scheme, ours.netloc)
+
+
 def console_link(alert: Alert, ctx: MessageContext) -> str:
-    """The machine's console page: the alert's console_url annotation, else built from settings."""
-    if link := alert.annotations.get("console_url"):
-        return link
+    """The machine's console page: the alert's console_url annotation when it points into the configured
+    console, else built from settings (an annotation elsewhere is ignored: no phishing link in a page)."""
     base = ctx.console_url.rstrip("/")
+    link = alert.annotations.get("console_url", "")
+    if link and safe_link(link, base):
+        return link
     machine = alert.label("equipment_id")
     return f"{base}/?equipment={quote(machine)}" if machine else base
 
@@ -178,6 +195,11 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
+def _header(text: str) -> str:
+    # Escaped like every other field (Slack un-escapes the entities when it shows them), cut after escaping.
+    return _cut(slack_escape(text), _SLACK_HEADER_MAX)
+
+
 def _mrkdwn(text: str) -> dict[str, str]:
     return {"type": "mrkdwn", "text": _cut(text, _SLACK_TEXT_MAX)}
 
@@ -191,7 +213,7 @@ def slack_message(alert: Alert, ctx: MessageContext) -> dict[str, Any]:
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _SLACK_HEADER_MAX), "emoji": True},
+            "text": {"type": "plain_text", "text": _header(f"{emoji} {title}"), "emoji": True},
         },
     ]
     story: list[str] = []
@@ -223,7 +245,7 @@ def slack_message(alert: Alert, ctx: MessageContext) -> dict[str, Any]:
             button["style"] = "danger"
         blocks.append({"type": "actions", "elements": [button]})
     context = [f"Vigil alert `{alert.fingerprint}`"]
-    if alert.generatorURL.startswith(("http://", "https://")):
+    if safe_link(alert.generatorURL):
         context.append(f"<{alert.generatorURL}|source query>")
     blocks.append({"type": "context", "elements": [_mrkdwn(" | ".join(context))]})
     # `text` is the notification preview (phone lock screen) and the fallback for old clients.
@@ -316,7 +338,7 @@ def email_message(alert: Alert, ctx: MessageContext, sender: str, to: str, story
     width = max((len(name) for name, _ in facts(alert)), default=0)
     lines += [f"{name + ':':<{width + 1}} {value}" for name, value in facts(alert)]
     lines += ["", f"Console: {console_link(alert, ctx)}"]
-    if alert.generatorURL:
+    if safe_link(alert.generatorURL):
         lines.append(f"Source:  {alert.generatorURL}")
     if ctx.external_url:
         lines.append(f"Alertmanager: {ctx.external_url}")
@@ -411,7 +433,7 @@ def slack_group_message(alerts: list[Alert], ctx: MessageContext) -> dict[str, A
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _cut(f"{emoji} {title}", _SLACK_HEADER_MAX), "emoji": True},
+            "text": {"type": "plain_text", "text": _header(f"{emoji} {title}"), "emoji": True},
         },
     ]
     with_machine = not _one_machine(alerts)

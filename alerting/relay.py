@@ -48,6 +48,7 @@ from alerting.retry import DeliveryError, delivery_retrying
 from alerting.senders import EmailSender, SlackApiSender, SlackSender, SmsSender, read_secret
 from alerting.store import DEAD, DELIVERED, Delivery, EnqueueResult, FollowUp, NewDelivery, Store
 from alerting.threads import plan_message, worst_severity
+from alerting.webhook_auth import TokenFileError, authorized, ensure_token
 from connectors.kafka import consume_batches, make_consumer
 from vigil.logs import setup_logging
 from vigil.settings import Settings, get_settings
@@ -546,9 +547,26 @@ class Relay:
         }
 
 
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it passes ``limit`` bytes (read no further: a flood costs no memory)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(settings: Settings | None = None, oncall: OnCall | None = None) -> FastAPI:
     """The relay as an ASGI app; the workers run for the app's lifespan."""
-    relay = Relay(settings or get_settings(), oncall)
+    settings = settings or get_settings()
+    relay = Relay(settings, oncall)
+    token_path = settings.relay_token_path
+    token = ensure_token(token_path)  # before serving: a relay that cannot authenticate must not start
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -563,12 +581,30 @@ def create_app(settings: Settings | None = None, oncall: OnCall | None = None) -
 
     @app.post("/alertmanager/{receiver}")
     async def webhook(receiver: str, request: Request) -> JSONResponse:
+        if not authorized(request.headers.get("authorization"), token):
+            relay.metrics.webhooks.labels(receiver="any", outcome="unauthorized").inc()
+            log.warning("refused a webhook without the relay's token from %s", request.client)
+            return JSONResponse(
+                {
+                    "error": "missing or wrong bearer token: Alertmanager's webhook_configs need http_config."
+                    f"authorization with the token in {token_path} (settings.alerting.webhook_token_file)"
+                },
+                401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        body = await _read_capped(request, settings.alerting.webhook_max_bytes)
+        if body is None:
+            relay.metrics.webhooks.labels(receiver="any", outcome="too_large").inc()
+            limit = settings.alerting.webhook_max_bytes
+            return JSONResponse(
+                {"error": f"webhook body over {limit} bytes (settings.alerting.webhook_max_bytes)"}, 413
+            )
         if receiver not in RECEIVERS:
             relay.metrics.webhooks.labels(receiver="unknown", outcome="unknown_receiver").inc()
             paths = ", ".join(f"/alertmanager/{r}" for r in RECEIVERS)
             return JSONResponse({"error": f"unknown receiver {receiver!r}: the relay serves {paths}"}, 404)
         try:
-            payload = parse_webhook(await request.body())
+            payload = parse_webhook(body)
         except InvalidWebhook as exc:
             relay.metrics.webhooks.labels(receiver, "invalid").inc()
             log.warning("%s: rejected webhook: %s", receiver, exc)
@@ -643,8 +679,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         app = create_app(settings)
-    except OnCallConfigError as exc:
+    except (OnCallConfigError, TokenFileError) as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot read or create the webhook token %s: %s", settings.relay_token_path, exc)
         return 2
     except sqlite3.Error as exc:
         log.error("cannot open the relay state %s: %s (VIGIL_ALERTING__STATE_PATH)", settings.alerting_state_path, exc)

@@ -201,6 +201,12 @@ class EmailSender:
         if not s.smtp_host:
             raise DeliveryError("e-mail is not configured: set VIGIL_ALERTING__SMTP_HOST", retryable=False)
         where = f"SMTP server {s.smtp_host}:{s.smtp_port}"
+        if s.smtp_username and not s.smtp_starttls:
+            raise DeliveryError(
+                f"refusing to log in to {where} without TLS (the password would cross the network in clear): "
+                "set VIGIL_ALERTING__SMTP_STARTTLS=true, or use a relay that needs no login",
+                retryable=False,
+            )
         try:
             with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.request_timeout_s) as smtp:
                 if s.smtp_starttls:

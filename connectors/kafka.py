@@ -7,6 +7,7 @@ local Apache Kafka broker and to a real cluster with SASL/TLS.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 import time
@@ -202,6 +203,9 @@ def commit_offsets(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> d
     return {}
 
 
+DEAD_LETTER_PAYLOAD_MAX = 256 * 1024  # bytes of a rejected payload kept in its dead letter (base64 ~342 KiB)
+
+
 def dead_letter_value(
     source: str,
     reason: str,
@@ -210,7 +214,10 @@ def dead_letter_value(
     payload_bytes: bytes | None = None,
     payload: object | None = None,
 ) -> bytes:
-    """The dead-letter record: why it was rejected, and the original payload so nothing is lost."""
+    """The dead-letter record: why it was rejected, and the original payload so nothing is lost.
+
+    A payload over ``DEAD_LETTER_PAYLOAD_MAX`` bytes keeps its first that many, with its size and sha256: a
+    rejected 4-MiB request must not become a record the topic refuses (or one that fills it)."""
     record: dict[str, Any] = {
         "source": source,
         "reason": reason,
@@ -219,7 +226,14 @@ def dead_letter_value(
         "received_at_ms": int(time.time() * 1000),
     }
     if payload_bytes is not None:
-        record["payload_b64"] = base64.b64encode(payload_bytes).decode("ascii")
+        kept = payload_bytes[:DEAD_LETTER_PAYLOAD_MAX]
+        record["payload_b64"] = base64.b64encode(kept).decode("ascii")
+        if len(kept) < len(payload_bytes):
+            record |= {
+                "payload_truncated": True,
+                "payload_size": len(payload_bytes),
+                "payload_sha256": hashlib.sha256(payload_bytes).hexdigest(),
+            }
     if payload is not None:
         record["payload"] = payload
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -54,7 +54,8 @@ log = logging.getLogger("edge.gateway")
 
 _HEADER = struct.Struct(">IIq")  # payload length, crc32(payload), buffered_at_ms
 _SEGMENT_BYTES = 8 * 1024 * 1024  # start a new segment beyond this size (bounds one replay stream)
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# RESOURCE_EXHAUSTED: the edge is at its limit of concurrent calls; buffered and retried like an outage.
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 # The wall clock moved this much against the monotonic one: it was stepped, the measured offset is void.
 _CLOCK_STEP_MS = 500
 _STREAM_METHOD = "/{}/IngestStream".format(telemetry_pb2.DESCRIPTOR.services_by_name["Ingestion"].full_name)

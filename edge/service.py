@@ -8,9 +8,10 @@ Guarantees to gateways:
 * Invalid input is never dropped silently: it goes, with the original bytes and a reason code, to
   the dead-letter topic (unary: INVALID_ARGUMENT; stream: listed in ``IngestAck.rejections``).
 * Re-sends are recognised by a per-equipment high-water mark of acknowledged ``sequence`` numbers
-  and acknowledged as ``duplicate_batches`` without being re-written. The marks survive a restart
-  (edge/state.py: a snapshot, completed from the telemetry topic's tail); several service replicas
-  do not share them, so a re-send to another replica is written again. ``sequence == 0`` means
+  and acknowledged as ``duplicate_batches`` without being re-written; a sequence far past the mark
+  (``edge.max_sequence_jump``) is refused, so one forged batch cannot mute a machine's later ones. The
+  marks survive a restart (edge/state.py: a snapshot, completed from the telemetry topic's tail); several
+  service replicas do not share them, so a re-send to another replica is written again. ``sequence == 0`` means
   "not set" and is never de-duplicated.
 
 Requests are registered with a raw-bytes deserializer so that malformed protobuf reaches our code
@@ -325,7 +326,8 @@ class IngestionService:
         self.dead_letters.write(reason, detail, eid, payload_bytes=raw, on_delivery=state.tracker.on_delivery)
         state.tracker.expect()
         state.ack.rejected_batches += 1
-        state.ack.rejections.add(equipment_id=eid, sequence=seq, reason=reason, detail=detail)
+        if len(state.ack.rejections) < self.settings.edge.max_ack_rejections:  # the count says how many in all
+            state.ack.rejections.add(equipment_id=eid, sequence=seq, reason=reason, detail=detail)
         state.last_rejection = (reason, detail)
         self.metrics.rejected.labels(reason).inc()
         log.info("rejected batch equipment=%r sequence=%d: %s: %s", eid, seq, reason, detail)
@@ -393,6 +395,17 @@ class IngestionService:
         sent_at = batch.sent_at_ms + result.clock_offset_ms if batch.sent_at_ms else 0
         state.covered[eid] = max(state.covered.get(eid, 0), sent_at, newest)
         if seq:
+            with self._marks_lock:
+                mark = max(self._marks.get(eid, 0), state.marks.get(eid, 0))
+            jump = self.settings.edge.max_sequence_jump
+            if mark and seq > mark + jump:
+                detail = (
+                    f"sequence {seq} is {seq - mark} past the last one acknowledged for {eid!r} ({mark}), more than "
+                    f"edge.max_sequence_jump={jump}: a gateway that renumbers its batches must continue from its "
+                    "last sequence (or send 0: never de-duplicated)"
+                )
+                self._reject(state, raw, v.SEQUENCE_JUMP, detail, eid, seq)
+                return
             if self._is_duplicate(state, eid, seq, context):
                 state.ack.duplicate_batches += 1
                 self.metrics.duplicates.inc()
@@ -483,8 +496,15 @@ class IngestionService:
         self._refuse_until_ready(context)
         with self.metrics.in_flight.track_inprogress():
             state = self._new_request()
+            limit, size = self.settings.edge.max_stream_bytes, 0
             try:
                 for raw in request_iterator:
+                    size += len(raw)
+                    if size > limit:  # nothing of this stream is acknowledged: the gateway re-sends it split up
+                        context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"stream over edge.max_stream_bytes={limit}: send at most that many bytes per stream",
+                        )
                     self._handle(state, raw, context, arrived_ms)
                 self._finish(state, context)
             finally:
@@ -531,6 +551,7 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=edge.max_workers, thread_name_prefix="ingest"),
         interceptors=(ArrivalTime(),),
+        maximum_concurrent_rpcs=edge.max_concurrent_rpcs,
         compression=_COMPRESSION[edge.compression],
         options=[
             ("grpc.max_receive_message_length", edge.max_message_bytes),

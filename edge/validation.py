@@ -34,6 +34,7 @@ NAN_OR_INF = "nan_or_inf"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
 OVERSIZED_BATCH = "oversized_batch"
+SEQUENCE_JUMP = "sequence_jump"  # decided by the service, which holds the marks (edge/service.py)
 
 REASON_CODES: tuple[str, ...] = (
     MALFORMED_PROTOBUF,
@@ -48,6 +49,7 @@ REASON_CODES: tuple[str, ...] = (
     TIMESTAMP_IN_FUTURE,
     TIMESTAMP_TOO_OLD,
     OVERSIZED_BATCH,
+    SEQUENCE_JUMP,
 )
 
 
@@ -194,6 +196,14 @@ class BatchValidator:
         clock_error, offset = self._clock_correction(batch, arrived_ms or now_ms)
         newest_ok = now_ms + self._future_ms
         oldest_ok = now_ms - self._past_ms
+        sent_at = batch.sent_at_ms + offset if batch.sent_at_ms else 0
+        if sent_at > newest_ok:
+            return Validation(
+                TIMESTAMP_IN_FUTURE,
+                f"sent_at_ms={batch.sent_at_ms} ({_fmt_ms(sent_at)}) is {(sent_at - now_ms) / 1000:.1f} s ahead of "
+                f"the service clock (limit {s.max_future_skew_s:g} s): a promise from the future would close other "
+                "machines' windows early; check the gateway's clock (NTP)",
+            )
         arrays: list[SensorArrays] = []
         for series in batch.sensors:
             n = len(series.values)

@@ -314,7 +314,13 @@ class ModelRegistry:
         mv = self._version(equipment_type, detector, chosen, self.live_version(equipment_type, detector))
         model_bytes = mv.model_path.read_bytes()
         digest = hashlib.sha256(model_bytes).hexdigest()
-        if mv.metadata.get("model_sha256") not in (None, digest):
+        recorded = mv.metadata.get("model_sha256")
+        if recorded is None:  # every registered version has one: a file without it was not registered here
+            raise RegistryError(
+                f"{mv.model_path} has no sha256 in its metadata, so it cannot be verified: it was not registered "
+                "by `vigil train`; retrain, or promote another version"
+            )
+        if recorded != digest:
             raise RegistryError(
                 f"{mv.model_path} does not match the sha256 in its metadata (file altered or truncated); "
                 "promote another version or retrain"

@@ -117,9 +117,22 @@ class EdgeSettings(BaseModel):
     # DMZ, or a proxy in front of it); empty: kafka.bootstrap_servers.
     kafka_bootstrap_servers: str = ""
     max_workers: int = 16
+    # Calls served or queued at once (beyond: RESOURCE_EXHAUSTED, the gateway buffers and retries), bytes one
+    # stream may carry (a gateway's replay streams one 8-MiB buffer segment at a time), and rejections listed
+    # in one acknowledgement (every one is counted and dead-lettered).
+    max_concurrent_rpcs: int = Field(4096, ge=1)
+    max_stream_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_ack_rejections: int = Field(100, ge=1)
     max_points_per_batch: int = Field(20_000, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    max_future_skew_s: float = Field(60.0, ge=0)
+    # A batch whose sequence is more than this past its machine's high-water mark is refused (dead-lettered):
+    # taken, it would make every later real batch of the machine look like an acknowledged re-send, never
+    # written. A gateway numbering its 5-s batches moves ~17,000 a day; this is about 58 days of them.
+    max_sequence_jump: int = Field(1_000_000, ge=1)
+    # How far ahead of the service clock a sample time or a batch's sent_at may be (after the gateway's clock is
+    # corrected): at most the window's allowed lateness, or one client's future data could move event time past
+    # everyone else's windows and have their data dead-lettered as late.
+    max_future_skew_s: float = Field(2.0, ge=0)
     # A gateway whose clock is off the edge's by more than this (as the gateway measured it, beyond the
     # measurement's uncertainty) has its batches' times corrected by the error, in whole seconds; within it
     # nothing moves. Below the allowed lateness.
@@ -377,6 +390,11 @@ class AlertingSettings(BaseModel):
     relay_port: int = 18090
     # SQLite file with the outbox, idempotency keys and dead letters (default <data_dir>/alerting/relay.db).
     state_path: Path | None = None
+    # The webhook takes only Alertmanager's requests: a bearer token from this file (default
+    # <data_dir>/alerting/webhook.token, created 0600 with a random token when missing), which Alertmanager sends
+    # (its webhook_configs' http_config.authorization.credentials_file); bodies above webhook_max_bytes are refused.
+    webhook_token_file: Path | None = None
+    webhook_max_bytes: int = Field(1_048_576, ge=1024)
     # On-call routing: which receivers and recipients get which severity / site (validated on load).
     receivers_path: Path = PROJECT_ROOT / "flink-conf" / "alerting" / "receivers.yaml"
     slack_webhook_url: SecretStr | None = None
@@ -535,6 +553,16 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _future_skew_below_lateness(self) -> Settings:
+        if self.edge.max_future_skew_s * 1000 > self.window.allowed_lateness_ms:
+            raise ValueError(
+                f"edge.max_future_skew_s ({self.edge.max_future_skew_s:g} s) must not exceed "
+                f"window.allowed_lateness_ms ({self.window.allowed_lateness_ms} ms): a gateway ahead by more could "
+                "move event time past other machines' open windows and dead-letter their data as late"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_windows(self) -> Settings:
         if self.window.size_ms % 1000 and 1000 % self.window.size_ms:
             raise ValueError("window.size_ms must divide or be a multiple of 1000 ms")
@@ -589,6 +617,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.scoring.models_dir or (self.data_dir / "models")
+
+    @property
+    def relay_token_path(self) -> Path:
+        return self.alerting.webhook_token_file or (self.data_dir / "alerting" / "webhook.token")
 
     @property
     def alerting_state_path(self) -> Path:

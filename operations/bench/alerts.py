@@ -117,11 +117,14 @@ def delivered_alerts(rows: list[Delivery], first_ms: int, end_ms: int) -> tuple[
 
 def recipient_load(rows: list[Delivery], first_ms: int, end_ms: int) -> list[dict[str, Any]]:
     """Per (receiver, recipient): the firing messages that reached them in [first_ms, end_ms) (a message may
-    carry several alerts: Alertmanager's grouping), per 10-minute bucket: mean, worst, and floods (buckets with
-    more than the alarm-management standards' 10) -- the load a person on call lives with."""
+    carry several alerts: Alertmanager's grouping; diagnosis updates are not counted), per 10-minute bucket:
+    mean, worst, and floods (buckets with more than the alarm-management standards' 10) -- the load a person
+    on call lives with."""
     messages: dict[tuple[str, str], set[tuple[str, int]]] = {}
     for row in rows:
         if row.state != DELIVERED or row.delivered_at is None or row.alert_status != "firing":
+            continue
+        if row.alertname == FOLLOW_UP_ALERTNAME:  # the agents' diagnosis of a page already sent: an update
             continue
         at_ms = int(row.delivered_at * 1000)
         if first_ms <= at_ms < end_ms:
@@ -168,7 +171,8 @@ def measure_alerts(
 ) -> tuple[AlertsBenchResult, PageScorecard]:
     if train_hours > 0:
         ensure_simulated_models(settings, console, hours=train_hours)
-    live = [v for v in ModelRegistry.from_settings(settings).list() if v.live and v.equipment_type != REGISTRY_TYPE]
+    registry = ModelRegistry.from_settings(settings)
+    models = [v for v in registry.list() if v.live and v.equipment_type != REGISTRY_TYPE]
     stack = Stack(settings)
     stack.down(ALL_PIPELINE)  # a clean pipeline with the bench's settings (no relay left with real endpoints)
     with console.status("starting the stack and the pipeline...") as status:
@@ -246,7 +250,7 @@ def measure_alerts(
         sms_firing=int(sms_alerts["firing"].sum()) if len(sms_alerts) else 0,
         standin_requests={ch: sum(m["channel"] == ch for m in received) for ch in ("slack", "sms")},
         delivered_not_logged=max(0, len(sent) - sum(m["channel"] == "slack" for m in received)),
-        models=sorted(f"{v.equipment_type}/{v.detector} {v.version} ({v.metadata.get('source', '?')})" for v in live),
+        models=sorted(f"{v.equipment_type}/{v.detector} {v.version} ({v.metadata.get('source', '?')})" for v in models),
     )
     return result, card
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 import yaml
 
+from alerting.webhook_auth import ensure_token
 from vigil.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,15 @@ def template_values(settings: Settings) -> dict[str, str]:
         "group_interval": _duration(alerting.group_interval_s),
         "repeat_interval": alerting.repeat_interval,
         "relay_url": f"http://{alerting.relay_host}:{alerting.relay_port}",
+        # The relay's webhook token (created here when missing: Alertmanager starts before the relay).
+        "relay_token_file": json.dumps(str(_relay_token_file(settings))),
         **_webhook_snippets(p.alert_webhook_url),
     }
+
+
+def _relay_token_file(settings: Settings) -> Path:
+    ensure_token(settings.relay_token_path)
+    return settings.relay_token_path.resolve()
 
 
 def _render(template: Path, values: dict[str, str]) -> str:

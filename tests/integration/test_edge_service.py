@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -239,6 +240,52 @@ def test_bad_batches_are_rejected_and_dead_lettered(edge: Settings) -> None:
     assert "vigil_edge_batches_accepted_total 1.0" in metrics
 
 
+def test_the_edge_bounds_what_one_client_can_make_it_hold(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """Rejections listed per acknowledgement, bytes per stream and the payload a dead letter keeps are bounded;
+    every rejection is still counted and dead-lettered."""
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=per_test_kafka(kafka_settings),
+        edge=EdgeSettings(
+            port=free_port(), metrics_port=0, max_points_per_batch=500, max_stream_bytes=64 * 1024, max_ack_rejections=2
+        ),
+    )
+    _, shutdown = serve(settings)
+    try:
+        channel, client = stub(settings)
+        bad = []
+        for i in range(4):
+            batch = make_batch(f"pump-nan{i}", sequence=1)
+            batch.sensors[0].values[0] = float("nan")
+            bad.append(batch)
+        ack = client.IngestStream(iter([*bad, make_batch("pump-ok", sequence=1)]), timeout=30)
+        assert (ack.accepted_batches, ack.rejected_batches, len(ack.rejections)) == (1, 4, 2)
+        many = [make_batch("pump-long", sequence=i) for i in range(1, 400)]  # ~120 KiB in one stream
+        assert sum(len(b.SerializeToString()) for b in many) > 64 * 1024
+        with pytest.raises(grpc.RpcError) as info:
+            client.IngestStream(iter(many), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "edge.max_stream_bytes=65536" in info.value.details()
+        huge = make_batch("pump-huge", sequence=1, sensors=4, samples=20_000)  # 80,000 points > 500: rejected
+        raw = huge.SerializeToString()
+        with pytest.raises(grpc.RpcError):
+            client.Ingest(huge, timeout=30)
+        channel.close()
+        dead = consume_until(
+            settings.kafka,
+            settings.kafka.dead_letter_topic,
+            lambda values: any(v["equipment_id"] == "pump-huge" for v in values) and len(values) >= 5,
+        )
+        assert sum(v["reason"] == "nan_or_inf" for v in dead) == 4  # all dead-lettered, 2 listed in the ack
+        (record,) = [v for v in dead if v["equipment_id"] == "pump-huge"]
+        assert record["reason"] == "oversized_batch" and record["payload_truncated"] is True
+        assert record["payload_size"] == len(raw) and record["payload_sha256"] == hashlib.sha256(raw).hexdigest()
+        assert base64.b64decode(record["payload_b64"]) == raw[: len(base64.b64decode(record["payload_b64"]))]
+        assert len(base64.b64decode(record["payload_b64"])) == 256 * 1024
+    finally:
+        shutdown(0)
+
+
 def test_duplicate_sequence_is_acknowledged_but_not_rewritten(edge: Settings) -> None:
     channel, client = stub(edge)
     first = make_batch("pump-dup", sequence=5)
@@ -247,6 +294,14 @@ def test_duplicate_sequence_is_acknowledged_but_not_rewritten(edge: Settings) ->
     assert (again.accepted_batches, again.duplicate_batches) == (0, 1)
     older = client.IngestStream(iter([make_batch("pump-dup", sequence=4), first]), timeout=30)
     assert (older.accepted_batches, older.duplicate_batches) == (0, 2)
+    # A forged sequence far past the mark is refused (taken, it would make every later real batch a
+    # "duplicate"): dead-lettered with its reason, and the mark does not move.
+    forged = make_batch("pump-dup", sequence=2**64 - 1)
+    with pytest.raises(grpc.RpcError) as info:
+        client.Ingest(forged, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("sequence_jump: sequence 18446744073709551615 is ")
+    assert "edge.max_sequence_jump=1000000" in info.value.details()
     # Within one stream, a repeated sequence is a duplicate too.
     sentinel = make_batch("pump-dup", sequence=6)
     ack = client.IngestStream(iter([sentinel, sentinel]), timeout=30)
@@ -375,7 +430,9 @@ def test_a_restarted_edge_recognises_re_sends_of_what_kafka_already_has(
     assert saved is not None and saved.marks == {"pump-r": 1}
     # What the crashed run wrote after its last snapshot: batch 2 whole, batch 3 cut short (1 of 2 records).
     now = int(time.time() * 1000)
-    across = -(-now // 5000) * 5000 + 2000 - now  # batch 3's samples straddle a window boundary: two records
+    # Batch 3's samples straddle a window boundary (the last one before now): two records; none is ahead of the
+    # edge's clock by more than its 2-s future limit.
+    across = (now // 5000) * 5000 + 2000 - now
     second, third = make_batch("pump-r", sequence=2), make_batch("pump-r", sequence=3, offset_ms=across)
     write_as_the_edge_does(settings, second)
     assert write_as_the_edge_does(settings, third, parts=1) == 2

@@ -30,6 +30,7 @@ from alerting.payload import Alert
 from alerting.retry import DeliveryError
 from alerting.senders import SlackApiSender
 from alerting.store import DEAD, DELIVERED, PENDING, Delivery, Store
+from alerting.webhook_auth import ensure_token
 from connectors.clickhouse import make_client
 from connectors.kafka import ensure_topics, make_producer
 from tests.conftest import clickhouse_server, free_port
@@ -238,10 +239,14 @@ class RelayProcess:
         if self.proc is not None:
             stop_process(self.proc)
 
-    def post(self, receiver: str, payload: dict[str, Any] | bytes) -> httpx.Response:
+    def post(self, receiver: str, payload: dict[str, Any] | bytes, token: str | None = None) -> httpx.Response:
+        """POST as Alertmanager does: with the relay's bearer token (``token`` overrides it; "" sends none)."""
+        token = ensure_token(self.settings.relay_token_path) if token is None else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url = f"{self.url}/alertmanager/{receiver}"
         if isinstance(payload, bytes):
-            return httpx.post(f"{self.url}/alertmanager/{receiver}", content=payload, timeout=10)
-        return httpx.post(f"{self.url}/alertmanager/{receiver}", json=payload, timeout=10)
+            return httpx.post(url, content=payload, headers=headers, timeout=10)
+        return httpx.post(url, json=payload, headers=headers, timeout=10)
 
     def idle(self) -> bool:
         health = httpx.get(f"{self.url}/healthz", timeout=5).json()
@@ -587,6 +592,30 @@ def test_invalid_webhooks_are_refused_with_a_reason(relay: RelayProcess) -> None
     response = relay.post("pager", webhook("pager", am_alert(new_fingerprint())))
     assert response.status_code == 404
     assert "/alertmanager/slack" in response.json()["error"]
+
+
+def test_only_alertmanager_with_the_token_may_page(relay: RelayProcess, standin: StandIn) -> None:
+    """A forged alert without the relay's token, or with a wrong one, pages nobody; a huge body is refused unread."""
+    fp = new_fingerprint()
+    real = ensure_token(relay.settings.relay_token_path)
+    for token in ("", "not-the-token", real[:-1], real + "x"):
+        response = relay.post("slack", webhook("slack", am_alert(fp)), token=token)
+        assert response.status_code == 401, token
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "webhook_token_file" in response.json()["error"]
+    basic = httpx.post(
+        f"{relay.url}/alertmanager/slack",
+        json=webhook("slack", am_alert(fp)),
+        headers={"Authorization": f"Basic {real}"},
+        timeout=10,
+    )
+    assert basic.status_code == 401
+    assert not relay.deliveries(fp)  # nothing was queued for anyone
+    limit = relay.settings.alerting.webhook_max_bytes
+    huge = relay.post("slack", b"{" + b" " * limit + b"}")
+    assert huge.status_code == 413 and str(limit) in huge.json()["error"]
+    assert relay.post("slack", webhook("slack", am_alert(fp))).status_code == 200  # the real one still works
+    assert os.stat(relay.settings.relay_token_path).st_mode & 0o077 == 0  # readable by its owner only
 
 
 def test_killed_relay_delivers_its_pending_outbox_after_restart(

@@ -46,12 +46,17 @@ def paths(settings: Settings, tmp_path: Path) -> dict[str, Path]:
     return render_configs(settings, tmp_path / "cfg")
 
 
-def test_alertmanager_config_points_every_receiver_at_the_relay(paths: dict[str, Path]) -> None:
+def test_alertmanager_config_points_every_receiver_at_the_relay(paths: dict[str, Path], settings: Settings) -> None:
     am = yaml.safe_load(paths["alertmanager"].read_text())
+    token_file = settings.relay_token_path.resolve()
+    auth = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)}}
     assert {r["name"]: r["webhook_configs"] for r in am["receivers"]} == {
-        name: [{"url": f"http://127.0.0.9:18999/alertmanager/{name}", "send_resolved": True}]
+        name: [{"url": f"http://127.0.0.9:18999/alertmanager/{name}", "send_resolved": True, "http_config": auth}]
         for name in ("slack", "sms", "email")
     }
+    # Rendering created the relay's token, readable by its owner only, in a folder only its owner can list.
+    assert len(token_file.read_text().strip()) >= 32
+    assert token_file.stat().st_mode & 0o077 == 0 and token_file.parent.stat().st_mode & 0o077 == 0
     route = am["route"]
     assert route["group_by"] == ["alertname", "site"]
     assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("1s", "1s", "4h")

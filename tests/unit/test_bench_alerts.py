@@ -105,6 +105,7 @@ def test_recipient_load_counts_messages_not_alerts_per_10_minutes() -> None:
         *[_row("firing", T0 + 120 + i, machine=f"fan-{i:04d}") for i in range(11)],  # 11 more in the first bucket
         _row("firing", T0 + 700, machine="motor-0001"),  # second bucket
         _row("resolved", T0 + 710, machine="motor-0001"),  # not a notification of a new alert
+        _row("firing", T0 + 720, machine="motor-0001", alertname=FOLLOW_UP_ALERTNAME),  # an update, not counted
         _row("firing", T0 + 30, machine="motor-0002", recipient="+15550000001"),
     ]
     load = {r["recipient"]: r for r in recipient_load(rows, first_ms, first_ms + 1_200_000)}

@@ -170,3 +170,18 @@ def test_window_features_pivot_order_and_history() -> None:
     # a model's own sensor list fixes the columns even when a sensor is absent from the batch
     x2, names2, _ = window_features(frame[frame["sensor"] == "temp"], sensors=["temp", "flow"], history=2)
     assert names2 == names and not x2[:, names.index("flow.avg")].any()
+
+
+def test_a_model_file_is_loaded_only_with_its_recorded_hash(tmp_path, model_bytes: bytes) -> None:
+    reg = ModelRegistry(tmp_path)
+    version = reg.register("pump", "pca_t2q", model_bytes, _meta())
+    version.model_path.write_bytes(model_bytes + b"\0")  # altered after registration
+    with pytest.raises(RegistryError, match="does not match the sha256"):
+        reg.load("pump", "pca_t2q")
+    version.model_path.write_bytes(model_bytes)
+    meta_path = version.model_path.parent / "metadata.json"
+    meta = orjson.loads(meta_path.read_bytes())
+    del meta["model_sha256"]  # a file dropped in beside the registry's: no hash, no trust
+    meta_path.write_bytes(orjson.dumps(meta))
+    with pytest.raises(RegistryError, match="no sha256 in its metadata"):
+        reg.load("pump", "pca_t2q")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,13 @@ from alerting.messages import (
     GSM_BASIC,
     GSM_EXTENSION,
     MessageContext,
+    console_link,
     email_message,
     fit_gsm,
     format_duration,
     gsm_length,
+    safe_link,
+    slack_group_message,
     slack_message,
     sms_text,
     story_title,
@@ -127,6 +131,39 @@ def test_slack_message_escapes_control_characters_and_tolerates_missing_fields()
     assert actions["elements"][0]["url"] == "http://console.example:18501"  # no machine: the console itself
 
 
+def test_labels_cannot_inject_mentions_or_links_into_any_message() -> None:
+    """Every label and annotation reaches Slack escaped (no <!channel>, no <url|text> of the sender's), and
+    links point only into the configured console."""
+    hostile = "<!channel> <https://evil.example/login|Open console>"
+    labels = {
+        "alertname": f"VigilAnomaly{hostile}",
+        "severity": "critical",
+        "site": hostile,
+        "equipment_id": f"pump-0042{hostile}",
+        "equipment_type": hostile,
+        "sensor": hostile,
+        "detector": hostile,
+    }
+    alerts = [
+        make_alert(labels=labels, summary=hostile, description=hostile, diagnosis=hostile, note=hostile),
+        make_alert(labels={**labels, "equipment_id": "fan-0001"}, summary=hostile),
+    ]
+    alerts[0] = alerts[0].model_copy(update={"generatorURL": "https://prometheus.example/graph|evil>"})
+    for message in (slack_message(alerts[0], CTX), slack_group_message(alerts, CTX)):
+        body = orjson.dumps(message).decode()
+        assert "<!channel>" not in body and "<https://evil.example" not in body
+        assert "evil>" not in body  # a generator URL that would break out of <url|text> is left out
+        assert "&lt;!channel&gt;" in body
+        buttons = [e["url"] for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
+        links = re.findall(r"<(https?://[^|>]+)\|", body)
+        assert all(u.startswith("http://console.example:18501/") for u in buttons + links), (buttons, links)
+    foreign = make_alert(console_url="https://evil.example/?equipment=pump-0042")
+    assert console_link(foreign, CTX) == "http://console.example:18501/?equipment=pump-0042"
+    assert "evil.example" not in sms_text(foreign, CTX)
+    assert not safe_link("http://console.example:18501/x|y", "http://console.example:18501")
+    assert not safe_link("javascript:alert(1)")
+
+
 def test_alert_without_severity_reads_as_warning_and_links_built_from_settings() -> None:
     alert = make_alert(labels={"alertname": "VigilMachineSilent", "equipment_id": "press 7/a"}, console_url="")
     message = slack_message(alert, CTX)
@@ -167,7 +204,7 @@ def test_sms_is_cut_at_the_limit_with_an_ellipsis_and_keeps_the_link() -> None:
 
 def test_sms_that_fits_is_not_cut() -> None:
     alert = make_alert(summary="hot", description="")
-    text = sms_text(alert, MessageContext(console_url="http://c", sms_max_chars=306))
+    text = sms_text(alert, MessageContext(console_url="http://console.example:18501", sms_max_chars=306))
     assert ELLIPSIS not in text
     assert (
         text == "CRITICAL: VigilAnomaly on pump-0042 (site-1) - hot http://console.example:18501/?equipment=pump-0042"

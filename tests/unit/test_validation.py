@@ -10,7 +10,7 @@ import pytest
 
 from edge import validation as v
 from edge.proto import telemetry_pb2
-from vigil.settings import EdgeSettings
+from vigil.settings import EdgeSettings, Settings, WindowSettings
 
 NOW = 1_750_000_000_000
 
@@ -117,13 +117,38 @@ def test_nan_or_inf_names_sensor_and_index(validator: v.BatchValidator, bad: flo
 
 def test_timestamp_in_future(validator: v.BatchValidator) -> None:
     batch = make_batch()
-    batch.sensors[0].timestamps_ms[7] = NOW + 61_000
+    batch.sensors[0].timestamps_ms[7] = NOW + 2_001
     result = check(validator, batch)
     assert result.reason == v.TIMESTAMP_IN_FUTURE
-    assert "sensor 'sensor_0' timestamp[7]" in result.detail and "61.0 s ahead" in result.detail
-    # Exactly at the skew limit is still fine.
-    batch.sensors[0].timestamps_ms[7] = NOW + 60_000
+    assert "sensor 'sensor_0' timestamp[7]" in result.detail and "2.0 s ahead" in result.detail
+    # Exactly at the skew limit (2 s, below the window's 3-s allowed lateness) is still fine.
+    batch.sensors[0].timestamps_ms[7] = NOW + 2_000
     assert check(validator, batch).ok
+
+
+def test_a_promise_from_the_future_is_refused(validator: v.BatchValidator) -> None:
+    """sent_at promises everything before it was sent: one far ahead would close every machine's windows."""
+    batch = make_batch()
+    batch.sent_at_ms = NOW + 3_600_000
+    result = check(validator, batch)
+    assert result.reason == v.TIMESTAMP_IN_FUTURE and "sent_at_ms" in result.detail and "NTP" in result.detail
+    batch.sent_at_ms = NOW + 2_000
+    assert check(validator, batch).ok
+
+
+def test_future_skew_may_not_exceed_the_allowed_lateness() -> None:
+    with pytest.raises(ValueError, match="must not exceed window.allowed_lateness_ms"):
+        Settings(edge=EdgeSettings(max_future_skew_s=60.0))
+    assert Settings(edge=EdgeSettings(max_future_skew_s=60.0), window=WindowSettings(allowed_lateness_ms=60_000))
+
+
+def behind(batch, ms: int):  # noqa: ANN001, ANN201
+    """``batch`` sampled on a clock ``ms`` behind the edge's: every sample time ``ms`` earlier."""
+    for series in batch.sensors:
+        shifted = [t - ms for t in series.timestamps_ms]
+        del series.timestamps_ms[:]
+        series.timestamps_ms.extend(shifted)
+    return batch
 
 
 def measured(batch, offset_ms: int, uncertainty_ms: int, clock_ms: int | None = None):  # noqa: ANN001, ANN201
@@ -138,7 +163,7 @@ def test_a_gateway_clock_off_by_more_than_the_tolerance_is_corrected_in_whole_se
 ) -> None:
     """The gateway measured its clock against the edge's (offset, uncertain by half a round trip): the edge
     moves every time of the batch by it, rounded to seconds, so a few ms never move a sample across a window."""
-    batch = measured(make_batch(), 30_037, 20)  # 30 s behind, measured to within 20 ms
+    batch = measured(behind(make_batch(), 30_000), 30_037, 20)  # 30 s behind, measured to within 20 ms
     original = list(batch.sensors[0].timestamps_ms)
     result = check(validator, batch)
     assert result.ok, result.detail
@@ -163,7 +188,7 @@ def test_a_gateway_clock_off_by_more_than_the_tolerance_is_corrected_in_whole_se
 def test_a_clock_error_the_path_could_explain_or_a_stale_one_moves_nothing(validator: v.BatchValidator) -> None:
     # Measured over a slow path (a round trip of 20 s): 9 s behind is within what the delay could make it look.
     assert check(validator, measured(make_batch(), 9_000, 10_000)).clock_offset_ms == 0
-    assert check(validator, measured(make_batch(), 12_000, 10_000)).clock_offset_ms == 12_000
+    assert check(validator, measured(behind(make_batch(), 12_000), 12_000, 10_000)).clock_offset_ms == 12_000
     # The gateway says its clock is 30 s behind, but this call arrived as stamped: its clock was stepped since.
     assert check(validator, measured(make_batch(), 30_000, 20, clock_ms=NOW)).clock_offset_ms == 0
 
@@ -192,7 +217,7 @@ def test_first_problem_wins(validator: v.BatchValidator) -> None:
 
 
 def test_every_reason_code_is_exercised() -> None:
-    """Guard: a new reason code needs a test here (malformed_protobuf is tested in the service)."""
+    """Guard: a new reason code needs a test here (malformed_protobuf and sequence_jump: in the service's)."""
     tested = {
         v.EMPTY_EQUIPMENT_ID,
         v.INVALID_EQUIPMENT_ID,
@@ -206,5 +231,6 @@ def test_every_reason_code_is_exercised() -> None:
         v.TIMESTAMP_TOO_OLD,
         v.OVERSIZED_BATCH,
         v.MALFORMED_PROTOBUF,
+        v.SEQUENCE_JUMP,  # the service's (tests/integration/test_edge_service.py)
     }
     assert tested == set(v.REASON_CODES)
