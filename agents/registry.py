@@ -11,8 +11,9 @@ A plant adds a domain agent by installing a package that declares, in its pyproj
     compliance = "my_plant_agents.compliance:ComplianceAgent"
 
 The class must subclass :class:`agents.base.Agent`; it is built with ``from_settings`` too (by default with no
-arguments: settings come from its own configuration). Plug-ins run when ``settings.agents.plugins`` is on; a
-broken one is reported and left out, it never stops the built-in agents. agents/compliance.py is the example
+arguments: settings come from its own configuration). Plug-ins run when ``settings.agents.plugins`` is on and
+their entry-point name is in ``settings.agents.plugin_allowlist`` (loading one runs its code); a broken one is
+reported and left out, it never stops the built-in agents. agents/compliance.py is the example
 plug-in: it ships through this project's own entry point, so it does not register as a built-in.
 """
 
@@ -55,11 +56,23 @@ def builtin_agents() -> dict[str, type[Agent]]:
     return {name: found[name] for name in sorted(found, key=lambda n: (found[n].order, n))}
 
 
-def discover(group: str = ENTRY_POINT_GROUP, settings: Settings | None = None) -> tuple[list[Agent], list[str]]:
-    """Installed plug-in agents (built from ``settings`` if given, else with no arguments), and one message
-    per plug-in that could not be loaded."""
+def discover(
+    group: str = ENTRY_POINT_GROUP, settings: Settings | None = None, allowed: Iterable[str] | None = None
+) -> tuple[list[Agent], list[str]]:
+    """Installed plug-in agents whose entry-point name is in ``allowed`` (default: ``settings.agents.
+    plugin_allowlist``, or every one without settings), built from ``settings`` if given, else with no arguments;
+    and one message per plug-in that was not loaded. One not allowed is not even imported."""
+    if allowed is None and settings is not None:
+        allowed = settings.agents.plugin_allowlist
+    names = None if allowed is None else set(allowed)
     found, problems = [], []
     for ep in entry_points(group=group):
+        if names is not None and ep.name not in names:
+            problems.append(
+                f"agent plug-in {ep.name!r} ({ep.value}) is installed but not in agents.plugin_allowlist: not loaded"
+            )
+            log.warning(problems[-1])
+            continue
         try:
             cls = ep.load()
             if not (isinstance(cls, type) and issubclass(cls, Agent)):

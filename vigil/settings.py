@@ -252,8 +252,10 @@ class AgentsSettings(BaseModel):
     early_windows: int = Field(3, ge=0, le=1000)
     # Window statistics before the episode that say what "normal" was (read from ClickHouse).
     baseline_windows: int = Field(60, ge=4, le=2000)
-    # Also run agents installed through the "vigil.agents" entry points (agents/registry.py).
+    # Also run agents installed through the "vigil.agents" entry points (agents/registry.py), but only those
+    # named here: loading a plug-in runs its package's code, so installing a package is not consent to run it.
     plugins: bool = True
+    plugin_allowlist: tuple[str, ...] = ("compliance",)
 
 
 class ClickHouseSettings(BaseModel):
@@ -656,7 +658,7 @@ class Settings(BaseSettings):
             key = ENV_PREFIX + ENV_NESTED.join(parts).upper()
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[key] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            env[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
 
         walk((), self)
         return env

@@ -39,10 +39,9 @@ from alerting.diagnoses import FOLLOW_UP_ALERTNAME
 from alerting.store import DELIVERED, Delivery, Store
 from edge.simulator.fleet import Fleet
 from edge.simulator.ground_truth import GroundTruthWriter
-from edge.simulator.runner import run_simulation
 from onnx_models.registry import ModelRegistry
-from operations.bench.latency import StandInClient, bench_settings
-from operations.bench.throughput import _make_sender, machine_description
+from operations.bench.latency import bench_settings, simulator_thread, start_bench_stack
+from operations.bench.throughput import machine_description
 from operations.demo import end_planned_stop, silence_planned_stop
 from operations.evaluate.pages import (
     BUCKET_MS,
@@ -53,7 +52,6 @@ from operations.evaluate.pages import (
     print_page_scorecard,
 )
 from operations.evaluate.sim import faults_frame
-from operations.stack.services import ALL_PIPELINE, INFRA, Stack, pipeline_names
 from operations.training.simulated import ensure_simulated_models
 from vigil.settings import Settings
 
@@ -173,21 +171,11 @@ def measure_alerts(
         ensure_simulated_models(settings, console, hours=train_hours)
     registry = ModelRegistry.from_settings(settings)
     models = [v for v in registry.list() if v.live and v.equipment_type != REGISTRY_TYPE]
-    stack = Stack(settings)
-    stack.down(ALL_PIPELINE)  # a clean pipeline with the bench's settings (no relay left with real endpoints)
-    with console.status("starting the stack and the pipeline...") as status:
-        stack.up(INFRA + pipeline_names(settings), on_started=lambda s: status.update(f"{s.name} is up..."))
-    standin = StandInClient(settings)
-    standin.clear()
+    standin = start_bench_stack(settings, console)
     writer = GroundTruthWriter(settings.ground_truth_path)
     fleet = Fleet.from_settings(settings, machines=machines, ground_truth=writer)
     stop = threading.Event()
-    simulator = threading.Thread(
-        target=run_simulation,
-        kwargs=dict(settings=settings, realtime=True, stop=stop, fleet=fleet, make_sender=_make_sender(settings)),
-        name="simulator",
-        daemon=True,
-    )
+    simulator = simulator_thread(settings, fleet, stop)
     # As in the demo, a silence an earlier run set for its planned stop ends once the fleet had the start-up
     # grace to report again; the scored part starts then (the models' history and the z-score baselines are
     # full by that time too).

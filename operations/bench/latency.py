@@ -133,6 +133,28 @@ def bench_settings(settings: Settings, topology: str) -> Settings:
     return settings.model_copy(update={"simulator": sim, "alerting": alerting, "flink": flink})
 
 
+def start_bench_stack(settings: Settings, console: Console) -> StandInClient:
+    """The stack up with a clean pipeline started with the bench's settings (no relay left with real endpoints),
+    and the stand-in's record cleared; returns the stand-in's client."""
+    stack = Stack(settings)
+    stack.down(ALL_PIPELINE)
+    with console.status("starting the stack and the pipeline...") as status:
+        stack.up(INFRA + pipeline_names(settings), on_started=lambda s: status.update(f"{s.name} is up..."))
+    standin = StandInClient(settings)
+    standin.clear()
+    return standin
+
+
+def simulator_thread(settings: Settings, fleet: Any, stop: threading.Event) -> threading.Thread:
+    """The fleet streaming in real time through gateway clients until ``stop`` (not started yet)."""
+    return threading.Thread(
+        target=run_simulation,
+        kwargs=dict(settings=settings, realtime=True, stop=stop, fleet=fleet, make_sender=_make_sender(settings)),
+        name="simulator",
+        daemon=True,
+    )
+
+
 def plan_faults(fleet: Any, count: int, first_ms: int, spacing_ms: int, duration_ms: int, seed: int) -> list[Any]:
     """``count`` step faults on distinct machines, the i-th at a uniformly random instant of its slot
     [first + i * spacing, first + (i + 1) * spacing): anywhere inside a window, never two at once."""
@@ -319,12 +341,7 @@ def measure_latency(
 ) -> LatencyResult:
 
     stack = Stack(settings)
-    stack.down(ALL_PIPELINE)  # a clean pipeline with the bench's settings (no relay left with real endpoints)
-    with console.status("starting the stack and the pipeline...") as status:
-        stack.up(INFRA + pipeline_names(settings), on_started=lambda s: status.update(f"{s.name} is up..."))
-    standin = StandInClient(settings)
-    standin.clear()
-
+    standin = start_bench_stack(settings, console)
     writer = GroundTruthWriter(settings.ground_truth_path)
     fleet = Fleet.from_settings(settings, machines=machines, ground_truth=writer)
     first_ms = int((time.time() + warmup_s) * 1000)
@@ -333,12 +350,7 @@ def measure_latency(
     end_ms = max(t.start_ms for t in timings) + int((fault_duration_s + tail_s) * 1000)
 
     stop = threading.Event()
-    simulator = threading.Thread(
-        target=run_simulation,
-        kwargs=dict(settings=settings, realtime=True, stop=stop, fleet=fleet, make_sender=_make_sender(settings)),
-        name="simulator",
-        daemon=True,
-    )
+    simulator = simulator_thread(settings, fleet, stop)
     simulator.start()
     kills = list(kills or [])
     kill_timings: list[KillTiming] = []

@@ -13,6 +13,7 @@ Every spec is built from one :class:`Settings`, so a test stack on free ports is
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -281,11 +282,21 @@ def alerting_specs(settings: Settings) -> dict[str, ServiceSpec]:
     }
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter: the stack keeps telemetry, passwords, tokens, models and
+    sign-in keys under it, so one permission check guards them all (a folder someone else owns is left alone)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_uid == os.getuid():
+        os.chmod(path, 0o700)
+    return path
+
+
 class Stack:
     """Facade over the local stack: ``up``, ``down`` and ``status`` for infrastructure and pipeline."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        private_dir(settings.data_dir)  # before anything is created under it
         self.processes = ProcessManager(settings.run_dir, settings.logs_dir)
 
     def specs(self) -> dict[str, ServiceSpec]:

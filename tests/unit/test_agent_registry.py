@@ -127,3 +127,11 @@ def test_register_refuses_what_is_not_an_agent() -> None:
 
     with pytest.raises(ValueError, match="lower-case identifier"):
         register(Bad)
+
+
+def test_an_installed_plug_in_runs_only_when_allow_listed() -> None:
+    none_allowed = Settings().model_copy(
+        update={"agents": Settings().agents.model_copy(update={"plugin_allowlist": ()})}
+    )
+    assert "compliance" not in [a.name for a in build_agents(none_allowed, plugins=True)]
+    assert "compliance" in [a.name for a in build_agents(Settings(), plugins=True)]  # allow-listed by default

@@ -301,6 +301,9 @@ def test_the_example_compliance_agent_is_found_through_its_entry_point(monkeypat
     monkeypatch.setattr(agent_registry, "entry_points", lambda group: [broken, not_agent])
     found, problems = agent_registry.discover()
     assert found == [] and len(problems) == 2 and "broken" in problems[0] and "not a subclass" in problems[1]
+    # Only allow-listed plug-ins are imported at all: an installed package is not consent to run its code.
+    found, problems = agent_registry.discover(settings=Settings(), allowed=["compliance"])
+    assert found == [] and all("not in agents.plugin_allowlist" in p for p in problems) and len(problems) == 2
 
 
 def test_compliance_reports_a_regulated_limit_breach() -> None:

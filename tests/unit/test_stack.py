@@ -10,6 +10,7 @@ import pytest
 from edge.service import edge_kafka
 from operations.stack.kafka_broker import broker_spec, new_cluster_id, server_properties
 from operations.stack.process import ProcessManager, ServiceSpec
+from operations.stack.services import Stack
 from tests.conftest import free_port
 from vigil.settings import EdgeSettings, KafkaSettings, Settings
 
@@ -96,3 +97,15 @@ def test_kafka_cluster_ids_never_look_like_an_option() -> None:
     ids = [new_cluster_id() for _ in range(3000)]
     assert not [i for i in ids if i.startswith("-")]
     assert {len(i) for i in ids} == {22} and len(set(ids)) == len(ids)
+
+
+def test_the_data_dir_is_private_to_its_owner(tmp_path: Path) -> None:
+    """Telemetry, passwords, tokens and models live under it: no other local user may enter it."""
+    fresh = tmp_path / "fresh"
+    Stack(Settings(data_dir=fresh))
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    Stack(Settings(data_dir=shared))
+    assert shared.stat().st_mode & 0o777 == 0o700
