@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -174,9 +175,19 @@ class Deliverer:
         threads = await asyncio.to_thread(self.store.slack_threads, lead.recipient, machines)
         plan = plan_message(rows, threads, time.time(), self.settings.alerting.slack_thread_reuse_s)
         thread = plan.thread
-        posted = await self.slack_api.send(
-            thread.channel if thread else channel, payload, thread.ts if thread else None, plan.broadcast
-        )
+        try:
+            posted = await self.slack_api.send(
+                thread.channel if thread else channel, payload, thread.ts if thread else None, plan.broadcast
+            )
+        except DeliveryError as exc:
+            if thread is None or "thread_not_found" not in str(exc):
+                raise
+            # The parent is gone (deleted, or another workspace): the message stands on its own instead.
+            log.warning("slack: thread %s of %s is gone; posting to the channel", thread.ts, lead.recipient)
+            thread = None
+            posted = await self.slack_api.send(channel, payload)
+            if lead.alert_status == "firing":
+                plan = dataclasses.replace(plan, opens=tuple(machines))
         worst = worst_severity(rows)
         if thread is not None:
             await asyncio.to_thread(self.store.touch_slack_thread, lead.recipient, thread, worst)

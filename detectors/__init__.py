@@ -2,19 +2,23 @@
 
 Everything that needs the list of detectors (training, the scoring UDF and its job, evaluation, the sinks and
 the alert publisher) asks here. The list is every module of this package, plus modules a package adds through
-the ``vigil.detectors`` entry-point group, imported once on first use.
+the ``vigil.detectors`` entry-point group that ``settings.scoring.detector_plugin_allowlist`` names, imported
+once on first use.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from functools import cache
 from importlib.metadata import entry_points
 
 from detectors.base import DetectorSpec, declared
 from vigil.contracts import RULES_SCORE
+from vigil.settings import get_settings
 
+log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "vigil.detectors"
 _NOT_DETECTORS = frozenset({"base", "calibration"})  # shared code, not detectors
 
@@ -31,7 +35,13 @@ def all_detectors() -> dict[str, DetectorSpec]:
     }
     for name in sorted(modules):
         importlib.import_module(name)
+    allowed = set(get_settings().scoring.detector_plugin_allowlist)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in allowed:  # not imported: installing a package is not consent to run its code
+            log.warning(
+                "detector plug-in %r (%s) is not in scoring.detector_plugin_allowlist: not loaded", ep.name, ep.value
+            )
+            continue
         modules.add(ep.load().__module__)
     # Only what is there now: a module removed since an earlier call no longer counts.
     specs = {name: spec for name, spec in declared().items() if spec.make.__module__ in modules}

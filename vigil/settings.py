@@ -205,6 +205,9 @@ class ScoringSettings(BaseModel):
 
     # Kafka consumer group of the scoring job (reads the window-stats topic).
     consumer_group: str = "vigil-anomaly-scoring"
+    # Detectors an installed package adds through the "vigil.detectors" entry points (detectors/__init__.py)
+    # load only when named here: loading one runs its package's code in every job and tool.
+    detector_plugin_allowlist: tuple[str, ...] = ()
     # Per equipment type and sensor limits, and each type's expected sensors (validated by vigil/rules.py).
     rules_path: Path = PROJECT_ROOT / "flink-conf" / "rules.yaml"
     # Windows of history a model sees (the current one included).

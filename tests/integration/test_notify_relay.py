@@ -880,6 +880,19 @@ def test_one_machine_incident_is_one_slack_thread(threaded_relay: RelayProcess, 
     assert resolved["blocks"][0]["text"]["text"].endswith(f"RESOLVED: VigilAnomaly on {machine}")
     assert all(r["slack_answer"]["ok"] for r in standin.requests(SLACK_API, machine))
 
+    # A thread whose parent is gone (the workspace forgot it): the message stands alone instead of being lost.
+    gone = am_alert(new_fingerprint())
+    gone["labels"]["equipment_id"] = machine
+    store = threaded_relay.store()
+    try:
+        store.open_slack_thread("#vigil-alerts", [machine], answer["channel"], "999.000001", "critical")
+    finally:
+        store.close()
+    threaded_relay.post("slack", webhook("slack", gone))
+    alone = posts(5)[4]
+    assert "thread_ts" not in alone["json"] and alone["slack_answer"]["ok"]
+    assert [r["slack_answer"].get("error") for r in posts(5)][3] == "thread_not_found"
+
     # Another machine is another incident: its own message in the channel.
     threaded_relay.post("slack", webhook("slack", am_alert(other)))
     (own,) = wait_for(lambda: standin.requests(SLACK_API, f"pump-{other[:6]}"), what="the other machine's post")
@@ -890,7 +903,7 @@ def test_one_machine_incident_is_one_slack_thread(threaded_relay: RelayProcess, 
         threads = store.slack_threads("#vigil-alerts", [machine, f"pump-{other[:6]}"])
     finally:
         store.close()
-    assert threads[machine].ts == answer["ts"] and threads[machine].severity == "critical"
+    assert threads[machine].ts == alone["slack_answer"]["ts"]  # the standalone message opened a new thread
     assert threads[f"pump-{other[:6]}"].ts == own["slack_answer"]["ts"]
 
 

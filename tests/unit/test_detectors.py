@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import detectors as detector_registry
 from detectors.isolation_forest import IsolationForestDetector
 from detectors.pca_t2q import PcaT2Q
 from onnx_models.runtime import OnnxModel
@@ -109,3 +110,22 @@ def test_fit_refuses_nan(normal: np.ndarray) -> None:
     for det in _detectors():
         with pytest.raises(ValueError, match="NaN"):
             det.fit(bad, NAMES)
+
+
+def test_an_installed_detector_plug_in_is_not_imported_unless_allow_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package declaring a vigil.detectors entry point does not get its code run by merely being installed."""
+    loaded: list[str] = []
+
+    class Point:
+        name, value = "rogue", "rogue_pkg:Detector"
+
+        def load(self) -> type:
+            loaded.append(self.name)
+            raise AssertionError("a plug-in that is not allow-listed was imported")
+
+    monkeypatch.setattr(detector_registry, "entry_points", lambda group: [Point()])
+    detector_registry.all_detectors.cache_clear()
+    try:
+        assert "rogue" not in detector_registry.all_detectors() and loaded == []
+    finally:
+        detector_registry.all_detectors.cache_clear()
