@@ -192,7 +192,12 @@ def test_a_password_sign_in_holds_for_the_browsers_new_tabs_until_sign_out(conso
     first.get_by_role("textbox", name="password").fill("eng-password-1")
     first.get_by_role("button", name="Sign in").click()
     expect(first.get_by_role("heading", name="Fleet")).to_be_visible()
-    cookie = next(c for c in context.cookies() if c["name"] == "vigil_signin")
+    # The page sets the cookie from the browser after it rendered: wait for it, as a user's next tab would.
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not (cookies := [c for c in context.cookies() if c["name"] == "vigil_signin"]):
+        assert time.monotonic() < deadline, "the sign-in cookie was never set"
+        first.wait_for_timeout(100)
+    (cookie,) = cookies
     assert cookie["sameSite"] == "Strict" and "eng-password" not in cookie["value"]
 
     second = context.new_page()  # a new tab: no password asked
