@@ -20,7 +20,7 @@ from operations.console_cli import announce_console
 from operations.monitor import PipelineMonitor
 from operations.stack.services import CONSOLE, INFRA, Stack, pipeline_names
 from operations.training.agents import train_diagnostic
-from operations.training.simulated import ensure_simulated_models
+from operations.training.simulated import ensure_simulated_models, live_detector_models
 from vigil.settings import Settings
 
 
@@ -93,7 +93,7 @@ def _live_until(
 
 def models_status(settings: Settings) -> str:
     """The live detector models in one line, for the demo's table: how many, and what they were trained on."""
-    live = [v for v in ModelRegistry.from_settings(settings).list() if v.live and v.equipment_type != REGISTRY_TYPE]
+    live = live_detector_models(settings)
     if not live:
         return "none live: verdicts from the rules only (`vigil train` fits models)"
     sources = "; ".join(sorted({str(v.metadata.get("source", "unknown source")) for v in live}))

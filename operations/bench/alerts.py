@@ -34,12 +34,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from agents.diagnostic import REGISTRY_TYPE
 from alerting.diagnoses import FOLLOW_UP_ALERTNAME
 from alerting.store import DELIVERED, Delivery, Store
 from edge.simulator.fleet import Fleet
 from edge.simulator.ground_truth import GroundTruthWriter
-from onnx_models.registry import ModelRegistry
 from operations.bench.latency import bench_settings, simulator_thread, start_bench_stack
 from operations.bench.throughput import machine_description
 from operations.demo import end_planned_stop, silence_planned_stop
@@ -52,7 +50,7 @@ from operations.evaluate.pages import (
     print_page_scorecard,
 )
 from operations.evaluate.sim import faults_frame
-from operations.training.simulated import ensure_simulated_models
+from operations.training.simulated import ensure_simulated_models, live_detector_models
 from vigil.settings import Settings
 
 ALERT_COLUMNS = ["alertname", "severity", "site", "equipment_id", "detector", "sensor", "at_ms", "firing"]
@@ -82,7 +80,7 @@ def delivered_alerts(rows: list[Delivery], first_ms: int, end_ms: int) -> tuple[
     the self-monitoring alerts (no machine) that fired, by alertname; and the diagnosis updates sent."""
     seen: dict[tuple[str, str, str], dict[str, object]] = {}
     system: dict[str, int] = {}
-    updates = [0]
+    updates = 0
     for row in rows:
         if row.state != DELIVERED or row.delivered_at is None:
             continue
@@ -96,7 +94,7 @@ def delivered_alerts(rows: list[Delivery], first_ms: int, end_ms: int) -> tuple[
             continue
         labels = row.alert().labels
         if row.alertname == FOLLOW_UP_ALERTNAME:  # an update on a page already sent, not a page
-            updates[0] += 1
+            updates += 1
             seen[key] = {}
             continue
         if not labels.get("equipment_id"):
@@ -110,7 +108,7 @@ def delivered_alerts(rows: list[Delivery], first_ms: int, end_ms: int) -> tuple[
             "firing": row.alert_status == "firing",
         }
     frame = pd.DataFrame([v for v in seen.values() if v], columns=ALERT_COLUMNS)
-    return frame.astype({"at_ms": "int64", "firing": bool}), system, updates[0]
+    return frame.astype({"at_ms": "int64", "firing": bool}), system, updates
 
 
 def recipient_load(rows: list[Delivery], first_ms: int, end_ms: int) -> list[dict[str, Any]]:
@@ -169,8 +167,7 @@ def measure_alerts(
 ) -> tuple[AlertsBenchResult, PageScorecard]:
     if train_hours > 0:
         ensure_simulated_models(settings, console, hours=train_hours)
-    registry = ModelRegistry.from_settings(settings)
-    models = [v for v in registry.list() if v.live and v.equipment_type != REGISTRY_TYPE]
+    models = live_detector_models(settings)
     standin = start_bench_stack(settings, console)
     writer = GroundTruthWriter(settings.ground_truth_path)
     fleet = Fleet.from_settings(settings, machines=machines, ground_truth=writer)

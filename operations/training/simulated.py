@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agents.diagnostic import REGISTRY_TYPE
 from detectors import job_detectors
 from onnx_models.history import DEFAULT_HISTORY
 from onnx_models.registry import ModelRegistry, ModelVersion
@@ -124,6 +125,11 @@ def train_simulated(
             )
             progress.advance(fitting)
     return versions
+
+
+def live_detector_models(settings: Settings) -> list[ModelVersion]:
+    """The live detector models of the registry (the agents' classifier, registered there too, left out)."""
+    return [v for v in ModelRegistry.from_settings(settings).list() if v.live and v.equipment_type != REGISTRY_TYPE]
 
 
 def live_models_fit(registry: ModelRegistry, history: SimulatedHistory, types: list[str]) -> bool:
