@@ -35,6 +35,7 @@ from operations.evaluate.nab_eval import (
 from operations.evaluate.sim import SimOptions, evaluate_sim, print_sim_result, summary_dict
 from operations.evaluate.skab import run_skab_scorecards
 from operations.evaluate.vus_eval import run_vus
+from operations.replay import FORMATS, run_replay
 from operations.stack.flink_cluster import start_cluster, stop_cluster, submit
 from operations.stack.services import INFRA, Stack, pipeline_names
 from operations.training.cli import labels_app, models_app, train_command
@@ -365,6 +366,50 @@ def bench_alerts(
             output,
             console,
             train_hours=train_hours,
+        )
+    except (RuntimeError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def replay(
+    files: Annotated[list[Path], typer.Argument(help="labelled recordings, one machine each (e.g. skab/valve1/*.csv)")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="skab (';'-separated, anomaly column) or nab (timestamp,value)")
+    ] = ("skab"),
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            help="a recording of normal operation to train the type's models on first (e.g. anomaly-free.csv)"
+        ),
+    ] = None,
+    history_machines: Annotated[int, typer.Option(help="machines the history is split across (hours in minutes)")] = 8,
+    equipment_type: Annotated[
+        str | None, typer.Option(help="the machines' equipment type (default: <format>_replay)")
+    ] = (None),
+    windows: Annotated[Path | None, typer.Option(help="NAB: the anomaly windows file (combined_windows.json)")] = None,
+    speed: Annotated[float, typer.Option(help="1: the data's own pace; N: N times faster (times compressed)")] = 1.0,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+) -> None:
+    """Stream labelled recordings through the live stack as machines of their own, with event times shifted to now,
+    and count the pages the Slack stand-in received against their labels (docs/detection.md)."""
+    if fmt not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    missing = [str(p) for p in [*files, *([history] if history else [])] if not p.is_file()]
+    if missing:
+        _fail(f"no such file: {', '.join(missing)}")
+    try:
+        run_replay(
+            get_settings(),
+            files,
+            fmt,
+            console,
+            history=history,
+            history_machines=history_machines,
+            equipment_type=equipment_type,
+            windows_file=windows,
+            speed=speed,
+            output=output,
         )
     except (RuntimeError, ValueError) as exc:
         _fail(str(exc))
