@@ -48,6 +48,7 @@ from typing import BinaryIO
 import grpc
 
 from edge.proto import telemetry_pb2
+from edge.tls import channel_credentials
 from vigil.settings import Settings
 
 log = logging.getLogger("edge.gateway")
@@ -126,9 +127,14 @@ class GatewayClient:
         buffer_dir: Path | None = None,
         fsync: bool = True,
         clock: Callable[[], int] | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
         """``buffer_dir`` overrides ``settings.gateway_buffer_dir``; files go to ``<root>/<gateway_id>``.
-        ``clock``: the gateway's clock in epoch ms (default the system clock; a simulator may skew it)."""
+        ``clock``: the gateway's clock in epoch ms (default the system clock; a simulator may skew it).
+        ``cert_file``/``key_file``: the gateway's TLS identity (default ``edge.gateway_cert_file``/``_key_file``;
+        with ``edge.tls`` the edge records the certificate's common name as the gateway, not ``gateway_id``)."""
+        credentials = channel_credentials(settings, cert_file, key_file) if settings.edge.tls else None
         self.settings = settings
         self.gateway_id = gateway_id
         self.target = target or f"{settings.edge.host}:{settings.edge.port}"
@@ -150,16 +156,17 @@ class GatewayClient:
             ) from None
         self._deadline = settings.edge.gateway_deadline_s
         self._max_age_ms = int(settings.edge.gateway_buffer_max_age_s * 1000)
-        self._channel = grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_send_message_length", settings.edge.max_message_bytes),
-                # Reconnect quickly once the service is back (the default backoff grows to 120 s).
-                ("grpc.initial_reconnect_backoff_ms", 500),
-                ("grpc.max_reconnect_backoff_ms", 5000),
-            ],
-            compression=_COMPRESSION[settings.edge.compression],
-        )
+        options = [
+            ("grpc.max_send_message_length", settings.edge.max_message_bytes),
+            # Reconnect quickly once the service is back (the default backoff grows to 120 s).
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+        compression = _COMPRESSION[settings.edge.compression]
+        if credentials is not None:
+            self._channel = grpc.secure_channel(self.target, credentials, options=options, compression=compression)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=options, compression=compression)
         # Batches travel pre-serialized (raw bytes), so buffered ones are replayed byte for byte.
         self._stream = self._channel.stream_unary(
             _STREAM_METHOD, request_serializer=None, response_deserializer=telemetry_pb2.IngestAck.FromString

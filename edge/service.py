@@ -14,6 +14,10 @@ Guarantees to gateways:
   service replicas do not share them, so a re-send to another replica is written again. ``sequence == 0`` means
   "not set" and is never de-duplicated.
 
+* Only gateways with a certificate the configured CA signed get in (mutual TLS, ``edge.tls``); the certificate's
+  common name replaces the batch's ``gateway_id``, and with an equipment registry a gateway may report only for
+  the machines it binds to that gateway (``foreign_machine``), whose site and type come from the registry.
+
 Requests are registered with a raw-bytes deserializer so that malformed protobuf reaches our code
 (and the dead-letter topic) instead of being rejected inside gRPC.
 
@@ -41,6 +45,7 @@ from edge.chunking import batch_to_records
 from edge.progress import FleetProgress, ProgressMarkers
 from edge.proto import telemetry_pb2
 from edge.state import SNAPSHOT_FILE, EdgeSnapshot, batch_headers, load_snapshot, marks_in_kafka, save_snapshot
+from edge.tls import TlsMaterialMissing, peer_identity, server_credentials
 from vigil.logs import setup_logging
 from vigil.settings import KafkaSettings, Settings, get_settings
 from vigil.signals import stop_event_on_signals
@@ -152,6 +157,7 @@ class _RequestState:
     covered: dict[str, int] = field(default_factory=dict)  # equipment -> the promise of its batches here
     produced_any: bool = False
     last_rejection: tuple[str, str] | None = None
+    gateway: str | None = None  # the caller's certificate identity (None: TLS off)
 
 
 def edge_kafka(settings: Settings) -> KafkaSettings:
@@ -350,8 +356,12 @@ class IngestionService:
             offset_ms / 1000,
         )
 
-    def _new_request(self) -> _RequestState:
+    def _new_request(self, context: grpc.ServicerContext) -> _RequestState:
         state = _RequestState(tracker=DeliveryTracker())
+        if self.settings.edge.tls:
+            state.gateway = peer_identity(context)
+            if not state.gateway:  # require_client_auth lets no such call in; refuse rather than trust the batch
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "the gateway's certificate names no gateway (CN)")
         state.tracker.on_done = lambda: self._completed(state)
         return state
 
@@ -378,12 +388,19 @@ class IngestionService:
             self._reject(state, raw, v.MALFORMED_PROTOBUF, detail, "", 0)
             return
         now_ms = int(time.time() * 1000)
-        result = self.validator.validate(batch, now_ms, arrived_ms)
+        result = self.validator.validate(batch, now_ms, arrived_ms, state.gateway)
         eid, seq = batch.equipment_id, batch.sequence
         if not result.ok:
             assert result.reason is not None
             self._reject(state, raw, result.reason, result.detail, eid, seq)
             return
+        # What the batch claims about itself gives way to what the edge knows: the authenticated gateway, and
+        # the registry's site and type (the console's access rules key on the site).
+        if state.gateway is not None:
+            batch.gateway_id = state.gateway
+        if (entry := self.validator.registered(eid)) is not None:
+            batch.site = entry.site or batch.site
+            batch.equipment_type = entry.equipment_type or batch.equipment_type
         if result.clock_offset_ms:
             self._clock_corrected(batch.gateway_id, result.clock_error_ms, result.clock_offset_ms)
         if eid not in state.covered:
@@ -477,7 +494,7 @@ class IngestionService:
         arrived_ms = arrived_ms or int(time.time() * 1000)
         self._refuse_until_ready(context)
         with self.metrics.in_flight.track_inprogress():
-            state = self._new_request()
+            state = self._new_request(context)
             try:
                 self._handle(state, request, context, arrived_ms)
                 self._finish(state, context)
@@ -495,7 +512,7 @@ class IngestionService:
         arrived_ms = arrived_ms or int(time.time() * 1000)
         self._refuse_until_ready(context)
         with self.metrics.in_flight.track_inprogress():
-            state = self._new_request()
+            state = self._new_request(context)
             limit, size = self.settings.edge.max_stream_bytes, 0
             try:
                 for raw in request_iterator:
@@ -570,7 +587,12 @@ def serve(
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     address = f"{edge.host}:{edge.port}"
     try:
-        bound = server.add_insecure_port(address)
+        credentials = server_credentials(settings) if edge.tls else None
+    except TlsMaterialMissing:
+        service.close(1)
+        raise
+    try:
+        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as exc:
         bound, error = 0, exc
     else:
@@ -586,8 +608,9 @@ def serve(
         http, _ = start_http_server(edge.metrics_port, addr=edge.host, registry=service.metrics.registry)
     server.start()
     log.info(
-        "edge ingestion listening on %s (metrics %s), Kafka %s, topics %s / %s",
+        "edge ingestion listening on %s (%s, metrics %s), Kafka %s, topics %s / %s",
         address,
+        "mTLS" if credentials else "NO TLS: any client may send",
         f"http://{edge.host}:{edge.metrics_port}/metrics" if http else "off",
         settings.kafka.bootstrap_servers,
         settings.kafka.telemetry_topic,

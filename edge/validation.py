@@ -11,10 +11,12 @@ from __future__ import annotations
 import csv
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -35,6 +37,7 @@ TIMESTAMP_IN_FUTURE = "timestamp_in_future"
 TIMESTAMP_TOO_OLD = "timestamp_too_old"
 OVERSIZED_BATCH = "oversized_batch"
 SEQUENCE_JUMP = "sequence_jump"  # decided by the service, which holds the marks (edge/service.py)
+FOREIGN_MACHINE = "foreign_machine"  # the registry binds the machine to another gateway than the caller
 
 REASON_CODES: tuple[str, ...] = (
     MALFORMED_PROTOBUF,
@@ -50,6 +53,7 @@ REASON_CODES: tuple[str, ...] = (
     TIMESTAMP_TOO_OLD,
     OVERSIZED_BATCH,
     SEQUENCE_JUMP,
+    FOREIGN_MACHINE,
 )
 
 
@@ -89,9 +93,18 @@ def _fmt_ms(ts_ms: int) -> str:
         return f"{ts_ms} ms"
 
 
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A registered machine; an empty field is one the registry does not fix (its CSV has no such column)."""
+
+    site: str = ""
+    equipment_type: str = ""
+    gateway_id: str = ""
+
+
 @lru_cache(maxsize=8)
-def _load_registry(path: str, mtime_ns: int) -> frozenset[str]:
-    """Equipment ids from a CSV with an ``equipment_id`` column (cached per file version)."""
+def _load_registry(path: str, mtime_ns: int) -> Mapping[str, RegistryEntry]:
+    """Machines from a CSV with an ``equipment_id`` column (cached per file version)."""
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or "equipment_id" not in reader.fieldnames:
@@ -99,10 +112,18 @@ def _load_registry(path: str, mtime_ns: int) -> frozenset[str]:
                 f"equipment registry {path} has no 'equipment_id' column (columns: {reader.fieldnames}); "
                 "fix the CSV header or unset edge.equipment_registry"
             )
-        return frozenset(row["equipment_id"].strip() for row in reader if row["equipment_id"])
+        return MappingProxyType(
+            {
+                row["equipment_id"].strip(): RegistryEntry(
+                    *((row.get(c) or "").strip() for c in ("site", "equipment_type", "gateway_id"))
+                )
+                for row in reader
+                if row["equipment_id"]
+            }
+        )
 
 
-def load_registry(path: Path) -> frozenset[str]:
+def load_registry(path: Path) -> Mapping[str, RegistryEntry]:
     """Load the equipment registry once (re-read only if the file changed on disk)."""
     if not path.is_file():
         raise FileNotFoundError(
@@ -140,13 +161,22 @@ class BatchValidator:
             return error, 0
         return error, round(error / 1000) * 1000
 
+    def registered(self, equipment_id: str) -> RegistryEntry | None:
+        """The machine's registry entry (None: no registry, or not in it)."""
+        return None if self._registry is None else self._registry.get(equipment_id)
+
     def validate(
-        self, batch: telemetry_pb2.ReadingBatch, now_ms: int | None = None, arrived_ms: int | None = None
+        self,
+        batch: telemetry_pb2.ReadingBatch,
+        now_ms: int | None = None,
+        arrived_ms: int | None = None,
+        gateway: str | None = None,
     ) -> Validation:
         """Return ``Validation(ok)`` with the numpy arrays, or the FIRST problem found.
 
         ``arrived_ms``: when the request carrying the batch reached the edge (default ``now_ms``), before it
-        waited for a worker: the instant its ``clock_ms`` is checked against."""
+        waited for a worker: the instant its ``clock_ms`` is checked against. ``gateway``: the caller's
+        authenticated identity, which must be the machine's gateway when the registry names one."""
         s = self.settings
         eid = batch.equipment_id
         if not eid.strip():
@@ -162,6 +192,14 @@ class BatchValidator:
                 f"equipment_id {eid!r} is not in the equipment registry {s.equipment_registry}; "
                 "register the machine there first",
             )
+        if gateway is not None and self._registry is not None:
+            owner = self._registry[eid].gateway_id
+            if owner and owner != gateway:
+                return Validation(
+                    FOREIGN_MACHINE,
+                    f"gateway {gateway[:80]!r} may not report for {eid!r}: the equipment registry binds it to "
+                    f"gateway {owner!r}",
+                )
         if not batch.sensors:
             return Validation(NO_READINGS, f"batch for {eid!r} has no sensor series")
 

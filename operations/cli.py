@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from connectors.clickhouse import vigil_tables
 from connectors.clickhouse_access import password_sha256, render_access_sql
+from edge.tls import tls_files
 from jobs.registry import FLINK_JOBS
 from onnx_models.history import DEFAULT_HISTORY
 from operations.alerts_cli import alerts_app
@@ -19,6 +21,7 @@ from operations.bench.alerts import run_alerts_bench
 from operations.bench.console import results_tables, run_console_bench, write_json
 from operations.bench.latency import run_latency_bench
 from operations.bench.throughput import run_throughput_bench
+from operations.certs import describe, ensure_local_certs, issue
 from operations.chaos import DEFAULT_FAULTS, run_chaos
 from operations.chaos import results_table as chaos_table
 from operations.console_cli import console_app
@@ -46,11 +49,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect the local servers.")
 job_app = typer.Typer(no_args_is_help=True, help="Run Flink jobs (in-process or on a standalone cluster).")
 cluster_app = typer.Typer(no_args_is_help=True, help="The standalone Flink cluster (start-cluster.sh).")
+certs_app = typer.Typer(no_args_is_help=True, help="The local CA and the edge's and gateways' certificates (mTLS).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures (see docs/benchmarks.md).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(job_app, name="job")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(bench_app, name="bench")
+app.add_typer(certs_app, name="certs")
 app.add_typer(console_app, name="console")
 app.add_typer(models_app, name="models", help="The model registry: list, promote, roll back.")
 app.add_typer(alerts_app, name="alerts")
@@ -136,6 +141,47 @@ def stack_status() -> None:
     """Report each server with its port, pid and health."""
 
     console.print(_status_table(Stack(get_settings()).status()))
+
+
+@certs_app.command("init")
+def certs_init(
+    renew: Annotated[bool, typer.Option(help="re-issue the edge's and the local gateway's certificates")] = False,
+    new_ca: Annotated[
+        bool, typer.Option(help="a new CA as well: every certificate the old one signed stops working")
+    ] = False,
+) -> None:
+    """Create what is missing of the local CA and the edge's and the local gateway's certificates
+    (`vigil stack up` does it too). After --renew or --new-ca, restart the stack: servers read them at start."""
+    settings = get_settings()
+    made = ensure_local_certs(settings, renew=renew or new_ca, new_ca=new_ca)
+    for issued in made:
+        console.print(f"created {issued.cert} ({issued.common_name}, valid until {issued.not_after:%Y-%m-%d})")
+    if not made:
+        console.print(f"nothing to do: {settings.certs_dir} has the CA and certificates (`vigil certs show`)")
+
+
+@certs_app.command("issue")
+def certs_issue(
+    gateway: Annotated[str, typer.Argument(help="the gateway's identity, the certificate's common name")],
+    out: Annotated[Path, typer.Option(help="folder for <gateway>.pem and <gateway>-key.pem")] = Path("."),
+) -> None:
+    """A gateway certificate signed by the local CA: the gateway sets VIGIL_EDGE__GATEWAY_CERT_FILE and
+    VIGIL_EDGE__GATEWAY_KEY_FILE to it, and the equipment registry's gateway_id column names it."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", gateway):
+        _fail(f"{gateway!r} is not a usable gateway name: letters, digits and _.:- (at most 64)")
+    try:
+        issued = issue(get_settings(), gateway, out / f"{gateway}.pem", out / f"{gateway}-key.pem")
+    except RuntimeError as exc:
+        _fail(str(exc))
+    console.print(f"created {issued.cert} and {issued.key} (valid until {issued.not_after:%Y-%m-%d})")
+
+
+@certs_app.command("show")
+def certs_show() -> None:
+    """The certificates in use, who signed them and when they expire."""
+    files = tls_files(get_settings())
+    for path in (files.ca, files.edge_cert, files.gateway_cert):
+        console.print(describe(path) if path.exists() else f"{path}: missing (`vigil certs init`)")
 
 
 @stack_app.command("access-sql")

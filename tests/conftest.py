@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -12,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from connectors.clickhouse import apply_schema, make_client
+from edge.tls import channel_credentials
+from operations.certs import ensure_local_certs
 from operations.stack import kafka_broker
 from operations.stack.services import FAULT_PROXY, INFRA, PIPELINE, Stack
 from vigil.settings import (
@@ -31,6 +36,20 @@ from vigil.settings import (
     Settings,
     WindowSettings,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One local CA and edge/gateway certificates for the whole session (every Settings() of the tests and of
+    the servers they start reads VIGIL_TLS_DIR), so each test's edge speaks mTLS as the real stack does."""
+    if "VIGIL_TLS_DIR" not in os.environ:
+        os.environ["VIGIL_TLS_DIR"] = tempfile.mkdtemp(prefix="vigil-test-certs-")
+    ensure_local_certs(Settings())
+
+
+def edge_channel(settings: Settings, cert: Path | None = None, key: Path | None = None, **kwargs: Any) -> grpc.Channel:
+    """A gRPC channel to the test's edge as the local gateway (or as ``cert``/``key``)."""
+    target = f"{settings.edge.host}:{settings.edge.port}"
+    return grpc.secure_channel(target, channel_credentials(settings, cert, key), **kwargs)
 
 
 def free_port() -> int:

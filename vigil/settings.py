@@ -113,6 +113,18 @@ class EdgeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 15051
+    # Mutual TLS on the gRPC port: the edge shows tls_cert_file and takes only gateways whose certificate
+    # tls_ca_file signed; the certificate's common name is the gateway's identity (what a batch's gateway_id is
+    # replaced by, and what the registry's gateway_id column binds machines to). Unset files default to the
+    # local stack's, under <data_dir>/certs (`vigil certs init`); a plant sets its own. Off only for a network
+    # that authenticates gateways itself (a service mesh terminating mTLS in front of the edge).
+    tls: bool = True
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    # A gateway's own certificate and key (the gateway client's side), and the name it expects in the edge's.
+    gateway_cert_file: Path | None = None
+    gateway_key_file: Path | None = None
     # The edge's way to the brokers when it is not kafka.bootstrap_servers (a listener of its own, e.g. for a
     # DMZ, or a proxy in front of it); empty: kafka.bootstrap_servers.
     kafka_bootstrap_servers: str = ""
@@ -140,7 +152,9 @@ class EdgeSettings(BaseModel):
     # Gateways buffer up to an hour on disk through outages; accept a little more than that.
     max_past_age_s: float = Field(2 * 3600.0, ge=0)
     equipment_id_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-    # Optional registry (CSV with an equipment_id column): when set, unknown ids are rejected.
+    # Optional registry (CSV with an equipment_id column): when set, unknown ids are rejected. Optional columns:
+    # site and equipment_type (they replace what a batch claims), gateway_id (only that authenticated gateway
+    # may report for the machine).
     equipment_registry: Path | None = None
     compression: Literal["gzip", "deflate", "none"] = "gzip"
     # Prometheus /metrics of the edge service (0 disables the HTTP endpoint).
@@ -532,6 +546,8 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = PROJECT_ROOT / ".vigil"
+    # The local stack's CA and certificates (`vigil certs init`); default <data_dir>/certs.
+    tls_dir: Path | None = None
     kafka: KafkaSettings = KafkaSettings()
     edge: EdgeSettings = EdgeSettings()
     window: WindowSettings = WindowSettings()
@@ -642,6 +658,11 @@ class Settings(BaseSettings):
     @property
     def ground_truth_path(self) -> Path:
         return self.simulator.ground_truth_path or (self.data_dir / "ground_truth.jsonl")
+
+    @property
+    def certs_dir(self) -> Path:
+        """The local stack's CA and certificates (`vigil certs init`)."""
+        return self.tls_dir or (self.data_dir / "certs")
 
     @property
     def gateway_buffer_dir(self) -> Path:

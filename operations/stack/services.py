@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from connectors.clickhouse import apply_schema, make_client
 from connectors.kafka import ensure_topics
 from jobs.registry import FLINK_JOBS
+from operations.certs import ensure_local_certs
 from operations.stack import fault_proxy, kafka_broker, prometheus_configs, saas_standin
 from operations.stack.process import ProcessManager, ServiceSpec, ServiceStatus
 from streamlit_app.access import render_auth_secrets
@@ -305,6 +306,8 @@ class Stack:
     def up(self, names: tuple[str, ...] = INFRA, on_started=None) -> list[ServiceStatus]:
         specs = self.specs()
         statuses = []
+        if self.settings.edge.tls:  # the edge and every gateway of the local stack speak mTLS from the first start
+            ensure_local_certs(self.settings)
         for name in names:
             status = self.processes.start(specs[name])
             statuses.append(status)

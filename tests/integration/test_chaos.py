@@ -14,6 +14,7 @@ from edge.proto import telemetry_pb2_grpc
 from operations.chaos import run_chaos
 from operations.stack import fault_proxy
 from operations.stack.services import Stack
+from tests.conftest import edge_channel
 from tests.integration.test_edge_service import consume_until, expected_samples, make_batch, samples_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.streams_live, pytest.mark.kills_services]
@@ -62,7 +63,7 @@ def test_a_resend_while_the_first_copy_is_on_its_way_to_kafka_is_written_once(pi
     batch again at once: the edge waits for the first copy's outcome instead of writing the batch a second time
     (a de-duplication mark set only when a client is still there to hear the acknowledgement wrote it twice)."""
     settings = pipeline_stack.settings
-    channel = grpc.insecure_channel(f"{settings.edge.host}:{settings.edge.port}")
+    channel = edge_channel(settings)
     client = telemetry_pb2_grpc.IngestionStub(channel)
     batch = make_batch("resend-001", sequence=7)
     fault_proxy.add_toxic(settings, "slow-kafka", "latency", {"latency": 4000}, "downstream", fault_proxy.EDGE_KAFKA)

@@ -22,7 +22,8 @@ from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.service import serve
 from edge.state import batch_headers, load_snapshot
 from edge.validation import BatchValidator
-from tests.conftest import free_port
+from operations.certs import LOCAL_GATEWAY
+from tests.conftest import edge_channel, free_port
 from vigil.contracts import MARKER_GATEWAY
 from vigil.settings import EdgeSettings, KafkaSettings, Settings
 
@@ -107,7 +108,7 @@ def edge(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[Settings]:
 
 
 def stub(settings: Settings) -> tuple[grpc.Channel, telemetry_pb2_grpc.IngestionStub]:
-    channel = grpc.insecure_channel(f"{settings.edge.host}:{settings.edge.port}", compression=grpc.Compression.Gzip)
+    channel = edge_channel(settings, compression=grpc.Compression.Gzip)
     return channel, telemetry_pb2_grpc.IngestionStub(channel)
 
 
@@ -157,11 +158,8 @@ def test_valid_batches_via_unary_and_stream_land_as_contract_records(edge: Setti
             "ingested_at_ms",
             "sensors",
         }
-        assert (record["site"], record["equipment_type"], record["gateway_id"]) == (
-            "site-a",
-            "pump",
-            "gw-test",
-        )
+        # The gateway is who its certificate says, not what the batch claims ("gw-test").
+        assert (record["site"], record["equipment_type"], record["gateway_id"]) == ("site-a", "pump", LOCAL_GATEWAY)
         assert record["chunk_start_ms"] % size == 0
         assert record["event_time_ms"] == max(max(s["ts"]) for s in record["sensors"])
         for s in record["sensors"]:

@@ -24,6 +24,7 @@ from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.simulator.fleet import Fleet
 from operations.stack.services import Stack
+from tests.conftest import edge_channel
 from vigil.contracts import WINDOW_STATS_MARKER_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -226,7 +227,7 @@ def test_bad_batches_get_clear_errors_and_reach_the_dead_letter_topic(pipeline_s
         "timestamp_too_old": batch(f"bad-old-{tag}", [now - 30 * 86_400_000], [1.0]),
         "empty_equipment_id": batch("", [now - 100], [1.0]),
     }
-    channel = grpc.insecure_channel(f"{settings.edge.host}:{settings.edge.port}")
+    channel = edge_channel(settings)
     stub = telemetry_pb2_grpc.IngestionStub(channel)
     for reason, bad in cases.items():
         with pytest.raises(grpc.RpcError) as err:

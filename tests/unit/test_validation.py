@@ -70,6 +70,21 @@ def test_unknown_equipment_only_with_registry(tmp_path: Path) -> None:
     assert check(v.BatchValidator(EdgeSettings()), make_batch("pump-999")).ok
 
 
+def test_the_registry_binds_machines_to_their_gateway_and_fixes_site_and_type(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.csv"
+    registry.write_text("equipment_id,site,equipment_type,gateway_id\npump-001,site-a,pump,gw-a\nfan-001,,,\n")
+    validator = v.BatchValidator(EdgeSettings(equipment_registry=registry))
+    assert validator.registered("pump-001") == v.RegistryEntry("site-a", "pump", "gw-a")
+    assert validator.registered("fan-001") == v.RegistryEntry()  # nothing fixed: the batch's claims stand
+    assert validator.registered("pump-999") is None
+    batch = make_batch("pump-001")
+    assert validator.validate(batch, NOW, gateway="gw-a").ok
+    result = validator.validate(batch, NOW, gateway="gw-b")
+    assert result.reason == v.FOREIGN_MACHINE and "binds it to gateway 'gw-a'" in result.detail
+    assert validator.validate(make_batch("fan-001"), NOW, gateway="gw-b").ok  # no gateway column value: any
+    assert validator.validate(batch, NOW).ok  # no TLS identity (edge.tls off): nothing to bind
+
+
 def test_registry_without_equipment_id_column_is_a_clear_error(tmp_path: Path) -> None:
     registry = tmp_path / "bad.csv"
     registry.write_text("machine,site\npump-001,site-a\n")
@@ -232,5 +247,6 @@ def test_every_reason_code_is_exercised() -> None:
         v.OVERSIZED_BATCH,
         v.MALFORMED_PROTOBUF,
         v.SEQUENCE_JUMP,  # the service's (tests/integration/test_edge_service.py)
+        v.FOREIGN_MACHINE,
     }
     assert tested == set(v.REASON_CODES)

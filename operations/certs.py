@@ -1,0 +1,169 @@
+"""`vigil certs`: the local stack's certificate authority and the certificates it signs (edge, gateways).
+
+A plant brings its own PKI and points the ``edge.tls_*`` / ``edge.gateway_*`` settings at it; the local stack
+makes its own so that mTLS is on from the first `make demo`. ECDSA P-256 keys, SHA-256 signatures; private keys
+are 0600 files in the 0700 certs folder. The CA key signs gateway certificates and never leaves that folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edge.tls import tls_files
+from vigil.settings import Settings
+
+CA_DAYS, LEAF_DAYS = 3 * 365, 365
+LOCAL_GATEWAY = "local-gateway"  # the identity of the local stack's simulator and gateway clients
+CA_NAME = "Vigil local CA"
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert: Path
+    key: Path
+    common_name: str
+    not_after: datetime
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Vigil"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
+
+
+def _ca_key_path(settings: Settings) -> Path:
+    return settings.certs_dir / "ca-key.pem"
+
+
+def create_ca(settings: Settings) -> Issued:
+    """A new self-signed CA in the certs folder (replacing any: every certificate it signed stops working)."""
+    f = tls_files(settings)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(CA_NAME))
+        .issuer_name(_name(CA_NAME))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )  # keyCertSign, cRLSign
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(_ca_key_path(settings), _key_pem(key))
+    f.ca.parent.mkdir(parents=True, exist_ok=True)
+    f.ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return Issued(f.ca, _ca_key_path(settings), CA_NAME, cert.not_valid_after_utc)
+
+
+def issue(
+    settings: Settings, common_name: str, cert_path: Path, key_path: Path, server_names: tuple[str, ...] = ()
+) -> Issued:
+    """A leaf certificate signed by the local CA: a server's when ``server_names`` (its DNS names and IPs, put in
+    the subject alternative names gRPC checks), else a client's (a gateway: ``common_name`` is its identity)."""
+    try:
+        ca_key = serialization.load_pem_private_key(_ca_key_path(settings).read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(tls_files(settings).ca.read_bytes())
+    except FileNotFoundError:
+        raise RuntimeError(f"no local CA in {settings.certs_dir}: run `vigil certs init` first") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise RuntimeError(
+            f"{_ca_key_path(settings)} is not an EC key; re-create the CA with `vigil certs init --new-ca`"
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(min(now + timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    )
+    if server_names:
+        alt: list[x509.GeneralName] = []
+        for name in dict.fromkeys(server_names):
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                alt.append(x509.DNSName(name))
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return Issued(cert_path, key_path, common_name, cert.not_valid_after_utc)
+
+
+def edge_server_names(settings: Settings) -> tuple[str, ...]:
+    """Names a gateway may dial the local edge by: the configured host, this machine's name, loopback."""
+    return tuple(dict.fromkeys([settings.edge.host, "localhost", "127.0.0.1", "::1", socket.gethostname()]))
+
+
+def ensure_local_certs(settings: Settings, renew: bool = False, new_ca: bool = False) -> list[Issued]:
+    """The local CA, the edge's certificate and the local gateway's, creating what is missing (``renew``: re-issue
+    the edge's and the gateway's; ``new_ca``: a new CA as well). Returns what was created. Files a setting points
+    elsewhere are left alone: they are the plant's (with its own CA, nothing is created)."""
+    e = settings.edge
+    if e.tls_ca_file is not None:  # the plant's PKI: it issues every certificate the CA checks, not us
+        return []
+    d = settings.certs_dir
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(d, 0o700)
+    f = tls_files(settings)
+    made: list[Issued] = []
+    if (new_ca or not f.ca.exists() or not _ca_key_path(settings).exists()):
+        made.append(create_ca(settings))
+        renew = True
+    if e.tls_cert_file is None and e.tls_key_file is None and (renew or not f.edge_cert.exists()):
+        made.append(issue(settings, "vigil-edge", f.edge_cert, f.edge_key, edge_server_names(settings)))
+    if e.gateway_cert_file is None and e.gateway_key_file is None and (renew or not f.gateway_cert.exists()):
+        made.append(issue(settings, LOCAL_GATEWAY, f.gateway_cert, f.gateway_key))
+    return made
+
+
+def describe(path: Path) -> str:
+    """Subject, issuer and validity of a PEM certificate, for `vigil certs show`."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    issuer = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    left = (cert.not_valid_after_utc - datetime.now(UTC)).days
+    return (
+        f"{path}: {cn[0].value if cn else '?'} (issued by {issuer[0].value if issuer else '?'}), valid until "
+        f"{cert.not_valid_after_utc:%Y-%m-%d} ({left} days left)"
+    )

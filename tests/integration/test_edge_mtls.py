@@ -1,0 +1,115 @@
+"""Mutual TLS on the edge's gRPC port, against a real edge and Kafka broker: who may send, and as whom."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edge.gateway import GatewayClient
+from edge.proto import telemetry_pb2_grpc
+from edge.service import serve
+from edge.tls import tls_files
+from operations.certs import LOCAL_GATEWAY, ensure_local_certs, issue
+from tests.conftest import edge_channel, free_port
+from tests.integration.test_edge_service import consume_until, make_batch, per_test_kafka
+from vigil.settings import EdgeSettings, KafkaSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+REGISTRY = f"""equipment_id,site,equipment_type,gateway_id
+pump-a,site-a,pump,{LOCAL_GATEWAY}
+pump-b,site-b,pump,gw-b
+"""
+
+
+@pytest.fixture
+def edge(kafka_settings: KafkaSettings, tmp_path: Path) -> Iterator[Settings]:
+    registry = tmp_path / "registry.csv"
+    registry.write_text(REGISTRY)
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=per_test_kafka(kafka_settings),
+        edge=EdgeSettings(port=free_port(), metrics_port=0, equipment_registry=registry),
+    )
+    _, shutdown = serve(settings)
+    try:
+        yield settings
+    finally:
+        shutdown(0)
+
+
+def other_ca(tmp_path: Path) -> Settings:
+    """A second, unrelated CA with its own edge and gateway certificates."""
+    settings = Settings(data_dir=tmp_path / "other", tls_dir=tmp_path / "other-certs")
+    ensure_local_certs(settings)
+    return settings
+
+
+def refused(channel: grpc.Channel) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        telemetry_pb2_grpc.IngestionStub(channel).Ingest(make_batch("pump-a"), timeout=10)
+    channel.close()
+    return info.value
+
+
+def test_clients_without_a_certificate_the_ca_signed_are_refused(edge: Settings, tmp_path: Path) -> None:
+    target = f"{edge.edge.host}:{edge.edge.port}"
+    assert refused(grpc.insecure_channel(target)).code() == grpc.StatusCode.UNAVAILABLE  # plain text
+    ca_only = grpc.ssl_channel_credentials(root_certificates=tls_files(edge).ca.read_bytes())
+    assert refused(grpc.secure_channel(target, ca_only)).code() == grpc.StatusCode.UNAVAILABLE  # no certificate
+    stranger = tls_files(other_ca(tmp_path))
+    foreign = grpc.ssl_channel_credentials(
+        tls_files(edge).ca.read_bytes(), stranger.gateway_key.read_bytes(), stranger.gateway_cert.read_bytes()
+    )
+    assert refused(grpc.secure_channel(target, foreign)).code() == grpc.StatusCode.UNAVAILABLE  # another CA's
+    ack = telemetry_pb2_grpc.IngestionStub(edge_channel(edge)).Ingest(make_batch("pump-a"), timeout=30)
+    assert ack.accepted_batches == 1  # the local gateway's certificate gets in
+
+
+def test_a_gateway_refuses_an_edge_its_ca_did_not_sign(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """An impostor edge (its certificate from another CA) gets nothing: the gateway keeps its batch."""
+    impostor = other_ca(tmp_path).model_copy(
+        update={"kafka": per_test_kafka(kafka_settings), "edge": EdgeSettings(port=free_port(), metrics_port=0)}
+    )
+    _, shutdown = serve(impostor)
+    try:
+        ours = Settings(data_dir=tmp_path, edge=impostor.edge)
+        with GatewayClient(ours, gateway_id="gw-cautious", fsync=False) as client:
+            assert client.send([make_batch("pump-a")]) is None  # not sent: buffered for the real edge
+            assert client.buffered_batches() == 1
+    finally:
+        shutdown(0)
+
+
+def test_the_registry_decides_the_site_and_which_gateway_may_report(edge: Settings, tmp_path: Path) -> None:
+    # The local gateway reports for its own machine, claiming another gateway and site: the edge records the
+    # certificate's identity and the registry's site.
+    forged = make_batch("pump-a", sequence=1)
+    forged.site, forged.gateway_id = "site-b", "gw-b"
+    client = telemetry_pb2_grpc.IngestionStub(edge_channel(edge))
+    assert client.Ingest(forged, timeout=30).accepted_batches == 1
+    # ... and may not report for a machine the registry binds to gw-b.
+    with pytest.raises(grpc.RpcError) as info:
+        client.Ingest(make_batch("pump-b", sequence=1), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("foreign_machine: gateway 'local-gateway' may not report for 'pump-b'")
+    # gw-b, with a certificate the same CA signed, may.
+    cert, key = tmp_path / "gw-b.pem", tmp_path / "gw-b-key.pem"
+    issue(edge, "gw-b", cert, key)
+    assert (
+        telemetry_pb2_grpc.IngestionStub(edge_channel(edge, cert, key))
+        .Ingest(make_batch("pump-b", sequence=1), timeout=30)
+        .accepted_batches
+        == 1
+    )
+
+    records = consume_until(
+        edge.kafka, edge.kafka.telemetry_topic, lambda v: {r["equipment_id"] for r in v} >= {"pump-a", "pump-b"}
+    )
+    seen = {(r["equipment_id"], r["site"], r["gateway_id"]) for r in records}
+    assert seen == {("pump-a", "site-a", LOCAL_GATEWAY), ("pump-b", "site-b", "gw-b")}
+    dead = consume_until(edge.kafka, edge.kafka.dead_letter_topic, lambda v: len(v) >= 1)
+    assert [(d["reason"], d["equipment_id"]) for d in dead] == [("foreign_machine", "pump-b")]
