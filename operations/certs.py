@@ -147,7 +147,7 @@ def ensure_local_certs(settings: Settings, renew: bool = False, new_ca: bool = F
     os.chmod(d, 0o700)
     f = tls_files(settings)
     made: list[Issued] = []
-    if (new_ca or not f.ca.exists() or not _ca_key_path(settings).exists()):
+    if new_ca or not f.ca.exists() or not _ca_key_path(settings).exists():
         made.append(create_ca(settings))
         renew = True
     if e.tls_cert_file is None and e.tls_key_file is None and (renew or not f.edge_cert.exists()):
