@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 import grpc
 from confluent_kafka import KafkaException
 from google.protobuf.message import DecodeError
+from limits import RateLimitItemPerSecond
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from connectors.kafka import DeadLetterWriter, ensure_topics, make_consumer, make_producer
@@ -141,6 +144,9 @@ class _Metrics:
             buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.throttled = Counter(
+            "vigil_edge_calls_throttled", "Calls refused for a gateway over edge.gateway_max_points_per_s", registry=r
+        )
         self.in_flight = Gauge("vigil_edge_requests_in_flight", "gRPC requests being processed", registry=r)
         for reason in v.REASON_CODES:  # export zeros so alerts can use rate() from the start
             self.rejected.labels(reason)
@@ -175,6 +181,11 @@ class IngestionService:
         self.producer = make_producer(edge_kafka(settings))
         self.dead_letters = DeadLetterWriter(self.producer, settings.kafka, source="edge")
         self.metrics = _Metrics()
+        e = settings.edge
+        self._rate = RateLimitItemPerSecond(
+            e.gateway_max_points_per_s * e.gateway_rate_window_s, e.gateway_rate_window_s
+        )
+        self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(e.gateway_rate_storage))
         self._telemetry_topic = settings.kafka.telemetry_topic
         self._window_ms = settings.window.size_ms
         self._marks: dict[str, int] = {}
@@ -394,6 +405,15 @@ class IngestionService:
             assert result.reason is not None
             self._reject(state, raw, result.reason, result.detail, eid, seq)
             return
+        gateway = state.gateway or batch.gateway_id
+        if not self._limiter.hit(self._rate, gateway, cost=result.points):
+            self.metrics.throttled.inc()
+            e = self.settings.edge
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"gateway {gateway[:80]!r} is over edge.gateway_max_points_per_s={e.gateway_max_points_per_s} "
+                f"(averaged over {e.gateway_rate_window_s} s): keep the batches and retry later",
+            )
         # What the batch claims about itself gives way to what the edge knows: the authenticated gateway, and
         # the registry's site and type (the console's access rules key on the site).
         if state.gateway is not None:

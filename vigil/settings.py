@@ -135,6 +135,14 @@ class EdgeSettings(BaseModel):
     max_concurrent_rpcs: int = Field(4096, ge=1)
     max_stream_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_ack_rejections: int = Field(100, ge=1)
+    # Per gateway (its certificate identity; without TLS its claimed gateway_id): at most this many points per
+    # second, averaged over gateway_rate_window_s (beyond: RESOURCE_EXHAUSTED, and the gateway buffers and
+    # retries). Set it to ~10x a gateway's normal rate so a drain after an outage still runs fast; the local
+    # stack's single local-gateway carries the whole simulator (1M points/s at 10,000 machines). Several edge
+    # replicas share the counts through a `limits` storage URI (e.g. redis://host:6379).
+    gateway_max_points_per_s: int = Field(2_000_000, ge=1)
+    gateway_rate_window_s: int = Field(10, ge=1)
+    gateway_rate_storage: str = "memory://"
     max_points_per_batch: int = Field(20_000, ge=1)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # A batch whose sequence is more than this past its machine's high-water mark is refused (dead-lettered):

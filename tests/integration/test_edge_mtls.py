@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,49 @@ def test_the_registry_decides_the_site_and_which_gateway_may_report(edge: Settin
     assert seen == {("pump-a", "site-a", LOCAL_GATEWAY), ("pump-b", "site-b", "gw-b")}
     dead = consume_until(edge.kafka, edge.kafka.dead_letter_topic, lambda v: len(v) >= 1)
     assert [(d["reason"], d["equipment_id"]) for d in dead] == [("foreign_machine", "pump-b")]
+
+
+def test_each_gateway_has_its_own_rate_limit(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """60 points per 3 s per gateway: the local gateway's third 30-point batch is refused with RESOURCE_EXHAUSTED
+    (its gateway client keeps it on disk and it lands once the window has passed); another gateway is not held
+    back by it."""
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=per_test_kafka(kafka_settings),
+        edge=EdgeSettings(port=free_port(), metrics_port=0, gateway_max_points_per_s=20, gateway_rate_window_s=3),
+    )
+    _, shutdown = serve(settings)
+    try:
+        local = telemetry_pb2_grpc.IngestionStub(edge_channel(settings))
+        for seq in (1, 2):
+            assert local.Ingest(make_batch("pump-a", sequence=seq), timeout=30).accepted_batches == 1
+        with pytest.raises(grpc.RpcError) as info:
+            local.Ingest(make_batch("pump-a", sequence=3), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "'local-gateway' is over edge.gateway_max_points_per_s=20" in info.value.details()
+        cert, key = tmp_path / "gw-b.pem", tmp_path / "gw-b-key.pem"
+        issue(settings, "gw-b", cert, key)
+        other = telemetry_pb2_grpc.IngestionStub(edge_channel(settings, cert, key))
+        assert other.Ingest(make_batch("pump-b", sequence=1), timeout=30).accepted_batches == 1
+
+        with GatewayClient(settings, gateway_id="gw-throttled", fsync=False) as client:
+            assert client.send([make_batch("pump-a", sequence=3)]) is None  # refused: kept on disk
+            assert client.buffered_batches() == 1
+            deadline = time.monotonic() + 20
+            while client.buffered_batches() and time.monotonic() < deadline:
+                time.sleep(1)
+                client.send([])  # the gateway's next attempt drains the buffer
+            assert client.buffered_batches() == 0
+        records = consume_until(
+            settings.kafka,
+            settings.kafka.telemetry_topic,
+            lambda v: len({(r["equipment_id"], r["sequence"]) for r in v}) >= 4,
+        )
+        assert {(r["equipment_id"], r["sequence"]) for r in records} == {
+            ("pump-a", 1),
+            ("pump-a", 2),
+            ("pump-a", 3),
+            ("pump-b", 1),
+        }
+    finally:
+        shutdown(0)
