@@ -430,6 +430,13 @@ def replay(
         ),
     ] = None,
     history_machines: Annotated[int, typer.Option(help="machines the history is split across (hours in minutes)")] = 8,
+    history_rows: Annotated[
+        int,
+        typer.Option(
+            help="instead of --history: train on each file's first N normal rows (SKAB's protocol), then "
+            "replay the rest"
+        ),
+    ] = 0,
     equipment_type: Annotated[
         str | None, typer.Option(help="the machines' equipment type (default: <format>_replay)")
     ] = (None),
@@ -452,6 +459,7 @@ def replay(
             console,
             history=history,
             history_machines=history_machines,
+            history_rows=history_rows,
             equipment_type=equipment_type,
             windows_file=windows,
             speed=speed,

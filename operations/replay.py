@@ -153,6 +153,34 @@ def split_recording(recording: Recording, parts: int) -> list[Recording]:
     return out
 
 
+def split_leading(recording: Recording, rows: int) -> tuple[Recording, Recording]:
+    """The first ``rows`` rows (cut before the first labelled anomaly) as history, and the rest, both from
+    offset 0: SKAB's own protocol, where each experiment's leading normal rows are what a model may learn from."""
+    n = rows
+    if recording.anomalies:
+        n = min(n, int(np.searchsorted(recording.offsets_ms, recording.anomalies[0][0], side="left")))
+    if n < 2 or n >= len(recording.offsets_ms) - 1:
+        raise ValueError(
+            f"{recording.name}: {n} leading normal rows of {len(recording.offsets_ms)}; "
+            "--history-rows needs at least two before its first labelled anomaly and two after"
+        )
+    base = int(recording.offsets_ms[n])
+    head = replace(
+        recording,
+        name=f"{recording.name}-head",
+        offsets_ms=recording.offsets_ms[:n].copy(),
+        values=recording.values[:n],
+        anomalies=(),
+    )
+    tail = replace(
+        recording,
+        offsets_ms=recording.offsets_ms[n:] - base,
+        values=recording.values[n:],
+        anomalies=tuple((a - base, b - base) for a, b in recording.anomalies),
+    )
+    return head, tail
+
+
 @dataclass
 class ReplayMachine:
     """A recording as one machine reporting from ``start_ms`` (epoch ms of its first row) at ``speed``."""
@@ -345,6 +373,7 @@ def run_replay(
     console: Console,
     history: Path | None = None,
     history_machines: int = 8,
+    history_rows: int = 0,
     equipment_type: str | None = None,
     windows_file: Path | None = None,
     speed: float = 1.0,
@@ -355,7 +384,18 @@ def run_replay(
     if not files:
         raise ValueError("name at least one labelled file to replay")
     etype = equipment_type or f"{fmt}_replay"
+    if history is not None and history_rows:
+        raise ValueError("give --history (a normal recording) or --history-rows (each file's leading rows), not both")
     recordings = [read_recording(p, fmt, windows_file) for p in files]
+    history_parts: list[Recording] = []
+    history_name = None
+    if history is not None:
+        history_parts = split_recording(read_recording(history, fmt, windows_file), history_machines)
+        history_name = str(history)
+    elif history_rows:
+        pairs = [split_leading(r, history_rows) for r in recordings]
+        history_parts, recordings = [h for h, _ in pairs], [t for _, t in pairs]
+        history_name = f"the first {history_rows} normal rows of each file"
     settings = bench_settings(settings, settings.flink.topology)
     interval_ms = int(settings.simulator.batch_interval_s * 1000)
     start_bench_stack(settings, console)  # the relay's outbox is counted (it carries the labels)
@@ -364,12 +404,11 @@ def run_replay(
     first_ms = int(time.time() * 1000)
     try:
         history_hours, models = 0.0, []
-        if history is not None:
-            parts = split_recording(read_recording(history, fmt, windows_file), history_machines)
+        if history_parts:
             start = (int(time.time() * 1000) // interval_ms + 1) * interval_ms
-            normal = _machines(parts, f"hist{run}", HISTORY_SITE, etype, start, speed)
+            normal = _machines(history_parts, f"hist{run}", HISTORY_SITE, etype, start, speed)
             history_hours = sum(m.end_ms - m.start_ms for m in normal) / 3_600_000
-            _phase(settings, normal, client, f"history {history.name}", console)
+            _phase(settings, normal, client, f"history ({history_name})", console)
             _silence(settings, [f'site="{HISTORY_SITE}"'], "planned stop: vigil replay's history ended", console)
             _await_windows(settings, etype, max(m.end_ms for m in normal), 120, console)
             with console.status(f"training the {etype} models on the replayed history..."):
@@ -434,8 +473,8 @@ def run_replay(
         fmt=fmt,
         equipment_type=etype,
         speed=speed,
-        history=str(history) if history else None,
-        history_machines=history_machines if history else 0,
+        history=history_name,
+        history_machines=len(history_parts),
         history_hours=history_hours,
         history_pages=history_pages,
         models=models,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from operations.replay import ReplayMachine, read_recording, sensor_name, split_recording
+from operations.replay import ReplayMachine, read_recording, sensor_name, split_leading, split_recording
 
 SKAB_ROWS = """datetime;Accelerometer1RMS;Volume Flow RateRMS;anomaly;changepoint
 2020-03-09 10:14:36;3.0;32.0;1.0;0.0
@@ -82,3 +82,12 @@ def test_a_batch_carries_the_rows_due_once_and_speed_compresses_time(tmp_path: P
     rest = m.batch(10**12, 0)
     assert rest is not None and rest.sequence == 2 and len(rest.sensors[0].values) == 4
     assert m.done
+
+
+def test_leading_rows_become_history_and_the_rest_is_replayed_from_zero(tmp_path: Path) -> None:
+    rec = read_recording(skab_file(tmp_path), "skab")
+    head, tail = split_leading(rec, 5)  # cut at the first labelled row (offset 2000): two rows of history
+    assert head.values[:, 0].tolist() == [0.5, 1.0] and head.anomalies == ()
+    assert tail.offsets_ms.tolist() == [0, 1000, 2000, 3000] and tail.anomalies == ((0, 1000), (3000, 3000))
+    with pytest.raises(ValueError, match="at least two before its first labelled anomaly"):
+        split_leading(rec, 1)
