@@ -22,8 +22,9 @@ class TokenFileError(RuntimeError):
     """The token file exists but holds no usable token."""
 
 
-def ensure_token(path: Path) -> str:
-    """The token in ``path``; a new random one is written there first when the file does not exist."""
+def ensure_token(path: Path, what: str = "webhook token") -> str:
+    """The token in ``path``; a new random one is written there first when the file does not exist. Also the
+    stack's other generated secrets (``what`` names it in the error)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -36,7 +37,7 @@ def ensure_token(path: Path) -> str:
     token = path.read_text().strip()
     if len(token) < 16 or any(c.isspace() for c in token):
         raise TokenFileError(
-            f"{path} holds no usable webhook token (at least 16 characters, no spaces): write one, "
+            f"{path} holds no usable {what} (at least 16 characters, no spaces): write one, "
             "or delete the file to have a random one created"
         )
     return token

@@ -15,6 +15,9 @@ from typing import Any
 
 import httpx
 
+from connectors.monitoring import MonitoringAccess, monitoring_access
+from vigil.settings import Settings
+
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 # name="value", name!="value", name=~"regex", name!~"regex" (quotes optional), as amtool and the UI write them.
 _MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
@@ -75,9 +78,17 @@ def rfc3339(moment: datetime | float) -> str:
 class AlertmanagerClient:
     """Alertmanager v2 API at ``base_url`` (e.g. ``settings.prometheus.alertmanager_url``)."""
 
-    def __init__(self, base_url: str, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, base_url: str, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, access: MonitoringAccess | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url + "/api/v2", timeout=timeout)
+        options = access.httpx_options() if access else {}
+        self._http = httpx.Client(base_url=self.base_url + "/api/v2", timeout=timeout, **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_settings(cls, settings: Settings, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> AlertmanagerClient:
+        """The configured Alertmanager, with its CA and credentials."""
+        return cls(settings.prometheus.alertmanager_url, timeout, monitoring_access(settings))
 
     def __enter__(self) -> AlertmanagerClient:
         return self
@@ -102,6 +113,12 @@ class AlertmanagerClient:
             raise AlertmanagerUnavailable(
                 f"Alertmanager at {self.base_url} failed: {method} {url} -> HTTP {resp.status_code} "
                 f"{resp.text.strip()[:300]}; see its log"
+            )
+        if resp.status_code == 401:
+            raise AlertmanagerRejected(
+                f"Alertmanager at {self.base_url} refused the credentials ({method} {url}: HTTP 401): the password "
+                "file (VIGIL_PROMETHEUS__PASSWORD_FILE) must hold the password its web config was rendered with",
+                401,
             )
         if resp.status_code >= 400:
             raise AlertmanagerRejected(

@@ -17,6 +17,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from connectors.monitoring import MonitoringAccess, PinnedSession, monitoring_access
+from vigil.settings import Settings
+
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4"
 DEFAULT_TIMEOUT = (2.0, 10.0)  # connect, read (seconds)
 
@@ -39,15 +42,15 @@ def grouping_path(job: str, **labels: str) -> str:
     return "/".join(parts)
 
 
-def _session() -> requests.Session:
+def _session(retries: int) -> PinnedSession:
     retry = Retry(
-        total=3,
+        total=retries,
         backoff_factor=0.3,  # 0.3, 0.6, 1.2 s
         status_forcelist=(500, 502, 503, 504),
         allowed_methods=frozenset({"GET", "PUT", "DELETE"}),
         raise_on_status=False,
     )
-    session = requests.Session()
+    session = PinnedSession()
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     return session
@@ -56,10 +59,28 @@ def _session() -> requests.Session:
 class PushgatewayClient:
     """The Pushgateway at ``base_url`` (e.g. ``settings.prometheus.pushgateway_url``); one session, :meth:`close` it."""
 
-    def __init__(self, base_url: str, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        access: MonitoringAccess | None = None,
+        retries: int = 3,
+    ) -> None:
         self.base_url = base_url
         self.timeout = timeout
-        self._session = _session()
+        self._session = _session(retries)
+        if access is not None:
+            access.configure(self._session)
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, *, timeout: tuple[float, float] = DEFAULT_TIMEOUT, retries: int = 3
+    ) -> PushgatewayClient:
+        """The configured Pushgateway, with its CA and credentials."""
+        return cls(
+            settings.prometheus.pushgateway_url, timeout=timeout, access=monitoring_access(settings), retries=retries
+        )
 
     def put(self, path: str, text: str) -> None:
         """Replace the group at ``path`` (:func:`grouping_path`) with ``text`` (text exposition format)."""

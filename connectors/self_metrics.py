@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry, generate_latest
 
+from connectors.monitoring import MonitoringCredentialsMissing
+from connectors.pushgateway import PushgatewayClient, PushgatewayError, grouping_path
 from vigil.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,8 +24,12 @@ def push_self_metrics(settings: Settings, job: str, registry: CollectorRegistry,
     """Push ``registry`` as ``job``; False (with a warning naming ``what`` and the gateway) when it failed."""
     url = settings.prometheus.pushgateway_url
     try:
-        push_to_gateway(url, job=job, registry=registry, timeout=PUSH_TIMEOUT_S)
-    except OSError as exc:
+        client = PushgatewayClient.for_settings(settings, timeout=(PUSH_TIMEOUT_S, PUSH_TIMEOUT_S), retries=0)
+        try:
+            client.put(grouping_path(job), generate_latest(registry).decode())
+        finally:
+            client.close()
+    except (PushgatewayError, MonitoringCredentialsMissing) as exc:
         log.warning("could not push %s to the Pushgateway %s: %s", what, url, exc)
         return False
     return True

@@ -103,7 +103,7 @@ class AlertPublisher:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.mapper = AlertMapper(settings)
-        self.client = AlertmanagerClient(settings.prometheus.alertmanager_url)
+        self.client = AlertmanagerClient.for_settings(settings)
         self._clock = clock
         self._lock = threading.Lock()
         self._registry = CollectorRegistry(auto_describe=False)

@@ -58,6 +58,7 @@ import pyarrow.json as pa_json
 from confluent_kafka import Message
 
 from connectors.kafka import ensure_topics, make_consumer, run_batches
+from connectors.monitoring import MonitoringCredentialsMissing
 from connectors.pushgateway import PushgatewayClient, PushgatewayError, grouping_path
 from detectors import score_names
 from jobs.metrics_render import (
@@ -244,7 +245,7 @@ class PushgatewaySink:
         self._lock = threading.Lock()
         self._counters = SinkCounters()
         self._rendered = {WINDOW_JOB: 0, ANOMALY_JOB: 0}
-        self._gateway = PushgatewayClient(self._prom.pushgateway_url, timeout=HTTP_TIMEOUT)
+        self._client: PushgatewayClient | None = None  # built at the first push (it reads the credentials)
         self._next_push = 0.0  # monotonic time of the next push
 
     # -- counters -----------------------------------------------------------------------
@@ -410,7 +411,12 @@ class PushgatewaySink:
         """
         now = self._clock() if now is None else now
         groups = self.render_groups(now)
-        gateway = self._gateway
+        try:
+            gateway = self._gateway
+        except PushgatewayError as exc:
+            self._count(failures=1)
+            log.error("cannot push to the Pushgateway %s: %s", self._prom.pushgateway_url, exc)
+            return False
         errors = [
             self._attempt(gateway.put, grouping_path(job, site=site), text) for (job, site), text in groups.items()
         ]
@@ -436,6 +442,15 @@ class PushgatewaySink:
                 "; ".join([*errors, pipeline_error or ""]).strip("; "),
             )
         return not errors
+
+    @property
+    def _gateway(self) -> PushgatewayClient:
+        if self._client is None:
+            try:
+                self._client = PushgatewayClient.for_settings(self.settings, timeout=HTTP_TIMEOUT)
+            except MonitoringCredentialsMissing as exc:
+                raise PushgatewayError(str(exc)) from None
+        return self._client
 
     def seed_from_pushgateway(self) -> int:
         """Load the series this sink pushed before a restart; returns how many rows. Best effort."""
@@ -527,7 +542,8 @@ class PushgatewaySink:
             run_batches(consumer, topics, stop, self)
         finally:
             consumer.close()
-            self._gateway.close()
+            if self._client is not None:
+                self._client.close()
 
     # -- the batch it writes (run_batches polls and commits) ----------------------------------------
     def add(self, messages: list[Message]) -> None:

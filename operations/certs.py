@@ -1,4 +1,4 @@
-"""`vigil certs`: the local stack's certificate authority and the certificates it signs (edge, gateways).
+"""`vigil certs`: the local stack's certificate authority and what it signs (edge, gateways, monitoring servers).
 
 A plant brings its own PKI and points the ``edge.tls_*`` / ``edge.gateway_*`` settings at it; the local stack
 makes its own so that mTLS is on from the first `make demo`. ECDSA P-256 keys, SHA-256 signatures; private keys
@@ -59,9 +59,13 @@ def _ca_key_path(settings: Settings) -> Path:
     return settings.certs_dir / "ca-key.pem"
 
 
+def _ca_cert_path(settings: Settings) -> Path:
+    """The local CA's certificate (a CA a setting names is the plant's and is never written)."""
+    return settings.certs_dir / "ca.pem"
+
+
 def create_ca(settings: Settings) -> Issued:
     """A new self-signed CA in the certs folder (replacing any: every certificate it signed stops working)."""
-    f = tls_files(settings)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     cert = (
@@ -79,9 +83,9 @@ def create_ca(settings: Settings) -> Issued:
         .sign(key, hashes.SHA256())
     )
     _write_private(_ca_key_path(settings), _key_pem(key))
-    f.ca.parent.mkdir(parents=True, exist_ok=True)
-    f.ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Issued(f.ca, _ca_key_path(settings), CA_NAME, cert.not_valid_after_utc)
+    ca = _ca_cert_path(settings)
+    ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return Issued(ca, _ca_key_path(settings), CA_NAME, cert.not_valid_after_utc)
 
 
 def issue(
@@ -91,7 +95,7 @@ def issue(
     the subject alternative names gRPC checks), else a client's (a gateway: ``common_name`` is its identity)."""
     try:
         ca_key = serialization.load_pem_private_key(_ca_key_path(settings).read_bytes(), password=None)
-        ca_cert = x509.load_pem_x509_certificate(tls_files(settings).ca.read_bytes())
+        ca_cert = x509.load_pem_x509_certificate(_ca_cert_path(settings).read_bytes())
     except FileNotFoundError:
         raise RuntimeError(f"no local CA in {settings.certs_dir}: run `vigil certs init` first") from None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -132,28 +136,60 @@ def issue(
 
 def edge_server_names(settings: Settings) -> tuple[str, ...]:
     """Names a gateway may dial the local edge by: the configured host, this machine's name, loopback."""
-    return tuple(dict.fromkeys([settings.edge.host, "localhost", "127.0.0.1", "::1", socket.gethostname()]))
+    return _local_names(settings.edge.host)
+
+
+def monitoring_server_names(settings: Settings) -> tuple[str, ...]:
+    """Names Prometheus, Alertmanager and the Pushgateway are reached by (one certificate for the three)."""
+    return _local_names(settings.prometheus.host)
+
+
+def _local_names(host: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([host, "localhost", "127.0.0.1", "::1", socket.gethostname()]))
 
 
 def ensure_local_certs(settings: Settings, renew: bool = False, new_ca: bool = False) -> list[Issued]:
-    """The local CA, the edge's certificate and the local gateway's, creating what is missing (``renew``: re-issue
-    the edge's and the gateway's; ``new_ca``: a new CA as well). Returns what was created. Files a setting points
-    elsewhere are left alone: they are the plant's (with its own CA, nothing is created)."""
-    e = settings.edge
-    if e.tls_ca_file is not None:  # the plant's PKI: it issues every certificate the CA checks, not us
+    """The local CA and what it signs for the local stack: the edge's certificate, the local gateway's, the
+    monitoring servers' (Prometheus, Alertmanager, Pushgateway), creating what is missing (``renew``: re-issue
+    them; ``new_ca``: a new CA as well). Returns what was created. Where a setting names a CA of its own, that
+    side is the plant's PKI: it issues every certificate that CA checks, not us."""
+    e, p = settings.edge, settings.prometheus
+    local_edge = e.tls_ca_file is None
+    local_monitoring = p.tls and p.tls_ca_file is None
+    if not (local_edge or local_monitoring):
         return []
     d = settings.certs_dir
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(d, 0o700)
     f = tls_files(settings)
     made: list[Issued] = []
-    if new_ca or not f.ca.exists() or not _ca_key_path(settings).exists():
+    if new_ca or not _ca_cert_path(settings).exists() or not _ca_key_path(settings).exists():
         made.append(create_ca(settings))
         renew = True
-    if e.tls_cert_file is None and e.tls_key_file is None and (renew or not f.edge_cert.exists()):
+    if local_edge and e.tls_cert_file is None and e.tls_key_file is None and (renew or not f.edge_cert.exists()):
         made.append(issue(settings, "vigil-edge", f.edge_cert, f.edge_key, edge_server_names(settings)))
-    if e.gateway_cert_file is None and e.gateway_key_file is None and (renew or not f.gateway_cert.exists()):
+    if (
+        local_edge
+        and e.gateway_cert_file is None
+        and e.gateway_key_file is None
+        and (renew or not f.gateway_cert.exists())
+    ):
         made.append(issue(settings, LOCAL_GATEWAY, f.gateway_cert, f.gateway_key))
+    if (
+        local_monitoring
+        and p.tls_cert_file is None
+        and p.tls_key_file is None
+        and (renew or not settings.monitoring_cert_path.exists())
+    ):
+        made.append(
+            issue(
+                settings,
+                "vigil-monitoring",
+                settings.monitoring_cert_path,
+                settings.monitoring_key_path,
+                monitoring_server_names(settings),
+            )
+        )
     return made
 
 

@@ -145,13 +145,16 @@ def stack_status() -> None:
 
 @certs_app.command("init")
 def certs_init(
-    renew: Annotated[bool, typer.Option(help="re-issue the edge's and the local gateway's certificates")] = False,
+    renew: Annotated[
+        bool, typer.Option(help="re-issue the edge's, the local gateway's and the monitoring servers' certificates")
+    ] = False,
     new_ca: Annotated[
         bool, typer.Option(help="a new CA as well: every certificate the old one signed stops working")
     ] = False,
 ) -> None:
-    """Create what is missing of the local CA and the edge's and the local gateway's certificates
-    (`vigil stack up` does it too). After --renew or --new-ca, restart the stack: servers read them at start."""
+    """Create what is missing of the local CA and the certificates of the edge, the local gateway and the
+    monitoring servers (Prometheus, Alertmanager, Pushgateway; `vigil stack up` does it too). After --renew or
+    --new-ca, restart the stack: servers read them at start."""
     settings = get_settings()
     made = ensure_local_certs(settings, renew=renew or new_ca, new_ca=new_ca)
     for issued in made:
@@ -179,8 +182,11 @@ def certs_issue(
 @certs_app.command("show")
 def certs_show() -> None:
     """The certificates in use, who signed them and when they expire."""
-    files = tls_files(get_settings())
-    for path in (files.ca, files.edge_cert, files.gateway_cert):
+    settings = get_settings()
+    files = tls_files(settings)
+    for path in dict.fromkeys(
+        (files.ca, files.edge_cert, files.gateway_cert, settings.monitoring_ca_path, settings.monitoring_cert_path)
+    ):
         console.print(describe(path) if path.exists() else f"{path}: missing (`vigil certs init`)")
 
 

@@ -128,7 +128,7 @@ def silence_planned_stop(settings: Settings, console: Console) -> None:
     maintenance silence before a planned stop, so the stop pages nobody (the sites' dead-man, the pipeline's
     staleness). The next demo ends the silence once its own fleet is reporting."""
     try:
-        with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+        with AlertmanagerClient.for_settings(settings) as client:
             client.create_silence(
                 ['alertname=~"Vigil.*"'],
                 24 * 3600,
@@ -142,7 +142,7 @@ def silence_planned_stop(settings: Settings, console: Console) -> None:
 def end_planned_stop(settings: Settings, console: Console) -> int:
     """Expire the silences a previous demo set for its stop; returns how many."""
     try:
-        with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+        with AlertmanagerClient.for_settings(settings) as client:
             mine = [s for s in client.list_silences() if s.get("createdBy") == PLANNED_BY]
             for silence in mine:
                 client.expire_silence(silence["id"])

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from connectors.clickhouse import make_client
 from connectors.kafka import consume_batches, make_consumer
+from connectors.monitoring import MonitoringCredentialsMissing, monitoring_session
 from vigil.contracts import WINDOW_STATS_MARKER_PREFIX
 from vigil.settings import Settings
 
@@ -152,14 +153,17 @@ class PipelineMonitor:
     def _watch_alerting(self) -> None:
         """Active alerts from Alertmanager's API and delivered notifications from the relay's metrics."""
 
-        p, a = self.settings.prometheus, self.settings.alerting
-        alerts_url = f"http://127.0.0.1:{p.alertmanager_port}/api/v2/alerts"
+        a = self.settings.alerting
+        alerts_url = f"{self.settings.prometheus.alertmanager_url}/api/v2/alerts"
         metrics_url = f"http://{a.relay_host}:{a.relay_port}/metrics"
+        alertmanager: requests.Session | None = None
         while not self._stop.wait(2.0):
             try:
-                active = requests.get(alerts_url, params={"silenced": "false", "inhibited": "false"}, timeout=2)
+                alertmanager = alertmanager or monitoring_session(self.settings)
+                active = alertmanager.get(alerts_url, params={"silenced": "false", "inhibited": "false"}, timeout=2)
+                active.raise_for_status()
                 self.alerts_active = len(active.json())
-            except (requests.RequestException, ValueError):
+            except (requests.RequestException, ValueError, MonitoringCredentialsMissing):
                 self.alerts_active = None
             try:
                 text = requests.get(metrics_url, timeout=2).text

@@ -293,7 +293,7 @@ class ReplayResult:
 
 def _silence(settings: Settings, matchers: list[str], comment: str, console: Console) -> None:
     try:
-        with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+        with AlertmanagerClient.for_settings(settings) as client:
             client.create_silence(matchers, 24 * 3600, comment=comment, created_by=REPLAYED_BY)
     except AlertmanagerError as exc:
         console.print(f"[yellow]could not silence {matchers} in Alertmanager ({exc}): expect a page about it")

@@ -29,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 from connectors.alertmanager import AlertmanagerClient
 from connectors.clickhouse import make_client, vigil_tables
 from connectors.clickhouse_access import COMBINATORS_QUERY, FUNCTIONS_QUERY, FunctionCatalogue
+from connectors.monitoring import MonitoringAccess, MonitoringCredentialsMissing, monitoring_access
 from streamlit_app.access import (
     MAX_SQL_CHARS,
     AccessError,
@@ -48,16 +49,17 @@ HOT_STAT_OVER_TIME = {"avg": "avg_over_time", "stddev": "avg_over_time", "min": 
 
 
 @functools.cache
-def _http() -> httpx.Client:
-    """One pooled HTTP client for the process (thread-safe): ``httpx.get`` builds a client, TLS context included,
-    per call (~30-60 ms of CPU on the 2-core VM against ~3 ms for a request on a kept connection)."""
-    return httpx.Client()
+def _http(access: MonitoringAccess) -> httpx.Client:
+    """One pooled HTTP client per set of credentials for the process (thread-safe): ``httpx.get`` builds a
+    client, TLS context included, per call (~30-60 ms of CPU on the 2-core VM against ~3 ms for a request on a
+    kept connection)."""
+    return access.httpx_client()
 
 
 @functools.cache
-def _alertmanager_client(url: str) -> AlertmanagerClient:
-    """One Alertmanager client (a pooled httpx client: thread-safe) per URL for the process."""
-    return AlertmanagerClient(url)
+def _alertmanager_client(url: str, access: MonitoringAccess) -> AlertmanagerClient:
+    """One Alertmanager client (a pooled httpx client: thread-safe) per URL and credentials for the process."""
+    return AlertmanagerClient(url, access=access)
 
 
 class WorkbenchError(ValueError):
@@ -350,7 +352,7 @@ class ConsoleData:
     def _prometheus_range(self, promql: str, start: datetime, end: datetime, step: int) -> list[dict[str, Any]]:
         url = f"{self.settings.prometheus.prometheus_url}/api/v1/query_range"
         params = {"query": promql, "start": _utc(start).timestamp(), "end": _utc(end).timestamp(), "step": step}
-        resp = _http().get(url, params=params, timeout=5.0)
+        resp = _http(monitoring_access(self.settings)).get(url, params=params, timeout=5.0)
         resp.raise_for_status()
         return resp.json()["data"]["result"]
 
@@ -361,7 +363,7 @@ class ConsoleData:
                 frame = self.hot_windows(equipment_id, start, end, site)
                 if not frame.empty:
                     return frame, "hot path (Prometheus)"
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
+            except (httpx.HTTPError, KeyError, ValueError, MonitoringCredentialsMissing) as exc:
                 log.warning("hot path unavailable, reading ClickHouse: %s", exc)
         return self.cold_windows(equipment_id, start, end), "cold path (ClickHouse)"
 
@@ -408,7 +410,7 @@ class ConsoleData:
 
     # -- Alertmanager --------------------------------------------------------------------------------------
     def _alertmanager(self) -> AlertmanagerClient:
-        return _alertmanager_client(self.settings.prometheus.alertmanager_url)
+        return _alertmanager_client(self.settings.prometheus.alertmanager_url, monitoring_access(self.settings))
 
     def active_alerts(self) -> list[dict[str, Any]]:
         """Active, silenced and inhibited alerts whose site the principal sees (site-less pipeline alerts too)."""

@@ -361,18 +361,33 @@ class PrometheusSettings(BaseModel):
     startup_grace_s: int = Field(120, ge=0)
     # Prometheus TSDB retention (the cold path in ClickHouse keeps the long history).
     retention: str = "7d"
+    # The three servers run with --web.config.file: TLS 1.3 and HTTP basic auth on every endpoint, so nobody who
+    # reaches their ports reads the fleet's metrics, pushes a fake reading or silences an alert. The local stack's
+    # CA signs their certificate (`vigil certs`); a real deployment points the three files at its own.
+    tls: bool = True
+    tls_cert_file: Path | None = None  # default <certs_dir>/monitoring.pem
+    tls_key_file: Path | None = None  # default <certs_dir>/monitoring-key.pem
+    tls_ca_file: Path | None = None  # what clients check the servers against; default the local CA
+    basic_auth: bool = True
+    username: str = "vigil"
+    # Default <data_dir>/secrets/monitoring/<username>.password, created by the stack (random, 0600).
+    password_file: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def pushgateway_url(self) -> str:
-        return f"http://{self.host}:{self.pushgateway_port}"
+        return f"{self.scheme}://{self.host}:{self.pushgateway_port}"
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://{self.host}:{self.prometheus_port}"
+        return f"{self.scheme}://{self.host}:{self.prometheus_port}"
 
     @property
     def alertmanager_url(self) -> str:
-        return f"http://{self.host}:{self.alertmanager_port}"
+        return f"{self.scheme}://{self.host}:{self.alertmanager_port}"
 
 
 class AlertingSettings(BaseModel):
@@ -671,6 +686,24 @@ class Settings(BaseSettings):
     def certs_dir(self) -> Path:
         """The local stack's CA and certificates (`vigil certs init`)."""
         return self.tls_dir or (self.data_dir / "certs")
+
+    @property
+    def monitoring_password_path(self) -> Path:
+        """The basic-auth password of Prometheus, Alertmanager and the Pushgateway (``prometheus.username``)."""
+        p = self.prometheus
+        return p.password_file or (self.data_dir / "secrets" / "monitoring" / f"{p.username}.password")
+
+    @property
+    def monitoring_ca_path(self) -> Path:
+        return self.prometheus.tls_ca_file or (self.certs_dir / "ca.pem")
+
+    @property
+    def monitoring_cert_path(self) -> Path:
+        return self.prometheus.tls_cert_file or (self.certs_dir / "monitoring.pem")
+
+    @property
+    def monitoring_key_path(self) -> Path:
+        return self.prometheus.tls_key_file or (self.certs_dir / "monitoring-key.pem")
 
     @property
     def gateway_buffer_dir(self) -> Path:

@@ -82,7 +82,7 @@ def is_healthy(spec: ServiceSpec) -> bool:
         except requests.RequestException:
             return False
         return spec.ready() if spec.ready else True
-    return port_open(spec.port)
+    return port_open(spec.port) and (spec.ready() if spec.ready else True)
 
 
 class ProcessManager:

@@ -12,6 +12,7 @@ Every spec is built from one :class:`Settings`, so a test stack on free ports is
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -87,7 +88,6 @@ def _python_module(module: str) -> list[str]:
 
 def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
     config_dir = prometheus_configs.config_dir(settings)
-    health = prometheus_configs.health_urls(settings)
     ch = settings.clickhouse
 
     def render() -> None:
@@ -115,16 +115,17 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
         ),
         "pushgateway": ServiceSpec(
             "pushgateway",
-            prometheus_configs.pushgateway_argv(settings),
+            prometheus_configs.pushgateway_argv(settings, config_dir),
             settings.prometheus.pushgateway_port,
-            health_url=health["pushgateway"],
+            ready=functools.partial(prometheus_configs.is_ready, settings, "pushgateway"),
+            prepare=render,
             description="Prometheus Pushgateway",
         ),
         "prometheus": ServiceSpec(
             "prometheus",
             prometheus_configs.prometheus_argv(settings, config_dir),
             settings.prometheus.prometheus_port,
-            health_url=health["prometheus"],
+            ready=functools.partial(prometheus_configs.is_ready, settings, "prometheus"),
             prepare=render,
             description="Prometheus server",
         ),
@@ -132,7 +133,7 @@ def infra_specs(settings: Settings) -> dict[str, ServiceSpec]:
             "alertmanager",
             prometheus_configs.alertmanager_argv(settings, config_dir),
             settings.prometheus.alertmanager_port,
-            health_url=health["alertmanager"],
+            ready=functools.partial(prometheus_configs.is_ready, settings, "alertmanager"),
             prepare=render,
             description="Alertmanager",
         ),
@@ -306,8 +307,8 @@ class Stack:
     def up(self, names: tuple[str, ...] = INFRA, on_started=None) -> list[ServiceStatus]:
         specs = self.specs()
         statuses = []
-        if self.settings.edge.tls:  # the edge and every gateway of the local stack speak mTLS from the first start
-            ensure_local_certs(self.settings)
+        # The edge and its gateways (mTLS) and the monitoring servers speak TLS from the first start.
+        ensure_local_certs(self.settings)
         for name in names:
             status = self.processes.start(specs[name])
             statuses.append(status)

@@ -26,6 +26,7 @@ from rich.console import Console
 from alerting.policy import ALERT_ANOMALY, SOURCE
 from connectors.alertmanager import AlertmanagerClient, AlertmanagerUnavailable
 from connectors.kafka import ensure_topics, make_producer
+from connectors.monitoring import monitoring_session
 from jobs.alert_publisher import AlertPublisher
 from jobs.kafka_lag import KafkaLagExporter
 from operations.demo import PLANNED_BY, end_planned_stop, silence_planned_stop
@@ -91,14 +92,15 @@ class Recorder:
 class Server:
     """One Debian-packaged server process, restartable on the same port."""
 
-    def __init__(self, name: str, argv: list[str], ready_url: str, log: Path) -> None:
+    def __init__(self, name: str, argv: list[str], ready_url: str, log: Path, settings: Settings) -> None:
         self.name, self.argv, self.ready_url, self.log = name, argv, ready_url, log
+        self.session = monitoring_session(settings)  # TLS and basic auth, as the stack runs them
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        poll(f"{self.name} ready", lambda: requests.get(self.ready_url, timeout=1).status_code == 200, 20)
+        poll(f"{self.name} ready", lambda: self.session.get(self.ready_url, timeout=1).status_code == 200, 20)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -115,24 +117,33 @@ def recorder() -> Iterator[Recorder]:
 
 
 @pytest.fixture(scope="module")
-def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     port = free_port()
     data = tmp_path_factory.mktemp("pushgateway")
     settings = Settings(data_dir=data, prometheus={"pushgateway_port": port})
     (data / "pushgateway").mkdir()
-    server = Server("pushgateway", pushgateway_argv(settings), f"http://127.0.0.1:{port}/-/ready", data / "pg.log")
+    cfg = config_dir(settings)
+    render_configs(settings, cfg)  # its web config: TLS and the password
+    url = f"{settings.prometheus.pushgateway_url}/-/ready"
+    server = Server("pushgateway", pushgateway_argv(settings, cfg), url, data / "pg.log", settings)
     server.start()
-    yield port
+    yield settings
     server.stop()
 
 
 @pytest.fixture
-def settings(tmp_path: Path, kafka_settings: KafkaSettings, recorder: Recorder, pushgateway: int) -> Settings:
+def settings(tmp_path: Path, kafka_settings: KafkaSettings, recorder: Recorder, pushgateway: Settings) -> Settings:
     tag = uuid.uuid4().hex[:8]
     settings = Settings(
         data_dir=tmp_path / "data",
         kafka=kafka_settings.model_copy(update={"anomalies_topic": f"vigil.anomalies.{tag}", "partitions": 2}),
-        prometheus={"alertmanager_port": free_port(), "pushgateway_port": pushgateway, "push_interval_s": 0.5},
+        prometheus={
+            "alertmanager_port": free_port(),
+            "pushgateway_port": pushgateway.prometheus.pushgateway_port,
+            "push_interval_s": 0.5,
+            # The module's Pushgateway took the password of its own data dir; Alertmanager here renders with it.
+            "password_file": pushgateway.monitoring_password_path,
+        },
         alerting={
             "publisher_consumer_group": f"alert-publisher-{tag}",
             "resolve_after_clear_windows": 2,
@@ -161,6 +172,7 @@ def alertmanager(settings: Settings, tmp_path: Path) -> Iterator[Server]:
         alertmanager_argv(settings, cfg),
         f"{settings.prometheus.alertmanager_url}/-/ready",
         tmp_path / "alertmanager.log",
+        settings,
     )
     server.start()
     yield server
@@ -226,7 +238,7 @@ def produce(settings: Settings, records: list[dict[str, Any]]) -> None:
 
 
 def am_alerts(settings: Settings, *matchers: str) -> list[dict[str, Any]]:
-    with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+    with AlertmanagerClient.for_settings(settings) as client:
         return client.get_alerts([f'source="{SOURCE}"', *matchers])
 
 
@@ -314,7 +326,11 @@ def test_verdicts_fire_route_and_resolve(settings: Settings, publisher: RunLoop,
 
     # Self-metrics in the Pushgateway.
     def pushed() -> dict[str, float]:
-        groups = requests.get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5).json()["data"]
+        groups = (
+            monitoring_session(settings)
+            .get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5)
+            .json()["data"]
+        )
         group = next(g for g in groups if g["labels"].get("job") == "vigil_alert_publisher")
         return {name: float(m["metrics"][0]["value"]) for name, m in group.items() if name.startswith("vigil_")}
 
@@ -423,7 +439,7 @@ def test_inhibition_and_silences_in_alertmanager(settings: Settings, publisher: 
         ],
     )
     poll("both alerts active", lambda: len(am_alerts(settings)) == 2)
-    with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+    with AlertmanagerClient.for_settings(settings) as client:
         # Prometheus' site dead-man for plant-a (posted as Prometheus would): mutes plant-a's machine alerts only.
         client.post_alerts(
             [
@@ -481,7 +497,7 @@ def test_a_planned_demo_stop_is_silenced_and_the_next_demo_ends_the_silence(
 ) -> None:
     console = Console(file=io.StringIO())
     silence_planned_stop(settings, console)
-    with AlertmanagerClient(settings.prometheus.alertmanager_url) as client:
+    with AlertmanagerClient.for_settings(settings) as client:
         client.post_alerts([{"labels": {"alertname": "VigilSiteSilent", "site": "plant-z", "severity": "critical"}}])
         mine = [s for s in client.list_silences() if s["createdBy"] == PLANNED_BY]
         assert len(mine) == 1
@@ -522,7 +538,11 @@ def test_kafka_lag_exporter_pushes_lag_per_group(settings: Settings, publisher: 
         assert exporter.push()
     finally:
         exporter.close()
-    groups = requests.get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5).json()["data"]
+    groups = (
+        monitoring_session(settings)
+        .get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5)
+        .json()["data"]
+    )
     lag = next(g for g in groups if g["labels"].get("job") == "vigil_kafka_lag")["vigil_kafka_consumer_lag"]
     assert {"group": settings.alerting.publisher_consumer_group, "topic": settings.kafka.anomalies_topic} in [
         {k: m["labels"][k] for k in ("group", "topic")} for m in lag["metrics"]

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import orjson
 import pytest
-import requests
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.clickhouse import ANOMALY_MALFORMED_REASON, WINDOW_STATS_VIEW, make_client
 from connectors.kafka import ensure_topics, make_consumer, make_producer
+from connectors.monitoring import monitoring_session
 from detectors import score_names
 from jobs.clickhouse_sink import anomalies_spec, run_sinks
 from jobs.pushgateway_sink import PushgatewaySink
 from operations.stack.clickhouse.server import stop_clickhouse_server_process
-from operations.stack.prometheus_configs import pushgateway_argv
+from operations.stack.prometheus_configs import config_dir, is_ready, pushgateway_argv, render_configs
 from operations.training.detectors import _flagged_windows
 from tests.conftest import RunLoop, free_port, start_clickhouse_with_schema
 from vigil.settings import ClickHouseSettings, KafkaSettings, Settings
@@ -321,19 +321,21 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A real Pushgateway on a free port, for this module (no Prometheus needed to read /metrics)."""
     data_dir = tmp_path_factory.mktemp("hot")
     (data_dir / "pushgateway").mkdir()
-    settings = Settings(data_dir=data_dir, prometheus={"pushgateway_port": free_port(), "push_interval_s": 0.5})
+    settings = Settings(
+        data_dir=data_dir,
+        # Explicit, so that the copies with another data dir below keep the credentials of this server.
+        prometheus={
+            "pushgateway_port": free_port(),
+            "push_interval_s": 0.5,
+            "password_file": data_dir / "monitoring.password",
+        },
+    )
+    cfg = config_dir(settings)
+    render_configs(settings, cfg)  # its web config: TLS and the password
     with (data_dir / "pushgateway.log").open("wb") as out:
-        proc = subprocess.Popen(pushgateway_argv(settings), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(pushgateway_argv(settings, cfg), stdout=out, stderr=subprocess.STDOUT)
     try:
-        url = f"{settings.prometheus.pushgateway_url}/-/ready"
-
-        def ready() -> bool:
-            try:
-                return requests.get(url, timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(ready, what="the Pushgateway")
+        wait_for(lambda: is_ready(settings, "pushgateway"), what="the Pushgateway")
         yield settings
     finally:
         proc.terminate()
@@ -342,7 +344,7 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 def gateway_samples(settings: Settings) -> dict[tuple, float]:
     """{(metric, site, equipment_id, detector or severity): value} of the verdict series in /metrics."""
-    text = requests.get(f"{settings.prometheus.pushgateway_url}/metrics", timeout=5).text
+    text = monitoring_session(settings).get(f"{settings.prometheus.pushgateway_url}/metrics", timeout=5).text
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -18,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from connectors.alertmanager import AlertmanagerClient, rfc3339
 from connectors.clickhouse import INSIGHT_RECORDS, insert_rows, make_client, records_to_arrow
+from connectors.monitoring import monitoring_session
 from detectors.pca_t2q import PcaT2Q
 from edge.simulator.equipment import EQUIPMENT_TYPES
 from onnx_models.registry import ModelRegistry
@@ -177,7 +177,9 @@ def test_hot_path_buckets_keep_each_steps_extremes(env: LiveFleet) -> None:
     query = f"{env.settings.prometheus.prometheus_url}/api/v1/query"
     for stat, fold in (("max", np.max), ("min", np.min), ("avg", np.mean)):
         # every raw sample of the hour: an instant query of a range vector returns them unevaluated
-        resp = httpx.get(query, params={"query": f"vigil_window_{stat}{{{selector}}}[1h]", "time": end.timestamp()})
+        resp = monitoring_session(env.settings).get(
+            query, params={"query": f"vigil_window_{stat}{{{selector}}}[1h]", "time": end.timestamp()}
+        )
         resp.raise_for_status()
         for series in resp.json()["data"]["result"]:
             points = got[got["sensor"] == series["metric"]["sensor"]].set_index("window_end")[stat]
@@ -347,7 +349,7 @@ def test_insights_page_and_equipment_panel_show_only_the_analysts_sites(env: Liv
 def post_alerts(settings: Settings, live: LiveFleet) -> dict[str, str]:
     now = datetime.now(UTC)
     picked = {site: sorted(live.ids(site))[0] for site in ("site-1", "site-2")}
-    with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
+    with AlertmanagerClient.for_settings(settings) as am:
         am.post_alerts(
             [
                 {
@@ -390,7 +392,7 @@ def test_alerts_are_scoped_by_site_and_an_engineer_acknowledges_with_a_silence(e
     app.button[0].click().run()
     assert not app.exception, [e.value for e in app.exception]
     assert any("Silenced as eng" in s.value for s in app.success), [e.value for e in app.error]
-    with AlertmanagerClient(env.settings.prometheus.alertmanager_url) as am:
+    with AlertmanagerClient.for_settings(env.settings) as am:
         silence = next(s for s in am.list_silences() if s["comment"] == "bearing replacement under way")
         assert silence["createdBy"] == "eng"
         assert {"name": "equipment_id", "value": picked["site-1"]} in [
@@ -403,7 +405,7 @@ def test_alerts_are_scoped_by_site_and_an_engineer_acknowledges_with_a_silence(e
         )
     app = page("alerts", ENGINEER)
     app.button(key=f"unsilence-{silence['id']}").click().run()
-    with AlertmanagerClient(env.settings.prometheus.alertmanager_url) as am:
+    with AlertmanagerClient.for_settings(env.settings) as am:
         assert silence["id"] not in {s["id"] for s in am.list_silences()}
 
 

@@ -88,7 +88,7 @@ def test_sign_in_browse_live_data_and_acknowledge_an_alert(
     settings = live_fleet.settings
     machine = sorted(live_fleet.ids("site-1"))[0]
     now = datetime.now(UTC)
-    with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
+    with AlertmanagerClient.for_settings(settings) as am:
         am.post_alerts(
             [
                 {
@@ -146,7 +146,7 @@ def test_sign_in_browse_live_data_and_acknowledge_an_alert(
     time.sleep(1)
     shoot(page, tmp_path, "console-alerts")
 
-    with AlertmanagerClient(settings.prometheus.alertmanager_url) as am:
+    with AlertmanagerClient.for_settings(settings) as am:
         silence = next(s for s in am.list_silences() if s["comment"] == comment)
         assert silence["createdBy"] == "eng"
         assert {"name": "equipment_id", "value": machine} in [

@@ -3,6 +3,8 @@ with Alertmanager attached and the Vigil rules loaded."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ import pytest
 import requests
 
 from connectors.kafka import ensure_topics, make_producer
+from connectors.monitoring import monitoring_access, monitoring_session
 from jobs.pushgateway_sink import PushgatewaySink
 from operations.stack.prometheus_configs import start_hot_path, stop_hot_path
 from tests.conftest import RunLoop, free_port
@@ -95,7 +98,11 @@ def produce(settings: Settings, records: list[dict[str, Any]]) -> None:
 
 def pushgateway_values(settings: Settings, metric: str) -> dict[tuple[str, ...], float]:
     """{(site, equipment_id[, sensor]): value} of one metric across all Pushgateway groups."""
-    data = requests.get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5).json()["data"]
+    data = (
+        monitoring_session(settings)
+        .get(f"{settings.prometheus.pushgateway_url}/api/v1/metrics", timeout=5)
+        .json()["data"]
+    )
     out = {}
     for group in data:
         for m in group.get(metric, {}).get("metrics", []):
@@ -106,7 +113,9 @@ def pushgateway_values(settings: Settings, metric: str) -> dict[tuple[str, ...],
 
 
 def prom_query(settings: Settings, query: str) -> list[dict[str, Any]]:
-    resp = requests.get(f"{settings.prometheus.prometheus_url}/api/v1/query", params={"query": query}, timeout=5)
+    resp = monitoring_session(settings).get(
+        f"{settings.prometheus.prometheus_url}/api/v1/query", params={"query": query}, timeout=5
+    )
     resp.raise_for_status()
     return resp.json()["data"]["result"]
 
@@ -179,14 +188,18 @@ def test_window_stats_reach_pushgateway_and_prometheus(settings: Settings) -> No
             lambda: (
                 [
                     a["url"]
-                    for a in requests.get(
-                        f"{settings.prometheus.prometheus_url}/api/v1/alertmanagers", timeout=5
-                    ).json()["data"]["activeAlertmanagers"]
+                    for a in monitoring_session(settings)
+                    .get(f"{settings.prometheus.prometheus_url}/api/v1/alertmanagers", timeout=5)
+                    .json()["data"]["activeAlertmanagers"]
                 ]
                 == [f"{settings.prometheus.alertmanager_url}/api/v2/alerts"]
             ),
         )
-        groups = requests.get(f"{settings.prometheus.prometheus_url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        groups = (
+            monitoring_session(settings)
+            .get(f"{settings.prometheus.prometheus_url}/api/v1/rules", timeout=5)
+            .json()["data"]["groups"]
+        )
         rules = {r["name"]: r for g in groups for r in g["rules"]}
         assert {
             "VigilPushgatewayDown",
@@ -196,7 +209,7 @@ def test_window_stats_reach_pushgateway_and_prometheus(settings: Settings) -> No
             "VigilSinkNotPushing",
         } <= set(rules)
         assert all(r["health"] != "err" for r in rules.values()), [r.get("lastError") for r in rules.values()]
-        assert requests.get(f"{settings.prometheus.alertmanager_url}/api/v2/status", timeout=5).ok
+        assert monitoring_session(settings).get(f"{settings.prometheus.alertmanager_url}/api/v2/status", timeout=5).ok
     finally:
         first.close()
     counters = first.service.counters
@@ -216,3 +229,40 @@ def test_window_stats_reach_pushgateway_and_prometheus(settings: Settings) -> No
     finally:
         second.close()
     assert second.service.counters.windows_consumed == 1  # nothing re-read: the offsets were committed
+
+
+def test_the_servers_refuse_anyone_without_tls13_and_the_password(settings: Settings) -> None:
+    """Each of the three takes only TLS 1.3 with the user's password on every endpoint; lifecycle and admin
+    endpoints are off even for the user."""
+    p = settings.prometheus
+    access = monitoring_access(settings)
+    assert access.auth is not None and access.ca_file is not None
+    user, password = access.auth
+    servers = {"prometheus": p.prometheus_port, "pushgateway": p.pushgateway_port, "alertmanager": p.alertmanager_port}
+    for name, port in servers.items():
+        url = f"https://{p.host}:{port}/-/ready"
+        assert requests.get(url, auth=access.auth, verify=access.ca_file, timeout=5).status_code == 200, name
+        # Plain HTTP: the TLS listener answers with a 400 ("client sent an HTTP request to an HTTPS server").
+        plain = requests.get(f"http://{p.host}:{port}/-/ready", auth=access.auth, timeout=5)
+        assert plain.status_code == 400, (name, plain.status_code)
+        assert requests.get(url, verify=access.ca_file, timeout=5).status_code == 401, name
+        wrong = (user, password[:-1] + ("x" if password[-1] != "x" else "y"))
+        assert requests.get(url, auth=wrong, verify=access.ca_file, timeout=5).status_code == 401, name
+        assert requests.get(url, auth=("admin", password), verify=access.ca_file, timeout=5).status_code == 401, name
+        # A client that stops at TLS 1.2 gets no handshake.
+        tls12 = ssl.create_default_context(cafile=access.ca_file)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError), socket.create_connection((p.host, port), timeout=5) as raw:
+            tls12.wrap_socket(raw, server_hostname=p.host)
+        # A server certificate the CA did not sign is not trusted by the client either (the system CAs don't).
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, auth=access.auth, timeout=5)
+    session = monitoring_session(settings)
+    assert session.post(f"{settings.prometheus.prometheus_url}/-/quit", timeout=5).status_code == 403
+    assert session.post(f"{settings.prometheus.prometheus_url}/-/reload", timeout=5).status_code == 403
+    delete = session.post(
+        f"{settings.prometheus.prometheus_url}/api/v1/admin/tsdb/delete_series", params={"match[]": "up"}, timeout=5
+    )
+    assert delete.status_code >= 400, delete.text
+    assert session.put(f"{settings.prometheus.pushgateway_url}/api/v1/admin/wipe", timeout=5).status_code >= 400
+    assert session.put(f"{settings.prometheus.pushgateway_url}/-/quit", timeout=5).status_code >= 400

@@ -16,10 +16,10 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-import requests
 
 from connectors.clickhouse import make_client
 from connectors.kafka import make_consumer
+from connectors.monitoring import monitoring_session
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.simulator.fleet import Fleet
@@ -157,7 +157,7 @@ def test_latest_windows_reach_pushgateway_and_prometheus(pipeline_stack: Stack, 
     client = make_client(settings.clickhouse, "admin")
 
     def latest_pushed():
-        text = requests.get(f"{settings.prometheus.pushgateway_url}/metrics", timeout=5).text
+        text = monitoring_session(settings).get(f"{settings.prometheus.pushgateway_url}/metrics", timeout=5).text
         prefix = "vigil_window_avg{"
         for line in text.splitlines():
             if line.startswith(prefix) and f'equipment_id="{equipment}"' in line and f'sensor="{sensor}"' in line:
@@ -189,11 +189,15 @@ def test_latest_windows_reach_pushgateway_and_prometheus(pipeline_stack: Stack, 
     assert math.isclose(pushed, float(truth["avg"].iloc[0]), rel_tol=1e-9), "the gauge equals numpy's mean"
 
     def scraped():
-        response = requests.get(
-            f"{settings.prometheus.prometheus_url}/api/v1/query",
-            params={"query": f'vigil_window_avg{{equipment_id="{equipment}",sensor="{sensor}"}}'},
-            timeout=5,
-        ).json()
+        response = (
+            monitoring_session(settings)
+            .get(
+                f"{settings.prometheus.prometheus_url}/api/v1/query",
+                params={"query": f'vigil_window_avg{{equipment_id="{equipment}",sensor="{sensor}"}}'},
+                timeout=5,
+            )
+            .json()
+        )
         result = response["data"]["result"]
         return float(result[0]["value"][1]) if result else None
 

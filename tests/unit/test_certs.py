@@ -20,7 +20,7 @@ def load(path: Path) -> x509.Certificate:
 def test_init_creates_a_ca_an_edge_and_a_gateway_certificate_once(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, tls_dir=tmp_path / "certs", edge=EdgeSettings(host="10.1.2.3"))
     made = ensure_local_certs(settings)
-    assert [m.common_name for m in made] == ["Vigil local CA", "vigil-edge", LOCAL_GATEWAY]
+    assert [m.common_name for m in made] == ["Vigil local CA", "vigil-edge", LOCAL_GATEWAY, "vigil-monitoring"]
     f = tls_files(settings)
     ca, edge, gateway = load(f.ca), load(f.edge_cert), load(f.gateway_cert)
     assert edge.issuer == gateway.issuer == ca.subject
@@ -35,7 +35,13 @@ def test_init_creates_a_ca_an_edge_and_a_gateway_certificate_once(tmp_path: Path
     assert stat.S_IMODE((tmp_path / "certs").stat().st_mode) == 0o700
     assert ensure_local_certs(settings) == []  # nothing missing: nothing re-issued
     renewed = ensure_local_certs(settings, renew=True)
-    assert [m.common_name for m in renewed] == ["vigil-edge", LOCAL_GATEWAY]
+    assert [m.common_name for m in renewed] == ["vigil-edge", LOCAL_GATEWAY, "vigil-monitoring"]
+    monitoring = load(settings.monitoring_cert_path)
+    assert monitoring.issuer == ca.subject
+    usage = monitoring.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    names = monitoring.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
     assert load(f.edge_cert).serial_number != edge.serial_number and load(f.ca) == ca  # same CA, new leaf
     assert "vigil-edge (issued by Vigil local CA)" in describe(f.edge_cert)
 
@@ -43,10 +49,19 @@ def test_init_creates_a_ca_an_edge_and_a_gateway_certificate_once(tmp_path: Path
 def test_files_a_setting_points_at_are_the_plants_and_left_alone(tmp_path: Path) -> None:
     own = tmp_path / "plant-ca.pem"
     own.write_text("the plant's CA")
+    settings = Settings(
+        data_dir=tmp_path,
+        tls_dir=tmp_path / "certs",
+        edge=EdgeSettings(tls_ca_file=own),
+        prometheus={"tls_ca_file": own},
+    )
+    assert ensure_local_certs(settings) == []
+    assert own.read_text() == "the plant's CA"
+    # The edge on the plant's PKI, the monitoring servers on the local CA: their certificate only, never the edge's.
     settings = Settings(data_dir=tmp_path, tls_dir=tmp_path / "certs", edge=EdgeSettings(tls_ca_file=own))
     made = ensure_local_certs(settings)
+    assert [m.common_name for m in made] == ["Vigil local CA", "vigil-monitoring"]
     assert own.read_text() == "the plant's CA"
-    assert "Vigil local CA" not in [m.common_name for m in made]
 
 
 def test_a_gateway_certificate_names_the_gateway(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import bcrypt
 import pytest
 import yaml
 
@@ -76,11 +77,53 @@ def test_webhook_receiver(tmp_path: Path) -> None:
 def test_argv_listen_on_settings_host_and_ports(settings: Settings, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg"
     assert "--web.listen-address=127.0.0.1:29090" in prometheus_argv(settings, cfg)
-    assert "--web.enable-lifecycle" in prometheus_argv(settings, cfg)
     assert f"--storage.tsdb.path={settings.data_dir / 'prometheus' / 'tsdb'}" in prometheus_argv(settings, cfg)
-    assert "--web.listen-address=127.0.0.1:29091" in pushgateway_argv(settings)
+    assert "--web.listen-address=127.0.0.1:29091" in pushgateway_argv(settings, cfg)
     assert "--cluster.listen-address=" in alertmanager_argv(settings, cfg)
-    assert health_urls(settings)["alertmanager"] == "http://127.0.0.1:29093/-/ready"
+    assert health_urls(settings)["alertmanager"] == "https://127.0.0.1:29093/-/ready"
+    # TLS and basic auth on all three; nobody stops Prometheus or deletes its series over HTTP.
+    for argv in (prometheus_argv(settings, cfg), pushgateway_argv(settings, cfg), alertmanager_argv(settings, cfg)):
+        assert f"--web.config.file={cfg / 'web.yml'}" in argv
+        assert not [flag for flag in argv if "enable-lifecycle" in flag or "enable-admin-api" in flag]
+
+
+def test_web_config_requires_tls13_and_the_password_file(settings: Settings, tmp_path: Path) -> None:
+    paths = render_configs(settings, tmp_path / "cfg")
+    web = yaml.safe_load(paths["web"].read_text())
+    assert paths["web"].stat().st_mode & 0o777 == 0o600
+    assert web["tls_server_config"]["min_version"] == "TLS13"
+    assert Path(web["tls_server_config"]["cert_file"]) == settings.monitoring_cert_path.resolve()
+    assert settings.monitoring_key_path.stat().st_mode & 0o777 == 0o600
+    password = settings.monitoring_password_path.read_text().strip()
+    assert len(password) >= 32 and settings.monitoring_password_path.stat().st_mode & 0o777 == 0o600
+    hashed = web["basic_auth_users"]["vigil"]
+    assert bcrypt.checkpw(password.encode(), hashed.encode())
+    assert not bcrypt.checkpw(b"not-the-password", hashed.encode())
+    assert password not in paths["web"].read_text() + paths["prometheus"].read_text()
+    # Prometheus reaches Alertmanager and scrapes the three with the CA and the password file, not the password.
+    prom = yaml.safe_load(paths["prometheus"].read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    for client in (prom["alerting"]["alertmanagers"][0], jobs["pushgateway"], jobs["prometheus"], jobs["alertmanager"]):
+        assert client["scheme"] == "https"
+        assert client["tls_config"] == {"ca_file": str(settings.monitoring_ca_path.resolve())}
+        assert client["basic_auth"] == {
+            "username": "vigil",
+            "password_file": str(settings.monitoring_password_path.resolve()),
+        }
+    assert "scheme" not in jobs["vigil_edge"]
+    if PROMTOOL:
+        run([PROMTOOL, "check", "web-config", str(paths["web"])])
+
+
+def test_web_config_off_renders_plain_http(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", prometheus={"tls": False, "basic_auth": False})
+    paths = render_configs(settings, tmp_path / "cfg")
+    assert "web" not in paths
+    assert not [f for f in prometheus_argv(settings, tmp_path / "cfg") if f.startswith("--web.config.file")]
+    assert settings.prometheus.prometheus_url.startswith("http://")
+    prom = yaml.safe_load(paths["prometheus"].read_text())
+    assert prom["alerting"]["alertmanagers"][0]["scheme"] == "http"
+    assert "basic_auth" not in prom["scrape_configs"][0]
 
 
 @pytest.mark.skipif(PROMTOOL is None or AMTOOL is None, reason="promtool/amtool not installed")
