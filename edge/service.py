@@ -7,9 +7,11 @@ Guarantees to gateways:
   gateway keeps the batches and retries: nothing acknowledged is ever lost.
 * Invalid input is never dropped silently: it goes, with the original bytes and a reason code, to
   the dead-letter topic (unary: INVALID_ARGUMENT; stream: listed in ``IngestAck.rejections``).
-* Re-sends are recognised by a per-equipment high-water mark of acknowledged ``sequence`` numbers
-  and acknowledged as ``duplicate_batches`` without being re-written; a sequence far past the mark
-  (``edge.max_sequence_jump``) is refused, so one forged batch cannot mute a machine's later ones. The
+* Re-sends are recognised by a high-water mark of acknowledged ``sequence`` numbers per machine and
+  authenticated gateway (a gateway numbers its own batches, and another gateway's forged sequence for the
+  machine must not make them "duplicates") and acknowledged as ``duplicate_batches`` without being
+  re-written; a sequence far past the mark (``edge.max_sequence_jump``) is refused, so one forged batch cannot
+  mute a machine's later ones from its own gateway either. The
   marks survive a restart (edge/state.py: a snapshot, completed from the telemetry topic's tail); several
   service replicas do not share them, so a re-send to another replica is written again. ``sequence == 0`` means
   "not set" and is never de-duplicated.
@@ -47,7 +49,15 @@ from edge import validation as v
 from edge.chunking import batch_to_records
 from edge.progress import FleetProgress, ProgressMarkers
 from edge.proto import telemetry_pb2
-from edge.state import SNAPSHOT_FILE, EdgeSnapshot, batch_headers, load_snapshot, marks_in_kafka, save_snapshot
+from edge.state import (
+    SNAPSHOT_FILE,
+    EdgeSnapshot,
+    batch_headers,
+    load_snapshot,
+    mark_key,
+    marks_in_kafka,
+    save_snapshot,
+)
 from edge.tls import TlsMaterialMissing, peer_identity, server_credentials
 from vigil.logs import setup_logging
 from vigil.settings import KafkaSettings, Settings, get_settings
@@ -158,8 +168,8 @@ class _RequestState:
 
     tracker: DeliveryTracker
     ack: telemetry_pb2.IngestAck = field(default_factory=telemetry_pb2.IngestAck)
-    marks: dict[str, int] = field(default_factory=dict)  # equipment -> highest sequence written here
-    claims: list[tuple[str, int]] = field(default_factory=list)  # (equipment, sequence) this request writes
+    marks: dict[str, int] = field(default_factory=dict)  # mark_key -> highest sequence written here
+    claims: list[tuple[str, int]] = field(default_factory=list)  # (mark_key, sequence) this request writes
     covered: dict[str, int] = field(default_factory=dict)  # equipment -> the promise of its batches here
     produced_any: bool = False
     last_rejection: tuple[str, str] | None = None
@@ -189,7 +199,7 @@ class IngestionService:
         self._telemetry_topic = settings.kafka.telemetry_topic
         self._window_ms = settings.window.size_ms
         self._marks: dict[str, int] = {}
-        # (equipment, sequence) -> the tracker of the request writing it now: a re-send that arrives while the
+        # (mark_key, sequence) -> the tracker of the request writing it now: a re-send that arrives while the
         # first copy is still on its way to Kafka (its client gave up waiting) waits for that outcome instead
         # of writing the batch a second time.
         self._writing: dict[tuple[str, int], DeliveryTracker] = {}
@@ -255,7 +265,8 @@ class IngestionService:
             machines = len(self._marks)
         self.ready.set()
         log.info(
-            "ready: the marks of %d machines restored (%d from the telemetry topic), the promises of %d%s",
+            "ready: the marks of %d (gateway, machine) pairs restored (%d from the telemetry topic), "
+            "the promises of %d%s",
             machines,
             len(recovered),
             len(snapshot.promises) if snapshot else 0,
@@ -376,16 +387,17 @@ class IngestionService:
         state.tracker.on_done = lambda: self._completed(state)
         return state
 
-    def _is_duplicate(self, state: _RequestState, eid: str, seq: int, context: grpc.ServicerContext) -> bool:
-        """Whether Kafka already has this batch; else this request claims writing it."""
+    def _is_duplicate(self, state: _RequestState, key: str, seq: int, context: grpc.ServicerContext) -> bool:
+        """Whether Kafka already has this batch (``key``: its :func:`mark_key`); else this request claims
+        writing it."""
         while True:
             with self._marks_lock:
-                if seq <= max(self._marks.get(eid, 0), state.marks.get(eid, 0)):
+                if seq <= max(self._marks.get(key, 0), state.marks.get(key, 0)):
                     return True
-                other = self._writing.get((eid, seq))
+                other = self._writing.get((key, seq))
                 if other is None:
-                    self._writing[(eid, seq)] = state.tracker
-                    state.claims.append((eid, seq))
+                    self._writing[(key, seq)] = state.tracker
+                    state.claims.append((key, seq))
                     return False
             if not other.wait(context):  # an earlier request is writing it: its outcome decides
                 context.abort(grpc.StatusCode.CANCELLED, "client went away while an earlier copy was being written")
@@ -432,8 +444,9 @@ class IngestionService:
         sent_at = batch.sent_at_ms + result.clock_offset_ms if batch.sent_at_ms else 0
         state.covered[eid] = max(state.covered.get(eid, 0), sent_at, newest)
         if seq:
+            key = mark_key(state.gateway, eid)
             with self._marks_lock:
-                mark = max(self._marks.get(eid, 0), state.marks.get(eid, 0))
+                mark = max(self._marks.get(key, 0), state.marks.get(key, 0))
             jump = self.settings.edge.max_sequence_jump
             if mark and seq > mark + jump:
                 detail = (
@@ -443,13 +456,14 @@ class IngestionService:
                 )
                 self._reject(state, raw, v.SEQUENCE_JUMP, detail, eid, seq)
                 return
-            if self._is_duplicate(state, eid, seq, context):
+            if self._is_duplicate(state, key, seq, context):
                 state.ack.duplicate_batches += 1
                 self.metrics.duplicates.inc()
                 return
-            state.marks[eid] = max(seq, state.marks.get(eid, 0))
+            state.marks[key] = max(seq, state.marks.get(key, 0))
         records = batch_to_records(batch, result.arrays, self._window_ms, now_ms)
-        headers = batch_headers(seq, len(records)) if seq else None  # no sequence: never de-duplicated
+        # No sequence: never de-duplicated.
+        headers = batch_headers(seq, len(records), state.gateway) if seq else None
         for key, value in records:
             self._produce(state, key, value, headers, context)
         state.ack.accepted_batches += 1

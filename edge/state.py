@@ -32,12 +32,21 @@ SNAPSHOT_FILE = "edge-state.json"
 # a restart can tell a batch wholly in Kafka (a re-send is a duplicate) from one cut short by a failure.
 SEQUENCE_HEADER = "vigil-sequence"
 PARTS_HEADER = "vigil-parts"
+# The authenticated gateway that wrote it (mTLS): sequences are a gateway's own numbering, so the marks are kept
+# per (gateway, machine) and one gateway's forged sequence for a machine cannot mute another gateway's batches.
+GATEWAY_HEADER = "vigil-gateway"
+_KEY_SEPARATOR = "\x1f"  # in no certificate name or equipment id the validator lets through
+
+
+def mark_key(gateway: str | None, equipment_id: str) -> str:
+    """The key of a high-water mark: the machine, under the gateway that numbers its batches (TLS on)."""
+    return f"{gateway}{_KEY_SEPARATOR}{equipment_id}" if gateway else equipment_id
 
 
 @dataclass
 class EdgeSnapshot:
     saved_at_ms: int
-    marks: dict[str, int] = field(default_factory=dict)  # equipment -> highest sequence Kafka acknowledged
+    marks: dict[str, int] = field(default_factory=dict)  # mark_key -> highest sequence Kafka acknowledged
     promises: dict[str, int] = field(default_factory=dict)  # equipment -> acknowledged promise (sent_at)
 
 
@@ -76,12 +85,14 @@ def load_snapshot(path: Path) -> EdgeSnapshot | None:
         return None
 
 
-def batch_headers(sequence: int, parts: int) -> list[tuple[str, bytes]]:
-    return [(SEQUENCE_HEADER, str(sequence).encode()), (PARTS_HEADER, str(parts).encode())]
+def batch_headers(sequence: int, parts: int, gateway: str | None = None) -> list[tuple[str, bytes]]:
+    headers = [(SEQUENCE_HEADER, str(sequence).encode()), (PARTS_HEADER, str(parts).encode())]
+    return headers + [(GATEWAY_HEADER, gateway.encode())] if gateway else headers
 
 
 def marks_in_kafka(consumer: Consumer, topic: str, since_ms: int, timeout_s: float = 30.0) -> dict[str, int]:
-    """Highest sequence per machine among batches written WHOLE to ``topic`` since ``since_ms`` (Kafka time).
+    """Highest sequence per :func:`mark_key` among batches written WHOLE to ``topic`` since ``since_ms`` (Kafka
+    time).
 
     Reads every partition from the offset of ``since_ms`` up to its end as of now; a batch counts once all
     its records (``PARTS_HEADER``) are there. Records without the headers (markers, older writers) are
@@ -120,7 +131,9 @@ def marks_in_kafka(consumer: Consumer, topic: str, since_ms: int, timeout_s: flo
                 read += 1
                 headers = dict(message.headers() or ())
                 if SEQUENCE_HEADER in headers and message.key():
-                    batch = (message.key().decode(), int(headers[SEQUENCE_HEADER]))
+                    gateway = headers.get(GATEWAY_HEADER)
+                    key = mark_key(gateway.decode() if gateway else None, message.key().decode())
+                    batch = (key, int(headers[SEQUENCE_HEADER]))
                     parts[batch] += 1
                     expected[batch] = int(headers.get(PARTS_HEADER, b"1"))
                 if partition in ends and offset + 1 >= ends[partition]:

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 REGISTRY = f"""equipment_id,site,equipment_type,gateway_id
 pump-a,site-a,pump,{LOCAL_GATEWAY}
 pump-b,site-b,pump,gw-b
+pump-u,site-u,pump,
 """
 
 
@@ -160,3 +161,25 @@ def test_each_gateway_has_its_own_rate_limit(kafka_settings: KafkaSettings, tmp_
         }
     finally:
         shutdown(0)
+
+
+def test_one_gateways_sequence_cannot_mute_another_gateways_batches(edge: Settings, tmp_path: Path) -> None:
+    """Sequences are a gateway's own numbering: a gateway that sends a far-ahead sequence for a machine it does
+    not report for (no registry binding: pump-u's gateway_id is empty) makes no "duplicate" of the machine's
+    real gateway's next batches; its own next ones past the jump bound are refused as before."""
+    cert, key = tmp_path / "gw-x.pem", tmp_path / "gw-x-key.pem"
+    issue(edge, "gw-x", cert, key)
+    real = telemetry_pb2_grpc.IngestionStub(edge_channel(edge))
+    forger = telemetry_pb2_grpc.IngestionStub(edge_channel(edge, cert, key))
+    assert real.Ingest(make_batch("pump-u", sequence=5), timeout=30).accepted_batches == 1
+    assert forger.Ingest(make_batch("pump-u", sequence=900_000), timeout=30).accepted_batches == 1
+    ack = real.Ingest(make_batch("pump-u", sequence=6), timeout=30)
+    assert (ack.accepted_batches, ack.duplicate_batches) == (1, 0)
+    assert real.Ingest(make_batch("pump-u", sequence=6), timeout=30).duplicate_batches == 1  # a re-send still is
+    records = consume_until(
+        edge.kafka,
+        edge.kafka.telemetry_topic,
+        lambda v: len({r["sequence"] for r in v if r["equipment_id"] == "pump-u"}) >= 3,
+    )
+    written = {(r["gateway_id"], r["sequence"]) for r in records if r["equipment_id"] == "pump-u"}
+    assert written == {("gw-x", 900_000), (LOCAL_GATEWAY, 5), (LOCAL_GATEWAY, 6)}

@@ -20,7 +20,7 @@ from edge.chunking import batch_to_records
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2, telemetry_pb2_grpc
 from edge.service import serve
-from edge.state import batch_headers, load_snapshot
+from edge.state import batch_headers, load_snapshot, mark_key
 from edge.validation import BatchValidator
 from operations.certs import LOCAL_GATEWAY
 from tests.conftest import edge_channel, free_port
@@ -29,6 +29,7 @@ from vigil.settings import EdgeSettings, KafkaSettings, Settings
 
 pytestmark = pytest.mark.integration
 INGEST = "/vigil.edge.v1.Ingestion/Ingest"
+GATEWAY = LOCAL_GATEWAY  # the certificate tests/conftest.py gives every gateway client (mTLS is on)
 
 
 def per_test_kafka(kafka: KafkaSettings, **update: object) -> KafkaSettings:
@@ -392,7 +393,7 @@ def write_as_the_edge_does(settings: Settings, batch: telemetry_pb2.ReadingBatch
     producer = make_producer(settings.kafka)
     for key, value in records[:parts]:
         producer.produce(
-            settings.kafka.telemetry_topic, value, key, headers=batch_headers(batch.sequence, len(records))
+            settings.kafka.telemetry_topic, value, key, headers=batch_headers(batch.sequence, len(records), GATEWAY)
         )
     assert producer.flush(10) == 0
     return len(records)
@@ -425,7 +426,7 @@ def test_a_restarted_edge_recognises_re_sends_of_what_kafka_already_has(
         channel.close()
         shutdown(0)
     saved = load_snapshot(state)
-    assert saved is not None and saved.marks == {"pump-r": 1}
+    assert saved is not None and saved.marks == {mark_key(GATEWAY, "pump-r"): 1}
     # What the crashed run wrote after its last snapshot: batch 2 whole, batch 3 cut short (1 of 2 records).
     now = int(time.time() * 1000)
     # Batch 3's samples straddle a window boundary (the last one before now): two records; none is ahead of the
