@@ -41,6 +41,8 @@ _SLACK_FIELDS_MAX = 10
 _SLACK_URL_MAX = 3000
 # Characters that end a link in Slack's <url|text> syntax, or a word in a text message (quoted in a URL).
 _LINK_BREAKERS = re.compile(r"[<>|\s\"']")
+_NOT_FINGERPRINT = re.compile(r"[^0-9A-Za-z._-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Headers are folded only past RFC 5322's hard limit: Python's folding at 78 characters moves a long subject
 # onto a continuation line, which some clients show with a leading space.
 _EMAIL_POLICY = default_email_policy.clone(max_line_length=998)
@@ -86,6 +88,18 @@ class MessageContext:
 # ---------------------------------------------------------------------------------------------
 # The story: shared by every channel
 # ---------------------------------------------------------------------------------------------
+
+
+def one_line(text: str) -> str:
+    """A header value: control characters (line breaks first) become spaces, so no label can end the header
+    and start another (``Bcc:``), and the mail library does not refuse the whole message."""
+    return _CONTROL.sub(" ", text)
+
+
+def fingerprint(alert: Alert) -> str:
+    """Alertmanager's fingerprint (hex) as it may appear in a message or a mail header: letters, digits, ._- only,
+    so a forged one can carry neither Slack syntax nor a line break into a header."""
+    return _NOT_FINGERPRINT.sub("", alert.fingerprint)[:64]
 
 
 def severity(alert: Alert) -> str:
@@ -244,7 +258,7 @@ def slack_message(alert: Alert, ctx: MessageContext) -> dict[str, Any]:
         if not resolved and severity(alert) == "critical":
             button["style"] = "danger"
         blocks.append({"type": "actions", "elements": [button]})
-    context = [f"Vigil alert `{alert.fingerprint}`"]
+    context = [f"Vigil alert `{fingerprint(alert)}`"]
     if safe_link(alert.generatorURL):
         context.append(f"<{alert.generatorURL}|source query>")
     blocks.append({"type": "context", "elements": [_mrkdwn(" | ".join(context))]})
@@ -342,9 +356,9 @@ def email_message(alert: Alert, ctx: MessageContext, sender: str, to: str, story
         lines.append(f"Source:  {alert.generatorURL}")
     if ctx.external_url:
         lines.append(f"Alertmanager: {ctx.external_url}")
-    lines += ["", f"-- Vigil alert {alert.fingerprint}"]
+    lines += ["", f"-- Vigil alert {fingerprint(alert)}"]
     message = EmailMessage(policy=_EMAIL_POLICY)
-    message["Subject"] = subject
+    message["Subject"] = one_line(subject)
     message["From"] = sender
     message["To"] = to
     message["Date"] = formatdate(localtime=False, usegmt=True)
@@ -353,7 +367,7 @@ def email_message(alert: Alert, ctx: MessageContext, sender: str, to: str, story
         first = _story_message_id(story_key, sender, False)
         message["In-Reply-To"] = first
         message["References"] = first
-    message["X-Vigil-Fingerprint"] = alert.fingerprint
+    message["X-Vigil-Fingerprint"] = fingerprint(alert)
     message.set_content("\n".join(lines) + "\n")
     return message
 
@@ -442,8 +456,9 @@ def slack_group_message(alerts: list[Alert], ctx: MessageContext) -> dict[str, A
         word = "" if resolved else f"*{severity(alert).upper()}* "
         link = console_link(alert, ctx)
         text = slack_escape(item_text(alert, with_machine))
-        if with_machine and link.startswith(("http://", "https://")) and len(link) <= 500:
-            machine = slack_escape(alert.label("equipment_id"))
+        machine = slack_escape(alert.label("equipment_id"))
+        # An alert without a machine (a pipeline alert in a mixed batch) gets no link: "" would match anywhere.
+        if with_machine and machine and link.startswith(("http://", "https://")) and len(link) <= 500:
             text = text.replace(machine, f"<{link}|{machine}>", 1)
         lines.append(f"- {word}{text}")
     if len(alerts) > SLACK_GROUP_ITEMS:
@@ -467,7 +482,7 @@ def slack_group_message(alerts: list[Alert], ctx: MessageContext) -> dict[str, A
         if not resolved and severity(lead) == "critical":
             button["style"] = "danger"
         blocks.append({"type": "actions", "elements": [button]})
-    fingerprints = ", ".join(f"`{a.fingerprint}`" for a in alerts[:SLACK_GROUP_ITEMS])
+    fingerprints = ", ".join(f"`{fingerprint(a)}`" for a in alerts[:SLACK_GROUP_ITEMS])
     blocks.append({"type": "context", "elements": [_mrkdwn(f"Vigil alerts {fingerprints}")]})
     fallback = title + " - " + item_text(lead, with_machine)
     return {"text": slack_escape(_cut(fallback, _SLACK_TEXT_MAX)), "blocks": blocks}
@@ -518,16 +533,16 @@ def email_group_message(
                 lines.append(f"  {label}: {value}")
         width = max((len(name) for name, _ in facts(alert)), default=0)
         lines += [f"  {name + ':':<{width + 1}} {value}" for name, value in facts(alert)]
-        lines += [f"  Console: {console_link(alert, ctx)}", f"  -- Vigil alert {alert.fingerprint}", ""]
+        lines += [f"  Console: {console_link(alert, ctx)}", f"  -- Vigil alert {fingerprint(alert)}", ""]
     if ctx.external_url:
         lines.append(f"Alertmanager: {ctx.external_url}")
     message = EmailMessage(policy=_EMAIL_POLICY)
-    message["Subject"] = subject
+    message["Subject"] = one_line(subject)
     message["From"] = sender
     message["To"] = to
     message["Date"] = formatdate(localtime=False, usegmt=True)
     batch_key = "-".join(sorted(story_keys))[:48]
     message["Message-ID"] = _story_message_id(f"batch-{batch_key}", sender, lead.status == "resolved")
-    message["X-Vigil-Fingerprint"] = ", ".join(a.fingerprint for a in alerts)
+    message["X-Vigil-Fingerprint"] = ", ".join(fingerprint(a) for a in alerts)
     message.set_content("\n".join(lines) + "\n")
     return message

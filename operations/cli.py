@@ -38,6 +38,9 @@ from operations.evaluate.nab_eval import (
 from operations.evaluate.sim import SimOptions, evaluate_sim, print_sim_result, summary_dict
 from operations.evaluate.skab import run_skab_scorecards
 from operations.evaluate.vus_eval import run_vus
+from operations.fuzz import TARGETS as FUZZ_TARGETS
+from operations.fuzz import default_work_dir as default_fuzz_dir
+from operations.fuzz import run_target as run_fuzz_target
 from operations.replay import FORMATS, run_replay
 from operations.stack.flink_cluster import start_cluster, stop_cluster, submit
 from operations.stack.services import INFRA, Stack, pipeline_names
@@ -514,6 +517,63 @@ def chaos(
     console.print(f"dead letters of the run by reason: {result.dead_letters or 'none'}")
     console.print(f"gateway batches buffered on disk: {result.gateway_buffered}, replayed: {result.gateway_replayed}")
     _write_json(output, result.as_dict(), "chaos figures")
+
+
+@app.command()
+def fuzz(
+    target: Annotated[
+        list[str] | None, typer.Option(help=f"what to fuzz (default: all of {', '.join(FUZZ_TARGETS)})")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="seconds per target")] = 120.0,
+    work_dir: Annotated[Path | None, typer.Option(help="corpus, logs and crash inputs (default: a temp dir)")] = None,
+    output: Annotated[Path | None, typer.Option(help="also write the figures as JSON here")] = None,
+) -> None:
+    """Coverage-guided fuzzing (atheris) of the edge's decoding and validation and of the relay's webhook and
+    messages: executions, coverage and crashes per target; a crash input is kept to replay (tests/fuzz_corpus)."""
+    names = target or list(FUZZ_TARGETS)
+    unknown = [n for n in names if n not in FUZZ_TARGETS]
+    if unknown:
+        _fail(f"unknown fuzz target(s) {unknown}: choose from {', '.join(FUZZ_TARGETS)}")
+    where = work_dir or default_fuzz_dir()
+    results = []
+    for name in names:
+        console.print(f"fuzzing {name} for {seconds:.0f} s (log: {where / (name + '.log')}) ...")
+        results.append(run_fuzz_target(name, seconds, where))
+    table = Table("target", "seconds", "executions", "exec/s", "coverage (edges)", "new inputs", "crashes")
+    for r in results:
+        rate = r.executions / r.seconds if r.seconds else 0
+        table.add_row(
+            r.target,
+            f"{r.seconds:.0f}",
+            f"{r.executions:,}",
+            f"{rate:,.0f}",
+            str(r.coverage),
+            str(r.corpus),
+            str(len(r.crashes)),
+        )
+    console.print(table)
+    for r in results:
+        for crash in r.crashes:
+            console.print(
+                f"[bold red]crash[/] in {r.target}: {crash} (replay: python -m operations.fuzz {r.target} {crash})"
+            )
+    _write_json(
+        output,
+        [
+            {
+                "target": r.target,
+                "seconds": r.seconds,
+                "executions": r.executions,
+                "coverage": r.coverage,
+                "new_inputs": r.corpus,
+                "crashes": [str(c) for c in r.crashes],
+            }
+            for r in results
+        ],
+        "fuzz figures",
+    )
+    if any(r.crashes for r in results):
+        raise typer.Exit(1)
 
 
 def _write_json(output: Path | None, data: object, what: str) -> None:
