@@ -131,7 +131,10 @@ def safe_link(link: str, origin: str | None = None) -> bool:
         return False
     if origin is None:
         return True
-    ours, theirs = urlsplit(origin), urlsplit(link)
+    try:
+        ours, theirs = urlsplit(origin), urlsplit(link)
+    except ValueError:  # an unbalanced IPv6 bracket ("https://]x/"): not a link of ours
+        return False
     return (theirs.scheme, theirs.netloc) == (ours.scheme, ours.netloc)
 
 
@@ -243,7 +246,8 @@ def slack_message(alert: Alert, ctx: MessageContext) -> dict[str, Any]:
     if story:
         blocks.append({"type": "section", "text": _mrkdwn("\n".join(story))})
     fields = [
-        _mrkdwn(f"*{name}*\n{slack_escape(_cut(value, _SLACK_FIELD_MAX - len(name) - 4))}")
+        # The name too: an extra annotation's key is the sender's text as much as its value.
+        _mrkdwn(f"*{slack_escape(name)}*\n{slack_escape(_cut(value, _SLACK_FIELD_MAX - len(name) - 4))}")
         for name, value in facts(alert)[:_SLACK_FIELDS_MAX]
     ]
     if fields:

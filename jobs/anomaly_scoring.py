@@ -77,6 +77,8 @@ def rules_params(config: RulesConfig) -> dict[str, str]:
         "ewma_warmup": str(config.ewma.warmup),
         "count_windows": str(config.sample_count.windows),
         "count_max_drop": repr(config.sample_count.max_drop),
+        "count_persist_windows": str(config.sample_count.persist_windows),
+        "count_persist_preceding": str(config.sample_count.persist_windows - 1),
     }
 
 

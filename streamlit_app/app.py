@@ -13,6 +13,7 @@ import streamlit as st
 
 from streamlit_app import preload, session
 from streamlit_app.access import authenticate, forget_initial_password, load_users, principal_for_email
+from streamlit_app.signin_throttle import shared_throttle
 
 VIEWS = Path(__file__).parent / "views"
 
@@ -57,8 +58,15 @@ def login_page() -> None:
         password = st.text_input("password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        who = authenticate(users, name, password)
-        if who is None:
+        c = settings.console
+        throttle = shared_throttle(c.signin_failures_per_user, c.signin_failures_per_address, c.signin_failure_window_s)
+        address = st.context.ip_address  # None for a client on this machine
+        refusal = throttle.check(name, address)
+        who = None if refusal else authenticate(users, name, password)
+        if refusal is not None:
+            st.error(refusal.message())
+        elif who is None:
+            throttle.failed(name, address)
             st.error("Wrong user name or password.")
         else:
             session.sign_in(who)

@@ -46,16 +46,19 @@ class Defaults(BaseModel):
 
 
 class SampleCountConfig(BaseModel):
-    """Sample-count drop (same for every series): a window with far fewer samples than its recent best.
+    """Sample-count drop (same for every series): windows with far fewer samples than the series' usual.
 
-    Gateways report at a fixed rate, so a window whose ``count`` falls below ``(1 - max_drop)`` times the
-    highest count of the series' last ``windows`` windows means samples are going missing (a loose
-    connector, a failing transmitter) before the sensor goes silent altogether.
+    A window is short when its ``count`` falls below ``(1 - max_drop)`` times the average count of the
+    series' last ``windows`` windows and itself; ``persist_windows`` short windows in a row mean samples are
+    going missing (a loose connector, a failing transmitter) before the sensor goes silent altogether. The
+    average absorbs a gateway's sampling jitter (4 to 6 samples of ~1 Hz data in a 5-s window); persistence
+    keeps a hiccup and the partial last window of a machine that stops from paging.
     """
 
     model_config = _STRICT
     max_drop: float = Field(0.25, gt=0.0, lt=1.0)
     windows: int = Field(12, ge=1, le=MAX_STUCK_WINDOWS)
+    persist_windows: int = Field(3, ge=1, le=MAX_STUCK_WINDOWS)
 
 
 class SensorRules(BaseModel):

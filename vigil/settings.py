@@ -513,6 +513,11 @@ class ConsoleSettings(BaseModel):
     # A password sign-in is remembered by the browser (a signed cookie) for this long, so new tabs and alert
     # links do not ask again; 0 = every tab signs in. Deleting <data_dir>/console/signin.key signs everyone out.
     remember_hours: float = Field(12.0, ge=0, le=24 * 30)
+    # Failed password sign-ins taken per user name and per client address in a moving window; beyond either,
+    # sign-ins are refused (the password unchecked) until the window moves on (streamlit_app/signin_throttle.py).
+    signin_failures_per_user: int = Field(5, ge=1)
+    signin_failures_per_address: int = Field(20, ge=1)
+    signin_failure_window_s: int = Field(900, ge=1)
     # SQL workbench limits (ClickHouse enforces them: max_execution_time, max_result_rows).
     sql_timeout_s: float = Field(20.0, gt=0, le=60)  # at most the console identity's max_execution_time
     sql_max_rows: int = Field(10_000, ge=1, le=1_000_000)

@@ -12,13 +12,14 @@ fleet run cannot take two hours. So only the transport is replaced; every decisi
 3. rule results as ``sql/flink/anomaly_scoring/*_rules_*.sql`` compute them, from the same validated rules file
    (:func:`vigil.rules.load_rules` on ``settings.scoring.rules_path``): static min/max on the average,
    |avg - previous avg| > max_step, stuck (count >= 2 and stddev == 0 in each of the last N rows),
-   count_drop (count < (1 - max_drop) x the highest count of the last `windows` rows and this one), and
+   count_drop (count < (1 - max_drop) x the average count of the last `windows` rows and this one, in each of
+   the last `persist_windows` rows), and
    the EWMA z-score against the baseline before the window (:class:`detectors.ewma_zscore.EwmaZScore`,
    the Python twin of the Java UDAF), NaN during warm-up;
 4. models: :func:`operations.training.detectors.train_type` (what ``vigil train`` runs) on the first part of the run,
    labelled fault windows excluded, registered in a temporary :class:`~onnx_models.registry.ModelRegistry`
    and loaded through :class:`udfs.model_set.ModelSet` as the job's UDF loads them;
-5. scoring: hops built as ``sql/flink/anomaly_scoring/13_hops.sql`` builds them (each window as the current
+5. scoring: hops built as ``sql/flink/anomaly_scoring/14_hops.sql`` builds them (each window as the current
    one with the machine's previous ``history_windows - 1`` windows) and judged by
    :meth:`udfs.scoring.WindowScorer.score` in large batches;
 6. metrics: :func:`operations.evaluate.metrics.fault_scorecard` (definitions there and in docs/detection.md).
@@ -345,11 +346,15 @@ def rule_results(stats: pd.DataFrame, config: RulesConfig) -> pd.DataFrame:
     flat_last_n = csum - before_frame
 
     count = out["count"].to_numpy(np.float64)
-    recent_max = count.copy()  # highest count over this window and the series' previous `windows` rows
-    for lag in range(1, config.sample_count.windows + 1):
-        shifted = np.concatenate((np.full(lag, -np.inf), count[:-lag]))[:n] if lag < n else np.full(n, -np.inf)
-        recent_max = np.maximum(recent_max, np.where(pos >= lag, shifted, -np.inf))
-    count_drop = count < recent_max * (1 - config.sample_count.max_drop)
+    counts = config.sample_count
+    csum_count = np.cumsum(count)
+    first = np.maximum(np.arange(n) - counts.windows, series_start)  # the frame: `windows` rows back, same series
+    frame_sum = csum_count - np.where(first > 0, csum_count[np.maximum(first - 1, 0)], 0.0)
+    short = (count < frame_sum / (np.arange(n) - first + 1) * (1 - counts.max_drop)).astype(np.int64)
+    csum_short = np.cumsum(short)
+    first = np.maximum(np.arange(n) - counts.persist_windows + 1, series_start)
+    short_last_n = csum_short - np.where(first > 0, csum_short[np.maximum(first - 1, 0)], 0)
+    count_drop = short_last_n >= counts.persist_windows
 
     with np.errstate(invalid="ignore"):
         hits = np.vstack(

@@ -90,6 +90,21 @@ def test_sign_in_with_a_local_password(env: LiveFleet) -> None:
     assert "**ana** · analyst" in app.sidebar.markdown[0].value
 
 
+def test_repeated_failed_sign_ins_hold_the_user_name(env: LiveFleet) -> None:
+    """After console.signin_failures_per_user wrong passwords the name is refused without a check (its
+    password, right or wrong, is not tried) until the window has moved on."""
+    app = page("app", None)
+    for _ in range(env.settings.console.signin_failures_per_user):
+        app.text_input[0].input("mallory")
+        app.text_input[1].input("guess")
+        app.button[0].click().run()
+        assert [e.value for e in app.error] == ["Wrong user name or password."]
+    app.text_input[1].input("another-guess")
+    app.button[0].click().run()
+    assert [e.value for e in app.error][0].startswith("Too many failed sign-ins for this user name")
+    assert "vigil_principal" not in app.session_state
+
+
 # -- Fleet ---------------------------------------------------------------------------------------------------
 
 

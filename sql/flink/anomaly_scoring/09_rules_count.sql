@@ -1,9 +1,11 @@
--- The highest sample count of each series over its last {count_windows} windows and this one, as the
--- count a window must reach (x (1 - max_drop)). Its own view: Flink computes one OVER frame per SELECT.
-CREATE TEMPORARY VIEW window_stats_counted AS
+-- A window is short when its sample count falls below (1 - max_drop) x the series' average count over its
+-- last {count_windows} windows and this one. The average, not the highest: gateways that sample on their own
+-- clock put 4 to 6 samples of ~1 Hz data into a 5-s window, and a 4 after a 6 is jitter, not loss.
+-- Its own view: Flink computes one OVER frame per SELECT.
+CREATE TEMPORARY VIEW window_stats_count_short AS
 SELECT
     *,
-    CAST(MAX(`count`) OVER (
+    CASE WHEN CAST(`count` AS DOUBLE) < AVG(CAST(`count` AS DOUBLE)) OVER (
         PARTITION BY equipment_id, sensor ORDER BY rowtime ROWS BETWEEN {count_windows} PRECEDING AND CURRENT ROW
-    ) AS DOUBLE) * (1 - CAST({count_max_drop} AS DOUBLE)) AS min_expected_count
+    ) * (1 - CAST({count_max_drop} AS DOUBLE)) THEN 1 ELSE 0 END AS count_short
 FROM window_stats_history

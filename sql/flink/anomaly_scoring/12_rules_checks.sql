@@ -6,6 +6,6 @@ SELECT
     COALESCE(`avg` > max_limit, FALSE) AS threshold_max,
     COALESCE(step > max_step, FALSE) AS rate_of_change,
     COALESCE({stuck_case}, FALSE) AS stuck,
-    COALESCE(`count` < min_expected_count, FALSE) AS count_drop,
+    COALESCE(short_last_n >= {count_persist_windows}, FALSE) AS count_drop,
     COALESCE(abs_zscore > zscore_max, FALSE) AS zscore_high
 FROM {input_view}
