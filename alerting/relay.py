@@ -469,7 +469,7 @@ class Relay:
     # -- agent diagnoses ----------------------------------------------------------------------------
     def _read_insights(self) -> None:
         """Thread: insights topic -> diagnoses in the store; offsets committed after they are stored."""
-        a, kafka = self.settings.alerting, self.settings.kafka
+        a, kafka = self.settings.alerting, self.settings.kafka.as_identity("alerting")
         consumer = make_consumer(kafka, a.insights_consumer_group)
         try:
             for messages in consume_batches(consumer, [kafka.insights_topic], self._feed_stop, timeout_s=0.5):

@@ -83,8 +83,16 @@ def ensure_topics(settings: KafkaSettings, timeout: float = 30.0, topics: list[s
             future.result(timeout)
             log.info("created topic %s (%d partitions)", name, settings.partitions)
         except KafkaException as exc:
-            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            code = exc.args[0].code() if exc.args else None
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
+            if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                user = settings.credentials()[0] if settings.uses_sasl else "this client"
+                raise RuntimeError(
+                    f"topic {name!r} does not exist (or {user} may not see it) and {user} may not create it: "
+                    "topics are created by `vigil stack up` (as the admin principal) or by your cluster's "
+                    "operators; check that this component's ACLs cover the topic"
+                ) from exc
             raise RuntimeError(f"could not create topic {name!r}: {exc}") from exc
 
 

@@ -176,10 +176,14 @@ class _RequestState:
     gateway: str | None = None  # the caller's certificate identity (None: TLS off)
 
 
+EDGE_RECOVERY_GROUP = "vigil-edge-recovery"  # the consumer that re-reads high-water marks at start
+
+
 def edge_kafka(settings: Settings) -> KafkaSettings:
-    """The Kafka connection of the edge: its own route to the brokers when it has one."""
+    """The Kafka connection of the edge (its principal): its own route to the brokers when it has one."""
+    kafka = settings.kafka.as_identity("edge")
     route = settings.edge.kafka_bootstrap_servers
-    return settings.kafka.model_copy(update={"bootstrap_servers": route}) if route else settings.kafka
+    return kafka.model_copy(update={"bootstrap_servers": route}) if route else kafka
 
 
 class IngestionService:
@@ -244,7 +248,7 @@ class IngestionService:
         oldest_resend_ms = self._started_ms - int(self.settings.edge.gateway_buffer_max_age_s * 1000) - delivery_ms
         since_ms = snapshot.saved_at_ms - delivery_ms - 5000 if snapshot else oldest_resend_ms
         while not self._stop.is_set():
-            consumer = make_consumer(config, group_id="vigil-edge-recovery")
+            consumer = make_consumer(config, group_id=EDGE_RECOVERY_GROUP)
             try:
                 recovered = marks_in_kafka(
                     consumer, self._telemetry_topic, max(since_ms, oldest_resend_ms), timeout_s=5
@@ -595,7 +599,8 @@ def serve(
     settings = settings or get_settings()
     edge = settings.edge
     if create_topics:
-        ensure_topics(settings.kafka)
+        kafka = edge_kafka(settings)
+        ensure_topics(kafka, topics=[kafka.telemetry_topic, kafka.dead_letter_topic])
     service = IngestionService(settings)
     if not service.ready.wait(ready_wait_s):
         log.warning("the edge's marks are not recovered after %.0f s; batches are refused until they are", ready_wait_s)

@@ -194,7 +194,7 @@ class AlertPublisher:
     # -- main loop -------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Consume, post and commit until ``stop`` is set."""
-        kafka, alerting = self.settings.kafka, self.settings.alerting
+        kafka, alerting = self.settings.kafka.as_identity("alerting"), self.settings.alerting
         topic = kafka.anomalies_topic
         try:  # subscribing to a missing topic would log an error at every poll
             ensure_topics(kafka, topics=[topic])

@@ -164,8 +164,8 @@ class ClickHouseSink:
     def run(self, stop: threading.Event) -> None:
         """Consume, batch and insert until ``stop`` is set; flushes what it holds before returning."""
         ch = self.settings.clickhouse
-        kafka = self.settings.kafka
-        ensure_topics(kafka)
+        kafka = self.settings.kafka.as_identity("sinks")
+        ensure_topics(kafka, topics=[self.spec.topic, kafka.dead_letter_topic])
         self._client = self._connect(stop)
         if self._client is None:
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +51,11 @@ def plan_fingerprint(statements: list[str], functions: str = "") -> str:
 
 
 def _without_comment_lines(statement: str) -> str:
-    """Comments do not change a plan, so editing one must not cost a job its state."""
-    return "\n".join(line for line in statement.splitlines() if not line.lstrip().startswith("--"))
+    """Comments do not change a plan, so editing one must not cost a job its state; nor does a rotated
+    Kafka password (and a fingerprint, which names a folder, must not depend on a secret)."""
+    return "\n".join(
+        line for line in statement.splitlines() if not line.lstrip().startswith(("--", "'properties.sasl.jaas.config'"))
+    )
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
@@ -70,14 +74,35 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return newest[1] if newest else None
 
 
+class LazySql:
+    """A statement part rendered when a template uses it: the Kafka options read the flink principal's
+    password, which a job built with other sources and sinks (tests, offline runs) never needs."""
+
+    def __init__(self, render: Callable[[], str]) -> None:
+        self._render = render
+
+    def __format__(self, spec: str) -> str:
+        return format(self._render(), spec)
+
+    def __str__(self) -> str:
+        return self._render()
+
+
 def kafka_properties_sql(settings: Settings) -> str:
     """``'properties.x' = 'y',`` lines for a Kafka table's WITH clause."""
-    lines = [f"'properties.{key}' = '{sql_escape(value)}'," for key, value in settings.kafka.java_properties().items()]
+    lines = [
+        f"'properties.{key}' = '{sql_escape(value)}',"
+        for key, value in settings.kafka.as_identity("flink").java_properties().items()
+    ]
     return "\n    ".join(lines)
 
 
-def kafka_source_options(settings: Settings, topic: str, group: str) -> str:
+def kafka_source_options(settings: Settings, topic: str, group: str) -> LazySql:
     """WITH options of a JSON Kafka source, resuming from the job's committed offsets (earliest at first)."""
+    return LazySql(lambda: _kafka_source_options(settings, topic, group))
+
+
+def _kafka_source_options(settings: Settings, topic: str, group: str) -> str:
     kafka = settings.kafka
     return f"""'connector' = 'kafka',
     'topic' = '{sql_escape(topic)}',
@@ -93,8 +118,12 @@ def kafka_source_options(settings: Settings, topic: str, group: str) -> str:
     'json.ignore-parse-errors' = 'false'"""
 
 
-def kafka_sink_options(settings: Settings, topic: str, transactional_id_prefix: str) -> str:
+def kafka_sink_options(settings: Settings, topic: str, transactional_id_prefix: str) -> LazySql:
     """WITH options of a JSON Kafka sink keyed by equipment id."""
+    return LazySql(lambda: _kafka_sink_options(settings, topic, transactional_id_prefix))
+
+
+def _kafka_sink_options(settings: Settings, topic: str, transactional_id_prefix: str) -> str:
     return f"""'connector' = 'kafka',
     'topic' = '{sql_escape(topic)}',
     {kafka_properties_sql(settings)}

@@ -80,7 +80,7 @@ class KafkaLagExporter:
         self.topics = list(
             dict.fromkeys([*topic_names(settings.kafka), *(t for ts in self.groups.values() for t in ts)])
         )
-        self._conf = settings.kafka.client_config() | {"enable.auto.commit": False}
+        self._conf = settings.kafka.as_identity("monitor").client_config() | {"enable.auto.commit": False}
         # One non-subscribing consumer per group (committed() reads that group's offsets), plus one for watermarks.
         self._consumers: dict[str, Consumer] = {}
         self._lock = threading.Lock()

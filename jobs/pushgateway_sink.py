@@ -527,7 +527,7 @@ class PushgatewaySink:
     # -- main loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Consume and push until ``stop`` is set; commit offsets only after successful pushes."""
-        kafka = self.settings.kafka
+        kafka = self.settings.kafka.as_identity("sinks")
         topics = [kafka.window_stats_topic, kafka.anomalies_topic]
         try:  # subscribing to a missing topic would log an error at every poll
             ensure_topics(kafka, topics=topics)
@@ -550,7 +550,7 @@ class PushgatewaySink:
         """Fold a polled batch into the latest state (pushed at the next write)."""
         if not messages:
             return
-        kafka = self.settings.kafka
+        kafka = self.settings.kafka.as_identity("sinks")
         values: dict[str, list[bytes]] = {kafka.window_stats_topic: [], kafka.anomalies_topic: []}
         for message in messages:
             if message.value() is not None:

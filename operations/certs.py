@@ -89,10 +89,16 @@ def create_ca(settings: Settings) -> Issued:
 
 
 def issue(
-    settings: Settings, common_name: str, cert_path: Path, key_path: Path, server_names: tuple[str, ...] = ()
+    settings: Settings,
+    common_name: str,
+    cert_path: Path,
+    key_path: Path,
+    server_names: tuple[str, ...] = (),
+    client_too: bool = False,
 ) -> Issued:
     """A leaf certificate signed by the local CA: a server's when ``server_names`` (its DNS names and IPs, put in
-    the subject alternative names gRPC checks), else a client's (a gateway: ``common_name`` is its identity)."""
+    the subject alternative names gRPC checks), else a client's (a gateway: ``common_name`` is its identity);
+    ``client_too``: a server that also authenticates as a client with it (the Kafka broker to its controller)."""
     try:
         ca_key = serialization.load_pem_private_key(_ca_key_path(settings).read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(_ca_cert_path(settings).read_bytes())
@@ -115,7 +121,8 @@ def issue(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH]
+                [ExtendedKeyUsageOID.SERVER_AUTH] * bool(server_names)
+                + [ExtendedKeyUsageOID.CLIENT_AUTH] * (client_too or not server_names)
             ),
             critical=False,
         )
@@ -139,6 +146,16 @@ def edge_server_names(settings: Settings) -> tuple[str, ...]:
     return _local_names(settings.edge.host)
 
 
+def kafka_server_names(settings: Settings) -> tuple[str, ...]:
+    """Names the local Kafka broker is reached by (its listeners are on the bootstrap host)."""
+    return _local_names(settings.kafka.bootstrap_servers.rsplit(":", 1)[0])
+
+
+def local_kafka_tls(settings: Settings) -> bool:
+    """Whether the Kafka broker's certificate is the local CA's to issue (TLS on, the CA not a plant's)."""
+    return settings.kafka.uses_tls and settings.kafka.ssl_ca_location == str(_ca_cert_path(settings))
+
+
 def monitoring_server_names(settings: Settings) -> tuple[str, ...]:
     """Names Prometheus, Alertmanager and the Pushgateway are reached by (one certificate for the three)."""
     return _local_names(settings.prometheus.host)
@@ -156,7 +173,8 @@ def ensure_local_certs(settings: Settings, renew: bool = False, new_ca: bool = F
     e, p = settings.edge, settings.prometheus
     local_edge = e.tls_ca_file is None
     local_monitoring = p.tls and p.tls_ca_file is None
-    if not (local_edge or local_monitoring):
+    local_kafka = local_kafka_tls(settings)
+    if not (local_edge or local_monitoring or local_kafka):
         return []
     d = settings.certs_dir
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -190,7 +208,21 @@ def ensure_local_certs(settings: Settings, renew: bool = False, new_ca: bool = F
                 monitoring_server_names(settings),
             )
         )
+    if local_kafka and (renew or not settings.kafka_keystore_path.exists()):
+        made.append(issue_kafka_keystore(settings))
     return made
+
+
+def issue_kafka_keystore(settings: Settings) -> Issued:
+    """The local broker's certificate and key in one PEM file, the keystore form Kafka reads (ssl.keystore.type
+    PEM): it serves its listeners with it and, as a client, authenticates to its own controller listener."""
+    path = settings.kafka_keystore_path
+    tmp_cert, tmp_key = path.with_suffix(".cert.tmp"), path.with_suffix(".key.tmp")
+    issued = issue(settings, "vigil-kafka", tmp_cert, tmp_key, kafka_server_names(settings), client_too=True)
+    _write_private(path, tmp_key.read_bytes() + tmp_cert.read_bytes())
+    tmp_cert.unlink()
+    tmp_key.unlink()
+    return Issued(path, path, issued.common_name, issued.not_after)
 
 
 def describe(path: Path) -> str:

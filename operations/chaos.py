@@ -414,7 +414,7 @@ def _landed_during(settings: Settings, table: str, since_ms: int) -> int | None:
 
 
 def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = make_consumer(settings.kafka, "vigil-chaos-offsets")
+    consumer = make_consumer(settings.kafka.as_identity("admin"), "vigil-chaos-offsets")
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
@@ -426,7 +426,7 @@ def dead_letters_since(settings: Settings, start: dict[int, int]) -> Counter[str
     """Dead-letter records written after ``start`` (partition -> offset), by reason."""
     topic = settings.kafka.dead_letter_topic
     end = _end_offsets(settings, topic)
-    consumer = make_consumer(settings.kafka, "vigil-chaos-dead-letters")
+    consumer = make_consumer(settings.kafka.as_identity("admin"), "vigil-chaos-dead-letters")
     reasons: Counter[str] = Counter()
     try:
         consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in end])

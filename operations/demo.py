@@ -221,7 +221,7 @@ def run_simulator_with_progress(
 
 def print_dead_letters(settings: Settings, limit: int, timeout_s: float, console: Console) -> None:
 
-    consumer = make_consumer(settings.kafka, f"vigil-dlq-reader-{uuid.uuid4().hex[:8]}")
+    consumer = make_consumer(settings.kafka.as_identity("admin"), f"vigil-dlq-reader-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([settings.kafka.dead_letter_topic])
     shown = 0
     deadline = time.monotonic() + timeout_s

@@ -102,7 +102,7 @@ class PipelineMonitor:
             self.faults_active = faults_active
 
     def _watch_topics(self) -> None:
-        kafka = self.settings.kafka
+        kafka = self.settings.kafka.as_identity("admin")
         consumer = make_consumer(kafka, f"vigil-monitor-{uuid.uuid4().hex[:8]}", **{"auto.offset.reset": "latest"})
         try:
             for messages in consume_batches(

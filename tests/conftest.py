@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from pydantic import SecretStr
 
 from connectors.clickhouse import apply_schema, make_client
 from edge.tls import channel_credentials
@@ -44,6 +45,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if "VIGIL_TLS_DIR" not in os.environ:
         os.environ["VIGIL_TLS_DIR"] = tempfile.mkdtemp(prefix="vigil-test-certs-")
     ensure_local_certs(Settings())
+
+
+def job_settings(**kwargs: Any) -> Settings:
+    """Settings to render a Flink job's statements with: its Kafka options hold a principal's password, which a
+    test that never connects takes from here rather than from the stack's secrets."""
+    kafka = KafkaSettings(sasl_username="vigil-test", sasl_password=SecretStr("not-a-secret"))
+    return Settings(kafka=kafka, **kwargs)
 
 
 def edge_channel(settings: Settings, cert: Path | None = None, key: Path | None = None, **kwargs: Any) -> grpc.Channel:
@@ -95,8 +103,11 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSe
     data = tmp_path_factory.mktemp("kafka")
     settings = Settings(data_dir=data, kafka=local_kafka_settings())
     proc = start_kafka_broker(settings, data / "kafka.log")
+    # One identity for every client of these tests, as for a cluster of your own: the admin principal (the
+    # stack's tests run each component as its own, under its ACLs).
+    user, password = settings.kafka.as_identity("admin").credentials()
     try:
-        yield settings.kafka
+        yield settings.kafka.model_copy(update={"sasl_username": user, "sasl_password": SecretStr(password)})
     finally:
         proc.terminate()
         proc.wait(30)

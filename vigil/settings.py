@@ -30,6 +30,9 @@ JAVA_LIBS_DIR = PROJECT_ROOT / ".venv" / "java"
 ENV_PREFIX = "VIGIL_"
 # Vigil's components as ClickHouse identities (their rights: connectors/clickhouse_access.py).
 CLICKHOUSE_IDENTITIES = ("admin", "sink", "relay", "agents", "console", "api")
+# Vigil's components as Kafka principals (their ACLs: operations/stack/kafka_security.py). "broker" is the local
+# broker's own inter-broker identity; "admin" creates topics, users and ACLs and is what the tools connect as.
+KAFKA_IDENTITIES = ("admin", "broker", "edge", "flink", "sinks", "alerting", "monitor")
 ENV_NESTED = "__"
 
 
@@ -37,10 +40,21 @@ class KafkaSettings(BaseModel):
     """Broker connection and topic layout: the local Apache Kafka broker, or a real cluster with SASL/TLS."""
 
     bootstrap_servers: str = "127.0.0.1:19092"
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # SASL/SCRAM over TLS 1.3 by default, as the local broker runs (operations/stack/kafka_broker.py): each
+    # component connects as its own principal (``principals``; password in <secrets_dir>/<identity>.password,
+    # created by the stack, mode 600) and the broker's ACLs give it exactly the topics it reads or writes.
+    # A cluster of your own: its protocol and mechanism here, and either one identity for every component
+    # (sasl_username / sasl_password) or its principals' names and a secrets_dir holding their passwords.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "SASL_SSL"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = "SCRAM-SHA-512"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    principals: dict[str, str] = Field(default_factory=lambda: {name: f"vigil-{name}" for name in KAFKA_IDENTITIES})
+    # Default: <data_dir>/secrets/kafka (filled in by Settings).
+    secrets_dir: Path | None = None
+    # Which principal this connection is (:meth:`as_identity`); a client without one is refused on SASL.
+    identity: str | None = None
+    # The CA that signed the brokers' certificates; default (filled in by Settings): the local CA.
     ssl_ca_location: str | None = None
     telemetry_topic: str = "vigil.telemetry"
     window_stats_topic: str = "vigil.window-stats"
@@ -72,17 +86,62 @@ class KafkaSettings(BaseModel):
     # edge.kafka_bootstrap_servers: `vigil chaos` puts its fault proxy in between to cut the edge off.
     local_edge_port: int = 0
 
+    @field_validator("principals")
+    @classmethod
+    def _every_principal(cls, principals: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(principals) - set(KAFKA_IDENTITIES))
+        if unknown:
+            raise ValueError(f"unknown Kafka identities {unknown}; they are {', '.join(KAFKA_IDENTITIES)}")
+        return {name: principals.get(name, f"vigil-{name}") for name in KAFKA_IDENTITIES}
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL") and self.sasl_mechanism is not None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def as_identity(self, identity: str) -> KafkaSettings:
+        """This connection as one of Vigil's principals (``KAFKA_IDENTITIES``)."""
+        if identity not in KAFKA_IDENTITIES:
+            raise ValueError(f"unknown Kafka identity {identity!r}; they are {', '.join(KAFKA_IDENTITIES)}")
+        return self.model_copy(update={"identity": identity})
+
+    def password_file(self, identity: str) -> Path:
+        base = self.secrets_dir or (PROJECT_ROOT / ".vigil" / "secrets" / "kafka")
+        return base / f"{identity}.password"
+
+    def credentials(self) -> tuple[str, str]:
+        """(user name, password) of this connection: the one configured identity, else the chosen principal's."""
+        if self.sasl_username is not None:
+            return self.sasl_username, self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if self.identity is None:
+            raise ValueError(
+                "a Kafka client without an identity: the caller must pick its principal "
+                "(settings.kafka.as_identity(...)), or configure kafka.sasl_username for a cluster of your own"
+            )
+        path = self.password_file(self.identity)
+        try:
+            password = path.read_text().strip()
+        except FileNotFoundError:
+            raise ValueError(
+                f"no Kafka password for {self.principals[self.identity]!r} at {path}: `vigil stack up` creates the "
+                "local broker's; for a cluster of your own, put the principal's password there or set "
+                "VIGIL_KAFKA__SASL_USERNAME and VIGIL_KAFKA__SASL_PASSWORD"
+            ) from None
+        return self.principals[self.identity], password
+
     def client_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) configuration shared by producers, consumers and admin."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
         }
-        if self.sasl_mechanism:
+        if self.uses_sasl:
             conf["sasl.mechanism"] = self.sasl_mechanism
-            conf["sasl.username"] = self.sasl_username or ""
-            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
-        if self.ssl_ca_location:
+            conf["sasl.username"], conf["sasl.password"] = self.credentials()
+        if self.uses_tls and self.ssl_ca_location:
             conf["ssl.ca.location"] = self.ssl_ca_location
         conf.update(self.extra)
         return conf
@@ -90,18 +149,16 @@ class KafkaSettings(BaseModel):
     def java_properties(self) -> dict[str, str]:
         """The same connection for the Java Kafka client inside Flink (``properties.*`` of the connector)."""
         props = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
-        if self.sasl_mechanism:
+        if self.uses_sasl:
             module = (
                 "org.apache.kafka.common.security.plain.PlainLoginModule"
                 if self.sasl_mechanism == "PLAIN"
                 else "org.apache.kafka.common.security.scram.ScramLoginModule"
             )
-            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
-            props["sasl.mechanism"] = self.sasl_mechanism
-            props["sasl.jaas.config"] = (
-                f'{module} required username="{self.sasl_username or ""}" password="{password}";'
-            )
-        if self.ssl_ca_location:
+            username, password = self.credentials()
+            props["sasl.mechanism"] = str(self.sasl_mechanism)
+            props["sasl.jaas.config"] = f'{module} required username="{username}" password="{password}";'
+        if self.uses_tls and self.ssl_ca_location:
             props["ssl.truststore.type"] = "PEM"
             props["ssl.truststore.location"] = self.ssl_ca_location
         props.update(self.extra)
@@ -602,6 +659,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _kafka_local_files(self) -> Settings:
+        update: dict[str, Any] = {}
+        if self.kafka.secrets_dir is None:
+            update["secrets_dir"] = self.data_dir / "secrets" / "kafka"
+        if self.kafka.uses_tls and self.kafka.ssl_ca_location is None:
+            update["ssl_ca_location"] = str(self.certs_dir / "ca.pem")
+        if update:  # a copy: the KafkaSettings passed in may be shared
+            self.kafka = self.kafka.model_copy(update=update)
+        return self
+
+    @model_validator(mode="after")
     def _future_skew_below_lateness(self) -> Settings:
         if self.edge.max_future_skew_s * 1000 > self.window.allowed_lateness_ms:
             raise ValueError(
@@ -709,6 +777,11 @@ class Settings(BaseSettings):
     @property
     def monitoring_key_path(self) -> Path:
         return self.prometheus.tls_key_file or (self.certs_dir / "monitoring-key.pem")
+
+    @property
+    def kafka_keystore_path(self) -> Path:
+        """The local Kafka broker's key and certificate (PEM, one file; issued by the local CA)."""
+        return self.certs_dir / "kafka-keystore.pem"
 
     @property
     def gateway_buffer_dir(self) -> Path:

@@ -6,16 +6,24 @@ committed offsets and open transactions survive a restart, and Flink's checkpoin
 Transactions use ``transaction.version=2`` (KIP-890: a producer's epoch is bumped on every transaction,
 so a zombie's late writes are fenced). Pointing at a real cluster is a setting (``kafka.bootstrap_servers``
 and its security options); then none of this runs.
+
+With ``kafka.security_protocol`` SASL_SSL (the default) the client listeners take SCRAM over TLS 1.3 only, with
+the principals and ACLs of operations/stack/kafka_security.py and StandardAuthorizer denying the rest; the
+controller listener takes TLS with a client certificate only (SCRAM credentials live in the metadata log the
+controller serves, so they cannot authenticate to it), which only the broker's own certificate passes.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
+from operations.certs import ensure_local_certs, local_kafka_tls
+from operations.stack import kafka_security
 from operations.stack.process import ServiceSpec
 from vigil.settings import JAVA_LIBS_DIR, Settings
 
@@ -23,6 +31,7 @@ BROKER_LIBS = JAVA_LIBS_DIR / "kafka-broker"
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 NODE_ID = 1
+SCRAM_MARKER = "scram-formatted"  # beside the log: it was formatted with the principals' SCRAM credentials
 
 LOG4J2_XML = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -74,12 +83,13 @@ def server_properties(settings: Settings) -> str:
     """The broker's configuration: a single node, so every internal topic has one replica."""
     kafka = settings.kafka
     port, controller = broker_port(settings), kafka.local_controller_port
-    listeners = {"PLAINTEXT": f"127.0.0.1:{port}"}
+    listeners = {"CLIENT": f"127.0.0.1:{port}"}
     advertised = dict(listeners)
     if kafka.local_edge_port:  # the edge's own listener, advertised where the edge reaches it (maybe a proxy)
         listeners["EDGE"] = f"127.0.0.1:{kafka.local_edge_port}"
         advertised["EDGE"] = settings.edge.kafka_bootstrap_servers or listeners["EDGE"]
-    protocols = {name: "PLAINTEXT" for name in ("CONTROLLER", *listeners)}
+    client_protocol = kafka.security_protocol
+    protocols = {"CONTROLLER": "SSL" if kafka.uses_tls else "PLAINTEXT"} | dict.fromkeys(listeners, client_protocol)
     props = {
         "process.roles": "broker,controller",
         "node.id": NODE_ID,
@@ -90,7 +100,7 @@ def server_properties(settings: Settings) -> str:
         "advertised.listeners": ",".join(f"{n}://{a}" for n, a in advertised.items()),
         "controller.listener.names": "CONTROLLER",
         "listener.security.protocol.map": ",".join(f"{n}:{p}" for n, p in protocols.items()),
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": "CLIENT",
         "log.dirs": log_dir(settings),
         "num.partitions": kafka.partitions,
         "default.replication.factor": 1,
@@ -108,14 +118,57 @@ def server_properties(settings: Settings) -> str:
         "transaction.max.timeout.ms": max(15 * 60 * 1000, kafka.transaction_timeout_ms),
         "group.initial.rebalance.delay.ms": 0,
         "group.min.session.timeout.ms": min(6000, kafka.session_timeout_ms),
+        **security_properties(settings, list(listeners)),
     }
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
+def security_properties(settings: Settings, client_listeners: list[str]) -> dict[str, object]:
+    """TLS 1.3 on every listener, SCRAM on the client ones, mTLS on the controller's, ACLs on everything."""
+    kafka = settings.kafka
+    props: dict[str, object] = {}
+    if kafka.uses_tls:
+        if not local_kafka_tls(settings):
+            raise ValueError(
+                f"kafka.ssl_ca_location ({kafka.ssl_ca_location}) is not the local CA: the local broker's "
+                "certificate comes from `vigil certs`; point kafka.bootstrap_servers at your own cluster instead"
+            )
+        props |= {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": settings.kafka_keystore_path,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": kafka.ssl_ca_location,
+            "ssl.protocol": "TLSv1.3",
+            "ssl.enabled.protocols": "TLSv1.3",
+            "listener.name.controller.ssl.client.auth": "required",
+            # A certificate's principal is its common name ("vigil-kafka", the broker's own).
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+).*$/$1/,DEFAULT",
+        }
+    if kafka.uses_sasl:
+        mechanism = str(kafka.sasl_mechanism)
+        user, password = kafka.as_identity("broker").credentials()
+        jaas = (
+            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'
+        )
+        props |= {
+            "sasl.enabled.mechanisms": mechanism,
+            "sasl.mechanism.inter.broker.protocol": mechanism,
+            **{f"listener.name.{name.lower()}.{mechanism.lower()}.sasl.jaas.config": jaas for name in client_listeners},
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": ";".join(f"User:{u}" for u in [*kafka_security.super_users(settings), "vigil-kafka"]),
+        }
+    return props
+
+
 def render_config(settings: Settings) -> Path:
+    """server.properties (0600: it holds the broker's own SCRAM password) and the log configuration."""
     config = broker_dir(settings) / "config"
     config.mkdir(parents=True, exist_ok=True)
-    (config / "server.properties").write_text(server_properties(settings))
+    path = config / "server.properties"
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(server_properties(settings))
     (config / "log4j2.xml").write_text(LOG4J2_XML)
     return config
 
@@ -131,7 +184,14 @@ def new_cluster_id() -> str:
 def format_storage(settings: Settings) -> None:
     """Format the log directory once (a new cluster id); a formatted one is kept as it is."""
     target = log_dir(settings)
+    marker = broker_dir(settings) / SCRAM_MARKER
     if (target / "meta.properties").is_file():
+        if settings.kafka.uses_sasl and not marker.is_file():
+            raise RuntimeError(
+                f"the Kafka log in {target} was formatted without SCRAM credentials (by a Vigil before Kafka "
+                "security), so its broker cannot authenticate to itself: remove that folder for a fresh log (its "
+                "topics and offsets are lost), or run this stack with VIGIL_KAFKA__SECURITY_PROTOCOL=PLAINTEXT"
+            )
         return
     config = render_config(settings)
     cluster_id = new_cluster_id()
@@ -148,13 +208,23 @@ def format_storage(settings: Settings) -> None:
         str(config / "server.properties"),
         "--feature",
         "transaction.version=2",
+        *(kafka_security.scram_format_args(settings) if settings.kafka.uses_sasl else []),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"formatting the Kafka log in {target} failed:\n{result.stdout}{result.stderr}")
+        output = result.stdout + result.stderr
+        for password in kafka_security.credentials(settings).values():
+            output = output.replace(password, "***")
+        raise RuntimeError(f"formatting the Kafka log in {target} failed:\n{output}")
+    if settings.kafka.uses_sasl:
+        marker.write_text("the log holds every principal's SCRAM credential from its format\n")
 
 
 def prepare(settings: Settings) -> None:
+    if settings.kafka.uses_sasl:
+        kafka_security.ensure_passwords(settings)
+    if local_kafka_tls(settings):
+        ensure_local_certs(settings)
     render_config(settings)
     format_storage(settings)
 

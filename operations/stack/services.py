@@ -25,7 +25,7 @@ from connectors.clickhouse import apply_schema, make_client
 from connectors.kafka import ensure_topics
 from jobs.registry import FLINK_JOBS
 from operations.certs import ensure_local_certs
-from operations.stack import fault_proxy, kafka_broker, prometheus_configs, saas_standin
+from operations.stack import fault_proxy, kafka_broker, kafka_security, prometheus_configs, saas_standin
 from operations.stack.process import ProcessManager, ServiceSpec, ServiceStatus
 from streamlit_app.access import render_auth_secrets
 from vigil.settings import PROJECT_ROOT, Settings
@@ -315,7 +315,8 @@ class Stack:
             if on_started:
                 on_started(status)
             if name == "kafka":
-                ensure_topics(self.settings.kafka)
+                kafka_security.apply(self.settings)
+                ensure_topics(self.settings.kafka.as_identity("admin"))
             if name == "clickhouse":
                 apply_schema(make_client(self.settings.clickhouse, "admin"), self.settings.clickhouse)
         return statuses

@@ -99,7 +99,7 @@ def verdicts(t0: int, machine: str = MACHINE, site: str = "site-1", shift: int =
 
 def produce(settings: Settings, topic: str, records: list[dict], every_partition: bool = False) -> None:
     """Keyed by machine, as the jobs write; ``every_partition``: a copy to each partition."""
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka.as_identity("admin"))
     for record in records:
         if every_partition:
             for partition in range(settings.kafka.partitions):
@@ -170,7 +170,7 @@ def test_a_closed_episode_becomes_insights_in_kafka_and_clickhouse(stack: Stack)
 
     # On the topic, the episode was also analysed as it stood at its 3rd anomalous window (preliminary: 9
     # windows shorter). Replayed at once here, the two may arrive in either order; ClickHouse kept the closed one.
-    consumer = make_consumer(settings.kafka, "agents-test-reader")
+    consumer = make_consumer(settings.kafka.as_identity("admin"), "agents-test-reader")
     consumer.subscribe([settings.kafka.insights_topic])
     seen: list[dict] = []
 

@@ -156,7 +156,7 @@ def settings(tmp_path: Path, kafka_settings: KafkaSettings, recorder: Recorder, 
             "console_url": "http://console.test",
         },
     )
-    ensure_topics(settings.kafka, topics=[settings.kafka.anomalies_topic])
+    ensure_topics(settings.kafka.as_identity("admin"), topics=[settings.kafka.anomalies_topic])
     recorder.calls.clear()
     return settings
 
@@ -231,7 +231,7 @@ def verdict(
 
 
 def produce(settings: Settings, records: list[dict[str, Any]]) -> None:
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka.as_identity("admin"))
     for rec in records:
         producer.produce(settings.kafka.anomalies_topic, key=rec["equipment_id"].encode(), value=orjson.dumps(rec))
     assert producer.flush(15) == 0
@@ -351,7 +351,7 @@ def test_pages_do_not_wait_for_the_jobs_commit_and_its_replay_pages_nothing_new(
     the replay changes nothing: one alert, one page."""
     eid = f"tx-{uuid.uuid4().hex[:6]}"
     critical = verdict(eid, 0, "critical", hits=("temp:threshold_max",), top=("temp",))
-    producer = make_producer(settings.kafka, **{"transactional.id": f"test-job-{eid}"})
+    producer = make_producer(settings.kafka.as_identity("admin"), **{"transactional.id": f"test-job-{eid}"})
     producer.init_transactions(15)
     producer.begin_transaction()
     producer.produce(settings.kafka.anomalies_topic, key=eid.encode(), value=orjson.dumps(critical))

@@ -42,7 +42,7 @@ def settings(kafka_settings: KafkaSettings, ch_server: ClickHouseSettings, tmp_p
     )
     ch = ch_server.model_copy(update={"sink_consumer_group": f"ch-sink-{tag}", "flush_interval_s": 0.2})
     settings = Settings(data_dir=tmp_path, kafka=kafka, clickhouse=ch)
-    ensure_topics(settings.kafka)
+    ensure_topics(settings.kafka.as_identity("admin"))
     return settings
 
 
@@ -93,7 +93,7 @@ def window_record(equipment: str, sensor: str, start_ms: int, avg: float, emitte
 
 
 def produce(settings: Settings, values: list[tuple[str, bytes]]) -> None:
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka.as_identity("admin"))
     for key, value in values:
         producer.produce(settings.kafka.window_stats_topic, key=key.encode(), value=value)
     assert producer.flush(30) == 0
@@ -188,7 +188,7 @@ def test_sink_writes_exact_rows_and_deduplicates_replays(
 
 
 def read_one(settings: Settings, topic: str) -> dict:
-    consumer = make_consumer(settings.kafka, f"reader-{uuid.uuid4().hex[:8]}")
+    consumer = make_consumer(settings.kafka.as_identity("admin"), f"reader-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     try:
         deadline = time.monotonic() + 60
@@ -202,7 +202,7 @@ def read_one(settings: Settings, topic: str) -> dict:
 
 
 def committed_total(settings: Settings) -> int:
-    consumer = make_consumer(settings.kafka, settings.clickhouse.sink_consumer_group)
+    consumer = make_consumer(settings.kafka.as_identity("admin"), settings.clickhouse.sink_consumer_group)
     try:
         partitions = [TopicPartition(settings.kafka.window_stats_topic, p) for p in range(settings.kafka.partitions)]
         return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
@@ -225,7 +225,7 @@ def test_offsets_not_committed_while_clickhouse_is_down(kafka_settings: KafkaSet
         ),
         clickhouse=ClickHouseSettings(port=free_port(), database="outage", sink_consumer_group=f"ch-sink-{tag}"),
     )
-    ensure_topics(settings.kafka)
+    ensure_topics(settings.kafka.as_identity("admin"))
     log_path = tmp_path / "clickhouse.log"
     proc = start_clickhouse_with_schema(settings, log_path)
     sink = ClickHouseSink(settings)

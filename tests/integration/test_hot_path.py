@@ -61,7 +61,7 @@ def settings(tmp_path: Path, kafka_settings: KafkaSettings) -> Iterator[Settings
             "exported_stats": ["avg", "max"],
         },
     )
-    ensure_topics(settings.kafka, topics=[topic])
+    ensure_topics(settings.kafka.as_identity("admin"), topics=[topic])
     procs = start_hot_path(settings, tmp_path / "logs")
     try:
         yield settings
@@ -90,7 +90,7 @@ def window(
 
 
 def produce(settings: Settings, records: list[dict[str, Any]]) -> None:
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka.as_identity("admin"))
     for rec in records:
         producer.produce(settings.kafka.window_stats_topic, key=rec["equipment_id"].encode(), value=orjson.dumps(rec))
     assert producer.flush(15) == 0

@@ -3,7 +3,10 @@ read_committed consumers honour, and an orphaned transaction that blocks readers
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -11,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
+from pydantic import SecretStr
 
 from connectors.kafka import ensure_topics, make_consumer, make_producer
 from operations.chaos import BALLAST, Target, fill_filesystem, free_broker_disk, kill
@@ -38,14 +42,14 @@ def stack(tmp_path: Path):
 
 
 def produce(settings: Settings, n: int, prefix: str) -> None:
-    producer = make_producer(settings.kafka)
+    producer = make_producer(settings.kafka.as_identity("admin"))
     for i in range(n):
         producer.produce(TOPIC, key=f"m-{i % 7}", value=f"{prefix}-{i}".encode())
     assert producer.flush(30) == 0, "every record acknowledged (acks=all)"
 
 
 def read_all(settings: Settings, group: str, expect: int, timeout_s: float = 30.0) -> list[str]:
-    consumer = make_consumer(settings.kafka, group, **{"auto.offset.reset": "earliest"})
+    consumer = make_consumer(settings.kafka.as_identity("admin"), group, **{"auto.offset.reset": "earliest"})
     consumer.subscribe([TOPIC])
     values: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -79,8 +83,8 @@ def test_acknowledged_records_survive_a_broker_restart(stack: Stack, how: str) -
 
 def test_read_committed_consumers_never_see_aborted_records(stack: Stack) -> None:
     settings = stack.settings
-    ensure_topics(settings.kafka)
-    producer = Producer(settings.kafka.client_config() | {"transactional.id": "test-aborts"})
+    ensure_topics(settings.kafka.as_identity("admin"))
+    producer = Producer(settings.kafka.as_identity("admin").client_config() | {"transactional.id": "test-aborts"})
     producer.init_transactions(30)
     producer.begin_transaction()
     for i in range(5):
@@ -95,10 +99,9 @@ def test_read_committed_consumers_never_see_aborted_records(stack: Stack) -> Non
 
 
 ORPHAN = """
-import os, sys
-from confluent_kafka import KafkaError, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource
-producer = Producer({"bootstrap.servers": sys.argv[1], "transactional.id": "test-orphan",
+import json, os, sys
+from confluent_kafka import Producer
+producer = Producer(json.loads(sys.argv[1]) | {"transactional.id": "test-orphan",
                      "transaction.timeout.ms": int(sys.argv[2])})
 producer.init_transactions(30)
 producer.begin_transaction()
@@ -110,10 +113,11 @@ os._exit(0)  # a crash: the transaction stays open, neither committed nor aborte
 
 def test_an_orphaned_transaction_blocks_readers_only_until_its_timeout(stack: Stack) -> None:
     settings = stack.settings
-    ensure_topics(settings.kafka)
+    ensure_topics(settings.kafka.as_identity("admin"))
     timeout_ms = settings.kafka.transaction_timeout_ms
+    admin_conf = settings.kafka.as_identity("admin").client_config()
     subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(ORPHAN), settings.kafka.bootstrap_servers, str(timeout_ms), TOPIC],
+        [sys.executable, "-c", textwrap.dedent(ORPHAN), json.dumps(admin_conf), str(timeout_ms), TOPIC],
         check=True,
         timeout=60,
     )
@@ -127,7 +131,7 @@ def test_an_orphaned_transaction_blocks_readers_only_until_its_timeout(stack: St
 
 
 def test_topics_are_vigils_own_and_dead_letters_are_capped_by_size(stack: Stack) -> None:
-    kafka = stack.settings.kafka
+    kafka = stack.settings.kafka.as_identity("admin")
     admin = AdminClient(kafka.client_config())
     resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in (kafka.dead_letter_topic, TOPIC)]
     configs = {r.name: f.result(30) for r, f in admin.describe_configs(resources).items()}
@@ -145,10 +149,70 @@ def test_topics_are_vigils_own_and_dead_letters_are_capped_by_size(stack: Stack)
         ensure_topics(other)
 
 
+def _try_produce(conf: dict, topic: str) -> KafkaError | None:
+    """One record; the delivery error (None: acknowledged). Fails fast: an unauthenticated client retries."""
+    producer = Producer(conf | {"message.timeout.ms": 8000, "socket.timeout.ms": 5000})
+    errors: list[KafkaError | None] = []
+    producer.produce(topic, key=b"m", value=b"x", on_delivery=lambda err, _: errors.append(err))
+    producer.flush(15)
+    return errors[0] if errors else KafkaError(KafkaError._MSG_TIMED_OUT)
+
+
+def _can_read(conf: dict, topic: str, group: str) -> KafkaError | None:
+    """Subscribe and poll briefly; the first error the broker sent (None: no refusal)."""
+    consumer = Consumer(conf | {"group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is not None:
+                return message.error()
+            if message is not None:
+                return None
+        return None
+    finally:
+        consumer.close()
+
+
+def test_only_a_principal_with_the_right_acls_reaches_a_topic(stack: Stack) -> None:
+    """SCRAM over TLS 1.3 only; each component's principal writes and reads exactly its topics."""
+    kafka = stack.settings.kafka
+    admin = kafka.as_identity("admin")
+    ensure_topics(admin)
+    plain = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": "PLAINTEXT"}
+    assert _try_produce(plain, TOPIC) is not None, "a client without TLS and SASL is refused"
+    wrong = admin.model_copy(update={"sasl_username": "vigil-edge", "sasl_password": SecretStr("guess")})
+    error = _try_produce(wrong.client_config(), TOPIC)
+    assert error is not None and error.code() in (KafkaError._AUTHENTICATION, KafkaError._MSG_TIMED_OUT), error
+    host, port = kafka.bootstrap_servers.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=kafka.ssl_ca_location)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError), socket.create_connection((host, int(port)), timeout=10) as raw:
+        context.wrap_socket(raw, server_hostname=host)
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw, server_hostname=host):
+        pass  # the broker's certificate checks out against the local CA, for its address
+    edge = kafka.as_identity("edge").client_config()
+    assert _try_produce(edge, kafka.telemetry_topic) is None, "the edge writes telemetry"
+    refused = _try_produce(edge, kafka.anomalies_topic)
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, refused
+    sinks = kafka.as_identity("sinks").client_config()
+    refused = _try_produce(sinks, kafka.telemetry_topic)
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, refused
+    alerting = kafka.as_identity("alerting").client_config()
+    group = stack.settings.alerting.publisher_consumer_group
+    refused = _can_read(alerting, kafka.telemetry_topic, group)
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, refused
+    refused = _can_read(alerting, kafka.anomalies_topic, "someone-elses-group")
+    assert refused is not None and refused.code() == KafkaError.GROUP_AUTHORIZATION_FAILED, refused
+    assert _can_read(alerting, kafka.anomalies_topic, group) is None
+
+
 def produce_tracking(settings: Settings, n: int, prefix: str, timeout_ms: int) -> tuple[set[str], set[str]]:
     """Produce ``n`` records of 2 KB (the broker must need new pages for them); returns the names (the value
     before ``|``) Kafka acknowledged and those it did not."""
-    producer = make_producer(settings.kafka, **{"message.timeout.ms": timeout_ms})
+    producer = make_producer(settings.kafka.as_identity("admin"), **{"message.timeout.ms": timeout_ms})
     acked: set[str] = set()
     failed: set[str] = set()
 

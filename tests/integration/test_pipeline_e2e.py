@@ -71,7 +71,7 @@ def poll(check, timeout: float, what: str, interval: float = 0.5):
 
 
 def read_dead_letters(stack: Stack, predicate, timeout: float) -> list[dict]:
-    kafka = stack.settings.kafka
+    kafka = stack.settings.kafka.as_identity("admin")
     consumer = make_consumer(kafka, f"test-dlq-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([kafka.dead_letter_topic])
     found: list[dict] = []
@@ -289,7 +289,7 @@ def test_records_for_closed_windows_are_dead_lettered_not_dropped(pipeline_stack
 def test_every_window_gets_exactly_one_verdict_on_the_anomalies_topic(pipeline_stack: Stack, streamed) -> None:
     """The scoring job judges each (machine, window) of the stream once: rules + models -> anomalies topic."""
     expected, first_full, last_end, _ = streamed
-    kafka = pipeline_stack.settings.kafka
+    kafka = pipeline_stack.settings.kafka.as_identity("admin")
     ids = set(expected.equipment_id)
     want = set(expected[["equipment_id", "window_start_ms"]].drop_duplicates().itertuples(index=False, name=None))
     consumer = make_consumer(kafka, f"test-verdicts-{uuid.uuid4().hex[:8]}")
@@ -395,7 +395,7 @@ def test_every_partition_of_the_window_stats_topic_gets_a_progress_marker_per_wi
     """The scoring job's source is never idle: each closed window sends a marker to every partition (keys from
     the Kafka client's own partitioner hash), so its watermark moves where no machine's key lands."""
     _, first_full, last_end, _ = streamed
-    kafka = pipeline_stack.settings.kafka
+    kafka = pipeline_stack.settings.kafka.as_identity("admin")
     consumer = make_consumer(kafka, f"test-markers-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([kafka.window_stats_topic])
     seen: dict[int, set[int]] = {}

@@ -18,6 +18,7 @@ import pytest
 from connectors.kafka import ensure_topics, make_consumer
 from edge.gateway import GatewayClient
 from edge.proto import telemetry_pb2
+from operations.stack import kafka_security
 from operations.stack.flink_cluster import kill_taskmanagers, start_cluster, start_taskmanager, stop_cluster, submit
 from operations.stack.services import Stack
 from tests.conftest import free_port
@@ -97,7 +98,8 @@ def cluster(pipeline_stack: Stack) -> Iterator[tuple[Settings, str]]:
     """A standalone cluster of its own running the window-stats job: (its settings, its tag)."""
     tag = uuid.uuid4().hex[:6]
     settings = cluster_settings(pipeline_stack.settings, tag)
-    ensure_topics(settings.kafka)
+    ensure_topics(settings.kafka.as_identity("admin"))
+    kafka_security.apply(settings)  # the flink principal's ACLs for this cluster's own topics and groups
     try:
         start_cluster(settings)
         assert submit(settings, "window-stats", target="cluster", detach=True) == 0
@@ -161,7 +163,7 @@ def test_a_killed_taskmanager_is_replaced_and_every_window_lands_once(cluster: t
     def windows(want: int, linger_s: float = 0.0) -> list[dict]:
         """Every record of the machine's windows (duplicates kept), once ``want`` distinct windows are in and
         ``linger_s`` after that (a duplicate would be written right after the original)."""
-        consumer = make_consumer(settings.kafka, f"reader-{uuid.uuid4().hex[:6]}")
+        consumer = make_consumer(settings.kafka.as_identity("admin"), f"reader-{uuid.uuid4().hex[:6]}")
         consumer.subscribe([settings.kafka.window_stats_topic])
         records: list[dict] = []
         deadline, complete_at = time.monotonic() + 180, None

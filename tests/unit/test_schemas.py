@@ -17,6 +17,7 @@ from edge.proto import telemetry_pb2
 from edge.validation import BatchValidator
 from jobs.flink_env import render_sql
 from jobs.registry import FLINK_JOBS
+from tests.conftest import job_settings
 from vigil.settings import PROJECT_ROOT, Settings
 
 PROTO_DIR = PROJECT_ROOT / "edge" / "proto"
@@ -65,7 +66,7 @@ def _columns(ddl: str) -> list[str]:
 
 
 def test_edge_records_carry_exactly_the_flink_source_columns() -> None:
-    settings = Settings()
+    settings = job_settings()
     now = 1_795_000_000_000
     batch = telemetry_pb2.ReadingBatch(
         equipment_id="pump-0001",
@@ -86,7 +87,7 @@ def test_edge_records_carry_exactly_the_flink_source_columns() -> None:
 
 
 def test_flink_window_stats_output_is_what_the_cold_path_parses() -> None:
-    settings = Settings()
+    settings = job_settings()
     columns = _columns(render_sql("window_stats/window_stats_sink", settings))
     record = dict.fromkeys(columns, 1)
     record |= {
@@ -114,7 +115,7 @@ def test_flink_window_stats_output_is_what_the_cold_path_parses() -> None:
 def test_every_flink_job_renders_without_placeholders(name: str) -> None:
     job = importlib.import_module(FLINK_JOBS[name].module).JOB
     assert job.entry is FLINK_JOBS[name], "the module's JOB must be its registry entry's"
-    sql = job.statements(Settings())
+    sql = job.statements(job_settings())
     assert sql.ddl and sql.inserts
     for statement in sql.statements:
         assert not re.search(r"\{[a-z_]+\}", statement), statement
@@ -130,7 +131,7 @@ def test_clickhouse_schema_is_partitioned_ordered_and_has_ttl() -> None:
 def test_scoring_job_reads_exactly_what_the_window_job_writes() -> None:
     from jobs.anomaly_scoring import JOB
 
-    settings = Settings()
+    settings = job_settings()
     ddl = JOB.statements(settings).ddl
     source = next(statement for statement in ddl if "CREATE TABLE window_stats_in" in statement)
     assert _columns(source) == _columns(render_sql("window_stats/window_stats_sink", settings))
@@ -140,7 +141,7 @@ def test_scoring_job_writes_exactly_the_anomaly_contract() -> None:
     from jobs.anomaly_scoring import JOB
     from vigil.contracts import anomaly_json_schema
 
-    ddl = JOB.statements(Settings()).ddl
+    ddl = JOB.statements(job_settings()).ddl
     sink = next(statement for statement in ddl if "CREATE TABLE anomalies_out" in statement)
     assert _columns(sink) == list(anomaly_json_schema([]).names)
     assert "scores MAP<STRING, DOUBLE>," in sink

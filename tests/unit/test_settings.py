@@ -71,6 +71,23 @@ def test_sasl_and_tls_reach_both_kafka_clients() -> None:
     assert java["ssl.truststore.location"] == "/ca.pem"
 
 
+def test_each_component_connects_to_kafka_as_its_own_principal(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    kafka = settings.kafka
+    assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert kafka.ssl_ca_location == str(settings.certs_dir / "ca.pem")
+    with pytest.raises(ValueError, match="without an identity"):
+        kafka.client_config()
+    with pytest.raises(ValueError, match="no Kafka password for 'vigil-edge'"):
+        kafka.as_identity("edge").client_config()
+    kafka.password_file("edge").parent.mkdir(parents=True)
+    kafka.password_file("edge").write_text("s3cret\n")
+    conf = kafka.as_identity("edge").client_config()
+    assert (conf["sasl.username"], conf["sasl.password"]) == ("vigil-edge", "s3cret")
+    with pytest.raises(ValueError, match="unknown Kafka identity"):
+        kafka.as_identity("intruder")
+
+
 def test_default_ports_of_the_local_stack_are_distinct() -> None:
     settings = Settings()
     ports = {"kafka": int(settings.kafka.bootstrap_servers.rsplit(":", 1)[1])}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge.service import edge_kafka
+from operations.stack import kafka_security
 from operations.stack.kafka_broker import broker_spec, new_cluster_id, server_properties
 from operations.stack.process import ProcessManager, ServiceSpec
 from operations.stack.services import Stack
@@ -64,14 +65,19 @@ def test_a_port_taken_by_someone_else_is_a_clear_error(tmp_path: Path) -> None:
         other.stop("web")
 
 
+def _broker_props(settings: Settings) -> dict[str, str]:
+    kafka_security.ensure_passwords(settings)
+    return dict(line.split("=", 1) for line in server_properties(settings).splitlines())
+
+
 def test_local_broker_is_one_durable_kraft_node_with_transactions_sized_for_the_flink_sinks(tmp_path: Path) -> None:
     kafka = KafkaSettings(
         bootstrap_servers="127.0.0.1:29092", local_controller_port=29093, transaction_timeout_ms=1_200_000
     )
     settings = Settings(data_dir=tmp_path, kafka=kafka)
-    props = dict(line.split("=", 1) for line in server_properties(settings).splitlines())
+    props = _broker_props(settings)
     assert props["process.roles"] == "broker,controller"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert props["listeners"] == "CLIENT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
     assert props["log.dirs"] == str(tmp_path / "kafka" / "data")  # under the stack's data dir: kept across restarts
     assert props["auto.create.topics.enable"] == "false"
     assert int(props["transaction.max.timeout.ms"]) >= kafka.transaction_timeout_ms
@@ -79,17 +85,50 @@ def test_local_broker_is_one_durable_kraft_node_with_transactions_sized_for_the_
     assert spec.port == 29092 and spec.argv[-1].endswith("server.properties")
 
 
+def test_the_local_broker_authenticates_every_listener_and_denies_what_no_acl_allows(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers="127.0.0.1:29092", local_edge_port=29095)
+    )
+    props = _broker_props(settings)
+    assert props["listener.security.protocol.map"] == "CONTROLLER:SSL,CLIENT:SASL_SSL,EDGE:SASL_SSL"
+    assert (
+        props["ssl.enabled.protocols"] == "TLSv1.3" and props["listener.name.controller.ssl.client.auth"] == "required"
+    )
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["super.users"] == "User:vigil-admin;User:vigil-broker;User:vigil-kafka"
+    broker_password = settings.kafka.password_file("broker").read_text()
+    for listener in ("client", "edge"):
+        assert f'password="{broker_password}"' in props[f"listener.name.{listener}.scram-sha-512.sasl.jaas.config"]
+    assert oct(settings.kafka.password_file("edge").stat().st_mode & 0o777) == "0o600"
+    # Every component but the super users has ACLs, and none of them reaches everything.
+    principals = {b.principal for b in kafka_security.acl_bindings(settings)}
+    assert principals == {f"User:vigil-{i}" for i in ("edge", "flink", "sinks", "alerting", "monitor")}
+    edge_writes = {
+        b.name
+        for b in kafka_security.acl_bindings(settings)
+        if b.principal == "User:vigil-edge" and b.operation.name == "WRITE"
+    }
+    assert edge_writes == {settings.kafka.telemetry_topic, settings.kafka.dead_letter_topic}
+
+
+def test_plaintext_is_a_choice_that_turns_the_authorizer_off_too(tmp_path: Path) -> None:
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:29092", security_protocol="PLAINTEXT", sasl_mechanism=None)
+    props = _broker_props(Settings(data_dir=tmp_path, kafka=kafka))
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,CLIENT:PLAINTEXT"
+    assert "authorizer.class.name" not in props and "ssl.keystore.location" not in props
+
+
 def test_the_edge_gets_a_listener_of_its_own_advertised_where_it_reaches_it(tmp_path: Path) -> None:
     """Kafka clients connect to the address the broker advertises, not the bootstrap: the edge's listener is
     advertised at the proxy in front of it, or no blackhole of the proxy would cut the edge off."""
     kafka = KafkaSettings(bootstrap_servers="127.0.0.1:29092", local_controller_port=29093, local_edge_port=29095)
     edge = EdgeSettings(kafka_bootstrap_servers="127.0.0.1:29096")
-    props = dict(line.split("=", 1) for line in server_properties(Settings(kafka=kafka, edge=edge)).splitlines())
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29092,EDGE://127.0.0.1:29095,CONTROLLER://127.0.0.1:29093"
-    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092,EDGE://127.0.0.1:29096"
-    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,EDGE:PLAINTEXT"
+    props = _broker_props(Settings(data_dir=tmp_path, kafka=kafka, edge=edge))
+    assert props["listeners"] == "CLIENT://127.0.0.1:29092,EDGE://127.0.0.1:29095,CONTROLLER://127.0.0.1:29093"
+    assert props["advertised.listeners"] == "CLIENT://127.0.0.1:29092,EDGE://127.0.0.1:29096"
     assert edge_kafka(Settings(kafka=kafka, edge=edge)).bootstrap_servers == "127.0.0.1:29096"
     assert edge_kafka(Settings(kafka=kafka)).bootstrap_servers == "127.0.0.1:29092"
+    assert edge_kafka(Settings(kafka=kafka)).identity == "edge"
 
 
 def test_kafka_cluster_ids_never_look_like_an_option() -> None:
