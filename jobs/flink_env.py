@@ -88,11 +88,15 @@ class LazySql:
         return self._render()
 
 
+# flink-sql-connector-kafka relocates kafka-clients here (jobs/flink_jars.py fetches that jar).
+KAFKA_SHADED_PREFIX = "org.apache.flink.kafka.shaded."
+
+
 def kafka_properties_sql(settings: Settings) -> str:
     """``'properties.x' = 'y',`` lines for a Kafka table's WITH clause."""
     lines = [
         f"'properties.{key}' = '{sql_escape(value)}',"
-        for key, value in settings.kafka.as_identity("flink").java_properties().items()
+        for key, value in settings.kafka.as_identity("flink").java_properties(KAFKA_SHADED_PREFIX).items()
     ]
     return "\n    ".join(lines)
 

@@ -146,11 +146,14 @@ class KafkaSettings(BaseModel):
         conf.update(self.extra)
         return conf
 
-    def java_properties(self) -> dict[str, str]:
-        """The same connection for the Java Kafka client inside Flink (``properties.*`` of the connector)."""
+    def java_properties(self, shaded_prefix: str = "") -> dict[str, str]:
+        """The same connection for the Java Kafka client inside Flink (``properties.*`` of the connector).
+
+        ``shaded_prefix``: where the connector jar relocated kafka-clients (the JAAS login module is named by
+        class, and flink-sql-connector-kafka's is ``org.apache.flink.kafka.shaded.org.apache.kafka...``)."""
         props = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
         if self.uses_sasl:
-            module = (
+            module = shaded_prefix + (
                 "org.apache.kafka.common.security.plain.PlainLoginModule"
                 if self.sasl_mechanism == "PLAIN"
                 else "org.apache.kafka.common.security.scram.ScramLoginModule"
