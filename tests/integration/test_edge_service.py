@@ -70,7 +70,7 @@ def consume_until(kafka: KafkaSettings, topic: str, done, timeout: float = 40.0,
 
     Progress markers (edge/progress.py) are left out unless ``markers``; each value gets its ``_partition``.
     """
-    consumer = make_consumer(kafka, group_id=f"test-{uuid.uuid4().hex[:8]}")
+    consumer = make_consumer(kafka.as_identity("admin"), group_id=f"test-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
     values: list[dict] = []
     deadline = time.monotonic() + timeout

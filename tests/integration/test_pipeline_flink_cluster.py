@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 def read_records(kafka, topic: str, group: str, key, keep, want: int, timeout: float = 120) -> dict:
     """Records of ``topic`` that ``keep`` accepts, by ``key``, until ``want`` of them (or the timeout)."""
-    consumer = make_consumer(kafka, group)
+    consumer = make_consumer(kafka.as_identity("admin"), group)
     consumer.subscribe([topic])
     found: dict = {}
     deadline = time.monotonic() + timeout
