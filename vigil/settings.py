@@ -34,6 +34,7 @@ CLICKHOUSE_IDENTITIES = ("admin", "sink", "relay", "agents", "console", "api")
 # broker's own inter-broker identity; "admin" creates topics, users and ACLs and is what the tools connect as.
 KAFKA_IDENTITIES = ("admin", "broker", "edge", "flink", "sinks", "alerting", "monitor")
 ENV_NESTED = "__"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 class KafkaSettings(BaseModel):
@@ -666,7 +667,9 @@ class Settings(BaseSettings):
         update: dict[str, Any] = {}
         if self.kafka.secrets_dir is None:
             update["secrets_dir"] = self.data_dir / "secrets" / "kafka"
-        if self.kafka.uses_tls and self.kafka.ssl_ca_location is None:
+        hosts = {server.rsplit(":", 1)[0] for server in self.kafka.bootstrap_servers.split(",")}
+        if self.kafka.uses_tls and self.kafka.ssl_ca_location is None and hosts <= LOCAL_HOSTS:
+            # The local broker's certificate is the local CA's; a cluster elsewhere keeps the system's trust.
             update["ssl_ca_location"] = str(self.certs_dir / "ca.pem")
         if update:  # a copy: the KafkaSettings passed in may be shared
             self.kafka = self.kafka.model_copy(update=update)

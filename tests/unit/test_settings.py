@@ -86,6 +86,10 @@ def test_each_component_connects_to_kafka_as_its_own_principal(tmp_path: Path) -
     assert (conf["sasl.username"], conf["sasl.password"]) == ("vigil-edge", "s3cret")
     with pytest.raises(ValueError, match="unknown Kafka identity"):
         kafka.as_identity("intruder")
+    # A cluster elsewhere keeps the system's trust store unless it names its CA.
+    remote = Settings(data_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers="broker1:9093,broker2:9093"))
+    conf = remote.kafka.model_copy(update={"sasl_username": "vigil"}).client_config()
+    assert remote.kafka.ssl_ca_location is None and "ssl.ca.location" not in conf
 
 
 def test_default_ports_of_the_local_stack_are_distinct() -> None:
