@@ -37,6 +37,14 @@ ENV_NESTED = "__"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
+def every_identity(names: dict[str, str], identities: tuple[str, ...], prefix: str, system: str) -> dict[str, str]:
+    """A name for each of ``identities``: the given one, else ``prefix`` + identity; unknown ones are an error."""
+    unknown = sorted(set(names) - set(identities))
+    if unknown:
+        raise ValueError(f"unknown {system} identities {unknown}; they are {', '.join(identities)}")
+    return {name: names.get(name, f"{prefix}{name}") for name in identities}
+
+
 class KafkaSettings(BaseModel):
     """Broker connection and topic layout: the local Apache Kafka broker, or a real cluster with SASL/TLS."""
 
@@ -90,10 +98,7 @@ class KafkaSettings(BaseModel):
     @field_validator("principals")
     @classmethod
     def _every_principal(cls, principals: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(principals) - set(KAFKA_IDENTITIES))
-        if unknown:
-            raise ValueError(f"unknown Kafka identities {unknown}; they are {', '.join(KAFKA_IDENTITIES)}")
-        return {name: principals.get(name, f"vigil-{name}") for name in KAFKA_IDENTITIES}
+        return every_identity(principals, KAFKA_IDENTITIES, "vigil-", "Kafka")
 
     @property
     def uses_sasl(self) -> bool:
@@ -378,10 +383,7 @@ class ClickHouseSettings(BaseModel):
     @field_validator("users")
     @classmethod
     def _every_identity(cls, users: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(users) - set(CLICKHOUSE_IDENTITIES))
-        if unknown:
-            raise ValueError(f"unknown ClickHouse identities {unknown}; they are {', '.join(CLICKHOUSE_IDENTITIES)}")
-        return {name: users.get(name, f"vigil_{name}") for name in CLICKHOUSE_IDENTITIES}
+        return every_identity(users, CLICKHOUSE_IDENTITIES, "vigil_", "ClickHouse")
 
     def user(self, identity: str) -> str:
         try:

@@ -30,6 +30,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
+from connectors.kafka import topic_names
 from edge.service import EDGE_RECOVERY_GROUP
 from jobs.kafka_lag import consumer_groups
 from vigil.settings import KAFKA_IDENTITIES, Settings
@@ -115,16 +116,7 @@ def _grants(settings: Settings) -> dict[str, list[tuple[ResourceType, str, Resou
         ],
         # The lag exporter: committed offsets of every group, end offsets of every topic.
         "monitor": [
-            *[
-                (topic, name, literal, describe)
-                for name in (
-                    k.telemetry_topic,
-                    k.window_stats_topic,
-                    k.dead_letter_topic,
-                    k.anomalies_topic,
-                    k.insights_topic,
-                )
-            ],
+            *[(topic, name, literal, describe) for name in topic_names(k)],
             *[(group, name, literal, describe) for name in consumer_groups(settings)],
         ],
     }
